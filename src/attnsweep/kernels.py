@@ -1,0 +1,67 @@
+"""Which attention kernel really ran: profile one training step and name the kernels.
+
+SDPA's default dispatch picks a backend at run time (on Hopper with a recent cuDNN it prefers cuDNN attention), and
+a stale compile cache has silently swapped backends before, so the implementation's name is not evidence. The
+profiler's kernel names are: this module lists the attention-related ones and classifies them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+# First match wins; order matters (PyTorch's vendored flash kernels also contain "flash_fwd").
+BACKENDS: list[tuple[str, re.Pattern]] = [
+    ("pytorch-flash", re.compile(r"pytorch_flash::|_scaled_dot_product_flash_attention", re.I)),
+    ("cudnn", re.compile(r"cudnn.*(sdpa|fmha|flash|attn)|_scaled_dot_product_cudnn_attention", re.I)),
+    ("mem-efficient", re.compile(r"fmha_cutlass|AttentionKernel|_efficient_attention", re.I)),
+    ("flash-attn-4", re.compile(r"flash_attn.*cute|FlashAttention(Forward|Backward)Sm", re.I)),
+    ("flash-attn", re.compile(r"flash::|flash_fwd|flash_bwd|flash_attn", re.I)),
+    ("flex", re.compile(r"flex_attention|triton_tem_fused", re.I)),
+    ("sdpa-math", re.compile(r"_scaled_dot_product_attention_math", re.I)),
+]
+RELEVANT = re.compile(r"flash|fmha|sdpa|attention|attn|cudnn|flex|softmax|scaled_dot|triton_tem", re.I)
+MAX_NAME = 240
+
+
+def _device_time(evt) -> float:
+    # The attribute was renamed from cuda_time_total to device_time_total; read whichever this torch has.
+    for attr in ("self_device_time_total", "device_time_total", "self_cuda_time_total", "cuda_time_total"):
+        if hasattr(evt, attr):
+            return float(getattr(evt, attr))
+    return 0.0
+
+
+def classify(names: list[str]) -> str:
+    """The attention backend the kernel (or op) names show; `unfused` when none is a fused attention kernel."""
+    for backend, pattern in BACKENDS:
+        if any(pattern.search(n) for n in names):
+            return backend
+    return "unfused (matmul + softmax)"
+
+
+def profile_step(step: Callable[[], None], device: torch.device) -> dict:
+    """Run `step` once under the profiler; return the attention kernels (or CPU ops) and the busiest kernels."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    rows = []
+    for evt in prof.key_averages():
+        on_device = device.type == "cuda" and _device_time(evt) > 0 and evt.device_type != torch.autograd.DeviceType.CPU
+        if device.type == "cuda" and not on_device:
+            continue
+        t = _device_time(evt) if device.type == "cuda" else float(evt.self_cpu_time_total)
+        rows.append({"name": evt.key[:MAX_NAME], "calls": int(evt.count), "time_us": round(t, 1)})
+    rows.sort(key=lambda r: -r["time_us"])
+    attention = [r for r in rows if RELEVANT.search(r["name"])]
+    return {
+        "source": "CUDA kernels" if device.type == "cuda" else "CPU operators",
+        "backend": classify([r["name"] for r in attention]),
+        "attention": attention[:20],
+        "top": rows[:10],
+    }

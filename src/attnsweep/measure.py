@@ -1,0 +1,98 @@
+"""The native harness: a plain training loop, timed the way llm.c and nanoGPT time theirs.
+
+Each step is bracketed by CUDA events (on the GPU) or `perf_counter` (on the CPU, where work is synchronous), and
+the events are read only after a final synchronize, so timing adds no stalls of its own. Throughput over the
+window is tokens / elapsed time of the window's steps, which is what Composer's SpeedMonitor reports too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .training import TrainResult, TrainSpec, autocast, graph_stats, make_optimizer, reset_graph_counters
+
+
+def train_native(
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    spec: TrainSpec,
+    tokens_per_batch: int,
+) -> TrainResult:
+    """Train `model` for `spec.steps` steps on the cycled `batches` and time every step."""
+    model.train()
+    optimizer = make_optimizer(model, spec.optimizer)
+    # Gradient scaling is what float16 training needs to avoid underflow; bf16 and fp32 do not use it.
+    scaler = torch.amp.GradScaler(spec.device.type, enabled=spec.precision == "fp16")
+    reset_graph_counters()
+    forward = torch.compile(model, fullgraph=spec.fullgraph) if spec.mode == "compiled" else model
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(spec):
+            _, loss = forward(x, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    cuda = spec.device.type == "cuda"
+    losses: list[torch.Tensor] = []
+    if cuda:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(spec.steps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(spec.steps)]
+        torch.cuda.synchronize(spec.device)
+    cpu_times: list[float] = []
+    wall0 = time.perf_counter()
+    window_wall0 = None
+    for i in range(spec.steps):
+        x, y = batches[i % len(batches)]
+        if i == spec.steps - spec.window:
+            if cuda:
+                torch.cuda.synchronize(spec.device)
+            window_wall0 = time.perf_counter()
+        if cuda:
+            starts[i].record()
+            losses.append(step(x, y))
+            ends[i].record()
+        else:
+            t0 = time.perf_counter()
+            losses.append(step(x, y))
+            cpu_times.append(time.perf_counter() - t0)
+        if i == 0:
+            if cuda:
+                torch.cuda.synchronize(spec.device)
+            first_step_s = time.perf_counter() - wall0
+    if cuda:
+        torch.cuda.synchronize(spec.device)
+        step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+    else:
+        step_times = cpu_times
+    window_wall_s = time.perf_counter() - window_wall0
+    window_s = sum(step_times[-spec.window :])
+
+    loss_values = torch.stack(losses).float().cpu().tolist()
+    nonfinite = next((i + 1 for i, v in enumerate(loss_values) if not math.isfinite(v)), None)
+    graphs, breaks, reasons = graph_stats() if spec.mode == "compiled" else (None, None, [])
+
+    def profile_step() -> None:
+        x, y = batches[0]
+        step(x, y)
+
+    return TrainResult(
+        harness="native",
+        step_times_s=step_times,
+        window_tokens_per_sec=spec.window * tokens_per_batch / window_s,
+        losses=loss_values,
+        nonfinite_step=nonfinite,
+        first_step_s=first_step_s,
+        peak_memory_bytes=torch.cuda.max_memory_allocated(spec.device) if cuda else None,
+        graphs=graphs,
+        graph_breaks=breaks,
+        break_reasons=reasons,
+        # The wall-clock time of the window, synchronized at both ends: a check on the summed event times.
+        extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": scaler.is_enabled()},
+        profile_step=profile_step,
+    )

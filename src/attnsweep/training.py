@@ -1,0 +1,103 @@
+"""What a harness is given and what it hands back: the contract between the cell and a training loop.
+
+Two harnesses implement it: `measure.train_native` (our own loop, timed with CUDA events) and
+`composer_harness.train_composer` (MosaicML Composer, throughput read from its SpeedMonitor). The cell builds the
+model and data once and hands them to whichever harness the config names, so both measure the same thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+# The study's optimizer settings (SPEC.md): constant learning rate, decay on weights only.
+LR = 1e-4
+BETAS = (0.9, 0.99)
+EPS = 1e-6
+WEIGHT_DECAY = 1e-3
+
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train: everything but the model and the data."""
+
+    steps: int
+    window: int
+    precision: str  # fp16 | bf16 | fp32
+    optimizer: str  # adamw | adamw8bit
+    mode: str  # eager | compiled
+    fullgraph: bool  # only meaningful when mode == "compiled"
+    device: torch.device
+
+
+@dataclass
+class TrainResult:
+    """What a harness measured. Times are seconds, synchronized with the device."""
+
+    harness: str
+    step_times_s: list[float]  # one per step, including the first (compile/warm-up) step
+    window_tokens_per_sec: float  # tokens in the last `window` steps / their synchronized elapsed time
+    losses: list[float]  # one per step
+    nonfinite_step: int | None  # first step (1-based) whose loss was NaN or infinite
+    first_step_s: float  # wall time of step 1: tracing, compilation and warm-up
+    peak_memory_bytes: int | None
+    graphs: int | None = None  # FX graphs Dynamo compiled (None in eager mode)
+    graph_breaks: int | None = None
+    break_reasons: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # harness-specific facts worth recording
+    # One more training step, same model and settings, for the profiler to see which kernels run; not serialized.
+    profile_step: Callable[[], None] | None = field(default=None, repr=False)
+
+
+def param_groups(model: torch.nn.Module) -> list[dict]:
+    """Weight decay on weight matrices only: biases, LayerNorm and 1-D parameters are not decayed."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
+    """The study's AdamW (foreach) or bitsandbytes' 8-bit AdamW with the same settings."""
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups(model), lr=LR, betas=BETAS, eps=EPS, foreach=True)
+    if name == "adamw8bit":
+        import bitsandbytes as bnb  # imported lazily: optional, and CUDA-only in practice
+
+        return bnb.optim.AdamW8bit(param_groups(model), lr=LR, betas=BETAS, eps=EPS)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: adamw, adamw8bit")
+
+
+def autocast(spec: TrainSpec) -> contextlib.AbstractContextManager:
+    """Mixed precision as the study ran it: autocast to fp16/bf16, or nothing for fp32."""
+    dtype = AUTOCAST_DTYPES[spec.precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=spec.device.type, dtype=dtype)
+
+
+def batches_forever(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Cycle over a pool of pre-made batches that already sit on the device (no host copies while timing)."""
+    while True:
+        yield from batches
+
+
+def reset_graph_counters() -> None:
+    """Forget what Dynamo compiled before, so the next compile's graphs and breaks are counted alone."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def graph_stats() -> tuple[int, int, list[str]]:
+    """(graphs compiled, graph breaks, distinct break reasons) from Dynamo's counters since the last reset."""
+    from torch._dynamo.utils import counters
+
+    graphs = int(counters["stats"].get("unique_graphs", 0))
+    reasons = counters["graph_break"]
+    return graphs, int(sum(reasons.values())), sorted(str(r) for r in reasons)
