@@ -1,0 +1,224 @@
+"""The grid cell: CLI, JSON record, bad input, batch policies, timing and training facts (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attnsweep import batching, cellio, flops
+from attnsweep.cell import CellInputError, CellSpec, run_cell
+from attnsweep.cli import main as cli_main
+from attnsweep.data import synthetic_batches
+from attnsweep.model import GPT, model_config
+
+TINY = dict(model="tiny", seq_len=32, precision="fp32", steps=12, window=4, device="cpu", batch_size=2)
+
+
+def test_cli_writes_a_valid_record(tmp_path):
+    out = tmp_path / "cell.json"
+    # The issue's example, in long form; short run so the suite stays fast.
+    rc = cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "64",
+                   "--batch-size", "4", "--device", "cpu", "--steps", "10", "--window", "4", "--out", str(out)])
+    assert rc == 0
+    rec = cellio.load_cell(out)
+    for key in ("status", "tokens_per_sec", "batch_size", "params", "env"):
+        assert key in rec
+    assert rec["status"] == "ok" and rec["batch_size"] == 4
+    assert rec["tokens_per_sec"] > 0 and len(rec["step_times_s"]) == 10
+    st = rec["tokens_per_sec_stats"]
+    assert st["n"] == 4 and st["min"] <= st["median"] <= st["max"]
+    assert rec["env"]["torch"] == torch.__version__ and rec["env"]["code"]["source_sha256"]
+    assert rec["kernels"]["attention"], "the profiled step must list the attention operators that ran"
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file may be left behind"
+
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--model", "--attn", "--mode", "--seq-len", "--kv-heads", "--precision", "--optimizer", "--harness",
+                "--batch-policy", "--batch-size", "--batch-start", "--steps", "--window", "--memory-cap-gib",
+                "--device", "--seed", "--run", "--no-profile", "--isolate", "--out"):
+        assert opt in text
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model", "huge"], ["--model", "tiny", "small"]),
+        (["--attn", "magic"], ["--attn", "naive", "fa2"]),
+        (["--seq-len", "-5"], ["--seq-len", "positive"]),
+        (["--window", "50", "--steps", "10"], ["--window", "--steps"]),
+        (["--mode", "jit"], ["--mode", "eager", "compiled"]),
+        (["--memory-cap-gib", "0"], ["--memory-cap-gib", "positive"]),
+    ],
+)
+def test_bad_input_is_refused_with_the_option_named(tmp_path, capsys, args, words):
+    base = {"--model": "tiny", "--attn": "sdpa", "--seq-len": "32", "--batch-size": "2", "--device": "cpu"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["cell", "--out", str(tmp_path / "c.json")] + [x for kv in base.items() for x in kv]
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_kv_heads_must_divide_heads():
+    with pytest.raises(CellInputError, match="kv"):
+        CellSpec(attn="sdpa", mode="eager", kv_heads=3, **TINY).validate()
+
+
+def test_cuda_requested_without_gpu_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    spec = CellSpec(attn="sdpa", mode="eager", **{**TINY, "device": "cuda"})
+    with pytest.raises(CellInputError, match="no CUDA GPU"):
+        run_cell(spec)
+
+
+def test_unsupported_combination_is_a_result_not_a_crash(tmp_path):
+    rec = run_cell(CellSpec(attn="fa2", mode="eager", **TINY))
+    assert rec["status"] == "unsupported" and "cpu" in rec["reason"].lower()
+    cellio.validate_cell(rec)
+    rec = run_cell(CellSpec(attn="sdpa", mode="eager", optimizer="adamw8bit", **TINY))
+    assert rec["status"] == "unsupported" and "CUDA" in rec["reason"]
+
+
+def test_compiled_cell_counts_graphs_and_falling_loss():
+    rec = run_cell(CellSpec(attn="sdpa", mode="compiled", **{**TINY, "steps": 20, "window": 5}))
+    assert rec["status"] == "ok", rec["reason"]
+    assert rec["compile"]["graphs"] == 1 and rec["compile"]["graph_breaks"] == 0
+    # The first step includes tracing and compilation: far slower than a steady-state step.
+    assert rec["compile"]["first_step_s"] > 3 * sorted(rec["step_times_s"])[len(rec["step_times_s"]) // 2]
+    assert math.isfinite(rec["loss"]["start"]) and rec["loss"]["end"] < rec["loss"]["start"]
+
+
+def test_diverged_loss_is_reported_with_its_step(monkeypatch):
+    real_forward = GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        calls["n"] += 1
+        return logits, loss * float("nan") if calls["n"] >= 4 else loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    rec = run_cell(CellSpec(attn="sdpa", mode="eager", profile=False, **TINY))
+    assert rec["status"] == "diverged" and "step 4" in rec["reason"]
+    assert rec["tokens_per_sec"] is None and rec["loss"]["nonfinite_step"] == 4
+    cellio.validate_cell(rec)
+
+
+def test_search_policy_uses_binary_search_and_records_attempts(monkeypatch):
+    import attnsweep.cell as cell_mod
+
+    tried = []
+
+    def fake_attempt(spec, b, device):
+        tried.append(b)
+        if b > 13:
+            return {"outcome": "oom", "detail": "CUDA out of memory (simulated)"}
+        return cell_mod.__dict__["_real_attempt"](spec, b, device)
+
+    monkeypatch.setitem(cell_mod.__dict__, "_real_attempt", cell_mod._attempt)
+    monkeypatch.setattr(cell_mod, "_attempt", fake_attempt)
+    spec = CellSpec(attn="sdpa", mode="eager", **{**TINY, "batch_size": None, "batch_policy": "search",
+                                                   "batch_start": 64, "profile": False, "steps": 4, "window": 2})
+    rec = run_cell(spec)
+    assert rec["status"] == "ok" and rec["batch_size"] == 8  # the study's ladder: 64, 56, ..., 16, 8, 7, ...
+    assert len(tried) < len(batching.step_down(64)) / 2, "binary search must need far fewer attempts than the ladder"
+    assert [a["batch_size"] for a in rec["batch_attempts"]] == tried
+    assert {a["outcome"] for a in rec["batch_attempts"]} == {"ok", "oom"}
+
+
+def test_nothing_fits_is_status_oom(monkeypatch):
+    import attnsweep.cell as cell_mod
+
+    monkeypatch.setattr(cell_mod, "_attempt", lambda s, b, d: {"outcome": "oom", "detail": "simulated"})
+    rec = run_cell(CellSpec(attn="sdpa", mode="eager", **{**TINY, "batch_size": None, "batch_policy": "search",
+                                                           "batch_start": 16}))
+    assert rec["status"] == "oom" and rec["batch_size"] is None and len(rec["batch_attempts"]) >= 1
+    cellio.validate_cell(rec)
+
+
+def test_study_policy_replays_the_study_sizes():
+    assert batching.plan("study", model="small", attn="fa2", mode="compiled", seq_len=1024).candidates == (16,)
+    assert batching.plan("study", model="small", attn="naive", mode="compiled", seq_len=256).candidates == (52,)
+    assert batching.plan("study", model="medium", attn="fa2", mode="eager", seq_len=2048).candidates == (2,)
+    assert batching.plan("study", model="medium", attn="sdpa", mode="eager", seq_len=2048).candidates == (3,)
+    # Out of memory on the study's 12 GB card: batch 1 is tried once.
+    assert batching.plan("study", model="medium", attn="naive", mode="compiled", seq_len=2048).candidates == (1,)
+    # Not run by the study: searched from the flash size at that cell.
+    assert batching.plan("study", model="large", attn="naive", mode="compiled", seq_len=512).candidates[0] == 5
+
+
+def test_step_down_ladder_matches_the_study():
+    assert batching.step_down(64) == (64, 56, 48, 40, 32, 24, 16, 8, 7, 6, 5, 4, 3, 2, 1)
+    assert batching.step_down(5) == (5, 4, 3, 2, 1)
+
+
+def test_mfu_formula():
+    cfg = model_config("small", block_size=1024)
+    n = 85_000_000
+    assert flops.flops_per_token(n_params_non_embedding=n, n_layer=12, n_head=12, head_dim=64, seq_len=1024) == (
+        6 * n + 12 * 12 * 12 * 64 * 1024)
+    peak, src = flops.peak_flops("NVIDIA H100 80GB HBM3", "fp16")
+    assert peak == 989e12 and "SXM" in src
+    assert flops.peak_flops("NVIDIA H100 PCIe", "bf16")[0] == 756e12
+    assert flops.peak_flops(None, "fp16")[0] is None
+    assert flops.mfu(1e5, 10**9, 1e15) == pytest.approx(0.1)
+    assert cfg.head_dim == 64
+
+
+def test_synthetic_data_is_learnable_structure():
+    (x, y), = synthetic_batches(vocab_size=512, batch_size=8, seq_len=64, n_batches=1, device=torch.device("cpu"))
+    assert x.shape == y.shape == (8, 64) and torch.equal(x[:, 1:], y[:, :-1])
+    # Most transitions follow one fixed successor map: the most common successor of a token dominates.
+    pairs = {}
+    for a, b in zip(x.flatten().tolist(), y.flatten().tolist()):
+        pairs.setdefault(a, []).append(b)
+    agree = sum(max(v.count(t) for t in set(v)) for v in pairs.values()) / sum(len(v) for v in pairs.values())
+    assert agree > 0.8
+
+
+def test_atomic_write_leaves_old_file_intact_on_failure(tmp_path):
+    path = tmp_path / "x.json"
+    cellio.write_json_atomic(path, {"a": 1})
+    with pytest.raises(ValueError):
+        cellio.write_json_atomic(path, {"a": float("nan")})  # refused mid-write
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_load_cell_names_the_bad_file(tmp_path):
+    bad = tmp_path / "cell.json"
+    bad.write_text('{"status": "ok", "tokens')
+    with pytest.raises(ValueError, match="cell.json.*not JSON"):
+        cellio.load_cell(bad)
+    bad.write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ValueError, match="schema_version"):
+        cellio.load_cell(bad)
+    bad.write_text(json.dumps({"schema_version": 1, "status": "ok"}))
+    with pytest.raises(ValueError, match="not a valid cell record"):
+        cellio.load_cell(bad)
+
+
+def test_worker_process_isolation_round_trip(tmp_path):
+    """The GPU path runs each attempt in a fresh process; exercise that path on the CPU."""
+    out = tmp_path / "c.json"
+    proc = subprocess.run([sys.executable, "-m", "attnsweep", "cell", "--model", "tiny", "--attn", "naive",
+                           "--mode", "eager", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+                           "--precision", "fp32", "--steps", "6", "--window", "2", "--isolate", "process",
+                           "--no-profile", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rec = cellio.load_cell(out)
+    assert rec["status"] == "ok" and rec["kernels"] is None
