@@ -24,6 +24,7 @@ import torch
 from . import attention, batching, flops
 from .model import MODEL_CONFIGS, model_config
 from .provenance import environment
+from .training import optimizer_unsupported_reason
 
 MODES = ("eager", "compiled")
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -119,19 +120,12 @@ def unsupported_reason(spec: CellSpec, device: torch.device) -> str | None:
     )
     if reason:
         return reason
-    if spec.optimizer == "adamw8bit" and device.type != "cuda":
-        return "optimizer adamw8bit (bitsandbytes AdamW8bit) needs a CUDA GPU"
-    if spec.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes  # noqa: F401
-        except Exception as e:  # an import of a compiled extension can fail in many ways
-            return f"optimizer adamw8bit needs bitsandbytes, which does not import: {e}"
-    if spec.harness == "composer":
-        try:
-            import composer  # noqa: F401
-        except Exception as e:
-            return f"harness composer needs MosaicML Composer (see envs/install-composer.sh), which does not import: {e}"
-    return None
+    reason = optimizer_unsupported_reason(spec.optimizer, device.type)
+    if reason is None and spec.harness == "composer":
+        from .composer_harness import composer_unsupported_reason  # imports Composer lazily, if at all
+
+        reason = composer_unsupported_reason(spec.precision, device.type)
+    return reason
 
 
 def _attempt(spec: CellSpec, batch_size: int, device: torch.device) -> dict:

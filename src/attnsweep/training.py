@@ -72,6 +72,24 @@ def make_optimizer(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; allowed: adamw, adamw8bit")
 
 
+def optimizer_unsupported_reason(name: str, device_type: str) -> str | None:
+    """Why optimizer `name` cannot run on `device_type`, or None if it can (asked before any model is built)."""
+    if name == "adamw":
+        return None
+    if name != "adamw8bit":
+        return f"unknown optimizer {name!r}; allowed: adamw, adamw8bit"
+    if device_type != "cuda":
+        return (
+            f"adamw8bit (bitsandbytes AdamW8bit) needs a CUDA device, not {device_type!r}: "
+            "its 8-bit optimizer kernels are CUDA kernels, the ones the study measured"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # a compiled extension can fail to import in many ways
+        return f"adamw8bit needs bitsandbytes, which does not import ({type(exc).__name__}: {exc})"
+    return None
+
+
 def autocast(spec: TrainSpec) -> contextlib.AbstractContextManager:
     """Mixed precision as the study ran it: autocast to fp16/bf16, or nothing for fp32."""
     dtype = AUTOCAST_DTYPES[spec.precision]

@@ -61,6 +61,8 @@ def measure(spec, batch_size: int, device: torch.device) -> dict:
 def _measure(spec, batch_size: int, device: torch.device) -> dict:
     torch.manual_seed(spec.seed)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.empty(1, device=device)  # the allocator calls below fail on a device this process has not touched
         if spec.memory_cap_gib is not None:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, spec.memory_cap_gib * 2**30 / total), device)
