@@ -1,0 +1,355 @@
+"""The attention registry: every implementation against a float64 reference, support checks, compile behaviour.
+
+CPU tests run in the normal suite. Tests marked `gpu` need CUDA (run them on the GPU host with `pytest -m gpu`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from attnsweep import attention
+from attnsweep.model import GPT, GPTConfig
+
+EXPECTED_NAMES = [
+    "naive",
+    "sdpa",
+    "sdpa_flash",
+    "sdpa_efficient",
+    "sdpa_cudnn",
+    "sdpa_math",
+    "fa2",
+    "fa2_graphbreak",
+    "flex",
+    "fa4",
+]
+GQA_SHAPES = [(4, 4), (4, 2), (4, 1)]  # (query heads, key/value heads): MHA, GQA, MQA
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention written out plainly, in float64. (B, T, H, D), (B, T, Hkv, D) x2 -> (B, T, H, D)."""
+    q, k, v = q.double(), k.double(), v.double()
+    n_rep = q.size(2) // k.size(2)
+    k = k.repeat_interleave(n_rep, dim=2)  # query head h uses key/value head h // n_rep
+    v = v.repeat_interleave(n_rep, dim=2)
+    T = q.size(1)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.size(-1))
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)
+    probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    return torch.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _inputs(B: int, T: int, H: int, Hkv: int, D: int, dtype: torch.dtype, device: str, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v, dy = (
+        torch.randn(B, T, h, D, generator=g, dtype=torch.float64)
+        for h in (H, Hkv, Hkv, H)
+    )
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v)], dy.to(device)
+
+
+def _outputs_and_grads(fn, q, k, v, dy):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    y = fn(q, k, v)
+    (y.to(dy.dtype) * dy).sum().backward()
+    return y.detach(), (q.grad, k.grad, v.grad)
+
+
+def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.double(), ref.double()
+    return ((a - ref).norm() / ref.norm()).item()
+
+
+def check_against_reference(fn, *, B, T, H, Hkv, D, dtype, device, tol: float | None = None) -> dict[str, float]:
+    """Outputs and gradients wrt q, k, v of ``fn`` against the float64 reference on the same inputs.
+
+    float64/float32: elementwise assert_close. fp16/bf16: relative Frobenius error <= tol (the kernels round
+    inputs, scores and outputs to 8-11 bits of mantissa, so elementwise bounds would be either loose or flaky).
+    """
+    (q, k, v), dy = _inputs(B, T, H, Hkv, D, dtype, device)
+    y, grads = _outputs_and_grads(fn, q, k, v, dy)
+    y_ref, grads_ref = _outputs_and_grads(reference_attention, q.double(), k.double(), v.double(), dy)
+    assert y.shape == (B, T, H, D) and y.dtype == dtype
+    errs = {"out": _rel_err(y, y_ref)}
+    errs.update({f"d{n}": _rel_err(g, gr) for n, g, gr in zip("qkv", grads, grads_ref)})
+    if dtype in (torch.float64, torch.float32):
+        tols = {torch.float64: dict(rtol=1e-7, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-5)}[dtype]
+        torch.testing.assert_close(y.double(), y_ref, **tols)
+        for n, g, gr in zip("qkv", grads, grads_ref):
+            torch.testing.assert_close(g.double(), gr, **tols, msg=lambda m, n=n: f"grad wrt {n}: {m}")
+    else:
+        assert tol is not None
+        bad = {n: e for n, e in errs.items() if not e <= tol}
+        assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+    return errs
+
+
+def _cpu_reason(name: str, dtype: torch.dtype = torch.float32, head_dim: int = 16, H: int = 4, Hkv: int = 4):
+    return attention.unsupported_reason(
+        name, device_type="cpu", dtype=dtype, head_dim=head_dim, n_head=H, n_kv_head=Hkv
+    )
+
+
+CPU_NAMES = [n for n in EXPECTED_NAMES if _cpu_reason(n) is None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry shape
+
+
+def test_registry_names_match_design():
+    assert attention.names() == EXPECTED_NAMES
+    for n in EXPECTED_NAMES:
+        impl = attention.get(n)
+        assert impl.name == n and impl.description
+        assert impl.devices <= {"cpu", "cuda"}
+
+
+def test_cpu_capable_set():
+    # flex is cuda-only: PyTorch's FlexAttention has no backward pass on CPU (see the flex entry).
+    assert set(CPU_NAMES) == {"naive", "sdpa", "sdpa_math"}
+
+
+def test_fullgraph_flags():
+    assert attention.get("fa2_graphbreak").fullgraph is False
+    for n in ("naive", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "fa2", "flex"):
+        assert attention.get(n).fullgraph is True, n
+
+
+@pytest.mark.parametrize("call", ["get", "build", "unsupported_reason", "GPT"])
+def test_unknown_attention_name_lists_allowed(call):
+    calls = {
+        "get": lambda: attention.get("flash3"),
+        "build": lambda: attention.build("flash3", n_head=4, n_kv_head=4, head_dim=16, block_size=8),
+        "unsupported_reason": lambda: attention.unsupported_reason(
+            "flash3", device_type="cpu", dtype=torch.float32, head_dim=16, n_head=4, n_kv_head=4
+        ),
+        "GPT": lambda: GPT(GPTConfig(n_layer=1, n_embd=16, n_head=1, block_size=4, vocab_size=8), attn="flash3"),
+    }
+    with pytest.raises(ValueError) as exc:
+        calls[call]()
+    msg = str(exc.value)
+    assert "flash3" in msg
+    for n in EXPECTED_NAMES:
+        assert n in msg
+
+
+@pytest.mark.parametrize("n_kv_head", [0, 3])
+def test_bad_kv_heads_raise(n_kv_head):
+    with pytest.raises(ValueError, match="n_kv_head"):
+        attention.build("sdpa", n_head=4, n_kv_head=n_kv_head, head_dim=16, block_size=8)
+
+
+def test_import_does_not_import_flash_attn():
+    code = "import sys, attnsweep.attention; assert 'flash_attn' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# unsupported_reason
+
+
+def test_unsupported_fa2_on_cpu_is_a_sentence():
+    reason = attention.unsupported_reason(
+        "fa2", device_type="cpu", dtype=torch.float16, head_dim=64, n_head=12, n_kv_head=12
+    )
+    assert reason and "cpu" in reason and "cuda" in reason and reason.endswith(".")
+
+
+def test_unsupported_unknown_device():
+    for n in EXPECTED_NAMES:
+        reason = attention.unsupported_reason(
+            n, device_type="xpu", dtype=torch.float16, head_dim=64, n_head=12, n_kv_head=12
+        )
+        assert reason and "'xpu'" in reason, n
+
+
+def test_unsupported_flex_on_cpu_says_why():
+    reason = _cpu_reason("flex")
+    assert reason and "backward" in reason
+
+
+def test_unsupported_dtype_head_dim_capability():
+    kw = dict(device_type="cuda", n_head=12, n_kv_head=12)
+    r = attention.unsupported_reason("sdpa_flash", dtype=torch.float32, head_dim=64, capability=(9, 0), **kw)
+    assert r and "float32" in r
+    r = attention.unsupported_reason("sdpa_flash", dtype=torch.float16, head_dim=12, capability=(9, 0), **kw)
+    assert r and "head dim 12" in r
+    r = attention.unsupported_reason("sdpa_flash", dtype=torch.float16, head_dim=64, capability=(7, 5), **kw)
+    assert r and "sm80" in r and "sm75" in r
+    assert attention.unsupported_reason("sdpa_flash", dtype=torch.float16, head_dim=64, capability=(9, 0), **kw) is None
+    assert attention.unsupported_reason("naive", dtype=torch.float32, head_dim=64, capability=(7, 5), **kw) is None
+
+
+@pytest.mark.parametrize(
+    "name,module", [("fa2", "flash_attn"), ("fa2_graphbreak", "flash_attn"), ("fa4", "flash_attn.cute")]
+)
+def test_unsupported_missing_package_names_import_error(name, module):
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 -- whatever unsupported_reason must then report
+        pass
+    else:
+        pytest.skip(f"{module} imports here")
+    r = attention.unsupported_reason(
+        name, device_type="cuda", dtype=torch.bfloat16, head_dim=64, n_head=12, n_kv_head=4, capability=(9, 0)
+    )
+    assert r and repr(module) in r and "Error" in r  # the import error's type and message are quoted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numerics on CPU
+
+
+@pytest.mark.parametrize("H,Hkv", GQA_SHAPES)
+@pytest.mark.parametrize("name", CPU_NAMES)
+def test_cpu_matches_reference(name, H, Hkv):
+    dtype = torch.float64 if _cpu_reason(name, torch.float64, H=H, Hkv=Hkv) is None else torch.float32
+    assert _cpu_reason(name, dtype, H=H, Hkv=Hkv) is None
+    mod = attention.build(name, n_head=H, n_kv_head=Hkv, head_dim=16, block_size=64)
+    for T in (1, 37):
+        check_against_reference(mod, B=2, T=T, H=H, Hkv=Hkv, D=16, dtype=dtype, device="cpu")
+
+
+@pytest.mark.parametrize("H,Hkv", GQA_SHAPES)
+def test_flex_cpu_forward_matches_reference(H, Hkv):
+    # flex cannot train on CPU (no backward), but its forward path, mask and GQA mapping can be checked here.
+    mod = attention.build("flex", n_head=H, n_kv_head=Hkv, head_dim=16, block_size=64)
+    (q, k, v), _ = _inputs(2, 37, H, Hkv, 16, torch.float64, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()": expected on CPU
+        y = mod(q, k, v)
+    torch.testing.assert_close(y, reference_attention(q, k, v), rtol=1e-7, atol=1e-9)
+
+
+def test_naive_mask_buffer_not_in_state_dict():
+    mod = attention.build("naive", n_head=4, n_kv_head=2, head_dim=16, block_size=32)
+    assert dict(mod.state_dict()) == {}
+    assert any(b.shape == (32, 32) for b in mod.buffers())
+
+
+@pytest.mark.parametrize("name", [n for n in CPU_NAMES if attention.get(n).fullgraph])
+def test_cpu_fullgraph_entries_trace_without_breaks(name, fresh_dynamo):
+    mod = attention.build(name, n_head=4, n_kv_head=2, head_dim=16, block_size=64)
+    (q, k, v), _ = _inputs(2, 16, 4, 2, 16, torch.float32, "cpu")
+    explanation = torch._dynamo.explain(mod)(q, k, v)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU (skipped without CUDA; run with `pytest -m gpu` on the GPU host)
+
+# Relative Frobenius error vs float64, outputs and grads. Seen on an H100 (torch 2.11): at most 6e-4 (fp16) and
+# 3.7e-3 (bf16) over every entry and shape; these bounds leave about 5x room.
+GPU_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+GPU_D = 64  # every GPT-2 size; also the only head dim of the offline flash-attn wheel
+
+
+def _gpu_skip_reason(name: str, dtype: torch.dtype, H: int, Hkv: int) -> str | None:
+    return attention.unsupported_reason(
+        name, device_type="cuda", dtype=dtype, head_dim=GPU_D, n_head=H, n_kv_head=Hkv
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,Hkv", GQA_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", EXPECTED_NAMES)
+def test_gpu_matches_reference(name, dtype, H, Hkv):
+    reason = _gpu_skip_reason(name, dtype, H, Hkv)
+    if reason:
+        pytest.skip(reason)
+    mod = attention.build(name, n_head=H, n_kv_head=Hkv, head_dim=GPU_D, block_size=512).to("cuda")
+    for T in (200, 512):
+        errs = check_against_reference(
+            mod, B=2, T=T, H=H, Hkv=Hkv, D=GPU_D, dtype=dtype, device="cuda", tol=GPU_TOL[dtype]
+        )
+        print(f"{name} {dtype} H={H} Hkv={Hkv} T={T}: {errs}")
+
+
+class _AttnBlock(nn.Module):
+    """A small module using one registry entry: fused QKV projection, attention, output projection."""
+
+    def __init__(self, name: str, H: int = 4, Hkv: int = 2, D: int = GPU_D) -> None:
+        super().__init__()
+        self.H, self.Hkv, self.D = H, Hkv, D
+        self.qkv = nn.Linear(H * D, (H + 2 * Hkv) * D, bias=False)
+        self.attn = attention.build(name, n_head=H, n_kv_head=Hkv, head_dim=D, block_size=256)
+        self.proj = nn.Linear(H * D, H * D, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.H * self.D, self.Hkv * self.D, self.Hkv * self.D], dim=-1)
+        y = self.attn(q.view(B, T, self.H, self.D), k.view(B, T, self.Hkv, self.D), v.view(B, T, self.Hkv, self.D))
+        return x + self.proj(y.reshape(B, T, -1))
+
+
+def _block_and_input(name: str):
+    torch.manual_seed(0)
+    mod = nn.Sequential(_AttnBlock(name), _AttnBlock(name)).to(device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(2, 256, 4 * GPU_D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    return mod, x
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [n for n in EXPECTED_NAMES if attention.get(n).fullgraph])
+def test_gpu_fullgraph_entries_compile_as_one_graph(name, fresh_dynamo):
+    reason = _gpu_skip_reason(name, torch.bfloat16, 4, 2)
+    if reason:
+        pytest.skip(reason)
+    mod, x = _block_and_input(name)
+    explanation = torch._dynamo.explain(mod)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    # And it really compiles (inductor, fullgraph) and trains: forward + backward, matching eager.
+    y_eager = mod(x)
+    (gx_eager,) = torch.autograd.grad(y_eager.float().square().mean(), x)
+    compiled = torch.compile(mod, fullgraph=True)
+    for _ in range(2):  # a second call exercises cached state (flex's block mask)
+        y = compiled(x)
+        (gx,) = torch.autograd.grad(y.float().square().mean(), x)
+    assert _rel_err(y, y_eager) < 2e-2 and _rel_err(gx, gx_eager) < 5e-2
+
+
+@pytest.mark.gpu
+def test_gpu_fa2_graphbreak_breaks_the_graph(fresh_dynamo):
+    reason = _gpu_skip_reason("fa2_graphbreak", torch.bfloat16, 4, 2)
+    if reason:
+        pytest.skip(reason)
+    mod, x = _block_and_input("fa2_graphbreak")
+    explanation = torch._dynamo.explain(mod)(x)
+    # Dynamo resumes after each break in a new frame, so explain's break count need not equal the layer count;
+    # what matters is that the attention splits the model into several graphs.
+    assert explanation.graph_break_count >= 1 and explanation.graph_count >= 2
+    y = torch.compile(mod)(x)  # and it still runs compiled, just in pieces
+    y.float().sum().backward()
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.gpu
+def test_gpu_tiny_gpt_compiled_every_supported_entry(fresh_dynamo):
+    """The real model, compiled with each entry's fullgraph flag, trains a step in bf16 autocast."""
+    cfg = GPTConfig(n_layer=2, n_embd=256, n_head=4, n_kv_head=2, block_size=256, vocab_size=512)
+    # Targets differ from the inputs: with tied embeddings, predicting the input token is easier than chance.
+    idx, targets = torch.randint(0, cfg.vocab_size, (2, 2, 256), device="cuda")
+    ran = []
+    # The study's three plus the forced-break and FA4 routes (the other entries compile in the test above).
+    for name in ("naive", "sdpa_flash", "fa2", "fa2_graphbreak", "flex", "fa4"):
+        if _gpu_skip_reason(name, torch.bfloat16, cfg.n_head, cfg.kv_heads):
+            continue
+        torch._dynamo.reset()
+        model = torch.compile(GPT(cfg, attn=name).cuda(), fullgraph=attention.get(name).fullgraph)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(idx, targets)
+        loss.backward()
+        assert torch.isfinite(loss) and abs(loss.item() - math.log(cfg.vocab_size)) < 0.5, (name, loss)
+        ran.append(name)
+    assert {"naive", "sdpa_flash"} <= set(ran)
