@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 import time
 from typing import Iterator
 
@@ -162,18 +161,8 @@ def _composer_environment() -> Iterator[None]:
     MOSAICML_PLATFORM is 'true' (and an access token is set): forced off here. The run name is fixed (passed to the
     Trainer), so COMPOSER_RUN_NAME / RUN_NAME from the environment are ignored. Composer writes files only with a
     save_folder (none here): a run leaves nothing in the cwd (tests/test_composer.py checks both)."""
-    saved = {k: os.environ.get(k) for k in ("MOSAICML_PLATFORM", "COMPOSER_RUN_NAME", "RUN_NAME")}
-    os.environ["MOSAICML_PLATFORM"] = "false"
-    for k in ("COMPOSER_RUN_NAME", "RUN_NAME"):
-        os.environ.pop(k, None)
-    try:
+    with training.scoped_env(MOSAICML_PLATFORM="false", COMPOSER_RUN_NAME=None, RUN_NAME=None):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _composer_device(device: torch.device):

@@ -19,7 +19,7 @@ from . import attention
 from .data import synthetic_batches
 from .kernels import profile_step
 from .model import GPT, model_config
-from .training import TrainSpec
+from .training import TrainSpec, scoped_env
 
 N_DATA_BATCHES = 4
 OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -44,17 +44,11 @@ def measure(spec, batch_size: int, device: torch.device) -> dict:
     # A private inductor/Triton cache per attempt: a shared FX-graph cache has reused another SDPA backend's
     # compiled code (SPEC.md, pitfalls), and a warm cache would also hide the compile time we record.
     cache = tempfile.mkdtemp(prefix="attnsweep-inductor-")
-    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
     try:
-        return _measure(spec, batch_size, device)
+        with scoped_env(TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
+                        TRITON_CACHE_DIR=os.path.join(cache, "triton")):
+            return _measure(spec, batch_size, device)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(cache, ignore_errors=True)
 
 
