@@ -1,0 +1,22 @@
+# attnsweep: GPT-2 training throughput across attention implementations, compiled and eager.
+# Layout after the snakemake-workflows template: rules by stage in workflow/rules, helpers and targets in common.smk.
+# Run: snakemake --cores 1 --resources gpu=1   (profiles/default adds keep-going; then: snakemake --report report.html)
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        ALL_TARGETS,
+
+
+include: "workflow/rules/cells.smk"
+include: "workflow/rules/aggregate.smk"

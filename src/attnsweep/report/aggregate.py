@@ -1,0 +1,165 @@
+"""Cell JSONs -> one flat table (summary.csv): every field of every cell, speedups and the study's headline.
+
+One row per cell. The axis columns (model, seq_len, attn, ...) come first, then the comparisons, the cell file's
+path, and every other field of the JSON flattened with pandas.json_normalize (lists and objects as JSON text).
+Comparisons are only made between cells of the same environment: throughput from two GPUs or two torch versions
+is not comparable, so mixed environments are refused unless explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..cellio import load_cell
+from . import log
+
+AXES = ("model", "seq_len", "attn", "mode", "kv_heads", "precision", "optimizer", "harness")
+# Cells that differ only in the attention implementation: the unit of every speedup and difference.
+SAME_SETUP = ("env_id", "model", "seq_len", "mode", "precision", "optimizer", "kv_heads", "harness")
+# What makes two measurements incomparable (json_normalize names of the env fields).
+ENV_FIELDS = {
+    "gpu": "env.gpu_name",
+    "torch": "env.torch",
+    "flash-attn": "env.versions.flash-attn",
+    "cuda": "env.cuda",
+}
+BASELINE = "naive"
+# The study's question: FlashAttention-2 against PyTorch's FlashAttention, which in its code was SDPA's default
+# dispatch (`sdpa`); today SDPA can also be forced to its flash backend (`sdpa_flash`). Both are compared.
+HEADLINE = "fa2"
+REFERENCES = ("sdpa", "sdpa_flash")
+MODE_ORDER = ("compiled", "eager")
+
+
+def env_id(row: pd.Series) -> str:
+    """A readable key for the environment of one cell, e.g. 'NVIDIA H100 | torch 2.9.0 | flash-attn 2.8.3 | cuda 12.8'."""
+
+    def get(field: str) -> str:
+        value = row.get(ENV_FIELDS[field])
+        return "none" if value is None or pd.isna(value) else str(value)
+
+    gpu = get("gpu")
+    if gpu == "none":
+        gpu = str(row.get("env.device_type", "cpu"))
+    return " | ".join([gpu, *(f"{k} {get(k)}" for k in ENV_FIELDS if k != "gpu")])
+
+
+def _flatten(records: list[dict]) -> pd.DataFrame:
+    df = pd.json_normalize(records)
+    # A field that is an object in some records and null in others leaves a column of nulls beside its dotted
+    # children (e.g. tokens_per_sec_stats next to tokens_per_sec_stats.mean): drop it.
+    df = df.drop(columns=[c for c in df.columns if any(o.startswith(c + ".") for o in df.columns)])
+    # Lists (step times, batch attempts, ...) and empty objects survive json_normalize as Python objects:
+    # store them as JSON so summary.csv can be read back without guessing.
+    for col in df.columns:
+        if df[col].map(lambda v: isinstance(v, (list, dict))).any():
+            df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+    return df
+
+
+def load_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Read and validate every cell (a truncated or foreign file raises ValueError naming it)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no cell files to aggregate")
+    df = _flatten([load_cell(p) for p in paths])
+    axes = df[[f"cell.{a}" for a in AXES]].set_axis(list(AXES), axis=1)
+    df = df.drop(columns=axes.columns.map(lambda a: f"cell.{a}"))
+    df = pd.concat([axes, df], axis=1)
+    df.insert(len(AXES), "cell_path", [p.as_posix() for p in paths])
+    df.insert(len(AXES), "env_id", df.apply(env_id, axis=1))
+    log.info("read %d cells", len(df))
+    return df
+
+
+def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
+    """Refuse cells from different GPUs or software, naming what differs and the files, unless allowed."""
+    groups = df.groupby("env_id", sort=False)["cell_path"].apply(list)
+    if len(groups) <= 1:
+        return
+    differing = [k for k, col in ENV_FIELDS.items() if df[col].astype(str).nunique() > 1]
+    listing = "\n".join(
+        f"  {env} ({len(files)} cells):\n" + "\n".join(f"    {f}" for f in files) for env, files in groups.items()
+    )
+    if not allow_mixed:
+        raise ValueError(
+            f"cells were measured in {len(groups)} different environments (they differ in {', '.join(differing)}); "
+            "their throughputs are not comparable. Rerun the odd ones out, or set allow_mixed_env: true to get "
+            f"tables grouped by environment.\n{listing}"
+        )
+    log.warning("mixing %d environments (allow_mixed_env): tables are grouped by environment\n%s",
+                len(groups), listing)
+
+
+def _reference(df: pd.DataFrame, keys: Sequence[str], where: pd.Series, column: str = "tokens_per_sec") -> pd.Series:
+    """For every row, `column` of the row with the same `keys` that satisfies `where` (NaN if there is none)."""
+    ref = df.loc[where, [*keys, column]].rename(columns={column: "_ref"})
+    return df[list(keys)].merge(ref, on=list(keys), how="left")["_ref"].set_axis(df.index)
+
+
+def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
+    """Speedup over naive, compiled over eager, and each row's difference to sdpa and sdpa_flash.
+
+    Only cells with status ok have a tokens_per_sec, so any comparison with an OOM/unsupported cell is NaN (blank).
+    On the fa2 rows, diff_vs_sdpa_* and diff_vs_sdpa_flash_* are the study's headline numbers.
+    """
+    df = df.copy()
+    tps = df["tokens_per_sec"].astype(float)
+    df["speedup_vs_naive"] = tps / _reference(df, SAME_SETUP, df["attn"] == BASELINE)
+    other_mode = [k for k in SAME_SETUP if k != "mode"] + ["attn"]
+    eager = _reference(df, other_mode, df["mode"] == "eager")
+    df["compiled_over_eager"] = (tps / eager).where(df["mode"] == "compiled")
+    for ref in REFERENCES:
+        ref_tps = _reference(df, SAME_SETUP, df["attn"] == ref)
+        df[f"diff_vs_{ref}_tok_s"] = tps - ref_tps
+        df[f"diff_vs_{ref}_pct"] = 100.0 * (tps / ref_tps - 1.0)
+    return df
+
+
+def _order(values: pd.Series, preferred: Sequence) -> pd.Categorical:
+    """Known names in their registry order, then any others alphabetically."""
+    seen = list(dict.fromkeys(values))
+    cats = [v for v in dict.fromkeys(preferred) if v in seen] + sorted(v for v in seen if v not in preferred)
+    return pd.Categorical(values, categories=cats, ordered=True)
+
+
+def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Environment, model (small to large), setup, mode, context, implementation (registry order, naive first)."""
+    from ..attention import names
+    from ..model import MODEL_CONFIGS
+
+    key = {
+        "env_id": lambda s: _order(s, []),
+        "model": lambda s: _order(s, list(MODEL_CONFIGS)),
+        "mode": lambda s: _order(s, MODE_ORDER),
+        "attn": lambda s: _order(s, [BASELINE, *names()]),
+    }
+    by = ["env_id", "model", "precision", "optimizer", "kv_heads", "harness", "mode", "seq_len", "attn"]
+    return df.sort_values(by, key=lambda s: key[s.name](s) if s.name in key else s, kind="stable").reset_index(
+        drop=True
+    )
+
+
+def summarize(paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = False) -> pd.DataFrame:
+    df = load_cells(paths)
+    check_environments(df, allow_mixed_env)
+    df = sort_rows(add_comparisons(df))
+    first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "speedup_vs_naive", "compiled_over_eager",
+             *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct")), "env_id", "cell_path"]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def write_summary(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, allow_mixed_env: bool = False) -> None:
+    df = summarize(paths, allow_mixed_env=allow_mixed_env)
+    df.to_csv(out, index=False)
+    log.info("wrote %s: %d rows, %s", out, len(df), df["status"].value_counts().to_dict())
+
+
+def read_summary(path: str | os.PathLike) -> pd.DataFrame:
+    """summary.csv as written by write_summary (what tables and figures start from)."""
+    return pd.read_csv(path, dtype={"env_id": str, "model": str, "attn": str, "mode": str, "status": str})

@@ -1,0 +1,187 @@
+"""Markdown tables from summary.csv: the study's layout per mode (compiled.md, eager.md) and every implementation
+side by side (all.md).
+
+The study's layout: one row per model and context; the baseline's batch and tokens/s; for each flash
+implementation its batch, tokens/s and speedup over the baseline; then FlashAttention-2 minus PyTorch's
+FlashAttention in tokens/s and percent. A cell that did not produce a throughput shows why (OOM, unsupported, ...)
+in its tokens/s column and a dash in the columns derived from it; a combination outside the grid is blank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+
+from . import log
+from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary
+
+# The implementations the study compared, in its column order.
+STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
+# Setup keys that may vary within a table; shown as columns when they do.
+SETUP = ("precision", "optimizer", "kv_heads", "harness")
+STATUS_MARK = {"oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error"}
+DASH = "–"
+LEGEND = (
+    "OOM: out of memory at every batch size tried. unsupported: the implementation cannot run in this setup (the "
+    f"reason is in summary.csv). {DASH}: not computable (a cell it depends on has no throughput). "
+    "Blank: not in the grid. Speedup = tokens/s over the naive baseline of the same row."
+)
+
+
+def _fmt(value, spec: str) -> str:
+    return DASH if pd.isna(value) else format(value, spec)
+
+
+def _tokens(row: pd.Series | None) -> str:
+    if row is None:
+        return ""
+    if row["status"] != "ok":
+        return STATUS_MARK.get(row["status"], row["status"])
+    return _fmt(row["tokens_per_sec"], ",.0f")
+
+
+def _batch(row: pd.Series | None) -> str:
+    if row is None:
+        return ""
+    return DASH if row["status"] != "ok" else _fmt(row["batch_size"], ".0f")
+
+
+def _derived(spec: str, suffix: str = "") -> Callable[[pd.Series | None, str], str]:
+    def cell(row: pd.Series | None, column: str) -> str:
+        if row is None:
+            return ""
+        text = _fmt(row[column], spec)
+        return text if text == DASH else text + suffix
+
+    return cell
+
+
+_speedup = _derived(".2f", "×")
+_diff_tok = _derived("+,.0f")
+_diff_pct = _derived("+.1f", "%")
+
+
+def _row_keys(df: pd.DataFrame) -> list[str]:
+    """model, the setup keys that vary for some model (others go into the settings line), context."""
+    varying = [k for k in SETUP if (df.groupby("model")[k].nunique() > 1).any()]
+    return ["model", *varying, "seq_len"]
+
+
+def _settings_line(df: pd.DataFrame, shown: Sequence[str]) -> str:
+    parts = []
+    for key in (k for k in SETUP if k not in shown):
+        if key == "kv_heads" and (df["kv_heads"] == df["model_config.n_head"]).all():
+            parts.append("kv_heads = heads (multi-head attention)")
+            continue
+        per_model = df.groupby("model", sort=False)[key].first()
+        if per_model.nunique() == 1:
+            parts.append(f"{key} {per_model.iloc[0]}")
+        else:
+            parts.append(f"{key} " + ", ".join(f"{v} ({m})" for m, v in per_model.items()))
+    return "Setup: " + "; ".join(parts) + "." if parts else ""
+
+
+def _pivot(df: pd.DataFrame, keys: list[str], columns: dict[str, tuple[str, Callable]]) -> pd.DataFrame:
+    """One output row per distinct `keys`; columns[name] = (attn, formatter(row or None, ...))."""
+    out = []
+    for key, group in df.groupby(keys, sort=False):
+        by_attn = {r["attn"]: r for _, r in group.iterrows()}
+        line = dict(zip(keys, key))
+        for name, (attn, fmt) in columns.items():
+            line[name] = fmt(by_attn.get(attn))
+        out.append(line)
+    return pd.DataFrame(out).rename(columns={"seq_len": "context"})
+
+
+def study_table(df: pd.DataFrame) -> str:
+    """The study's layout for the cells of one mode (and one environment)."""
+    present = set(df["attn"])
+    flash = [a for a in STUDY_IMPLS if a in present]
+    columns: dict[str, tuple[str, Callable]] = {
+        f"{BASELINE} batch": (BASELINE, _batch),
+        f"{BASELINE} tok/s": (BASELINE, _tokens),
+    }
+    for a in flash:
+        columns[f"{a} batch"] = (a, _batch)
+        columns[f"{a} tok/s"] = (a, _tokens)
+        columns[f"{a} speedup"] = (a, lambda r: _speedup(r, "speedup_vs_naive"))
+    if HEADLINE in present:
+        for ref in (r for r in REFERENCES if r in present):
+            columns[f"{HEADLINE} − {ref} tok/s"] = (HEADLINE, lambda r, ref=ref: _diff_tok(r, f"diff_vs_{ref}_tok_s"))
+            columns[f"{HEADLINE} − {ref} %"] = (HEADLINE, lambda r, ref=ref: _diff_pct(r, f"diff_vs_{ref}_pct"))
+    keys = _row_keys(df)
+    table = _pivot(df, keys, columns)
+    return _render(df, keys, table)
+
+
+def wide_table(df: pd.DataFrame) -> str:
+    """Every implementation side by side for one mode: tokens/s (batch, speedup over naive)."""
+
+    def cell(row: pd.Series | None) -> str:
+        text = _tokens(row)
+        if row is None or row["status"] != "ok":
+            return text
+        extra = [f"b{row['batch_size']:.0f}"]
+        if row["attn"] != BASELINE and not pd.isna(row["speedup_vs_naive"]):
+            extra.append(f"{row['speedup_vs_naive']:.2f}×")
+        return f"{text} ({', '.join(extra)})"
+
+    keys = _row_keys(df)
+    table = _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])})
+    return _render(df, keys, table)
+
+
+def compile_gain_table(df: pd.DataFrame) -> str:
+    """tokens/s compiled over eager, per implementation (cells in the grid in both modes only)."""
+    pair = ["model", "seq_len", "attn", *SETUP]
+    eager = df.loc[df["mode"] == "eager", pair].drop_duplicates()
+    compiled = df[df["mode"] == "compiled"].merge(eager, on=pair)
+    keys = _row_keys(compiled)
+    columns = {a: (a, lambda r: _speedup(r, "compiled_over_eager")) for a in pd.unique(compiled["attn"])}
+    return _render(compiled, keys, _pivot(compiled, keys, columns), setup=False)
+
+
+def _render(df: pd.DataFrame, keys: list[str], table: pd.DataFrame, setup: bool = True) -> str:
+    """The setup line (what is constant) and the table; text columns left, numbers right."""
+    align = ["left" if c in ("model", "optimizer", "precision", "harness") else "right" for c in table.columns]
+    markdown = table.to_markdown(index=False, colalign=align)
+    line = _settings_line(df, keys) if setup else ""
+    return f"{line}\n\n{markdown}" if line else markdown
+
+
+def _by_environment(df: pd.DataFrame, render: Callable[[pd.DataFrame], str], level: str) -> str:
+    """One section per environment when cells from several were allowed to mix; the environment is named once."""
+    envs = list(pd.unique(df["env_id"]))
+    if len(envs) == 1:
+        return f"Environment: {envs[0]}.\n\n" + render(df)
+    return "\n\n".join(f"{level} Environment: {env}\n\n" + render(df[df["env_id"] == env]) for env in envs)
+
+
+def mode_markdown(df: pd.DataFrame, mode: str) -> str:
+    cells = df[df["mode"] == mode]
+    title = f"# Training throughput, {mode} (tokens/s)\n\n"
+    if cells.empty:
+        return title + f"No {mode} cells in this run.\n"
+    return title + _by_environment(cells, study_table, "##") + f"\n\n{LEGEND}\n"
+
+
+def all_markdown(df: pd.DataFrame) -> str:
+    parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
+    for mode in (m for m in ("compiled", "eager") if m in set(df["mode"])):
+        parts.append(f"## {mode}\n\n" + _by_environment(df[df["mode"] == mode], wide_table, "###"))
+    if {"compiled", "eager"} <= set(df["mode"]):
+        parts.append("## compiled over eager (tokens/s ratio)\n\n" + _by_environment(df, compile_gain_table, "###"))
+    parts.append(LEGEND)
+    return "\n\n".join(parts) + "\n"
+
+
+def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
+    """out: {'compiled': path, 'eager': path, 'all': path}."""
+    df = read_summary(summary)
+    texts = {"compiled": mode_markdown(df, "compiled"), "eager": mode_markdown(df, "eager"), "all": all_markdown(df)}
+    for name, path in out.items():
+        with open(path, "w") as f:
+            f.write(texts[name])
+        log.info("wrote %s", path)

@@ -1,0 +1,442 @@
+"""The Snakemake workflow, checked with Snakemake itself in temporary copies of the repository.
+
+What reruns when is decided by Snakemake's dry run (`-n`), so these tests ask it: after editing cell code, report
+code or the config, after a killed sweep, in a fresh git clone. Cells really run (tiny model on the CPU, a few
+steps), so the tests that need results are marked slow; the whole file takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+
+from attnsweep.cellio import load_cell
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HAS_CUDA = torch.cuda.is_available()
+# Snakemake finds profiles/default by itself; naming it keeps the tests independent of the working directory.
+PROFILE = ["--workflow-profile", "profiles/default"]
+AXES = ["model", "seq_len", "attn", "mode", "kv_heads", "precision", "optimizer", "harness"]
+
+# A grid that runs in seconds: 4 eager cells of the tiny model on the CPU.
+TINY: dict = {
+    "run": "tiny",
+    "device": "cpu",
+    "grid": {
+        "model": ["tiny"],
+        "seq_len": [32, 64],
+        "attn": ["naive", "sdpa"],
+        "mode": ["eager"],
+        "precision": ["fp32"],
+    },
+    "batch": {"policy": "fixed", "size": 4},
+    "steps": 6,
+    "window": 3,
+}
+TINY_CELLS = 4
+
+
+def copy_repo(dest: Path, config: dict | None = TINY) -> Path:
+    """The workflow (Snakefile, workflow/, config/, envs/) and the package source it hashes, with `config`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", dest)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake")
+    for d in ("workflow", "config", "envs", "profiles"):
+        shutil.copytree(REPO / d, dest / d, ignore=ignore)
+    # Only hashed: jobs import the installed attnsweep (an editable install of REPO).
+    shutil.copytree(REPO / "src" / "attnsweep", dest / "src" / "attnsweep", ignore=ignore)
+    if config is not None:
+        write_config(dest, config)
+    return dest
+
+
+def write_config(repo: Path, config: dict) -> None:
+    (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def edit_config(repo: Path, **changes) -> None:
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = config
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[key] = value
+    write_config(repo, config)
+
+
+def snakemake(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *PROFILE, *args], cwd=repo, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned(repo: Path, *args: str) -> collections.Counter:
+    """Jobs per rule that a dry run would execute (Snakemake's 'Job stats'); empty if nothing is to be done."""
+    out = snakemake(repo, "-n", *args).stdout
+    counts: collections.Counter = collections.Counter()
+    if "Job stats:" not in out:
+        assert "Nothing to be done" in out, out
+        return counts
+    lines = out.split("Job stats:", 1)[1].splitlines()[3:]
+    for line in lines:
+        name, n = line.split()
+        if name == "total":
+            break
+        counts[name] = int(n)
+    return counts
+
+
+def parse_cells(dry_run: str) -> list[dict]:
+    """The cells in a dry run's output, from the rule's message ('cell model=tiny seq_len=32 ...')."""
+    return [dict(kv.split("=", 1) for kv in m.split()) for m in re.findall(r"^Job \d+: cell (.*)$", dry_run, re.M)]
+
+
+def planned_cells(repo: Path) -> list[dict]:
+    return parse_cells(snakemake(repo, "-n").stdout)
+
+
+def cell_paths(repo: Path, run: str = "tiny") -> list[Path]:
+    return sorted((repo / "results" / run / "cells").rglob("cell.json"))
+
+
+AGGREGATION = {"summary": 1, "tables": 1, "figures": 1, "all": 1}
+
+
+# ---- the workflow itself ----------------------------------------------------------------------------------------
+
+
+def test_lint_is_clean() -> None:
+    proc = snakemake(REPO, "--lint")
+    text = proc.stdout + proc.stderr
+    assert "Congratulations" in text and "Lints for" not in text, text
+
+
+def test_snakefmt_check() -> None:
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_grid_layout_and_excludes(tmp_path: Path) -> None:
+    config = copy.deepcopy(TINY)
+    config["grid"].update(
+        model=["tiny", "small"], seq_len=[32, 64, 128], mode=["eager", "compiled"], kv_heads=["heads", 2],
+        max_seq_len={"small": 64}, exclude=[{"model": "small", "mode": "compiled"}, {"kv_heads": 2, "attn": "sdpa"}],
+    )
+    repo = copy_repo(tmp_path, config)
+    out = snakemake(repo, "-n").stdout
+    cells = parse_cells(out)
+    expected = [
+        (model, seq, attn, mode, kv)
+        for model, seq, attn, mode, kv in itertools.product(
+            ["tiny", "small"], [32, 64, 128], ["naive", "sdpa"], ["eager", "compiled"], ["heads", 2]
+        )
+        if not (model == "small" and (seq > 64 or mode == "compiled")) and not (kv == 2 and attn == "sdpa")
+    ]
+    assert len(cells) == len(expected)
+    # kv_heads 'heads' is written out per model: 4 for tiny, 12 for small
+    assert {c["kv_heads"] for c in cells if c["model"] == "small"} == {"12", "2"}
+    # one folder per axis
+    assert ("results/tiny/cells/model~tiny/seq_len~32/attn~naive/mode~eager/kv_heads~4/precision~fp32/"
+            "optimizer~adamw/harness~native/cell.json") in out
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"stpes": 5}, "'stpes' was unexpected"),
+        ({"steps": "many"}, "steps: 'many' is not of type 'integer'"),
+        ({"grid__modle": ["tiny"]}, "'modle' was unexpected"),
+        ({"grid__mode": ["jit"]}, "'jit' is not one of ['eager', 'compiled']"),
+        ({"window": 7}, "window (7) must not exceed steps (6)"),
+        ({"grid__seq_len": [32, 32]}, "grid.seq_len: duplicate values ['32']"),
+        ({"grid__model": ["tiny", "huge"]}, "unknown model ['huge']; valid: tiny, small, medium, large"),
+        ({"grid__attn": ["sdpa", "flash"]}, "unknown attn ['flash']; valid: naive, sdpa,"),
+        ({"grid__exclude": [{"model": "tiny"}]}, "grid: no cell left"),
+        ({"grid__kv_heads": [3]}, "3 does not divide the 4 heads of tiny"),
+        ({"batch": {"policy": "fixed"}}, "'size' is a required property"),
+        ({"allow_mixed_env": "yes"}, "allow_mixed_env: 'yes' is not of type 'boolean'"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path: Path, changes: dict, message: str) -> None:
+    repo = copy_repo(tmp_path)
+    edit_config(repo, **changes)
+    proc = snakemake(repo, "-n", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert not (repo / "results").exists()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="needs a machine without a CUDA GPU")
+def test_device_cuda_without_gpu_fails_at_once(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path)
+    edit_config(repo, device="cuda")
+    proc = snakemake(repo, "-n", check=False)
+    assert proc.returncode != 0
+    assert "device: cuda, but no CUDA GPU is visible" in proc.stderr + proc.stdout
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="device auto picks the GPU here")
+def test_auto_without_gpu_is_the_announced_cpu_demo(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path, config=None)  # the shipped config/config.yaml
+    proc = snakemake(repo, "-n")
+    assert "CPU DEMO" in proc.stderr
+    cells = parse_cells(proc.stdout)
+    assert cells and all(c["model"] == "tiny" for c in cells)
+    assert "results/cpu-demo/summary.csv" in proc.stdout
+
+
+# ---- what reruns when (cells really run) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository with the tiny grid run to the end (and Snakemake's metadata)."""
+    repo = copy_repo(tmp_path_factory.mktemp("swept"))
+    snakemake(repo)
+    return repo
+
+
+@pytest.fixture
+def repo(swept: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the swept repository (copytree keeps mtimes), for one test to edit."""
+    dest = tmp_path / "repo"
+    shutil.copytree(swept, dest, symlinks=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_sweep_outputs(swept: Path) -> None:
+    paths = cell_paths(swept)
+    assert len(paths) == TINY_CELLS and all(load_cell(p)["status"] == "ok" for p in paths)
+    summary = pd.read_csv(swept / "results/tiny/summary.csv")
+    assert len(summary) == TINY_CELLS
+    assert set(summary["cell_path"]) == {p.relative_to(swept).as_posix() for p in paths}
+    assert (swept / "results/tiny/tables/eager.md").read_text().startswith("# Training throughput, eager")
+    stamps = sorted(p.name for p in (swept / "results/tiny/stamps").iterdir())
+    assert [s.split("-")[0] for s in stamps] == ["cells", "report"]
+    for p in paths:
+        log = swept / "results/tiny/logs/cells" / p.parent.relative_to(swept / "results/tiny/cells") / "cell.log"
+        assert "ok" in log.read_text()
+
+
+@pytest.mark.slow
+def test_nothing_to_do_after_a_sweep(repo: Path) -> None:
+    assert planned(repo) == {}
+
+
+@pytest.mark.slow
+def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
+    with open(repo / "src/attnsweep/model.py", "a") as f:
+        f.write("# an edit\n")
+    assert planned(repo) == {"code_stamp": 1, "cell": TINY_CELLS, **AGGREGATION}
+
+
+@pytest.mark.slow
+def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
+    """Old stamps are removed when a new one is written, so going back to earlier code is a change too."""
+    model = repo / "src/attnsweep/model.py"
+    original = model.read_text()
+    model.write_text(original + "# an edit\n")
+    snakemake(repo, "--until", "code_stamp")
+    model.write_text(original)
+    shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
+    assert planned(repo) == {"code_stamp": 1, "cell": TINY_CELLS, **AGGREGATION}
+
+
+@pytest.mark.slow
+def test_editing_report_code_reruns_only_aggregation(repo: Path) -> None:
+    with open(repo / "src/attnsweep/report/tables.py", "a") as f:
+        f.write("# an edit\n")
+    assert planned(repo) == {"code_stamp": 1, **AGGREGATION}
+
+
+@pytest.mark.slow
+def test_adding_a_seq_len_adds_only_its_cells(repo: Path) -> None:
+    edit_config(repo, grid__seq_len=[32, 64, 96])
+    cells = planned_cells(repo)
+    assert sorted((c["seq_len"], c["attn"]) for c in cells) == [("96", "naive"), ("96", "sdpa")]
+    assert planned(repo) == {"cell": 2, **AGGREGATION}
+
+
+@pytest.mark.slow
+def test_changing_steps_reruns_every_cell(repo: Path) -> None:
+    edit_config(repo, steps=7)
+    assert planned(repo) == {"code_stamp": 1, "cell": TINY_CELLS, **AGGREGATION}
+
+
+@pytest.mark.slow
+def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
+    def git(*args: str, cwd: Path = repo) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+    shutil.copy2(REPO / ".gitignore", repo / ".gitignore")  # keeps .snakemake/ (metadata) out, as in the real repo
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    assert not (clone / ".snakemake").exists()
+    jobs = planned(clone)
+    assert jobs["cell"] == 0 and jobs["code_stamp"] == 0, jobs
+    # Snakemake's own per-file view agrees: no cell output is pending.
+    rows = [ln.split("\t") for ln in snakemake(clone, "--detailed-summary").stdout.splitlines()]
+    plan = {r[0]: r[-1] for r in rows if r[0].endswith("/cell.json")}
+    assert len(plan) == TINY_CELLS and set(plan.values()) == {"no update"}, plan
+    # Aggregation may rerun (its scripts can be newer than its outputs in a checkout); it is deterministic, so
+    # running it leaves the committed results unchanged.
+    snakemake(clone)
+    assert git("status", "--porcelain", "--untracked-files=no", cwd=clone) == ""
+    # Without .snakemake metadata, changes are still seen: they give stamps of new names, which are targets.
+    with open(clone / "src/attnsweep/report/figures.py", "a") as f:
+        f.write("# an edit\n")
+    assert planned(clone) == {"code_stamp": 1, **AGGREGATION}
+    with open(clone / "src/attnsweep/model.py", "a") as f:
+        f.write("# an edit\n")
+    assert planned(clone) == {"code_stamp": 2, "cell": TINY_CELLS, **AGGREGATION}
+
+
+# ---- crashes and kills ------------------------------------------------------------------------------------------
+
+
+def start(repo: Path) -> subprocess.Popen:
+    """A sweep in the background, in its own process group; its output goes to repo/snakemake.out."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(repo / "snakemake.out", "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "snakemake", *PROFILE], cwd=repo, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def running_cell(repo: Path) -> Path | None:
+    """The output of the cell now running: its log exists, its JSON not yet."""
+    for log in (repo / "results/tiny/logs/cells").rglob("cell.log"):
+        out = repo / "results/tiny/cells" / log.parent.relative_to(repo / "results/tiny/logs/cells") / "cell.json"
+        if not out.exists():
+            return out
+    return None
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_with_missing_cells_only(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path)
+    proc = start(repo)
+    # Kill the whole sweep (Snakemake and the cell it runs) while the second cell trains.
+    wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.relative_to(repo).as_posix() for p in cell_paths(repo)}
+    interrupted = running_cell(repo)
+    assert interrupted is not None and 1 <= len(done) < TINY_CELLS
+    # What a non-atomic writer would leave behind: a half-written JSON at the interrupted cell's path.
+    interrupted.write_text('{"schema_version": 1, "status": "o')
+    todo = planned_cells(repo)
+    todo_paths = {
+        "results/tiny/cells/" + "/".join(f"{a}~{c[a]}" for a in AXES) + "/cell.json" for c in todo
+    }
+    assert interrupted.relative_to(repo).as_posix() in todo_paths  # incomplete: rerun, never taken as done
+    assert todo_paths.isdisjoint(done) and len(todo_paths) + len(done) == TINY_CELLS
+    snakemake(repo, "--unlock")
+    snakemake(repo)
+    assert len(cell_paths(repo)) == TINY_CELLS and all(load_cell(p)["status"] == "ok" for p in cell_paths(repo))
+
+
+@pytest.mark.slow
+def test_crashed_cell_fails_alone_and_keeps_its_log(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path)
+    proc = start(repo)
+    wait_for(lambda: running_cell(repo) is not None)
+    victim = running_cell(repo)
+    # The cell's own process dies (as in a segfault): its job fails, the other cells still run (keep-going).
+    cell_procs: list[psutil.Process] = []
+
+    def find() -> bool:
+        cell_procs.clear()
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if victim.relative_to(repo).as_posix() in " ".join(child.cmdline()):
+                    cell_procs.append(child)
+            except psutil.Error:  # exited meanwhile
+                pass
+        return bool(cell_procs)
+
+    wait_for(find)
+    for child in cell_procs:
+        child.kill()
+    assert proc.wait(timeout=600) != 0
+    out = (repo / "snakemake.out").read_text()
+    assert not victim.exists()
+    log = repo / "results/tiny/logs/cells" / victim.parent.relative_to(repo / "results/tiny/cells") / "cell.log"
+    assert log.exists()
+    assert len(cell_paths(repo)) == TINY_CELLS - 1
+    assert not (repo / "results/tiny/summary.csv").exists()  # never aggregated over a hole
+    assert "Error in rule cell" in out
+
+
+# ---- the CPU demo, end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_CUDA, reason="device auto picks the GPU here")
+def test_cpu_demo_end_to_end(tmp_path: Path) -> None:
+    """device auto on a machine without a GPU: the cpu_demo grid, every output, and the HTML report."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    # The shipped demo, cut down for CI: two contexts, compiled only at the shorter one.
+    config["cpu_demo"].update(
+        grid={"model": ["tiny"], "seq_len": [32, 64], "attn": ["naive", "sdpa", "flex"], "mode": ["eager", "compiled"],
+              "precision": ["fp32"], "exclude": [{"mode": "compiled", "seq_len": 64}]},
+        steps=6, window=3,
+    )
+    repo = copy_repo(tmp_path, config)
+    snakemake(repo)
+    results = repo / "results" / "cpu-demo"
+    cells = cell_paths(repo, "cpu-demo")
+    assert len(cells) == 9
+    statuses = collections.Counter(load_cell(p)["status"] for p in cells)
+    summary = pd.read_csv(results / "summary.csv")
+    assert len(summary) == 9 and collections.Counter(summary["status"]) == statuses
+    assert set(summary["mode"]) == {"eager", "compiled"}
+    ok = summary[summary["status"] == "ok"]
+    assert (ok["tokens_per_sec"] > 0).all()
+    assert ok.loc[ok["attn"] != "naive", "speedup_vs_naive"].notna().all()
+    for name in ("compiled", "eager", "all"):
+        text = (results / "tables" / f"{name}.md").read_text()
+        assert "| model" in text and "cpu" in text
+    if statuses["unsupported"]:
+        assert "unsupported" in (results / "tables" / "all.md").read_text()
+    for name in ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory"):
+        png = results / "figures" / f"{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    snakemake(repo, "--report", "report.html")
+    html = (repo / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000
+    for name in ("speedup.png", "compiled.md", "summary.csv"):
+        assert name in html
+    assert planned(repo) == {}

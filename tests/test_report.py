@@ -1,0 +1,211 @@
+"""Aggregation, tables and figures from hand-made cell records (tests/data), without running a cell."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from attnsweep.report.aggregate import read_summary, summarize, write_summary
+from attnsweep.report.figures import write_figures
+from attnsweep.report.tables import write_tables
+
+DATA = Path(__file__).parent / "data"
+TEMPLATES = {s: json.loads((DATA / f"cell_{s}.json").read_text()) for s in ("ok", "oom", "unsupported")}
+
+# tokens/s of the fixture grid (model small, compiled unless said otherwise); None = OOM.
+TPS = {
+    ("compiled", 1024): {"naive": 50_000.0, "sdpa": 100_000.0, "sdpa_flash": 98_000.0, "fa2": 101_000.0},
+    ("compiled", 2048): {"naive": None, "sdpa": 80_000.0, "sdpa_flash": 80_000.0, "fa2": 92_000.0},
+    ("eager", 1024): {"naive": 40_000.0, "sdpa": 80_000.0, "sdpa_flash": 79_000.0, "fa2": 84_000.0},
+}
+
+
+def make_cell(tmp: Path, status: str = "ok", **cell) -> Path:
+    """One record from the templates with the given cell fields, written under tmp like the workflow does."""
+    rec = copy.deepcopy(TEMPLATES[status])
+    tps = cell.pop("tokens_per_sec", None)
+    rec["cell"].update(cell)
+    if status == "ok" and tps is not None:
+        rec["tokens_per_sec"] = tps
+        rec["batch_size"] = 8 if rec["cell"]["attn"] == "naive" else 16
+    c = rec["cell"]
+    path = tmp / "cells" / "/".join(f"{k}~{c[k]}" for k in ("model", "seq_len", "attn", "mode")) / "cell.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def make_grid(tmp: Path) -> list[Path]:
+    paths = []
+    for (mode, seq_len), impls in TPS.items():
+        for attn, tps in impls.items():
+            status = "ok" if tps is not None else "oom"
+            paths.append(make_cell(tmp, status, attn=attn, mode=mode, seq_len=seq_len, tokens_per_sec=tps))
+        paths.append(make_cell(tmp, "unsupported", attn="fa4", mode=mode, seq_len=seq_len))
+    return paths
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> list[Path]:
+    return make_grid(tmp_path)
+
+
+def row(df: pd.DataFrame, attn: str, seq_len: int = 1024, mode: str = "compiled") -> pd.Series:
+    sel = df[(df["attn"] == attn) & (df["seq_len"] == seq_len) & (df["mode"] == mode)]
+    assert len(sel) == 1
+    return sel.iloc[0]
+
+
+def test_summary_one_row_per_cell_with_flattened_fields(grid: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "summary.csv"
+    write_summary(grid, out)
+    df = read_summary(out)
+    assert len(df) == len(grid)
+    assert set(df["cell_path"]) == {p.as_posix() for p in grid}
+    # json_normalize flattening: nested fields become dotted columns; lists are JSON text.
+    for col in ("tokens_per_sec_stats.median", "env.gpu_name", "env.versions.flash-attn", "compile.graph_breaks",
+                "mfu.value", "loss.end", "cell.steps", "batch_attempts"):
+        assert col in df.columns, col
+    assert json.loads(row(df, "fa2")["batch_attempts"])[0]["outcome"] == "ok"
+    # rows: compiled before eager, context ascending, naive first
+    assert list(df["mode"].unique()) == ["compiled", "eager"]
+    first = df[(df["mode"] == "compiled") & (df["seq_len"] == 1024)]
+    assert first["attn"].iloc[0] == "naive"
+
+
+def test_speedups_and_headline(grid: list[Path]) -> None:
+    df = summarize(grid)
+    fa2 = row(df, "fa2")
+    assert fa2["speedup_vs_naive"] == pytest.approx(101_000 / 50_000)
+    assert fa2["diff_vs_sdpa_tok_s"] == pytest.approx(1_000)
+    assert fa2["diff_vs_sdpa_pct"] == pytest.approx(1.0)
+    assert fa2["diff_vs_sdpa_flash_tok_s"] == pytest.approx(3_000)
+    assert fa2["diff_vs_sdpa_flash_pct"] == pytest.approx(100 * (101 / 98 - 1))
+    assert fa2["compiled_over_eager"] == pytest.approx(101 / 84)
+    assert math.isnan(row(df, "fa2", mode="eager")["compiled_over_eager"])
+    # baseline OOM at 2048: no speedup there, but the headline difference still exists
+    assert math.isnan(row(df, "fa2", 2048)["speedup_vs_naive"])
+    assert row(df, "fa2", 2048)["diff_vs_sdpa_pct"] == pytest.approx(15.0)
+    assert math.isnan(row(df, "fa4")["speedup_vs_naive"])
+
+
+def test_mixed_environments_refused_naming_files(grid: list[Path], tmp_path: Path) -> None:
+    odd = json.loads(grid[0].read_text())
+    odd["env"]["gpu_name"] = "NVIDIA A100-SXM4-80GB"
+    odd["env"]["torch"] = "2.8.0+cu128"
+    grid[0].write_text(json.dumps(odd))
+    with pytest.raises(ValueError) as e:
+        summarize(grid)
+    msg = str(e.value)
+    assert "gpu, torch" in msg and "allow_mixed_env" in msg
+    assert grid[0].as_posix() in msg and grid[1].as_posix() in msg
+
+
+def test_mixed_environments_allowed_are_grouped(grid: list[Path], tmp_path: Path) -> None:
+    extra = [make_cell(tmp_path / "a100", attn=a, seq_len=1024, mode="compiled", tokens_per_sec=t)
+             for a, t in (("naive", 30_000.0), ("fa2", 60_000.0))]
+    for p in extra:
+        rec = json.loads(p.read_text())
+        rec["env"]["gpu_name"] = "NVIDIA A100-SXM4-80GB"
+        p.write_text(json.dumps(rec))
+    df = summarize(grid + extra, allow_mixed_env=True)
+    assert df["env_id"].nunique() == 2
+    # comparisons stay within one environment
+    a100 = df[df["env_id"].str.startswith("NVIDIA A100")]
+    assert row(a100, "fa2")["speedup_vs_naive"] == pytest.approx(2.0)
+    out = tmp_path / "summary.csv"
+    df.to_csv(out, index=False)
+    tables = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    write_tables(out, tables)
+    text = tables["compiled"].read_text()
+    assert text.count("## Environment: ") == 2 and "NVIDIA A100-SXM4-80GB" in text
+
+
+def test_truncated_cell_is_refused_by_name(grid: list[Path]) -> None:
+    grid[3].write_text(grid[3].read_text()[:100])
+    with pytest.raises(ValueError, match=str(grid[3])):
+        summarize(grid)
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The body rows of the first markdown table in text, split into cells."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def markdown_header(text: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith("|"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_tables_in_the_study_layout(grid: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "summary.csv"
+    write_summary(grid, out)
+    tables = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    write_tables(out, tables)
+    compiled = tables["compiled"].read_text()
+    header = markdown_header(compiled)
+    assert header[:4] == ["model", "context", "naive batch", "naive tok/s"]
+    assert header[4:7] == ["sdpa batch", "sdpa tok/s", "sdpa speedup"]
+    assert header[-4:] == ["fa2 − sdpa tok/s", "fa2 − sdpa %", "fa2 − sdpa_flash tok/s", "fa2 − sdpa_flash %"]
+    rows = {int(r[1]): dict(zip(header, r)) for r in markdown_rows(compiled)}
+    assert rows[1024]["naive tok/s"] == "50,000" and rows[1024]["fa2 speedup"] == "2.02×"
+    assert rows[1024]["fa2 − sdpa %"] == "+1.0%" and rows[1024]["fa2 − sdpa tok/s"] == "+1,000"
+    # the baseline ran out of memory: OOM, a dash for its batch and for every speedup over it
+    assert rows[2048]["naive tok/s"] == "OOM" and rows[2048]["naive batch"] == "–"
+    assert rows[2048]["fa2 speedup"] == "–" and rows[2048]["fa2 − sdpa %"] == "+15.0%"
+    assert "Environment: NVIDIA H100 80GB HBM3" in compiled
+    eager = tables["eager"].read_text()
+    assert [r[1] for r in markdown_rows(eager)] == ["1024"]
+    wide = tables["all"].read_text()
+    assert "fa4" in markdown_header(wide) and "unsupported" in wide
+    assert "101,000 (b16, 2.02×)" in wide
+    assert "## compiled over eager" in wide
+
+
+def test_setup_that_varies_by_model_becomes_a_column(tmp_path: Path) -> None:
+    paths = [make_cell(tmp_path, attn=a, model="small", tokens_per_sec=1.0) for a in ("naive", "fa2")]
+    paths += [make_cell(tmp_path, attn=a, model="large", optimizer="adamw8bit", kv_heads=20, tokens_per_sec=1.0)
+              for a in ("naive", "fa2")]
+    # same optimizer within each model: named in the setup line, not as a column
+    out = tmp_path / "summary.csv"
+    write_summary(paths, out)
+    tables = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    write_tables(out, tables)
+    text = tables["compiled"].read_text()
+    assert "optimizer adamw (small), adamw8bit (large)" in text
+    assert "optimizer" not in markdown_header(text)
+    paths.append(make_cell(tmp_path / "b", attn="fa2", model="small", optimizer="adamw8bit", tokens_per_sec=1.0))
+    write_summary(paths, out)
+    write_tables(out, tables)
+    assert markdown_header(tables["compiled"].read_text())[:3] == ["model", "optimizer", "context"]
+
+
+def test_figures_are_written(grid: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "summary.csv"
+    write_summary(grid, out)
+    names = ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory")
+    figures = {n: tmp_path / f"{n}.png" for n in names}
+    write_figures(out, figures)
+    for path in figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+
+
+def test_figures_without_gpu_data(tmp_path: Path) -> None:
+    """CPU demo: no fa2 and no peak memory; the figures say so instead of failing."""
+    paths = [make_cell(tmp_path, attn=a, tokens_per_sec=1000.0) for a in ("naive", "sdpa")]
+    for p in paths:
+        rec = json.loads(p.read_text())
+        rec["peak_memory_bytes"] = None
+        p.write_text(json.dumps(rec))
+    out = tmp_path / "summary.csv"
+    write_summary(paths, out)
+    names = ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory")
+    figures = {n: tmp_path / f"{n}.png" for n in names}
+    write_figures(out, figures)
+    assert all(p.stat().st_size > 1_000 for p in figures.values())
