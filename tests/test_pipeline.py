@@ -287,6 +287,20 @@ def test_changing_steps_reruns_every_cell(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_aggregate_only_rerenders_without_device_or_cells(repo: Path) -> None:
+    """A GPU run's committed cells re-rendered on a machine without a GPU: no device check, no cell job."""
+    for table in (repo / "results/tiny/tables").glob("*.md"):
+        table.unlink()
+    args = ("--config", "aggregate_only=True", "device=cuda")  # device cuda would fail at once otherwise
+    assert planned(repo, *args) == {"tables": 1, "all": 1}
+    snakemake(repo, "--cores", "1", *args)
+    assert (repo / "results/tiny/tables/eager.md").read_text().count("| tiny") == 2
+    cell_paths(repo)[0].unlink()
+    (repo / "results/tiny/summary.csv").unlink()  # the summary must be rebuilt, and cannot be without the cell
+    proc = snakemake(repo, "-n", *args, check=False)
+    assert proc.returncode != 0 and "cell.json" in proc.stdout + proc.stderr, "a missing cell must be named"
+
+
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
     def git(*args: str, cwd: Path = repo) -> str:
         return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout

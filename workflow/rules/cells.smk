@@ -20,28 +20,31 @@ rule code_stamp:
         "printf '%s\\n' {params.text:q} > {output:q}"
 
 
-rule cell:
-    input:
-        # ancient: a fresh clone's new mtimes do not make cells stale; a new stamp name does (see common.smk).
-        stamp=ancient(CELL_STAMP),
-    output:
-        json=f"{RESULTS}/cells/{PARAMSPACE.wildcard_pattern}/cell.json",
-    log:
-        f"{RESULTS}/logs/cells/{PARAMSPACE.wildcard_pattern}/cell.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/cells/{PARAMSPACE.wildcard_pattern}/cell.tsv"
-    wildcard_constraints:
-        **AXIS_CONSTRAINTS,
-    retries: 0
-    conda:
-        "../../envs/attnsweep.yaml"
-    resources:
-        gpu=GPU_PER_CELL,
-    params:
-        options=cell_options,
-    message:
-        CELL_MESSAGE
-    # Each cell in its own process: a fresh CUDA context and compile cache. Exit 0 for ok/oom/unsupported/
-    # diverged (results); nonzero is a crash, which fails this job and keeps its log.
-    shell:
-        "python -m attnsweep cell {params.options} --out {output.json:q} > {log:q} 2>&1"
+# aggregate_only: no cell is measured; the cell files already there are the aggregation's plain inputs.
+if not AGGREGATE_ONLY:
+
+    rule cell:
+        input:
+            # ancient: a fresh clone's new mtimes do not make cells stale; a new stamp name does (see common.smk).
+            stamp=ancient(CELL_STAMP),
+        output:
+            json=f"{RESULTS}/cells/{PARAMSPACE.wildcard_pattern}/cell.json",
+        log:
+            f"{RESULTS}/logs/cells/{PARAMSPACE.wildcard_pattern}/cell.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/cells/{PARAMSPACE.wildcard_pattern}/cell.tsv"
+        wildcard_constraints:
+            **AXIS_CONSTRAINTS,
+        retries: 0
+        conda:
+            "../../envs/attnsweep.yaml"
+        resources:
+            gpu=GPU_PER_CELL,
+        params:
+            options=cell_options,
+        message:
+            CELL_MESSAGE
+        # Each cell in its own process: a fresh CUDA context and compile cache. Exit 0 for ok/oom/unsupported/
+        # diverged (results); nonzero is a crash, which fails this job and keeps its log.
+        shell:
+            "python -m attnsweep cell {params.options} --out {output.json:q} > {log:q} 2>&1"

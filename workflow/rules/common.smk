@@ -73,7 +73,9 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-DEVICE = resolve_device(config["device"])
+# aggregate_only measures nothing, so it needs no device: the config's own value is kept for the stamps' sake.
+AGGREGATE_ONLY = config["aggregate_only"]
+DEVICE = config["device"] if AGGREGATE_ONLY else resolve_device(config["device"])
 # The study grid is for a GPU; on a machine without one, `auto` falls back to the small grid of cpu_demo.
 CPU_DEMO = config["device"] == "auto" and DEVICE == "cpu"
 if CPU_DEMO and "cpu_demo" not in config:
@@ -319,7 +321,13 @@ FIGURES = {
 # The stamps are targets themselves: Snakemake does not rerun a job because an input is missing (here, after a
 # code change, the stamp with the new name), only because a job it depends on runs. A missing target does run,
 # and then everything downstream of it, also where there is no .snakemake metadata (a fresh clone).
-ALL_TARGETS = [CELL_STAMP, REPORT_STAMP, SUMMARY, *TABLES.values(), *FIGURES.values()]
+ALL_TARGETS = [
+    *([] if AGGREGATE_ONLY else [CELL_STAMP]),
+    REPORT_STAMP,
+    SUMMARY,
+    *TABLES.values(),
+    *FIGURES.values(),
+]
 
 # Said at the start of every run, so a CPU demo is never mistaken for the study.
 DEMO_NOTE = (

@@ -24,6 +24,7 @@ from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary  # noqa: E40
 
 # Panels of one figure must not mix setups: a line is one implementation in one setup (and environment).
 SETUP = ("precision", "optimizer", "kv_heads", "harness", "env_id")
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def _variant_labels(df: pd.DataFrame, within: list[str]) -> pd.Series:
@@ -100,8 +101,11 @@ def panel_figure(
                              squeeze=False)
     if df.empty:
         _empty(axes[0][0], f"no data for {ylabel} in this run")
-    df = df.assign(label=df["attn"] + _variant_labels(df, ["mode", "model", "attn"]))
+    variant = _variant_labels(df, ["mode", "model", "attn"])
+    df = df.assign(label=df["attn"] + variant, variant=variant)
+    # Colour names the implementation, line style the setup (harness, precision, ...) where it varies.
     colours = {a: f"C{i % 10}" for i, a in enumerate(pd.unique(df["attn"]))}
+    styles = {v: LINE_STYLES[i % len(LINE_STYLES)] for i, v in enumerate(pd.unique(df["variant"]))}
     for (i, mode), (j, model) in ((im, jm) for im in enumerate(modes) for jm in enumerate(models)):
         ax = axes[i][j]
         panel = df[(df["mode"] == mode) & (df["model"] == model)]
@@ -110,7 +114,8 @@ def panel_figure(
                 _empty(ax, f"no data for {model}, {mode}")
             continue
         for label, line in panel.groupby("label", sort=False):
-            ax.plot(line["seq_len"], line["value"], marker="o", color=colours[line["attn"].iloc[0]], label=label)
+            ax.plot(line["seq_len"], line["value"], styles[line["variant"].iloc[0]], marker="o",
+                    color=colours[line["attn"].iloc[0]], label=label)
         _context_axis(ax, df["seq_len"])
         ax.set_title(f"{model}, {mode}")
         ax.set_ylabel(ylabel)
