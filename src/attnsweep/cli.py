@@ -1,17 +1,18 @@
-"""Command line: `attnsweep cell ...` measures one grid cell and writes its JSON record."""
+"""Command line: `attnsweep cell ...` measures one grid cell and writes its JSON record; `attnsweep status ...` says
+what a results folder holds and what a rerun would do."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import attention
+from . import attention, status
 from .cell import (BATCH_POLICIES, DEVICES, HARNESSES, ISOLATION, MODES, OPTIMIZERS, PRECISIONS, CellInputError,
                    CellSpec, run_cell)
 from .cellio import write_cell
 from .model import MODEL_CONFIGS
 
-EXIT_ERROR = 1  # the cell crashed; its JSON (status error) is written
+EXIT_ERROR = 1  # the cell crashed (its JSON, status error, is written), or its JSON could not be written
 EXIT_USAGE = 2  # bad input; nothing is written
 
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnsweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_cell_parser(sub)
+    status.add_parser(sub)
     return parser
 
 
@@ -99,11 +101,21 @@ def main(argv: list[str] | None = None) -> int:
             record = run_cell(spec)
         except CellInputError as e:
             parser.error(str(e))  # exits with EXIT_USAGE and names the option
-        write_cell(args.out, record)
+        try:
+            write_cell(args.out, record)
+        except OSError as e:
+            # A full disk or an unwritable folder: one line naming the file and the reason, not a traceback.
+            # write_json_atomic has removed its temporary file, so nothing that looks like a record is left.
+            where = f" ({e.filename})" if e.filename and e.filename != args.out else ""  # e.g. the parent
+            print(f"attnsweep cell: measured (status {record['status']}) but cannot write the record to "
+                  f"{args.out}: {e.strerror or e}{where} (errno {e.errno}); nothing was written", file=sys.stderr)
+            return EXIT_ERROR
         print(f"{args.out}: {record['status']}"
               + (f" ({record['reason']})" if record["reason"] else f", {record['tokens_per_sec']:.0f} tokens/s"),
               file=sys.stderr)
         return EXIT_ERROR if record["status"] == "error" else 0
+    if args.command == "status":
+        return status.run(args)
     return EXIT_USAGE
 
 
