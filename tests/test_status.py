@@ -1,0 +1,137 @@
+"""`attnsweep status`: a results folder's cells, their environments, and what Snakemake would rerun.
+
+One tiny sweep on the CPU (module fixture, in a temporary copy of the workflow with its own package source, run
+with an overlay config as a user would run --configfile); each test edits a copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnsweep import status
+from attnsweep.cli import main as cli_main
+from test_faults import HAS_CUDA, TINY, TINY_CELLS, copy_workflow, snakemake
+
+OVERLAY = "config/tiny.yaml"
+# On top of the shipped config/config.yaml, whose study grid also lists adamw8bit.
+TINY_OVERLAY = {**TINY, "grid": {**TINY["grid"], "optimizer": ["adamw"]}}
+CELLS = [Path(p).relative_to("results/tiny") for p in TINY_CELLS]  # as status names them: under the results folder
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = copy_workflow(tmp_path_factory.mktemp("status") / "repo", TINY_OVERLAY, with_source=True,
+                         name="tiny.yaml")
+    snakemake(repo, "--configfile", OVERLAY)
+    return repo
+
+
+@pytest.fixture
+def repo(swept: Path, tmp_path: Path) -> Path:
+    """A copy of the swept workflow for one test to edit (copytree keeps mtimes, Snakemake's metadata too)."""
+    return Path(shutil.copytree(swept, tmp_path / "repo", symlinks=True))
+
+
+def status_cli(repo: Path, capsys, *args: str) -> str:
+    rc = cli_main(["status", str(repo / "results" / "tiny"), *args])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return out
+
+
+@pytest.mark.slow
+def test_complete_run(swept: Path, capsys) -> None:
+    out = status_cli(swept, capsys, "--configfile", str(swept / OVERLAY))
+    assert "## Cells: 3 valid, 0 invalid" in out
+    for cell in CELLS:
+        assert re.search(rf"^\| {re.escape(cell.as_posix())}\s+\| ok\s+\|", out, re.M), out
+    # one environment, this machine's, with the code that ran
+    env_rows = [line for line in out.splitlines() if line.startswith("| E")]
+    assert len(env_rows) == 1 and "| cpu " in env_rows[0] and torch.__version__ in env_rows[0]
+    assert "- summary.csv: 3 rows, each traced to its cell file" in out
+    assert "recorded code files changed since: none" in out
+    for line in ("- up to date: 3", "- missing: 0", "- stale: 0", "- summary.csv: up to date"):
+        assert line in out, out
+
+
+@pytest.mark.slow
+def test_missing_stale_invalid_and_misplaced_cells(repo: Path) -> None:
+    results = repo / "results" / "tiny"
+    deleted, *kept = CELLS
+    (results / deleted).unlink()
+    with open(repo / "src" / "attnsweep" / "model.py", "a") as f:
+        f.write("# an edit: every cell is stale\n")
+    # A cell copied into a folder of a context the grid does not have, and a file that is not a record.
+    misplaced = Path(str(kept[0]).replace("seq_len~32", "seq_len~128"))
+    (results / misplaced).parent.mkdir(parents=True)
+    shutil.copy2(results / kept[0], results / misplaced)
+    broken = Path("cells/broken/cell.json")
+    (results / broken).parent.mkdir()
+    (results / broken).write_text('{"schema_version": 1, "status": "o')
+
+    st = status.collect(results, repo, [str(repo / OVERLAY)])
+
+    assert st.plan is not None, st.plan_note
+    assert st.plan.missing == [deleted]
+    assert st.plan.stale == {c: "code stamp changes" for c in kept}
+    assert "the cell code stamp would become cells-" in st.plan.stamp_change
+    assert st.plan.current == [] and st.plan.summary_pending
+    assert st.outside_grid == [misplaced]
+    assert list(st.invalid) == [broken] and "not JSON" in st.invalid[broken]
+    moved = next(c for c in st.cells if c.path == misplaced)
+    assert moved.notes == ["folder says seq_len~128, the record says seq_len=32"]
+    assert any("recorded code files changed since: src/attnsweep/model.py" in line for line in st.code_changes)
+    assert f"row without its cell file: {deleted.as_posix()}" in st.summary_check
+    text = status.render(st)
+    for line in ("## Cells: 3 valid, 1 invalid", "- missing: 1", f"    - {deleted.as_posix()}", "- stale: 2",
+                 "- not in this config's grid (ignored by the aggregation): 1", "## Provenance problems"):
+        assert line in text, text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_CUDA, reason="needs a machine without a CUDA GPU")
+def test_gpu_run_on_a_machine_without_its_gpu(swept: Path, capsys) -> None:
+    """The cells are still listed; missing/stale is reported as not determined, with Snakemake's reason."""
+    out = status_cli(swept, capsys, "--configfile", str(swept / OVERLAY), "--config", "device=cuda")
+    assert "## Cells: 3 valid, 0 invalid" in out
+    assert "Not determined: Snakemake could not plan this workflow here" in out
+    assert "device: cuda, but no CUDA GPU is visible" in out
+    assert "A GPU run is planned on a machine with its GPU" in out
+    assert "recorded code files changed since: none" in out  # the stamp check needs no Snakemake
+
+
+@pytest.mark.slow
+def test_config_of_another_run_is_not_taken_for_this_one(swept: Path, capsys) -> None:
+    """Without the overlay, the shipped config plans another folder: said, not reported as 3 cells outside it."""
+    out = status_cli(swept, capsys)
+    assert "Not determined: this config's cells go to results/" in out
+    assert "pass the --configfile and --config the run was made with" in out
+
+
+def test_not_a_results_folder(tmp_path: Path, capsys) -> None:
+    assert cli_main(["status", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "results" / "x").mkdir(parents=True)
+    assert cli_main(["status", str(tmp_path / "results" / "x")]) == 2
+    assert "no Snakefile" in capsys.readouterr().err
+
+
+def test_cell_listing_needs_no_snakemake(tmp_path: Path) -> None:
+    """Reading and grouping cells works on any folder (e.g. one copied from another machine)."""
+    template = json.loads((Path(__file__).parent / "data" / "cell_ok.json").read_text())
+    results = tmp_path / "results" / "fixture"
+    for i, gpu in enumerate(["NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"]):
+        record = {**template, "env": {**template["env"], "gpu_name": gpu}}
+        (results / "cells" / f"c{i}").mkdir(parents=True)
+        (results / "cells" / f"c{i}" / "cell.json").write_text(json.dumps(record))
+    cells, invalid = status.read_cells(results)
+    envs = status.group_environments(cells)
+    assert not invalid and [c.env for c in cells] == ["E1", "E1", "E2"]
+    assert [(e["device"], e["cells"]) for e in envs] == [("NVIDIA H100 80GB HBM3", 2), ("NVIDIA A100-SXM4-80GB", 1)]
+    assert all(c.notes == [] for c in cells)  # run 'fixture' in results/fixture
