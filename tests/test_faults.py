@@ -2,9 +2,7 @@
 
 Bad config is refused before any job (Snakemake dry runs in temporary copies of the workflow); a killed sweep or a
 killed cell loses only the cell that was running; bad cell files are refused by the aggregation with the file
-named; a full disk or an unwritable folder leaves nothing that looks like a record. The tests marked xfail(strict)
-pin gaps found in code this file does not own: each says what is missing; fixing it makes the test pass, and
-strict makes that visible so the marker is removed.
+named; a full disk or an unwritable folder leaves nothing that looks like a record.
 """
 
 from __future__ import annotations
@@ -230,8 +228,6 @@ def test_cell_refuses_a_memory_cap_larger_than_the_gpu(tmp_path: Path, monkeypat
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="workflow/rules/common.smk does not compare memory_cap_gib with the GPU's "
-                   "memory at parse time: every cell starts and fails alone (exit 2) instead")
 def test_pipeline_refuses_a_memory_cap_larger_than_the_gpu_before_any_job(tmp_path: Path) -> None:
     # Snakemake's process sees a 16 GiB GPU through a sitecustomize module (it only plans here: -n).
     repo = copy_workflow(tmp_path, with_changes(TINY, device="cuda", memory_cap_gib=24))
@@ -239,8 +235,8 @@ def test_pipeline_refuses_a_memory_cap_larger_than_the_gpu_before_any_job(tmp_pa
     (tmp_path / "fake" / "sitecustomize.py").write_text(fake_gpu(gib=16))
     proc = snakemake(repo, "-n", check=False, env=job_env(PYTHONPATH=str(tmp_path / "fake")))
     output = proc.stdout + proc.stderr
-    assert "on cuda" in output, output  # the fake GPU was seen
-    assert proc.returncode != 0 and "memory_cap_gib" in output
+    assert proc.returncode != 0 and "memory_cap_gib: 24 GiB exceeds the 16.0 GiB of Fake GPU" in output, output
+    assert "Job stats" not in output and not (repo / "results").exists()
 
 
 # ---- 2. kill and resume -----------------------------------------------------------------------------------------
@@ -363,11 +359,7 @@ BAD_FILES: dict[str, Callable[[str], bytes]] = {
     "other schema version": lambda text: json.dumps({**json.loads(text), "schema_version": 2}).encode(),
     "JSON but not a cell": lambda text: json.dumps({"rows": [1, 2, 3]}).encode(),
     "a field of the wrong type": lambda text: json.dumps({**json.loads(text), "tokens_per_sec": "fast"}).encode(),
-    "not UTF-8": pytest.param(
-        lambda text: b"\xff\xfe" + text.encode("utf-16-le"),
-        marks=pytest.mark.xfail(strict=True, reason="cellio.load_cell lets UnicodeDecodeError out without the "
-                                "file's name (read_text before the JSONDecodeError handler)"),
-    ),
+    "not UTF-8": lambda text: b"\xff\xfe" + text.encode("utf-16-le"),
 }
 
 
@@ -380,16 +372,12 @@ def test_bad_cell_file_is_refused_by_name(cells: list[Path], damage: Callable[[s
     assert str(bad) in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="report/aggregate.py does not compare cell.run: a record from another run "
-                   "(copied into this run's folder) is averaged in")
 def test_cell_from_another_run_is_refused_by_name(cells: list[Path], tmp_path: Path) -> None:
     foreign = write_cell(tmp_path / "cells", run="other-run", attn="fa2", seq_len=1024)
     with pytest.raises(ValueError, match=re.escape(str(foreign))):
         summarize([*cells, foreign])
 
 
-@pytest.mark.xfail(strict=True, reason="report/aggregate.py does not check that each cell appears once: two files "
-                   "of one cell fail in pandas ('Length mismatch') without naming them")
 def test_one_cell_twice_is_refused_naming_both_files(cells: list[Path], tmp_path: Path) -> None:
     twin = tmp_path / "twin" / "cell.json"
     twin.parent.mkdir()
@@ -424,8 +412,6 @@ def test_cells_from_another_environment_are_refused_or_grouped(cells: list[Path]
     assert df.loc[sdpa_elsewhere, "speedup_vs_naive"].tolist() == [pytest.approx(2.0)]
 
 
-@pytest.mark.xfail(strict=True, reason="report/aggregate.py check_environments: astype(str).nunique() skips the "
-                   "missing value, so a field that is set in some cells and None in others is not named")
 def test_refusal_names_a_version_missing_on_one_side(cells: list[Path], tmp_path: Path) -> None:
     # the others have flash-attn 2.8.3; this one ran where it was not installed
     odd = write_cell(tmp_path / "elsewhere", env={"versions.flash-attn": None}, attn="naive", seq_len=1024)

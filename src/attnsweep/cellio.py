@@ -39,6 +39,8 @@ def load_cell(path: str | os.PathLike) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno}); truncated or corrupt") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason}); corrupt") from None
     validate_cell(data, source=str(path))
     return data
 

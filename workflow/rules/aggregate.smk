@@ -17,6 +17,7 @@ rule summary:
         "../../envs/attnsweep.yaml"
     params:
         allow_mixed_env=SETTINGS["allow_mixed_env"],
+        run=RUN,
     script:
         "../scripts/summary.py"
 

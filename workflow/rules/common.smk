@@ -166,6 +166,23 @@ def expand_grid(grid: dict) -> pd.DataFrame:
 
 
 check_settings(SETTINGS)
+
+
+def check_memory_cap(cap_gib: float | None) -> None:
+    """A cap above the GPU's memory would only fail in every cell: refuse it here, before any job."""
+    if DEVICE != "cuda" or AGGREGATE_ONLY or cap_gib is None:
+        return
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    if cap_gib * 2**30 > props.total_memory:
+        raise ConfigError(
+            f"{key_name('memory_cap_gib')}: {cap_gib} GiB exceeds the "
+            f"{props.total_memory / 2**30:.1f} GiB of {props.name}"
+        )
+
+
+check_memory_cap(SETTINGS["memory_cap_gib"])
 GRID = expand_grid(SETTINGS["grid"])
 PARAMSPACE = Paramspace(GRID)
 RUN = SETTINGS["run"]
@@ -259,6 +276,8 @@ def cell_code_files() -> dict[str, str]:
         f
         for f in CODE_DIR.rglob("*.py")
         if "report" not in f.relative_to(CODE_DIR).parts[:-1]
+        # the status command is imported by the CLI but never runs in a cell
+        and f.name != "status.py"
     ]
     return file_hashes(
         CODE_DIR, config["code_dir"], py + list(CODE_DIR.glob("schemas/*.json"))

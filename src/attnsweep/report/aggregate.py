@@ -27,6 +27,8 @@ ENV_FIELDS = {
     "torch": "env.torch",
     "flash-attn": "env.versions.flash-attn",
     "cuda": "env.cuda",
+    "cudnn": "env.cudnn",
+    "triton": "env.versions.triton",  # generates every compiled kernel but the attention's
 }
 BASELINE = "naive"
 # The study's question: FlashAttention-2 against PyTorch's FlashAttention, which in its code was SDPA's default
@@ -62,17 +64,33 @@ def _flatten(records: list[dict]) -> pd.DataFrame:
     return df
 
 
-def load_cells(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Read and validate every cell (a truncated or foreign file raises ValueError naming it)."""
+def _refuse_if(bad: pd.Series, paths: list[Path], what: str) -> None:
+    """ValueError listing the files of the rows in `bad`, if any."""
+    if bad.any():
+        files = "\n".join(f"  {p}" for p, b in zip(paths, bad) if b)
+        raise ValueError(f"{what}:\n{files}")
+
+
+def load_cells(paths: Iterable[str | os.PathLike], run: str | None = None) -> pd.DataFrame:
+    """Read and validate every cell (a truncated or foreign file raises ValueError naming it).
+
+    Every cell must belong to `run` (or, if None, all to one run), and each cell may appear only once: a record
+    copied in from another sweep, or two files of one cell, would otherwise be averaged in silently.
+    """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no cell files to aggregate")
-    df = _flatten([load_cell(p) for p in paths])
+    records = [load_cell(p) for p in paths]
+    runs = pd.Series([r["cell"]["run"] or "" for r in records])  # "" for a cell run by hand without --run
+    expected = run if run is not None else runs.mode().iloc[0]
+    _refuse_if(runs != expected, paths, f"cell records from another run than {expected!r}")
+    df = _flatten(records)
     axes = df[[f"cell.{a}" for a in AXES]].set_axis(list(AXES), axis=1)
     df = df.drop(columns=axes.columns.map(lambda a: f"cell.{a}"))
     df = pd.concat([axes, df], axis=1)
     df.insert(len(AXES), "cell_path", [p.as_posix() for p in paths])
     df.insert(len(AXES), "env_id", df.apply(env_id, axis=1))
+    _refuse_if(df.duplicated([*AXES, "env_id"], keep=False).to_numpy(), paths, "one cell in more than one file")
     log.info("read %d cells", len(df))
     return df
 
@@ -82,7 +100,8 @@ def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
     groups = df.groupby("env_id", sort=False)["cell_path"].apply(list)
     if len(groups) <= 1:
         return
-    differing = [k for k, col in ENV_FIELDS.items() if df[col].astype(str).nunique() > 1]
+    # dropna=False: a version set in some cells and missing (None) in others is a difference too.
+    differing = [k for k, col in ENV_FIELDS.items() if col in df and df[col].nunique(dropna=False) > 1]
     listing = "\n".join(
         f"  {env} ({len(files)} cells):\n" + "\n".join(f"    {f}" for f in files) for env, files in groups.items()
     )
@@ -145,8 +164,10 @@ def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def summarize(paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = False) -> pd.DataFrame:
-    df = load_cells(paths)
+def summarize(
+    paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = False, run: str | None = None
+) -> pd.DataFrame:
+    df = load_cells(paths, run)
     check_environments(df, allow_mixed_env)
     df = sort_rows(add_comparisons(df))
     first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "speedup_vs_naive", "compiled_over_eager",
@@ -154,8 +175,11 @@ def summarize(paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = Fal
     return df[first + [c for c in df.columns if c not in first]]
 
 
-def write_summary(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, allow_mixed_env: bool = False) -> None:
-    df = summarize(paths, allow_mixed_env=allow_mixed_env)
+def write_summary(
+    paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, allow_mixed_env: bool = False,
+    run: str | None = None,
+) -> None:
+    df = summarize(paths, allow_mixed_env=allow_mixed_env, run=run)
     df.to_csv(out, index=False)
     log.info("wrote %s: %d rows, %s", out, len(df), df["status"].value_counts().to_dict())
 
