@@ -169,7 +169,10 @@ def code_changes(results: Path, root: Path) -> list[str]:
         lines.append(f"{stamp.relative_to(results)}: recorded code files changed since: {verdict}")
         # The package the cells ran (the common folder of the stamp's files): code files added since.
         package = root / os.path.commonpath(list(files))
-        current = [p for p in package.rglob("*") if p.suffix == ".py" or p.parent.name == "schemas"]
+        # The files a cell runs, selected as workflow/rules/common.smk's cell_code_files does: the report
+        # subpackage and the status command never run in a cell, so they are no stamp's business.
+        current = [p for p in package.rglob("*") if (p.suffix == ".py" or p.parent.name == "schemas")
+                   and "report" not in p.relative_to(package).parts[:-1] and p.name != "status.py"]
         new = sorted(p.relative_to(root).as_posix() for p in current
                      if p.is_file() and "__pycache__" not in p.parts and p.relative_to(root).as_posix() not in recorded)
         if new:
