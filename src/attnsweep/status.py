@@ -144,6 +144,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def cell_code_files(package: Path) -> list[Path]:
+    """The files a cell runs, whose hashes make the cells stamp: the package's Python files and the cell schema,
+    less the report subpackage and this status command (imported by the CLI, never run in a cell).
+    workflow/rules/common.smk stamps exactly these."""
+    return sorted(
+        p for p in package.rglob("*")
+        if p.is_file() and (p.suffix == ".py" or p.parent.name == "schemas") and "__pycache__" not in p.parts
+        and "report" not in p.relative_to(package).parts[:-1] and p.name != "status.py"
+    )
+
+
 def code_changes(results: Path, root: Path) -> list[str]:
     """Per cells stamp: recorded code files that changed or vanished since, and code files no stamp records.
 
@@ -169,12 +180,8 @@ def code_changes(results: Path, root: Path) -> list[str]:
         lines.append(f"{stamp.relative_to(results)}: recorded code files changed since: {verdict}")
         # The package the cells ran (the common folder of the stamp's files): code files added since.
         package = root / os.path.commonpath(list(files))
-        # The files a cell runs, selected as workflow/rules/common.smk's cell_code_files does: the report
-        # subpackage and the status command never run in a cell, so they are no stamp's business.
-        current = [p for p in package.rglob("*") if (p.suffix == ".py" or p.parent.name == "schemas")
-                   and "report" not in p.relative_to(package).parts[:-1] and p.name != "status.py"]
-        new = sorted(p.relative_to(root).as_posix() for p in current
-                     if p.is_file() and "__pycache__" not in p.parts and p.relative_to(root).as_posix() not in recorded)
+        new = sorted(p.relative_to(root).as_posix() for p in cell_code_files(package)
+                     if p.relative_to(root).as_posix() not in recorded)
         if new:
             lines.append(f"{stamp.relative_to(results)}: code files no stamp records (new since): {', '.join(new)}")
     return lines

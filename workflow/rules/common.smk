@@ -271,17 +271,10 @@ def make_stamp(kind: str, files: dict[str, str], settings: dict) -> dict:
 
 
 def cell_code_files() -> dict[str, str]:
-    """Everything a cell runs: the package but its report subpackage, and the cell schema."""
-    py = [
-        f
-        for f in CODE_DIR.rglob("*.py")
-        if "report" not in f.relative_to(CODE_DIR).parts[:-1]
-        # the status command is imported by the CLI but never runs in a cell
-        and f.name != "status.py"
-    ]
-    return file_hashes(
-        CODE_DIR, config["code_dir"], py + list(CODE_DIR.glob("schemas/*.json"))
-    )
+    """Everything a cell runs (the selection lives in attnsweep.status, which compares results with it)."""
+    from attnsweep.status import cell_code_files as cell_code_paths
+
+    return file_hashes(CODE_DIR, config["code_dir"], cell_code_paths(CODE_DIR))
 
 
 def report_code_files() -> dict[str, str]:
