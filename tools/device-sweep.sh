@@ -12,6 +12,7 @@ source tools/device-setup.sh || exit 1
 mkdir -p "results/$run"
 log="results/$run/snakemake-$(date -u +%Y%m%dT%H%M%S).log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
+snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its limit (.snakemake/ stays on a warm host)
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
 timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores 1 --resources gpu=1 >>"$log" 2>&1
 echo "snakemake exit: $? (124 = stopped at the deadline)"
