@@ -4,7 +4,7 @@
 rule summary:
     input:
         stamp=ancient(REPORT_STAMP),
-        cells=CELLS,
+        cells=PRESENT_CELLS,
     output:
         report(
             SUMMARY,
@@ -18,6 +18,7 @@ rule summary:
     params:
         allow_mixed_env=SETTINGS["allow_mixed_env"],
         run=RUN,
+        missing=MISSING_CELLS,
     script:
         "../scripts/summary.py"
 

@@ -318,6 +318,16 @@ shell.prefix(
 CELLS = expand(
     f"{RESULTS}/cells/{{params}}/cell.json", params=PARAMSPACE.instance_patterns
 )
+# A sweep run in parts: with allow_missing (aggregate_only only), the summary reads the cells present and lists the
+# others as `missing`, so a partial run still gets its tables, and they say what is not measured yet.
+if config["allow_missing"] and not AGGREGATE_ONLY:
+    raise ConfigError(
+        "allow_missing: only with aggregate_only=True (a sweep that measures makes every cell)"
+    )
+MISSING_CELLS = (
+    [c for c in CELLS if not Path(c).exists()] if config["allow_missing"] else []
+)
+PRESENT_CELLS = [c for c in CELLS if c not in set(MISSING_CELLS)]
 SUMMARY = f"{RESULTS}/summary.csv"
 TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
 FIGURES = {

@@ -164,11 +164,38 @@ def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+MISSING_REASON = "not measured yet (a sweep run in parts)"
+
+
+def missing_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """One `missing` row per cell path not measured yet, its axes read from the path (`.../model~small/.../cell.json`)."""
+    rows = []
+    for p in paths:
+        parts = dict(seg.split("~", 1) for seg in Path(p).parts if "~" in seg)
+        absent = [a for a in AXES if a not in parts]
+        if absent:
+            raise ValueError(f"{p}: not a cell path (no {', '.join(absent)} in it)")
+        rows.append({**{a: parts[a] for a in AXES}, "status": "missing", "reason": MISSING_REASON,
+                     "cell_path": Path(p).as_posix()})
+    df = pd.DataFrame(rows, columns=[*AXES, "status", "reason", "cell_path"])
+    for axis in ("seq_len", "kv_heads"):
+        df[axis] = df[axis].astype(int)
+    return df
+
+
 def summarize(
-    paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = False, run: str | None = None
+    paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = False, run: str | None = None,
+    missing: Iterable[str | os.PathLike] = (),
 ) -> pd.DataFrame:
+    """One row per cell, with the comparisons; `missing` cell paths (not measured yet) become `missing` rows."""
     df = load_cells(paths, run)
     check_environments(df, allow_mixed_env)
+    absent = missing_rows(missing)
+    if len(absent):
+        # A missing cell has no environment: it joins the one environment of the cells present (refused above
+        # if there are several and mixing is not allowed), so it sits in its place in that environment's tables.
+        absent["env_id"] = df["env_id"].iloc[0] if df["env_id"].nunique() == 1 else "missing"
+        df = pd.concat([df, absent], ignore_index=True)
     df = sort_rows(add_comparisons(df))
     first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "speedup_vs_naive", "compiled_over_eager",
              *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct")), "env_id", "cell_path"]
@@ -177,9 +204,9 @@ def summarize(
 
 def write_summary(
     paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, allow_mixed_env: bool = False,
-    run: str | None = None,
+    run: str | None = None, missing: Iterable[str | os.PathLike] = (),
 ) -> None:
-    df = summarize(paths, allow_mixed_env=allow_mixed_env, run=run)
+    df = summarize(paths, allow_mixed_env=allow_mixed_env, run=run, missing=missing)
     df.to_csv(out, index=False)
     log.info("wrote %s: %d rows, %s", out, len(df), df["status"].value_counts().to_dict())
 

@@ -21,11 +21,13 @@ from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
 # Setup keys that may vary within a table; shown as columns when they do.
 SETUP = ("precision", "optimizer", "kv_heads", "harness")
-STATUS_MARK = {"oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error"}
+STATUS_MARK = {
+    "oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error", "missing": "not run yet",
+}
 DASH = "–"
 LEGEND = (
     "OOM: out of memory at every batch size tried. unsupported: the implementation cannot run in this setup (the "
-    f"reason is in summary.csv). {DASH}: not computable (a cell it depends on has no throughput). "
+    f"reason is in summary.csv). not run yet: a cell of a sweep run in parts, not measured so far. {DASH}: not computable (a cell it depends on has no throughput). "
     "Blank: not in the grid. Speedup = tokens/s over the naive baseline of the same row."
 )
 
