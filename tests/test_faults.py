@@ -179,6 +179,8 @@ VALID = {"model": ", ".join(MODEL_CONFIGS), "attn": ", ".join(attention.names())
         ({"steps": 6, "window": 10}, "window (10) must not exceed steps (6)"),
         # duplicate axis values
         ({"grid__attn": ["sdpa", "naive", "sdpa"]}, "grid.attn: duplicate values ['sdpa']"),
+        # a partial aggregation asked of a sweep that measures
+        ({"allow_missing": True}, "allow_missing: only with aggregate_only=True"),
     ],
 )
 def test_bad_config_is_refused_before_any_job(tmp_path: Path, changes: dict, message: str) -> None:

@@ -301,6 +301,21 @@ def test_aggregate_only_rerenders_without_device_or_cells(repo: Path) -> None:
     assert proc.returncode != 0 and "cell.json" in proc.stdout + proc.stderr, "a missing cell must be named"
 
 
+@pytest.mark.slow
+def test_allow_missing_tables_a_partial_sweep(repo: Path) -> None:
+    """A sweep run in parts: the cells present are aggregated, the missing one is listed as such, not dropped."""
+    args = ("--config", "aggregate_only=True", "allow_missing=True", "device=cuda")
+    missing = cell_paths(repo)[0]
+    missing.unlink()
+    snakemake(repo, "--cores", "1", *args)
+    summary = pd.read_csv(repo / "results/tiny/summary.csv")
+    assert len(summary) == TINY_CELLS
+    row = summary[summary["status"] == "missing"]
+    assert row["cell_path"].tolist() == [missing.relative_to(repo).as_posix()]
+    assert (summary["status"] == "ok").sum() == TINY_CELLS - 1
+    assert "not run yet" in (repo / "results/tiny/tables/all.md").read_text()
+
+
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
     def git(*args: str, cwd: Path = repo) -> str:
         return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
