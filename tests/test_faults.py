@@ -30,6 +30,7 @@ from attnsweep import attention, cellio
 from attnsweep.cli import main as cli_main
 from attnsweep.model import MODEL_CONFIGS
 from attnsweep.report.aggregate import summarize
+from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,26 +59,6 @@ TINY_CELLS = [
 
 
 # ---- helpers (also used by test_status.py) ----------------------------------------------------------------------
-
-
-def copy_workflow(dest: Path, config: dict, *, with_source: bool = False, name: str = "config.yaml") -> Path:
-    """The workflow (Snakefile, workflow/, config/, envs/, profiles/) with `config` written to config/`name`.
-
-    Jobs import the installed attnsweep either way; the source is only hashed into the stamps. Without a copy of
-    it, code_dir points at the real package, which is enough for dry runs that edit no code.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "Snakefile", dest)
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake")
-    for d in ("workflow", "config", "envs", "profiles"):
-        shutil.copytree(REPO / d, dest / d, ignore=ignore)
-    config = copy.deepcopy(config)
-    if with_source:
-        shutil.copytree(REPO / "src" / "attnsweep", dest / "src" / "attnsweep", ignore=ignore)
-    else:
-        config.setdefault("code_dir", str(REPO / "src" / "attnsweep"))
-    (dest / "config" / name).write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
 
 
 def snakemake_cmd(*args: str) -> list[str]:

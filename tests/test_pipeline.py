@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from attnsweep.cellio import load_cell
+from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,17 +54,8 @@ TINY_CELLS = 4
 
 
 def copy_repo(dest: Path, config: dict | None = TINY) -> Path:
-    """The workflow (Snakefile, workflow/, config/, envs/) and the package source it hashes, with `config`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "Snakefile", dest)
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake")
-    for d in ("workflow", "config", "envs", "profiles"):
-        shutil.copytree(REPO / d, dest / d, ignore=ignore)
-    # Only hashed: jobs import the installed attnsweep (an editable install of REPO).
-    shutil.copytree(REPO / "src" / "attnsweep", dest / "src" / "attnsweep", ignore=ignore)
-    if config is not None:
-        write_config(dest, config)
-    return dest
+    """The workflow and a copy of the package source it hashes (edits to it change the stamps), with `config`."""
+    return copy_workflow(dest, config, with_source=True)
 
 
 def write_config(repo: Path, config: dict) -> None:

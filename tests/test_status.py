@@ -16,7 +16,8 @@ import torch
 
 from attnsweep import status
 from attnsweep.cli import main as cli_main
-from test_faults import HAS_CUDA, TINY, TINY_CELLS, copy_workflow, snakemake
+from test_faults import HAS_CUDA, TINY, TINY_CELLS, snakemake
+from workflow_copy import copy_workflow
 
 OVERLAY = "config/tiny.yaml"
 # On top of the shipped config/config.yaml, whose study grid also lists adamw8bit.
