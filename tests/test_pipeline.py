@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from attnsweep.cellio import load_cell
+from attnsweep.status import check_summary, read_cells
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,6 +307,11 @@ def test_allow_missing_tables_a_partial_sweep(repo: Path) -> None:
     assert row["cell_path"].tolist() == [missing.relative_to(repo).as_posix()]
     assert (summary["status"] == "ok").sum() == TINY_CELLS - 1
     assert "not run yet" in (repo / "results/tiny/tables/all.md").read_text()
+    # `attnsweep status` takes the missing row for what it is, not for a row that lost its file.
+    results = repo / "results/tiny"
+    lines = check_summary(results, repo, read_cells(results)[0])
+    assert lines[0] == f"summary.csv: {TINY_CELLS} rows, 1 of them cells not measured yet", lines
+    assert not any("without" in line or "another row" in line for line in lines), lines
 
 
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
