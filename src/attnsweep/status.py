@@ -97,17 +97,21 @@ def env_values(record: dict) -> dict[str, str]:
     return {k: "none" if v is None else str(v) for k, v in values.items()}
 
 
+def cell_path_axes(path: str | os.PathLike) -> dict[str, str]:
+    """The axes a cell's path names: the workflow names cell folders key~value (model~small/seq_len~1024/...)."""
+    return dict(part.split("~", 1) for part in Path(path).parts if "~" in part)
+
+
 def _provenance_notes(rel: Path, record: dict, run: str) -> list[str]:
     """What the record says that contradicts where it lies: another run's cell, or a cell moved between folders."""
     notes = []
     recorded_run = _dig(record, ("cell", "run"))
     if recorded_run != run:
         notes.append(f"recorded by run {recorded_run!r}, not {run!r}")
-    # The workflow names cell folders key~value (model~small/seq_len~1024/...); each must match the record.
-    for part in rel.parts:
-        key, sep, value = part.partition("~")
-        if sep and str(_dig(record, ("cell", key))) != value:
-            notes.append(f"folder says {part}, the record says {key}={_dig(record, ('cell', key))!r}")
+    # Each key~value folder of the cell's path must match the record.
+    for key, value in cell_path_axes(rel).items():
+        if str(_dig(record, ("cell", key))) != value:
+            notes.append(f"folder says {key}~{value}, the record says {key}={_dig(record, ('cell', key))!r}")
     return notes
 
 

@@ -324,10 +324,10 @@ if config["allow_missing"] and not AGGREGATE_ONLY:
     raise ConfigError(
         "allow_missing: only with aggregate_only=True (a sweep that measures makes every cell)"
     )
-MISSING_CELLS = (
-    [c for c in CELLS if not Path(c).exists()] if config["allow_missing"] else []
+PRESENT_CELLS = (
+    [c for c in CELLS if Path(c).exists()] if config["allow_missing"] else CELLS
 )
-PRESENT_CELLS = [c for c in CELLS if c not in set(MISSING_CELLS)]
+MISSING_CELLS = sorted(set(CELLS) - set(PRESENT_CELLS))
 SUMMARY = f"{RESULTS}/summary.csv"
 TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
 FIGURES = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..cellio import load_cell
+from ..status import cell_path_axes
 from . import log
 
 AXES = ("model", "seq_len", "attn", "mode", "kv_heads", "precision", "optimizer", "harness")
@@ -171,7 +172,7 @@ def missing_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One `missing` row per cell path not measured yet, its axes read from the path (`.../model~small/.../cell.json`)."""
     rows = []
     for p in paths:
-        parts = dict(seg.split("~", 1) for seg in Path(p).parts if "~" in seg)
+        parts = cell_path_axes(p)
         absent = [a for a in AXES if a not in parts]
         if absent:
             raise ValueError(f"{p}: not a cell path (no {', '.join(absent)} in it)")
