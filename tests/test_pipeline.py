@@ -312,6 +312,14 @@ def test_allow_missing_tables_a_partial_sweep(repo: Path) -> None:
     lines = check_summary(results, repo, read_cells(results)[0])
     assert lines[0] == f"summary.csv: {TINY_CELLS} rows, 1 of them cells not measured yet", lines
     assert not any("without" in line or "another row" in line for line in lines), lines
+    # The sweep resumed with its own command (no allow_missing) on another machine (the files with their times, no
+    # .snakemake metadata): the partial summary is present and newer than the cells it read, yet the missing cell
+    # runs, and the summary is rebuilt with it.
+    shutil.rmtree(repo / ".snakemake")
+    assert planned(repo)["cell"] == 1
+    snakemake(repo, "--cores", "1")
+    summary = pd.read_csv(repo / "results/tiny/summary.csv")
+    assert (summary["status"] == "ok").sum() == TINY_CELLS, summary["status"].tolist()
 
 
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its li
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
 timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores 1 --resources gpu=1 >>"$log" 2>&1
 echo "snakemake exit: $? (124 = stopped at the deadline)"
-pkill -KILL -f -- "-m attnsweep( cell|\.worker)" 2>/dev/null  # cells the stop left behind
+# Anchored at the interpreter: the command line that called this script may hold the same words.
+pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell|\.worker)" 2>/dev/null  # cells the stop left behind
 grep -E "^(Job|Finished|Error)|tokens/s|: (oom|unsupported|error|diverged)" "$log"
 tar czf "$OUT/$run.tgz" "results/$run"

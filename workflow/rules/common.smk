@@ -343,8 +343,10 @@ FIGURES = {
 # The stamps are targets themselves: Snakemake does not rerun a job because an input is missing (here, after a
 # code change, the stamp with the new name), only because a job it depends on runs. A missing target does run,
 # and then everything downstream of it, also where there is no .snakemake metadata (a fresh clone).
+# The cells are targets too: a summary left by a partial aggregation (allow_missing) is present and newer than the
+# cells it read, and Snakemake would not look behind it for the cells still missing.
 ALL_TARGETS = [
-    *([] if AGGREGATE_ONLY else [CELL_STAMP]),
+    *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS]),
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),
