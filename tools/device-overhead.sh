@@ -11,7 +11,7 @@ args=("$@")  # e.g. --model small --seq-len 512 --attn sdpa --mode compiled --pr
 source tools/device-setup.sh || exit 1
 mkdir -p "$outdir"
 for ((i = 1; i <= rounds; i++)); do
-    ((deadline - SECONDS > 150)) || { echo "round $i not started: too little time left"; break; }
+    ((deadline - SECONDS > 100)) || { echo "round $i not started: too little time left"; break; }
     timeout 100 python3 -m attnsweep cell "${args[@]}" --batch-policy fixed --optimizer adamw --harness native \
         --device cuda --run overhead --out "$outdir/cell-$i.json" >"$outdir/cell-$i.log" 2>&1
     echo "round $i cell exit $?: $(grep -o '"tokens_per_sec": [0-9.]*' "$outdir/cell-$i.json")"
