@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda and device.index is None:  # set_device and the memory cap need an index: "cuda" means the current one
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(args.seed)
     if cuda:
         torch.cuda.set_device(device)
