@@ -1,0 +1,73 @@
+"""The committed GPU results are what the code makes of the committed cells: nothing in them is typed in by hand.
+
+Every cell record under results/ passes the schema check. Each run's summary.csv is rebuilt from its cell files (plus
+its `missing` rows, for a sweep run in parts) and must hold the same values; its markdown tables are re-rendered from
+that summary and must equal the committed ones byte for byte. A hand-edited number, a cell left out of a summary, a
+cell file edited after its tables were made, or a table left stale after the table code changed fails here.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from attnsweep.cellio import load_cell
+from attnsweep.report.aggregate import read_summary, summarize
+from attnsweep.report.tables import all_markdown, mode_markdown
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+# Every JSON under results/ is a cell record, except the pipeline's code stamps and tools/harness_gap.py's probes.
+NOT_CELLS = {"stamps", "gap"}
+CELL_FILES = sorted(p for p in RESULTS.rglob("*.json") if not NOT_CELLS & set(p.relative_to(RESULTS).parts))
+RUNS = sorted(p.parent.name for p in RESULTS.glob("*/summary.csv"))
+
+
+def test_there_are_committed_results_to_check():
+    # Guards the parametrized tests below against passing vacuously if results/ moved or emptied.
+    assert len(CELL_FILES) >= 40
+    assert {"h100-harness", "h100-study-12gib"} <= set(RUNS)
+
+
+@pytest.mark.parametrize("path", CELL_FILES, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_every_committed_cell_record_is_valid(path):
+    record = load_cell(path)  # raises naming the file and the field
+    assert record["status"] in {"ok", "oom", "unsupported", "diverged"}, f"{path}: status {record['status']}"
+    if record["status"] == "ok":
+        assert record["tokens_per_sec"] > 0
+        assert record["loss"]["fell"], f"{path}: the loss did not fall"
+
+
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """Through CSV and back, columns sorted: the column order follows the first record's key order, not content."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    buf.seek(0)
+    back = read_summary(buf)
+    return back[sorted(back.columns)]
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_summary_is_rebuilt_from_the_committed_cells(run, monkeypatch):
+    committed = read_summary(RESULTS / run / "summary.csv")
+    missing = committed.loc[committed["status"] == "missing", "cell_path"].tolist()
+    present = sorted((RESULTS / run / "cells").rglob("cell.json"))
+    monkeypatch.chdir(REPO)  # cell_path in a summary is relative to the repository root, where the pipeline runs
+    rebuilt = summarize([p.relative_to(REPO) for p in present], run=run, missing=missing)
+    assert len(rebuilt) == len(committed), (
+        f"{run}: {len(committed)} rows committed, {len(present)} cells and {len(missing)} missing rows on disk"
+    )
+    pd.testing.assert_frame_equal(_canonical(rebuilt), _canonical(committed), check_exact=False, rtol=1e-12)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_tables_are_rendered_from_the_committed_summary(run):
+    summary = read_summary(RESULTS / run / "summary.csv")
+    rendered = {"compiled": mode_markdown(summary, "compiled"), "eager": mode_markdown(summary, "eager"),
+                "all": all_markdown(summary)}
+    for name, text in rendered.items():
+        committed = (RESULTS / run / "tables" / f"{name}.md").read_text()
+        assert committed == text, f"results/{run}/tables/{name}.md is not what the table code makes of summary.csv"
