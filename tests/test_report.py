@@ -166,6 +166,9 @@ def test_tables_in_the_study_layout(grid: list[Path], tmp_path: Path) -> None:
     assert "fa4" in markdown_header(wide) and "unsupported" in wide
     assert "101,000 (b16, 2.02×)" in wide
     assert "## compiled over eager" in wide
+    # the median of the per-step tokens/s with its spread (the fixture's stats: median 100,050, std 250 of 100,100)
+    steady = wide.split("## compiled: median of the per-step tokens/s")[1].split("## eager")[0]
+    assert "100,050 (±0.2%)" in steady and "unsupported" in steady and "OOM" in steady
 
 
 def test_setup_that_varies_by_model_becomes_a_column(tmp_path: Path) -> None:

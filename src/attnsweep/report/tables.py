@@ -135,6 +135,25 @@ def wide_table(df: pd.DataFrame) -> str:
     return _render(df, keys, table)
 
 
+def steady_table(df: pd.DataFrame) -> str:
+    """Every implementation side by side: the median of the per-step tokens/s over the window, with its spread.
+
+    A window mean is moved by a few slow steps (host stalls of tens of milliseconds were seen on the GPU host), so a
+    single run's mean can differ from its typical step by several percent; the median is not moved by them, and the
+    standard deviation (as a percentage of the mean) says how uneven the window was.
+    """
+
+    def cell(row: pd.Series | None) -> str:
+        if row is None or row["status"] != "ok":
+            return _tokens(row)
+        median, mean, std = (row[f"tokens_per_sec_stats.{k}"] for k in ("median", "mean", "std"))
+        return f"{_fmt(median, ',.0f')} (±{_fmt(100 * std / mean, '.1f')}%)"
+
+    keys = _row_keys(df)
+    table = _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])})
+    return _render(df, keys, table, setup=False)
+
+
 def compile_gain_table(df: pd.DataFrame) -> str:
     """tokens/s compiled over eager, per implementation (cells in the grid in both modes only)."""
     pair = ["model", "seq_len", "attn", *SETUP]
@@ -172,7 +191,12 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
 def all_markdown(df: pd.DataFrame) -> str:
     parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
     for mode in (m for m in ("compiled", "eager") if m in set(df["mode"])):
-        parts.append(f"## {mode}\n\n" + _by_environment(df[df["mode"] == mode], wide_table, "###"))
+        cells = df[df["mode"] == mode]
+        parts.append(f"## {mode}\n\n" + _by_environment(cells, wide_table, "###"))
+        parts.append(
+            f"## {mode}: median of the per-step tokens/s (± standard deviation over the window, % of its mean)\n\n"
+            + _by_environment(cells, steady_table, "###")
+        )
     if {"compiled", "eager"} <= set(df["mode"]):
         parts.append("## compiled over eager (tokens/s ratio)\n\n" + _by_environment(df, compile_gain_table, "###"))
     parts.append(LEGEND)
