@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display: jobs run headless
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from . import log  # noqa: E402
 from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary  # noqa: E402
@@ -25,6 +26,8 @@ from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary  # noqa: E40
 # Panels of one figure must not mix setups: a line is one implementation in one setup (and environment).
 SETUP = ("precision", "optimizer", "kv_heads", "harness", "env_id")
 LINE_STYLES = ("-", "--", ":", "-.")
+# 512,000 rather than 512000 or 5.12e5, as in the tables; small values (speedups, GiB) keep their decimals.
+THOUSANDS = FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}")
 
 
 def _variant_labels(df: pd.DataFrame, within: list[str]) -> pd.Series:
@@ -38,7 +41,8 @@ def _variant_labels(df: pd.DataFrame, within: list[str]) -> pd.Series:
 def _context_axis(ax: plt.Axes, seq_lens) -> None:
     ticks = sorted(set(int(s) for s in seq_lens))
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks, [str(t) for t in ticks])
+    # Slanted: the study's contexts (768 next to 1024, 1536 next to 2048) collide when written level on a log axis.
+    ax.set_xticks(ticks, [str(t) for t in ticks], rotation=45, ha="right", rotation_mode="anchor")
     ax.minorticks_off()
     ax.set_xlabel("context length (tokens)")
     ax.grid(True, alpha=0.3)
@@ -119,6 +123,7 @@ def panel_figure(
         _context_axis(ax, df["seq_len"])
         ax.set_title(f"{model}, {mode}")
         ax.set_ylabel(ylabel)
+        ax.yaxis.set_major_formatter(THOUSANDS)
         ax.legend(fontsize="x-small")
     fig.suptitle(title)
     fig.tight_layout()
