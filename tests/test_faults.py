@@ -222,6 +222,33 @@ def test_pipeline_refuses_a_memory_cap_larger_than_the_gpu_before_any_job(tmp_pa
     assert "Job stats" not in output and not (repo / "results").exists()
 
 
+def test_resuming_a_run_in_another_environment_is_refused_before_any_job(tmp_path: Path) -> None:
+    """A run folder whose kept cells were measured elsewhere (another GPU, torch, ...): the new cells could never be
+    tabled with them, so the sweep is refused while Snakemake reads the workflow, naming what differs."""
+    repo = copy_workflow(tmp_path, TINY)
+    snakemake(repo, "--cores", "1", "--until", "code_stamp")  # the stamp of this code and settings, no cell
+    rec = copy.deepcopy(TEMPLATE)
+    rec["cell"].update(model="tiny", seq_len=32, attn="naive", mode="eager", kv_heads=4, precision="fp32",
+                       optimizer="adamw", harness="native", run="tiny")
+    rec["env"].update(gpu_name="Elsewhere GPU", torch="1.0.0")
+    kept = repo / TINY_CELLS[0]
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps(rec))
+    proc = snakemake(repo, "-n", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "results/tiny holds cells measured in another environment than this machine's" in output, output
+    assert "gpu Elsewhere GPU (1 of 1 cells) there, none here" in output
+    assert f"torch 1.0.0 (1 of 1 cells) there, {torch.__version__} here" in output
+    assert "allow_mixed_env" in output and "Job stats:" not in output
+    # Allowed explicitly: the two cells not measured yet are planned, the kept one stays.
+    allowed = snakemake(repo, "-n", "--config", "allow_mixed_env=True").stdout
+    assert jobs_run(allowed, "cell") == 2
+    # After a settings (or code) change every cell is measured again here: nothing is kept, nothing to refuse.
+    changed = snakemake(repo, "-n", "--config", "steps=7").stdout
+    assert jobs_run(changed, "cell") == 3
+
+
 # ---- 2. kill and resume -----------------------------------------------------------------------------------------
 
 

@@ -328,6 +328,31 @@ PRESENT_CELLS = (
     [c for c in CELLS if Path(c).exists()] if config["allow_missing"] else CELLS
 )
 MISSING_CELLS = sorted(set(CELLS) - set(PRESENT_CELLS))
+
+
+def check_kept_cells_environment() -> None:
+    """Cells kept from an earlier part of this run must come from this machine's environment (GPU, torch, CUDA,
+    cuDNN, Triton, flash-attn): the summary refuses a mix, and would say so only after the sweep had spent its GPU
+    time on the new cells. Cells are kept only while their stamp is current; after a code or settings change every
+    cell is measured again, so there is nothing to check then."""
+    if AGGREGATE_ONLY or SETTINGS["allow_mixed_env"] or not Path(CELL_STAMP).exists():
+        return
+    kept = [c for c in CELLS if Path(c).exists()]
+    if not kept:
+        return
+    from attnsweep.report.aggregate import environment_conflict, machine_environment
+
+    conflict = environment_conflict(kept, machine_environment(DEVICE))
+    if conflict:
+        raise ConfigError(
+            f"{RESULTS} holds cells measured in another environment than this machine's: {conflict}. "
+            "Throughputs from two environments are not comparable, so the new cells could not be tabled with "
+            "the old. Measure into another run (--config run=NAME), move the old cells away, or set "
+            "allow_mixed_env: true to get tables grouped by environment."
+        )
+
+
+check_kept_cells_environment()
 SUMMARY = f"{RESULTS}/summary.csv"
 TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
 FIGURES = {

@@ -116,6 +116,53 @@ def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
                 len(groups), listing)
 
 
+def environment_fields(env: dict) -> dict[str, str | None]:
+    """The ENV_FIELDS of one record's `env` object, as text (None where the record has no value)."""
+
+    def get(dotted: str) -> str | None:
+        value: object = env
+        for part in dotted.split(".")[1:]:  # "env.versions.triton" -> versions, triton
+            value = value.get(part) if isinstance(value, dict) else None
+        return None if value is None else str(value)
+
+    return {name: get(column) for name, column in ENV_FIELDS.items()}
+
+
+def machine_environment(device_type: str) -> dict[str, str | None]:
+    """ENV_FIELDS as a cell measured on this machine now would record them: the cell's own provenance call."""
+    import torch
+
+    from ..provenance import environment
+
+    return environment_fields(environment(torch.device(device_type), None))
+
+
+_NONE = "none"
+
+
+def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str | None]) -> str | None:
+    """How the cells at `paths` differ from the environment `here` (ENV_FIELDS), in words; None if none differs.
+
+    Asked before a sweep measures anything: a cell measured here could not be tabled beside cells measured
+    elsewhere (check_environments refuses the mix), so finding that out after the sweep would waste its GPU time.
+    """
+    differing: dict[str, dict[str | None, int]] = {}
+    paths = list(paths)
+    for path in paths:
+        there = environment_fields(load_cell(path)["env"])
+        for name in ENV_FIELDS:
+            if there[name] != here[name]:
+                counts = differing.setdefault(name, {})
+                counts[there[name]] = counts.get(there[name], 0) + 1
+    if not differing:
+        return None
+    return "; ".join(
+        f"{name} {', '.join(f'{v or _NONE} ({n} of {len(paths)} cells)' for v, n in values.items())} there, "
+        f"{here[name] or _NONE} here"
+        for name, values in differing.items()
+    )
+
+
 def _reference(df: pd.DataFrame, keys: Sequence[str], where: pd.Series, column: str = "tokens_per_sec") -> pd.Series:
     """For every row, `column` of the row with the same `keys` that satisfies `where` (NaN if there is none)."""
     ref = df.loc[where, [*keys, column]].rename(columns={column: "_ref"})
