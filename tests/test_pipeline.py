@@ -207,7 +207,7 @@ def test_auto_without_gpu_is_the_announced_cpu_demo(tmp_path: Path) -> None:
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository with the tiny grid run to the end (and Snakemake's metadata)."""
     repo = copy_repo(tmp_path_factory.mktemp("swept"))
-    snakemake(repo)
+    snakemake(repo, "--cores", "2")  # two cores: each cell takes both, one cell at a time
     return repo
 
 
@@ -232,6 +232,11 @@ def test_sweep_outputs(swept: Path) -> None:
     for p in paths:
         log = swept / "results/tiny/logs/cells" / p.parent.relative_to(swept / "results/tiny/cells") / "cell.log"
         assert "ok" in log.read_text()
+    # A cell is given every core of the sweep, and its training uses them (OMP_NUM_THREADS from the rule's threads).
+    assert {load_cell(p)["env"]["cpu_threads"] for p in paths} == {2}
+    # ... so no two cells were timed side by side.
+    spans = sorted((load_cell(p)["started_at"], load_cell(p)["finished_at"]) for p in paths)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
 
 
 @pytest.mark.slow

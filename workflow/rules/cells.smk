@@ -38,6 +38,9 @@ if not AGGREGATE_ONLY:
         retries: 0
         conda:
             "../../envs/attnsweep.yaml"
+        # Every core it is given: no other job shares the machine while a cell is timed, and on the CPU its
+        # training uses them all (Snakemake sets OMP_NUM_THREADS to a job's threads; the cell records it).
+        threads: workflow.cores
         resources:
             gpu=GPU_PER_CELL,
         params:
