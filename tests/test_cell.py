@@ -222,3 +222,24 @@ def test_worker_process_isolation_round_trip(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rec = cellio.load_cell(out)
     assert rec["status"] == "ok" and rec["kernels"] is None
+
+
+def test_source_hash_covers_exactly_the_files_a_cell_runs(tmp_path, monkeypatch):
+    """env.code.source_sha256 changes with the code a cell runs, and not with report or status code (no cell runs
+    those), as the pipeline's cells stamp does."""
+    import shutil
+
+    from attnsweep import provenance
+
+    package = tmp_path / "attnsweep"
+    shutil.copytree(provenance.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    before = provenance.source_hash()
+    assert before == provenance.source_hash()  # no file times, no randomness
+    for not_run in ("report/tables.py", "status.py"):
+        (package / not_run).write_text((package / not_run).read_text() + "\n# an edit\n")
+        assert provenance.source_hash() == before, not_run
+    for run in ("model.py", "schemas/cell.schema.json"):
+        (package / run).write_text((package / run).read_text() + "\n")
+        assert provenance.source_hash() != before, run
+        before = provenance.source_hash()

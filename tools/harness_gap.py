@@ -26,10 +26,7 @@ import cProfile
 import gc
 import io
 import json
-import os
 import pstats
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -39,8 +36,8 @@ import torch
 from attnsweep import attention
 from attnsweep.data import synthetic_batches
 from attnsweep.model import GPT, model_config
-from attnsweep.training import TrainSpec, scoped_env
-from attnsweep.worker import N_DATA_BATCHES, _harness
+from attnsweep.training import TrainSpec, private_compile_cache
+from attnsweep.worker import N_DATA_BATCHES, harness
 
 # Indexing calls made (before, after) training: Composer's harness reads batches[0] for the batch size before, and
 # for its profiling step after.
@@ -163,20 +160,15 @@ def main(argv: list[str] | None = None) -> int:
 
     start_call = CALLS_OUTSIDE_TRAINING[args.harness][0] + args.steps - args.window + 1
     batches = CountingBatches(data, start_call, on_window)
-    cache = tempfile.mkdtemp(prefix="harness-gap-")
-    try:
-        with scoped_env(TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
-                        TRITON_CACHE_DIR=os.path.join(cache, "triton")):
-            result = _harness(args.harness)(model, batches, spec, args.batch_size * args.seq_len)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if args.probe == "gpu":
-                profiler.stop()
-            else:
-                host.disable()
-            gc_pauses.active = False
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    with private_compile_cache(prefix="harness-gap-") as cache:
+        result = harness(args.harness)(model, batches, spec, args.batch_size * args.seq_len)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if args.probe == "gpu":
+            profiler.stop()
+        else:
+            host.disable()
+        gc_pauses.active = False
     expected_calls = sum(CALLS_OUTSIDE_TRAINING[args.harness]) + args.steps
     if batches.calls != expected_calls:
         raise SystemExit(f"the batch list was indexed {batches.calls} times, expected {expected_calls}: "

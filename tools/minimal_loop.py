@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shutil
-import tempfile
 import time
 
 import torch
@@ -30,7 +27,7 @@ import torch
 from attnsweep import attention
 from attnsweep.data import synthetic_batches
 from attnsweep.model import GPT, model_config
-from attnsweep.training import make_optimizer
+from attnsweep.training import make_optimizer, private_compile_cache
 
 N_DATA_BATCHES = 4  # as a cell: a small pool on the device, cycled
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
@@ -109,13 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A private, fresh compile cache, as each cell attempt gets: no warm FX-graph or Triton cache from other runs.
-    cache = tempfile.mkdtemp(prefix="minimal-loop-inductor-")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
-    try:
+    with private_compile_cache(prefix="minimal-loop-inductor-"):
         r = run(args)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
     print(f"minimal_loop model={args.model} seq_len={args.seq_len} attn={args.attn} batch={args.batch_size} "
           f"mode={args.mode} precision={args.precision} tokens_per_sec={r['tokens_per_sec']:.1f} "
           f"window_s={r['window_s']:.6f} first_loss={r['first_loss']:.4f} last_loss={r['last_loss']:.4f}")

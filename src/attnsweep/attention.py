@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -244,6 +244,20 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 _CPU_CUDA = frozenset({"cpu", "cuda"})
 _CUDA = frozenset({"cuda"})
 
+_FA2 = AttentionImpl(
+    name="fa2",
+    description="FlashAttention-2 from the flash-attn package: flash_attn_func(q, k, v, causal=True)",
+    factory=_FlashAttn2,
+    devices=_CUDA,
+    dtypes=_HALF,
+    # What flash-attn supports. A build may ship fewer head dims (the offline Hopper wheel has only 64); that
+    # cannot be probed without a GPU call, and such a build raises a clear error at the first call instead.
+    head_dims=_FA2_HEAD_DIMS,
+    native_gqa=True,
+    requires=("flash_attn",),
+    min_capability=(8, 0),
+)
+
 # SDPA entries do not pass enable_gqa: not every backend accepts it, and passing it changes what the default
 # dispatch may pick. The registry repeats k/v heads instead, which every backend runs.
 _ENTRIES: tuple[AttentionImpl, ...] = (
@@ -295,31 +309,15 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         devices=_CPU_CUDA,
         dtypes=_FLOATS,
     ),
-    AttentionImpl(
-        name="fa2",
-        description="FlashAttention-2 from the flash-attn package: flash_attn_func(q, k, v, causal=True)",
-        factory=_FlashAttn2,
-        devices=_CUDA,
-        dtypes=_HALF,
-        # What flash-attn supports. A build may ship fewer head dims (the offline Hopper wheel has only 64); that
-        # cannot be probed without a GPU call, and such a build raises a clear error at the first call instead.
-        head_dims=_FA2_HEAD_DIMS,
-        native_gqa=True,
-        requires=("flash_attn",),
-        min_capability=(8, 0),
-    ),
-    AttentionImpl(
+    _FA2,
+    # The 2023 condition: the same kernel, but Dynamo must leave the graph at every attention layer.
+    replace(
+        _FA2,
         name="fa2_graphbreak",
         description="FlashAttention-2 wrapped in torch.compiler.disable: a graph break at every attention layer, "
         "as flash-attn forced in 2023",
         factory=lambda **kw: _FlashAttn2(graph_break=True, **kw),
-        devices=_CUDA,
-        dtypes=_HALF,
-        head_dims=_FA2_HEAD_DIMS,
-        native_gqa=True,
         fullgraph=False,
-        requires=("flash_attn",),
-        min_capability=(8, 0),
     ),
     AttentionImpl(
         name="flex",

@@ -26,8 +26,16 @@ def _version(dist: str) -> str | None:
 
 
 def source_hash(files: list[Path] | None = None) -> str:
-    """SHA-256 over the package's source files (names and contents), independent of git and file times."""
-    files = sorted(files if files is not None else PACKAGE_DIR.rglob("*.py"))
+    """SHA-256 over the files a cell runs (names and contents), independent of git and file times.
+
+    The same selection as the pipeline's cells stamp (`status.cell_code_files`): a change to the report or status
+    code, which no cell runs, leaves it as it was.
+    """
+    if files is None:
+        from .status import cell_code_files  # status imports no cell code: no cycle
+
+        files = cell_code_files(PACKAGE_DIR)
+    files = sorted(files)
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(PACKAGE_DIR).as_posix().encode())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -99,29 +101,40 @@ def autocast(spec: TrainSpec) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=spec.device.type, dtype=dtype)
 
 
+def _set_env(values: dict[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def scoped_env(**values: str | None) -> Iterator[None]:
     """Set (or, for None, unset) environment variables for the duration of a block, then restore them."""
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_env(values)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_env(saved)
 
 
-def batches_forever(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Cycle over a pool of pre-made batches that already sit on the device (no host copies while timing)."""
-    while True:
-        yield from batches
+@contextlib.contextmanager
+def private_compile_cache(prefix: str = "attnsweep-inductor-") -> Iterator[str]:
+    """A fresh inductor + Triton cache for one training run, removed afterwards; yields its folder.
+
+    A shared FX-graph cache has reused another SDPA backend's compiled code (SPEC.md, pitfalls), and a warm cache
+    would also hide the compile time that is recorded. Used by every attempt of a cell and by the tools that
+    measure beside it (tools/minimal_loop.py, tools/harness_gap.py), so all compile under the same conditions.
+    """
+    cache = tempfile.mkdtemp(prefix=prefix)
+    try:
+        with scoped_env(TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
+                        TRITON_CACHE_DIR=os.path.join(cache, "triton")):
+            yield cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def reset_graph_counters() -> None:

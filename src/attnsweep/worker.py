@@ -7,11 +7,9 @@ an `error` with the end of its traceback, so the cell can say what broke.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import traceback
+from collections.abc import Callable
 
 import torch
 
@@ -19,7 +17,7 @@ from . import attention
 from .data import synthetic_batches
 from .kernels import profile_step
 from .model import GPT, model_config
-from .training import TrainSpec, scoped_env
+from .training import TrainSpec, private_compile_cache
 
 N_DATA_BATCHES = 4
 OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -29,7 +27,8 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or any(m in str(e) for m in OOM_MARKERS)
 
 
-def _harness(name: str):
+def harness(name: str) -> Callable:
+    """The training function of a harness (`native` or `composer`); Composer is imported only when asked for."""
     if name == "composer":
         from .composer_harness import train_composer
 
@@ -41,15 +40,8 @@ def _harness(name: str):
 
 def measure(spec, batch_size: int, device: torch.device) -> dict:
     """Build, train and profile at `batch_size`; returns {"outcome", "detail", "measurement"}."""
-    # A private inductor/Triton cache per attempt: a shared FX-graph cache has reused another SDPA backend's
-    # compiled code (SPEC.md, pitfalls), and a warm cache would also hide the compile time we record.
-    cache = tempfile.mkdtemp(prefix="attnsweep-inductor-")
-    try:
-        with scoped_env(TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
-                        TRITON_CACHE_DIR=os.path.join(cache, "triton")):
-            return _measure(spec, batch_size, device)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    with private_compile_cache():
+        return _measure(spec, batch_size, device)
 
 
 def _measure(spec, batch_size: int, device: torch.device) -> dict:
@@ -72,7 +64,7 @@ def _measure(spec, batch_size: int, device: torch.device) -> dict:
                           optimizer=spec.optimizer, mode=spec.mode,
                           fullgraph=attention.get(spec.attn).fullgraph,
                           device=device)
-        result = _harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
+        result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
         kernels = profile_step(result.profile_step, device) if spec.profile and result.profile_step else None
     except Exception as e:
         if _is_oom(e):
