@@ -71,3 +71,56 @@ def test_tables_are_rendered_from_the_committed_summary(run):
     for name, text in rendered.items():
         committed = (RESULTS / run / "tables" / f"{name}.md").read_text()
         assert committed == text, f"results/{run}/tables/{name}.md is not what the table code makes of summary.csv"
+
+
+def _markdown_table(text: str, header_start: str) -> list[dict[str, str]]:
+    """The rows of the markdown table whose header line starts with `header_start`, as {column: cell text}."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[at].strip("|").split("|")]
+    rows = []
+    for line in lines[at + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def _cell(summary: pd.DataFrame, **axes) -> pd.Series:
+    sel = summary
+    for axis, value in axes.items():
+        sel = sel[sel[axis] == value]
+    assert len(sel) == 1, axes
+    return sel.iloc[0]
+
+
+def test_front_page_table_quotes_the_harness_run():
+    """The README's first table is typed by hand: every number in it must be the committed summary's."""
+    summary = read_summary(RESULTS / "h100-harness" / "summary.csv")
+    rows = _markdown_table((REPO / "README.md").read_text(), "| model | context | batch | sdpa tok/s")
+    assert len(rows) == 6
+    for row in rows:
+        at = {"model": row["model"], "seq_len": int(row["context"]), "mode": "compiled", "harness": "native"}
+        sdpa, fa2 = _cell(summary, attn="sdpa", **at), _cell(summary, attn="fa2", **at)
+        assert row["batch"] == f"{sdpa['batch_size']:.0f}" == f"{fa2['batch_size']:.0f}"
+        assert row["sdpa tok/s"] == f"{sdpa['tokens_per_sec']:,.0f}", row
+        assert row["fa2 tok/s"] == f"{fa2['tokens_per_sec']:,.0f}", row
+        assert row["fa2 − sdpa"] == f"{fa2['diff_vs_sdpa_pct']:+.1f}%", row
+
+
+def test_results_page_study_table_quotes_the_replay():
+    """The results page's table of the study replay (medians of the per-step tokens/s, with their spread)."""
+    summary = read_summary(RESULTS / "h100-study-12gib" / "summary.csv")
+    rows = _markdown_table((RESULTS / "README.md").read_text(), "| context | batch | sdpa | sdpa_flash | fa2 |")
+    assert rows
+    quoted = 0
+    for row in rows:
+        for attn in ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak"):
+            if not row[attn]:
+                continue
+            c = _cell(summary, model="small", seq_len=int(row["context"]), attn=attn, mode="compiled")
+            median, mean, std = (c[f"tokens_per_sec_stats.{k}"] for k in ("median", "mean", "std"))
+            assert row[attn] == f"{median:,.0f} (±{100 * std / mean:.1f}%)", (row["context"], attn)
+            assert row["batch"] == f"{c['batch_size']:.0f}"
+            quoted += 1
+    assert quoted == len(summary[(summary["model"] == "small") & (summary["status"] == "ok")])

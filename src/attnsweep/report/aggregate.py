@@ -145,11 +145,18 @@ def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str
 
     Asked before a sweep measures anything: a cell measured here could not be tabled beside cells measured
     elsewhere (check_environments refuses the mix), so finding that out after the sweep would waste its GPU time.
+    A file that is not a valid record is passed over: a half-written one is rerun (Snakemake marks its job
+    incomplete), and any other is refused by name when the cells are aggregated.
     """
     differing: dict[str, dict[str | None, int]] = {}
-    paths = list(paths)
+    records = []
     for path in paths:
-        there = environment_fields(load_cell(path)["env"])
+        try:
+            records.append(load_cell(path))
+        except (ValueError, OSError):
+            continue
+    for record in records:
+        there = environment_fields(record["env"])
         for name in ENV_FIELDS:
             if there[name] != here[name]:
                 counts = differing.setdefault(name, {})
@@ -157,7 +164,7 @@ def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str
     if not differing:
         return None
     return "; ".join(
-        f"{name} {', '.join(f'{v or _NONE} ({n} of {len(paths)} cells)' for v, n in values.items())} there, "
+        f"{name} {', '.join(f'{v or _NONE} ({n} of {len(records)} cells)' for v, n in values.items())} there, "
         f"{here[name] or _NONE} here"
         for name, values in differing.items()
     )
