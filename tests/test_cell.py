@@ -199,6 +199,22 @@ def test_atomic_write_leaves_old_file_intact_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+def test_atomic_write_gives_the_file_the_usual_permissions(tmp_path):
+    """Not mkstemp's private 0600: a result is readable wherever a file written with open() would be."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cellio.write_json_atomic(tmp_path / "x.json", {"a": 1})
+        os.umask(0o077)
+        cellio.write_json_atomic(tmp_path / "y.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "y.json").stat().st_mode) == 0o600
+
+
 def test_load_cell_names_the_bad_file(tmp_path):
     bad = tmp_path / "cell.json"
     bad.write_text('{"status": "ok", "tokens')
