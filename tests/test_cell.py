@@ -238,6 +238,13 @@ def test_worker_process_isolation_round_trip(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rec = cellio.load_cell(out)
     assert rec["status"] == "ok" and rec["kernels"] is None
+    # Where the attempt's time went: the phases add up to it, and a worker process has a start of its own
+    # (interpreter and imports, well over the few milliseconds of an inline attempt).
+    phases = rec["phases_s"]
+    assert set(phases) == {"outside", "setup", "train", "profile"} and min(phases.values()) >= 0
+    assert sum(phases.values()) == pytest.approx(rec["batch_attempts"][0]["seconds"], abs=0.01)
+    assert phases["outside"] > 0.3 and phases["profile"] < 0.1  # --no-profile: nothing profiled
+    assert phases["train"] >= rec["compile"]["first_step_s"] + sum(rec["step_times_s"][1:])
 
 
 def test_source_hash_covers_exactly_the_files_a_cell_runs(tmp_path, monkeypatch):

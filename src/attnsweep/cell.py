@@ -152,6 +152,13 @@ def _stats(step_times: list[float], window: int, tokens_per_batch: int) -> dict:
     }
 
 
+def _phases(inside: dict[str, float], attempt_s: float) -> dict[str, float]:
+    """The measured attempt's time by phase; `outside` is the rest of the attempt: for a worker process its
+    interpreter start, imports and result file, for an inline attempt the private compile cache's setup."""
+    phases = {k: round(v, 3) for k, v in inside.items()}
+    return {"outside": round(max(0.0, attempt_s - sum(inside.values())), 3), **phases}
+
+
 def run_cell(spec: CellSpec) -> dict:
     """Measure one cell and return its record (see schemas/cell.schema.json). Raises CellInputError on bad input."""
     spec.validate()
@@ -169,7 +176,8 @@ def run_cell(spec: CellSpec) -> dict:
         "batch_size": None, "batch_note": None, "batch_attempts": [], "tokens_per_sec": None,
         "tokens_per_sec_stats": None, "step_times_s": [], "params": None,
         "model_config": dataclasses.asdict(cfg), "peak_memory_bytes": None, "compile": None, "loss": None,
-        "mfu": None, "kernels": None, "harness_extra": None, "env": environment(device, spec.memory_cap_gib),
+        "mfu": None, "kernels": None, "harness_extra": None, "phases_s": None,
+        "env": environment(device, spec.memory_cap_gib),
     }
 
     def finish(status: str, reason: str | None) -> dict:
@@ -224,6 +232,7 @@ def run_cell(spec: CellSpec) -> dict:
         loss=m["loss"],
         kernels=m["kernels"],
         harness_extra=m["harness_extra"],
+        phases_s=_phases(m["phases_s"], next(a["seconds"] for a in record["batch_attempts"] if a["batch_size"] == answer)),
         mfu={"value": flops.mfu(m["window_tokens_per_sec"], fpt, peak), "flops_per_token": fpt,
              "formula": flops.FORMULA, "peak_flops": peak, "peak_source": peak_source},
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -45,6 +46,8 @@ def measure(spec, batch_size: int, device: torch.device) -> dict:
 
 
 def _measure(spec, batch_size: int, device: torch.device) -> dict:
+    # Host wall time of each phase (phases_s in the record): where a cell's time goes besides the timed steps.
+    t_setup = time.perf_counter()
     torch.manual_seed(spec.seed)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -64,8 +67,11 @@ def _measure(spec, batch_size: int, device: torch.device) -> dict:
                           optimizer=spec.optimizer, mode=spec.mode,
                           fullgraph=attention.get(spec.attn).fullgraph,
                           device=device)
+        t_train = time.perf_counter()
         result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
+        t_profile = time.perf_counter()
         kernels = profile_step(result.profile_step, device) if spec.profile and result.profile_step else None
+        t_end = time.perf_counter()
     except Exception as e:
         if _is_oom(e):
             return {"outcome": "oom", "detail": str(e).splitlines()[0][:300] if str(e) else type(e).__name__}
@@ -99,6 +105,8 @@ def _measure(spec, batch_size: int, device: torch.device) -> dict:
         },
         "kernels": kernels,
         "harness_extra": {"harness": result.harness, **result.extra},
+        # train: the harness's whole run (compilation in its first step, every step, its own bookkeeping).
+        "phases_s": {"setup": t_train - t_setup, "train": t_profile - t_train, "profile": t_end - t_profile},
     }
     if result.nonfinite_step is not None:
         return {"outcome": "diverged", "detail": f"loss became non-finite at step {result.nonfinite_step}",
