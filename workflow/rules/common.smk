@@ -348,7 +348,8 @@ def check_kept_cells_environment() -> None:
             f"{RESULTS} holds cells measured in another environment than this machine's: {conflict}. "
             "Throughputs from two environments are not comparable, so the new cells could not be tabled with "
             "the old. Measure into another run (--config run=NAME), move the old cells away, or set "
-            "allow_mixed_env: true to get tables grouped by environment."
+            "allow_mixed_env: true to get tables grouped by environment; to re-table the cells there are without "
+            "measuring, use aggregate_only=True."
         )
 
 
