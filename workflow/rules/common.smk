@@ -324,9 +324,8 @@ if config["allow_missing"] and not AGGREGATE_ONLY:
     raise ConfigError(
         "allow_missing: only with aggregate_only=True (a sweep that measures makes every cell)"
     )
-PRESENT_CELLS = (
-    [c for c in CELLS if Path(c).exists()] if config["allow_missing"] else CELLS
-)
+EXISTING_CELLS = [c for c in CELLS if Path(c).exists()]
+PRESENT_CELLS = EXISTING_CELLS if config["allow_missing"] else CELLS
 MISSING_CELLS = sorted(set(CELLS) - set(PRESENT_CELLS))
 
 
@@ -337,12 +336,11 @@ def check_kept_cells_environment() -> None:
     cell is measured again, so there is nothing to check then."""
     if AGGREGATE_ONLY or SETTINGS["allow_mixed_env"] or not Path(CELL_STAMP).exists():
         return
-    kept = [c for c in CELLS if Path(c).exists()]
-    if not kept:
+    if not EXISTING_CELLS:
         return
     from attnsweep.report.aggregate import environment_conflict, machine_environment
 
-    conflict = environment_conflict(kept, machine_environment(DEVICE))
+    conflict = environment_conflict(EXISTING_CELLS, machine_environment(DEVICE))
     if conflict:
         raise ConfigError(
             f"{RESULTS} holds cells measured in another environment than this machine's: {conflict}. "
