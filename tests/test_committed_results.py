@@ -16,7 +16,7 @@ import pytest
 
 from attnsweep.cellio import load_cell
 from attnsweep.report.aggregate import read_summary, summarize
-from attnsweep.report.tables import all_markdown, mode_markdown
+from attnsweep.report.tables import render_tables
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -65,10 +65,7 @@ def test_summary_is_rebuilt_from_the_committed_cells(run, monkeypatch):
 
 @pytest.mark.parametrize("run", RUNS)
 def test_tables_are_rendered_from_the_committed_summary(run):
-    summary = read_summary(RESULTS / run / "summary.csv")
-    rendered = {"compiled": mode_markdown(summary, "compiled"), "eager": mode_markdown(summary, "eager"),
-                "all": all_markdown(summary)}
-    for name, text in rendered.items():
+    for name, text in render_tables(read_summary(RESULTS / run / "summary.csv")).items():
         committed = (RESULTS / run / "tables" / f"{name}.md").read_text()
         assert committed == text, f"results/{run}/tables/{name}.md is not what the table code makes of summary.csv"
 

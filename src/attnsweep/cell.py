@@ -193,6 +193,7 @@ def run_cell(spec: CellSpec) -> dict:
                          seq_len=spec.seq_len, size=spec.batch_size, start=spec.batch_start)
     record["batch_note"] = plan.note
     results: dict[int, dict] = {}
+    attempt_seconds: dict[int, float] = {}
 
     class AttemptFailed(Exception):
         pass
@@ -200,9 +201,9 @@ def run_cell(spec: CellSpec) -> dict:
     def fits(b: int) -> bool:
         a0 = time.perf_counter()
         res = _attempt(spec, b, device)
-        results[b] = res
+        results[b], attempt_seconds[b] = res, round(time.perf_counter() - a0, 3)
         record["batch_attempts"].append({"batch_size": b, "outcome": res["outcome"],
-                                         "seconds": round(time.perf_counter() - a0, 3), "detail": res.get("detail")})
+                                         "seconds": attempt_seconds[b], "detail": res.get("detail")})
         if res["outcome"] == "error":
             raise AttemptFailed(f"batch size {b}: {res.get('detail')}")
         return res["outcome"] != "oom"
@@ -232,7 +233,7 @@ def run_cell(spec: CellSpec) -> dict:
         loss=m["loss"],
         kernels=m["kernels"],
         harness_extra=m["harness_extra"],
-        phases_s=_phases(m["phases_s"], next(a["seconds"] for a in record["batch_attempts"] if a["batch_size"] == answer)),
+        phases_s=_phases(m["phases_s"], attempt_seconds[answer]),
         mfu={"value": flops.mfu(m["window_tokens_per_sec"], fpt, peak), "flops_per_token": fpt,
              "formula": flops.FORMULA, "peak_flops": peak, "peak_source": peak_source},
     )

@@ -118,6 +118,12 @@ def study_table(df: pd.DataFrame) -> str:
     return _render(df, keys, table)
 
 
+def _side_by_side(df: pd.DataFrame, cell: Callable[[pd.Series | None], str], setup: bool = True) -> str:
+    """One column per implementation, `cell` formatting each; rows by model, varying setup and context."""
+    keys = _row_keys(df)
+    return _render(df, keys, _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])}), setup=setup)
+
+
 def wide_table(df: pd.DataFrame) -> str:
     """Every implementation side by side for one mode: tokens/s (batch, speedup over naive)."""
 
@@ -130,9 +136,7 @@ def wide_table(df: pd.DataFrame) -> str:
             extra.append(f"{row['speedup_vs_naive']:.2f}×")
         return f"{text} ({', '.join(extra)})"
 
-    keys = _row_keys(df)
-    table = _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])})
-    return _render(df, keys, table)
+    return _side_by_side(df, cell)
 
 
 def steady_table(df: pd.DataFrame) -> str:
@@ -149,9 +153,7 @@ def steady_table(df: pd.DataFrame) -> str:
         median, mean, std = (row[f"tokens_per_sec_stats.{k}"] for k in ("median", "mean", "std"))
         return f"{_fmt(median, ',.0f')} (±{_fmt(100 * std / mean, '.1f')}%)"
 
-    keys = _row_keys(df)
-    table = _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])})
-    return _render(df, keys, table, setup=False)
+    return _side_by_side(df, cell, setup=False)
 
 
 def compile_gain_table(df: pd.DataFrame) -> str:
@@ -159,9 +161,7 @@ def compile_gain_table(df: pd.DataFrame) -> str:
     pair = ["model", "seq_len", "attn", *SETUP]
     eager = df.loc[df["mode"] == "eager", pair].drop_duplicates()
     compiled = df[df["mode"] == "compiled"].merge(eager, on=pair)
-    keys = _row_keys(compiled)
-    columns = {a: (a, lambda r: _speedup(r, "compiled_over_eager")) for a in pd.unique(compiled["attn"])}
-    return _render(compiled, keys, _pivot(compiled, keys, columns), setup=False)
+    return _side_by_side(compiled, lambda r: _speedup(r, "compiled_over_eager"), setup=False)
 
 
 def _render(df: pd.DataFrame, keys: list[str], table: pd.DataFrame, setup: bool = True) -> str:
@@ -203,10 +203,14 @@ def all_markdown(df: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def render_tables(df: pd.DataFrame) -> dict[str, str]:
+    """{'compiled', 'eager', 'all'}: the markdown of each table, from a summary as read_summary returns it."""
+    return {"compiled": mode_markdown(df, "compiled"), "eager": mode_markdown(df, "eager"), "all": all_markdown(df)}
+
+
 def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
     """out: {'compiled': path, 'eager': path, 'all': path}."""
-    df = read_summary(summary)
-    texts = {"compiled": mode_markdown(df, "compiled"), "eager": mode_markdown(df, "eager"), "all": all_markdown(df)}
+    texts = render_tables(read_summary(summary))
     for name, path in out.items():
         with open(path, "w") as f:
             f.write(texts[name])
