@@ -20,7 +20,7 @@ def run_loop(device: str, precision: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.gpu
 def test_minimal_loop_runs_on_cuda_as_named_on_the_command_line():
-    """`--device cuda` (no index), as tools/device-overhead.sh calls it, with the study's fp16."""
+    """`--device cuda` (no index), as tools/gpu-host/overhead.sh calls it, with the study's fp16."""
     proc = run_loop("cuda", "fp16")
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout.split("tokens_per_sec=")[1].split()[0]) > 0

@@ -6,7 +6,7 @@
 # their cells form one run; results/RUN is packed into $OUT/RUN.tgz with the Snakemake logs and nvidia-smi's view.
 set -uo pipefail
 deadline=$((SECONDS + $1)) run=$2
-source tools/device-setup.sh || exit 1
+source tools/gpu-host/setup.sh || exit 1
 nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.max.sm,power.limit,memory.total --format=csv >"$OUT/gpus.csv"
 halves=("naive, sdpa, sdpa_flash" "fa2, fa2_graphbreak, flex")
 for i in 0 1; do

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One part of a sweep on the GPU host, sized to fit a device call (their limit is 10 minutes):
-#   tools/device-sweep.sh SECONDS RUN [snakemake arguments...]
-# SECONDS bounds this whole script: it installs the carried wheels (tools/device-setup.sh), runs snakemake until
+#   tools/gpu-host/sweep.sh SECONDS RUN [snakemake arguments...]
+# SECONDS bounds this whole script: it installs the carried wheels (tools/gpu-host/setup.sh), runs snakemake until
 # SECONDS minus a margin for packing, stops it and every cell process it left, then packs results/RUN into
 # $OUT/RUN.tgz. The cell in flight at the deadline leaves nothing (cells are written atomically), so the next call,
 # with the same arguments, runs it again with every other missing cell: only missing cells run.
 set -uo pipefail
 deadline=$((SECONDS + $1)) run=$2
 shift 2
-source tools/device-setup.sh || exit 1
+source tools/gpu-host/setup.sh || exit 1
 mkdir -p "results/$run"
 log="results/$run/snakemake-$(date -u +%Y%m%dT%H%M%S).log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
