@@ -140,12 +140,13 @@ class Probe:
 # The fraction of the budget kept free when predicting. The worker's peak is `max_memory_allocated`; out-of-memory is
 # decided on the allocator's reserved memory, a few percent more (block rounding, fragmentation). A margin inside that
 # range makes a wrong prediction about as likely on either side, and a wrong prediction costs one attempt, never the
-# answer; over 2-8% of simulated overhead, margins of 2-5% give mean attempt counts within 0.05 of each other.
+# answer; with 0-8% of simulated overhead, margins of 2-5% give mean attempt counts within about 0.05 of each other.
 PREDICTION_MARGIN = 0.03
 # After this many attempts that the line predicted to fit but did not (memory not linear in the batch: a step, strong
 # curvature), the rest of the search bisects, so a misleading fit costs a bounded number of attempts.
 MAX_OVERESTIMATES = 2
-# Up to five candidates bisection needs at most three attempts, no more than two points for a line and a confirmation.
+# With up to five candidates bisection needs at most three attempts, which two points for a line and one
+# confirmation cannot beat.
 BISECT_UP_TO = 5
 
 
@@ -190,7 +191,7 @@ def predictive_search_largest(
                 peaks[asc[j]] = result.peak_bytes
         else:
             hi = j
-            overestimates += predicted_fit
+            overestimates += int(predicted_fit)
     return (asc[lo] if lo >= 0 else None), tried
 
 
