@@ -150,22 +150,6 @@ def test_nothing_fits_is_status_oom(monkeypatch):
     cellio.validate_cell(rec)
 
 
-def test_study_policy_replays_the_study_sizes():
-    assert batching.plan("study", model="small", attn="fa2", mode="compiled", seq_len=1024).candidates == (16,)
-    assert batching.plan("study", model="small", attn="naive", mode="compiled", seq_len=256).candidates == (52,)
-    assert batching.plan("study", model="medium", attn="fa2", mode="eager", seq_len=2048).candidates == (2,)
-    assert batching.plan("study", model="medium", attn="sdpa", mode="eager", seq_len=2048).candidates == (3,)
-    # Out of memory on the study's 12 GB card: batch 1 is tried once.
-    assert batching.plan("study", model="medium", attn="naive", mode="compiled", seq_len=2048).candidates == (1,)
-    # Not run by the study: searched from the flash size at that cell.
-    assert batching.plan("study", model="large", attn="naive", mode="compiled", seq_len=512).candidates[0] == 5
-
-
-def test_step_down_ladder_matches_the_study():
-    assert batching.step_down(64) == (64, 56, 48, 40, 32, 24, 16, 8, 7, 6, 5, 4, 3, 2, 1)
-    assert batching.step_down(5) == (5, 4, 3, 2, 1)
-
-
 def test_mfu_formula():
     cfg = model_config("small", block_size=1024)
     n = 85_000_000

@@ -1,12 +1,34 @@
 """Batch-size policies: `fixed` (given), `study` (the 2023 study's per-cell sizes) and `search` (largest that fits).
 
 A policy turns a cell into a descending list of candidate batch sizes. The cell tries them and keeps the largest
-that fits; memory use grows with the batch, so "fits" is monotone along the list and a binary search finds the
-same answer as the study's linear step-down with far fewer attempts (each attempt costs a compilation).
+that fits; memory use grows with the batch, so "fits" is monotone along the list and a search over it finds the same
+answer as the study's linear step-down with far fewer attempts (each attempt costs a compilation).
+
+Two searches over the candidates, both returning `(answer, batch sizes tried in order)`, `answer` None when not even
+the smallest candidate fits:
+
+- `binary_search_largest(candidates, fits)`, with `fits(b) -> bool`: bisects the list.
+- `predictive_search_largest(candidates, probe, budget_bytes)`, with `probe(b) -> Probe(fits, peak_bytes)`:
+  `peak_bytes` is the attempt's peak memory (the worker's `measurement["peak_memory_bytes"]`) when it fitted, and
+  `budget_bytes` the memory attempts may use (`memory_cap_gib * 2**30`, or the GPU's total memory without a cap), None
+  where unknown (CPU). Peak memory grows almost linearly with the batch, so after two attempts that fit it draws a
+  line through their peaks, tries the candidate the line puts last under the budget, then that candidate's upper
+  neighbour. On the ladder from 64 that is about 3.3 attempts a cell against the binary search's 4 (simulated memory,
+  tests/test_batching.py). Without a budget, or with at most five candidates, it is the binary search, attempt for
+  attempt. An attempt that neither fits nor runs out of memory is the caller's to raise from `probe`; the search
+  calls `probe` once per batch size it returns in the tried list, in that order.
+
+Why the prediction cannot change the answer: the search keeps the largest candidate seen to fit and the smallest seen
+not to, and stops only when they are neighbours on the list (or nothing above the fitting one is left, or nothing
+below the failing one), so the answer is confirmed by attempts on both sides. The prediction only picks which
+candidate inside that bracket is tried next; with fitting monotone, any such order ends at the same boundary as the
+binary search.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 STUDY_SEQ_LENS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -90,7 +112,7 @@ def plan(
     raise ValueError(f"unknown batch policy {policy!r}; allowed: fixed, study, search")
 
 
-def binary_search_largest(candidates: tuple[int, ...], fits) -> tuple[int | None, list[int]]:
+def binary_search_largest(candidates: tuple[int, ...], fits: Callable[[int], bool]) -> tuple[int | None, list[int]]:
     """Largest candidate for which `fits(b)` is true, assuming fitting is monotone; returns (answer, tried order).
 
     `candidates` is descending, so `fits` is False...False True...True along it: find the first True.
@@ -104,3 +126,85 @@ def binary_search_largest(candidates: tuple[int, ...], fits) -> tuple[int | None
         else:
             lo = mid + 1
     return answer, tried
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One attempt's outcome for the search: did the batch fit, and its peak memory in bytes when it did (None on a
+    CPU, or when it did not fit)."""
+
+    fits: bool
+    peak_bytes: int | None = None
+
+
+# The fraction of the budget kept free when predicting. The worker's peak is `max_memory_allocated`; out-of-memory is
+# decided on the allocator's reserved memory, a few percent more (block rounding, fragmentation). A margin inside that
+# range makes a wrong prediction about as likely on either side, and a wrong prediction costs one attempt, never the
+# answer; with 0-8% of simulated overhead, margins of 2-5% give mean attempt counts within about 0.05 of each other.
+PREDICTION_MARGIN = 0.03
+# After this many attempts that the line predicted to fit but did not (memory not linear in the batch: a step, strong
+# curvature), the rest of the search bisects, so a misleading fit costs a bounded number of attempts.
+MAX_OVERESTIMATES = 2
+# With up to five candidates bisection needs at most three attempts, which two points for a line and one
+# confirmation cannot beat.
+BISECT_UP_TO = 5
+
+
+def predictive_search_largest(
+    candidates: tuple[int, ...], probe: Callable[[int], Probe], budget_bytes: int | None,
+    *, margin: float = PREDICTION_MARGIN,
+) -> tuple[int | None, list[int]]:
+    """Largest candidate whose probe fits, assuming fitting is monotone; returns (answer, tried order).
+
+    The same answer as `binary_search_largest` with `fits = lambda b: probe(b).fits`, in fewer attempts on average:
+    the peak memory of the attempts that fit predicts where the boundary lies (see the module docstring).
+    """
+    if budget_bytes is None or len(candidates) <= BISECT_UP_TO:
+        return binary_search_largest(candidates, lambda b: probe(b).fits)
+    if any(a <= b for a, b in zip(candidates, candidates[1:])) or any(b < 1 for b in candidates):
+        raise ValueError(f"candidates must be positive and strictly descending, got {candidates}")
+    asc = candidates[::-1]
+    # asc[lo] is the largest candidate known to fit (-1: none yet), asc[hi] the smallest known not to (len: none yet).
+    lo, hi = -1, len(asc)
+    peaks: dict[int, int] = {}
+    tried: list[int] = []
+    overestimates = 0
+    while hi - lo > 1:
+        predicted_fit = False
+        if not tried:
+            # The second smallest: small enough to fit almost always (a point for the line), and where only the
+            # smallest fits it is already one of the two attempts that prove the answer.
+            j = min(1, len(asc) - 1)
+        elif not peaks or overestimates >= MAX_OVERESTIMATES:
+            j = (lo + hi) // 2
+        else:
+            largest = _predicted_largest(peaks, budget_bytes * (1 - margin))
+            j = max((i for i in range(lo + 1, hi) if asc[i] <= largest), default=lo)
+            predicted_fit = j > lo
+            if not predicted_fit:
+                j = lo + 1  # the line says nothing above the known fit fits: try its neighbour to prove it
+        result = probe(asc[j])
+        tried.append(asc[j])
+        if result.fits:
+            lo = j
+            if result.peak_bytes is not None:
+                peaks[asc[j]] = result.peak_bytes
+        else:
+            hi = j
+            overestimates += int(predicted_fit)
+    return (asc[lo] if lo >= 0 else None), tried
+
+
+def _predicted_largest(peaks: dict[int, int], usable_bytes: float) -> float:
+    """The batch at which the peak reaches `usable_bytes`, on a line through the measured peaks.
+
+    With one point the line goes through zero: static memory (weights, optimizer state) is never negative, so this
+    under-predicts, and the batch it names fits under a linear model: a safe second point for the line.
+    With more, the line through the two largest batches: the nearest to the boundary, where curvature matters least.
+    """
+    (b1, p1), *rest = sorted(peaks.items(), reverse=True)
+    if not rest:
+        return math.inf if p1 <= 0 else b1 * usable_bytes / p1
+    b2, p2 = rest[0]
+    slope = (p1 - p2) / (b1 - b2)
+    return math.inf if slope <= 0 else b1 + (usable_bytes - p1) / slope
