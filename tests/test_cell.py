@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from attnsweep import batching, cellio, flops
-from attnsweep.cell import CellInputError, CellSpec, run_cell
+from attnsweep.attempt import AttemptResult
+from attnsweep.cell import run_cell
+from attnsweep.spec import CellInputError, CellSpec
 from attnsweep.cli import main as cli_main
 from attnsweep.data import synthetic_batches
 from attnsweep.model import GPT, model_config
@@ -123,14 +125,15 @@ def test_search_policy_uses_binary_search_and_records_attempts(monkeypatch):
 
     tried = []
 
-    def fake_attempt(spec, b, device):
+    real_attempt = cell_mod.run_attempt
+
+    def fake_attempt(spec, b, device, **kw):
         tried.append(b)
         if b > 13:
-            return {"outcome": "oom", "detail": "CUDA out of memory (simulated)"}
-        return cell_mod.__dict__["_real_attempt"](spec, b, device)
+            return AttemptResult("oom", "CUDA out of memory (simulated)")
+        return real_attempt(spec, b, device, **kw)
 
-    monkeypatch.setitem(cell_mod.__dict__, "_real_attempt", cell_mod._attempt)
-    monkeypatch.setattr(cell_mod, "_attempt", fake_attempt)
+    monkeypatch.setattr(cell_mod, "run_attempt", fake_attempt)
     spec = CellSpec(attn="sdpa", mode="eager", **{**TINY, "batch_size": None, "batch_policy": "search",
                                                    "batch_start": 64, "profile": False, "steps": 4, "window": 2})
     rec = run_cell(spec)
@@ -143,7 +146,7 @@ def test_search_policy_uses_binary_search_and_records_attempts(monkeypatch):
 def test_nothing_fits_is_status_oom(monkeypatch):
     import attnsweep.cell as cell_mod
 
-    monkeypatch.setattr(cell_mod, "_attempt", lambda s, b, d: {"outcome": "oom", "detail": "simulated"})
+    monkeypatch.setattr(cell_mod, "run_attempt", lambda s, b, d, **kw: AttemptResult("oom", "simulated"))
     rec = run_cell(CellSpec(attn="sdpa", mode="eager", **{**TINY, "batch_size": None, "batch_policy": "search",
                                                            "batch_start": 16}))
     assert rec["status"] == "oom" and rec["batch_size"] is None and len(rec["batch_attempts"]) >= 1
@@ -236,17 +239,16 @@ def test_source_hash_covers_exactly_the_files_a_cell_runs(tmp_path, monkeypatch)
     those), as the pipeline's cells stamp does."""
     import shutil
 
-    from attnsweep import provenance
+    from attnsweep import codestamp
 
     package = tmp_path / "attnsweep"
-    shutil.copytree(provenance.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
-    before = provenance.source_hash()
-    assert before == provenance.source_hash()  # no file times, no randomness
-    for not_run in ("report/tables.py", "status.py"):
+    shutil.copytree(codestamp.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = codestamp.source_hash(package)
+    assert before == codestamp.source_hash(package)  # no file times, no randomness
+    for not_run in ("report/tables.py", "status.py", "sweep.py"):
         (package / not_run).write_text((package / not_run).read_text() + "\n# an edit\n")
-        assert provenance.source_hash() == before, not_run
-    for run in ("model.py", "schemas/cell.schema.json"):
+        assert codestamp.source_hash(package) == before, not_run
+    for run in ("model.py", "schemas/cell.schema.json", "vocabulary.py"):
         (package / run).write_text((package / run).read_text() + "\n")
-        assert provenance.source_hash() != before, run
-        before = provenance.source_hash()
+        assert codestamp.source_hash(package) != before, run
+        before = codestamp.source_hash(package)

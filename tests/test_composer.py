@@ -175,7 +175,7 @@ def offline_in_empty_dir(tmp_path, monkeypatch):
 
 def test_composer_agrees_with_native(offline_in_empty_dir):
     require_composer()
-    from attnsweep.measure import train_native
+    from attnsweep.native_harness import train_native
 
     fresh_model, batches = tiny_cell()
     s = spec(steps=30, window=10)

@@ -30,6 +30,7 @@ from attnsweep import attention, cellio
 from attnsweep.cli import main as cli_main
 from attnsweep.model import MODEL_CONFIGS
 from attnsweep.report.aggregate import summarize
+from attnsweep.vocabulary import AXES
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,6 @@ HAS_CUDA = torch.cuda.is_available()
 # The shipped profile (keep-going, rerun-incomplete, one job at a time). Snakemake finds profiles/default by itself;
 # naming it makes sure these tests run with it whatever the working directory.
 PROFILE = ("--workflow-profile", "profiles/default")
-AXES = ("model", "seq_len", "attn", "mode", "kv_heads", "precision", "optimizer", "harness")
 TEMPLATE = json.loads((REPO / "tests" / "data" / "cell_ok.json").read_text())
 
 # Three eager cells of the tiny model on the CPU: a few seconds each, most of it starting Python.

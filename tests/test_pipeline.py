@@ -27,6 +27,7 @@ import yaml
 
 from attnsweep.cellio import load_cell
 from attnsweep.status import check_summary, read_cells
+from attnsweep.vocabulary import AXES
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,6 @@ BIN = Path(sys.executable).parent
 HAS_CUDA = torch.cuda.is_available()
 # Snakemake finds profiles/default by itself; naming it keeps the tests independent of the working directory.
 PROFILE = ["--workflow-profile", "profiles/default"]
-AXES = ["model", "seq_len", "attn", "mode", "kv_heads", "precision", "optimizer", "harness"]
 
 # A grid that runs in seconds: 4 eager cells of the tiny model on the CPU.
 TINY: dict = {
@@ -187,7 +187,7 @@ def test_device_cuda_without_gpu_fails_at_once(tmp_path: Path) -> None:
     edit_config(repo, device="cuda")
     proc = snakemake(repo, "-n", check=False)
     assert proc.returncode != 0
-    assert "device: cuda, but no CUDA GPU is visible" in proc.stderr + proc.stdout
+    assert "device: cuda, but no GPU is visible" in proc.stderr + proc.stdout
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="device auto picks the GPU here")

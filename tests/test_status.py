@@ -102,7 +102,7 @@ def test_gpu_run_on_a_machine_without_its_gpu(swept: Path, capsys) -> None:
     out = status_cli(swept, capsys, "--configfile", str(swept / OVERLAY), "--config", "device=cuda")
     assert "## Cells: 3 valid, 0 invalid" in out
     assert "Not determined: Snakemake could not plan this workflow here" in out
-    assert "device: cuda, but no CUDA GPU is visible" in out
+    assert "device: cuda, but no GPU is visible" in out
     assert "A GPU run is planned on a machine with its GPU" in out
     assert "recorded code files changed since: none" in out  # the stamp check needs no Snakemake
 

@@ -37,7 +37,7 @@ from attnsweep import attention
 from attnsweep.data import synthetic_batches
 from attnsweep.model import GPT, model_config
 from attnsweep.training import TrainSpec, private_compile_cache
-from attnsweep.worker import N_DATA_BATCHES, harness
+from attnsweep.attempt import N_DATA_BATCHES, harness
 
 # Indexing calls made (before, after) training: Composer's harness reads batches[0] for the batch size before, and
 # for its profiling step after.

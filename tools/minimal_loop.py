@@ -5,9 +5,9 @@ batch size, mode and precision, and compare the tokens/s they report: the differ
 
 It builds the model, optimizer and data the way a cell does (``torch.manual_seed(seed)`` first, then
 ``GPT(model_config(...))``, ``make_optimizer(model, "adamw")``, ``synthetic_batches(..., n_batches=4)``), and uses a
-private inductor + Triton cache as a cell's worker does, so compile conditions match. What it leaves out: no
+private inductor + Triton cache as a cell's cold attempt does, so compile conditions match. What it leaves out: no
 subprocess per attempt, no batch search, no profiling step, no per-step CUDA events, no loss bookkeeping, no
-JSON record. The loop below is written out plainly, nanoGPT/llm.c style.
+JSON record. The training step is the cell's own (training.TrainStep): what is bare is the loop around it.
 
 Timing: ``--steps`` steps; the window is the last ``--window`` of them. The device is synchronized just before the
 window starts and just after it ends, with ``time.perf_counter()`` read at both points (on the CPU, no
@@ -19,7 +19,6 @@ Prints one line to stdout, ``minimal_loop key=value ...``, for a shell script to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
@@ -27,10 +26,10 @@ import torch
 from attnsweep import attention
 from attnsweep.data import synthetic_batches
 from attnsweep.model import GPT, model_config
-from attnsweep.training import make_optimizer, private_compile_cache
+from attnsweep.training import TrainStep, make_optimizer, private_compile_cache
+from attnsweep.vocabulary import PRECISIONS
 
 N_DATA_BATCHES = 4  # as a cell: a small pool on the device, cycled
-AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attn", required=True, help="attention registry name (sdpa, fa2, naive, ...)")
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--mode", choices=("compiled", "eager"), required=True)
-    p.add_argument("--precision", choices=tuple(AUTOCAST), default="fp16")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16")
     p.add_argument("--steps", type=int, default=125)
     p.add_argument("--window", type=int, default=25)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     if cuda:
         torch.cuda.set_device(device)
-        torch.empty(1, device=device)  # touch the device before the allocator calls, as worker.py does
+        torch.empty(1, device=device)  # touch the device before the allocator calls, as attempt.py does
         if args.memory_cap_gib is not None:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
@@ -71,11 +70,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                 n_batches=N_DATA_BATCHES, device=device, seed=args.seed)
     model.train()
     opt = make_optimizer(model, "adamw")
-    # fp16 needs gradient scaling; bf16 and fp32 do not (a disabled scaler passes straight through).
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     # fullgraph as a cell compiles it: True, except for the implementations that break the graph on purpose.
     fwd = torch.compile(model, fullgraph=attention.get(args.attn).fullgraph) if args.mode == "compiled" else model
-    dtype = AUTOCAST[args.precision]
+    # The cell's own training step: the loop around it is what this tool leaves bare.
+    step = TrainStep(fwd, opt, args.precision, device.type)
 
     first_loss = t0 = 0.0
     for i in range(args.steps):
@@ -84,12 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
         x, y = batches[i % N_DATA_BATCHES]
-        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            _, loss = fwd(x, y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        loss = step(x, y)
         if i == 0:
             first_loss = loss.item()  # outside the window: step 1 is warm-up/compile anyway
     if cuda:

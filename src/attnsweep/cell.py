@@ -1,97 +1,36 @@
-"""One grid cell end to end: check the input, check support, find the batch, measure, and write one JSON record.
+"""One grid cell end to end: check support, find the batch, measure, and build its one JSON record.
 
-The parent process never trains. Each batch-size attempt runs in a worker (`attnsweep.worker`): in a fresh process
-on a GPU, because an out-of-memory error can leave CUDA in a poisoned state and a compile cache must not leak
-between attempts, and in-process on the CPU, where neither risk exists and a process start would dominate.
+Two ways to run a cell. `run_cell` does it all in one go, each batch-size attempt compiling from cold. In a sweep
+the work is split in two stages: `warm_up` finds the batch (or that the cell is unsupported or out of memory) and
+fills the cell's own compile cache, several cells at a time; then `timed_cell` measures at that batch with that
+cache, alone on its GPU during its measured steps. The cache is the cell's alone (docs/protocol.md, Pitfalls).
+
+The parent process never trains during a batch search: on a GPU each attempt then runs in a fresh process, since
+an out-of-memory error can leave CUDA in a poisoned state. The timed stage's single attempt runs in this process:
+its batch is known to fit.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import statistics
-import subprocess
+import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import attention, batching, flops
-from .model import MODEL_CONFIGS, model_config
+from . import attention, batching
+from .attempt import AttemptResult, measure, run_attempt
 from .provenance import environment
-from .training import optimizer_unsupported_reason
+from .record import CellRecord
+from .spec import CellInputError, CellSpec
+from .training import optimizer_unsupported_reason, torch_dtype
 
-MODES = ("eager", "compiled")
-PRECISIONS = ("fp16", "bf16", "fp32")
-OPTIMIZERS = ("adamw", "adamw8bit")
-HARNESSES = ("native", "composer")
-BATCH_POLICIES = ("fixed", "study", "search")
-DEVICES = ("auto", "cuda", "cpu")
-ISOLATION = ("auto", "process", "inline")
-
-
-class CellInputError(ValueError):
-    """Bad input: refused before any model is built or any GPU time is spent."""
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """Every parameter of one cell. Field names are the CLI's long options and the config's keys."""
-
-    model: str
-    attn: str
-    mode: str
-    seq_len: int
-    precision: str = "fp16"
-    optimizer: str = "adamw"
-    harness: str = "native"
-    kv_heads: int | None = None
-    batch_policy: str = "fixed"
-    batch_size: int | None = None
-    batch_start: int | None = None
-    steps: int = 125
-    window: int = 25
-    device: str = "auto"
-    memory_cap_gib: float | None = None
-    seed: int = 0
-    run: str | None = None
-    profile: bool = True
-    isolate: str = "auto"
-
-    def validate(self) -> None:
-        """Raise CellInputError naming the option and the allowed values."""
-        choices = {
-            "model": tuple(MODEL_CONFIGS), "attn": tuple(attention.names()), "mode": MODES,
-            "precision": PRECISIONS, "optimizer": OPTIMIZERS, "harness": HARNESSES,
-            "batch_policy": BATCH_POLICIES, "device": DEVICES, "isolate": ISOLATION,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise CellInputError(f"--{key.replace('_', '-')}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        for key in ("seq_len", "steps", "window"):
-            if getattr(self, key) < 1:
-                raise CellInputError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(self, key)}")
-        if self.window > self.steps:
-            raise CellInputError(f"--window ({self.window}) must not exceed --steps ({self.steps})")
-        if self.memory_cap_gib is not None and self.memory_cap_gib <= 0:
-            raise CellInputError(f"--memory-cap-gib must be positive, got {self.memory_cap_gib}")
-        try:
-            model_config(self.model, block_size=self.seq_len, kv_heads=self.kv_heads)
-            batching.plan(self.batch_policy, model=self.model, attn=self.attn, mode=self.mode,
-                          seq_len=self.seq_len, size=self.batch_size, start=self.batch_start)
-        except ValueError as e:
-            raise CellInputError(str(e)) from None
-
-    def record(self) -> dict:
-        """The `cell` block of the JSON: the parameters that define the cell (not how it is run)."""
-        d = dataclasses.asdict(self)
-        for key in ("profile", "isolate", "batch_size", "batch_start"):
-            d.pop(key)
-        return d
+# Enough steps for every compilation a cell goes through: some implementations compile a second graph at step 3.
+WARMUP_STEPS = 10
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -104,17 +43,19 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def check_memory_cap(spec: CellSpec, device: torch.device) -> None:
+    if device.type == "cuda" and spec.memory_cap_gib is not None:
+        total = torch.cuda.get_device_properties(device).total_memory
+        if spec.memory_cap_gib * 2**30 > total:
+            raise CellInputError(f"--memory-cap-gib {spec.memory_cap_gib} exceeds the GPU's {total / 2**30:.1f} GiB")
 
 
 def unsupported_reason(spec: CellSpec, device: torch.device) -> str | None:
     """Why this combination cannot run here, or None. Asked before any model is built."""
-    cfg = model_config(spec.model, block_size=spec.seq_len, kv_heads=spec.kv_heads)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[spec.precision]
+    cfg = spec.model_config
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     reason = attention.unsupported_reason(
-        spec.attn, device_type=device.type, dtype=dtype, head_dim=cfg.head_dim,
+        spec.attn, device_type=device.type, dtype=torch_dtype(spec.precision), head_dim=cfg.head_dim,
         n_head=cfg.n_head, n_kv_head=cfg.kv_heads, capability=capability,
     )
     if reason:
@@ -127,118 +68,166 @@ def unsupported_reason(spec: CellSpec, device: torch.device) -> str | None:
     return reason
 
 
-def _attempt(spec: CellSpec, batch_size: int, device: torch.device) -> dict:
-    """One measurement at one batch size, isolated as `spec.isolate` says."""
-    isolate = spec.isolate if spec.isolate != "auto" else ("process" if device.type == "cuda" else "inline")
-    if isolate == "inline":
-        from .worker import measure
-
-        return measure(spec, batch_size, device)
-    with tempfile.TemporaryDirectory(prefix="attnsweep-attempt-") as tmp:
-        args_path, out_path = Path(tmp) / "args.json", Path(tmp) / "result.json"
-        args_path.write_text(json.dumps({"spec": dataclasses.asdict(spec), "batch_size": batch_size,
-                                         "device": str(device)}))
-        proc = subprocess.run([sys.executable, "-m", "attnsweep.worker", str(args_path), str(out_path)])
-        if out_path.exists():
-            return json.loads(out_path.read_text())
-        return {"outcome": "error", "detail": f"worker process exited with code {proc.returncode} and no result"}
+def _progress(message: str) -> None:
+    print(f"attnsweep: {message}", file=sys.stderr, flush=True)
 
 
-def _stats(step_times: list[float], window: int, tokens_per_batch: int) -> dict:
-    tps = [tokens_per_batch / t for t in step_times[-window:]]
-    return {
-        "mean": statistics.fmean(tps), "median": statistics.median(tps),
-        "std": statistics.stdev(tps) if len(tps) > 1 else 0.0, "min": min(tps), "max": max(tps), "n": len(tps),
-    }
+class _AttemptFailed(Exception):
+    pass
 
 
-def _phases(inside: dict[str, float], attempt_s: float) -> dict[str, float]:
-    """The measured attempt's time by phase; `outside` is the rest of the attempt: for a worker process its
-    interpreter start, imports and result file, for an inline attempt the private compile cache's setup."""
-    phases = {k: round(v, 3) for k, v in inside.items()}
-    return {"outside": round(max(0.0, attempt_s - sum(inside.values())), 3), **phases}
+def _budget(spec: CellSpec, device: torch.device) -> int | None:
+    """The memory a batch must fit in: the cap, or the GPU's; None on the CPU (no prediction there)."""
+    if device.type != "cuda":
+        return None
+    if spec.memory_cap_gib is not None:
+        return int(spec.memory_cap_gib * 2**30)
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
+            budget: int | None) -> tuple[int | None, dict[int, AttemptResult]]:
+    """The largest batch of the cell's plan that fits, every attempt recorded; raises _AttemptFailed on an error.
+    Peak memory at the sizes tried predicts the next to try (batching.predictive_search_largest): the answer is the
+    ladder's, in fewer compiled attempts."""
+    results: dict[int, AttemptResult] = {}
+    plan = spec.batch_plan
+    record.batch_note = plan.note
+
+    def probe(b: int) -> batching.Probe:
+        _progress(f"attempt {len(results) + 1} at batch size {b} ({stage or 'measure'})")
+        res = attempt(b)
+        results[b] = res
+        record.add_attempt(b, res, stage)
+        _progress(f"batch size {b}: {res.outcome} in {res.seconds:.1f} s")
+        if res.outcome == "error":
+            raise _AttemptFailed(f"batch size {b}: {res.detail}")
+        fits = res.outcome != "oom"
+        return batching.Probe(fits, res.measurement.peak_memory_bytes if fits and res.measurement else None)
+
+    answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget)
+    return answer, results
+
+
+def _oom_reason(spec: CellSpec) -> str:
+    cap = f"{spec.memory_cap_gib} GiB cap" if spec.memory_cap_gib else "the GPU's memory"
+    return f"no batch size in {list(spec.batch_plan.candidates)} fits in {cap}"
+
+
+def _start(spec: CellSpec) -> tuple[torch.device, CellRecord]:
+    spec.validate()
+    device = resolve_device(spec.device)
+    check_memory_cap(spec, device)
+    record = CellRecord(cell=spec.record(), env=environment(device, spec.memory_cap_gib),
+                        model_config=asdict(spec.model_config))
+    return device, record
+
+
+def _isolate(spec: CellSpec, device: torch.device) -> bool:
+    return spec.isolate == "process" or (spec.isolate == "auto" and device.type == "cuda")
 
 
 def run_cell(spec: CellSpec) -> dict:
-    """Measure one cell and return its record (see schemas/cell.schema.json). Raises CellInputError on bad input."""
-    spec.validate()
-    started, t0 = _now(), time.perf_counter()
-    device = resolve_device(spec.device)
-    if device.type == "cuda" and spec.memory_cap_gib is not None:
-        total = torch.cuda.get_device_properties(device).total_memory
-        if spec.memory_cap_gib * 2**30 > total:
-            raise CellInputError(
-                f"--memory-cap-gib {spec.memory_cap_gib} exceeds the GPU's {total / 2**30:.1f} GiB"
-            )
-    cfg = model_config(spec.model, block_size=spec.seq_len, kv_heads=spec.kv_heads)
-    record: dict = {
-        "schema_version": 1, "status": None, "reason": None, "cell": spec.record(),
-        "batch_size": None, "batch_note": None, "batch_attempts": [], "tokens_per_sec": None,
-        "tokens_per_sec_stats": None, "step_times_s": [], "params": None,
-        "model_config": dataclasses.asdict(cfg), "peak_memory_bytes": None, "compile": None, "loss": None,
-        "mfu": None, "kernels": None, "harness_extra": None, "phases_s": None,
-        "env": environment(device, spec.memory_cap_gib),
-    }
+    """Measure one cell in one go, every attempt compiling from cold; return its record (schemas/cell.schema.json).
+    Raises CellInputError on bad input."""
+    t0 = time.perf_counter()
+    device, record = _start(spec)
+    reason = unsupported_reason(spec, device)
+    if reason:
+        return record.finish("unsupported", reason, time.perf_counter() - t0)
+    isolate = _isolate(spec, device)
+    try:
+        answer, results = _search(spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate), None,
+                                  _budget(spec, device))
+    except _AttemptFailed as e:
+        return record.finish("error", str(e), time.perf_counter() - t0)
+    if answer is None:
+        return record.finish("oom", _oom_reason(spec), time.perf_counter() - t0)
+    res = results[answer]
+    record.measured(answer, res, seq_len=spec.seq_len, window=spec.window, precision=spec.precision)
+    if res.outcome == "diverged":
+        return record.finish("diverged", res.detail, time.perf_counter() - t0)
+    return record.finish("ok", None, time.perf_counter() - t0)
 
-    def finish(status: str, reason: str | None) -> dict:
-        record.update(status=status, reason=reason, started_at=started, finished_at=_now(),
-                      duration_s=round(time.perf_counter() - t0, 3))
-        return record
+
+@dataclass
+class Warmup:
+    """What a cell's warm-up found: how it ended, the batch size to measure at, and what compiling cost cold."""
+
+    status: str  # ok (measure it), or unsupported / oom / diverged / error: the cell's final status, not measured
+    reason: str | None
+    batch_size: int | None
+    batch_note: str | None
+    batch_attempts: list[dict] = field(default_factory=list)
+    first_step_s: float | None = None  # the cold compilation: the warm-up attempt's first step
+    steps: int = WARMUP_STEPS
+    seconds: float = 0.0
+    env: dict = field(default_factory=dict)
+
+    def write(self, path: str | os.PathLike) -> None:
+        from .cellio import write_json_atomic
+
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Warmup:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def warm_up(spec: CellSpec, cache_dir: str | os.PathLike) -> Warmup:
+    """Find the cell's batch size and fill its compile cache at that size with a few steps of training."""
+    t0 = time.perf_counter()
+    device, record = _start(spec)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+
+    def done(status: str, reason: str | None, batch: int | None = None, first: float | None = None) -> Warmup:
+        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first,
+                      seconds=round(time.perf_counter() - t0, 3), env=record.env)
 
     reason = unsupported_reason(spec, device)
     if reason:
-        return finish("unsupported", reason)
-
-    plan = batching.plan(spec.batch_policy, model=spec.model, attn=spec.attn, mode=spec.mode,
-                         seq_len=spec.seq_len, size=spec.batch_size, start=spec.batch_start)
-    record["batch_note"] = plan.note
-    results: dict[int, dict] = {}
-    attempt_seconds: dict[int, float] = {}
-
-    class AttemptFailed(Exception):
-        pass
-
-    def fits(b: int) -> bool:
-        a0 = time.perf_counter()
-        res = _attempt(spec, b, device)
-        results[b], attempt_seconds[b] = res, round(time.perf_counter() - a0, 3)
-        record["batch_attempts"].append({"batch_size": b, "outcome": res["outcome"],
-                                         "seconds": attempt_seconds[b], "detail": res.get("detail")})
-        if res["outcome"] == "error":
-            raise AttemptFailed(f"batch size {b}: {res.get('detail')}")
-        return res["outcome"] != "oom"
-
+        return done("unsupported", reason)
+    isolate = _isolate(spec, device)
     try:
-        answer, _ = batching.binary_search_largest(plan.candidates, fits)
-    except AttemptFailed as e:
-        return finish("error", str(e))
+        answer, results = _search(
+            spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps),
+                                                cache_dir=cache_dir), "warmup", _budget(spec, device))
+    except _AttemptFailed as e:
+        return done("error", str(e))
     if answer is None:
-        cap = f"{spec.memory_cap_gib} GiB cap" if spec.memory_cap_gib else "the GPU's memory"
-        return finish("oom", f"no batch size in {list(plan.candidates)} fits in {cap}")
-
+        return done("oom", _oom_reason(spec))
     res = results[answer]
-    m = res["measurement"]
-    tokens_per_batch = answer * spec.seq_len
-    peak, peak_source = flops.peak_flops(record["env"]["gpu_name"], spec.precision)
-    fpt = flops.flops_per_token(n_params_non_embedding=m["params"]["non_embedding"], n_layer=cfg.n_layer,
-                                n_head=cfg.n_head, head_dim=cfg.head_dim, seq_len=spec.seq_len)
-    record.update(
-        batch_size=answer,
-        tokens_per_sec=m["window_tokens_per_sec"],
-        tokens_per_sec_stats=_stats(m["step_times_s"], spec.window, tokens_per_batch),
-        step_times_s=m["step_times_s"],
-        params=m["params"],
-        peak_memory_bytes=m["peak_memory_bytes"],
-        compile=m["compile"],
-        loss=m["loss"],
-        kernels=m["kernels"],
-        harness_extra=m["harness_extra"],
-        phases_s=_phases(m["phases_s"], attempt_seconds[answer]),
-        mfu={"value": flops.mfu(m["window_tokens_per_sec"], fpt, peak), "flops_per_token": fpt,
-             "formula": flops.FORMULA, "peak_flops": peak, "peak_source": peak_source},
-    )
-    if res["outcome"] == "diverged":
-        # A run whose loss went NaN/inf has no throughput worth reporting: keep the step times, drop the rate.
-        record.update(tokens_per_sec=None, tokens_per_sec_stats=None)
-        return finish("diverged", res.get("detail"))
-    return finish("ok", None)
+    first = res.measurement.compile["first_step_s"] if res.measurement else None
+    if res.outcome == "diverged":
+        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first)
+    return done("ok", None, answer, first)
+
+
+def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
+               after_first_step: Callable[[], None] | None = None) -> dict:
+    """Measure at the warm-up's batch size with its compile cache; a cell the warm-up found unsupported, out of
+    memory or broken is not compiled again: its record says what the warm-up found."""
+    t0 = time.perf_counter()
+    device, record = _start(spec)
+    record.batch_note = warmup.batch_note
+    record.batch_attempts = list(warmup.batch_attempts)
+    record.warmup = {"seconds": warmup.seconds, "steps": warmup.steps, "first_step_s": warmup.first_step_s,
+                     "gpu": warmup.env.get("gpu")}
+    if warmup.status != "ok":
+        if warmup.status == "unsupported":
+            # Support is asked again here, where nothing is compiled: a cell moved to another machine says why.
+            return record.finish("unsupported", unsupported_reason(spec, device) or warmup.reason,
+                                 time.perf_counter() - t0)
+        return record.finish(warmup.status, warmup.reason, time.perf_counter() - t0)
+    _progress(f"timed run at batch size {warmup.batch_size}, {spec.steps} steps")
+    res = measure(spec, warmup.batch_size, device, cache_dir=cache_dir, after_first_step=after_first_step)
+    record.add_attempt(warmup.batch_size, res, "timed")
+    if res.outcome in ("oom", "error"):
+        what = "ran out of memory" if res.outcome == "oom" else "failed"
+        return record.finish("error", f"the timed run at batch size {warmup.batch_size}, which fitted in the "
+                             f"warm-up, {what}: {res.detail}", time.perf_counter() - t0)
+    record.measured(warmup.batch_size, res, seq_len=spec.seq_len, window=spec.window, precision=spec.precision)
+    record.compile = {**(record.compile or {}), "cold_first_step_s": warmup.first_step_s, "cache": "warm-up"}
+    if res.outcome == "diverged":
+        return record.finish("diverged", res.detail, time.perf_counter() - t0)
+    return record.finish("ok", None, time.perf_counter() - t0)

@@ -1,19 +1,23 @@
-"""Command line: `attnsweep cell ...` measures one grid cell and writes its JSON record; `attnsweep status ...` says
-what a results folder holds and what a rerun would do."""
+"""Command line: `attnsweep cell` measures one grid cell and writes its JSON record; `attnsweep warmup` is a sweep's
+first stage of a cell (batch size and compile cache); `attnsweep status` says what a results folder holds and what a
+rerun would do."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
-from . import attention, status
-from .cell import (BATCH_POLICIES, DEVICES, HARNESSES, ISOLATION, MODES, OPTIMIZERS, PRECISIONS, CellInputError,
-                   CellSpec, run_cell)
-from .cellio import write_cell
-from .model import MODEL_CONFIGS
+from . import status
+from .vocabulary import ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, MODELS, MODES, OPTIMIZERS, PRECISIONS
 
 EXIT_ERROR = 1  # the cell crashed (its JSON, status error, is written), or its JSON could not be written
 EXIT_USAGE = 2  # bad input; nothing is written
+ISOLATION = ("auto", "process", "inline")
+# Without a GPU a cell trains on the CPU: defaults that finish in seconds there (the GPU's are the study's).
+CPU_DEFAULTS = {"precision": "fp32", "batch_size": 4, "steps": 20, "window": 10}
+GPU_DEFAULTS = {"precision": "fp16", "batch_size": None, "steps": 125, "window": 25}
 
 
 def _positive_int(text: str) -> int:
@@ -36,30 +40,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_cell_parser(sub) -> None:
-    p = sub.add_parser("cell", help="train GPT-2 at one grid cell and write its JSON record",
-                       description="Train GPT-2 at one cell of the grid and write one JSON record (atomically). "
-                       "Exit 0 for status ok/oom/unsupported/diverged, 1 for error, 2 for bad input.")
-    p.add_argument("--model", required=True, choices=list(MODEL_CONFIGS), help="GPT-2 size")
-    p.add_argument("--attn", required=True, choices=attention.names(), help="attention implementation")
+def _add_cell_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, choices=list(MODELS), help="GPT-2 size")
+    p.add_argument("--attn", required=True, choices=list(ATTENTION), help="attention implementation")
     p.add_argument("--mode", default="compiled", choices=MODES, help="torch.compile or eager (default: compiled)")
     p.add_argument("--seq-len", required=True, type=_positive_int, help="context length in tokens")
     p.add_argument("--kv-heads", type=_positive_int, default=None,
                    help="key/value heads (default: the model's head count; fewer = grouped-query, 1 = multi-query)")
-    p.add_argument("--precision", default="fp16", choices=PRECISIONS,
-                   help="fp16 = autocast + gradient scaling (the study's), bf16 = autocast, fp32 (default: fp16)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="fp16 = autocast + gradient scaling (the study's), bf16 = autocast, fp32 "
+                   "(default: fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="adamw = torch AdamW (foreach), adamw8bit = bitsandbytes AdamW8bit (default: adamw)")
     p.add_argument("--harness", default="native", choices=HARNESSES,
                    help="native = our timed loop, composer = MosaicML Composer + SpeedMonitor (default: native)")
     p.add_argument("--batch-policy", default=None, choices=BATCH_POLICIES,
                    help="fixed = --batch-size, study = the 2023 study's sizes, search = largest that fits from "
-                   "--batch-start (default: fixed if --batch-size is given, else study)")
+                   "--batch-start (default: fixed if --batch-size is given; else study on a GPU, fixed 4 on the CPU)")
     p.add_argument("--batch-size", type=_positive_int, help="batch size for the fixed policy")
     p.add_argument("--batch-start", type=_positive_int, default=64, help="starting size for search (default: 64)")
-    p.add_argument("--steps", type=_positive_int, default=125, help="training steps (default: 125)")
-    p.add_argument("--window", type=_positive_int, default=25,
-                   help="throughput is averaged over the last WINDOW steps (default: 25)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training steps (default: 125 on a GPU, 20 on the CPU)")
+    p.add_argument("--window", type=_positive_int, default=None,
+                   help="throughput is averaged over the last WINDOW steps (default: 25 on a GPU, 10 on the CPU)")
     p.add_argument("--memory-cap-gib", type=_positive_float, default=None,
                    help="cap the GPU memory this process may use, in GiB (12 replays the study's card)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA if available (default: auto)")
@@ -69,24 +72,154 @@ def _add_cell_parser(sub) -> None:
                    help="skip the profiled step that records which kernels ran")
     p.add_argument("--isolate", default="auto", choices=ISOLATION,
                    help="run each batch attempt in a fresh process (auto: on GPU yes, on CPU no)")
+    p.add_argument("--gpu-locks", default=None, metavar="DIR",
+                   help="a sweep's GPU lock folder: take a GPU of --gpus there (one timed cell per GPU; warm-ups "
+                   "never run on a GPU while a cell on it is in its measured steps)")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="with --gpu-locks: the GPUs the sweep may use, comma-separated (default: the sweep's "
+                   "CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists)")
+
+
+def _add_parsers(sub) -> None:
+    p = sub.add_parser("cell", help="train GPT-2 at one grid cell and write its JSON record",
+                       description="Train GPT-2 at one cell of the grid and write one JSON record (atomically). "
+                       "Exit 0 for status ok/oom/unsupported/diverged, 1 for error, 2 for bad input. Example (CPU, "
+                       "seconds): attnsweep cell --model tiny --attn sdpa --mode eager --seq-len 64 --out cell.json")
+    _add_cell_options(p)
+    p.add_argument("--warmup", default=None, metavar="WARMUP_JSON",
+                   help="measure at the batch size an `attnsweep warmup` found, with the compile cache it filled "
+                   "(--cache); without it every attempt compiles from cold")
+    p.add_argument("--cache", default=None, metavar="DIR", help="the cell's compile cache, filled by its warm-up")
     p.add_argument("--out", required=True, help="where to write the JSON record")
+    w = sub.add_parser("warmup", help="a sweep's first stage of a cell: find its batch size, fill its compile cache",
+                       description="Find the cell's batch size (or that it is unsupported or out of memory) and fill "
+                       "its own compile cache with a few training steps at that size; `attnsweep cell --warmup` "
+                       "then measures with it.")
+    _add_cell_options(w)
+    w.add_argument("--cache", required=True, metavar="DIR", help="the cell's own compile cache (created)")
+    w.add_argument("--out", required=True, help="where to write the warm-up's JSON")
 
 
-def parse_spec(args: argparse.Namespace) -> CellSpec:
-    policy = args.batch_policy or ("fixed" if args.batch_size is not None else "study")
+def parse_spec(args: argparse.Namespace, on_gpu: bool):
+    """The CellSpec the options describe, with the device's defaults where an option was left out."""
+    from .spec import CellSpec
+
+    defaults = GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
+    batch_size = args.batch_size
+    policy = args.batch_policy or ("fixed" if batch_size is not None or not on_gpu else "study")
+    if policy == "fixed" and batch_size is None:
+        batch_size = defaults["batch_size"]
     return CellSpec(
-        model=args.model, attn=args.attn, mode=args.mode, seq_len=args.seq_len, precision=args.precision,
-        optimizer=args.optimizer, harness=args.harness, kv_heads=args.kv_heads, batch_policy=policy,
-        batch_size=args.batch_size, batch_start=args.batch_start, steps=args.steps, window=args.window,
+        model=args.model, attn=args.attn, mode=args.mode, seq_len=args.seq_len,
+        precision=args.precision or defaults["precision"], optimizer=args.optimizer, harness=args.harness,
+        kv_heads=args.kv_heads, batch_policy=policy, batch_size=batch_size, batch_start=args.batch_start,
+        steps=args.steps or defaults["steps"],
+        window=args.window or min(defaults["window"], args.steps or defaults["steps"]),
         device=args.device, memory_cap_gib=args.memory_cap_gib, seed=args.seed, run=args.run,
         profile=args.profile, isolate=args.isolate,
     )
 
 
+def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
+    """Take a GPU slot of the sweep (before CUDA starts in this process) and make it this process's only GPU."""
+    if args.gpu_locks is None:
+        return None
+    from . import gpuslots
+
+    gpus = gpuslots.visible_gpus(config_value=args.gpus)
+    if not gpus:
+        gpus = ["cpu"]  # no GPU: the slots still keep warm-ups and timed cells of one device apart
+    slot = stack.enter_context(
+        gpuslots.claim_timed(args.gpu_locks, gpus) if kind == "timed" else gpuslots.claim_warmup(args.gpu_locks, gpus)
+    )
+    if slot.device_id != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot.device_id
+    return slot
+
+
+def _write(out: str, record: dict, what: str) -> int:
+    from .cellio import write_cell
+
+    try:
+        write_cell(out, record)
+    except OSError as e:
+        # A full disk or an unwritable folder: one line naming the file and the reason, not a traceback.
+        # write_json_atomic has removed its temporary file, so nothing that looks like a record is left.
+        where = f" ({e.filename})" if e.filename and e.filename != out else ""  # e.g. the parent
+        print(f"attnsweep {what}: measured (status {record['status']}) but cannot write the record to "
+              f"{out}: {e.strerror or e}{where} (errno {e.errno}); nothing was written", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .cell import Warmup, run_cell, timed_cell
+    from .spec import CellInputError
+
+    if (args.warmup is None) != (args.cache is None):
+        parser.error("--warmup and --cache go together (the warm-up's JSON and the compile cache it filled)")
+    with contextlib.ExitStack() as stack:
+        slot = _claim(args, stack, "timed")
+        spec = _spec(args, parser)
+        try:
+            if args.warmup is None:
+                if slot is not None:
+                    stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
+                record = run_cell(spec)
+            else:
+                after_first = (lambda: stack.enter_context(slot.exclusive())) if slot is not None else None
+                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, after_first)
+        except CellInputError as e:
+            parser.error(str(e))
+    rc = _write(args.out, record, "cell")
+    if rc:
+        return rc
+    print(f"{args.out}: {record['status']}"
+          + (f" ({record['reason']})" if record["reason"] else f", {record['tokens_per_sec']:,.0f} tokens/s"),
+          file=sys.stderr)
+    return EXIT_ERROR if record["status"] == "error" else 0
+
+
+def _spec(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    from .cell import resolve_device
+    from .spec import CellInputError
+
+    try:
+        on_gpu = resolve_device(args.device).type == "cuda"
+        spec = parse_spec(args, on_gpu)
+        spec.validate()
+    except CellInputError as e:
+        parser.error(str(e))
+    if not on_gpu and spec.precision == "fp16":
+        parser.error("--precision fp16 on the CPU: float16 autocast with gradient scaling is the GPU recipe; on a "
+                     "CPU it is emulated and says nothing about a GPU. Use fp32 or bf16 there.")
+    return spec
+
+
+def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .cell import warm_up
+    from .spec import CellInputError
+
+    with contextlib.ExitStack() as stack:
+        _claim(args, stack, "warmup")
+        # Compilation beside a timed cell: the timed one gets the CPU first.
+        os.nice(10)
+        spec = _spec(args, parser)
+        try:
+            result = warm_up(spec, args.cache)
+        except CellInputError as e:
+            parser.error(str(e))
+    result.write(args.out)
+    print(f"{args.out}: warm-up {result.status}"
+          + (f" ({result.reason})" if result.reason else f", batch size {result.batch_size}, first step "
+             f"{result.first_step_s:.1f} s"), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnsweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_cell_parser(sub)
+    _add_parsers(sub)
     status.add_parser(sub)
     return parser
 
@@ -95,25 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "cell":
-        spec = parse_spec(args)
-        try:
-            spec.validate()
-            record = run_cell(spec)
-        except CellInputError as e:
-            parser.error(str(e))  # exits with EXIT_USAGE and names the option
-        try:
-            write_cell(args.out, record)
-        except OSError as e:
-            # A full disk or an unwritable folder: one line naming the file and the reason, not a traceback.
-            # write_json_atomic has removed its temporary file, so nothing that looks like a record is left.
-            where = f" ({e.filename})" if e.filename and e.filename != args.out else ""  # e.g. the parent
-            print(f"attnsweep cell: measured (status {record['status']}) but cannot write the record to "
-                  f"{args.out}: {e.strerror or e}{where} (errno {e.errno}); nothing was written", file=sys.stderr)
-            return EXIT_ERROR
-        print(f"{args.out}: {record['status']}"
-              + (f" ({record['reason']})" if record["reason"] else f", {record['tokens_per_sec']:.0f} tokens/s"),
-              file=sys.stderr)
-        return EXIT_ERROR if record["status"] == "error" else 0
+        return _run_cell(args, parser)
+    if args.command == "warmup":
+        return _run_warmup(args, parser)
     if args.command == "status":
         return status.run(args)
     return EXIT_USAGE

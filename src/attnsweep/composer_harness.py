@@ -2,7 +2,7 @@
 
 The study trained with Composer (`precision='amp_fp16'`, `max_duration='125ba'`, `SpeedMonitor(window_size=25)`,
 `compile_config={'fullgraph': True}` or none for eager). `train_composer` runs the same model, data, optimizer and
-precision as `measure.train_native` through a Composer `Trainer`, and reports the tokens/s SpeedMonitor logged at the
+precision as `native_harness.train_native` through a Composer `Trainer`, and reports the tokens/s SpeedMonitor logged at the
 last batch: tokens of the last `window` batches over the wall-clock time Composer measured for them.
 
 Composer is optional. It is imported only inside the functions here, so the package imports and the native harness
@@ -126,8 +126,9 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
     class StepRecorder(Callback):
         """Per-batch synchronized wall time (batch end to batch end; the first from the start of fit) and loss."""
 
-        def __init__(self, device: torch.device):
+        def __init__(self, device: torch.device, after_first_step=None):
             self.device = device
+            self.after_first_step = after_first_step
             self.step_times_s: list[float] = []
             self.losses: list[float] = []
             self._last: float | None = None
@@ -144,6 +145,9 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
             self._sync()
             now = time.perf_counter()
             self.step_times_s.append(now - self._last)
+            if len(self.step_times_s) == 1 and self.after_first_step is not None:
+                self.after_first_step()
+                now = time.perf_counter()  # the wait for the GPU belongs to no step
             self._last = now
             # One microbatch per batch, so state.loss is this batch's loss: what loss() returned, unscaled. (Composer
             # already .item()'d it for its own logging, so reading it adds no stall of ours.)
@@ -232,7 +236,7 @@ def train_composer(
     composer_model = WrappedGPT(model)
     optimizer = training.make_optimizer(model, spec.optimizer)
     speed_monitor = SpeedMonitor(window_size=spec.window, time_unit="seconds")
-    recorder = StepRecorder(spec.device)
+    recorder = StepRecorder(spec.device, spec.after_first_step)
     memory_logger = MemoryLogger()
     compiled = spec.mode == "compiled"
 
@@ -308,18 +312,9 @@ def train_composer(
 
 def _profile_step(state_model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, spec: TrainSpec):
     """One more training step through the module Composer ran (compiled, if it compiled it), for kernel profiling:
-    the same forward, backward and optimizer step, under the same autocast (and gradient scaling for fp16)."""
-    scaler = torch.amp.GradScaler(spec.device.type, enabled=spec.precision == "fp16")
-
-    def step() -> None:
-        with training.autocast(spec):
-            _, loss = state_model(batch)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    the shared training step, under the same autocast and gradient scaling."""
+    step = training.TrainStep(lambda x, y: state_model((x, y)), optimizer, spec.precision, spec.device.type)
+    return lambda: step(*batch)
 
 
 def _identity(batch):

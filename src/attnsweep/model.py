@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnsweep import attention
+from attnsweep.vocabulary import MODELS, kv_heads_problem
 
 __all__ = ["GPTConfig", "MODEL_CONFIGS", "model_config", "GPT", "closed_form_params"]
 
@@ -48,10 +49,7 @@ class GPTConfig:
 
 # block_size here is a placeholder: model_config() sets the context length of each run.
 MODEL_CONFIGS: dict[str, GPTConfig] = {
-    "tiny": GPTConfig(n_layer=2, n_embd=64, n_head=4, block_size=1024),  # head dim 16; tests on CPU
-    "small": GPTConfig(n_layer=12, n_embd=768, n_head=12, block_size=1024),
-    "medium": GPTConfig(n_layer=24, n_embd=1024, n_head=16, block_size=1024),
-    "large": GPTConfig(n_layer=36, n_embd=1280, n_head=20, block_size=1024),
+    name: GPTConfig(n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, block_size=1024) for name, m in MODELS.items()
 }
 
 
@@ -59,12 +57,10 @@ def model_config(name: str, *, block_size: int, kv_heads: int | None = None) -> 
     """The named model at context length ``block_size``, with ``kv_heads`` key/value heads (None: = heads)."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_CONFIGS)}")
-    base = MODEL_CONFIGS[name]
-    if kv_heads is not None and (kv_heads < 1 or base.n_head % kv_heads != 0):
-        raise ValueError(
-            f"kv_heads ({kv_heads}) must be >= 1 and divide the {base.n_head} heads of model {name!r}"
-        )
-    return replace(base, block_size=block_size, n_kv_head=kv_heads)
+    problem = kv_heads_problem(name, kv_heads)
+    if problem:
+        raise ValueError(problem)
+    return replace(MODEL_CONFIGS[name], block_size=block_size, n_kv_head=kv_heads)
 
 
 class CausalSelfAttention(nn.Module):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
+
+from .codestamp import source_hash
 
 import torch
 
@@ -25,24 +27,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def source_hash(files: list[Path] | None = None) -> str:
-    """SHA-256 over the files a cell runs (names and contents), independent of git and file times.
-
-    The same selection as the pipeline's cells stamp (`status.cell_code_files`): a change to the report or status
-    code, which no cell runs, leaves it as it was.
-    """
-    if files is None:
-        from .status import cell_code_files  # status imports no cell code: no cycle
-
-        files = cell_code_files(PACKAGE_DIR)
-    files = sorted(files)
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(PACKAGE_DIR).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 @lru_cache(maxsize=1)
 def code_version() -> dict:
     """`git describe` where the package runs from a checkout, and always the source hash."""
@@ -56,10 +40,11 @@ def code_version() -> dict:
     return {"git_describe": describe, "source_sha256": source_hash()}
 
 
-def _nvidia_smi(fields: str) -> list[str] | None:
+def _nvidia_smi(fields: str, gpu: str) -> list[str] | None:
+    """One GPU's fields from nvidia-smi, the GPU named by its UUID (its index there ignores CUDA_VISIBLE_DEVICES)."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", gpu],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -88,6 +73,8 @@ def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
         "sm_clock_max_mhz": None,
         "power_limit_w": None,
         "cpu_threads": torch.get_num_threads(),
+        # Which of the host's GPUs ran the cell: CUDA_VISIBLE_DEVICES as the cell saw it, and the GPU's UUID.
+        "gpu": None,
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -96,7 +83,10 @@ def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
             gpu_memory_bytes=props.total_memory,
             compute_capability=f"{props.major}.{props.minor}",
         )
-        smi = _nvidia_smi("driver_version,clocks.max.sm,power.limit")
+        uuid = str(props.uuid)
+        uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+        env["gpu"] = {"visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "index": device.index, "uuid": uuid}
+        smi = _nvidia_smi("driver_version,clocks.max.sm,power.limit", uuid)
         if smi and len(smi) == 3:
             env.update(driver=smi[0], sm_clock_max_mhz=smi[1], power_limit_w=smi[2])
     return env

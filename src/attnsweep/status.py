@@ -4,7 +4,7 @@ Four questions, answered from the files and from Snakemake itself:
 
 1. Which cells are there, and are they valid? Every JSON under RESULTS_DIR/cells is read with the same check the
    aggregation uses (`cellio.load_cell`); a file that fails it is listed with the error.
-2. Which environment produced each? Cells are grouped by GPU, host, torch, CUDA, flash-attn, Triton and the code
+2. Which environment produced each? Cells are grouped by GPU model, torch, flash-attn, CUDA, cuDNN, Triton and the code
    that ran (source hash and `git describe`, as recorded in each cell).
 3. Can every row of summary.csv be traced to its cell file? Its `cell_path` column is checked against the folder.
 4. Which cells are missing, and which are stale against the current code and config? Snakemake decides that, so
@@ -31,17 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cellio import load_cell
+from .codestamp import cell_code_files
+from .sweep import cell_axes, dig, environment_of
 
 PLAN_TIMEOUT_S = 600
-# What places a measurement: cells that differ in any of these were not measured under the same conditions.
-# (name shown, path into the record)
-ENV_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("device", ("env", "gpu_name")),
-    ("host", ("env", "host")),
-    ("torch", ("env", "torch")),
-    ("cuda", ("env", "cuda")),
-    ("flash-attn", ("env", "versions", "flash-attn")),
-    ("triton", ("env", "versions", "triton")),
+# The environment (sweep.ENV_FIELDS, what makes two cells comparable), and where the code that ran came from.
+CODE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("code", ("env", "code", "source_sha256")),
     ("git describe", ("env", "code", "git_describe")),
 )
@@ -80,38 +75,25 @@ class Status:
     outside_grid: list[Path] = field(default_factory=list)  # cells on disk that the config does not ask for
 
 
-def _dig(record: dict, keys: Sequence[str]):
-    for k in keys:
-        if not isinstance(record, dict):
-            return None
-        record = record.get(k)
-    return record
-
-
 def env_values(record: dict) -> dict[str, str]:
-    values = {name: _dig(record, keys) for name, keys in ENV_FIELDS}
+    values = {**environment_of(record), **{name: dig(record, keys) for name, keys in CODE_FIELDS}}
     # A CPU cell has no GPU name: say the device type, so the table never shows an empty device.
-    values["device"] = values["device"] or _dig(record, ("env", "device_type"))
+    values["gpu"] = values["gpu"] or dig(record, ("env", "device_type"))
     if values["code"]:
         values["code"] = values["code"][:CODE_HASH_CHARS]
     return {k: "none" if v is None else str(v) for k, v in values.items()}
 
 
-def cell_path_axes(path: str | os.PathLike) -> dict[str, str]:
-    """The axes a cell's path names: the workflow names cell folders key~value (model~small/seq_len~1024/...)."""
-    return dict(part.split("~", 1) for part in Path(path).parts if "~" in part)
-
-
 def _provenance_notes(rel: Path, record: dict, run: str) -> list[str]:
     """What the record says that contradicts where it lies: another run's cell, or a cell moved between folders."""
     notes = []
-    recorded_run = _dig(record, ("cell", "run"))
+    recorded_run = dig(record, ("cell", "run"))
     if recorded_run != run:
         notes.append(f"recorded by run {recorded_run!r}, not {run!r}")
     # Each key~value folder of the cell's path must match the record.
-    for key, value in cell_path_axes(rel).items():
-        if str(_dig(record, ("cell", key))) != value:
-            notes.append(f"folder says {key}~{value}, the record says {key}={_dig(record, ('cell', key))!r}")
+    for key, value in cell_axes(rel).items():
+        if str(dig(record, ("cell", key))) != value:
+            notes.append(f"folder says {key}~{value}, the record says {key}={dig(record, ('cell', key))!r}")
     return notes
 
 
@@ -146,17 +128,6 @@ def group_environments(cells: list[Cell]) -> list[dict]:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cell_code_files(package: Path) -> list[Path]:
-    """The files a cell runs, whose hashes make the cells stamp: the package's Python files and the cell schema,
-    less the report subpackage and this status command (imported by the CLI, never run in a cell).
-    workflow/rules/common.smk stamps exactly these."""
-    return sorted(
-        p for p in package.rglob("*")
-        if p.is_file() and (p.suffix == ".py" or p.parent.name == "schemas") and "__pycache__" not in p.parts
-        and "report" not in p.relative_to(package).parts[:-1] and p.name != "status.py"
-    )
 
 
 def code_changes(results: Path, root: Path) -> list[str]:

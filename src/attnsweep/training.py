@@ -1,8 +1,10 @@
-"""What a harness is given and what it hands back: the contract between the cell and a training loop.
+"""What a harness is given and what it hands back, and the one training step every loop runs.
 
-Two harnesses implement it: `measure.train_native` (our own loop, timed with CUDA events) and
-`composer_harness.train_composer` (MosaicML Composer, throughput read from its SpeedMonitor). The cell builds the
-model and data once and hands them to whichever harness the config names, so both measure the same thing.
+Two harnesses implement the contract (`Harness`): `native_harness.train_native` (our own loop, timed with CUDA
+events) and `composer_harness.train_composer` (MosaicML Composer, throughput read from its SpeedMonitor). The cell
+builds the model and data once and hands them to whichever harness the config names, so both measure the same thing.
+`TrainStep` is the step itself (autocast forward, scaled backward, optimizer step), used by the native loop, the
+profiled step of either harness and tools/minimal_loop.py.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
-# The study's optimizer settings (SPEC.md): constant learning rate, decay on weights only.
+from .vocabulary import PRECISION_DTYPES
+
+# The study's optimizer settings (docs/protocol.md, Optimizer): constant learning rate, decay on weights only.
 LR = 1e-4
 BETAS = (0.9, 0.99)
 EPS = 1e-6
 WEIGHT_DECAY = 1e-3
 
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The dtype a precision name computes in (fp32 trains without autocast)."""
+    return getattr(torch, PRECISION_DTYPES[precision])
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,9 @@ class TrainSpec:
     mode: str  # eager | compiled
     fullgraph: bool  # only meaningful when mode == "compiled"
     device: torch.device
+    # Called once the first step (compilation) is done and before the second: where a timed cell takes its GPU
+    # for itself, so that work of other processes (compiling other cells) never overlaps its measured steps.
+    after_first_step: Callable[[], None] | None = None
 
 
 @dataclass
@@ -93,12 +104,40 @@ def optimizer_unsupported_reason(name: str, device_type: str) -> str | None:
     return None
 
 
-def autocast(spec: TrainSpec) -> contextlib.AbstractContextManager:
+class Harness(Protocol):
+    """A training loop: train `model` for `spec.steps` steps on the cycled `batches` and say how fast it went."""
+
+    def __call__(
+        self, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], spec: TrainSpec,
+        tokens_per_batch: int,
+    ) -> TrainResult: ...
+
+
+def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
     """Mixed precision as the study ran it: autocast to fp16/bf16, or nothing for fp32."""
-    dtype = AUTOCAST_DTYPES[spec.precision]
-    if dtype is None:
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=spec.device.type, dtype=dtype)
+    return torch.autocast(device_type=device_type, dtype=torch_dtype(precision))
+
+
+class TrainStep:
+    """One training step, written once: forward under autocast, backward (scaled for fp16, whose small gradients
+    would underflow; bf16 and fp32 need no scaling), optimizer step, gradients cleared. Returns the loss, detached,
+    without waiting for the device."""
+
+    def __init__(self, forward: Callable, optimizer: torch.optim.Optimizer, precision: str, device_type: str):
+        self.forward, self.optimizer = forward, optimizer
+        self.precision, self.device_type = precision, device_type
+        self.scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device_type):
+            _, loss = self.forward(x, y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
 
 def _set_env(values: dict[str, str | None]) -> None:
@@ -124,8 +163,8 @@ def scoped_env(**values: str | None) -> Iterator[None]:
 def private_compile_cache(prefix: str = "attnsweep-inductor-") -> Iterator[str]:
     """A fresh inductor + Triton cache for one training run, removed afterwards; yields its folder.
 
-    A shared FX-graph cache has reused another SDPA backend's compiled code (SPEC.md, pitfalls), and a warm cache
-    would also hide the compile time that is recorded. Used by every attempt of a cell and by the tools that
+    A shared FX-graph cache has reused another SDPA backend's compiled code (docs/protocol.md, Pitfalls), and a warm
+    cache would also hide the compile time that is recorded. Used by every attempt of a cell and by the tools that
     measure beside it (tools/minimal_loop.py, tools/harness_gap.py), so all compile under the same conditions.
     """
     cache = tempfile.mkdtemp(prefix=prefix)

@@ -16,7 +16,7 @@ rule summary:
     conda:
         "../../envs/attnsweep.yaml"
     params:
-        allow_mixed_env=SETTINGS["allow_mixed_env"],
+        allow_mixed_env=PLAN.settings["allow_mixed_env"],
         run=RUN,
         missing=MISSING_CELLS,
     script:

@@ -1,4 +1,6 @@
-# One job per grid cell, plus the code stamps that decide when cells and aggregations are stale.
+# One cell per grid point, in two stages (config `warmup`): a warm-up job finds the batch size and fills the cell's
+# own compile cache, several at a time; then the timed job measures with that cache. Plus the code stamps that decide
+# when cells are stale.
 
 
 rule code_stamp:
@@ -21,12 +23,45 @@ rule code_stamp:
 
 
 # aggregate_only: no cell is measured; the cell files already there are the aggregation's plain inputs.
+if not AGGREGATE_ONLY and WARMUP:
+
+    rule warmup:
+        input:
+            stamp=ancient(CELL_STAMP),
+        output:
+            # temp: the cache is the cell's alone and is removed once its timed job has used it.
+            json=temp(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/warmup.json"),
+            cache=temp(directory(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache")),
+        log:
+            f"{RESULTS}/logs/warmup/{PARAMSPACE.wildcard_pattern}/warmup.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/warmup/{PARAMSPACE.wildcard_pattern}/warmup.tsv"
+        wildcard_constraints:
+            **AXIS_CONSTRAINTS,
+        conda:
+            "../../envs/attnsweep.yaml"
+        threads: WARMUP_THREADS
+        params:
+            options=cell_options,
+        shell:
+            "python -m attnsweep warmup {params.options} --cache {output.cache:q} --out {output.json:q} "
+            "> {log:q} 2>&1"
+
+
 if not AGGREGATE_ONLY:
 
     rule cell:
         input:
             # ancient: a fresh clone's new mtimes do not make cells stale; a new stamp name does (see common.smk).
             stamp=ancient(CELL_STAMP),
+            warmup=(
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/warmup.json"
+                if WARMUP
+                else []
+            ),
+            cache=(
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache" if WARMUP else []
+            ),
         output:
             json=f"{RESULTS}/cells/{PARAMSPACE.wildcard_pattern}/cell.json",
         log:
@@ -36,18 +71,23 @@ if not AGGREGATE_ONLY:
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
         retries: 0
+        # A timed cell is started as soon as its warm-up is done: the GPU waits for nothing.
+        priority: 10
         conda:
             "../../envs/attnsweep.yaml"
-        # Every core it is given: no other job shares the machine while a cell is timed, and on the CPU its
-        # training uses them all (Snakemake sets OMP_NUM_THREADS to a job's threads; the cell records it).
-        threads: workflow.cores
+        threads: CELL_THREADS
         resources:
-            gpu=GPU_PER_CELL,
+            gpu=1 if DEVICE == "cuda" else 0,
         params:
             options=cell_options,
+            stage=(
+                lambda wc, input: f"--warmup {input.warmup} --cache {input.cache}"
+                if WARMUP
+                else ""
+            ),
         message:
             CELL_MESSAGE
-        # Each cell in its own process: a fresh CUDA context and compile cache. Exit 0 for ok/oom/unsupported/
-        # diverged (results); nonzero is a crash, which fails this job and keeps its log.
+        # Exit 0 for ok/oom/unsupported/diverged (results); nonzero is a crash, which fails this job and keeps its
+        # log.
         shell:
-            "python -m attnsweep cell {params.options} --out {output.json:q} > {log:q} 2>&1"
+            "python -m attnsweep cell {params.options} {params.stage} --out {output.json:q} > {log:q} 2>&1"

@@ -16,21 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..cellio import load_cell
-from ..status import cell_path_axes
+from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
+from ..sweep import cell_axes, environment_of
+from ..vocabulary import AXES, ATTENTION, MODELS
 from . import log
 
-AXES = ("model", "seq_len", "attn", "mode", "kv_heads", "precision", "optimizer", "harness")
 # Cells that differ only in the attention implementation: the unit of every speedup and difference.
 SAME_SETUP = ("env_id", "model", "seq_len", "mode", "precision", "optimizer", "kv_heads", "harness")
-# What makes two measurements incomparable (json_normalize names of the env fields).
-ENV_FIELDS = {
-    "gpu": "env.gpu_name",
-    "torch": "env.torch",
-    "flash-attn": "env.versions.flash-attn",
-    "cuda": "env.cuda",
-    "cudnn": "env.cudnn",
-    "triton": "env.versions.triton",  # generates every compiled kernel but the attention's
-}
+# What makes two measurements incomparable (sweep.ENV_FIELDS), as json_normalize names the columns.
+ENV_FIELDS = {name: ".".join(path) for name, path in RECORD_ENV_FIELDS}
 BASELINE = "naive"
 # The study's question: FlashAttention-2 against PyTorch's FlashAttention, which in its code was SDPA's default
 # dispatch (`sdpa`); today SDPA can also be forced to its flash backend (`sdpa_flash`). Both are compared.
@@ -116,25 +110,13 @@ def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
                 len(groups), listing)
 
 
-def environment_fields(env: dict) -> dict[str, str | None]:
-    """The ENV_FIELDS of one record's `env` object, as text (None where the record has no value)."""
-
-    def get(dotted: str) -> str | None:
-        value: object = env
-        for part in dotted.split(".")[1:]:  # "env.versions.triton" -> versions, triton
-            value = value.get(part) if isinstance(value, dict) else None
-        return None if value is None else str(value)
-
-    return {name: get(column) for name, column in ENV_FIELDS.items()}
-
-
 def machine_environment(device_type: str) -> dict[str, str | None]:
     """ENV_FIELDS as a cell measured on this machine now would record them: the cell's own provenance call."""
     import torch
 
     from ..provenance import environment
 
-    return environment_fields(environment(torch.device(device_type), None))
+    return environment_of({"env": environment(torch.device(device_type), None)})
 
 
 _NONE = "none"
@@ -156,7 +138,7 @@ def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str
         except (ValueError, OSError):
             continue
     for record in records:
-        there = environment_fields(record["env"])
+        there = environment_of(record)
         for name in ENV_FIELDS:
             if there[name] != here[name]:
                 counts = differing.setdefault(name, {})
@@ -167,6 +149,24 @@ def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str
         f"{name} {', '.join(f'{v or _NONE} ({n} of {len(records)} cells)' for v, n in values.items())} there, "
         f"{here[name] or _NONE} here"
         for name, values in differing.items()
+    )
+
+
+def kept_cells_conflict(paths: Sequence[str | os.PathLike], device_type: str, run_dir: str) -> str | None:
+    """Why the cells kept from an earlier part of a run cannot be resumed on this machine, or None.
+
+    The summary refuses cells of two environments, and would say so only after the sweep had spent its GPU time on
+    the new cells: asked when Snakemake reads the workflow instead (only then is torch started there)."""
+    if not paths:
+        return None
+    conflict = environment_conflict(paths, machine_environment(device_type))
+    if conflict is None:
+        return None
+    return (
+        f"{run_dir} holds cells measured in another environment than this machine's: {conflict}. Throughputs from "
+        "two environments are not comparable, so the new cells could not be tabled with the old. Measure into "
+        "another run (--config run=NAME), move the old cells away, or set allow_mixed_env: true to get tables "
+        "grouped by environment; to re-table the cells there are without measuring, use aggregate_only=True."
     )
 
 
@@ -204,14 +204,11 @@ def _order(values: pd.Series, preferred: Sequence) -> pd.Categorical:
 
 def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Environment, model (small to large), setup, mode, context, implementation (registry order, naive first)."""
-    from ..attention import names
-    from ..model import MODEL_CONFIGS
-
     key = {
         "env_id": lambda s: _order(s, []),
-        "model": lambda s: _order(s, list(MODEL_CONFIGS)),
+        "model": lambda s: _order(s, list(MODELS)),
         "mode": lambda s: _order(s, MODE_ORDER),
-        "attn": lambda s: _order(s, [BASELINE, *names()]),
+        "attn": lambda s: _order(s, [BASELINE, *ATTENTION]),
     }
     by = ["env_id", "model", "precision", "optimizer", "kv_heads", "harness", "mode", "seq_len", "attn"]
     return df.sort_values(by, key=lambda s: key[s.name](s) if s.name in key else s, kind="stable").reset_index(
@@ -226,7 +223,7 @@ def missing_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One `missing` row per cell path not measured yet, its axes read from the path (`.../model~small/.../cell.json`)."""
     rows = []
     for p in paths:
-        parts = cell_path_axes(p)
+        parts = cell_axes(p)
         absent = [a for a in AXES if a not in parts]
         if absent:
             raise ValueError(f"{p}: not a cell path (no {', '.join(absent)} in it)")

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .training import TrainResult, TrainSpec, autocast, graph_stats, make_optimizer, reset_graph_counters
+from .training import TrainResult, TrainSpec, TrainStep, graph_stats, make_optimizer, reset_graph_counters
 
 
 def train_native(
@@ -24,19 +24,9 @@ def train_native(
     """Train `model` for `spec.steps` steps on the cycled `batches` and time every step."""
     model.train()
     optimizer = make_optimizer(model, spec.optimizer)
-    # Gradient scaling is what float16 training needs to avoid underflow; bf16 and fp32 do not use it.
-    scaler = torch.amp.GradScaler(spec.device.type, enabled=spec.precision == "fp16")
     reset_graph_counters()
     forward = torch.compile(model, fullgraph=spec.fullgraph) if spec.mode == "compiled" else model
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(spec):
-            _, loss = forward(x, y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+    step = TrainStep(forward, optimizer, spec.precision, spec.device.type)
 
     cuda = spec.device.type == "cuda"
     losses: list[torch.Tensor] = []
@@ -65,6 +55,8 @@ def train_native(
             if cuda:
                 torch.cuda.synchronize(spec.device)
             first_step_s = time.perf_counter() - wall0
+            if spec.after_first_step is not None:
+                spec.after_first_step()
     if cuda:
         torch.cuda.synchronize(spec.device)
         step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
@@ -93,6 +85,6 @@ def train_native(
         graph_breaks=breaks,
         break_reasons=reasons,
         # The wall-clock time of the window, synchronized at both ends: a check on the summed event times.
-        extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": scaler.is_enabled()},
+        extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": step.scaler.is_enabled()},
         profile_step=profile_step,
     )

@@ -1,0 +1,210 @@
+"""One attempt: build the model, train it at one batch size, profile one step; in this process, or in a fresh one
+(`python -m attnsweep.attempt ARGS.json OUT.json`).
+
+Out-of-memory is an outcome here, not a crash: the cell's batch search reads it. Anything else that goes wrong is
+an `error` with the end of its traceback, so the cell can say what broke.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import attention
+from .data import synthetic_batches
+from .kernels import profile_step
+from .model import GPT
+from .spec import CellSpec
+from .training import Harness, TrainSpec, private_compile_cache, scoped_env
+
+N_DATA_BATCHES = 4
+OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+@dataclass
+class Measurement:
+    """What one attempt that ran measured (the record's fields of the same names)."""
+
+    window_tokens_per_sec: float
+    step_times_s: list[float]
+    params: dict
+    peak_memory_bytes: int | None
+    compile: dict
+    loss: dict
+    kernels: dict | None
+    harness_extra: dict
+    phases_s: dict[str, float]  # host wall time: setup (device, model, data), train, profile
+
+
+@dataclass
+class AttemptResult:
+    """The outcome of one attempt: ok, oom, diverged (the loss became NaN/inf) or error, and what it measured."""
+
+    outcome: str
+    detail: str | None = None
+    measurement: Measurement | None = None
+    seconds: float = 0.0  # the attempt's wall time, process start included when it ran in its own process
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> AttemptResult:
+        m = data.get("measurement")
+        return cls(**{**data, "measurement": Measurement(**m) if m else None})
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or any(m in str(e) for m in OOM_MARKERS)
+
+
+def harness(name: str) -> Harness:
+    """The training function of a harness (`native` or `composer`); Composer is imported only when asked for."""
+    if name == "composer":
+        from .composer_harness import train_composer
+
+        return train_composer
+    from .native_harness import train_native
+
+    return train_native
+
+
+@contextlib.contextmanager
+def compile_cache(cache_dir: str | os.PathLike | None):
+    """The cell's own compile cache: a fresh private one (a cold compilation), or the folder its warm-up filled.
+    Never shared between cells: the FX-graph cache's key misses SDPA's backend choice (docs/protocol.md, Pitfalls)."""
+    if cache_dir is None:
+        with private_compile_cache():
+            yield
+        return
+    cache = Path(cache_dir)
+    with scoped_env(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton")):
+        yield
+
+
+def measure(
+    spec: CellSpec, batch_size: int, device: torch.device, *, steps: int | None = None,
+    cache_dir: str | os.PathLike | None = None, after_first_step: Callable[[], None] | None = None,
+) -> AttemptResult:
+    """Build, train (spec.steps, or `steps` for a warm-up) and profile at `batch_size`, in this process."""
+    t0 = time.perf_counter()
+    with compile_cache(cache_dir):
+        result = _measure(spec, batch_size, device, steps or spec.steps, after_first_step)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
+             after_first_step: Callable[[], None] | None) -> AttemptResult:
+    # Host wall time of each phase (phases_s in the record): where a cell's time goes besides the timed steps.
+    t_setup = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.empty(1, device=device)  # the allocator calls below fail on a device this process has not touched
+        if spec.memory_cap_gib is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, spec.memory_cap_gib * 2**30 / total), device)
+        torch.cuda.reset_peak_memory_stats(device)
+    cfg = spec.model_config
+    window = min(spec.window, steps)
+    model = result = batches = None
+    try:
+        model = GPT(cfg, attn=spec.attn).to(device)
+        params = {"total": model.num_params(), "non_embedding": model.num_params(non_embedding=True)}
+        batches = synthetic_batches(vocab_size=cfg.vocab_size, batch_size=batch_size, seq_len=spec.seq_len,
+                                    n_batches=N_DATA_BATCHES, device=device, seed=spec.seed)
+        tspec = TrainSpec(steps=steps, window=window, precision=spec.precision, optimizer=spec.optimizer,
+                          mode=spec.mode, fullgraph=attention.get(spec.attn).fullgraph, device=device,
+                          after_first_step=after_first_step)
+        t_train = time.perf_counter()
+        result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
+        t_profile = time.perf_counter()
+        kernels = profile_step(result.profile_step, device) if spec.profile and result.profile_step else None
+        t_end = time.perf_counter()
+    except Exception as e:
+        if is_oom(e):
+            return AttemptResult("oom", str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        tb = traceback.format_exc().strip().splitlines()
+        return AttemptResult("error", " | ".join(tb[-6:])[:2000])
+    finally:
+        # Free what this attempt held before the next one (in-process on the CPU; a no-op cost elsewhere).
+        del model, batches
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    losses = result.losses
+    # Mean of the first and last few steps: single-step losses on a small pool of batches are noisy.
+    k = max(1, min(5, len(losses) // 4))
+    start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    finite = result.nonfinite_step is None
+    measurement = Measurement(
+        window_tokens_per_sec=result.window_tokens_per_sec,
+        step_times_s=result.step_times_s,
+        params=params,
+        peak_memory_bytes=result.peak_memory_bytes,
+        compile={
+            "compiled": spec.mode == "compiled", "fullgraph": tspec.fullgraph if spec.mode == "compiled" else None,
+            "graphs": result.graphs, "graph_breaks": result.graph_breaks,
+            "break_reasons": result.break_reasons[:10], "first_step_s": result.first_step_s,
+        },
+        loss={
+            "start": start if finite else None, "end": end if finite else None, "fell": finite and end < start,
+            "nonfinite_step": result.nonfinite_step,
+            "values": [v if v == v and abs(v) != float("inf") else None for v in losses],
+        },
+        kernels=kernels,
+        harness_extra={"harness": result.harness, **result.extra},
+        # train: the harness's whole run (compilation in its first step, every step, its own bookkeeping).
+        phases_s={"setup": t_train - t_setup, "train": t_profile - t_train, "profile": t_end - t_profile},
+    )
+    if not finite:
+        return AttemptResult("diverged", f"loss became non-finite at step {result.nonfinite_step}", measurement)
+    return AttemptResult("ok", None, measurement)
+
+
+def run_attempt(
+    spec: CellSpec, batch_size: int, device: torch.device, *, isolate: bool, steps: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> AttemptResult:
+    """One attempt, in a fresh process if `isolate` (on a GPU an out-of-memory error can leave CUDA unusable, so a
+    batch search tries each size in its own process), else in this one."""
+    if not isolate:
+        return measure(spec, batch_size, device, steps=steps, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="attnsweep-attempt-") as tmp:
+        args_path, out_path = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        args_path.write_text(json.dumps({"spec": spec.as_json(), "batch_size": batch_size, "device": str(device),
+                                         "steps": steps, "cache_dir": None if cache_dir is None else str(cache_dir)}))
+        proc = subprocess.run([sys.executable, "-m", "attnsweep.attempt", str(args_path), str(out_path)])
+        if out_path.exists():
+            result = AttemptResult.from_json(json.loads(out_path.read_text()))
+        else:
+            result = AttemptResult("error", f"worker process exited with code {proc.returncode} and no result")
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    args_path, out_path = argv
+    args = json.loads(Path(args_path).read_text())
+    res = measure(CellSpec(**args["spec"]), args["batch_size"], torch.device(args["device"]), steps=args["steps"],
+                  cache_dir=args["cache_dir"])
+    Path(out_path).write_text(json.dumps(res.to_json()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,323 @@
+"""The sweep's definition: from a config to the settings of one run, its grid of cells, the path of each cell and what makes two cells' environments the same.
+
+Pure functions of the config and of the package's files, with no torch and no GPU: common.smk calls them while
+Snakemake reads the workflow, the status command and the aggregation call them on a results folder, and
+tests/test_sweep.py calls them directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem
+
+# The keys a cpu_demo section may set for the CPU demo; any other key is the top level's.
+RUN_KEYS = ("run", "grid", "batch", "steps", "window", "memory_cap_gib")
+
+
+class SweepError(ValueError):
+    """A setting that cannot run, named as the user wrote it: raised before any job starts."""
+
+
+# ---- settings ---------------------------------------------------------------------------------------------------
+
+
+def is_cpu_demo(config: Mapping, device: str) -> bool:
+    """`device: auto` on a machine without a CUDA GPU runs the cpu_demo section instead of the GPU grid."""
+    return config["device"] == "auto" and device == "cpu"
+
+
+def run_settings(config: Mapping, cpu_demo: bool, explicit: Mapping = {}) -> dict:
+    """The settings of the run being started: the top level, overlaid on the CPU demo by the cpu_demo section, and
+    then by what the user gave explicitly (`--config` or an overlay config file), which always wins."""
+    settings = {k: v for k, v in config.items() if k != "cpu_demo"}
+    if cpu_demo:
+        if "cpu_demo" not in config:
+            raise SweepError(
+                "device: auto found no CUDA GPU and the config has no cpu_demo section; "
+                "add one, or set device: cpu to run the grid itself on the CPU."
+            )
+        demo = {k: v for k, v in config["cpu_demo"].items() if k not in explicit}
+        settings |= demo
+    return settings
+
+
+def key_namer(config: Mapping, cpu_demo: bool, explicit: Mapping = {}) -> Callable[[str], str]:
+    """Names a settings key as the user wrote it: cpu_demo.grid.seq_len where the demo section supplied it."""
+    demo_keys = set(config.get("cpu_demo", {})) - set(explicit) if cpu_demo else set()
+
+    def name(key: str) -> str:
+        return f"cpu_demo.{key}" if key.split(".")[0] in demo_keys else key
+
+    return name
+
+
+def _plain(key: str) -> str:
+    return key
+
+
+def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> None:
+    """The checks a JSON schema cannot express; each error names the key as written and what is allowed."""
+    if settings["window"] > settings["steps"]:
+        raise SweepError(
+            f"{name('window')} ({settings['window']}) must not exceed {name('steps')} ({settings['steps']}): "
+            "throughput is averaged over the last window steps"
+        )
+    grid = settings["grid"]
+    for axis in AXES:
+        values = [str(v) for v in grid[axis]]
+        dups = sorted({v for v in values if values.count(v) > 1})
+        if dups:
+            raise SweepError(f"{name(f'grid.{axis}')}: duplicate values {dups}")
+    for axis, allowed in CHOICES.items():
+        listed = [*grid[axis], *(v for e in grid["exclude"] for v in _as_list(e.get(axis, [])))]
+        if axis == "model":
+            listed += list(grid["max_seq_len"])
+        unknown = sorted({str(v) for v in listed if v not in allowed})
+        if unknown:
+            raise SweepError(f"{name('grid')}: unknown {axis} {unknown}; valid: {', '.join(allowed)}")
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _matches(df: pd.DataFrame, entry: Mapping) -> pd.Series:
+    """Rows matching every key of one exclude entry (a value or a list of values per key)."""
+    mask = pd.Series(True, index=df.index)
+    for axis, value in entry.items():
+        mask &= df[axis].isin(_as_list(value))
+    return mask
+
+
+def expand_grid(grid: Mapping, name: Callable[[str], str] = _plain) -> pd.DataFrame:
+    """One row per cell: the product of the axes, `heads` resolved per model, less max_seq_len and exclude."""
+    df = pd.DataFrame(itertools.product(*(grid[a] for a in AXES)), columns=list(AXES))
+    heads = df["model"].map(lambda m: MODELS[m].n_head)
+    # 'heads' means plain multi-head attention: written out, so the folder and the JSON say the number.
+    df["kv_heads"] = df["kv_heads"].where(df["kv_heads"] != "heads", heads).astype(int)
+    df = df.drop_duplicates()
+    limit = df["model"].map(grid["max_seq_len"]).fillna(float("inf"))
+    df = df[df["seq_len"] <= limit]
+    for entry in grid["exclude"]:
+        df = df[~_matches(df, entry)]
+    if df.empty:
+        raise SweepError(f"{name('grid')}: no cell left after max_seq_len and exclude; nothing to run")
+    problems = sorted({p for m, k in zip(df["model"], df["kv_heads"]) if (p := kv_heads_problem(m, int(k)))})
+    if problems:
+        raise SweepError(f"{name('grid.kv_heads')}: {'; '.join(problems)} (drop them with grid.exclude)")
+    return df.reset_index(drop=True)
+
+
+def check_config(config: Mapping, explicit: Mapping = {}) -> None:
+    """Check the GPU grid and the CPU demo alike, whichever of them this machine runs: a typo in either is found
+    on any machine, before any job."""
+    sections = [False, True] if "cpu_demo" in config else [False]
+    for demo in sections:
+        settings = run_settings(config, demo, explicit)
+        name = key_namer(config, demo, explicit)
+        check_settings(settings, name)
+        expand_grid(settings["grid"], name)
+
+
+def coerce_numbers(value: Any, schema: Mapping, root: Mapping | None = None) -> Any:
+    """`value` with every string that the schema wants as an integer or number turned into one.
+
+    Snakemake passes list items given on the command line as strings (`--config 'grid={seq_len: [64, 128]}'`
+    gives ['64', '128']); the schema then refuses them although the user wrote numbers.
+    """
+    root = root if root is not None else schema
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    for option in schema.get("anyOf", []):
+        coerced = coerce_numbers(value, option, root)
+        if coerced is not value:
+            return coerced
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if isinstance(value, str) and ("integer" in kinds or "number" in kinds):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value) if "number" in kinds else value
+            except ValueError:
+                return value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        out = {}
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            out[k] = coerce_numbers(v, sub, root) if sub else v
+        return out if out != value or any(out[k] is not value[k] for k in value) else value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        out_list = [coerce_numbers(v, schema["items"], root) for v in value]
+        return out_list if any(a is not b for a, b in zip(out_list, value)) else value
+    return value
+
+
+# ---- cells ------------------------------------------------------------------------------------------------------
+
+
+def cell_path(cell: Mapping) -> str:
+    """The folder of a cell below results/{run}/cells: `model~small/seq_len~1024/...` (Snakemake's Paramspace)."""
+    return "/".join(f"{axis}~{cell[axis]}" for axis in AXES)
+
+
+def cell_axes(path: str | os.PathLike) -> dict[str, str]:
+    """The axes a cell's path names (the inverse of cell_path; values as text)."""
+    return dict(part.split("~", 1) for part in Path(path).parts if "~" in part)
+
+
+def cell_settings(settings: Mapping, device: str) -> dict:
+    """The non-axis inputs of every cell, named as the CLI's options; only those the batch policy uses."""
+    batch = settings["batch"]
+    out = {
+        "batch_policy": batch["policy"],
+        "batch_size": batch.get("size") if batch["policy"] == "fixed" else None,
+        "batch_start": batch["start"] if batch["policy"] == "search" else None,
+        "steps": settings["steps"],
+        "window": settings["window"],
+        # The cap means nothing on the CPU; leaving it out keeps the demo's stamp independent of it.
+        "memory_cap_gib": settings["memory_cap_gib"] if device == "cuda" else None,
+        "device": device,
+        "seed": settings["seed"],
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def as_options(values: Mapping) -> list[str]:
+    """{'seq_len': 64} -> ['--seq-len', '64']."""
+    return [x for k, v in values.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+# ---- environments -----------------------------------------------------------------------------------------------
+# What makes two measurements incomparable: cells that differ in any of these were measured under different
+# conditions and are never tabled together silently. The GPU's model counts, not which of a host's GPUs ran the
+# cell: two GPUs of one model and software are one environment. (name, path into the record), in env_id order.
+ENV_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gpu", ("env", "gpu_name")),
+    ("torch", ("env", "torch")),
+    ("flash-attn", ("env", "versions", "flash-attn")),
+    ("cuda", ("env", "cuda")),
+    ("cudnn", ("env", "cudnn")),
+    # Triton generates every compiled kernel but the attention's.
+    ("triton", ("env", "versions", "triton")),
+)
+
+
+def dig(record: Any, keys: Sequence[str]) -> Any:
+    """record[k1][k2]... or None where a level is missing."""
+    for k in keys:
+        if not isinstance(record, dict):
+            return None
+        record = record.get(k)
+    return record
+
+
+def environment_of(record: Mapping) -> dict[str, str | None]:
+    """The ENV_FIELDS of one cell record, as text (None where the record has no value)."""
+    values = {name: dig(record, keys) for name, keys in ENV_FIELDS}
+    return {k: None if v is None else str(v) for k, v in values.items()}
+
+
+# ---- the run being started -------------------------------------------------------------------------------------
+
+
+def resolve_device(requested: str, gpus: Sequence[str]) -> str:
+    """auto -> cuda or cpu by whether a GPU is visible; cuda without one fails here, not in the first cell."""
+    if requested == "cuda" and not gpus:
+        raise SweepError(
+            "device: cuda, but no GPU is visible (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES / gpus names none). "
+            "Use device: auto for the CPU demo, or device: cpu."
+        )
+    if requested == "auto":
+        return "cuda" if gpus else "cpu"
+    return requested
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What Snakemake needs to lay out the run being started: its settings, device, grid and cell settings."""
+
+    run: str
+    device: str  # cuda or cpu; a run that only aggregates keeps the config's own value
+    cpu_demo: bool
+    aggregate_only: bool
+    settings: dict
+    grid: pd.DataFrame
+    cell_settings: dict
+    key_name: Callable[[str], str]
+
+    @property
+    def results(self) -> str:
+        return f"results/{self.run}"
+
+    def cell_options(self, cell: Mapping) -> list[str]:
+        """`attnsweep cell` / `attnsweep warmup` options for one cell (all but the paths)."""
+        return as_options({**{a: cell[a] for a in AXES}, **self.cell_settings, "run": self.run})
+
+    def banner(self) -> str:
+        demo = " -- no CUDA GPU found, so this is the CPU DEMO (the cpu_demo section of the config)" if self.cpu_demo else ""
+        return f"attnsweep: {len(self.grid)} cells on {self.device} -> {self.results}/{demo}"
+
+
+def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan:
+    """The run a validated config starts on a machine whose visible GPUs are `gpus`; SweepError names what is wrong."""
+    aggregate_only = config["aggregate_only"]
+    if config["allow_missing"] and not aggregate_only:
+        raise SweepError("allow_missing: only with aggregate_only=True (a sweep that measures makes every cell)")
+    check_config(config, explicit)
+    # aggregate_only measures nothing, so it needs no device: the config's own value is kept for the stamps' sake.
+    device = config["device"] if aggregate_only else resolve_device(config["device"], gpus)
+    demo = is_cpu_demo(config, device)
+    settings = run_settings(config, demo, explicit)
+    name = key_namer(config, demo, explicit)
+    return RunPlan(run=settings["run"], device=device, cpu_demo=demo, aggregate_only=aggregate_only,
+                   settings=settings, grid=expand_grid(settings["grid"], name),
+                   cell_settings=cell_settings(settings, device), key_name=name)
+
+
+def check_memory_cap(cap_gib: float | None, gpu: tuple[str, int] | None, name: Callable[[str], str] = _plain) -> None:
+    """A cap above the GPU's memory would only fail in every cell: refuse it before any job. `gpu` is the
+    (name, total bytes) of the sweep's first GPU, or None where it is unknown."""
+    if cap_gib is None or gpu is None:
+        return
+    gpu_name, total = gpu
+    if cap_gib * 2**30 > total:
+        raise SweepError(f"{name('memory_cap_gib')}: {cap_gib} GiB exceeds the {total / 2**30:.1f} GiB of {gpu_name}")
+
+
+def validate_config(config: dict, schema_path: str | os.PathLike) -> None:
+    """Check `config` against the JSON schema, in place: numbers given as text become numbers, defaults are filled
+    in (as Snakemake's validate does), and an error is one sentence naming the key."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    config.update(coerce_numbers(dict(config), schema))
+    base = jsonschema.validators.validator_for(schema)
+
+    def fill_defaults(validator, properties, instance, schema_):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema_)
+
+    filling = jsonschema.validators.extend(base, {"properties": fill_defaults})
+    error = jsonschema.exceptions.best_match(filling(schema).iter_errors(config))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise SweepError(f"config: {where}: {error.message} (schema: {Path(schema_path).name})")

@@ -1,0 +1,136 @@
+"""The sweep's definition (attnsweep.sweep), tested directly: no Snakemake run, no torch."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from attnsweep import sweep
+from attnsweep.vocabulary import AXES
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+
+
+def config(**changes) -> dict:
+    """config/config.yaml, validated (defaults filled in), with `changes` applied first (dotted keys)."""
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        target = cfg
+        for part in path:
+            target = target.setdefault(part, {})
+        target[last] = value
+    sweep.validate_config(cfg, SCHEMA)
+    return cfg
+
+
+def test_the_shipped_config_plans_a_cpu_demo_and_a_gpu_study() -> None:
+    cfg = config()
+    demo = sweep.plan_run(cfg, {}, gpus=[])
+    assert (demo.device, demo.cpu_demo, demo.run) == ("cpu", True, "cpu-demo") and len(demo.grid) == 21
+    study = sweep.plan_run(cfg, {}, gpus=["0"])
+    assert (study.device, study.cpu_demo, study.run) == ("cuda", False, "study")
+    assert set(study.grid["model"]) == {"small", "medium", "large"}
+    assert study.grid.loc[study.grid["model"] == "large", "seq_len"].max() == 2048  # max_seq_len
+    assert set(study.grid.loc[study.grid["model"] == "large", "optimizer"]) == {"adamw8bit"}  # exclude
+
+
+def test_a_top_level_setting_given_explicitly_applies_on_the_cpu_demo() -> None:
+    cfg = config(run="mine")
+    plan = sweep.plan_run(cfg, {"run": "mine"}, gpus=[])
+    assert plan.cpu_demo and plan.run == "mine"
+    # Given nowhere explicitly, the demo's own value is used.
+    assert sweep.plan_run(config(), {}, gpus=[]).run == "cpu-demo"
+
+
+@pytest.mark.parametrize("gpus", [[], ["0"]])
+def test_a_typo_in_either_grid_is_found_on_any_machine(gpus: list[str]) -> None:
+    bad_gpu_grid = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    bad_gpu_grid["grid"]["attn"] = ["nosuch"]
+    with pytest.raises(sweep.SweepError, match="grid.attn.*nosuch"):
+        sweep.validate_config(bad_gpu_grid, SCHEMA)
+    cfg = config()
+    cfg["cpu_demo"]["grid"]["exclude"] = [{"model": "huge"}]
+    with pytest.raises(sweep.SweepError, match=r"cpu_demo\.grid: unknown model"):
+        sweep.plan_run(cfg, {}, gpus=gpus)
+    cfg = config()
+    cfg["window"] = 500  # the GPU section's: checked on a CPU machine too
+    with pytest.raises(sweep.SweepError, match=r"^window \(500\) must not exceed steps"):
+        sweep.plan_run(cfg, {}, gpus=gpus)
+
+
+def test_numbers_given_as_text_on_the_command_line_are_numbers() -> None:
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    raw["cpu_demo"]["grid"]["seq_len"] = ["64", "128", "256", "512"]
+    raw["steps"] = "40"
+    raw["memory_cap_gib"] = "11.5"
+    sweep.validate_config(raw, SCHEMA)
+    assert raw["cpu_demo"]["grid"]["seq_len"] == [64, 128, 256, 512] and raw["steps"] == 40
+    assert raw["memory_cap_gib"] == 11.5
+    raw["steps"] = "many"
+    with pytest.raises(sweep.SweepError, match="config: steps: 'many' is not of type 'integer'"):
+        sweep.validate_config(raw, SCHEMA)
+
+
+def test_kv_heads_must_divide_every_models_heads() -> None:
+    cfg = config(**{"cpu_demo.grid.kv_heads": [3]})
+    with pytest.raises(sweep.SweepError, match=r"cpu_demo\.grid\.kv_heads: kv_heads \(3\).*divide the 4 heads"):
+        sweep.plan_run(cfg, {}, gpus=[])
+
+
+def test_duplicates_and_an_empty_grid_are_refused() -> None:
+    with pytest.raises(sweep.SweepError, match="duplicate values"):
+        sweep.plan_run(config(**{"cpu_demo.grid.seq_len": [64, 64]}), {}, gpus=[])
+    with pytest.raises(sweep.SweepError, match="no cell left"):
+        sweep.plan_run(config(**{"cpu_demo.grid.exclude": [{"model": "tiny"}]}), {}, gpus=[])
+
+
+def test_device_resolution() -> None:
+    with pytest.raises(sweep.SweepError, match="device: cuda, but no GPU is visible"):
+        sweep.plan_run(config(device="cuda"), {}, gpus=[])
+    assert sweep.plan_run(config(device="cpu"), {}, gpus=["0"]).device == "cpu"
+    only = sweep.plan_run(config(aggregate_only=True), {}, gpus=[])
+    assert only.device == "auto" and not only.cpu_demo
+    with pytest.raises(sweep.SweepError, match="allow_missing: only with aggregate_only"):
+        sweep.plan_run(config(allow_missing=True), {}, gpus=[])
+
+
+def test_cell_path_and_its_inverse_follow_paramspace() -> None:
+    from snakemake.utils import Paramspace
+
+    grid = sweep.plan_run(config(), {}, gpus=[]).grid
+    patterns = Paramspace(grid).instance_patterns
+    for (_, row), pattern in zip(grid.iterrows(), patterns):
+        assert sweep.cell_path(row) == pattern
+        assert sweep.cell_axes(f"results/x/cells/{pattern}/cell.json") == {a: str(row[a]) for a in AXES}
+
+
+def test_memory_cap_check() -> None:
+    sweep.check_memory_cap(12, ("NVIDIA H200", 141 * 2**30))
+    sweep.check_memory_cap(None, ("NVIDIA H200", 1))
+    with pytest.raises(sweep.SweepError, match="memory_cap_gib: 200 GiB exceeds the 141.0 GiB of NVIDIA H200"):
+        sweep.check_memory_cap(200, ("NVIDIA H200", 141 * 2**30))
+
+
+def test_cell_options_name_every_axis_and_setting() -> None:
+    plan = sweep.plan_run(config(), {}, gpus=[])
+    opts = plan.cell_options(plan.grid.iloc[0])
+    for axis in AXES:
+        assert f"--{axis.replace('_', '-')}" in opts
+    assert opts[opts.index("--batch-policy") + 1] == "fixed" and "--memory-cap-gib" not in opts
+    assert opts[opts.index("--run") + 1] == "cpu-demo"
+
+
+def test_environment_of_a_record() -> None:
+    rec = {"env": {"gpu_name": "NVIDIA H200", "torch": "2.11.0", "cuda": "13.0", "cudnn": 91900,
+                   "versions": {"flash-attn": "2.8.3", "triton": "3.6.0"}, "gpu": {"index": 1}}}
+    assert sweep.environment_of(rec) == {"gpu": "NVIDIA H200", "torch": "2.11.0", "flash-attn": "2.8.3",
+                                         "cuda": "13.0", "cudnn": "91900", "triton": "3.6.0"}
+    other_gpu_of_the_host = copy.deepcopy(rec)
+    other_gpu_of_the_host["env"]["gpu"] = {"index": 0}
+    assert sweep.environment_of(other_gpu_of_the_host) == sweep.environment_of(rec)

@@ -1,0 +1,69 @@
+"""One vocabulary: the config schema, the cell schema, the attention registry, the models and the CLI all use
+attnsweep.vocabulary's axes and values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from attnsweep import attention, cli, model
+from attnsweep.vocabulary import (AXES, BATCH_POLICIES, CHOICES, DEVICES, MODELS, STATUSES, ATTEMPT_OUTCOMES,
+                                  kv_heads_problem)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+CELL_SCHEMA = json.loads((ROOT / "src/attnsweep/schemas/cell.schema.json").read_text())
+
+
+def _enum(defn: dict) -> list:
+    """The enum of a list definition (`items: {enum: [...]}`) or of a plain one."""
+    return defn.get("items", defn).get("enum")
+
+
+def test_config_schema_enums_are_the_vocabulary() -> None:
+    defs = CONFIG_SCHEMA["$defs"]
+    for axis, list_def in {"model": "model_list", "attn": "attn_list", "mode": "mode_list",
+                           "precision": "precision_list", "optimizer": "optimizer_list",
+                           "harness": "harness_list"}.items():
+        assert tuple(_enum(defs[list_def])) == CHOICES[axis], axis
+        assert defs["grid"]["properties"][axis]["$ref"] == f"#/$defs/{list_def}", axis
+    assert tuple(defs["batch"]["properties"]["policy"]["enum"]) == BATCH_POLICIES
+    assert tuple(CONFIG_SCHEMA["properties"]["device"]["enum"]) == DEVICES
+    assert set(defs["grid"]["properties"]) >= set(AXES)
+
+
+def test_cell_schema_enums_are_the_vocabulary() -> None:
+    props = CELL_SCHEMA["properties"]["cell"]["properties"]
+    for axis in ("mode", "precision", "optimizer", "harness"):
+        assert tuple(props[axis]["enum"]) == CHOICES[axis], axis
+    assert tuple(props["batch_policy"]["enum"]) == BATCH_POLICIES
+    assert tuple(props["device"]["enum"]) == DEVICES
+    assert tuple(CELL_SCHEMA["properties"]["status"]["enum"]) == STATUSES
+    outcome = CELL_SCHEMA["properties"]["batch_attempts"]["items"]["properties"]["outcome"]["enum"]
+    assert tuple(outcome) == ATTEMPT_OUTCOMES
+    assert set(CELL_SCHEMA["properties"]["cell"]["required"]) >= set(AXES)
+
+
+def test_attention_registry_and_models_are_the_vocabulary() -> None:
+    assert tuple(attention.names()) == CHOICES["attn"]
+    assert list(model.MODEL_CONFIGS) == list(MODELS)
+    for name, shape in MODELS.items():
+        cfg = model.MODEL_CONFIGS[name]
+        assert (cfg.n_layer, cfg.n_embd, cfg.n_head) == (shape.n_layer, shape.n_embd, shape.n_head)
+
+
+def test_cli_choices_are_the_vocabulary() -> None:
+    parser = cli.build_parser()
+    cell = parser._subparsers._group_actions[0].choices["cell"]  # argparse keeps subparsers here
+    choices = {a.dest: tuple(a.choices) for a in cell._actions if a.choices}
+    for axis in ("model", "attn", "mode", "precision", "optimizer", "harness"):
+        assert choices[axis] == CHOICES[axis], axis
+    assert choices["batch_policy"] == BATCH_POLICIES and choices["device"] == DEVICES
+
+
+def test_kv_heads_divisibility_is_checked_once() -> None:
+    assert kv_heads_problem("small", None) is None and kv_heads_problem("small", 4) is None
+    assert "divide the 12 heads" in kv_heads_problem("small", 5)
+    assert "must be >= 1" in kv_heads_problem("medium", 0)
