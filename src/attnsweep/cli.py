@@ -129,9 +129,14 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
     gpus = gpuslots.visible_gpus(config_value=args.gpus)
     if not gpus:
         gpus = ["cpu"]  # no GPU: the slots still keep warm-ups and timed cells of one device apart
-    slot = stack.enter_context(
-        gpuslots.claim_timed(args.gpu_locks, gpus) if kind == "timed" else gpuslots.claim_warmup(args.gpu_locks, gpus)
-    )
+    if kind == "warmup" and gpus != ["cpu"] and args.memory_cap_gib is None:
+        # Without a cap a warm-up's batch search may fill the GPU: it runs alone there, as a timed cell does.
+        slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
+        stack.enter_context(slot.exclusive())
+    else:
+        slot = stack.enter_context(
+            gpuslots.claim_timed(args.gpu_locks, gpus) if kind == "timed" else gpuslots.claim_warmup(args.gpu_locks, gpus)
+        )
     if slot.device_id != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.device_id
     return slot
