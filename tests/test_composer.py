@@ -101,7 +101,7 @@ def test_package_imports_without_composer():
     """The plain install (no Composer) keeps working: nothing imports Composer at module level."""
     code = (
         "import sys; sys.modules['composer'] = None\n"
-        "import attnsweep.composer_harness as c, attnsweep.training, attnsweep.measure\n"
+        "import attnsweep.composer_harness as c, attnsweep.training, attnsweep.native_harness, attnsweep.cell\n"
         "print(c.composer_unsupported_reason('fp32', 'cpu'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
