@@ -183,9 +183,8 @@ def test_waiting_timed_job_blocks_new_warmups_until_it_is_done(jobs: Jobs) -> No
 def test_warmup_prefers_a_gpu_without_timed_job_and_avoids_an_exclusive_one(jobs: Jobs) -> None:
     quiet = jobs.start("sit-timed", "0,1", hold=0)  # GPU 0: a timed job, not (yet) exclusive
     jobs.wait_ready(quiet)
-    for _ in range(2):  # whatever the pid, the GPU no timed job will wait on
-        with claim_warmup(jobs.locks, ["0", "1"], timeout_s=5) as slot:
-            assert slot.gpu == 1
+    with claim_warmup(jobs.locks, ["0", "1"], timeout_s=5) as slot:
+        assert slot.gpu == 1  # the GPU where no timed job will have to wait for it
     busy = jobs.start("sit-exclusive", "0,1", hold=0)  # GPU 1, exclusive
     jobs.wait_ready(busy)
     with pytest.raises(TimeoutError):
@@ -241,6 +240,9 @@ def test_exception_inside_the_slots_releases_everything(tmp_path: Path) -> None:
         with slot.exclusive():  # a second timed phase in the same job
             pass
     slot.release()  # twice is harmless
+    with claim_timed(tmp_path, ["0"]) as slot, slot.exclusive():
+        slot.release()  # inside exclusive(): its exit must not close anything twice
+    assert nothing_held(tmp_path)
 
 
 def test_one_gpu_is_a_mutex_for_timed_jobs(jobs: Jobs) -> None:

@@ -149,20 +149,26 @@ class TimedSlot(_Slot):
             raise RuntimeError("exclusive() is not reentrant")
         started = time.monotonic()
         turnstile = _open(self.lock_dir, self.device_id, "turnstile")
-        rw = -1
+        acquired = [turnstile]
         try:
             fcntl.flock(turnstile, fcntl.LOCK_EX)  # from here on no new warm-up starts on this GPU
-            rw = _open(self.lock_dir, self.device_id, "rw")
-            fcntl.flock(rw, fcntl.LOCK_EX)  # waits for the warm-ups already running here
-            self._fds += [turnstile, rw]
-            self.exclusive_wait_s = time.monotonic() - started
+            acquired.append(_open(self.lock_dir, self.device_id, "rw"))
+            fcntl.flock(acquired[-1], fcntl.LOCK_EX)  # waits for the warm-ups already running here
+        except BaseException:
+            for fd in acquired:
+                os.close(fd)
+            raise
+        self._fds += acquired  # release() closes them in reverse: rw before turnstile
+        self.exclusive_wait_s = time.monotonic() - started
+        try:
             yield self.exclusive_wait_s
         finally:
             # rw before turnstile: a warm-up let through the turnstile must find rw free (point 3 above).
-            if rw >= 0:
-                os.close(rw)
-            os.close(turnstile)
-            self._fds = [fd for fd in self._fds if fd not in (turnstile, rw)]
+            # Skips what a release() inside the block has closed already.
+            for fd in reversed(acquired):
+                if fd in self._fds:
+                    self._fds.remove(fd)
+                    os.close(fd)
 
 
 class WarmupSlot(_Slot):
