@@ -28,6 +28,7 @@ SRC = Path(gpuslots.__file__).resolve().parents[1]
 #   timed:   claim a timed slot, untimed_s of untimed work, then hold_s inside exclusive()
 #   warmup:  hold a warm-up slot for hold_s
 #   sit-timed / sit-exclusive / sit-warmup: take the slot, write <out>.ready, sleep until killed
+# A negative hold_s holds until the test creates <out>.go.
 JOB = r"""
 import json, sys, time
 from pathlib import Path
@@ -41,7 +42,9 @@ def critical(slot, wait):
     ready.touch()
     if kind.startswith("sit"):
         time.sleep(1000)
-    time.sleep(hold)
+    while hold < 0 and not Path(out + ".go").exists():
+        time.sleep(0.005)
+    time.sleep(max(hold, 0))
     end = time.monotonic()
     Path(out).write_text(json.dumps(dict(kind=kind, gpu=slot.gpu, device=slot.device_id, start=start, end=end,
                                          wait=wait, claim_wait=slot.wait_s)))
@@ -167,16 +170,19 @@ def test_warmups_share_a_gpu(jobs: Jobs) -> None:
 
 
 def test_waiting_timed_job_blocks_new_warmups_until_it_is_done(jobs: Jobs) -> None:
-    running = jobs.start("warmup", "0", hold=0.6)
+    running = jobs.start("warmup", "0", hold=-1)
     jobs.wait_ready(running)
     timed = jobs.start("timed", "0", hold=0.2)
     # The timed job holds the turnstile while it waits for the running warm-up to leave rw.
     wait_until(lambda: held(jobs.locks / "gpu-0.turnstile"))
-    assert not Path(f"{timed}.ready").exists()
     late = jobs.start("warmup", "0", hold=0.0)
+    time.sleep(0.3)  # time for the late warm-up to start, were it let in
+    assert not Path(f"{timed}.ready").exists(), "a timed section began beside a running warm-up"
+    assert not Path(f"{late}.ready").exists(), "a warm-up started while a timed job waited for the GPU"
+    Path(f"{running}.go").touch()
     r_running, r_timed, r_late = jobs.finish()
-    assert r_timed["start"] >= r_running["end"]  # waited for the warm-up already running
-    assert r_timed["wait"] > 0.1
+    assert r_timed["start"] >= r_running["end"]
+    assert r_timed["wait"] > 0.3
     assert r_late["start"] >= r_timed["end"], "a warm-up started while a timed job waited for the GPU"
 
 
