@@ -95,13 +95,27 @@ def compile_cache(cache_dir: str | os.PathLike | None):
         yield
 
 
+# Set by `attnsweep warmup` for the processes that run its GPU work (gpuslots.gpu_worker).
+WORKER_ENV = ("ATTNSWEEP_GPU_LOCKS", "ATTNSWEEP_GPU_DEVICE")
+
+
+def _as_warmup_worker() -> contextlib.AbstractContextManager:
+    """A warm-up's GPU work registers on its GPU, so that a timed cell there stops it while it measures."""
+    lock_dir, device_id = (os.environ.get(k) for k in WORKER_ENV)
+    if not lock_dir or not device_id:
+        return contextlib.nullcontext()
+    from .gpuslots import gpu_worker
+
+    return gpu_worker(lock_dir, device_id)
+
+
 def measure(
     spec: CellSpec, batch_size: int, device: torch.device, *, steps: int | None = None,
     cache_dir: str | os.PathLike | None = None, after_first_step: Callable[[], None] | None = None,
 ) -> AttemptResult:
     """Build, train (spec.steps, or `steps` for a warm-up) and profile at `batch_size`, in this process."""
     t0 = time.perf_counter()
-    with compile_cache(cache_dir):
+    with compile_cache(cache_dir), _as_warmup_worker():
         result = _measure(spec, batch_size, device, steps or spec.steps, after_first_step)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

@@ -139,6 +139,10 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
         )
     if slot.device_id != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.device_id
+    if kind == "warmup" and isinstance(slot, gpuslots.WarmupSlot):
+        from .attempt import WORKER_ENV
+
+        os.environ.update(zip(WORKER_ENV, (str(args.gpu_locks), slot.device_id)))
     return slot
 
 

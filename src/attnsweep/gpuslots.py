@@ -8,47 +8,43 @@ imports no torch).
 Two kinds of job use a GPU:
 
 * a **timed** job (:func:`claim_timed`) measures a cell. It takes the GPU's ``timed`` lock (at most one timed job per
-  GPU), may then do untimed work there (its own compilation), and wraps its timed steps in
-  :meth:`TimedSlot.exclusive`, which makes it the only user of the GPU for that long;
-* a **warm-up** job (:func:`claim_warmup`) compiles a cell's model and runs a few steps. Any number of them may share a
-  GPU, with each other and with a timed job's untimed phase, but never with its exclusive phase.
+  GPU), may then do untimed work there (loading its compiled code, its first step), and wraps its measured steps in
+  :meth:`TimedSlot.exclusive`, which makes it the only process running work on the GPU for that long;
+* a **warm-up** job (:func:`claim_warmup`) compiles a cell's model and runs a few steps. Any number of them share a
+  GPU, with each other and with a timed job's untimed phase. The process that runs a warm-up's GPU work registers
+  with :func:`gpu_worker`; a timed job's exclusive phase stops every registered worker of its GPU (SIGSTOP) and lets
+  them go on after (SIGCONT). Stopping, rather than waiting for them, keeps the GPU measuring: a warm-up compiles
+  for a minute, a timed job measures for seconds. A stopped worker's compiler processes (Inductor's pool) work on
+  the CPU only; warm-ups run at a lower CPU priority than timed jobs.
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 
 ``timed``
     exclusive lock held by the GPU's timed job for the whole job.
-``rw``
-    readers-writer lock: warm-ups hold it shared for their whole run, a timed job holds it exclusive during
-    :meth:`TimedSlot.exclusive`.
 ``turnstile``
-    gives the writer preference: a timed job takes it (exclusive) *before* asking for ``rw`` and keeps it until it
-    has released ``rw``; a warm-up must pass through it (exclusive, never blocking: it polls) before taking ``rw``
-    shared, and lets it go at once.
+    held (exclusive) by a timed job during its exclusive phase; a worker takes it for the instant of registering,
+    so none registers during an exclusive phase.
+``workers/<pid>``
+    one file per registered worker, locked by it while it lives (a file nobody locks is a dead worker's, removed by
+    the next exclusive phase).
 
-Why this is correct (lock order is always ``timed`` -> ``turnstile`` -> ``rw``; nobody takes them the other way):
+Why this is correct:
 
-1. Exclusivity: during its exclusive phase the timed job holds ``rw`` exclusive, which the kernel grants only when no
-   process holds it shared; every warm-up holds ``rw`` shared for its whole run. So no warm-up runs during a timed
-   section, and none starts during one. Two timed jobs never share a GPU: both hold ``timed`` exclusive.
-2. Writer preference: a writer holds ``turnstile`` from before its request for ``rw`` until after it released ``rw``.
-   A warm-up takes ``rw`` only while it holds ``turnstile``, so while a timed job waits for ``rw`` (or holds it) no new
-   warm-up can start on that GPU; the writer waits only for the warm-ups that were already running. Linux's flock
-   queues no waiters, so without the turnstile a steady stream of overlapping warm-ups could hold ``rw`` shared
-   forever.
-3. No deadlock: ``rw`` exclusive is held only by a process that also holds ``turnstile``, so a warm-up that holds
-   ``turnstile`` always gets ``rw`` shared at once and never waits while holding it; the writer waits for ``rw`` only
-   on warm-ups, which hold nothing else and finish on their own. A writer competes with warm-ups for ``turnstile``
-   only during their two system calls of passage (warm-ups take it exclusive, so they cannot keep it shared among
-   themselves and starve the writer).
-4. Crashes: a flock lock belongs to the open file; the kernel drops it when the last descriptor closes, which happens
-   when the process exits in any way (exception, ``SIGKILL``, OOM killer). No state needs cleaning: a lock file left
-   behind is inert while nobody holds a lock on it.
+1. Exclusivity: a timed job holds ``turnstile`` for its whole exclusive phase, and lists and stops the workers only
+   after taking it. A worker registers only while holding ``turnstile``, so every worker that may run GPU work
+   during the phase was registered before it and is stopped; none registers during it. Two timed jobs never share a
+   GPU: both hold ``timed`` exclusive. Kernels a worker queued before it was stopped finish within milliseconds; the
+   timed job's measured window starts many steps after the exclusive phase does.
+2. No deadlock: a worker blocks only on ``turnstile``, which a timed job releases at the end of its phase; a timed
+   job never waits for a worker.
+3. Crashes: a flock lock belongs to the open file; the kernel drops it when the process exits in any way
+   (exception, ``SIGKILL``, OOM killer). A timed job that dies inside its exclusive phase cannot send SIGCONT: a
+   guard process it starts with the phase sends it when it finds the job gone.
 
 Caveats: the lock directory must be on a local filesystem (flock over NFS is emulated and not to be relied on). The
-lock is held by the process that claimed it: work the slot protects must run in that process or in a child it waits
-for (a ``fork`` without ``exec`` shares the locks; ``subprocess`` children do not inherit them). All jobs of a sweep
-must name GPUs the same way (``"0"`` and that GPU's UUID are different lock files): take the list from
-:func:`visible_gpus` in every job.
+timed lock is held by the process that claimed it: work it protects must run in that process or in a child it waits
+for. All jobs of a sweep must name GPUs the same way (``"0"`` and that GPU's UUID are different lock files): take
+the list from :func:`visible_gpus` in every job.
 """
 
 from __future__ import annotations
@@ -57,7 +53,9 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -65,7 +63,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "visible_gpus"]
+__all__ = ["TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory", "gpu_worker", "visible_gpus"]
 
 POLL_S = 0.05
 
@@ -135,44 +133,126 @@ class _Slot:
         return f"{type(self).__name__}(gpu={self.gpu}, device_id={self.device_id!r}, {state})"
 
 
-class TimedSlot(_Slot):
-    """The one timed job of a GPU. Wrap the timed steps in :meth:`exclusive`."""
+# Run by a timed job's guard process: if the timed job dies while warm-up workers are stopped for its measured
+# steps, they are let go on (a stopped process would otherwise wait for ever).
+_GUARD = """
+import os, signal, sys, time
+parent, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+while True:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.2)
+for pid in pids:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+"""
 
-    exclusive_wait_s: float | None = None  # seconds the last exclusive() waited for running warm-ups
+
+class TimedSlot(_Slot):
+    """The one timed job of a GPU. Wrap the measured steps in :meth:`exclusive`."""
+
+    exclusive_wait_s: float | None = None  # seconds the last exclusive() waited for the turnstile
+    paused: list[int] = []  # pids of the warm-up workers the last exclusive() stopped
 
     @contextmanager
     def exclusive(self) -> Iterator[float]:
-        """Be alone on the GPU: block new warm-ups there, wait for running ones, yield the seconds waited."""
+        """Be alone on the GPU: no new warm-up worker starts GPU work there, and the running ones are stopped
+        (SIGSTOP) until the block ends (SIGCONT). Yields the seconds waited for the turnstile."""
         if not self.held:
             raise RuntimeError("exclusive() on a released slot")
         if len(self._fds) > 1:
             raise RuntimeError("exclusive() is not reentrant")
         started = time.monotonic()
         turnstile = _open(self.lock_dir, self.device_id, "turnstile")
-        acquired = [turnstile]
         try:
-            fcntl.flock(turnstile, fcntl.LOCK_EX)  # from here on no new warm-up starts on this GPU
-            acquired.append(_open(self.lock_dir, self.device_id, "rw"))
-            fcntl.flock(acquired[-1], fcntl.LOCK_EX)  # waits for the warm-ups already running here
+            fcntl.flock(turnstile, fcntl.LOCK_EX)  # from here on no warm-up worker registers on this GPU
         except BaseException:
-            for fd in acquired:
-                os.close(fd)
+            os.close(turnstile)
             raise
-        self._fds += acquired  # release() closes them in reverse: rw before turnstile
+        self._fds.append(turnstile)
         self.exclusive_wait_s = time.monotonic() - started
+        stopped = _stop_workers(self.lock_dir, self.device_id)
+        self.paused = stopped
+        guard = None
+        if stopped:
+            guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), *map(str, stopped)],
+                                     start_new_session=True)
         try:
             yield self.exclusive_wait_s
         finally:
-            # rw before turnstile: a warm-up let through the turnstile must find rw free (point 3 above).
-            # Skips what a release() inside the block has closed already.
-            for fd in reversed(acquired):
-                if fd in self._fds:
-                    self._fds.remove(fd)
-                    os.close(fd)
+            _continue(stopped)
+            if guard is not None:
+                guard.kill()
+                guard.wait()
+            if turnstile in self._fds:  # a release() inside the block has closed it already
+                self._fds.remove(turnstile)
+                os.close(turnstile)
+
+
+def _workers_dir(lock_dir: Path, device_id: str) -> Path:
+    return _lock_path(lock_dir, device_id, "workers")
+
+
+def _stop_workers(lock_dir: Path, device_id: str) -> list[int]:
+    """SIGSTOP every live registered worker of the GPU; forget the files of dead ones. Returns the stopped pids."""
+    stopped = []
+    folder = _workers_dir(lock_dir, device_id)
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # it unregistered just now
+        try:
+            if _try_lock(fd, fcntl.LOCK_EX):  # nobody holds it: its process is gone
+                path.unlink(missing_ok=True)
+                continue
+        finally:
+            os.close(fd)
+        try:
+            os.kill(int(path.name), signal.SIGSTOP)
+            stopped.append(int(path.name))
+        except (ProcessLookupError, ValueError):
+            pass
+    return stopped
+
+
+def _continue(pids: Sequence[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+@contextmanager
+def gpu_worker(lock_dir: str | os.PathLike[str], device_id: str) -> Iterator[float]:
+    """Register this process as a warm-up worker on GPU `device_id` for the block: a timed job of that GPU stops it
+    (SIGSTOP) during its measured steps and lets it go on after. Waits while one is measuring; yields the wait."""
+    lock_dir = Path(lock_dir)
+    folder = _workers_dir(lock_dir, device_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    turnstile = _open(lock_dir, device_id, "turnstile")
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # not while a timed job is in its measured steps
+        path = folder / str(os.getpid())
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while alive: a file nobody holds is a dead worker's
+    finally:
+        os.close(turnstile)
+    try:
+        yield time.monotonic() - started
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class WarmupSlot(_Slot):
-    """A warm-up's shared hold on a GPU: never overlaps a timed job's exclusive phase there."""
+    """A warm-up's GPU: the one its workers register on (:func:`gpu_worker`)."""
 
 
 def claim_timed(
@@ -203,23 +283,6 @@ def claim_timed(
         time.sleep(poll_s)
 
 
-def _try_reader(lock_dir: Path, device: str) -> int | None:
-    """Take ``rw`` shared through the turnstile without blocking; the ``rw`` descriptor, or None."""
-    turnstile = _open(lock_dir, device, "turnstile")
-    try:
-        # Fails while a timed job waits for or holds the GPU (or, for an instant, while another warm-up passes).
-        if not _try_lock(turnstile, fcntl.LOCK_EX):
-            return None
-        rw = _open(lock_dir, device, "rw")
-        # Cannot fail while we hold the turnstile (module docstring, point 3); kept non-blocking all the same.
-        if _try_lock(rw, fcntl.LOCK_SH):
-            return rw
-        os.close(rw)
-        return None
-    finally:
-        os.close(turnstile)
-
-
 def _has_timed_job(lock_dir: Path, device: str) -> bool:
     # A probe by taking the lock: it is held for two system calls, and a timed claim that meets it just moves on.
     fd = _open(lock_dir, device, "timed")
@@ -229,34 +292,20 @@ def _has_timed_job(lock_dir: Path, device: str) -> bool:
         os.close(fd)
 
 
-def claim_warmup(
-    lock_dir: str | os.PathLike[str],
-    gpus: Sequence[str | int],
-    *,
-    poll_s: float = POLL_S,
-    timeout_s: float | None = None,
-) -> WarmupSlot:
-    """Take a shared hold on one GPU of ``gpus`` for a warm-up; wait (polling) while every GPU is timed exclusively.
+def claim_warmup(lock_dir: str | os.PathLike[str], gpus: Sequence[str | int]) -> WarmupSlot:
+    """Choose the GPU of ``gpus`` for a warm-up: one with no timed job if there is one (spread by pid among equals).
 
-    Preference: a GPU with no timed job at all (so no timed job will later wait for this warm-up), then a GPU whose
-    timed job is not in (or waiting for) its exclusive phase. Warm-ups spread over equally good GPUs by pid. Use as
-    ``with claim_warmup(d, gpus) as slot:``; ``slot.wait_s`` is the time waited, ``timeout_s`` as in
-    :func:`claim_timed`.
+    A warm-up holds no lock: the processes that run its GPU work register with :func:`gpu_worker`, and a timed job
+    stops them while it measures. Use as ``with claim_warmup(d, gpus) as slot:``.
     """
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     devices = _devices(gpus)
     start = os.getpid() % len(devices)
     order = [(start + i) % len(devices) for i in range(len(devices))]
-    started = time.monotonic()
-    while True:
-        free = [i for i in order if not _has_timed_job(lock_dir, devices[i])]
-        for index in free + [i for i in order if i not in free]:
-            rw = _try_reader(lock_dir, devices[index])
-            if rw is not None:
-                return WarmupSlot(lock_dir, index, devices[index], [rw], time.monotonic() - started)
-        _check_timeout(started, timeout_s, "warm-up")
-        time.sleep(poll_s)
+    free = [i for i in order if not _has_timed_job(lock_dir, devices[i])]
+    index = (free or order)[0]
+    return WarmupSlot(lock_dir, index, devices[index], [], 0.0)
 
 
 def _split(value: str) -> list[str]:

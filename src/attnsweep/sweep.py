@@ -128,7 +128,7 @@ def check_config(config: Mapping, explicit: Mapping = {}) -> None:
 
 
 def coerce_numbers(value: Any, schema: Mapping, root: Mapping | None = None) -> Any:
-    """`value` with every string that the schema wants as an integer or number turned into one.
+    """`value` with every string that the schema wants as an integer, a number or a boolean turned into one.
 
     Snakemake passes list items given on the command line as strings (`--config 'grid={seq_len: [64, 128]}'`
     gives ['64', '128']); the schema then refuses them although the user wrote numbers.
@@ -145,6 +145,8 @@ def coerce_numbers(value: Any, schema: Mapping, root: Mapping | None = None) -> 
             return coerced
     kinds = schema.get("type", [])
     kinds = [kinds] if isinstance(kinds, str) else kinds
+    if isinstance(value, str) and "boolean" in kinds and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if isinstance(value, str) and ("integer" in kinds or "number" in kinds):
         try:
             return int(value)
