@@ -386,3 +386,10 @@ print(
     f"-- {DEMO_NOTE}" if CPU_DEMO else "",
     file=sys.stderr,
 )
+
+
+# Through the SLURM executor (profiles/slurm): partition and GPU model checked against sinfo before any submission.
+onstart:
+    from attnsweep.cluster import check_slurm_submission
+
+    check_slurm_submission(workflow)
