@@ -12,6 +12,14 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
+# Aggregation runs where Snakemake runs, not as cluster jobs (profiles/slurm).
+localrules:
+    code_stamp,
+    summary,
+    tables,
+    figures,
+
+
 rule all:
     default_target: True
     input:

@@ -127,3 +127,10 @@ ALL_TARGETS = [
 ]
 
 print(PLAN.banner(), file=sys.stderr)
+
+
+# Through the SLURM executor (profiles/slurm): partition and GPU model checked against sinfo before any submission.
+onstart:
+    from attnsweep.cluster import check_slurm_submission
+
+    check_slurm_submission(workflow)
