@@ -24,6 +24,14 @@ BACKENDS: list[tuple[str, re.Pattern]] = [
     ("sdpa-math", re.compile(r"_scaled_dot_product_attention_math", re.I)),
 ]
 RELEVANT = re.compile(r"flash|fmha|sdpa|attention|attn|cudnn|flex|softmax|scaled_dot|triton_tem", re.I)
+# The loss (cross-entropy) runs log_softmax over the vocabulary: a softmax, but not attention's. Its op and kernel
+# names say "log_softmax" (aten::_log_softmax, LogSoftMaxForwardEpilogue, triton_..._log_softmax_...).
+LOSS = re.compile(r"log_?softmax|nll_loss|cross_entropy", re.I)
+
+
+def is_attention(name: str) -> bool:
+    """Whether an op or kernel name belongs to attention (the naive path's softmax does; the loss's does not)."""
+    return bool(RELEVANT.search(name)) and not LOSS.search(name)
 MAX_NAME = 240
 
 
@@ -58,7 +66,7 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         t = _device_time(evt) if device.type == "cuda" else float(evt.self_cpu_time_total)
         rows.append({"name": evt.key[:MAX_NAME], "calls": int(evt.count), "time_us": round(t, 1)})
     rows.sort(key=lambda r: -r["time_us"])
-    attention = [r for r in rows if RELEVANT.search(r["name"])]
+    attention = [r for r in rows if is_attention(r["name"])]
     return {
         "source": "CUDA kernels" if device.type == "cuda" else "CPU operators",
         "backend": classify([r["name"] for r in attention]),
