@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from attnsweep.kernels import classify, is_attention, profile_step
@@ -29,3 +33,15 @@ def test_naive_step_lists_attention_softmax_and_not_the_loss() -> None:
     assert "aten::softmax" in names
     assert not [n for n in names if "log_softmax" in n], names
     assert kernels["backend"] == classify(names) == "unfused (matmul + softmax)"
+
+
+def test_profiling_on_the_cpu_prints_no_cuda_probe_error() -> None:
+    """A CUDA build of torch on a machine without a GPU: the profiler must not log a CUDA error under a CPU cell."""
+    code = (
+        "import torch\n"
+        "from attnsweep.kernels import profile_step\n"
+        "profile_step(lambda: torch.ones(8).sum(), torch.device('cpu'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "gpuGetDeviceCount" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
