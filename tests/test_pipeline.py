@@ -471,8 +471,9 @@ def test_cpu_demo_end_to_end(tmp_path: Path) -> None:
         assert "| model" in text and "cpu" in text
     if statuses["unsupported"]:
         assert "unsupported" in (results / "tables" / "all.md").read_text()
-    for name in ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory"):
-        png = results / "figures" / f"{name}.png"
+    # No fa2 and no GPU memory on the CPU: only the figures with data are made.
+    assert sorted(p.name for p in (results / "figures").iterdir()) == ["speedup.png", "throughput.png"]
+    for png in (results / "figures").iterdir():
         assert png.read_bytes()[:4] == b"\x89PNG"
     snakemake(repo, "--report", "report.html")
     html = (repo / "report.html").read_text(errors="replace")

@@ -354,15 +354,12 @@ def check_kept_cells_environment() -> None:
 check_kept_cells_environment()
 SUMMARY = f"{RESULTS}/summary.csv"
 TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
+# Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
+from attnsweep.report.figures import figure_names
+
 FIGURES = {
     name: f"{RESULTS}/figures/{name}.png"
-    for name in (
-        "fa2_vs_sdpa_compiled",
-        "fa2_vs_sdpa_eager",
-        "speedup",
-        "throughput",
-        "memory",
-    )
+    for name in figure_names(SETTINGS["grid"], DEVICE)
 }
 # The stamps are targets themselves: Snakemake does not rerun a job because an input is missing (here, after a
 # code change, the stamp with the new name), only because a job it depends on runs. A missing target does run,
