@@ -114,7 +114,7 @@ def cell_paths(repo: Path, run: str = "tiny") -> list[Path]:
     return sorted((repo / "results" / run / "cells").rglob("cell.json"))
 
 
-AGGREGATION = {"summary": 1, "tables": 1, "figures": 1, "all": 1}
+AGGREGATION = {"summary": 1, "tables": 1, "figures": 1, "headline": 1, "all": 1}
 
 
 # ---- the workflow itself ----------------------------------------------------------------------------------------
@@ -475,9 +475,13 @@ def test_cpu_demo_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in (results / "figures").iterdir()) == ["speedup.png", "throughput.png"]
     for png in (results / "figures").iterdir():
         assert png.read_bytes()[:4] == b"\x89PNG"
-    snakemake(repo, "--report", "report.html")
-    html = (repo / "report.html").read_text(errors="replace")
+    # The README's report command for the CPU demo; the study's folder does not exist here: one sentence, no trace.
+    wrong = snakemake(repo, "--report", "results/study/report.html", check=False)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr + wrong.stdout
+    assert "its report: snakemake --report results/cpu-demo/report.html" in wrong.stderr
+    snakemake(repo, "--report", "results/cpu-demo/report.html")
+    html = (results / "report.html").read_text(errors="replace")
     assert len(html) > 10_000
-    for name in ("speedup.png", "compiled.md", "summary.csv"):
+    for name in ("speedup.png", "compiled.md", "summary.csv", "What was measured", "Fastest implementation"):
         assert name in html
     assert planned(repo) == {}

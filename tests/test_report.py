@@ -12,6 +12,8 @@ import pytest
 
 from attnsweep.report.aggregate import read_summary, summarize, write_summary
 from attnsweep.report.figures import FIGURES, figure_names, write_figures
+from attnsweep.report.headline import fastest, render_headline
+from attnsweep.report.report_path import report_path_problem
 from attnsweep.report.tables import write_tables
 
 DATA = Path(__file__).parent / "data"
@@ -256,3 +258,45 @@ def test_figures_show_scale_spread_and_what_did_not_run(tmp_path: Path) -> None:
     (speedup,) = figures["speedup"].axes
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in speedup.get_lines())
     assert "flex: unsupported" in [t.get_text() for t in speedup.get_legend().get_texts()]
+
+
+def test_report_path_must_be_a_folder_of_this_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "cpu-demo").mkdir(parents=True)
+    (tmp_path / "results" / "study").mkdir()
+    assert report_path_problem(["--cores", "1"], "results/cpu-demo") is None
+    assert report_path_problem(["--report"], "results/cpu-demo") is None  # report.html here
+    assert report_path_problem(["--report", "results/cpu-demo/report.html"], "results/cpu-demo") is None
+    assert report_path_problem(["--report=results/cpu-demo/r.zip"], "results/cpu-demo") is None
+    problem = report_path_problem(["--report", "results/mine/report.html"], "results/cpu-demo")
+    assert problem == ("--report results/mine/report.html: the folder results/mine/ does not exist. This config's "
+                       "results are in results/cpu-demo/; its report: snakemake --report "
+                       "results/cpu-demo/report.html")
+    assert "holds another run" in report_path_problem(["--report", "results/study/report.html"], "results/cpu-demo")
+
+
+def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:
+    """Fastest per model, context and mode; another implementation within the fastest's window spread is a tie."""
+    paths = []
+    for seq_len, speeds in ((64, {"naive": 1000.0, "sdpa": 1300.0, "sdpa_math": 1250.0}),
+                            (128, {"naive": 800.0, "sdpa": 1200.0, "sdpa_math": 900.0})):
+        for attn, tps in speeds.items():
+            path = make_cell(tmp_path, attn=attn, seq_len=seq_len, mode="eager", tokens_per_sec=tps)
+            rec = json.loads(path.read_text())
+            rec["tokens_per_sec_stats"].update(min=0.95 * tps, max=1.02 * tps)
+            path.write_text(json.dumps(rec))
+            paths.append(path)
+        paths.append(make_cell(tmp_path, "unsupported", attn="flex", seq_len=seq_len, mode="eager"))
+    out = tmp_path / "summary.csv"
+    write_summary(paths, out)
+    best = fastest(read_summary(out))
+    assert best[["seq_len", "fastest", "ties"]].values.tolist() == [[64, "sdpa", "sdpa_math (1,250)"],
+                                                                   [128, "sdpa", ""]]
+    text = render_headline(read_summary(out), "results/x", ["results/x/figures/throughput.png"])
+    assert "implementations naive, sdpa, sdpa_math, flex" in text and "8 cells: 6 ok, 2 unsupported" in text
+    assert "Never measured in this run: flex: unsupported" in text
+    assert "``results/x/tables/compiled.md``" in text and "throughput.png" in text
+    from docutils.core import publish_parts  # the report renders it as reStructuredText: it must be valid
+
+    html = publish_parts(text, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["body"]
+    assert "<table" in html and "sdpa_math (1,250)" in html

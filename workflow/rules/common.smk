@@ -366,12 +366,15 @@ FIGURES = {
 # and then everything downstream of it, also where there is no .snakemake metadata (a fresh clone).
 # The cells are targets too: a summary left by a partial aggregation (allow_missing) is present and newer than the
 # cells it read, and Snakemake would not look behind it for the cells still missing.
+# The report's first page: written by rule headline (aggregate.smk).
+HEADLINE_FILE = f"{RESULTS}/headline.rst"
 ALL_TARGETS = [
     *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS]),
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),
     *FIGURES.values(),
+    HEADLINE_FILE,
 ]
 
 # Said at the start of every run, so a CPU demo is never mistaken for the study.
