@@ -46,7 +46,7 @@ if .venv/bin/python -c "import sys, torch, torchvision; sys.exit(not (torch.__ve
     "${TORCH#*==}" "${TORCHVISION#*==}" >>"$LOG" 2>&1; then
     echo "setup: $TORCH and $TORCHVISION already installed"
 else
-    step "$TORCH, $TORCHVISION (${TORCH_INDEX_URL:-PyPI}; a few GB from PyPI, minutes)" \
+    step "$TORCH, $TORCHVISION from ${TORCH_INDEX_URL:-PyPI (the CUDA build: a few GB, minutes)}" \
         pip install "${torch_index[@]}" "$TORCH" "$TORCHVISION"
 fi
 
