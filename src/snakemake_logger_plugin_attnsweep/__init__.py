@@ -89,7 +89,7 @@ class LogHandler(LogHandlerBase):
         self.jobs: dict[int, dict[str, Any]] = {}
         self.cells_total = 0
         self.cells_done = 0
-        self.cell_seconds: list[float] = []
+        self.first_job: Optional[float] = None
         self.counts: dict[str, int] = {}
         self.first_cell: Optional[dict] = None
         self.results: Optional[str] = None
@@ -143,6 +143,7 @@ class LogHandler(LogHandlerBase):
         if event == LogEvent.RUN_INFO and isinstance(getattr(record, "stats", None), dict):
             self.run_info(record.stats)
         elif event == LogEvent.JOB_INFO:
+            self.first_job = self.first_job or time.monotonic()
             self.jobs[record.jobid] = {"rule": record.rule_name, "output": list(record.output or []),
                                        "wildcards": dict(record.wildcards or {}), "start": time.monotonic()}
         elif event == LogEvent.JOB_FINISHED:
@@ -203,16 +204,19 @@ class LogHandler(LogHandlerBase):
         outputs = [o.split(" (")[0] for o in job["output"]]  # format_files may append " (report)" and the like
         if job["rule"] == CELL_RULE:
             self.cells_done += 1
-            seconds = time.monotonic() - job["start"]
-            self.cell_seconds.append(seconds)
+            now = time.monotonic()
+            seconds = now - job["start"]
             record = next((Path(o) for o in outputs if Path(o).name == CELL_FILE), None)
             outcome = cell_outcome(record) if record else "done"
             status = outcome.split(",")[0].split(" ")[0]
             self.counts[status] = self.counts.get(status, 0) + 1
             if record and "/cells/" in record.as_posix():
                 self.results = record.as_posix().split("/cells/")[0]
+            # The time left at the pace so far, counted from the first job: what a cell costs besides its own
+            # job (code stamps, a warm-up job before it) is in the pace too.
             left = self.cells_total - self.cells_done
-            eta = f"; about {duration(left * sum(self.cell_seconds) / len(self.cell_seconds))} left" if left else ""
+            pace = (now - (self.first_job or job["start"])) / self.cells_done
+            eta = f"; about {duration(left * pace)} left" if left else ""
             self.write(f"{self.progress()} {self.cell_label(job)}: {outcome} ({duration(seconds)}{eta})")
         elif job["rule"] in SHOWN_RULES:
             if job["rule"] == "summary" and outputs:
