@@ -87,7 +87,6 @@ rule headline:
         "../../envs/attnsweep.yaml"
     params:
         results=lambda wildcards, output: str(Path(output[0]).parent),
-        figures=list(FIGURES.values()),
     script:
         "../scripts/headline.py"
 

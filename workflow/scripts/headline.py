@@ -6,4 +6,4 @@ from attnsweep.report.headline import write_headline
 sm = snakemake  # noqa: F821 -- injected by Snakemake's script directive
 
 with logged(sm.log[0]):
-    write_headline(sm.input.summary, sm.output[0], sm.params.results, list(sm.params.figures))
+    write_headline(sm.input.summary, sm.output[0], sm.params.results)

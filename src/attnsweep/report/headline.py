@@ -48,8 +48,8 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=["_a", "_m"]))
 
 
-def render_headline(df: pd.DataFrame, results: str, figures: list[str]) -> str:
-    """The headline as reStructuredText; `results` is the run's folder (results/{run}), `figures` its figure files."""
+def render_headline(df: pd.DataFrame, results: str) -> str:
+    """The headline as reStructuredText; `results` is the run's folder (results/{run})."""
     counts = df["status"].value_counts()
     statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
     first = df.iloc[0] if len(df) else pd.Series(dtype=object)
@@ -88,19 +88,18 @@ def render_headline(df: pd.DataFrame, results: str, figures: list[str]) -> str:
             tabulate(table, headers="keys", tablefmt="rst", showindex=False, disable_numparse=True),
             "",
         ]
-    figures = [Path(f).name for f in figures]
     lines += [
         "Where the results are",
         "---------------------",
         "",
         f"- Tables (also in the sidebar, under Tables): ``{results}/tables/compiled.md``, ``eager.md``, ``all.md``",
-        f"- Figures (sidebar, Figures): ``{results}/figures/``" + (f" ({', '.join(figures)})" if figures else ""),
+        f"- Figures (sidebar, Figures): ``{results}/figures/``",
         f"- Every cell, one row each: ``{results}/summary.csv``; the records: ``{results}/cells/``",
         "",
     ]
     return "\n".join(lines)
 
 
-def write_headline(summary: str | os.PathLike, out: str | os.PathLike, results: str, figures: list[str]) -> None:
-    Path(out).write_text(render_headline(read_summary(summary), results, figures))
+def write_headline(summary: str | os.PathLike, out: str | os.PathLike, results: str) -> None:
+    Path(out).write_text(render_headline(read_summary(summary), results))
     log.info("wrote %s", out)
