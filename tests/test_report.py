@@ -13,7 +13,7 @@ import pytest
 from attnsweep.report.aggregate import read_summary, summarize, write_summary
 from attnsweep.report.figures import FIGURES, figure_names, write_figures
 from attnsweep.report.headline import fastest, render_headline
-from attnsweep.report.report_path import report_path_problem
+from attnsweep.report.report_path import report_path_problem, snakemake_command
 from attnsweep.report.tables import write_tables
 
 DATA = Path(__file__).parent / "data"
@@ -273,6 +273,10 @@ def test_report_path_must_be_a_folder_of_this_run(tmp_path: Path, monkeypatch) -
                        "results are in results/cpu-demo/; its report: snakemake --report "
                        "results/cpu-demo/report.html")
     assert "holds another run" in report_path_problem(["--report", "results/study/report.html"], "results/cpu-demo")
+    assert report_path_problem(["--report", "x/r.html"], "results/r", ".venv/bin/snakemake").endswith(
+        "its report: .venv/bin/snakemake --report results/r/report.html")
+    assert snakemake_command(".venv/bin/snakemake") == ".venv/bin/snakemake"
+    assert snakemake_command("/lib/python3.11/site-packages/snakemake/__main__.py") == "snakemake"
 
 
 def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:

@@ -72,8 +72,9 @@ def cell_outcome(path: Path) -> str:
     status = record.get("status", "?")
     if status == "ok" and record.get("tokens_per_sec") is not None:
         return f"ok, {record['tokens_per_sec']:,.0f} tokens/s"
+    # The reason's start (the whole is in the record and the tables), cut at a word.
     reason = str(record.get("reason") or "")
-    reason = reason if len(reason) <= 90 else reason[:87] + "..."
+    reason = reason if len(reason) <= 60 else reason[:60].rsplit(" ", 1)[0] + " ..."
     return f"{status} ({reason})" if reason else status
 
 
@@ -95,6 +96,8 @@ class LogHandler(LogHandlerBase):
         self.results: Optional[str] = None
         self.started = time.monotonic()
         self.interrupted = False
+        # How the user started Snakemake (.venv/bin/snakemake), to repeat it in the report command.
+        self.snakemake = sys.argv[0] if Path(sys.argv[0]).name == "snakemake" else "snakemake"
 
     # What Snakemake asks of a handler.
     @property
@@ -241,6 +244,6 @@ class LogHandler(LogHandlerBase):
                        f"  tables    {r}/tables/ (compiled.md, eager.md, all.md)\n"
                        f"  figures   {r}/figures/\n"
                        f"  summary   {r}/summary.csv (one row per cell)\n"
-                       f"  report    snakemake --report {r}/report.html")
+                       f"  report    {self.snakemake} --report {r}/report.html")
         self.write(f"Snakemake's full log: {logfile} (its own output on the terminal: "
                    f"--logger-attnsweep-snakemake-output)")

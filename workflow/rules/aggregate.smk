@@ -1,6 +1,6 @@
 # From cell JSONs to the summary table, the markdown tables, the figures and the report's headline of results/{run}/.
 
-from attnsweep.report.report_path import report_path_problem
+from attnsweep.report.report_path import report_path_problem, snakemake_command
 
 
 rule summary:
@@ -92,6 +92,8 @@ rule headline:
 
 
 # `snakemake --report PATH` is checked when the workflow is read: see attnsweep.report.report_path.
-REPORT_PATH_PROBLEM = report_path_problem(sys.argv[1:], RESULTS)
+REPORT_PATH_PROBLEM = report_path_problem(
+    sys.argv[1:], RESULTS, snakemake_command(sys.argv[0])
+)
 if REPORT_PATH_PROBLEM:
     raise ConfigError(REPORT_PATH_PROBLEM)

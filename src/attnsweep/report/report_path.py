@@ -21,8 +21,14 @@ def requested_report(argv: Sequence[str]) -> str | None:
     return None
 
 
-def report_path_problem(argv: Sequence[str], results: str) -> str | None:
-    """What is wrong with the --report path for the run whose folder is `results` (results/{run}), if anything."""
+def snakemake_command(argv0: str) -> str:
+    """How the user started Snakemake (.venv/bin/snakemake), to repeat it; `snakemake` when run as a module."""
+    return argv0 if Path(argv0).name == "snakemake" else "snakemake"
+
+
+def report_path_problem(argv: Sequence[str], results: str, command: str = "snakemake") -> str | None:
+    """What is wrong with the --report path for the run whose folder is `results` (results/{run}), if anything.
+    `argv`: Snakemake's arguments (sys.argv[1:]); `command`: how to call Snakemake in the advice."""
     path = requested_report(argv)
     if path is None:
         return None
@@ -34,4 +40,4 @@ def report_path_problem(argv: Sequence[str], results: str) -> str | None:
     else:
         return None
     return (f"--report {path}: the folder {folder}/ {why}. This config's results are in {results}/; "
-            f"its report: snakemake --report {results}/report.html")
+            f"its report: {command} --report {results}/report.html")
