@@ -9,14 +9,29 @@
 #     python -m pip install -r envs/composer.txt
 #     python -m pip install --no-deps mosaicml==0.32.1
 # Then Composer is imported as a check, and `pip check` must report nothing about mosaicml but those two pins.
+# pip's output goes to $SETUP_LOG (envs/setup.sh passes .venv/setup.log; else a temporary file), shown when it fails.
+# When that Composer already imports, nothing is installed: only the checks run.
 set -euo pipefail
 
 COMPOSER_VERSION=0.32.1
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python}"
+log="${SETUP_LOG:-$(mktemp -t install-composer.XXXXXX.log)}"
 
-"$py" -m pip install -r "$here/composer.txt"
-"$py" -m pip install --no-deps "mosaicml==${COMPOSER_VERSION}"
+if "$py" -c "import sys, composer; sys.exit(composer.__version__ != sys.argv[1])" "$COMPOSER_VERSION" >>"$log" 2>&1; then
+    echo "install-composer: composer $COMPOSER_VERSION already installed"
+else
+    printf 'install-composer: Composer %s and its dependencies (envs/composer.txt) ... ' "$COMPOSER_VERSION"
+    if "$py" -m pip install --disable-pip-version-check -r "$here/composer.txt" >>"$log" 2>&1 &&
+        "$py" -m pip install --disable-pip-version-check --no-deps "mosaicml==${COMPOSER_VERSION}" >>"$log" 2>&1; then
+        echo ok
+    else
+        echo FAILED
+        echo "install-composer: the last lines of $log:" >&2
+        tail -n 40 "$log" >&2
+        exit 1
+    fi
+fi
 
 "$py" - "$COMPOSER_VERSION" <<'PYEOF'
 import sys

@@ -9,6 +9,7 @@ cell file edited after its tables were made, or a table left stale after the tab
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -20,10 +21,32 @@ from attnsweep.report.tables import render_tables
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
+
+
+def committed_files(repo: Path = REPO) -> list[Path]:
+    """The files under results/ that git tracks: a user's own runs (the CPU demo, a run of their grid) are not
+    checked, since nothing guarantees they are complete or current. Outside a git checkout (an unpacked archive)
+    every file under results/ is taken as committed, since there is nothing else to tell them apart by."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", "results"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(p for p in (repo / "results").rglob("*") if p.is_file())
+    return sorted(repo / name for name in listed.split("\0") if name)
+
+
+COMMITTED = committed_files()
 # Every JSON under results/ is a cell record, except the pipeline's code stamps and tools/harness_gap.py's probes.
 NOT_CELLS = {"stamps", "gap"}
-CELL_FILES = sorted(p for p in RESULTS.rglob("*.json") if not NOT_CELLS & set(p.relative_to(RESULTS).parts))
-RUNS = sorted(p.parent.name for p in RESULTS.glob("*/summary.csv"))
+CELL_FILES = [
+    p for p in COMMITTED if p.suffix == ".json" and not NOT_CELLS & set(p.relative_to(RESULTS).parts)
+]
+RUNS = sorted(p.parent.name for p in COMMITTED if p.name == "summary.csv" and p.parent.parent == RESULTS)
+
+
+def committed_cells(run: str) -> list[Path]:
+    return [p for p in CELL_FILES if p.name == "cell.json" and p.is_relative_to(RESULTS / run / "cells")]
 
 
 def test_there_are_committed_results_to_check():
@@ -41,6 +64,20 @@ def test_every_committed_cell_record_is_valid(path):
         assert record["loss"]["fell"], f"{path}: the loss did not fall"
 
 
+def test_only_committed_runs_are_checked(tmp_path):
+    """A run the user made (untracked, here half-written) is not a committed result; outside git all are."""
+    (tmp_path / "results" / "mine").mkdir(parents=True)
+    (tmp_path / "results" / "mine" / "summary.csv").write_text("half written")
+    assert committed_files(tmp_path) == [tmp_path / "results" / "mine" / "summary.csv"]  # not a git checkout
+    (tmp_path / "results" / "kept").mkdir()
+    (tmp_path / "results" / "kept" / "summary.csv").write_text("tracked")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "results/kept"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "kept"], cwd=tmp_path, check=True)
+    assert committed_files(tmp_path) == [tmp_path / "results" / "kept" / "summary.csv"]
+
+
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     """Through CSV and back, columns sorted: the column order follows the first record's key order, not content."""
     buf = io.StringIO()
@@ -54,11 +91,11 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
 def test_summary_is_rebuilt_from_the_committed_cells(run, monkeypatch):
     committed = read_summary(RESULTS / run / "summary.csv")
     missing = committed.loc[committed["status"] == "missing", "cell_path"].tolist()
-    present = sorted((RESULTS / run / "cells").rglob("cell.json"))
+    present = committed_cells(run)
     monkeypatch.chdir(REPO)  # cell_path in a summary is relative to the repository root, where the pipeline runs
     rebuilt = summarize([p.relative_to(REPO) for p in present], run=run, missing=missing)
     assert len(rebuilt) == len(committed), (
-        f"{run}: {len(committed)} rows committed, {len(present)} cells and {len(missing)} missing rows on disk"
+        f"{run}: {len(committed)} rows committed, {len(present)} cells and {len(missing)} missing rows committed"
     )
     pd.testing.assert_frame_equal(_canonical(rebuilt), _canonical(committed), check_exact=False, rtol=1e-12)
 

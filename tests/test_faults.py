@@ -79,7 +79,11 @@ def snakemake(repo: Path, *args: str, check: bool = True, env: dict | None = Non
 
 
 def jobs_run(output: str, rule: str) -> int:
-    """How many jobs of `rule` Snakemake's 'Job stats' table lists (0 if it has none: nothing to do)."""
+    """How many jobs of `rule` Snakemake's 'Job stats' table lists (0 if it has none: nothing to do). A sweep's own
+    output (the profile's logger) says the cells instead: 'attnsweep: N cells to measure'."""
+    if rule == "cell" and "Job stats:" not in output:
+        m = re.search(r"^attnsweep: (\d+) cells to measure", output, re.M)
+        return int(m.group(1)) if m else 0
     m = re.search(rf"^{rule}\s+(\d+)$", output.split("Job stats:", 1)[-1], re.M) if "Job stats:" in output else None
     return int(m.group(1)) if m else 0
 

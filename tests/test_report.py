@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from attnsweep.report.aggregate import read_summary, summarize, write_summary
-from attnsweep.report.figures import write_figures
+from attnsweep.report.figures import FIGURES, figure_names, write_figures
+from attnsweep.report.headline import fastest, render_headline
+from attnsweep.report.report_path import report_path_problem, snakemake_command
 from attnsweep.report.tables import write_tables
 
 DATA = Path(__file__).parent / "data"
@@ -212,3 +214,93 @@ def test_figures_without_gpu_data(tmp_path: Path) -> None:
     figures = {n: tmp_path / f"{n}.png" for n in names}
     write_figures(out, figures)
     assert all(p.stat().st_size > 1_000 for p in figures.values())
+
+
+CPU_DEMO_GRID = {"attn": ["naive", "sdpa", "sdpa_math", "flex"], "mode": ["eager", "compiled"]}
+
+
+def test_only_figures_with_data_are_made() -> None:
+    assert figure_names(CPU_DEMO_GRID, "cpu") == ["speedup", "throughput"]
+    study = {"attn": ["naive", "sdpa", "sdpa_flash", "fa2", "flex"], "mode": ["compiled", "eager"]}
+    assert figure_names(study, "cuda") == list(FIGURES)
+    assert figure_names({"attn": ["fa2", "sdpa_flash"], "mode": ["compiled"]}, "cuda") == [
+        "fa2_vs_sdpa_compiled", "throughput", "memory"]
+    assert figure_names({"attn": ["sdpa"], "mode": ["eager"]}, "cpu") == ["throughput"]
+
+
+def test_figures_show_scale_spread_and_what_did_not_run(tmp_path: Path) -> None:
+    """Throughput from zero with the window's spread as error bars; speedup with its line at 1; an implementation
+    unsupported everywhere is named in the legend, not left out."""
+    paths = []
+    for seq_len in (64, 128):
+        for attn, tps in (("naive", 1000.0), ("sdpa", 1250.0)):
+            path = make_cell(tmp_path, attn=attn, seq_len=seq_len, mode="eager", tokens_per_sec=tps)
+            rec = json.loads(path.read_text())
+            rec["tokens_per_sec_stats"].update(min=0.9 * tps, max=1.05 * tps)
+            path.write_text(json.dumps(rec))
+            paths.append(path)
+        paths.append(make_cell(tmp_path, "unsupported", attn="flex", seq_len=seq_len, mode="eager"))
+    out = tmp_path / "summary.csv"
+    write_summary(paths, out)
+    figures = write_figures(out, {n: tmp_path / f"{n}.png" for n in ("throughput", "speedup")})
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["speedup.png", "throughput.png"]
+
+    (throughput,) = figures["throughput"].axes
+    assert throughput.get_ylim()[0] == 0
+    legend = [t.get_text() for t in throughput.get_legend().get_texts()]
+    assert "flex: unsupported" in legend and "sdpa" in legend
+    bars = [c for c in throughput.containers if c.has_yerr]
+    assert len(bars) == 2  # naive and sdpa, each with its spread
+    caps = bars[1].lines[1]  # (lower caps, upper caps) of the sdpa line
+    low, high = caps[0].get_ydata(), caps[1].get_ydata()
+    assert list(low) == pytest.approx([0.9 * 1250] * 2) and list(high) == pytest.approx([1.05 * 1250] * 2)
+
+    (speedup,) = figures["speedup"].axes
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in speedup.get_lines())
+    assert "flex: unsupported" in [t.get_text() for t in speedup.get_legend().get_texts()]
+
+
+def test_report_path_must_be_a_folder_of_this_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "cpu-demo").mkdir(parents=True)
+    (tmp_path / "results" / "study").mkdir()
+    assert report_path_problem(["--cores", "1"], "results/cpu-demo") is None
+    assert report_path_problem(["--report"], "results/cpu-demo") is None  # report.html here
+    assert report_path_problem(["--report", "results/cpu-demo/report.html"], "results/cpu-demo") is None
+    assert report_path_problem(["--report=results/cpu-demo/r.zip"], "results/cpu-demo") is None
+    problem = report_path_problem(["--report", "results/mine/report.html"], "results/cpu-demo")
+    assert problem == ("--report results/mine/report.html: the folder results/mine/ does not exist. This config's "
+                       "results are in results/cpu-demo/; its report: snakemake --report "
+                       "results/cpu-demo/report.html")
+    assert "holds another run" in report_path_problem(["--report", "results/study/report.html"], "results/cpu-demo")
+    assert report_path_problem(["--report", "x/r.html"], "results/r", ".venv/bin/snakemake").endswith(
+        "its report: .venv/bin/snakemake --report results/r/report.html")
+    assert snakemake_command(".venv/bin/snakemake") == ".venv/bin/snakemake"
+    assert snakemake_command("/lib/python3.11/site-packages/snakemake/__main__.py") == "snakemake"
+
+
+def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:
+    """Fastest per model, context and mode; another implementation within the fastest's window spread is a tie."""
+    paths = []
+    for seq_len, speeds in ((64, {"naive": 1000.0, "sdpa": 1300.0, "sdpa_math": 1250.0}),
+                            (128, {"naive": 800.0, "sdpa": 1200.0, "sdpa_math": 900.0})):
+        for attn, tps in speeds.items():
+            path = make_cell(tmp_path, attn=attn, seq_len=seq_len, mode="eager", tokens_per_sec=tps)
+            rec = json.loads(path.read_text())
+            rec["tokens_per_sec_stats"].update(min=0.95 * tps, max=1.02 * tps)
+            path.write_text(json.dumps(rec))
+            paths.append(path)
+        paths.append(make_cell(tmp_path, "unsupported", attn="flex", seq_len=seq_len, mode="eager"))
+    out = tmp_path / "summary.csv"
+    write_summary(paths, out)
+    best = fastest(read_summary(out))
+    assert best[["seq_len", "fastest", "ties"]].values.tolist() == [[64, "sdpa", "sdpa_math (1,250)"],
+                                                                   [128, "sdpa", ""]]
+    text = render_headline(read_summary(out), "results/x")
+    assert "implementations naive, sdpa, sdpa_math, flex" in text and "8 cells: 6 ok, 2 unsupported" in text
+    assert "Never measured in this run: flex: unsupported" in text
+    assert "``results/x/tables/compiled.md``" in text and "``results/x/figures/``" in text
+    from docutils.core import publish_parts  # the report renders it as reStructuredText: it must be valid
+
+    html = publish_parts(text, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["body"]
+    assert "<table" in html and "sdpa_math (1,250)" in html

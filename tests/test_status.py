@@ -136,3 +136,14 @@ def test_cell_listing_needs_no_snakemake(tmp_path: Path) -> None:
     assert not invalid and [c.env for c in cells] == ["E1", "E1", "E2"]
     assert [(e["device"], e["cells"]) for e in envs] == [("NVIDIA H100 80GB HBM3", 2), ("NVIDIA A100-SXM4-80GB", 1)]
     assert all(c.notes == [] for c in cells)  # run 'fixture' in results/fixture
+
+
+def test_cells_are_listed_with_contexts_in_numeric_order(tmp_path: Path) -> None:
+    template = (Path(__file__).parent / "data" / "cell_ok.json").read_text()
+    results = tmp_path / "results" / "fixture"
+    for seq_len in (512, 64, 1024):
+        folder = results / "cells" / "model~tiny" / f"seq_len~{seq_len}"
+        folder.mkdir(parents=True)
+        (folder / "cell.json").write_text(template)
+    cells, _ = status.read_cells(results)
+    assert [c.path.parts[2] for c in cells] == ["seq_len~64", "seq_len~512", "seq_len~1024"]

@@ -7,6 +7,7 @@ profiler's kernel names are: this module lists the attention-related ones and cl
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable
 
@@ -24,6 +25,14 @@ BACKENDS: list[tuple[str, re.Pattern]] = [
     ("sdpa-math", re.compile(r"_scaled_dot_product_attention_math", re.I)),
 ]
 RELEVANT = re.compile(r"flash|fmha|sdpa|attention|attn|cudnn|flex|softmax|scaled_dot|triton_tem", re.I)
+# The loss (cross-entropy) runs log_softmax over the vocabulary: a softmax, but not attention's. Its op and kernel
+# names say "log_softmax" (aten::_log_softmax, LogSoftMaxForwardEpilogue, triton_..._log_softmax_...).
+LOSS = re.compile(r"log_?softmax|nll_loss|cross_entropy", re.I)
+
+
+def is_attention(name: str) -> bool:
+    """Whether an op or kernel name belongs to attention (the naive path's softmax does; the loss's does not)."""
+    return bool(RELEVANT.search(name)) and not LOSS.search(name)
 MAX_NAME = 240
 
 
@@ -46,6 +55,12 @@ def classify(names: list[str]) -> str:
 def profile_step(step: Callable[[], None], device: torch.device) -> dict:
     """Run `step` once under the profiler; return the attention kernels (or CPU ops) and the busiest kernels."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cpu":
+        # The profiler's library (Kineto) of a CUDA build of torch asks the CUDA driver for its devices even when
+        # only CPU activity is recorded, and on a machine without one logs "gpuGetDeviceCount failed" as an ERROR
+        # (and profiler_start/stop lines) under a cell that is fine. It reads its log level when first used:
+        # 6 is above its highest level (USDT = 5), so it prints nothing. A level the user set is kept.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=activities) as prof:
         step()
         if device.type == "cuda":
@@ -58,7 +73,7 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         t = _device_time(evt) if device.type == "cuda" else float(evt.self_cpu_time_total)
         rows.append({"name": evt.key[:MAX_NAME], "calls": int(evt.count), "time_us": round(t, 1)})
     rows.sort(key=lambda r: -r["time_us"])
-    attention = [r for r in rows if RELEVANT.search(r["name"])]
+    attention = [r for r in rows if is_attention(r["name"])]
     return {
         "source": "CUDA kernels" if device.type == "cuda" else "CPU operators",
         "backend": classify([r["name"] for r in attention]),

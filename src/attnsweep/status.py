@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -97,11 +98,17 @@ def _provenance_notes(rel: Path, record: dict, run: str) -> list[str]:
     return notes
 
 
+def _natural_key(path: Path) -> list:
+    return [[int(t) if t.isdigit() else t for t in re.split(r"(\d+)", part)] for part in path.parts]
+
+
 def read_cells(results: Path) -> tuple[list[Cell], dict[Path, str]]:
     cells, invalid = [], {}
     root = results / "cells"
     # Hidden files are write_json_atomic's temporaries (.cell.json.XXXX.tmp): never records.
-    paths = sorted(p for p in root.rglob("*.json") if not p.name.startswith(".")) if root.is_dir() else []
+    # Numbers in folder names sort as numbers (seq_len~64 before seq_len~512), as the grid lists them.
+    paths = sorted((p for p in root.rglob("*.json") if not p.name.startswith(".")),
+                   key=_natural_key) if root.is_dir() else []
     for path in paths:
         rel = path.relative_to(results)
         try:

@@ -1,4 +1,6 @@
-# From cell JSONs to the summary table, the markdown tables and the figures of results/{run}/.
+# From cell JSONs to the summary table, the markdown tables, the figures and the report's headline of results/{run}/.
+
+from attnsweep.report.report_path import report_path_problem, snakemake_command
 
 
 rule summary:
@@ -65,3 +67,33 @@ rule figures:
         "../../envs/attnsweep.yaml"
     script:
         "../scripts/figures.py"
+
+
+# The report's first page (workflow/report/workflow.rst includes it): what was measured, the fastest implementation
+# per model, context and mode, and where the tables and figures are.
+rule headline:
+    input:
+        stamp=ancient(REPORT_STAMP),
+        summary=SUMMARY,
+    output:
+        report(
+            HEADLINE_FILE,
+            caption="../report/headline.rst",
+            category="Headline",
+        ),
+    log:
+        f"{RESULTS}/logs/headline.log",
+    conda:
+        "../../envs/attnsweep.yaml"
+    params:
+        results=lambda wildcards, output: str(Path(output[0]).parent),
+    script:
+        "../scripts/headline.py"
+
+
+# `snakemake --report PATH` is checked when the workflow is read: see attnsweep.report.report_path.
+REPORT_PATH_PROBLEM = report_path_problem(
+    sys.argv[1:], RESULTS, snakemake_command(sys.argv[0])
+)
+if REPORT_PATH_PROBLEM:
+    raise ConfigError(REPORT_PATH_PROBLEM)

@@ -106,24 +106,24 @@ if not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"]) and Path(CELL_STAMP)
         raise WorkflowError(conflict)
 SUMMARY = f"{RESULTS}/summary.csv"
 TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
+# Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
+from attnsweep.report.figures import figure_names
+
 FIGURES = {
     name: f"{RESULTS}/figures/{name}.png"
-    for name in (
-        "fa2_vs_sdpa_compiled",
-        "fa2_vs_sdpa_eager",
-        "speedup",
-        "throughput",
-        "memory",
-    )
+    for name in figure_names(PLAN.settings["grid"], DEVICE)
 }
 # The stamps and cells are targets themselves: a missing target runs, and everything downstream of it, also in a
 # fresh clone without .snakemake metadata, and behind a summary left by a partial aggregation.
+# The report's first page: written by rule headline (aggregate.smk).
+HEADLINE_FILE = f"{RESULTS}/headline.rst"
 ALL_TARGETS = [
     *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS]),
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),
     *FIGURES.values(),
+    HEADLINE_FILE,
 ]
 
 print(PLAN.banner(), file=sys.stderr)

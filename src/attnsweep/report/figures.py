@@ -3,9 +3,13 @@
 - fa2_vs_sdpa_{compiled,eager}: FlashAttention-2's percent difference to PyTorch's FlashAttention against context,
   one colour per model, solid against `sdpa` (SDPA's default dispatch, the study's) and dashed against
   `sdpa_flash` (SDPA forced to its flash backend).
-- speedup, throughput, memory: one panel per mode (rows) and model (columns), one line per implementation.
+- speedup, throughput, memory: one panel per mode (rows) and model (columns), one line per implementation, with
+  the run-to-run spread over the window (min to max of the per-step tokens/s) as error bars; throughput and memory
+  start at zero, speedup has its line at 1 (no gain).
 
-Only cells with status ok have a point; an OOM or unsupported cell is a gap in its line.
+Only cells with status ok have a point; an OOM or unsupported cell is a gap in its line, and an implementation with
+no point in a panel is named in its legend with its status (e.g. "flex: unsupported").
+`figure_names` says which figures a grid can give data to, so a run makes no empty placeholder.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from matplotlib.lines import Line2D  # noqa: E402
+
 from . import log  # noqa: E402
 from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary  # noqa: E402
 
@@ -28,6 +34,27 @@ SETUP = ("precision", "optimizer", "kv_heads", "harness", "env_id")
 LINE_STYLES = ("-", "--", ":", "-.")
 # 512,000 rather than 512000 or 5.12e5, as in the tables; small values (speedups, GiB) keep their decimals.
 THOUSANDS = FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}")
+
+
+FIGURES = ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory")
+
+
+def figure_names(grid: dict, device: str) -> list[str]:
+    """The figures that can have data for a grid (the config's `grid`: lists per axis) run on `device`.
+
+    fa2 against sdpa needs fa2 and one of its references in that mode; the speedup needs the naive baseline and
+    something to compare with it; peak memory is recorded on a GPU only (`device` is cpu, cuda or, for a run only
+    re-aggregated, the config's own value). Excludes are not looked at: a figure they leave empty says so.
+    """
+    attns, modes = set(grid["attn"]), set(grid["mode"])
+    names = [f"fa2_vs_sdpa_{m}" for m in ("compiled", "eager")
+             if m in modes and HEADLINE in attns and attns & set(REFERENCES)]
+    if BASELINE in attns and len(attns) > 1:
+        names.append("speedup")
+    names.append("throughput")
+    if device != "cpu":
+        names.append("memory")
+    return names
 
 
 def _variant_labels(df: pd.DataFrame, within: list[str]) -> pd.Series:
@@ -59,7 +86,7 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
     log.info("wrote %s", path)
 
 
-def headline_figure(df: pd.DataFrame, mode: str, path: str | os.PathLike) -> None:
+def headline_figure(df: pd.DataFrame, mode: str, path: str | os.PathLike) -> plt.Figure:
     """Percent difference of fa2 to sdpa (solid) and sdpa_flash (dashed) against context, one colour per model."""
     rows = df[(df["attn"] == HEADLINE) & (df["mode"] == mode)].copy()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -80,6 +107,7 @@ def headline_figure(df: pd.DataFrame, mode: str, path: str | os.PathLike) -> Non
         ax.legend(fontsize="small")
     ax.set_title(f"FlashAttention-2 vs PyTorch's FlashAttention, {mode}")
     _save(fig, path)
+    return fig
 
 
 def panel_figure(
@@ -89,16 +117,31 @@ def panel_figure(
     title: str,
     path: str | os.PathLike,
     include_baseline: bool = True,
-) -> None:
+    spread: bool = False,
+    reference: float | None = None,
+) -> plt.Figure:
     """One panel per (mode, model), one line per implementation (and setup, where it varies in the panel).
 
     Cells without a value stay in the data as NaN, so an OOM in the middle of a line is a gap, not a straight
-    segment across it.
+    segment across it. An implementation without any value in a panel is a legend entry naming its status.
+    spread: error bars from the cell's own run-to-run spread (min and max of the per-step tokens/s over the window,
+    relative to its tokens/s, applied to the value). reference: a horizontal line there (1 for a speedup); without
+    one, the axis starts at zero, so the height of a line is its size.
     """
     df = df.assign(value=value(df))
     if not include_baseline:
         df = df[df["attn"] != BASELINE]
-    df = df[df.groupby(["mode", "model", "attn"])["value"].transform("count") > 0]
+    has_value = df.groupby(["mode", "model", "attn"])["value"].transform("count") > 0
+    # What ran nowhere in its panel (e.g. flex on the CPU: unsupported): named, not left out without a word.
+    absent = df[~has_value].groupby(["mode", "model", "attn"], sort=False)["status"].agg(
+        lambda s: "/".join(sorted(set(s.astype(str)))))
+    df = df[has_value]
+    if spread and {"tokens_per_sec_stats.min", "tokens_per_sec_stats.max"} <= set(df.columns):
+        tps = df["tokens_per_sec"]
+        df = df.assign(err_low=(df["value"] * (1 - df["tokens_per_sec_stats.min"] / tps)).clip(lower=0),
+                       err_high=(df["value"] * (df["tokens_per_sec_stats.max"] / tps - 1)).clip(lower=0))
+    else:
+        spread = False
     modes = [m for m in ("compiled", "eager") if m in set(df["mode"])] or ["compiled"]
     models = list(pd.unique(df["model"])) or ["-"]
     fig, axes = plt.subplots(len(modes), len(models), figsize=(4.2 * len(models), 3.4 * len(modes)),
@@ -113,31 +156,53 @@ def panel_figure(
     for (i, mode), (j, model) in ((im, jm) for im in enumerate(modes) for jm in enumerate(models)):
         ax = axes[i][j]
         panel = df[(df["mode"] == mode) & (df["model"] == model)]
+        missing = [f"{attn}: {status}" for (m, mo, attn), status in absent.items() if m == mode and mo == model]
         if panel.empty:
             if not df.empty:
-                _empty(ax, f"no data for {model}, {mode}")
+                _empty(ax, "\n".join([f"no data for {model}, {mode}", *missing]))
             continue
         for label, line in panel.groupby("label", sort=False):
-            ax.plot(line["seq_len"], line["value"], styles[line["variant"].iloc[0]], marker="o",
-                    color=colours[line["attn"].iloc[0]], label=label)
+            style = dict(fmt=styles[line["variant"].iloc[0]], marker="o", color=colours[line["attn"].iloc[0]],
+                         label=label)
+            if spread:
+                ax.errorbar(line["seq_len"], line["value"], yerr=[line["err_low"], line["err_high"]], capsize=3,
+                            **style)
+            else:
+                ax.errorbar(line["seq_len"], line["value"], **style)
+        if reference is None:
+            ax.set_ylim(bottom=0)
+        else:
+            ax.axhline(reference, color="black", linewidth=0.8)
         _context_axis(ax, df["seq_len"])
         ax.set_title(f"{model}, {mode}")
         ax.set_ylabel(ylabel)
         ax.yaxis.set_major_formatter(THOUSANDS)
-        ax.legend(fontsize="x-small")
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], linestyle="none", marker="x", color="grey") for _ in missing]
+        ax.legend(handles, labels + missing, fontsize="x-small")
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+    return fig
 
 
-def write_figures(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
-    """out: {'fa2_vs_sdpa_compiled', 'fa2_vs_sdpa_eager', 'speedup', 'throughput', 'memory'} -> path."""
+def write_figures(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> dict[str, plt.Figure]:
+    """out: figure name (of FIGURES; those `figure_names` chose) -> path. Returns the figures drawn, by name."""
     df = read_summary(summary)
-    for mode in ("compiled", "eager"):
-        headline_figure(df, mode, out[f"fa2_vs_sdpa_{mode}"])
-    panel_figure(df, lambda d: d["speedup_vs_naive"], "speedup over naive", "Speedup over standard attention",
-                 out["speedup"], include_baseline=False)
-    panel_figure(df, lambda d: d["tokens_per_sec"].where(d["status"] == "ok"), "tokens/s", "Training throughput",
-                 out["throughput"])
-    panel_figure(df, lambda d: d["peak_memory_bytes"].where(d["status"] == "ok") / 2**30, "peak memory (GiB)",
-                 "Peak GPU memory", out["memory"])
+    draw: dict[str, Callable[[str | os.PathLike], plt.Figure]] = {
+        **{f"fa2_vs_sdpa_{mode}": (lambda path, mode=mode: headline_figure(df, mode, path))
+           for mode in ("compiled", "eager")},
+        "speedup": lambda path: panel_figure(
+            df, lambda d: d["speedup_vs_naive"], "speedup over naive", "Speedup over standard attention", path,
+            include_baseline=False, spread=True, reference=1.0),
+        "throughput": lambda path: panel_figure(
+            df, lambda d: d["tokens_per_sec"].where(d["status"] == "ok"), "tokens/s", "Training throughput", path,
+            spread=True),
+        "memory": lambda path: panel_figure(
+            df, lambda d: d["peak_memory_bytes"].where(d["status"] == "ok") / 2**30, "peak memory (GiB)",
+            "Peak GPU memory", path),
+    }
+    unknown = sorted(set(out) - set(draw))
+    if unknown:
+        raise ValueError(f"unknown figure names {unknown}; known: {', '.join(FIGURES)}")
+    return {name: draw[name](path) for name, path in out.items()}

@@ -1,0 +1,105 @@
+"""The report's first page: what a run measured, the fastest implementation per model, context and mode, and where
+its tables and figures are (reStructuredText, included by workflow/report/workflow.rst).
+
+"Fastest" is the highest tokens/s over the measurement window. Another implementation is named beside it when its
+tokens/s lies within the fastest cell's own spread (at or above the slowest step of its window): one run cannot
+tell those apart, so they are ties, not a lead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from . import log
+from .aggregate import MODE_ORDER, read_summary
+
+SETUP = ("kv_heads", "precision", "optimizer", "harness", "env_id")
+
+
+def _listing(values) -> str:
+    return ", ".join(str(v) for v in dict.fromkeys(values))
+
+
+def fastest(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per setup, model, context and mode with an ok cell: the fastest implementation, its tokens/s, and
+    the others within its spread (`ties`)."""
+    ok = df[df["status"] == "ok"]
+    keys = [k for k in ("model", "seq_len", "mode", *SETUP) if k in ok.columns]
+    rows = []
+    for key, group in ok.groupby(keys, sort=False):
+        group = group.sort_values("tokens_per_sec", ascending=False)
+        best = group.iloc[0]
+        floor = best.get("tokens_per_sec_stats.min")
+        floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
+        ties = group.iloc[1:][group.iloc[1:]["tokens_per_sec"] >= floor]
+        rows.append({**dict(zip(keys, key)), "fastest": best["attn"], "tokens_per_sec": best["tokens_per_sec"],
+                     "ties": ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})" for r in ties.itertuples())})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    # Models in the grid's order (small before medium), not the alphabet's.
+    model_rank = out["model"].map({m: i for i, m in enumerate(dict.fromkeys(df["model"]))})
+    mode_rank = out["mode"].map({m: i for i, m in enumerate(MODE_ORDER)})
+    return (out.assign(_a=model_rank, _m=mode_rank).sort_values(["_a", "_m", "seq_len"], kind="stable")
+            .drop(columns=["_a", "_m"]))
+
+
+def render_headline(df: pd.DataFrame, results: str) -> str:
+    """The headline as reStructuredText; `results` is the run's folder (results/{run})."""
+    counts = df["status"].value_counts()
+    statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
+    first = df.iloc[0] if len(df) else pd.Series(dtype=object)
+    steps, window = first.get("cell.steps"), first.get("cell.window")
+    device = _listing(df["env_id"].str.split(" | ", regex=False).str[0]) if "env_id" in df else "?"
+    lines = [
+        "What was measured",
+        "-----------------",
+        "",
+        f"GPT-2 training throughput (tokens/s over the last {window:.0f} of {steps:.0f} steps) on **{device}**: "
+        f"model {_listing(df['model'])}; context {_listing(sorted(df['seq_len']))}; "
+        f"implementations {_listing(df['attn'])}; {_listing(df['mode'])}; precision {_listing(df['precision'])}, "
+        f"optimizer {_listing(df['optimizer'])}. {len(df)} cells: {statuses}.",
+        "",
+    ]
+    never = [a for a in pd.unique(df["attn"]) if (df.loc[df["attn"] == a, "status"] != "ok").all()]
+    if never:
+        why = "; ".join(f"{a}: {_listing(df.loc[df['attn'] == a, 'status'])}" for a in never)
+        lines += [f"Never measured in this run: {why} (their reasons are in summary.csv and the tables).", ""]
+    lines += ["Fastest implementation", "----------------------", ""]
+    best = fastest(df)
+    if best.empty:
+        lines += ["No cell ran to the end with status ok: there is nothing to compare.", ""]
+    else:
+        varying = [k for k in SETUP if k in best and (best.groupby("model")[k].nunique() > 1).any()]
+        table = pd.DataFrame({
+            "model": best["model"], "context": best["seq_len"], "mode": best["mode"],
+            **{k: best[k] for k in varying},
+            "fastest": best["fastest"], "tokens/s": best["tokens_per_sec"].map("{:,.0f}".format),
+            "tied within its spread": best["ties"].replace("", "-"),
+        })
+        lines += [
+            "The highest tokens/s per model, context and mode; beside it, implementations whose tokens/s lies within "
+            "the fastest cell's spread (at or above its slowest window step): one run does not separate them.",
+            "",
+            tabulate(table, headers="keys", tablefmt="rst", showindex=False, disable_numparse=True),
+            "",
+        ]
+    lines += [
+        "Where the results are",
+        "---------------------",
+        "",
+        f"- Tables (also in the sidebar, under Tables): ``{results}/tables/compiled.md``, ``eager.md``, ``all.md``",
+        f"- Figures (sidebar, Figures): ``{results}/figures/``",
+        f"- Every cell, one row each: ``{results}/summary.csv``; the records: ``{results}/cells/``",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_headline(summary: str | os.PathLike, out: str | os.PathLike, results: str) -> None:
+    Path(out).write_text(render_headline(read_summary(summary), results))
+    log.info("wrote %s", out)

@@ -1,0 +1,249 @@
+"""Snakemake logger plugin `attnsweep` (profiles/default selects it: `logger: [attnsweep]`): what a sweep prints.
+
+Snakemake's own terminal output is a block per job (its inputs, outputs and the reason it runs), progress counted in
+jobs, and at the end the inputs of the target rule. This handler prints instead: the cells to measure, one line per
+finished cell (its status and tokens/s, read from the cell's JSON, with cells done/total and an estimate of the time
+left), one line per aggregation output, and at the end where the tables, figures and report are. Errors and
+warnings are Snakemake's own, in full. Dry runs, and runs with --logger-attnsweep-snakemake-output, print
+Snakemake's output unchanged; Snakemake's full log is written to .snakemake/log/ either way.
+
+Cells are the jobs of rule `cell`, their record the output named cell.json.
+"""
+
+# No `from __future__ import annotations`: Snakemake reads the settings' field types to build the CLI options.
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+from snakemake_interface_logger_plugins.common import LogEvent
+from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
+
+CELL_RULE = "cell"
+CELL_FILE = "cell.json"
+# The axes always named in a cell's line; the others only where they differ from the first cell's.
+MAIN_AXES = ("model", "seq_len", "attn", "mode")
+# Snakemake's informational lines that say nothing to someone running the sweep (all of them are in its log file).
+NOISE = (
+    "Building DAG of jobs",
+    "Using shell:",
+    "Provided cores:",
+    "Rules claiming more threads",
+    "Provided resources:",
+    "Conda environments: ignored",
+    "Singularity containers: ignored",
+    "Select jobs to execute",
+    "Execute ",
+    "Assuming unrestricted shared filesystem",
+    "Job stats:",
+)
+# Outputs worth a line when they are made: the run's summary, tables, figures and report headline.
+SHOWN_RULES = {"summary", "tables", "figures", "headline"}
+
+
+@dataclass
+class LogHandlerSettings(LogHandlerSettingsBase):
+    snakemake_output: bool = field(
+        default=False,
+        metadata={"help": "print Snakemake's own output (a block per job) instead of one line per cell"},
+    )
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def cell_outcome(path: Path) -> str:
+    """'ok, 2,090 tokens/s' / 'unsupported (reason)' from a cell's record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"no readable record ({type(e).__name__})"
+    status = record.get("status", "?")
+    if status == "ok" and record.get("tokens_per_sec") is not None:
+        return f"ok, {record['tokens_per_sec']:,.0f} tokens/s"
+    # The reason's start (the whole is in the record and the tables), cut at a word.
+    reason = str(record.get("reason") or "")
+    reason = reason if len(reason) <= 60 else reason[:60].rsplit(" ", 1)[0] + " ..."
+    return f"{status} ({reason})" if reason else status
+
+
+class LogHandler(LogHandlerBase):
+    def __post_init__(self) -> None:
+        from snakemake.logging import DefaultFilter, DefaultFormatter
+
+        s = self.common_settings
+        self.passthrough = bool(s.dryrun or (self.settings is not None and self.settings.snakemake_output))
+        self.snakemake_filter = DefaultFilter(s.quiet, s.debug_dag, s.verbose, s.dryrun, s.printshellcmds)
+        self.snakemake_formatter = DefaultFormatter(s.quiet, s.show_failed_logs)
+        self.stream = sys.stdout if s.stdout else sys.stderr
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.cells_total = 0
+        self.cells_done = 0
+        self.first_job: Optional[float] = None
+        self.counts: dict[str, int] = {}
+        self.first_cell: Optional[dict] = None
+        self.results: Optional[str] = None
+        self.started = time.monotonic()
+        self.interrupted = False
+        # How the user started Snakemake (.venv/bin/snakemake), to repeat it in the report command.
+        self.snakemake = sys.argv[0] if Path(sys.argv[0]).name == "snakemake" else "snakemake"
+
+    # What Snakemake asks of a handler.
+    @property
+    def writes_to_stream(self) -> bool:
+        return True
+
+    @property
+    def writes_to_file(self) -> bool:
+        return False
+
+    @property
+    def has_filter(self) -> bool:
+        return True
+
+    @property
+    def has_formatter(self) -> bool:
+        return True
+
+    @property
+    def needs_rulegraph(self) -> bool:
+        return False
+
+    def write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def snakemake_line(self, record: logging.LogRecord) -> None:
+        """Snakemake's own rendering of the record, as its default handler would print it."""
+        if not self.snakemake_filter.filter(record):
+            return
+        text = self.snakemake_formatter.format(record)
+        if text not in (None, "", "None", True):
+            self.write(str(text))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.handle_record(record)
+        except Exception:
+            self.handleError(record)
+
+    def handle_record(self, record: logging.LogRecord) -> None:
+        if self.passthrough:
+            self.snakemake_line(record)
+            return
+        event = getattr(record, "event", None)
+        if event == LogEvent.RUN_INFO and isinstance(getattr(record, "stats", None), dict):
+            self.run_info(record.stats)
+        elif event == LogEvent.JOB_INFO:
+            self.first_job = self.first_job or time.monotonic()
+            self.jobs[record.jobid] = {"rule": record.rule_name, "output": list(record.output or []),
+                                       "wildcards": dict(record.wildcards or {}), "start": time.monotonic()}
+        elif event == LogEvent.JOB_FINISHED:
+            self.job_finished(self.jobs.get(record.job_id))
+        elif self.interrupted and (event in (LogEvent.JOB_ERROR, LogEvent.ERROR) or record.levelno >= logging.WARNING):
+            # Ctrl-C also stops the cell in progress; Snakemake reports that as a failed job and a failed workflow,
+            # with the cell's KeyboardInterrupt traceback. It is neither: the one line at the start says what happened.
+            return
+        elif event == LogEvent.JOB_ERROR:
+            job = self.jobs.get(getattr(record, "jobid", None))
+            if job and job["rule"] == CELL_RULE:
+                self.cells_done += 1
+                self.counts["error"] = self.counts.get("error", 0) + 1
+                self.write(f"{self.progress()} {self.cell_label(job)}: error (Snakemake's report follows)")
+            self.snakemake_line(record)
+        elif event in (LogEvent.WORKFLOW_STARTED, LogEvent.PROGRESS, LogEvent.JOB_STARTED, LogEvent.SHELLCMD,
+                       LogEvent.RESOURCES_INFO, LogEvent.RULEGRAPH, LogEvent.RUN_INFO):
+            return
+        elif event is None and record.levelno <= logging.INFO:
+            self.plain_info(str(record.getMessage() if record.msg is not None else ""))
+        else:
+            self.snakemake_line(record)
+
+    def plain_info(self, message: str) -> None:
+        if message.startswith("Complete log(s):"):
+            self.finish(message.split(":", 1)[1].strip())
+        elif message.startswith("Terminating processes on user request"):
+            self.interrupted = True
+            self.write("attnsweep: interrupted; stopping the cell in progress (it leaves no record)")
+        elif message and not message.startswith(NOISE):
+            self.write(message)
+
+    def run_info(self, stats: dict) -> None:
+        self.cells_total = int(stats.get(CELL_RULE, 0))
+        jobs = int(stats.get("total", sum(v for k, v in stats.items() if k != "total")))
+        if self.cells_total:
+            self.write(f"attnsweep: {self.cells_total} cells to measure, one at a time, then the summary, tables "
+                       f"and figures ({jobs} Snakemake jobs)")
+        else:
+            self.write(f"attnsweep: no cell to measure; {jobs} Snakemake jobs (summary, tables, figures)")
+
+    def progress(self) -> str:
+        width = len(str(self.cells_total))
+        return f"[{self.cells_done:>{width}}/{self.cells_total}]"
+
+    def cell_label(self, job: dict) -> str:
+        wildcards = job["wildcards"]
+        if self.first_cell is None:
+            self.first_cell = wildcards
+        shown = [str(wildcards[a]) for a in MAIN_AXES if a in wildcards]
+        shown += [f"{k}={v}" for k, v in wildcards.items()
+                  if k not in MAIN_AXES and self.first_cell.get(k) != v]
+        return " ".join(shown)
+
+    def job_finished(self, job: Optional[dict]) -> None:
+        if job is None:
+            return
+        outputs = [o.split(" (")[0] for o in job["output"]]  # format_files may append " (report)" and the like
+        if job["rule"] == CELL_RULE:
+            self.cells_done += 1
+            now = time.monotonic()
+            seconds = now - job["start"]
+            record = next((Path(o) for o in outputs if Path(o).name == CELL_FILE), None)
+            outcome = cell_outcome(record) if record else "done"
+            status = outcome.split(",")[0].split(" ")[0]
+            self.counts[status] = self.counts.get(status, 0) + 1
+            if record and "/cells/" in record.as_posix():
+                self.results = record.as_posix().split("/cells/")[0]
+            # The time left at the pace so far, counted from the first job: what a cell costs besides its own
+            # job (code stamps, a warm-up job before it) is in the pace too.
+            left = self.cells_total - self.cells_done
+            pace = (now - (self.first_job or job["start"])) / self.cells_done
+            eta = f"; about {duration(left * pace)} left" if left else ""
+            self.write(f"{self.progress()} {self.cell_label(job)}: {outcome} ({duration(seconds)}{eta})")
+        elif job["rule"] in SHOWN_RULES:
+            if job["rule"] == "summary" and outputs:
+                self.results = str(Path(outputs[0]).parent)
+            shown = ", ".join(outputs) if len(outputs) <= 2 else f"{len(outputs)} files in {Path(outputs[0]).parent}/"
+            self.write(f"made {shown}")
+
+    def finish(self, logfile: str) -> None:
+        took = duration(time.monotonic() - self.started)
+        if self.interrupted:
+            self.write(f"attnsweep: stopped after {self.cells_done} of {self.cells_total} cells ({took}). The same "
+                       "command resumes: finished cells are kept, the rest run.")
+            self.write(f"Snakemake's full log: {logfile}")
+            return
+        if self.cells_total:
+            statuses = ", ".join(f"{n} {s}" for s, n in self.counts.items())
+            self.write(f"attnsweep: {self.cells_done} of {self.cells_total} cells in {took} ({statuses})")
+        if self.results:
+            r = self.results
+            self.write(f"Results are in {r}/:\n"
+                       f"  headline  {r}/headline.rst (the fastest implementation per context)\n"
+                       f"  tables    {r}/tables/ (compiled.md, eager.md, all.md)\n"
+                       f"  figures   {r}/figures/\n"
+                       f"  summary   {r}/summary.csv (one row per cell)\n"
+                       f"  report    {self.snakemake} --report {r}/report.html")
+        self.write(f"Snakemake's full log: {logfile} (its own output on the terminal: "
+                   f"--logger-attnsweep-snakemake-output)")

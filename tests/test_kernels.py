@@ -1,0 +1,47 @@
+"""The kernel listing of a profiled step: which of the ops that ran are attention's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from attnsweep.kernels import classify, is_attention, profile_step
+from attnsweep.model import GPT, model_config
+
+
+def test_loss_softmax_is_not_attention() -> None:
+    assert not is_attention("aten::_log_softmax")
+    assert not is_attention("void cunn_SoftMaxForward<4, float, float, float, LogSoftMaxForwardEpilogue>(...)")
+    assert not is_attention("triton_red_fused__log_softmax_nll_loss_forward_0")
+    assert is_attention("aten::_softmax") and is_attention("aten::_scaled_dot_product_flash_attention")
+
+
+def test_naive_step_lists_attention_softmax_and_not_the_loss() -> None:
+    torch.manual_seed(0)
+    model = GPT(model_config("tiny", block_size=32), attn="naive")
+    idx = torch.randint(0, model.config.vocab_size, (2, 32))
+
+    def step() -> None:
+        _, loss = model(idx, idx)
+        loss.backward()
+
+    kernels = profile_step(step, torch.device("cpu"))
+    names = [r["name"] for r in kernels["attention"]]
+    assert "aten::softmax" in names
+    assert not [n for n in names if "log_softmax" in n], names
+    assert kernels["backend"] == classify(names) == "unfused (matmul + softmax)"
+
+
+def test_profiling_on_the_cpu_prints_no_cuda_probe_error() -> None:
+    """A CUDA build of torch on a machine without a GPU: the profiler must not log a CUDA error under a CPU cell."""
+    code = (
+        "import torch\n"
+        "from attnsweep.kernels import profile_step\n"
+        "profile_step(lambda: torch.ones(8).sum(), torch.device('cpu'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "gpuGetDeviceCount" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
