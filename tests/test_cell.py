@@ -23,7 +23,7 @@ TINY = dict(model="tiny", seq_len=32, precision="fp32", steps=12, window=4, devi
 
 def test_cli_writes_a_valid_record(tmp_path):
     out = tmp_path / "cell.json"
-    # The example, in long form; short run so the suite stays fast.
+    # A typical cell invocation, in long form; short run so the suite stays fast.
     rc = cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "64",
                    "--batch-size", "4", "--device", "cpu", "--steps", "10", "--window", "4", "--out", str(out)])
     assert rc == 0

@@ -200,6 +200,23 @@ def test_auto_without_gpu_is_the_announced_cpu_demo(tmp_path: Path) -> None:
     assert "results/cpu-demo/summary.csv" in proc.stdout
 
 
+def test_settings_given_on_the_command_line_apply_to_the_cpu_demo(tmp_path: Path) -> None:
+    """`--config run=NAME` names the demo's results folder too, and list items given as text are numbers."""
+    repo = copy_repo(tmp_path, config=None)
+    proc = snakemake(repo, "-n", "--config", "run=mine")
+    assert "-> results/mine/" in proc.stderr and "results/mine/summary.csv" in proc.stdout
+    assert "results/cpu-demo/" not in proc.stdout
+    proc = snakemake(repo, "-n", "--config", "cpu_demo={grid: {seq_len: [64, 128, 256, 512]}}")
+    assert sorted({int(c["seq_len"]) for c in parse_cells(proc.stdout)}) == [64, 128, 256, 512]
+
+
+def test_a_typo_in_the_gpu_grid_is_refused_on_a_cpu_machine(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path, config=None)
+    proc = snakemake(repo, "-n", "--config", "grid={attn: [nosuch], model: [small], seq_len: [256], mode: [eager]}",
+                     check=False)
+    assert proc.returncode != 0 and "grid.attn.0: 'nosuch' is not one of" in proc.stderr + proc.stdout
+
+
 # ---- what reruns when (cells really run) ------------------------------------------------------------------------
 
 

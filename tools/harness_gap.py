@@ -1,8 +1,8 @@
 """Where a harness's step time goes: one cell trained by a harness, instrumented over its throughput window.
 
-Issue "Composer with SpeedMonitor" asks why Composer measures less than our native loop on the same cell. Both run
+Why does Composer measure less than our native loop on the same cell? Both run
 the same kernels, so the difference must be time the GPU spends idle. This script trains one cell with one harness
-(`measure.train_native` or `composer_harness.train_composer`, unmodified) and, over the last `window` steps only:
+(`native_harness.train_native` or `composer_harness.train_composer`, unmodified) and, over the last `window` steps only:
 
 - `--probe gpu` (default): records every GPU kernel, copy and memset with torch.profiler (CUDA activity only, so the
   host is barely slowed), and reports per step the GPU busy time (union of their intervals), the idle time (step time

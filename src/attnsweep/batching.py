@@ -34,7 +34,7 @@ from dataclasses import dataclass
 STUDY_SEQ_LENS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
 FLASH_FAMILY_NOTE = "every implementation but `naive` uses the study's flash-attention batch sizes"
 
-# SPEC.md, "What the study's own code did". None = out of memory on the study's 12 GB card (not run there).
+# docs/protocol.md, Batch sizes. None = out of memory on the study's 12 GB card (not run there).
 _STUDY_COMPILED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("small", "naive"): (52, 16, 8, 6, 3, 1, 1, None),
     ("small", "flash"): (64, 32, 24, 16, 8, 8, 5, 4),

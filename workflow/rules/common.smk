@@ -107,7 +107,7 @@ if not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"]) and Path(CELL_STAMP)
 SUMMARY = f"{RESULTS}/summary.csv"
 TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
 # Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
-from attnsweep.report.figures import figure_names
+from attnsweep.report.aggregate import figure_names
 
 FIGURES = {
     name: f"{RESULTS}/figures/{name}.png"

@@ -33,6 +33,24 @@ REFERENCES = ("sdpa", "sdpa_flash")
 MODE_ORDER = ("compiled", "eager")
 
 
+def figure_names(grid: dict, device: str) -> list[str]:
+    """The figures that can have data for a grid (the config's `grid`: lists per axis) run on `device`.
+
+    fa2 against sdpa needs fa2 and one of its references in that mode; the speedup needs the naive baseline and
+    something to compare with it; peak memory is recorded on a GPU only (`device` is cpu, cuda or, for a run only
+    re-aggregated, the config's own value). Excludes are not looked at: a figure they leave empty says so.
+    """
+    attns, modes = set(grid["attn"]), set(grid["mode"])
+    names = [f"fa2_vs_sdpa_{m}" for m in ("compiled", "eager")
+             if m in modes and HEADLINE in attns and attns & set(REFERENCES)]
+    if BASELINE in attns and len(attns) > 1:
+        names.append("speedup")
+    names.append("throughput")
+    if device != "cpu":
+        names.append("memory")
+    return names
+
+
 def env_id(row: pd.Series) -> str:
     """A readable key for the environment of one cell, e.g. 'NVIDIA H100 | torch 2.9.0 | flash-attn 2.8.3 | cuda 12.8'."""
 

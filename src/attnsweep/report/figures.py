@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from . import log  # noqa: E402
-from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary  # noqa: E402
+from .aggregate import BASELINE, HEADLINE, REFERENCES, figure_names, read_summary  # noqa: E402,F401
 
 # Panels of one figure must not mix setups: a line is one implementation in one setup (and environment).
 SETUP = ("precision", "optimizer", "kv_heads", "harness", "env_id")
@@ -37,24 +37,6 @@ THOUSANDS = FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g
 
 
 FIGURES = ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory")
-
-
-def figure_names(grid: dict, device: str) -> list[str]:
-    """The figures that can have data for a grid (the config's `grid`: lists per axis) run on `device`.
-
-    fa2 against sdpa needs fa2 and one of its references in that mode; the speedup needs the naive baseline and
-    something to compare with it; peak memory is recorded on a GPU only (`device` is cpu, cuda or, for a run only
-    re-aggregated, the config's own value). Excludes are not looked at: a figure they leave empty says so.
-    """
-    attns, modes = set(grid["attn"]), set(grid["mode"])
-    names = [f"fa2_vs_sdpa_{m}" for m in ("compiled", "eager")
-             if m in modes and HEADLINE in attns and attns & set(REFERENCES)]
-    if BASELINE in attns and len(attns) > 1:
-        names.append("speedup")
-    names.append("throughput")
-    if device != "cpu":
-        names.append("memory")
-    return names
 
 
 def _variant_labels(df: pd.DataFrame, within: list[str]) -> pd.Series:

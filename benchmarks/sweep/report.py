@@ -1,0 +1,72 @@
+"""The sweep benchmark's table: where each cell's wall time went, before and after, and its tokens/s.
+
+    python benchmarks/sweep/report.py RUN [RUN ...] > results/h200-sweepbench.md
+
+Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
+(results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def _job_seconds(tsv: Path) -> float | None:
+    if not tsv.is_file():
+        return None
+    return float(next(csv.DictReader(tsv.open(), delimiter="\t"))["s"])
+
+
+def rows(run: Path) -> list[dict]:
+    out = []
+    for cell in sorted(run.glob("cells/**/cell.json")):
+        rec = json.loads(cell.read_text())
+        rel = cell.parent.relative_to(run / "cells")
+        comp, phases = rec.get("compile") or {}, rec.get("phases_s") or {}
+        steps = rec.get("step_times_s") or []
+        job = _job_seconds(run / "benchmarks/cells" / rel / "cell.tsv")
+        warm = _job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv")
+        first = comp.get("first_step_s")
+        out.append({
+            "run": run.name, "model": rec["cell"]["model"], "attn": rec["cell"]["attn"], "status": rec["status"],
+            "tokens/s": rec["tokens_per_sec"],
+            "job s": job, "warm-up job s": warm,
+            # job wall time outside the cell's own clock: Snakemake, the shell, the interpreter and its imports
+            "start s": None if job is None else round(job - rec["duration_s"], 1),
+            "outside s": phases.get("outside"), "setup s": phases.get("setup"),
+            "first step s": None if first is None else round(first, 1),
+            "cold first step s": comp.get("cold_first_step_s") and round(comp["cold_first_step_s"], 1),
+            "steps 2+ s": round(sum(steps[1:]), 1) if steps else None,
+            # the train phase less its steps: Dynamo/Inductor imports, the optimizer, the wait for the GPU
+            "train other s": None if first is None else round(phases["train"] - first - sum(steps[1:]), 1),
+            "profile s": phases.get("profile"),
+        })
+    return out
+
+
+def main(runs: list[str]) -> None:
+    df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
+    print("| run | sweep wall s | cells measured | median job s | median warm-up job s |")
+    print("|:--|--:|--:|--:|--:|")
+    for run in runs:
+        walls = [line.split("wall_s")[1].strip() for f in sorted(Path(run).glob("wall*.txt"))
+                 for line in f.read_text().splitlines() if "wall_s" in line]
+        part = df[df["run"] == Path(run).name]
+        warm = part["warm-up job s"].dropna()
+        print(f"| {Path(run).name} | {', '.join(walls) or '-'} | {len(part)} | "
+              f"{statistics.median(part['job s'].dropna()):.1f} | "
+              f"{statistics.median(warm):.1f} |" if len(warm) else
+              f"| {Path(run).name} | {', '.join(walls) or '-'} | {len(part)} | "
+              f"{statistics.median(part['job s'].dropna()):.1f} | - |")
+    print()
+    print(df.to_markdown(index=False, floatfmt=",.1f"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
