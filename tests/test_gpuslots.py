@@ -1,106 +1,129 @@
-"""The per-GPU locks of gpuslots, exercised by real processes on the CPU (no GPU is touched: only lock files).
+"""The per-GPU slots of gpuslots, exercised by real processes on the CPU (no GPU is touched: only lock files/signals).
 
-Each job is a small Python process (JOB below) that claims a slot, records when its critical section started and
-ended (time.monotonic, one clock for the whole machine) and which GPU it got. The assertions are on the order of
-those intervals, never on how long anything took, so a slow machine only makes the tests slower.
+Jobs are small Python processes:
+
+* a warm-up **worker** (WORKER) registers with ``gpu_worker`` and then appends ``time.monotonic()`` to a ticks file
+  every ~5 ms, optionally through a chain of unregistered descendants that tick too (Inductor's compiler pool);
+* a **timed** job (TIMED) claims a timed slot and records when its exclusive section (or its claim) started and ended.
+
+``time.monotonic`` is one clock for the whole machine, so ticks and sections compare across processes. The
+assertions are on the order of events, never on how long anything took (except the guard's ~1 s to resume workers
+after its timed job dies), so a slow machine only makes the tests slower.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
-import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from attnsweep import gpuslots
-from attnsweep.gpuslots import claim_timed, claim_warmup, visible_gpus
+from attnsweep.gpuslots import claim_timed, claim_warmup, gpu_worker, visible_gpus
 
 SRC = Path(gpuslots.__file__).resolve().parents[1]
 
-# argv: kind lock_dir gpus(comma-separated) hold_s out_file [untimed_s]
-#   claim:   hold a timed slot for hold_s (the critical section is the claim itself)
-#   timed:   claim a timed slot, untimed_s of untimed work, then hold_s inside exclusive()
-#   warmup:  hold a warm-up slot for hold_s
-#   sit-timed / sit-exclusive / sit-warmup: take the slot, write <out>.ready, sleep until killed
-# A negative hold_s holds until the test creates <out>.go.
-JOB = r"""
-import json, sys, time
-from pathlib import Path
-from attnsweep.gpuslots import claim_timed, claim_warmup
-kind, lock_dir, gpus, hold, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), float(sys.argv[4]), sys.argv[5]
-untimed = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
-ready = Path(out + ".ready")
+# A tick taken just as SIGSTOP is sent may carry a time a hair after kill() returned (the signal reaches a process
+# running on another core through an interrupt). The section's start is recorded after every worker was signalled
+# and the guard started, so in practice ticks stop well before it; a few ms of grace keep this from flaking.
+STOP_TOLERANCE_S = 0.005
 
-def critical(slot, wait):
-    start = time.monotonic()
-    ready.touch()
-    if kind.startswith("sit"):
-        time.sleep(1000)
-    while hold < 0 and not Path(out + ".go").exists():
+# tick(path, depth, parent): append the time to `path` every ~5 ms; with depth > 0, first start a child ticker that
+# writes to path + ".c" (and so on down). A ticker whose parent is gone stops, so no test leaks processes.
+TICK_BODY = r"""
+import os, subprocess, sys, time
+
+def tick(path, depth, parent=None):
+    if depth > 0:
+        child = f"TICK_SRC = {TICK_SRC!r}\n{TICK_SRC}\ntick(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))\n"
+        subprocess.Popen([sys.executable, "-c", child, path + ".c", str(depth - 1), str(os.getpid())])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (parent is None or os.getppid() == parent):
+        os.write(fd, f"{time.monotonic()!r}\n".encode())  # one write per line: a reader never sees half of one
         time.sleep(0.005)
-    time.sleep(max(hold, 0))
-    end = time.monotonic()
-    Path(out).write_text(json.dumps(dict(kind=kind, gpu=slot.gpu, device=slot.device_id, start=start, end=end,
-                                         wait=wait, claim_wait=slot.wait_s)))
+"""
+TICK = f"TICK_SRC = {TICK_BODY!r}\n{TICK_BODY}"
 
-if kind in ("claim", "sit-timed"):
-    with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
-        critical(slot, slot.wait_s)
-elif kind in ("timed", "sit-exclusive"):
-    with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
-        time.sleep(untimed)
-        with slot.exclusive() as waited:
-            critical(slot, waited)
-else:
-    with claim_warmup(lock_dir, gpus, poll_s=0.01) as slot:
-        critical(slot, slot.wait_s)
+# argv: lock_dir device ticks_file depth. Registers, writes <ticks>.reg (monotonic time of registration), ticks.
+WORKER = TICK + r"""
+import json
+from pathlib import Path
+from attnsweep.gpuslots import gpu_worker
+lock_dir, device, out, depth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with gpu_worker(lock_dir, device) as waited:
+    Path(out + ".tmp").write_text(json.dumps(dict(registered=time.monotonic(), waited=waited, pid=os.getpid())))
+    os.rename(out + ".tmp", out + ".reg")
+    tick(out, depth)
+"""
+
+# argv: mode lock_dir gpus(comma-separated) hold_s out_file
+#   claim:     the section is the timed claim itself
+#   exclusive: claim a timed slot, the section is slot.exclusive()
+# Writes <out>.start when the section begins and <out> at its end; a negative hold_s holds until killed.
+TIMED = r"""
+import json, os, sys, time
+from pathlib import Path
+from attnsweep.gpuslots import claim_timed
+mode, lock_dir, gpus, hold, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), float(sys.argv[4]), sys.argv[5]
+
+def put(path, record):
+    Path(path + ".tmp").write_text(json.dumps(record))
+    os.rename(path + ".tmp", path)
+
+def section(slot):
+    record = dict(gpu=slot.gpu, device=slot.device_id, claim_wait=slot.wait_s, paused=slot.paused,
+                  start=time.monotonic())
+    put(out + ".start", record)
+    time.sleep(hold if hold >= 0 else 1000)
+    record["end"] = time.monotonic()
+    return record
+
+with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
+    if mode == "claim":
+        record = section(slot)
+    else:
+        with slot.exclusive():
+            record = section(slot)
+put(out, record)
 """
 
 
-class Jobs:
-    """Starts JOB processes and collects their records."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.dir = tmp_path
-        self.locks = tmp_path / "locks"
-        self.procs: list[tuple[subprocess.Popen, Path]] = []
-        self.env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-    def start(self, kind: str, gpus: str, hold: float, untimed: float = 0.0) -> Path:
-        out = self.dir / f"job{len(self.procs)}.json"
-        args = [sys.executable, "-c", JOB, kind, str(self.locks), gpus, str(hold), str(out), str(untimed)]
-        self.procs.append((subprocess.Popen(args, env=self.env), out))
-        return out
-
-    def wait_ready(self, out: Path, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not Path(f"{out}.ready").exists():
-            assert time.monotonic() < deadline, f"{out.name} never got its slot"
-            time.sleep(0.005)
-
-    def finish(self, timeout: float = 30.0) -> list[dict]:
-        for proc, _ in self.procs:
-            assert proc.wait(timeout=timeout) == 0
-        return [json.loads(out.read_text()) for _, out in self.procs]
-
-    def kill_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+def read_ticks(path: Path) -> list[float]:
+    if not path.exists():
+        return []
+    return [float(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
 
 
-@pytest.fixture
-def jobs(tmp_path: Path):
-    jobs = Jobs(tmp_path)
-    yield jobs
-    jobs.kill_all()
+def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never came true"
+        time.sleep(0.005)
+
+
+def is_stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.parent.name))
+        except (OSError, IndexError):
+            pass
+    return found
 
 
 def held(path: Path, kind: int = fcntl.LOCK_EX) -> bool:
@@ -115,28 +138,101 @@ def held(path: Path, kind: int = fcntl.LOCK_EX) -> bool:
         os.close(fd)
 
 
-def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never came true"
-        time.sleep(0.005)
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
-def overlaps(a: dict, b: dict) -> bool:
-    return a["start"] < b["end"] and b["start"] < a["end"]
+class Worker:
+    def __init__(self, proc: subprocess.Popen, ticks: Path, depth: int) -> None:
+        self.proc, self.ticks, self.depth = proc, ticks, depth
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tick_files(self) -> list[Path]:
+        """Its own ticks file, then each descendant's."""
+        return [Path(str(self.ticks) + ".c" * level) for level in range(self.depth + 1)]
+
+    def registration(self) -> dict:
+        return json.loads(Path(f"{self.ticks}.reg").read_text())
+
+    def wait_ticking(self) -> None:
+        for path in self.tick_files():
+            wait_until(lambda: len(read_ticks(path)) >= 3, what=f"{path.name} ticking")
 
 
-def nothing_held(lock_dir: Path) -> bool:
-    return not any(held(p) for p in lock_dir.iterdir())
+class Timed:
+    def __init__(self, proc: subprocess.Popen, out: Path) -> None:
+        self.proc, self.out = proc, out
+
+    def started(self) -> dict:
+        wait_until(lambda: Path(f"{self.out}.start").exists(), what=f"{self.out.name} section")
+        return json.loads(Path(f"{self.out}.start").read_text())
+
+    def result(self, timeout: float = 30.0) -> dict:
+        assert self.proc.wait(timeout=timeout) == 0
+        return json.loads(self.out.read_text())
+
+
+class Jobs:
+    """Starts worker and timed processes; kills whatever is left at the end of the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.locks = tmp_path / "locks"
+        self.procs: list[subprocess.Popen] = []
+        self.env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def _popen(self, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", *args], env=self.env)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, device: str, depth: int = 0) -> Worker:
+        ticks = self.dir / f"worker{len(self.procs)}.ticks"
+        return Worker(self._popen([WORKER, str(self.locks), device, str(ticks), str(depth)]), ticks, depth)
+
+    def timed(self, gpus: str, hold: float, mode: str = "exclusive") -> Timed:
+        out = self.dir / f"timed{len(self.procs)}.json"
+        return Timed(self._popen([TIMED, mode, str(self.locks), gpus, str(hold), str(out)]), out)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:  # SIGKILL ends a stopped process too; tickers below it follow their parent
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def jobs(tmp_path: Path):
+    jobs = Jobs(tmp_path)
+    yield jobs
+    jobs.kill_all()
+
+
+def ticks_inside(ticks: list[float], section: dict) -> list[float]:
+    return [t for t in ticks if section["start"] + STOP_TOLERANCE_S < t < section["end"]]
+
+
+def assert_paused_not_killed(path: Path, sections: list[dict]) -> None:
+    """No tick of `path` inside any section; ticks before the first and after the last (it went on)."""
+    first, last = min(s["start"] for s in sections), max(s["end"] for s in sections)
+    wait_until(lambda: any(t > last for t in read_ticks(path)), timeout=5, what=f"{path.name} ticking again")
+    ticks = read_ticks(path)
+    for section in sections:
+        inside = ticks_inside(ticks, section)
+        assert not inside, f"{path.name} ticked {len(inside)} times inside an exclusive section"
+    assert any(t < first for t in ticks)
 
 
 def test_two_gpus_two_timed_jobs_get_different_gpus_and_a_third_waits(jobs: Jobs) -> None:
-    first = jobs.start("claim", "0,1", hold=0.6)
-    second = jobs.start("claim", "0,1", hold=0.6)
-    jobs.wait_ready(first)
-    jobs.wait_ready(second)
-    third = jobs.start("claim", "0,1", hold=0.0)
-    a, b, c = jobs.finish()
+    first = jobs.timed("0,1", hold=0.6, mode="claim")
+    second = jobs.timed("0,1", hold=0.6, mode="claim")
+    first.started()
+    second.started()
+    third = jobs.timed("0,1", hold=0.0, mode="claim")
+    a, b, c = first.result(), second.result(), third.result()
     assert {a["gpu"], b["gpu"]} == {0, 1}
     assert {a["device"], b["device"]} == {"0", "1"}
     previous = a if a["gpu"] == c["gpu"] else b
@@ -144,132 +240,184 @@ def test_two_gpus_two_timed_jobs_get_different_gpus_and_a_third_waits(jobs: Jobs
     assert c["claim_wait"] > 0.05
 
 
-@pytest.mark.parametrize("gpus", ["0", "0,1"])
-def test_timed_sections_never_overlap_anything_on_their_gpu_and_warmups_share(jobs: Jobs, gpus: str) -> None:
-    for _ in range(3):
-        jobs.start("timed", gpus, hold=0.15, untimed=0.1)
-    for _ in range(6):
-        jobs.start("warmup", gpus, hold=0.4)
-    records = jobs.finish()
-    timed = [r for r in records if r["kind"] == "timed"]
-    warmups = [r for r in records if r["kind"] == "warmup"]
-    for t in timed:
-        others = [r for r in records if r is not t and r["gpu"] == t["gpu"]]
-        assert not [o for o in others if overlaps(t, o)], f"a timed section shared its GPU: {t}"
-    shared = [(a, b) for a in warmups for b in warmups if a is not b and a["gpu"] == b["gpu"] and overlaps(a, b)]
-    assert shared, "no two warm-ups ever ran together on one GPU"
-    if gpus == "0,1":
-        assert {r["gpu"] for r in timed} == {0, 1}
-
-
-def test_warmups_share_a_gpu(jobs: Jobs) -> None:
-    # All three hold their slot at the same moment: each would wait forever if a warm-up excluded the others.
-    outs = [jobs.start("sit-warmup", "0", hold=0) for _ in range(3)]
-    for out in outs:
-        jobs.wait_ready(out)
-
-
-def test_waiting_timed_job_blocks_new_warmups_until_it_is_done(jobs: Jobs) -> None:
-    running = jobs.start("warmup", "0", hold=-1)
-    jobs.wait_ready(running)
-    timed = jobs.start("timed", "0", hold=0.2)
-    # The timed job holds the turnstile while it waits for the running warm-up to leave rw.
-    wait_until(lambda: held(jobs.locks / "gpu-0.turnstile"))
-    late = jobs.start("warmup", "0", hold=0.0)
-    time.sleep(0.3)  # time for the late warm-up to start, were it let in
-    assert not Path(f"{timed}.ready").exists(), "a timed section began beside a running warm-up"
-    assert not Path(f"{late}.ready").exists(), "a warm-up started while a timed job waited for the GPU"
-    Path(f"{running}.go").touch()
-    r_running, r_timed, r_late = jobs.finish()
-    assert r_timed["start"] >= r_running["end"]
-    assert r_timed["wait"] > 0.3
-    assert r_late["start"] >= r_timed["end"], "a warm-up started while a timed job waited for the GPU"
-
-
-def test_warmup_prefers_a_gpu_without_timed_job_and_avoids_an_exclusive_one(jobs: Jobs) -> None:
-    quiet = jobs.start("sit-timed", "0,1", hold=0)  # GPU 0: a timed job, not (yet) exclusive
-    jobs.wait_ready(quiet)
-    with claim_warmup(jobs.locks, ["0", "1"], timeout_s=5) as slot:
-        assert slot.gpu == 1  # the GPU where no timed job will have to wait for it
-    busy = jobs.start("sit-exclusive", "0,1", hold=0)  # GPU 1, exclusive
-    jobs.wait_ready(busy)
-    with pytest.raises(TimeoutError):
-        claim_warmup(jobs.locks, ["1"], timeout_s=0.2)
-    with claim_warmup(jobs.locks, ["0", "1"], timeout_s=5) as slot:
-        assert slot.gpu == 0
-
-
-def test_sigkill_frees_timed_exclusive_and_warmup_slots_at_once(jobs: Jobs) -> None:
-    sitting = jobs.start("sit-timed", "0,1", hold=0)
-    jobs.wait_ready(sitting)
-    exclusive = jobs.start("sit-exclusive", "0,1", hold=0)
-    jobs.wait_ready(exclusive)
-    with pytest.raises(TimeoutError):
-        claim_timed(jobs.locks, ["0", "1"], timeout_s=0.1)
-    with pytest.raises(TimeoutError):
-        claim_warmup(jobs.locks, ["1"], timeout_s=0.1)
-    for proc, _ in jobs.procs:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert nothing_held(jobs.locks)
-    with claim_timed(jobs.locks, ["0", "1"], timeout_s=1) as a, claim_timed(jobs.locks, ["0", "1"], timeout_s=1) as b:
-        assert {a.gpu, b.gpu} == {0, 1}
-        with b.exclusive() as waited:
-            assert waited < 1
-
-    warmup = jobs.start("sit-warmup", "0", hold=0)
-    jobs.wait_ready(warmup)
-    assert held(jobs.locks / "gpu-0.rw")
-    jobs.procs[-1][0].send_signal(signal.SIGKILL)
-    jobs.procs[-1][0].wait()
-    assert not held(jobs.locks / "gpu-0.rw")
-    with claim_timed(jobs.locks, ["0"], timeout_s=1) as slot, slot.exclusive() as waited:
-        assert waited < 1
-
-
-def test_exception_inside_the_slots_releases_everything(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        with claim_timed(tmp_path, ["0"]) as slot, slot.exclusive():
-            assert held(tmp_path / "gpu-0.timed") and held(tmp_path / "gpu-0.rw", fcntl.LOCK_SH)
-            raise ValueError("cell crashed")
-    assert not slot.held
-    assert nothing_held(tmp_path)
-    with pytest.raises(ValueError):
-        with claim_warmup(tmp_path, ["0"]):
-            assert held(tmp_path / "gpu-0.rw")
-            raise ValueError("warm-up crashed")
-    assert nothing_held(tmp_path)
-    with claim_timed(tmp_path, ["0"], timeout_s=0.5) as slot:
-        with slot.exclusive():
-            pass
-        assert held(tmp_path / "gpu-0.timed") and not held(tmp_path / "gpu-0.rw")
-        with slot.exclusive():  # a second timed phase in the same job
-            pass
-    slot.release()  # twice is harmless
-    with claim_timed(tmp_path, ["0"]) as slot, slot.exclusive():
-        slot.release()  # inside exclusive(): its exit must not close anything twice
-    assert nothing_held(tmp_path)
-
-
 def test_one_gpu_is_a_mutex_for_timed_jobs(jobs: Jobs) -> None:
-    for _ in range(4):
-        jobs.start("claim", "0", hold=0.1)
-    records = jobs.finish()
+    timed = [jobs.timed("0", hold=0.1, mode="claim") for _ in range(4)]
+    records = [t.result() for t in timed]
     assert all(r["gpu"] == 0 for r in records)
     for a in records:
-        assert not [b for b in records if b is not a and overlaps(a, b)]
+        assert not [b for b in records if b is not a and a["start"] < b["end"] and b["start"] < a["end"]]
     assert max(r["claim_wait"] for r in records) > 0.2  # the last one waited for three others
 
 
-def test_claims_name_lock_files_by_device_and_refuse_bad_lists(tmp_path: Path) -> None:
+def test_exclusive_sections_pause_the_workers_of_their_gpu_only(jobs: Jobs) -> None:
+    gpu0 = [jobs.worker("0"), jobs.worker("0")]
+    gpu1 = jobs.worker("1")
+    for worker in [*gpu0, gpu1]:
+        worker.wait_ticking()
+    # Two timed jobs on GPU 0, one after the other (the second waits for the first's timed slot).
+    timed = [jobs.timed("0", hold=0.3), jobs.timed("0", hold=0.3)]
+    sections = [t.result() for t in timed]
+    for section in sections:
+        assert sorted(section["paused"]) == sorted(w.pid for w in gpu0)  # GPU 1's worker is not theirs to stop
+    for worker in gpu0:
+        assert_paused_not_killed(worker.ticks, sections)
+    other = read_ticks(gpu1.ticks)
+    for section in sections:
+        # ~60 ticks in 0.3 s; a few suffice to show it was running (a busy 2-core machine slows it down).
+        assert len(ticks_inside(other, section)) >= 5, "the other GPU's worker was held up"
+
+
+def test_exclusive_section_pauses_a_workers_descendants(jobs: Jobs) -> None:
+    worker = jobs.worker("0", depth=2)  # the worker, its child and its grandchild all tick
+    worker.wait_ticking()
+    timed = jobs.timed("0", hold=0.3)
+    section = timed.result()
+    assert len(section["paused"]) == 3 and section["paused"][0] == worker.pid
+    for path in worker.tick_files():
+        assert_paused_not_killed(path, [section])
+
+
+def test_a_worker_cannot_register_during_an_exclusive_section(jobs: Jobs) -> None:
+    timed = jobs.timed("0", hold=0.6)
+    timed.started()
+    worker = jobs.worker("0")  # starts up and registers well within the 0.6 s, were it let in
+    section = timed.result()
+    wait_until(lambda: Path(f"{worker.ticks}.reg").exists(), what="registration")
+    registration = worker.registration()
+    assert registration["registered"] >= section["end"]
+    assert registration["waited"] > 0
+    assert min(read_ticks(worker.ticks)) >= section["end"]
+
+
+def test_sigkill_of_the_timed_job_lets_its_workers_go_on_and_frees_its_slot(jobs: Jobs) -> None:
+    worker = jobs.worker("0", depth=1)
+    worker.wait_ticking()
+    timed = jobs.timed("0", hold=-1)  # stays in its exclusive section until killed
+    section = timed.started()
+    time.sleep(0.1)
+    assert is_stopped(worker.pid)
+    timed.proc.kill()
+    timed.proc.wait()
+    killed = time.monotonic()
+    for path in worker.tick_files():
+        assert not ticks_inside(read_ticks(path), {**section, "end": killed})
+    # The timed slot died with the job (and the turnstile: see below).
+    claim_timed(jobs.locks, ["0"], timeout_s=0).release()
+    # Its guard sends SIGCONT within its polling period (0.2 s); allow 1 s.
+    for path in worker.tick_files():
+        wait_until(lambda: any(t > killed for t in read_ticks(path)), timeout=1.0, what=f"{path.name} resuming")
+    with claim_timed(jobs.locks, ["0"], timeout_s=0) as slot, slot.exclusive() as waited:
+        assert waited < 0.5
+        assert slot.paused[0] == worker.pid  # its file is still good: it is stopped again
+
+
+def test_a_killed_workers_file_is_skipped_and_removed(jobs: Jobs) -> None:
+    dead, live = jobs.worker("0"), jobs.worker("0")
+    dead.wait_ticking()
+    live.wait_ticking()
+    dead.proc.kill()
+    dead.proc.wait()
+    stale = jobs.locks / "gpu-0.workers" / str(dead.pid)
+    assert stale.exists()  # it had no chance to unregister
+    with claim_timed(jobs.locks, ["0"]) as slot, slot.exclusive():
+        assert slot.paused == [live.pid]
+        assert is_stopped(live.pid)
+        assert not stale.exists()
+        assert (jobs.locks / "gpu-0.workers" / str(live.pid)).exists()
+    assert not is_stopped(live.pid)
+
+
+def test_an_exception_releases_everything_and_lets_workers_go_on(jobs: Jobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = jobs.worker("0", depth=1)
+    worker.wait_ticking()
+    locks = jobs.locks
+    fds = open_fds()
+    helpers = children(os.getpid())  # the worker, and no guard of an exclusive phase
+
+    with pytest.raises(ValueError):
+        with claim_timed(locks, ["0"]) as slot, slot.exclusive():
+            assert held(locks / "gpu-0.timed") and held(locks / "gpu-0.turnstile")
+            assert len(slot.paused) == 2 and all(is_stopped(pid) for pid in slot.paused)
+            raise ValueError("cell crashed in its measured steps")
+    assert not slot.held
+    assert not held(locks / "gpu-0.timed") and not held(locks / "gpu-0.turnstile")
+    assert not any(is_stopped(pid) for pid in slot.paused)
+    assert open_fds() == fds and children(os.getpid()) == helpers
+
+    with claim_timed(locks, ["0"]) as slot:
+        with pytest.raises(ValueError):
+            with slot.exclusive():
+                raise ValueError("crashed in exclusive(), caught by the job")
+        assert slot.held and held(locks / "gpu-0.timed") and not held(locks / "gpu-0.turnstile")
+        assert not any(is_stopped(pid) for pid in slot.paused)
+
+        def cannot_fork(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        with monkeypatch.context() as patch, pytest.raises(OSError):
+            patch.setattr(gpuslots.subprocess, "Popen", cannot_fork)  # exclusive() fails after stopping the workers
+            with slot.exclusive():
+                pass
+        assert slot.held and held(locks / "gpu-0.timed") and not held(locks / "gpu-0.turnstile")
+        assert not any(is_stopped(pid) for pid in slot.paused)
+        with slot.exclusive():  # a second exclusive phase in the same job
+            assert all(is_stopped(pid) for pid in slot.paused)
+        assert not any(is_stopped(pid) for pid in slot.paused)
+        with pytest.raises(TimeoutError):  # a claim that gives up leaves nothing behind either
+            claim_timed(locks, ["0"], poll_s=0.01, timeout_s=0.1)
+    slot.release()  # twice is harmless
+    with claim_timed(locks, ["0"]) as slot, slot.exclusive():
+        slot.release()  # inside exclusive(): its exit must not close anything twice
+    assert not held(locks / "gpu-0.timed") and not held(locks / "gpu-0.turnstile")
+    assert not any(is_stopped(pid) for pid in slot.paused)
+    assert open_fds() == fds and children(os.getpid()) == helpers
+    for path in worker.tick_files():
+        wait_until(lambda: len(read_ticks(path)) > 20, timeout=5, what=f"{path.name} ticking on")
+
+
+def claim_warmup_at_once(lock_dir: Path, gpus: list[str]) -> str:
+    """The device claim_warmup chooses; it must answer at once (in a thread, so that a wait fails the test)."""
+    chosen: list[str] = []
+    thread = threading.Thread(target=lambda: chosen.append(claim_warmup(lock_dir, gpus).device_id), daemon=True)
+    thread.start()
+    thread.join(timeout=5)  # were it to wait for a timed job, it would wait until the end of the test
+    assert not thread.is_alive(), "claim_warmup waited for a timed job"
+    return chosen[0]
+
+
+def test_warmup_prefers_a_gpu_without_timed_job_and_never_waits(jobs: Jobs) -> None:
+    with claim_warmup(jobs.locks, ["0", "1"]) as slot:
+        assert slot.gpu == os.getpid() % 2  # spread by pid among equals
+        assert not slot.held  # a warm-up holds no lock
+    quiet = jobs.timed("0,1", hold=-1, mode="claim")  # GPU 0: a timed job, not exclusive
+    quiet.started()
+    assert claim_warmup_at_once(jobs.locks, ["0", "1"]) == "1"
+    assert claim_warmup_at_once(jobs.locks, ["1", "0"]) == "1"
+    busy = jobs.timed("0,1", hold=-1)  # GPU 1: a timed job in its exclusive section
+    assert busy.started()["device"] == "1"
+    assert claim_warmup_at_once(jobs.locks, ["0", "1"]) in {"0", "1"}  # none free of timed jobs: any will do
+    assert claim_warmup_at_once(jobs.locks, ["1"]) == "1"
+
+
+def test_lock_files_are_named_by_device_and_bad_lists_refused(tmp_path: Path) -> None:
     mig = "MIG-GPU-5c89/1/0"
     with claim_timed(tmp_path, [mig]) as slot:
         assert (slot.gpu, slot.device_id) == (0, mig)
         assert held(tmp_path / "gpu-MIG-GPU-5c89_1_0.timed")
+        with gpu_worker(tmp_path, mig) as waited:
+            assert waited < 1
+            assert held(tmp_path / "gpu-MIG-GPU-5c89_1_0.workers" / str(os.getpid()))
+        assert not (tmp_path / "gpu-MIG-GPU-5c89_1_0.workers" / str(os.getpid())).exists()  # unregistered
+        with slot.exclusive():
+            assert held(tmp_path / "gpu-MIG-GPU-5c89_1_0.turnstile")
+            assert slot.paused == []
+    assert claim_warmup(tmp_path, [mig]).device_id == mig
     with pytest.raises(ValueError, match="empty"):
         claim_timed(tmp_path, [])
     with pytest.raises(ValueError, match="twice"):
         claim_warmup(tmp_path, [0, "0"])
+    with pytest.raises(ValueError, match="empty"):
+        claim_warmup(tmp_path, [])
 
 
 def fake_nvidia_smi(tmp_path: Path, body: str) -> dict[str, str]:

@@ -176,13 +176,14 @@ class TimedSlot(_Slot):
             raise
         self._fds.append(turnstile)
         self.exclusive_wait_s = time.monotonic() - started
-        stopped = _stop_workers(self.lock_dir, self.device_id)
-        self.paused = stopped
+        stopped: list[int] = []
         guard = None
-        if stopped:
-            guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), *map(str, stopped)],
-                                     start_new_session=True)
-        try:
+        try:  # from the first SIGSTOP on: whatever fails, the stopped workers go on
+            _stop_workers(self.lock_dir, self.device_id, stopped)
+            self.paused = stopped
+            if stopped:
+                guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), *map(str, stopped)],
+                                         start_new_session=True)
             yield self.exclusive_wait_s
         finally:
             _continue(stopped)
@@ -198,9 +199,9 @@ def _workers_dir(lock_dir: Path, device_id: str) -> Path:
     return _lock_path(lock_dir, device_id, "workers")
 
 
-def _stop_workers(lock_dir: Path, device_id: str) -> list[int]:
-    """SIGSTOP every live registered worker of the GPU; forget the files of dead ones. Returns the stopped pids."""
-    stopped = []
+def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int]) -> None:
+    """SIGSTOP every live registered worker of the GPU; forget the files of dead ones. Appends each stopped pid to
+    `stopped` as it goes."""
     folder = _workers_dir(lock_dir, device_id)
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         try:
@@ -214,13 +215,23 @@ def _stop_workers(lock_dir: Path, device_id: str) -> list[int]:
         finally:
             os.close(fd)
         # The worker and its compiler processes: their CPU work would slow a timed cell whose steps are host-bound.
-        for pid in [int(path.name), *_descendants(int(path.name))]:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-            except ProcessLookupError:
-                pass
-    return stopped
+        # The worker first, then its descendants until no new one shows up: a process found running may have
+        # started another since the listing (a compiler pool starts its processes when compiling starts).
+        worker = int(path.name)
+        if not _stop(worker, stopped):
+            continue
+        while new := [pid for pid in _descendants(worker) if pid not in stopped]:
+            for pid in new:
+                _stop(pid, stopped)
+
+
+def _stop(pid: int, stopped: list[int]) -> bool:
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    stopped.append(pid)
+    return True
 
 
 def _descendants(pid: int) -> list[int]:
