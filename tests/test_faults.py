@@ -149,13 +149,13 @@ VALID = {"model": ", ".join(MODEL_CONFIGS), "attn": ", ".join(attention.names())
     ("changes", "message"),
     [
         # wrong types: the key's path and the type it must have
-        ({"grid__seq_len": ["64"]}, "config: grid.seq_len.0: '64' is not of type 'integer'"),
+        ({"grid__seq_len": ["sixty-four"]}, "config: grid.seq_len.0: 'sixty-four' is not of type 'integer'"),
         ({"grid__model": "tiny"}, "config: grid.model: 'tiny' is not of type 'array'"),
         ({"memory_cap_gib": "12GB"}, "config: memory_cap_gib: '12GB' is not of type 'number', 'null'"),
         ({"memory_cap_gib": 0}, "config: memory_cap_gib: 0 is less than or equal to the minimum of 0"),
-        # unknown names, with every valid one listed
-        ({"grid__model": ["tiny", "gpt5"]}, f"grid: unknown model ['gpt5']; valid: {VALID['model']}"),
-        ({"grid__attn": ["sdpa", "flash3"]}, f"grid: unknown attn ['flash3']; valid: {VALID['attn']}"),
+        # unknown names, with every valid one listed (the schema's enums for the grid, the sweep's check for exclude)
+        ({"grid__model": ["tiny", "gpt5"]}, f"config: grid.model.1: 'gpt5' is not one of {list(MODEL_CONFIGS)}"),
+        ({"grid__attn": ["sdpa", "flash3"]}, f"config: grid.attn.1: 'flash3' is not one of {attention.names()}"),
         ({"grid__exclude": [{"attn": "flash3"}]}, f"grid: unknown attn ['flash3']; valid: {VALID['attn']}"),
         # empty grids: an empty axis, or every cell excluded
         ({"grid__attn": []}, "config: grid.attn: [] should be non-empty"),
@@ -216,11 +216,15 @@ def test_cell_refuses_a_memory_cap_larger_than_the_gpu(tmp_path: Path, monkeypat
 
 
 def test_pipeline_refuses_a_memory_cap_larger_than_the_gpu_before_any_job(tmp_path: Path) -> None:
-    # Snakemake's process sees a 16 GiB GPU through a sitecustomize module (it only plans here: -n).
+    # Snakemake's process sees a 16 GiB GPU through a pretend nvidia-smi (it only plans here: -n; no CUDA needed).
     repo = copy_workflow(tmp_path, with_changes(TINY, device="cuda", memory_cap_gib=24))
-    (tmp_path / "fake").mkdir()
-    (tmp_path / "fake" / "sitecustomize.py").write_text(fake_gpu(gib=16))
-    proc = snakemake(repo, "-n", check=False, env=job_env(PYTHONPATH=str(tmp_path / "fake")))
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text(
+        '#!/bin/sh\ncase "$*" in *-L*) echo "GPU 0: Fake GPU (UUID: GPU-0)";; *) echo "Fake GPU, 16384";; esac\n'
+    )
+    (fake / "nvidia-smi").chmod(0o755)
+    proc = snakemake(repo, "-n", check=False, env=job_env(PATH=f"{BIN}{os.pathsep}{fake}{os.pathsep}{os.environ['PATH']}"))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "memory_cap_gib: 24 GiB exceeds the 16.0 GiB of Fake GPU" in output, output
     assert "Job stats" not in output and not (repo / "results").exists()
@@ -523,7 +527,7 @@ def test_cli_says_which_file_it_cannot_write_and_why(tmp_path: Path, capsys) -> 
 
 def test_cli_full_disk_message(tmp_path: Path, monkeypatch, capsys) -> None:
     # The measurement is canned (the template record): this is about the write, not the training.
-    monkeypatch.setattr("attnsweep.cli.run_cell", lambda spec: copy.deepcopy(TEMPLATE))
+    monkeypatch.setattr("attnsweep.cell.run_cell", lambda spec: copy.deepcopy(TEMPLATE))
     monkeypatch.setattr(cellio.os, "replace", no_space)
     out = tmp_path / "cells" / "cell.json"
     rc = cli_main(["cell", "--model", "tiny", "--attn", "naive", "--seq-len", "16", "--batch-size", "1",

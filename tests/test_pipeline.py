@@ -164,10 +164,11 @@ def test_grid_layout_and_excludes(tmp_path: Path) -> None:
         ({"grid__mode": ["jit"]}, "'jit' is not one of ['eager', 'compiled']"),
         ({"window": 7}, "window (7) must not exceed steps (6)"),
         ({"grid__seq_len": [32, 32]}, "grid.seq_len: duplicate values ['32']"),
-        ({"grid__model": ["tiny", "huge"]}, "unknown model ['huge']; valid: tiny, small, medium, large"),
-        ({"grid__attn": ["sdpa", "flash"]}, "unknown attn ['flash']; valid: naive, sdpa,"),
+        ({"grid__model": ["tiny", "huge"]}, "grid.model.1: 'huge' is not one of ['tiny', 'small', 'medium', 'large']"),
+        ({"grid__attn": ["sdpa", "flash"]}, "grid.attn.1: 'flash' is not one of ['naive', 'sdpa',"),
+        ({"grid__exclude": [{"model": "huge"}]}, "unknown model ['huge']; valid: tiny, small, medium, large"),
         ({"grid__exclude": [{"model": "tiny"}]}, "grid: no cell left"),
-        ({"grid__kv_heads": [3]}, "3 does not divide the 4 heads of tiny"),
+        ({"grid__kv_heads": [3]}, "kv_heads (3) must be >= 1 and divide the 4 heads of model 'tiny'"),
         ({"batch": {"policy": "fixed"}}, "'size' is a required property"),
         ({"allow_mixed_env": "yes"}, "allow_mixed_env: 'yes' is not of type 'boolean'"),
     ],
@@ -265,7 +266,7 @@ def test_nothing_to_do_after_a_sweep(repo: Path) -> None:
 def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
     with open(repo / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(repo) == {"code_stamp": 1, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -277,7 +278,7 @@ def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
     snakemake(repo, "--until", "code_stamp")
     model.write_text(original)
     shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
-    assert planned(repo) == {"code_stamp": 1, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -292,13 +293,13 @@ def test_adding_a_seq_len_adds_only_its_cells(repo: Path) -> None:
     edit_config(repo, grid__seq_len=[32, 64, 96])
     cells = planned_cells(repo)
     assert sorted((c["seq_len"], c["attn"]) for c in cells) == [("96", "naive"), ("96", "sdpa")]
-    assert planned(repo) == {"cell": 2, **AGGREGATION}
+    assert planned(repo) == {"warmup": 2, "cell": 2, **AGGREGATION}
 
 
 @pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
-    assert planned(repo) == {"code_stamp": 1, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -372,7 +373,7 @@ def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path:
     assert planned(clone) == {"code_stamp": 1, **AGGREGATION}
     with open(clone / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(clone) == {"code_stamp": 2, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(clone) == {"code_stamp": 2, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 # ---- crashes and kills ------------------------------------------------------------------------------------------

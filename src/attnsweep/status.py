@@ -77,9 +77,10 @@ class Status:
 
 
 def env_values(record: dict) -> dict[str, str]:
-    values = {**environment_of(record), **{name: dig(record, keys) for name, keys in CODE_FIELDS}}
+    env = environment_of(record)
     # A CPU cell has no GPU name: say the device type, so the table never shows an empty device.
-    values["gpu"] = values["gpu"] or dig(record, ("env", "device_type"))
+    values = {"device": env.pop("gpu") or dig(record, ("env", "device_type")), **env,
+              **{name: dig(record, keys) for name, keys in CODE_FIELDS}}
     if values["code"]:
         values["code"] = values["code"][:CODE_HASH_CHARS]
     return {k: "none" if v is None else str(v) for k, v in values.items()}

@@ -96,4 +96,4 @@ REPORT_PATH_PROBLEM = report_path_problem(
     sys.argv[1:], RESULTS, snakemake_command(sys.argv[0])
 )
 if REPORT_PATH_PROBLEM:
-    raise ConfigError(REPORT_PATH_PROBLEM)
+    raise WorkflowError(REPORT_PATH_PROBLEM)

@@ -31,7 +31,9 @@ if not AGGREGATE_ONLY and WARMUP:
         output:
             # temp: the cache is the cell's alone and is removed once its timed job has used it.
             json=temp(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/warmup.json"),
-            cache=temp(directory(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache")),
+            cache=temp(
+                directory(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache")
+            ),
         log:
             f"{RESULTS}/logs/warmup/{PARAMSPACE.wildcard_pattern}/warmup.log",
         benchmark:
@@ -60,7 +62,9 @@ if not AGGREGATE_ONLY:
                 else []
             ),
             cache=(
-                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache" if WARMUP else []
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache"
+                if WARMUP
+                else []
             ),
         output:
             json=f"{RESULTS}/cells/{PARAMSPACE.wildcard_pattern}/cell.json",
@@ -70,9 +74,9 @@ if not AGGREGATE_ONLY:
             f"{RESULTS}/benchmarks/cells/{PARAMSPACE.wildcard_pattern}/cell.tsv"
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
-        retries: 0
         # A timed cell is started as soon as its warm-up is done: the GPU waits for nothing.
         priority: 10
+        retries: 0
         conda:
             "../../envs/attnsweep.yaml"
         threads: CELL_THREADS
@@ -81,9 +85,9 @@ if not AGGREGATE_ONLY:
         params:
             options=cell_options,
             stage=(
-                lambda wc, input: f"--warmup {input.warmup} --cache {input.cache}"
-                if WARMUP
-                else ""
+                lambda wc, input: (
+                    f"--warmup {input.warmup} --cache {input.cache}" if WARMUP else ""
+                )
             ),
         message:
             CELL_MESSAGE

@@ -29,7 +29,12 @@ try:
 except sweep.SweepError as e:
     raise WorkflowError(str(e)) from None
 
-RUN, RESULTS, DEVICE, AGGREGATE_ONLY = PLAN.run, PLAN.results, PLAN.device, PLAN.aggregate_only
+RUN, RESULTS, DEVICE, AGGREGATE_ONLY = (
+    PLAN.run,
+    PLAN.results,
+    PLAN.device,
+    PLAN.aggregate_only,
+)
 PARAMSPACE = Paramspace(PLAN.grid)
 # A two-stage cell (warm-up, then timed) unless the config asks for cold cells.
 WARMUP = PLAN.settings["warmup"]["enabled"]
@@ -46,15 +51,11 @@ WARMUP_THREADS = min(PLAN.settings["warmup"]["threads"], workflow.cores)
 
 def cell_options(wildcards) -> str:
     """`attnsweep cell`/`warmup` options for the cell named by the wildcards (all but the paths)."""
-    return shlex.join(
-        PLAN.cell_options(PARAMSPACE.instance(wildcards)) + GPU_OPTIONS
-    )
+    return shlex.join(PLAN.cell_options(PARAMSPACE.instance(wildcards)) + GPU_OPTIONS)
 
 
 # Each axis wildcard matches exactly the values in the grid: a path outside it is not a cell of this run.
-AXIS_CONSTRAINTS = {
-    a: "|".join(str(v) for v in PLAN.grid[a].unique()) for a in AXES
-}
+AXIS_CONSTRAINTS = {a: "|".join(str(v) for v in PLAN.grid[a].unique()) for a in AXES}
 CELL_MESSAGE = " ".join(["cell", *(f"{a}={{wildcards.{a}}}" for a in AXES)])
 
 # Cells and aggregations take ancient(stamp) as input, where the stamp's name is a hash of the code and settings:
@@ -99,7 +100,10 @@ MISSING_CELLS = sorted(set(CELLS) - set(PRESENT_CELLS))
 
 
 # Resuming a run: its kept cells must be of this machine's environment (only then is torch started here).
-if not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"]) and Path(CELL_STAMP).exists():
+if (
+    not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"])
+    and Path(CELL_STAMP).exists()
+):
     from attnsweep.report.aggregate import kept_cells_conflict
 
     if conflict := kept_cells_conflict(EXISTING_CELLS, DEVICE, RESULTS):
