@@ -14,9 +14,11 @@ log="results/$run/snakemake-$(date -u +%Y%m%dT%H%M%S).log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
 snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its limit (.snakemake/ stays on a warm host)
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
-timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores 1 --resources gpu=1 >>"$log" 2>&1
+# Every core and GPU of the host: warm-ups compile on the cores while each GPU measures one cell (README).
+timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores "$(nproc)" \
+    --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
 echo "snakemake exit: $? (124 = stopped at the deadline)"
 # Anchored at the interpreter: the command line that called this script may hold the same words.
-pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell|\.worker)" 2>/dev/null  # cells the stop left behind
-grep -E "^(Job|Finished|Error)|tokens/s|: (oom|unsupported|error|diverged)" "$log"
-tar czf "$OUT/$run.tgz" "results/$run"
+pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null  # jobs the stop left
+tail -n 40 "$log"  # one line per finished cell, then where the results are
+tar czf "$OUT/$run.tgz" --exclude=warmup --exclude=.gpulocks "results/$run"
