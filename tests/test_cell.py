@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,3 +253,27 @@ def test_source_hash_covers_exactly_the_files_a_cell_runs(tmp_path, monkeypatch)
         (package / run).write_text((package / run).read_text() + "\n")
         assert codestamp.source_hash(package) != before, run
         before = codestamp.source_hash(package)
+
+
+def test_the_readme_example_runs_with_the_cpu_defaults_and_says_what_it_does(tmp_path):
+    """The README's by-hand cell, as written there, on the CPU: the device's defaults (fp32, fixed batch 4, 20 steps)
+    make it a matter of seconds, and it prints its progress and result."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = re.search(r"`\.venv/bin/attnsweep (cell [^`]*)`", readme).group(1)
+    args = shlex.split(command.replace("cell.json", str(tmp_path / "cell.json")))
+    proc = subprocess.run([sys.executable, "-m", "attnsweep", *args, "--device", "cpu"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rec = cellio.load_cell(tmp_path / "cell.json")
+    assert rec["status"] == "ok" and rec["cell"]["precision"] == "fp32" and rec["cell"]["steps"] == 20
+    assert "attempt 1 at batch size 4" in proc.stderr and "tokens/s" in proc.stderr
+
+
+def test_fp16_on_the_cpu_is_refused_with_a_reason(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
+                  "--precision", "fp16", "--out", "x.json"])
+    assert "--precision fp16 on the CPU" in capsys.readouterr().err
