@@ -40,6 +40,8 @@ NOISE = (
     "Execute ",
     "Assuming unrestricted shared filesystem",
     "Job stats:",
+    # a cell's warm-up output (its compile cache) is temporary, removed once the cell is measured
+    "Removing temporary output",
 )
 # Outputs worth a line when they are made: the run's summary, tables, figures and report headline.
 SHOWN_RULES = {"summary", "tables", "figures", "headline"}
