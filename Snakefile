@@ -18,6 +18,7 @@ localrules:
     summary,
     tables,
     figures,
+    headline,
 
 
 rule all:

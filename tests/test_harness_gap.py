@@ -29,7 +29,7 @@ def test_host_probe_on_cpu(tmp_path: Path) -> None:
     profile = (tmp_path / "gap-native-host.txt").read_text()
     assert profile.startswith("cProfile over the last 3 steps (native)")
     # cProfile ran over the training steps (the harness's step function), not over setup or cleanup.
-    assert "native_harness.py" in profile and "rmtree" not in profile
+    assert "training.py" in profile and "rmtree" not in profile  # TrainStep, the step every harness runs
 
 
 def test_gpu_gaps_from_a_trace(tmp_path: Path) -> None:
