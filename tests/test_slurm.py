@@ -157,7 +157,9 @@ def test_bad_cluster_settings_stop_before_submission(cluster: Path, tmp_path: Pa
 def test_sweep_through_slurm(cluster: Path, tmp_path: Path) -> None:
     """Cells as SLURM jobs; one cancelled while it waits is failed, and the same command again runs it alone."""
     local = copy_workflow(tmp_path / "local", GRID)
-    proc = snakemake(local, "--workflow-profile", "profiles/default", "--cores", "2")
+    # As profiles/slurm runs cells: one cold job each (no warm-up stage).
+    proc = snakemake(local, "--workflow-profile", "profiles/default", "--cores", "2",
+                     "--config", "warmup={enabled: false}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     repo = copy_workflow(tmp_path / "slurm", GRID)
