@@ -134,3 +134,20 @@ def test_environment_of_a_record() -> None:
     other_gpu_of_the_host = copy.deepcopy(rec)
     other_gpu_of_the_host["env"]["gpu"] = {"index": 0}
     assert sweep.environment_of(other_gpu_of_the_host) == sweep.environment_of(rec)
+
+
+def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu() -> None:
+    gpu = sweep.plan_run(config(), {}, gpus=["0", "1"])
+    assert gpu.job_options(["0", "1"]) == ["--gpu-locks", "results/study/.gpulocks", "--gpus", "0,1"]
+    assert gpu.threads(16) == (2, 2) and gpu.threads(1) == (1, 1)
+    cpu = sweep.plan_run(config(), {}, gpus=[])
+    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks"]
+    assert cpu.threads(2) == (2, 2)  # a CPU cell trains on every core: nothing runs beside it
+
+
+def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:
+    cells = [str(tmp_path / name / "cell.json") for name in ("a", "b", "c")]
+    (tmp_path / "b").mkdir()
+    Path(cells[1]).write_text("{}")
+    assert sweep.split_present(cells, allow_missing=False) == (cells, [])
+    assert sweep.split_present(cells, allow_missing=True) == ([cells[1]], [cells[0], cells[2]])

@@ -51,13 +51,16 @@ def make_stamp(kind: str, files: Mapping[str, str], settings: Mapping) -> dict:
 
 
 
-def sweep_stamps(code_dir: Path, code_label: str, scripts: Path, cell_settings: Mapping,
-                 report_settings: Mapping) -> tuple[dict, dict]:
-    """The cells stamp (the code a cell runs, and the cell settings) and the report stamp (the aggregation's code,
-    the workflow's scripts, and its settings)."""
+def sweep_stamps(root: Path, code_label: str, cell_settings: Mapping, report_settings: Mapping) -> dict[str, dict]:
+    """{name: stamp} of the cells stamp (the code a cell runs, and the cell settings) and the report stamp (the
+    aggregation's code, the workflow's scripts, and its settings). `code_label` is the package source relative to the
+    workflow's `root`."""
+    code_dir, scripts = root / code_label, root / "workflow" / "scripts"
+    if not (code_dir / "__init__.py").is_file():
+        raise ValueError(f"code_dir: {code_dir} is not the attnsweep package source (no __init__.py)")
     cells = make_stamp("cells", file_hashes(code_dir, code_label, cell_code_files(code_dir)), cell_settings)
     report_files = {
         **file_hashes(code_dir, code_label, sorted(code_dir.glob("report/*.py"))),
         **file_hashes(scripts, "workflow/scripts", sorted(scripts.glob("*.py"))),
     }
-    return cells, make_stamp("report", report_files, report_settings)
+    return {s["name"]: s for s in (cells, make_stamp("report", report_files, report_settings))}

@@ -270,6 +270,17 @@ class RunPlan:
         """`attnsweep cell` / `attnsweep warmup` options for one cell (all but the paths)."""
         return as_options({**{a: cell[a] for a in AXES}, **self.cell_settings, "run": self.run})
 
+    def job_options(self, gpus: Sequence[str]) -> list[str]:
+        """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs."""
+        on_gpu = gpus and self.device == "cuda"
+        return ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else [])]
+
+    def threads(self, cores: int) -> tuple[int, int]:
+        """Cores of a timed cell and of a warm-up job. On the CPU a cell trains on all it is given (nothing runs
+        beside it); on a GPU it needs few, and the rest compile other cells."""
+        cell = cores if self.device == "cpu" else min(2, cores)
+        return cell, min(self.settings["warmup"]["threads"], cores)
+
     def banner(self) -> str:
         demo = " -- no CUDA GPU found, so this is the CPU DEMO (the cpu_demo section of the config)" if self.cpu_demo else ""
         return f"attnsweep: {len(self.grid)} cells on {self.device} -> {self.results}/{demo}"
@@ -289,6 +300,14 @@ def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan
     return RunPlan(run=settings["run"], device=device, cpu_demo=demo, aggregate_only=aggregate_only,
                    settings=settings, grid=expand_grid(settings["grid"], name),
                    cell_settings=cell_settings(settings, device), key_name=name)
+
+
+def split_present(cells: Sequence[str], allow_missing: bool) -> tuple[list[str], list[str]]:
+    """(cells to aggregate, cells listed as not measured yet): with allow_missing, only the cell files present."""
+    if not allow_missing:
+        return list(cells), []
+    present = [c for c in cells if Path(c).exists()]
+    return present, sorted(set(cells) - set(present))
 
 
 def check_memory_cap(cap_gib: float | None, gpu: tuple[str, int] | None, name: Callable[[str], str] = _plain) -> None:

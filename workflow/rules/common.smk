@@ -13,20 +13,27 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
 from attnsweep import codestamp, gpuslots, sweep
+from attnsweep.report.aggregate import figure_names
 from attnsweep.vocabulary import AXES
 
-WORKFLOW_ROOT = Path(workflow.basedir)
-# What the user gave on the command line or in overlay config files: on the CPU demo it wins over cpu_demo's values.
-EXPLICIT = workflow.config_settings.overwrite_config
+ROOT = Path(workflow.basedir)
 try:
-    sweep.validate_config(config, WORKFLOW_ROOT / "workflow/schemas/config.schema.yaml")
+    sweep.validate_config(config, ROOT / "workflow/schemas/config.schema.yaml")
     GPUS = gpuslots.visible_gpus(config_value=config.get("gpus"))
-    PLAN = sweep.plan_run(config, EXPLICIT, GPUS)
+    # What the user gave on the command line or in overlay files wins over the cpu_demo section.
+    PLAN = sweep.plan_run(config, workflow.config_settings.overwrite_config, GPUS)
     if PLAN.device == "cuda" and not PLAN.aggregate_only:
-        sweep.check_memory_cap(
-            PLAN.settings["memory_cap_gib"], gpuslots.gpu_memory(GPUS[0]), PLAN.key_name
-        )
-except sweep.SweepError as e:
+        cap, gpu = PLAN.settings["memory_cap_gib"], gpuslots.gpu_memory(GPUS[0])
+        sweep.check_memory_cap(cap, gpu, PLAN.key_name)
+    # Cells and aggregations take ancient(stamp): its name hashes the code and settings, so a change reruns what
+    # depends on it, and file times (a fresh clone) do not matter.
+    STAMPS = codestamp.sweep_stamps(
+        ROOT,
+        config["code_dir"],
+        PLAN.cell_settings,
+        {"allow_mixed_env": PLAN.settings["allow_mixed_env"]},
+    )
+except ValueError as e:  # sweep.SweepError included
     raise WorkflowError(str(e)) from None
 
 RUN, RESULTS, DEVICE, AGGREGATE_ONLY = (
@@ -36,69 +43,34 @@ RUN, RESULTS, DEVICE, AGGREGATE_ONLY = (
     PLAN.aggregate_only,
 )
 PARAMSPACE = Paramspace(PLAN.grid)
-# A two-stage cell (warm-up, then timed) unless the config asks for cold cells.
-WARMUP = PLAN.settings["warmup"]["enabled"]
-# Where each job takes its GPU (gpuslots): one timed cell per GPU, no warm-up on a GPU during measured steps.
-GPU_LOCKS = f"{RESULTS}/.gpulocks"
-GPU_OPTIONS = ["--gpu-locks", GPU_LOCKS] + (
-    ["--gpus", ",".join(GPUS)] if GPUS and DEVICE == "cuda" else []
-)
-# On the CPU a cell trains on every core it is given (nothing else runs then); on a GPU it needs few, and the
-# rest compile other cells.
-CELL_THREADS = workflow.cores if DEVICE == "cpu" else min(2, workflow.cores)
-WARMUP_THREADS = min(PLAN.settings["warmup"]["threads"], workflow.cores)
-
-
-def cell_options(wildcards) -> str:
-    """`attnsweep cell`/`warmup` options for the cell named by the wildcards (all but the paths)."""
-    return shlex.join(PLAN.cell_options(PARAMSPACE.instance(wildcards)) + GPU_OPTIONS)
-
-
+WARMUP = PLAN.settings["warmup"][
+    "enabled"
+]  # two stages (warm-up, timed), or one cold job a cell
+CELL_THREADS, WARMUP_THREADS = PLAN.threads(workflow.cores)
+CELL_STAMP, REPORT_STAMP = (f"{RESULTS}/stamps/{name}.json" for name in STAMPS)
 # Each axis wildcard matches exactly the values in the grid: a path outside it is not a cell of this run.
 AXIS_CONSTRAINTS = {a: "|".join(str(v) for v in PLAN.grid[a].unique()) for a in AXES}
 CELL_MESSAGE = " ".join(["cell", *(f"{a}={{wildcards.{a}}}" for a in AXES)])
 
-# Cells and aggregations take ancient(stamp) as input, where the stamp's name is a hash of the code and settings:
-# a change gives a new name, and Snakemake reruns what depends on it; file times (a fresh clone) do not matter.
-CODE_DIR = WORKFLOW_ROOT / config["code_dir"]
-if not (CODE_DIR / "__init__.py").is_file():
-    raise WorkflowError(
-        f"code_dir: {CODE_DIR} is not the attnsweep package source (no __init__.py)"
-    )
-STAMPS = {
-    s["name"]: s
-    for s in codestamp.sweep_stamps(
-        CODE_DIR,
-        config["code_dir"],
-        WORKFLOW_ROOT / "workflow" / "scripts",
-        PLAN.cell_settings,
-        {"allow_mixed_env": PLAN.settings["allow_mixed_env"]},
-    )
-}
-CELL_STAMP, REPORT_STAMP = (f"{RESULTS}/stamps/{name}.json" for name in STAMPS)
+
+def cell_options(wildcards) -> str:
+    """`attnsweep cell`/`warmup` options for the cell named by the wildcards (all but the paths)."""
+    cell = PARAMSPACE.instance(wildcards)
+    return shlex.join(PLAN.cell_options(cell) + PLAN.job_options(GPUS))
 
 
 def stamp_text(wildcards) -> str:
-    return json.dumps(
-        STAMPS[f"{wildcards.kind}-{wildcards.digest}"], indent=1, sort_keys=True
-    )
+    stamp = STAMPS[f"{wildcards.kind}-{wildcards.digest}"]
+    return json.dumps(stamp, indent=1, sort_keys=True)
 
 
 # Jobs call `python`: the interpreter running Snakemake, which has just imported attnsweep to read this workflow.
 shell.prefix(
     f'set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; '
 )
-
-CELLS = expand(
-    f"{RESULTS}/cells/{{params}}/cell.json", params=PARAMSPACE.instance_patterns
-)
-# A sweep run in parts: with allow_missing (aggregate_only only), the summary reads the cells present and lists the
-# others as `missing`.
-EXISTING_CELLS = [c for c in CELLS if Path(c).exists()]
-PRESENT_CELLS = EXISTING_CELLS if config["allow_missing"] else CELLS
-MISSING_CELLS = sorted(set(CELLS) - set(PRESENT_CELLS))
-
-
+CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
+# A sweep run in parts (allow_missing): the cells present are aggregated, the others listed as not measured yet.
+PRESENT_CELLS, MISSING_CELLS = sweep.split_present(CELLS, config["allow_missing"])
 # Resuming a run: its kept cells must be of this machine's environment (only then is torch started here).
 if (
     not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"])
@@ -106,21 +78,18 @@ if (
 ):
     from attnsweep.report.aggregate import kept_cells_conflict
 
-    if conflict := kept_cells_conflict(EXISTING_CELLS, DEVICE, RESULTS):
+    kept = [c for c in CELLS if Path(c).exists()]
+    if conflict := kept_cells_conflict(kept, DEVICE, RESULTS):
         raise WorkflowError(conflict)
-SUMMARY = f"{RESULTS}/summary.csv"
-TABLES = {name: f"{RESULTS}/tables/{name}.md" for name in ("compiled", "eager", "all")}
-# Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
-from attnsweep.report.aggregate import figure_names
 
+SUMMARY, HEADLINE_FILE = f"{RESULTS}/summary.csv", f"{RESULTS}/headline.rst"
+TABLES = {t: f"{RESULTS}/tables/{t}.md" for t in ("compiled", "eager", "all")}
+# Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
 FIGURES = {
-    name: f"{RESULTS}/figures/{name}.png"
-    for name in figure_names(PLAN.settings["grid"], DEVICE)
+    f: f"{RESULTS}/figures/{f}.png" for f in figure_names(PLAN.settings["grid"], DEVICE)
 }
 # The stamps and cells are targets themselves: a missing target runs, and everything downstream of it, also in a
 # fresh clone without .snakemake metadata, and behind a summary left by a partial aggregation.
-# The report's first page: written by rule headline (aggregate.smk).
-HEADLINE_FILE = f"{RESULTS}/headline.rst"
 ALL_TARGETS = [
     *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS]),
     REPORT_STAMP,
@@ -129,7 +98,6 @@ ALL_TARGETS = [
     *FIGURES.values(),
     HEADLINE_FILE,
 ]
-
 print(PLAN.banner(), file=sys.stderr)
 
 
