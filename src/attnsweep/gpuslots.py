@@ -40,7 +40,8 @@ Why this is correct:
    job never waits for a worker.
 3. Crashes: a flock lock belongs to the open file; the kernel drops it when the process exits in any way
    (exception, ``SIGKILL``, OOM killer). A timed job that dies inside its exclusive phase cannot send SIGCONT: a
-   guard process it starts with the phase sends it when it finds the job gone.
+   guard process it starts before stopping anything continues every live worker of the GPU and their descendants
+   when it finds the job gone.
 
 Caveats: the lock directory must be on a local filesystem (flock over NFS is emulated and not to be relied on). The
 timed lock is held by the process that claimed it: work it protects must run in that process or in a child it waits
@@ -134,22 +135,20 @@ class _Slot:
         return f"{type(self).__name__}(gpu={self.gpu}, device_id={self.device_id!r}, {state})"
 
 
-# Run by a timed job's guard process: if the timed job dies while warm-up workers are stopped for its measured
-# steps, they are let go on (a stopped process would otherwise wait for ever).
+# Run by a timed job's guard process, started before any worker is stopped: when the timed job is gone, every live
+# worker of the GPU and its descendants are continued (a stopped process would otherwise wait for ever). It looks
+# them up itself, so a job killed between two SIGSTOPs leaves none stopped.
 _GUARD = """
-import os, signal, sys, time
-parent, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+import os, sys, time
+from attnsweep.gpuslots import continue_workers
+parent, lock_dir, device_id = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 while True:
     try:
         os.kill(parent, 0)
     except ProcessLookupError:
         break
     time.sleep(0.2)
-for pid in pids:
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
+continue_workers(lock_dir, device_id)
 """
 
 
@@ -178,12 +177,14 @@ class TimedSlot(_Slot):
         self.exclusive_wait_s = time.monotonic() - started
         stopped: list[int] = []
         guard = None
-        try:  # from the first SIGSTOP on: whatever fails, the stopped workers go on
+        try:  # whatever fails from here on, the stopped workers go on
+            if _live_workers(self.lock_dir, self.device_id):
+                guard = subprocess.Popen(
+                    [sys.executable, "-c", _GUARD, str(os.getpid()), str(self.lock_dir), self.device_id],
+                    start_new_session=True,
+                )
             _stop_workers(self.lock_dir, self.device_id, stopped)
             self.paused = stopped
-            if stopped:
-                guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), *map(str, stopped)],
-                                         start_new_session=True)
             yield self.exclusive_wait_s
         finally:
             _continue(stopped)
@@ -199,10 +200,10 @@ def _workers_dir(lock_dir: Path, device_id: str) -> Path:
     return _lock_path(lock_dir, device_id, "workers")
 
 
-def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int]) -> None:
-    """SIGSTOP every live registered worker of the GPU; forget the files of dead ones. Appends each stopped pid to
-    `stopped` as it goes."""
-    folder = _workers_dir(lock_dir, device_id)
+def _live_workers(lock_dir: Path, device_id: str) -> list[int]:
+    """The pids of the GPU's registered workers that are alive; the files of dead ones are removed."""
+    folder = _workers_dir(Path(lock_dir), device_id)
+    live = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         try:
             fd = os.open(path, os.O_RDWR)
@@ -214,10 +215,23 @@ def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int]) -> None:
                 continue
         finally:
             os.close(fd)
+        live.append(int(path.name))
+    return live
+
+
+def continue_workers(lock_dir: str | os.PathLike[str], device_id: str) -> None:
+    """SIGCONT every live registered worker of the GPU and its descendants (harmless to a running process)."""
+    for worker in _live_workers(Path(lock_dir), device_id):
+        _continue([worker, *_descendants(worker)])
+
+
+def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int]) -> None:
+    """SIGSTOP every live registered worker of the GPU and its descendants. Appends each stopped pid to `stopped` as
+    it goes."""
+    for worker in _live_workers(lock_dir, device_id):
         # The worker and its compiler processes: their CPU work would slow a timed cell whose steps are host-bound.
         # The worker first, then its descendants until no new one shows up: a process found running may have
         # started another since the listing (a compiler pool starts its processes when compiling starts).
-        worker = int(path.name)
         if not _stop(worker, stopped):
             continue
         while new := [pid for pid in _descendants(worker) if pid not in stopped]:
