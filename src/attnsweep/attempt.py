@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +56,6 @@ class AttemptResult:
     detail: str | None = None
     measurement: Measurement | None = None
     seconds: float = 0.0  # the attempt's wall time, process start included when it ran in its own process
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -162,7 +162,7 @@ class Warmup:
     first_step_s: float | None = None  # the cold compilation: the warm-up attempt's first step
     steps: int = WARMUP_STEPS
     seconds: float = 0.0
-    env: dict = field(default_factory=dict)
+    gpu: dict | None = None  # which of the host's GPUs it ran on (env.gpu of a record)
 
     def write(self, path: str | os.PathLike) -> None:
         from .cellio import write_json_atomic
@@ -182,7 +182,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike) -> Warmup:
 
     def done(status: str, reason: str | None, batch: int | None = None, first: float | None = None) -> Warmup:
         return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first,
-                      seconds=round(time.perf_counter() - t0, 3), env=record.env)
+                      seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"])
 
     reason = unsupported_reason(spec, device)
     if reason:
@@ -212,7 +212,7 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
     record.batch_note = warmup.batch_note
     record.batch_attempts = list(warmup.batch_attempts)
     record.warmup = {"seconds": warmup.seconds, "steps": warmup.steps, "first_step_s": warmup.first_step_s,
-                     "gpu": warmup.env.get("gpu")}
+                     "gpu": warmup.gpu}
     if warmup.status != "ok":
         if warmup.status == "unsupported":
             # Support is asked again here, where nothing is compiled: a cell moved to another machine says why.

@@ -10,11 +10,11 @@ import os
 import sys
 
 from . import status
-from .vocabulary import ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, MODELS, MODES, OPTIMIZERS, PRECISIONS
+from .vocabulary import (ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, ISOLATION, MODELS, MODES, OPTIMIZERS,
+                         PRECISIONS)
 
 EXIT_ERROR = 1  # the cell crashed (its JSON, status error, is written), or its JSON could not be written
 EXIT_USAGE = 2  # bad input; nothing is written
-ISOLATION = ("auto", "process", "inline")
 # Without a GPU a cell trains on the CPU: defaults that finish in seconds there (the GPU's are the study's).
 CPU_DEFAULTS = {"precision": "fp32", "batch_size": 4, "steps": 20, "window": 10}
 GPU_DEFAULTS = {"precision": "fp16", "batch_size": None, "steps": 125, "window": 25}

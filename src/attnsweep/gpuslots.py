@@ -15,8 +15,8 @@ Two kinds of job use a GPU:
   with :func:`gpu_worker`; a timed job's exclusive phase stops every registered worker of its GPU and the worker's
   own processes (Inductor's compiler pool) with SIGSTOP, and lets them go on after (SIGCONT). Stopping, rather than
   waiting for them, keeps the GPU measuring: a warm-up compiles for a minute, a timed job measures for seconds.
-  Stopping the compilers too keeps the CPU to the timed job: a cell whose steps are host-bound measured 3-7% less
-  beside running compilations.
+  Stopping the compilers too keeps the CPU to the timed job: on an H200, cells whose steps are host-bound measured
+  2-11% less beside running compilations.
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 

@@ -52,9 +52,8 @@ class CellRecord:
             entry["stage"] = stage
         self.batch_attempts.append(entry)
 
-    def measured(self, batch_size: int, result: AttemptResult, *, seq_len: int, window: int, precision: str,
-                 outside_s: float | None = None) -> None:
-        """Fill in what the attempt at `batch_size` measured; `outside_s` is the attempt's time outside its phases."""
+    def measured(self, batch_size: int, result: AttemptResult, *, seq_len: int, window: int, precision: str) -> None:
+        """Fill in what the attempt at `batch_size` measured."""
         m = result.measurement
         assert m is not None
         cfg = self.model_config
@@ -62,8 +61,8 @@ class CellRecord:
         fpt = flops.flops_per_token(n_params_non_embedding=m.params["non_embedding"], n_layer=cfg["n_layer"],
                                     n_head=cfg["n_head"], head_dim=cfg["n_embd"] // cfg["n_head"], seq_len=seq_len)
         inside = {k: round(v, 3) for k, v in m.phases_s.items()}
-        if outside_s is None:
-            outside_s = max(0.0, result.seconds - sum(m.phases_s.values()))
+        # The attempt's time outside its phases: a worker process's start, imports and result file.
+        outside_s = max(0.0, result.seconds - sum(m.phases_s.values()))
         self.batch_size = batch_size
         self.tokens_per_sec = m.window_tokens_per_sec
         self.tokens_per_sec_stats = window_stats(m.step_times_s, window, batch_size * seq_len)

@@ -9,9 +9,7 @@ from functools import cached_property
 
 from . import batching
 from .model import GPTConfig, model_config
-from .vocabulary import BATCH_POLICIES, CHOICES, DEVICES, kv_heads_problem
-
-ISOLATION = ("auto", "process", "inline")
+from .vocabulary import BATCH_POLICIES, CHOICES, DEVICES, ISOLATION, kv_heads_problem
 
 
 class CellInputError(ValueError):

@@ -18,8 +18,6 @@ import pandas as pd
 
 from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem
 
-# The keys a cpu_demo section may set for the CPU demo; any other key is the top level's.
-RUN_KEYS = ("run", "grid", "batch", "steps", "window", "memory_cap_gib")
 
 
 class SweepError(ValueError):
@@ -116,18 +114,21 @@ def expand_grid(grid: Mapping, name: Callable[[str], str] = _plain) -> pd.DataFr
     return df.reset_index(drop=True)
 
 
-def check_config(config: Mapping, explicit: Mapping = {}) -> None:
+def check_config(config: Mapping, explicit: Mapping = {}) -> dict[bool, tuple[dict, pd.DataFrame, Callable]]:
     """Check the GPU grid and the CPU demo alike, whichever of them this machine runs: a typo in either is found
-    on any machine, before any job."""
+    on any machine, before any job. Returns, for each section (cpu_demo False/True), its settings, grid and key
+    namer."""
     sections = [False, True] if "cpu_demo" in config else [False]
+    checked = {}
     for demo in sections:
         settings = run_settings(config, demo, explicit)
         name = key_namer(config, demo, explicit)
         check_settings(settings, name)
-        expand_grid(settings["grid"], name)
+        checked[demo] = (settings, expand_grid(settings["grid"], name), name)
+    return checked
 
 
-def coerce_numbers(value: Any, schema: Mapping, root: Mapping | None = None) -> Any:
+def coerce_text_values(value: Any, schema: Mapping, root: Mapping | None = None) -> Any:
     """`value` with every string that the schema wants as an integer, a number or a boolean turned into one.
 
     Snakemake passes list items given on the command line as strings (`--config 'grid={seq_len: [64, 128]}'`
@@ -140,32 +141,27 @@ def coerce_numbers(value: Any, schema: Mapping, root: Mapping | None = None) -> 
             target = target[part]
         schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
     for option in schema.get("anyOf", []):
-        coerced = coerce_numbers(value, option, root)
-        if coerced is not value:
+        coerced = coerce_text_values(value, option, root)
+        if coerced != value:
             return coerced
     kinds = schema.get("type", [])
-    kinds = [kinds] if isinstance(kinds, str) else kinds
-    if isinstance(value, str) and "boolean" in kinds and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, str) and ("integer" in kinds or "number" in kinds):
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                return float(value) if "number" in kinds else value
-            except ValueError:
-                return value
+    kinds = {kinds} if isinstance(kinds, str) else set(kinds)
+    if isinstance(value, str):
+        if "boolean" in kinds and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        for kind, convert in (("integer", int), ("number", float)):
+            if kind in kinds:
+                try:
+                    return convert(value)
+                except ValueError:
+                    pass
+        return value
     if isinstance(value, dict):
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        out = {}
-        for k, v in value.items():
-            sub = props.get(k, extra if isinstance(extra, dict) else None)
-            out[k] = coerce_numbers(v, sub, root) if sub else v
-        return out if out != value or any(out[k] is not value[k] for k in value) else value
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        subs = {k: props.get(k, extra if isinstance(extra, dict) else None) for k in value}
+        return {k: coerce_text_values(v, subs[k], root) if subs[k] else v for k, v in value.items()}
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        out_list = [coerce_numbers(v, schema["items"], root) for v in value]
-        return out_list if any(a is not b for a, b in zip(out_list, value)) else value
+        return [coerce_text_values(v, schema["items"], root) for v in value]
     return value
 
 
@@ -291,15 +287,15 @@ def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan
     aggregate_only = config["aggregate_only"]
     if config["allow_missing"] and not aggregate_only:
         raise SweepError("allow_missing: only with aggregate_only=True (a sweep that measures makes every cell)")
-    check_config(config, explicit)
+    checked = check_config(config, explicit)
     # aggregate_only measures nothing, so it needs no device: the config's own value is kept for the stamps' sake.
     device = config["device"] if aggregate_only else resolve_device(config["device"], gpus)
     demo = is_cpu_demo(config, device)
-    settings = run_settings(config, demo, explicit)
-    name = key_namer(config, demo, explicit)
+    if demo not in checked:
+        run_settings(config, demo, explicit)  # raises: no cpu_demo section
+    settings, grid, name = checked[demo]
     return RunPlan(run=settings["run"], device=device, cpu_demo=demo, aggregate_only=aggregate_only,
-                   settings=settings, grid=expand_grid(settings["grid"], name),
-                   cell_settings=cell_settings(settings, device), key_name=name)
+                   settings=settings, grid=grid, cell_settings=cell_settings(settings, device), key_name=name)
 
 
 def split_present(cells: Sequence[str], allow_missing: bool) -> tuple[list[str], list[str]]:
@@ -327,7 +323,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> None:
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    config.update(coerce_numbers(dict(config), schema))
+    config.update(coerce_text_values(dict(config), schema))
     base = jsonschema.validators.validator_for(schema)
 
     def fill_defaults(validator, properties, instance, schema_):

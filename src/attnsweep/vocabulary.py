@@ -40,6 +40,8 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit")
 HARNESSES: tuple[str, ...] = ("native", "composer")
 BATCH_POLICIES: tuple[str, ...] = ("fixed", "study", "search")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+# How a cell runs its batch attempts: auto = in a fresh process on a GPU, in this one on the CPU.
+ISOLATION: tuple[str, ...] = ("auto", "process", "inline")
 STATUSES: tuple[str, ...] = ("ok", "oom", "unsupported", "diverged", "error")
 ATTEMPT_OUTCOMES: tuple[str, ...] = ("ok", "oom", "diverged", "error")
 
