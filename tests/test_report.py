@@ -228,17 +228,22 @@ def test_only_figures_with_data_are_made() -> None:
     assert figure_names({"attn": ["sdpa"], "mode": ["eager"]}, "cpu") == ["throughput"]
 
 
+def cell_with_spread(tmp_path: Path, attn: str, seq_len: int, tps: float, low: float, high: float) -> Path:
+    """An eager cell of `tps` tokens/s whose window spread is low*tps .. high*tps."""
+    path = make_cell(tmp_path, attn=attn, seq_len=seq_len, mode="eager", tokens_per_sec=tps)
+    rec = json.loads(path.read_text())
+    rec["tokens_per_sec_stats"].update(min=low * tps, max=high * tps)
+    path.write_text(json.dumps(rec))
+    return path
+
+
 def test_figures_show_scale_spread_and_what_did_not_run(tmp_path: Path) -> None:
     """Throughput from zero with the window's spread as error bars; speedup with its line at 1; an implementation
     unsupported everywhere is named in the legend, not left out."""
     paths = []
     for seq_len in (64, 128):
         for attn, tps in (("naive", 1000.0), ("sdpa", 1250.0)):
-            path = make_cell(tmp_path, attn=attn, seq_len=seq_len, mode="eager", tokens_per_sec=tps)
-            rec = json.loads(path.read_text())
-            rec["tokens_per_sec_stats"].update(min=0.9 * tps, max=1.05 * tps)
-            path.write_text(json.dumps(rec))
-            paths.append(path)
+            paths.append(cell_with_spread(tmp_path, attn, seq_len, tps, 0.9, 1.05))
         paths.append(make_cell(tmp_path, "unsupported", attn="flex", seq_len=seq_len, mode="eager"))
     out = tmp_path / "summary.csv"
     write_summary(paths, out)
@@ -285,11 +290,7 @@ def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:
     for seq_len, speeds in ((64, {"naive": 1000.0, "sdpa": 1300.0, "sdpa_math": 1250.0}),
                             (128, {"naive": 800.0, "sdpa": 1200.0, "sdpa_math": 900.0})):
         for attn, tps in speeds.items():
-            path = make_cell(tmp_path, attn=attn, seq_len=seq_len, mode="eager", tokens_per_sec=tps)
-            rec = json.loads(path.read_text())
-            rec["tokens_per_sec_stats"].update(min=0.95 * tps, max=1.02 * tps)
-            path.write_text(json.dumps(rec))
-            paths.append(path)
+            paths.append(cell_with_spread(tmp_path, attn, seq_len, tps, 0.95, 1.02))
         paths.append(make_cell(tmp_path, "unsupported", attn="flex", seq_len=seq_len, mode="eager"))
     out = tmp_path / "summary.csv"
     write_summary(paths, out)
