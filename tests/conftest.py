@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Sweeps run by the tests start preloaded interpreters (attnsweep.preload): let each go soon after its last job.
+os.environ.setdefault("ATTNSWEEP_PRELOAD_IDLE_S", "10")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

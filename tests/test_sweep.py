@@ -138,10 +138,13 @@ def test_environment_of_a_record() -> None:
 
 def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu() -> None:
     gpu = sweep.plan_run(config(), {}, gpus=["0", "1"])
-    assert gpu.job_options(["0", "1"]) == ["--gpu-locks", "results/study/.gpulocks", "--gpus", "0,1"]
+    assert gpu.job_options(["0", "1"]) == ["--gpu-locks", "results/study/.gpulocks", "--gpus", "0,1",
+                                           "--preload", "results/study/.preload"]
     assert gpu.threads(16) == (2, 2) and gpu.threads(1) == (1, 1)
     cpu = sweep.plan_run(config(), {}, gpus=[])
-    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks"]
+    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks", "--preload", "results/cpu-demo/.preload"]
+    fresh = sweep.plan_run(config(preload=False), {}, gpus=[])
+    assert fresh.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks"]
     assert cpu.threads(2) == (2, 2)  # a CPU cell trains on every core: nothing runs beside it
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import attention
+from . import attention, preload
 from .data import synthetic_batches
 from .kernels import profile_step
 from .model import GPT
@@ -114,7 +114,7 @@ def measure(
 ) -> AttemptResult:
     """Build, train (spec.steps, or `steps` for a warm-up) and profile at `batch_size`, in this process."""
     t0 = time.perf_counter()
-    with compile_cache(cache_dir), _as_warmup_worker():
+    with compile_cache(cache_dir), _as_warmup_worker(), attention.backend_scope(spec.attn):
         result = _measure(spec, batch_size, device, steps or spec.steps, after_first_step)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
@@ -136,7 +136,9 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
     window = min(spec.window, steps)
     model = result = batches = None
     try:
-        model = GPT(cfg, attn=spec.attn).to(device)
+        # Built on the device: initializing hundreds of millions of weights on the host takes seconds more.
+        with torch.device(device):
+            model = GPT(cfg, attn=spec.attn)
         params = {"total": model.num_params(), "non_embedding": model.num_params(non_embedding=True)}
         batches = synthetic_batches(vocab_size=cfg.vocab_size, batch_size=batch_size, seq_len=spec.seq_len,
                                     n_batches=N_DATA_BATCHES, device=device, seed=spec.seed)
@@ -201,11 +203,15 @@ def run_attempt(
         args_path, out_path = Path(tmp) / "args.json", Path(tmp) / "result.json"
         args_path.write_text(json.dumps({"spec": spec.as_json(), "batch_size": batch_size, "device": str(device),
                                          "steps": steps, "cache_dir": None if cache_dir is None else str(cache_dir)}))
-        proc = subprocess.run([sys.executable, "-m", "attnsweep.attempt", str(args_path), str(out_path)])
+        argv = [str(args_path), str(out_path)]
+        # In a child of the sweep's preloaded interpreter the fresh process is forked by it too (preload.py).
+        code = preload.run("attempt", argv) if os.environ.get(preload.SOCKET_ENV) else None
+        if code is None:
+            code = subprocess.run([sys.executable, "-m", "attnsweep.attempt", *argv]).returncode
         if out_path.exists():
             result = AttemptResult.from_json(json.loads(out_path.read_text()))
         else:
-            result = AttemptResult("error", f"worker process exited with code {proc.returncode} and no result")
+            result = AttemptResult("error", f"worker process exited with code {code} and no result")
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
 

@@ -13,9 +13,10 @@ this module is imported, so the package works on machines without them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,6 +58,7 @@ class AttentionImpl:
     # (device type, why it cannot run there): appended to the "does not run on device" sentence where the reason
     # is not obvious.
     device_notes: tuple[tuple[str, str], ...] = ()
+    sdpa_backend: SDPBackend | None = None  # the SDPA backend it is restricted to (backend_scope)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -87,12 +89,35 @@ class _Naive(nn.Module):
         return (att @ v).transpose(1, 2)
 
 
+# The backend a whole training run is restricted to by backend_scope, or None.
+_scoped_backend: SDPBackend | None = None
+
+
+@contextlib.contextmanager
+def backend_scope(name: str) -> Iterator[None]:
+    """Restrict SDPA to implementation `name`'s backend (if it has one) around a whole run, outside any compiled
+    region; its modules then call SDPA plainly. An ``sdpa_kernel`` block traced inside a compiled graph makes
+    AOTAutograd bypass its cache, so a cell's warm compile cache would be recompiled from scratch."""
+    global _scoped_backend
+    backend = get(name).sdpa_backend
+    if backend is None:
+        yield
+        return
+    saved = _scoped_backend
+    with sdpa_kernel(backend):
+        _scoped_backend = backend
+        try:
+            yield
+        finally:
+            _scoped_backend = saved
+
+
 class _SDPA(nn.Module):
     """``F.scaled_dot_product_attention(is_causal=True)``, optionally restricted to one backend.
 
-    The restriction uses ``torch.nn.attention.sdpa_kernel`` as a context manager inside forward: torch.compile
-    traces it (the old ``torch.backends.cuda.sdp_kernel`` breaks the graph), and being inside the module it holds
-    for eager and compiled runs alike, with no global state left behind.
+    Inside ``backend_scope`` of the same backend (how a cell runs) the restriction is already global. Elsewhere it
+    uses ``torch.nn.attention.sdpa_kernel`` as a context manager inside forward: torch.compile traces it (the old
+    ``torch.backends.cuda.sdp_kernel`` breaks the graph), and it holds for eager and compiled runs alike.
     """
 
     def __init__(self, *, backend: SDPBackend | None, **_: Any) -> None:
@@ -101,7 +126,7 @@ class _SDPA(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.backend is None:
+        if self.backend is None or self.backend == _scoped_backend:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             with sdpa_kernel(self.backend):
@@ -109,11 +134,11 @@ class _SDPA(nn.Module):
         return y.transpose(1, 2)
 
 
-def _sdpa_factory(backend: SDPBackend | None) -> Callable[..., nn.Module]:
-    def factory(**kw: Any) -> nn.Module:
-        return _SDPA(backend=backend, **kw)
+def _sdpa_entry(name: str, description: str, backend: SDPBackend | None, **kw: Any) -> AttentionImpl:
+    def factory(**args: Any) -> nn.Module:
+        return _SDPA(backend=backend, **args)
 
-    return factory
+    return AttentionImpl(name=name, description=description, factory=factory, sdpa_backend=backend, **kw)
 
 
 class _FlashAttn2(nn.Module):
@@ -269,43 +294,43 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         devices=_CPU_CUDA,
         dtypes=_FLOATS,
     ),
-    AttentionImpl(
-        name="sdpa",
-        description="F.scaled_dot_product_attention(is_causal=True), PyTorch's default backend choice",
-        factory=_sdpa_factory(None),
+    _sdpa_entry(
+        "sdpa",
+        "F.scaled_dot_product_attention(is_causal=True), PyTorch's default backend choice",
+        None,
         devices=_CPU_CUDA,
         dtypes=_FLOATS,
     ),
-    AttentionImpl(
-        name="sdpa_flash",
-        description="SDPA restricted to its FlashAttention(-2) backend",
-        factory=_sdpa_factory(SDPBackend.FLASH_ATTENTION),
+    _sdpa_entry(
+        "sdpa_flash",
+        "SDPA restricted to its FlashAttention(-2) backend",
+        SDPBackend.FLASH_ATTENTION,
         devices=_CUDA,
         dtypes=_HALF,
         head_dims=_FA2_HEAD_DIMS,
         min_capability=(8, 0),
     ),
-    AttentionImpl(
-        name="sdpa_efficient",
-        description="SDPA restricted to its memory-efficient (xFormers/CUTLASS) backend",
-        factory=_sdpa_factory(SDPBackend.EFFICIENT_ATTENTION),
+    _sdpa_entry(
+        "sdpa_efficient",
+        "SDPA restricted to its memory-efficient (xFormers/CUTLASS) backend",
+        SDPBackend.EFFICIENT_ATTENTION,
         devices=_CUDA,
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
         min_capability=(5, 0),
     ),
-    AttentionImpl(
-        name="sdpa_cudnn",
-        description="SDPA restricted to its cuDNN attention backend",
-        factory=_sdpa_factory(SDPBackend.CUDNN_ATTENTION),
+    _sdpa_entry(
+        "sdpa_cudnn",
+        "SDPA restricted to its cuDNN attention backend",
+        SDPBackend.CUDNN_ATTENTION,
         devices=_CUDA,
         dtypes=_HALF,
         head_dims=frozenset(range(8, 129, 8)),
         min_capability=(8, 0),
     ),
-    AttentionImpl(
-        name="sdpa_math",
-        description="SDPA restricted to its math backend (the unfused reference composition)",
-        factory=_sdpa_factory(SDPBackend.MATH),
+    _sdpa_entry(
+        "sdpa_math",
+        "SDPA restricted to its math backend (the unfused reference composition)",
+        SDPBackend.MATH,
         devices=_CPU_CUDA,
         dtypes=_FLOATS,
     ),

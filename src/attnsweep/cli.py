@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 
-from . import status
+from . import preload, status
 from .vocabulary import (ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, ISOLATION, MODELS, MODES, OPTIMIZERS,
                          PRECISIONS)
 
@@ -75,6 +75,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-locks", default=None, metavar="DIR",
                    help="a sweep's GPU lock folder: take a GPU of --gpus there (one timed cell per GPU; warm-ups "
                    "never run on a GPU while a cell on it is in its measured steps)")
+    p.add_argument("--preload", default=None, metavar="DIR",
+                   help="run in a child of the sweep's preloaded interpreter (torch and the compiler imported once; "
+                   "its log goes to DIR): the job skips Python's start and the imports")
     p.add_argument("--gpus", default=None, metavar="LIST",
                    help="with --gpu-locks: the GPUs the sweep may use, comma-separated (default: the sweep's "
                    "CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists)")
@@ -235,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "preload", None) and not os.environ.get(preload.CHILD_ENV):
+        code = preload.run("cli", argv, args.preload)
+        if code is not None:
+            return code
     if args.command == "cell":
         return _run_cell(args, parser)
     if args.command == "warmup":

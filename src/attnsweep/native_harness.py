@@ -22,6 +22,7 @@ def train_native(
     tokens_per_batch: int,
 ) -> TrainResult:
     """Train `model` for `spec.steps` steps on the cycled `batches` and time every step."""
+    t_start = time.perf_counter()
     model.train()
     optimizer = make_optimizer(model, spec.optimizer)
     reset_graph_counters()
@@ -35,6 +36,7 @@ def train_native(
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(spec.steps)]
         torch.cuda.synchronize(spec.device)
     cpu_times: list[float] = []
+    hook_s = 0.0
     wall0 = time.perf_counter()
     window_wall0 = None
     for i in range(spec.steps):
@@ -56,13 +58,16 @@ def train_native(
                 torch.cuda.synchronize(spec.device)
             first_step_s = time.perf_counter() - wall0
             if spec.after_first_step is not None:
+                t_hook = time.perf_counter()
                 spec.after_first_step()
+                hook_s = time.perf_counter() - t_hook
     if cuda:
         torch.cuda.synchronize(spec.device)
         step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
     else:
         step_times = cpu_times
-    window_wall_s = time.perf_counter() - window_wall0
+    loop_end = time.perf_counter()
+    window_wall_s = loop_end - window_wall0
     window_s = sum(step_times[-spec.window :])
 
     loss_values = torch.stack(losses).float().cpu().tolist()
@@ -85,6 +90,10 @@ def train_native(
         graph_breaks=breaks,
         break_reasons=reasons,
         # The wall-clock time of the window, synchronized at both ends: a check on the summed event times.
-        extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": step.scaler.is_enabled()},
+        # Where the run's host time went besides the steps: before the first step (optimizer, compile wrapper),
+        # the after_first_step hook (a timed cell taking its GPU), the steps' wall time, and after the last step.
+        extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": step.scaler.is_enabled(),
+               "before_steps_s": wall0 - t_start, "hook_s": hook_s, "steps_wall_s": loop_end - wall0,
+               "after_steps_s": time.perf_counter() - loop_end},
         profile_step=profile_step,
     )

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .codestamp import source_hash
+from .preload import CHILD_ENV
 
 import torch
 
@@ -75,6 +76,8 @@ def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
         "cpu_threads": torch.get_num_threads(),
         # Which of the host's GPUs ran the cell: CUDA_VISIBLE_DEVICES as the cell saw it, and the GPU's UUID.
         "gpu": None,
+        # How this process began: forked from the sweep's preloaded interpreter (preload.py), or its own Python.
+        "launch": "preloaded" if os.environ.get(CHILD_ENV) else "own process",
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

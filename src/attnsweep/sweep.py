@@ -267,9 +267,11 @@ class RunPlan:
         return as_options({**{a: cell[a] for a in AXES}, **self.cell_settings, "run": self.run})
 
     def job_options(self, gpus: Sequence[str]) -> list[str]:
-        """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs."""
+        """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs; and the
+        folder of the preloaded interpreter that forks its process (preload.py)."""
         on_gpu = gpus and self.device == "cuda"
-        return ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else [])]
+        return ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else []),
+                *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
 
     def threads(self, cores: int) -> tuple[int, int]:
         """Cores of a timed cell and of a warm-up job. On the CPU a cell trains on all it is given (nothing runs
