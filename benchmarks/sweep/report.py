@@ -1,6 +1,7 @@
 """The sweep benchmark's table: where each cell's wall time went, before and after, and its tokens/s.
 
-    python benchmarks/sweep/report.py RUN [RUN ...] > results/h200-sweepbench.md
+    python benchmarks/sweep/report.py RUN [RUN ...] > results/sweepbench.md
+    python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
@@ -30,6 +31,7 @@ def rows(run: Path) -> list[dict]:
         rel = cell.parent.relative_to(run / "cells")
         comp, phases = rec.get("compile") or {}, rec.get("phases_s") or {}
         steps = rec.get("step_times_s") or []
+        extra = rec.get("harness_extra") or {}
         job = _job_seconds(run / "benchmarks/cells" / rel / "cell.tsv")
         warm = _job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv")
         first = comp.get("first_step_s")
@@ -46,8 +48,37 @@ def rows(run: Path) -> list[dict]:
             # the train phase less its steps: Dynamo/Inductor imports, the optimizer, the wait for the GPU
             "train other s": None if first is None else round(phases["train"] - first - sum(steps[1:]), 1),
             "profile s": phases.get("profile"),
+            # the train phase's host time itself (records from the preloaded-interpreter code on)
+            "before steps s": extra.get("before_steps_s") and round(extra["before_steps_s"], 1),
+            "hook s": extra.get("hook_s") and round(extra["hook_s"], 1),
+            "after steps s": extra.get("after_steps_s") and round(extra["after_steps_s"], 1),
+            "launch": (rec.get("env") or {}).get("launch", "own process"),
         })
     return out
+
+
+def compare(runs: list[str]) -> None:
+    """Each cell's tokens/s in every run, the window's spread (std/mean of its per-step tokens/s) and the largest
+    difference between runs, relative to their mean."""
+    table: dict[tuple, dict] = {}
+    for run in runs:
+        for cell in sorted(Path(run).glob("cells/**/cell.json")):
+            rec = json.loads(cell.read_text())
+            c = rec["cell"]
+            row = table.setdefault((c["model"], c["seq_len"], c["attn"]), {})
+            row[Path(run).name] = rec["tokens_per_sec"] if rec["status"] == "ok" else rec["status"]
+            stats = rec.get("tokens_per_sec_stats") or {}
+            if stats.get("mean"):
+                row.setdefault("window cv %", []).append(100 * stats["std"] / stats["mean"])
+    out = []
+    for (model, seq_len, attn), row in sorted(table.items()):
+        values = [v for k, v in row.items() if k != "window cv %" and isinstance(v, float)]
+        cvs = row.pop("window cv %", [])
+        spread = 100 * (max(values) - min(values)) / statistics.mean(values) if len(values) > 1 else None
+        out.append({"model": model, "context": seq_len, "attn": attn, **row,
+                    "max window cv %": max(cvs) if cvs else None, "runs differ by %": spread})
+    columns = ["model", "context", "attn", *(Path(r).name for r in runs), "max window cv %", "runs differ by %"]
+    print(pd.DataFrame(out, columns=columns).to_markdown(index=False, floatfmt=",.1f"))
 
 
 def main(runs: list[str]) -> None:
@@ -69,4 +100,7 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--compare"]:
+        compare(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

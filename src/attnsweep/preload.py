@@ -191,9 +191,10 @@ def _preload() -> None:
 
     for name in PRELOAD_MODULES:
         importlib.import_module(name)
-    from attnsweep.provenance import code_version
+    from attnsweep.provenance import code_version, versions
 
-    code_version()  # git describe and the source hash, once: every child reads the cached answer
+    code_version()  # git describe, the source hash and package versions, once: every child reads the answers
+    versions()
     import torch
 
     if torch.cuda.is_initialized():

@@ -29,6 +29,12 @@ def _version(dist: str) -> str | None:
 
 
 @lru_cache(maxsize=1)
+def versions() -> dict[str, str | None]:
+    """The versions of _VERSIONED, read once per process (and once per preloaded interpreter)."""
+    return {d: _version(d) for d in _VERSIONED}
+
+
+@lru_cache(maxsize=1)
 def code_version() -> dict:
     """`git describe` where the package runs from a checkout, and always the source hash."""
     try:
@@ -64,7 +70,7 @@ def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "versions": {d: _version(d) for d in _VERSIONED},
+        "versions": dict(versions()),
         "memory_cap_gib": memory_cap_gib,
         "code": code_version(),
         "gpu_name": None,
