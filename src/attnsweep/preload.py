@@ -189,16 +189,47 @@ def _umask() -> int:
 def _preload() -> None:
     import importlib
 
-    for name in PRELOAD_MODULES:
-        importlib.import_module(name)
-    from attnsweep.provenance import code_version, versions
-
-    code_version()  # git describe, the source hash and package versions, once: every child reads the answers
-    versions()
+    # Asking the CUDA driver anything, even the device count, marks torch's forked children as unable to use CUDA.
+    # torch.cuda.is_available() asks NVML instead with this set (the children get the job's environment back).
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     import torch
 
+    asked: list[str] = []
+    count = getattr(torch._C, "_cuda_getDeviceCount", None)
+    if count is not None:  # note who asks the driver anyway, for the log
+
+        def counting() -> int:
+            asked.append("".join(traceback.format_stack(limit=8)))
+            return count()
+
+        torch._C._cuda_getDeviceCount = counting
+    try:
+        for name in PRELOAD_MODULES:
+            importlib.import_module(name)
+        from attnsweep.provenance import code_version, versions
+
+        code_version()  # git describe, the source hash and package versions, once: every child reads the answers
+        versions()
+    finally:
+        if count is not None:
+            torch._C._cuda_getDeviceCount = count
+    for stack in asked:
+        print(f"asked the CUDA driver for its device count while preloading:\n{stack}", flush=True)
     if torch.cuda.is_initialized():
         raise RuntimeError("CUDA was initialized while preloading: a forked child could not use it")
+    _check_fork()
+
+
+def _check_fork() -> None:
+    """Fork once and ask the child whether torch lets it use CUDA; refuse to serve if not."""
+    pid = os.fork()
+    if pid == 0:
+        import torch
+
+        os._exit(3 if getattr(torch._C, "_cuda_isInBadFork", lambda: False)() else 0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("a child forked from this interpreter could not use CUDA (torch reports a bad fork)")
 
 
 def _child(conn: socket.socket, request: dict, fds: list[int], closing: list) -> None:
