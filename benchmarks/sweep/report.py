@@ -36,7 +36,8 @@ def rows(run: Path) -> list[dict]:
         warm = _job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv")
         first = comp.get("first_step_s")
         out.append({
-            "run": run.name, "model": rec["cell"]["model"], "attn": rec["cell"]["attn"], "status": rec["status"],
+            "run": run.name, "model": rec["cell"]["model"], "context": rec["cell"]["seq_len"], "attn": rec["cell"]["attn"],
+            "status": rec["status"],
             "tokens/s": rec["tokens_per_sec"],
             "job s": job, "warm-up job s": warm,
             # job wall time outside the cell's own clock: Snakemake, the shell, the interpreter and its imports
