@@ -68,6 +68,7 @@ with gpu_worker(lock_dir, device) as waited:
 # argv: mode lock_dir gpus(comma-separated) hold_s out_file
 #   claim:     the section is the timed claim itself
 #   exclusive: claim a timed slot, the section is slot.exclusive()
+#   window:    claim a timed slot, the section is slot.quiet() inside slot.exclusive() (a measured window)
 # Writes <out>.start when the section begins and <out> at its end; a negative hold_s holds until killed.
 TIMED = r"""
 import json, os, sys, time
@@ -81,7 +82,7 @@ def put(path, record):
 
 def section(slot):
     record = dict(gpu=slot.gpu, device=slot.device_id, claim_wait=slot.wait_s, paused=slot.paused,
-                  start=time.monotonic())
+                  quieted=slot.quieted, start=time.monotonic())
     put(out + ".start", record)
     time.sleep(hold if hold >= 0 else 1000)
     record["end"] = time.monotonic()
@@ -90,6 +91,9 @@ def section(slot):
 with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
     if mode == "claim":
         record = section(slot)
+    elif mode == "window":
+        with slot.exclusive(), slot.quiet():
+            record = section(slot)
     else:
         with slot.exclusive():
             record = section(slot)
@@ -311,6 +315,58 @@ def test_sigkill_of_the_timed_job_lets_its_workers_go_on_and_frees_its_slot(jobs
         assert slot.paused[0] == worker.pid  # its file is still good: it is stopped again
 
 
+def test_a_measured_window_stops_the_warmups_of_every_gpu(jobs: Jobs) -> None:
+    gpu0, gpu1 = jobs.worker("0", depth=1), jobs.worker("1")
+    gpu0.wait_ticking()
+    gpu1.wait_ticking()
+    section = jobs.timed("0,1", hold=0.3, mode="window").result()
+    assert section["device"] == "0"
+    assert gpu1.pid in section["quieted"] and gpu0.pid in section["paused"]
+    for path in [*gpu0.tick_files(), gpu1.ticks]:
+        assert_paused_not_killed(path, [section])
+
+
+def test_a_window_that_ends_leaves_the_workers_of_another_gpus_exclusive_phase_stopped(jobs: Jobs) -> None:
+    gpu0, gpu1 = jobs.worker("0"), jobs.worker("1")
+    gpu0.wait_ticking()
+    gpu1.wait_ticking()
+    long = jobs.timed("0", hold=-1)  # GPU 0's exclusive phase, until killed
+    long.started()
+    window = jobs.timed("1", hold=0.2, mode="window").result()  # GPU 1's window stops both, then ends
+    wait_until(lambda: any(t > window["end"] for t in read_ticks(gpu1.ticks)), timeout=5, what="GPU 1's worker")
+    time.sleep(0.1)
+    assert is_stopped(gpu0.pid), "a window's end resumed a worker another GPU's exclusive phase holds"
+    long.proc.kill()
+    long.proc.wait()
+    killed = time.monotonic()
+    wait_until(lambda: any(t > killed for t in read_ticks(gpu0.ticks)), timeout=2, what="GPU 0's worker (guard)")
+
+
+def test_a_worker_cannot_register_during_another_gpus_window(jobs: Jobs) -> None:
+    window = jobs.timed("1", hold=0.6, mode="window")
+    window.started()
+    worker = jobs.worker("0")  # another GPU's: its turnstile is free, the window is not
+    section = window.result()
+    wait_until(lambda: Path(f"{worker.ticks}.reg").exists(), what="registration")
+    assert worker.registration()["registered"] >= section["end"]
+
+
+def test_sigkill_in_a_window_lets_every_gpus_workers_go_on(jobs: Jobs) -> None:
+    gpu0, gpu1 = jobs.worker("0"), jobs.worker("1")
+    gpu0.wait_ticking()
+    gpu1.wait_ticking()
+    window = jobs.timed("0", hold=-1, mode="window")
+    window.started()
+    time.sleep(0.1)
+    assert is_stopped(gpu0.pid) and is_stopped(gpu1.pid)
+    window.proc.kill()
+    window.proc.wait()
+    killed = time.monotonic()
+    for worker in (gpu0, gpu1):
+        wait_until(lambda: any(t > killed for t in read_ticks(worker.ticks)), timeout=2, what="resuming (guard)")
+    assert not list((jobs.locks / "host.stoppers").iterdir())  # the dead job's sections are gone
+
+
 def test_a_killed_workers_file_is_skipped_and_removed(jobs: Jobs) -> None:
     dead, live = jobs.worker("0"), jobs.worker("0")
     dead.wait_ticking()
@@ -462,3 +518,35 @@ def test_visible_gpus_without_a_working_nvidia_smi(tmp_path: Path) -> None:
     assert visible_gpus({"PATH": str(tmp_path)}) == []  # not installed
     env = fake_nvidia_smi(tmp_path, 'echo "NVIDIA-SMI has failed" >&2; exit 9')
     assert visible_gpus(env) == []
+
+
+def test_a_timed_cells_window_is_entered_inside_its_gpus_exclusive_phase() -> None:
+    """Even where the window starts at the first step: a window outside the GPU's exclusive phase could wait for a
+    worker of its own GPU that holds the turnstile while waiting for that window (gpuslots, No deadlock)."""
+    from contextlib import ExitStack, contextmanager
+
+    from attnsweep.cli import _hooks
+
+    calls: list[str] = []
+
+    class Slot:
+        @contextmanager
+        def exclusive(self):
+            calls.append("gpu")
+            yield
+
+        @contextmanager
+        def quiet(self):
+            calls.append("host")
+            yield
+
+    with ExitStack() as stack:
+        hooks = _hooks(Slot(), stack)
+        hooks.before_window()
+        hooks.after_first_step()
+    assert calls == ["gpu", "host"]
+    with ExitStack() as stack:
+        hooks = _hooks(Slot(), stack)
+        hooks.after_first_step()
+        hooks.before_window()
+    assert calls == ["gpu", "host", "gpu", "host"]

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .data import synthetic_batches
 from .kernels import profile_step
 from .model import GPT
 from .spec import CellSpec
-from .training import Harness, TrainSpec, private_compile_cache, scoped_env
+from .training import Harness, StepHooks, TrainSpec, private_compile_cache, scoped_env
 
 N_DATA_BATCHES = 4
 OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -110,18 +109,18 @@ def _as_warmup_worker() -> contextlib.AbstractContextManager:
 
 def measure(
     spec: CellSpec, batch_size: int, device: torch.device, *, steps: int | None = None,
-    cache_dir: str | os.PathLike | None = None, after_first_step: Callable[[], None] | None = None,
+    cache_dir: str | os.PathLike | None = None, hooks: StepHooks = StepHooks(),
 ) -> AttemptResult:
     """Build, train (spec.steps, or `steps` for a warm-up) and profile at `batch_size`, in this process."""
     t0 = time.perf_counter()
     with compile_cache(cache_dir), _as_warmup_worker(), attention.backend_scope(spec.attn):
-        result = _measure(spec, batch_size, device, steps or spec.steps, after_first_step)
+        result = _measure(spec, batch_size, device, steps or spec.steps, hooks)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
 
 
 def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
-             after_first_step: Callable[[], None] | None) -> AttemptResult:
+             hooks: StepHooks) -> AttemptResult:
     # Host wall time of each phase (phases_s in the record): where a cell's time goes besides the timed steps.
     t_setup = time.perf_counter()
     torch.manual_seed(spec.seed)
@@ -144,7 +143,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
                                     n_batches=N_DATA_BATCHES, device=device, seed=spec.seed)
         tspec = TrainSpec(steps=steps, window=window, precision=spec.precision, optimizer=spec.optimizer,
                           mode=spec.mode, fullgraph=attention.get(spec.attn).fullgraph, device=device,
-                          after_first_step=after_first_step)
+                          hooks=hooks)
         t_train = time.perf_counter()
         result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
         t_profile = time.perf_counter()

@@ -27,7 +27,7 @@ from .attempt import AttemptResult, measure, run_attempt
 from .provenance import environment
 from .record import CellRecord
 from .spec import CellInputError, CellSpec
-from .training import optimizer_unsupported_reason, torch_dtype
+from .training import StepHooks, optimizer_unsupported_reason, torch_dtype
 
 # Enough steps for every compilation a cell goes through: some implementations compile a second graph at step 3.
 WARMUP_STEPS = 10
@@ -204,7 +204,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike) -> Warmup:
 
 
 def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
-               after_first_step: Callable[[], None] | None = None) -> dict:
+               hooks: StepHooks = StepHooks()) -> dict:
     """Measure at the warm-up's batch size with its compile cache; a cell the warm-up found unsupported, out of
     memory or broken is not compiled again: its record says what the warm-up found."""
     t0 = time.perf_counter()
@@ -220,7 +220,7 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
                                  time.perf_counter() - t0)
         return record.finish(warmup.status, warmup.reason, time.perf_counter() - t0)
     _progress(f"timed run at batch size {warmup.batch_size}, {spec.steps} steps")
-    res = measure(spec, warmup.batch_size, device, cache_dir=cache_dir, after_first_step=after_first_step)
+    res = measure(spec, warmup.batch_size, device, cache_dir=cache_dir, hooks=hooks)
     record.add_attempt(warmup.batch_size, res, "timed")
     if res.outcome in ("oom", "error"):
         what = "ran out of memory" if res.outcome == "oom" else "failed"

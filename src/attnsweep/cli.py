@@ -149,6 +149,27 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
     return slot
 
 
+def _hooks(slot, stack: contextlib.ExitStack):
+    """A timed cell's GPU after its first step, and the host's warm-ups stopped for its measured window (gpuslots);
+    the GPU first in any case: a window entered outside the GPU's exclusive phase could wait on its own warm-ups."""
+    from .training import StepHooks
+
+    if slot is None:
+        return StepHooks()
+    entered: list[bool] = []
+
+    def take_gpu() -> None:
+        if not entered:
+            stack.enter_context(slot.exclusive())
+            entered.append(True)
+
+    def take_host() -> None:
+        take_gpu()
+        stack.enter_context(slot.quiet())
+
+    return StepHooks(after_first_step=take_gpu, before_window=take_host)
+
+
 def _write(out: str, record: dict, what: str) -> int:
     from .cellio import write_cell
 
@@ -179,8 +200,7 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
                 record = run_cell(spec)
             else:
-                after_first = (lambda: stack.enter_context(slot.exclusive())) if slot is not None else None
-                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, after_first)
+                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack))
         except CellInputError as e:
             parser.error(str(e))
     rc = _write(args.out, record, "cell")

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 
 from attnsweep import training
-from attnsweep.training import TrainResult, TrainSpec
+from attnsweep.training import StepHooks, TrainResult, TrainSpec
 
 COMPOSER_VERSION = "0.32.1"  # the release envs/install-composer.sh installs
 SPEED_MONITOR_KEY = "throughput/tokens_per_sec"  # what SpeedMonitor logs once its window is full
@@ -126,9 +126,9 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
     class StepRecorder(Callback):
         """Per-batch synchronized wall time (batch end to batch end; the first from the start of fit) and loss."""
 
-        def __init__(self, device: torch.device, after_first_step=None):
+        def __init__(self, device: torch.device, hooks: StepHooks, window_start: int):
             self.device = device
-            self.after_first_step = after_first_step
+            self.hooks, self.window_start = hooks, window_start
             self.step_times_s: list[float] = []
             self.losses: list[float] = []
             self._last: float | None = None
@@ -145,9 +145,12 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
             self._sync()
             now = time.perf_counter()
             self.step_times_s.append(now - self._last)
-            if len(self.step_times_s) == 1 and self.after_first_step is not None:
-                self.after_first_step()
-                now = time.perf_counter()  # the wait for the GPU belongs to no step
+            done = len(self.step_times_s)
+            for hook in (self.hooks.after_first_step if done == 1 else None,
+                         self.hooks.before_window if done == self.window_start else None):
+                if hook is not None:
+                    hook()
+                    now = time.perf_counter()  # the wait for the GPU or the host belongs to no step
             self._last = now
             # One microbatch per batch, so state.loss is this batch's loss: what loss() returned, unscaled. (Composer
             # already .item()'d it for its own logging, so reading it adds no stall of ours.)
@@ -236,7 +239,7 @@ def train_composer(
     composer_model = WrappedGPT(model)
     optimizer = training.make_optimizer(model, spec.optimizer)
     speed_monitor = SpeedMonitor(window_size=spec.window, time_unit="seconds")
-    recorder = StepRecorder(spec.device, spec.after_first_step)
+    recorder = StepRecorder(spec.device, spec.hooks, spec.steps - spec.window)
     memory_logger = MemoryLogger()
     compiled = spec.mode == "compiled"
 

@@ -18,6 +18,12 @@ Two kinds of job use a GPU:
   Stopping the compilers too keeps the CPU to the timed job: on an H200, cells whose steps are host-bound measured
   2-11% less beside running compilations.
 
+A timed job's measured window (:meth:`TimedSlot.quiet`) goes further and stops the warm-up workers of every GPU of the
+sweep: steps that wait on the host slow down when other cores compile (measured on an H200 host of two GPUs: the
+optimizer step's host time of one cell 2.2 ms alone, 3.8-4.0 ms beside other GPUs' warm-ups and a test suite, every
+GPU kernel unchanged). The window is a second or two; the other GPUs' timed jobs go on (two timed cells on two GPUs
+of one host do not disturb each other measurably).
+
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 
 ``timed``
@@ -29,6 +35,17 @@ Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on fir
     one file per registered worker, locked by it while it lives (a file nobody locks is a dead worker's, removed by
     the next exclusive phase).
 
+Files of the host (``host.<name>``):
+
+``mutex``
+    taken for the instant of stopping workers, letting them go on, or registering one: these never interleave.
+``stoppers/<pid>.<scope>``
+    one file per section that keeps workers stopped (an exclusive phase, scope ``gpu-<id>``, or a measured window,
+    scope ``host``), locked by its process while the section lasts; it lists the pids the section stopped, each
+    written before its SIGSTOP. A section that ends lets go on only the pids no other live section holds, so
+    overlapping sections of several GPUs never resume each other's workers. A file nobody locks is a dead job's:
+    whoever meets it next (under ``mutex``) lets its pids go on, as its guard process does.
+
 Why this is correct:
 
 1. Exclusivity: a timed job holds ``turnstile`` for its whole exclusive phase, and lists and stops the workers only
@@ -36,12 +53,14 @@ Why this is correct:
    during the phase was registered before it and is stopped; none registers during it. Two timed jobs never share a
    GPU: both hold ``timed`` exclusive. Kernels a worker queued before it was stopped finish within milliseconds; the
    timed job's measured window starts many steps after the exclusive phase does.
-2. No deadlock: a worker blocks only on ``turnstile``, which a timed job releases at the end of its phase; a timed
-   job never waits for a worker.
+2. No deadlock: a worker waits on ``turnstile``, which a timed job releases at the end of its phase, then for the
+   measured windows to end; a timed job never waits for a worker, and enters its window only inside its exclusive
+   phase (so a worker of its own GPU never holds ``turnstile`` waiting for that window).
 3. Crashes: a flock lock belongs to the open file; the kernel drops it when the process exits in any way
-   (exception, ``SIGKILL``, OOM killer). A timed job that dies inside its exclusive phase cannot send SIGCONT: a
-   guard process it starts before stopping anything continues every live worker of the GPU and their descendants
-   when it finds the job gone.
+   (exception, ``SIGKILL``, OOM killer). A timed job that dies inside a section cannot send SIGCONT: a guard process
+   it starts before stopping anything lets go on, when it finds the job gone, every pid only dead sections hold.
+4. Overlap: stopping, resuming and registering happen under ``mutex``; a section resumes only pids no live section
+   holds, and a worker registers only when no measured window is live, so no window ever has a worker running.
 
 Caveats: the lock directory must be on a local filesystem (flock over NFS is emulated and not to be relied on). The
 timed lock is held by the process that claimed it: work it protects must run in that process or in a child it waits
@@ -59,7 +78,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -140,16 +159,106 @@ class _Slot:
 # them up itself, so a job killed between two SIGSTOPs leaves none stopped.
 _GUARD = """
 import os, sys, time
-from attnsweep.gpuslots import continue_workers
-parent, lock_dir, device_id = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+from attnsweep.gpuslots import reap_stoppers
+parent, lock_dir = int(sys.argv[1]), sys.argv[2]
 while True:
     try:
         os.kill(parent, 0)
     except ProcessLookupError:
         break
     time.sleep(0.2)
-continue_workers(lock_dir, device_id)
+reap_stoppers(lock_dir)
 """
+
+
+def _host_path(lock_dir: Path, name: str) -> Path:
+    return lock_dir / f"host.{name}"
+
+
+@contextmanager
+def _host_mutex(lock_dir: Path) -> Iterator[None]:
+    fd = os.open(_host_path(lock_dir, "mutex"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _stoppers(lock_dir: Path) -> tuple[dict[str, list[int]], list[int]]:
+    """The live sections' stopped pids by file name, and the pids of dead sections (whose files are removed).
+    Call under the host mutex."""
+    folder = _host_path(lock_dir, "stoppers")
+    live: dict[str, list[int]] = {}
+    orphans: list[int] = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            pids = [int(line) for line in os.read(fd, 1 << 20).decode().split()]
+            if _try_lock(fd, fcntl.LOCK_EX):  # nobody holds it: its job is gone
+                path.unlink(missing_ok=True)
+                orphans += pids
+            else:
+                live[path.name] = pids
+        finally:
+            os.close(fd)
+    return live, orphans
+
+
+def _resume_unheld(lock_dir: Path, pids: Sequence[int]) -> None:
+    """SIGCONT `pids` and every dead section's pids, except those a live section holds. Call under the host mutex."""
+    live, orphans = _stoppers(lock_dir)
+    held = {pid for stopped in live.values() for pid in stopped}
+    _continue([pid for pid in dict.fromkeys([*pids, *orphans]) if pid not in held])
+
+
+def reap_stoppers(lock_dir: str | os.PathLike[str]) -> None:
+    """Let go on every worker that only dead sections held (a timed job's guard calls this when the job is gone)."""
+    with _host_mutex(Path(lock_dir)):
+        _resume_unheld(Path(lock_dir), [])
+
+
+def _host_quiet(lock_dir: Path) -> bool:
+    live, _ = _stoppers(lock_dir)
+    return any(name.endswith(".host") for name in live)
+
+
+def _worker_devices(lock_dir: Path) -> list[str]:
+    return [p.name[len("gpu-"):-len(".workers")] for p in sorted(lock_dir.glob("gpu-*.workers")) if p.is_dir()]
+
+
+@contextmanager
+def _stopping(lock_dir: Path, scope: str, devices: Sequence[str]) -> Iterator[list[int]]:
+    """A section that stops the live workers of `devices` (and their descendants) and lets them go on at its end,
+    unless another live section holds them. Yields the stopped pids."""
+    guard = None
+    fd = None
+    stopped: list[int] = []
+    folder = _host_path(lock_dir, "stoppers")
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{os.getpid()}.{scope}"
+    try:  # whatever fails from here on, the stopped workers go on
+        with _host_mutex(lock_dir):
+            if any(_live_workers(lock_dir, d) for d in devices):
+                guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(lock_dir)],
+                                         start_new_session=True)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for device in devices:
+                _stop_workers(lock_dir, device, stopped, lambda pid: os.write(fd, f"{pid}\n".encode()))
+        yield stopped
+    finally:
+        with _host_mutex(lock_dir):
+            if fd is not None:
+                path.unlink(missing_ok=True)
+                os.close(fd)
+            _resume_unheld(lock_dir, stopped)
+        if guard is not None:
+            guard.kill()
+            guard.wait()
 
 
 class TimedSlot(_Slot):
@@ -157,6 +266,7 @@ class TimedSlot(_Slot):
 
     exclusive_wait_s: float | None = None  # seconds the last exclusive() waited for the turnstile
     paused: list[int] = []  # pids of the warm-up workers the last exclusive() stopped
+    quieted: list[int] = []  # pids the last quiet() stopped
 
     @contextmanager
     def exclusive(self) -> Iterator[float]:
@@ -175,25 +285,26 @@ class TimedSlot(_Slot):
             raise
         self._fds.append(turnstile)
         self.exclusive_wait_s = time.monotonic() - started
-        stopped: list[int] = []
-        guard = None
-        try:  # whatever fails from here on, the stopped workers go on
-            if _live_workers(self.lock_dir, self.device_id):
-                guard = subprocess.Popen(
-                    [sys.executable, "-c", _GUARD, str(os.getpid()), str(self.lock_dir), self.device_id],
-                    start_new_session=True,
-                )
-            _stop_workers(self.lock_dir, self.device_id, stopped)
-            self.paused = stopped
-            yield self.exclusive_wait_s
+        try:
+            scope = _lock_path(self.lock_dir, self.device_id, "x").name[:-2]
+            with _stopping(self.lock_dir, scope, [self.device_id]) as stopped:
+                self.paused = stopped
+                yield self.exclusive_wait_s
         finally:
-            _continue(stopped)
-            if guard is not None:
-                guard.kill()
-                guard.wait()
             if turnstile in self._fds:  # a release() inside the block has closed it already
                 self._fds.remove(turnstile)
                 os.close(turnstile)
+
+
+    @contextmanager
+    def quiet(self) -> Iterator[list[int]]:
+        """The measured window: the warm-up workers of every GPU of the sweep are stopped, and none registers, until
+        the block ends. Yields the pids it stopped (this GPU's, which its exclusive phase holds already, among them)."""
+        if not self.held:
+            raise RuntimeError("quiet() on a released slot")
+        with _stopping(self.lock_dir, "host", _worker_devices(self.lock_dir)) as stopped:
+            self.quieted = stopped
+            yield stopped
 
 
 def _workers_dir(lock_dir: Path, device_id: str) -> Path:
@@ -219,27 +330,23 @@ def _live_workers(lock_dir: Path, device_id: str) -> list[int]:
     return live
 
 
-def continue_workers(lock_dir: str | os.PathLike[str], device_id: str) -> None:
-    """SIGCONT every live registered worker of the GPU and its descendants (harmless to a running process)."""
-    for worker in _live_workers(Path(lock_dir), device_id):
-        _continue([worker, *_descendants(worker)])
-
-
-def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int]) -> None:
+def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int],
+                  record: Callable[[int], object] = lambda pid: None) -> None:
     """SIGSTOP every live registered worker of the GPU and its descendants. Appends each stopped pid to `stopped` as
-    it goes."""
+    it goes, after `record(pid)`, which notes it where a guard can find it."""
     for worker in _live_workers(lock_dir, device_id):
         # The worker and its compiler processes: their CPU work would slow a timed cell whose steps are host-bound.
         # The worker first, then its descendants until no new one shows up: a process found running may have
         # started another since the listing (a compiler pool starts its processes when compiling starts).
-        if not _stop(worker, stopped):
+        if not _stop(worker, stopped, record):
             continue
         while new := [pid for pid in _descendants(worker) if pid not in stopped]:
             for pid in new:
-                _stop(pid, stopped)
+                _stop(pid, stopped, record)
 
 
-def _stop(pid: int, stopped: list[int]) -> bool:
+def _stop(pid: int, stopped: list[int], record: Callable[[int], object]) -> bool:
+    record(pid)
     try:
         os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
@@ -285,8 +392,13 @@ def gpu_worker(lock_dir: str | os.PathLike[str], device_id: str) -> Iterator[flo
     try:
         fcntl.flock(turnstile, fcntl.LOCK_EX)  # not while a timed job is in its measured steps
         path = folder / str(os.getpid())
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held while alive: a file nobody holds is a dead worker's
+        while True:  # nor while any GPU's timed job is in its measured window
+            with _host_mutex(lock_dir):
+                if not _host_quiet(lock_dir):
+                    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # held while alive: a file nobody holds is a dead worker's
+                    break
+            time.sleep(POLL_S)
     finally:
         os.close(turnstile)
     try:

@@ -42,6 +42,10 @@ def train_native(
     for i in range(spec.steps):
         x, y = batches[i % len(batches)]
         if i == spec.steps - spec.window:
+            if spec.hooks.before_window is not None:
+                t_hook = time.perf_counter()
+                spec.hooks.before_window()
+                hook_s += time.perf_counter() - t_hook
             if cuda:
                 torch.cuda.synchronize(spec.device)
             window_wall0 = time.perf_counter()
@@ -57,10 +61,10 @@ def train_native(
             if cuda:
                 torch.cuda.synchronize(spec.device)
             first_step_s = time.perf_counter() - wall0
-            if spec.after_first_step is not None:
+            if spec.hooks.after_first_step is not None:
                 t_hook = time.perf_counter()
-                spec.after_first_step()
-                hook_s = time.perf_counter() - t_hook
+                spec.hooks.after_first_step()
+                hook_s += time.perf_counter() - t_hook
     if cuda:
         torch.cuda.synchronize(spec.device)
         step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
@@ -91,7 +95,7 @@ def train_native(
         break_reasons=reasons,
         # The wall-clock time of the window, synchronized at both ends: a check on the summed event times.
         # Where the run's host time went besides the steps: before the first step (optimizer, compile wrapper),
-        # the after_first_step hook (a timed cell taking its GPU), the steps' wall time, and after the last step.
+        # the hooks (a timed cell taking its GPU, then the host), the steps' wall time, and after the last step.
         extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": step.scaler.is_enabled(),
                "before_steps_s": wall0 - t_start, "hook_s": hook_s, "steps_wall_s": loop_end - wall0,
                "after_steps_s": time.perf_counter() - loop_end},

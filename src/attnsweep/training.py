@@ -34,6 +34,16 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 
 @dataclass(frozen=True)
+class StepHooks:
+    """Where a timed cell takes its GPU, then the host, for itself (gpuslots), so that no other process's work
+    overlaps its measured steps: after the first step (compilation, or loading the compiled code) and before the
+    measured window's first step."""
+
+    after_first_step: Callable[[], None] | None = None
+    before_window: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """How to train: everything but the model and the data."""
 
@@ -44,9 +54,7 @@ class TrainSpec:
     mode: str  # eager | compiled
     fullgraph: bool  # only meaningful when mode == "compiled"
     device: torch.device
-    # Called once the first step (compilation) is done and before the second: where a timed cell takes its GPU
-    # for itself, so that work of other processes (compiling other cells) never overlaps its measured steps.
-    after_first_step: Callable[[], None] | None = None
+    hooks: StepHooks = field(default_factory=lambda: StepHooks())
 
 
 @dataclass
