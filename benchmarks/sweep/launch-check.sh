@@ -1,3 +1,9 @@
+#!/usr/bin/env bash
+# Does the way a timed cell's process starts change what it measures? On an idle GPU host: one warm-up of a
+# host-sensitive cell (GPT-2 small, naive, 1024, the study's batch), then its timed run from that cache twice in a
+# process of its own and twice preloaded (attnsweep.preload), alternately, then the cell cold. One line per run into
+# $OUT/diag.txt (tokens/s, median step, the optimizer step's host time, how the process began); records into $OUT.
+#   bash benchmarks/sweep/launch-check.sh
 source tools/gpu-host/setup.sh >/dev/null 2>&1
 cd /tmp && A="--model small --attn naive --mode compiled --seq-len 1024 --batch-policy study --memory-cap-gib 12 --device cuda"
 s() { python -c "
