@@ -54,7 +54,8 @@ def check(cell: dict, cap_gib: float, start: int) -> dict:
         fits = a["outcome"] != "oom"
         return batching.Probe(fits, a["peak_memory_bytes"] if fits else None)
 
-    predicted, predicted_tried = batching.predictive_search_largest(candidates, probe, int(cap_gib * 2**30))
+    predicted, predicted_tried = batching.predictive_search_largest(candidates, probe, int(cap_gib * 2**30),
+                                                                   static_bytes=spec.static_floor_bytes)
     ladder, ladder_tried = batching.binary_search_largest(candidates, lambda b: probe(b).fits)
     return {"cell": cell, "candidates": list(candidates), "predictive": {"answer": predicted, "tried": predicted_tried},
             "ladder": {"answer": ladder, "tried": ladder_tried}, "same_answer": predicted == ladder,

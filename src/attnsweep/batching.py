@@ -14,7 +14,9 @@ the smallest candidate fits:
   where unknown (CPU). Peak memory grows almost linearly with the batch, so after two attempts that fit it draws a
   line through their peaks, tries the candidate the line puts last under the budget, then that candidate's upper
   neighbour. On the ladder from 64 that is about 3.3 attempts a cell against the binary search's 4 (simulated memory,
-  tests/test_batching.py). Without a budget, or with at most five candidates, it is the binary search, attempt for
+  tests/test_batching.py). Given a lower bound of the batch-independent memory (`static_bytes`, from the parameter
+  count and the optimizer: `static_floor_bytes`), one attempt that fits already draws the line: 2.9-3.4 (by memory
+  model, simulated). Without a budget, or with at most five candidates, it is the binary search, attempt for
   attempt. An attempt that neither fits nor runs out of memory is the caller's to raise from `probe`; the search
   calls `probe` once per batch size it returns in the tried list, in that order.
 
@@ -137,6 +139,20 @@ class Probe:
     peak_bytes: int | None = None
 
 
+# Bytes per parameter that stay allocated whatever the batch, at least: fp32 weights and gradients (4 + 4) and the
+# optimizer's two moments (AdamW 4 + 4; bitsandbytes' 8-bit AdamW 1 + 1), all alive at the optimizer step.
+STATIC_BYTES_PER_PARAM = {"adamw": 16, "adamw8bit": 10}
+
+
+def static_floor_bytes(*, n_layer: int, n_embd: int, n_head: int, n_kv_head: int, vocab_size: int,
+                       optimizer: str) -> int:
+    """A lower bound of a GPT's batch-independent memory in training, in bytes: its weight matrices (per block: query
+    and output d^2 each, key and value d^2 * n_kv_head / n_head each, MLP 8 d^2) and the tied embedding V*d (biases,
+    LayerNorms and positions left out), times STATIC_BYTES_PER_PARAM of the optimizer (0 for one not listed)."""
+    per_block = (10 * n_embd**2) + 2 * n_embd * (n_embd * n_kv_head // n_head)
+    return (n_layer * per_block + vocab_size * n_embd) * STATIC_BYTES_PER_PARAM.get(optimizer, 0)
+
+
 # The fraction of the budget kept free when predicting. The worker's peak is `max_memory_allocated`; out-of-memory is
 # decided on the allocator's reserved memory, a few percent more (block rounding, fragmentation). A margin inside that
 # range makes a wrong prediction about as likely on either side, and a wrong prediction costs one attempt, never the
@@ -152,12 +168,14 @@ BISECT_UP_TO = 5
 
 def predictive_search_largest(
     candidates: tuple[int, ...], probe: Callable[[int], Probe], budget_bytes: int | None,
-    *, margin: float = PREDICTION_MARGIN,
+    *, margin: float = PREDICTION_MARGIN, static_bytes: int = 0,
 ) -> tuple[int | None, list[int]]:
     """Largest candidate whose probe fits, assuming fitting is monotone; returns (answer, tried order).
 
     The same answer as `binary_search_largest` with `fits = lambda b: probe(b).fits`, in fewer attempts on average:
     the peak memory of the attempts that fit predicts where the boundary lies (see the module docstring).
+    `static_bytes`: a lower bound of the memory that does not grow with the batch (`static_floor_bytes`); with it the
+    first attempt that fits already gives a line, where without it a second one is needed.
     """
     if budget_bytes is None or len(candidates) <= BISECT_UP_TO:
         return binary_search_largest(candidates, lambda b: probe(b).fits)
@@ -178,7 +196,7 @@ def predictive_search_largest(
         elif not peaks or overestimates >= MAX_OVERESTIMATES:
             j = (lo + hi) // 2
         else:
-            largest = _predicted_largest(peaks, budget_bytes * (1 - margin))
+            largest = _predicted_largest(peaks, budget_bytes * (1 - margin), static_bytes)
             j = max((i for i in range(lo + 1, hi) if asc[i] <= largest), default=lo)
             predicted_fit = j > lo
             if not predicted_fit:
@@ -195,16 +213,18 @@ def predictive_search_largest(
     return (asc[lo] if lo >= 0 else None), tried
 
 
-def _predicted_largest(peaks: dict[int, int], usable_bytes: float) -> float:
+def _predicted_largest(peaks: dict[int, int], usable_bytes: float, static_bytes: int = 0) -> float:
     """The batch at which the peak reaches `usable_bytes`, on a line through the measured peaks.
 
-    With one point the line goes through zero: static memory (weights, optimizer state) is never negative, so this
-    under-predicts, and the batch it names fits under a linear model: a safe second point for the line.
-    With more, the line through the two largest batches: the nearest to the boundary, where curvature matters least.
+    With one point the line goes through `static_bytes` at batch 0 (through zero without it): a lower bound of the
+    static memory (weights, gradients, optimizer state), so the line is at least as steep as the true one and the
+    batch it names fits under a linear model. With more, the line through the two largest batches: the nearest to the
+    boundary, where curvature matters least.
     """
     (b1, p1), *rest = sorted(peaks.items(), reverse=True)
     if not rest:
-        return math.inf if p1 <= 0 else b1 * usable_bytes / p1
+        floor = static_bytes if 0 <= static_bytes < p1 else 0
+        return math.inf if p1 <= 0 else b1 + (usable_bytes - p1) * b1 / (p1 - floor)
     b2, p2 = rest[0]
     slope = (p1 - p2) / (b1 - b2)
     return math.inf if slope <= 0 else b1 + (usable_bytes - p1) / slope

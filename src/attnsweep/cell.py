@@ -105,7 +105,7 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
         fits = res.outcome != "oom"
         return batching.Probe(fits, res.measurement.peak_memory_bytes if fits and res.measurement else None)
 
-    answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget)
+    answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes)
     return answer, results
 
 

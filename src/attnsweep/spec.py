@@ -66,6 +66,13 @@ class CellSpec:
         return model_config(self.model, block_size=self.seq_len, kv_heads=self.kv_heads)
 
     @cached_property
+    def static_floor_bytes(self) -> int:
+        """A lower bound of the memory its training holds whatever the batch (the batch search's prior)."""
+        cfg = self.model_config
+        return batching.static_floor_bytes(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                                           n_kv_head=cfg.kv_heads, vocab_size=cfg.vocab_size, optimizer=self.optimizer)
+
+    @cached_property
     def batch_plan(self) -> batching.BatchPlan:
         return batching.plan(self.batch_policy, model=self.model, attn=self.attn, mode=self.mode,
                              seq_len=self.seq_len, size=self.batch_size, start=self.batch_start)
