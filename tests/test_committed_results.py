@@ -45,8 +45,8 @@ CELL_FILES = [
 RUNS = sorted(p.parent.name for p in COMMITTED if p.name == "summary.csv" and p.parent.parent == RESULTS)
 
 
-def committed_cells(run: str) -> list[Path]:
-    return [p for p in CELL_FILES if p.name == "cell.json" and p.is_relative_to(RESULTS / run / "cells")]
+def committed_cells(run: str, name: str = "cell.json") -> list[Path]:
+    return [p for p in CELL_FILES if p.match(name) and p.is_relative_to(RESULTS / run / "cells")]
 
 
 def test_there_are_committed_results_to_check():
@@ -93,7 +93,8 @@ def test_summary_is_rebuilt_from_the_committed_cells(run, monkeypatch):
     missing = committed.loc[committed["status"] == "missing", "cell_path"].tolist()
     present = committed_cells(run)
     monkeypatch.chdir(REPO)  # cell_path in a summary is relative to the repository root, where the pipeline runs
-    rebuilt = summarize([p.relative_to(REPO) for p in present], run=run, missing=missing)
+    repeats = [p.relative_to(REPO) for p in committed_cells(run, "repeat-*.json")]
+    rebuilt = summarize([p.relative_to(REPO) for p in present], run=run, missing=missing, repeats=repeats)
     assert len(rebuilt) == len(committed), (
         f"{run}: {len(committed)} rows committed, {len(present)} cells and {len(missing)} missing rows committed"
     )

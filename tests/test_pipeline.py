@@ -297,6 +297,23 @@ def test_adding_a_seq_len_adds_only_its_cells(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
+    edit_config(repo, repeats=2)
+    assert planned(repo) == {"warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
+    snakemake(repo, "--cores", "2")
+    repeats = sorted((repo / "results/tiny/cells").rglob("repeat-2.json"))
+    assert len(repeats) == TINY_CELLS and all(load_cell(p)["status"] == "ok" for p in repeats)
+    summary = pd.read_csv(repo / "results/tiny/summary.csv")
+    assert (summary["repeats"] == 2).all() and len(summary) == TINY_CELLS
+    for _, r in summary.iterrows():
+        first = load_cell(repo / r["cell_path"])["tokens_per_sec"]
+        second = load_cell((repo / r["cell_path"]).with_name("repeat-2.json"))["tokens_per_sec"]
+        assert r["tokens_per_sec"] == pytest.approx((first + second) / 2)  # the median of two
+    assert "median of a cell's repeats" in (repo / "results/tiny/tables/eager.md").read_text()
+    assert planned(repo) == {}
+
+
+@pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
     assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}

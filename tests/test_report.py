@@ -305,3 +305,63 @@ def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:
 
     html = publish_parts(text, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["body"]
     assert "<table" in html and "sdpa_math (1,250)" in html
+
+
+def add_repeat(cell: Path, number: int, tokens_per_sec: float | None) -> Path:
+    """Repeat `number` of the cell whose first record is `cell` (None: it ran out of memory)."""
+    rec = json.loads(cell.read_text())
+    if tokens_per_sec is None:
+        rec.update(status="oom", reason="out of memory", tokens_per_sec=None)
+    else:
+        rec["tokens_per_sec"] = tokens_per_sec
+    path = cell.with_name(f"repeat-{number}.json")
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
+    fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
+    sdpa = make_cell(tmp_path, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=125.0)
+    flash = make_cell(tmp_path, attn="sdpa_flash", mode="compiled", seq_len=1024, tokens_per_sec=200.0)
+    repeats = [add_repeat(fa2, 2, 120.0), add_repeat(fa2, 3, 110.0), add_repeat(fa2, 4, None),
+               add_repeat(sdpa, 2, 115.0), add_repeat(flash, 2, 210.0)]
+    df = summarize([fa2, sdpa, flash], repeats=repeats)
+    r = row(df, "fa2")
+    assert r["tokens_per_sec"] == 110.0 and r["repeats"] == 3  # the median of the three that ran
+    assert (r["tokens_per_sec_min"], r["tokens_per_sec_max"]) == (100.0, 120.0)
+    assert json.loads(r["tokens_per_sec_repeats"]) == [100.0, 120.0, 110.0, None]
+    assert row(df, "sdpa")["tokens_per_sec"] == 120.0
+    assert r["diff_vs_sdpa_pct"] == pytest.approx(100 * (110 / 120 - 1))
+    assert r["tie_vs_sdpa"] == True  # noqa: E712 -- 100-120 and 115-125 overlap
+    assert r["tie_vs_sdpa_flash"] == False  # noqa: E712 -- 100-120 and 200-210 do not
+    out = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    summary = tmp_path / "summary.csv"
+    write_summary([fa2, sdpa, flash], summary, repeats=repeats)
+    write_tables(summary, out)
+    text = out["compiled"].read_text()
+    assert "-8.3% tie" in text and "-46.3%" in text and "-46.3% tie" not in text
+    assert "110 ±9.1%" in text and "median of a cell's repeats" in text
+
+
+def test_without_repeats_nothing_is_called_a_tie(grid: list[Path], tmp_path: Path) -> None:
+    df = summarize(grid)
+    assert (df.loc[df["status"] == "ok", "repeats"] == 1).all()
+    assert df["tie_vs_sdpa"].isna().all()
+    out = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    write_summary(grid, tmp_path / "summary.csv")
+    write_tables(tmp_path / "summary.csv", out)
+    assert " tie" not in out["compiled"].read_text() and "repeats" not in out["compiled"].read_text()
+
+
+def test_a_repeat_without_its_cell_or_of_another_run_is_refused(tmp_path: Path) -> None:
+    fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=100.0, run="r")
+    stray = add_repeat(fa2, 2, 90.0)
+    stray.rename(tmp_path / "repeat-2.json")
+    with pytest.raises(ValueError, match="no first record"):
+        summarize([fa2], run="r", repeats=[tmp_path / "repeat-2.json"])
+    other = add_repeat(fa2, 2, 90.0)
+    rec = json.loads(other.read_text())
+    rec["cell"]["run"] = "another"
+    other.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="another run"):
+        summarize([fa2], run="r", repeats=[other])

@@ -154,3 +154,13 @@ def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) 
     Path(cells[1]).write_text("{}")
     assert sweep.split_present(cells, allow_missing=False) == (cells, [])
     assert sweep.split_present(cells, allow_missing=True) == ([cells[1]], [cells[0], cells[2]])
+
+
+def test_repeats_beyond_the_first_sit_beside_its_record() -> None:
+    cells = ["results/r/cells/model~small/seq_len~1024/cell.json", "results/r/cells/model~medium/seq_len~1024/cell.json"]
+    assert sweep.repeat_paths(cells, 1) == []
+    assert sweep.repeat_paths(cells, 3) == [
+        "results/r/cells/model~small/seq_len~1024/repeat-2.json", "results/r/cells/model~small/seq_len~1024/repeat-3.json",
+        "results/r/cells/model~medium/seq_len~1024/repeat-2.json", "results/r/cells/model~medium/seq_len~1024/repeat-3.json",
+    ]
+    assert config()["repeats"] == 1  # the schema's default

@@ -300,6 +300,11 @@ def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan
                    settings=settings, grid=grid, cell_settings=cell_settings(settings, device), key_name=name)
 
 
+def repeat_paths(cells: Sequence[str], repeats: int) -> list[str]:
+    """The records of repeats 2..`repeats` of each cell (`.../cell.json` is repeat 1): `.../repeat-2.json`, ..."""
+    return [str(Path(c).with_name(f"repeat-{r}.json")) for c in cells for r in range(2, repeats + 1)]
+
+
 def split_present(cells: Sequence[str], allow_missing: bool) -> tuple[list[str], list[str]]:
     """(cells to aggregate, cells listed as not measured yet): with allow_missing, only the cell files present."""
     if not allow_missing:

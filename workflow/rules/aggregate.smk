@@ -7,6 +7,7 @@ rule summary:
     input:
         stamp=ancient(REPORT_STAMP),
         cells=PRESENT_CELLS,
+        repeats=PRESENT_REPEATS,
     output:
         report(
             SUMMARY,

@@ -1,6 +1,6 @@
 # One cell per grid point, in two stages (config `warmup`): a warm-up job finds the batch size and fills the cell's
-# own compile cache, several at a time; then the timed job measures with that cache. Plus the code stamps that decide
-# when cells are stale.
+# own compile cache, several at a time; then the timed job measures with that cache. Each repeat of a cell (config
+# `repeats`) has its own warm-up and timed job. Plus the code stamps that decide when cells are stale.
 
 
 rule code_stamp:
@@ -30,16 +30,21 @@ if not AGGREGATE_ONLY and WARMUP:
             stamp=ancient(CELL_STAMP),
         output:
             # temp: the cache is the cell's alone and is removed once its timed job has used it.
-            json=temp(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/warmup.json"),
+            json=temp(
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/warmup.json"
+            ),
             cache=temp(
-                directory(f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache")
+                directory(
+                    f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/cache"
+                )
             ),
         log:
-            f"{RESULTS}/logs/warmup/{PARAMSPACE.wildcard_pattern}/warmup.log",
+            f"{RESULTS}/logs/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/warmup.log",
         benchmark:
-            f"{RESULTS}/benchmarks/warmup/{PARAMSPACE.wildcard_pattern}/warmup.tsv"
+            f"{RESULTS}/benchmarks/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/warmup.tsv"
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
+            repeat=r"[1-9][0-9]*",
         conda:
             "../../envs/attnsweep.yaml"
         threads: WARMUP_THREADS
@@ -57,12 +62,12 @@ if not AGGREGATE_ONLY:
             # ancient: a fresh clone's new mtimes do not make cells stale; a new stamp name does (see common.smk).
             stamp=ancient(CELL_STAMP),
             warmup=(
-                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/warmup.json"
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r1/warmup.json"
                 if WARMUP
                 else []
             ),
             cache=(
-                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/cache"
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r1/cache"
                 if WARMUP
                 else []
             ),
@@ -95,3 +100,27 @@ if not AGGREGATE_ONLY:
         # log.
         shell:
             "python -m attnsweep cell {params.options} {params.stage} --out {output.json:q} > {log:q} 2>&1"
+
+    # Repeats 2, 3, ... of a cell: the same job, with a warm-up of their own.
+    use rule cell as cell_repeat with:
+        input:
+            stamp=ancient(CELL_STAMP),
+            warmup=(
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/warmup.json"
+                if WARMUP
+                else []
+            ),
+            cache=(
+                f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/cache"
+                if WARMUP
+                else []
+            ),
+        output:
+            json=f"{RESULTS}/cells/{PARAMSPACE.wildcard_pattern}/repeat-{{repeat}}.json",
+        log:
+            f"{RESULTS}/logs/cells/{PARAMSPACE.wildcard_pattern}/repeat-{{repeat}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/cells/{PARAMSPACE.wildcard_pattern}/repeat-{{repeat}}.tsv"
+        wildcard_constraints:
+            **AXIS_CONSTRAINTS,
+            repeat=r"[2-9]|[1-9][0-9]+",

@@ -69,8 +69,10 @@ shell.prefix(
     f'set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; '
 )
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
+REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
 # A sweep run in parts (allow_missing): the cells present are aggregated, the others listed as not measured yet.
 PRESENT_CELLS, MISSING_CELLS = sweep.split_present(CELLS, config["allow_missing"])
+PRESENT_REPEATS = sweep.split_present(REPEATS, config["allow_missing"])[0]
 # Resuming a run: its kept cells must be of this machine's environment (only then is torch started here).
 if (
     not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"])
@@ -91,7 +93,7 @@ FIGURES = {
 # The stamps and cells are targets themselves: a missing target runs, and everything downstream of it, also in a
 # fresh clone without .snakemake metadata, and behind a summary left by a partial aggregation.
 ALL_TARGETS = [
-    *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS]),
+    *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS, *REPEATS]),
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),

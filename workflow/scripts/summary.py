@@ -8,5 +8,5 @@ sm = snakemake  # noqa: F821 -- injected by Snakemake's script directive
 with logged(sm.log[0]):
     write_summary(
         sm.input.cells, sm.output[0], allow_mixed_env=sm.params.allow_mixed_env, run=sm.params.run,
-        missing=sm.params.missing,
+        missing=sm.params.missing, repeats=sm.input.repeats,
     )

@@ -1,6 +1,7 @@
 """Cell JSONs -> one flat table (summary.csv): every field of every cell, speedups and the study's headline.
 
-One row per cell. The axis columns (model, seq_len, attn, ...) come first, then the comparisons, the cell file's
+One row per cell (its repeats folded in: the median tokens/s and the range). The axis columns (model, seq_len, attn,
+...) come first, then the comparisons, the cell file's
 path, and every other field of the JSON flattened with pandas.json_normalize (lists and objects as JSON text).
 Comparisons are only made between cells of the same environment: throughput from two GPUs or two torch versions
 is not comparable, so mixed environments are refused unless explicitly allowed.
@@ -108,6 +109,43 @@ def load_cells(paths: Iterable[str | os.PathLike], run: str | None = None) -> pd
     return df
 
 
+def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str | None = None) -> pd.DataFrame:
+    """Fold repeats 2, 3, ... (`repeat-N.json` beside each cell's `cell.json`, repeat 1) into the cells' rows.
+
+    Every row gets `tokens_per_sec_repeats` (each repeat's tokens/s in order, null where a repeat was not ok, as JSON),
+    `repeats` (how many were ok), their range (`tokens_per_sec_min`, `_max`) and, as `tokens_per_sec`, their median.
+    A cell whose first repeat is not ok keeps that status; later repeats are listed and change nothing else.
+    """
+    df = df.copy()
+    by_folder: dict[str, list[tuple[int, dict]]] = {}
+    for p in paths:
+        p = Path(p)
+        record = load_cell(p)
+        if run is not None and (record["cell"]["run"] or "") != run:
+            raise ValueError(f"cell records from another run than {run!r}:\n  {p}")
+        by_folder.setdefault(p.parent.as_posix(), []).append((int(p.stem.split("-")[1]), record))
+    folders = {Path(c).parent.as_posix() for c in df["cell_path"]}
+    if strays := sorted(set(by_folder) - folders):
+        raise ValueError("repeats of cells that have no first record (cell.json):\n" + "\n".join(f"  {s}" for s in strays))
+    all_values, counts, lows, highs, medians = [], [], [], [], []
+    for path, status, tps in zip(df["cell_path"], df["status"], df["tokens_per_sec"]):
+        later = sorted(by_folder.get(Path(path).parent.as_posix(), []), key=lambda t: t[0])
+        values = [tps if status == "ok" else None,
+                  *(r["tokens_per_sec"] if r["status"] == "ok" else None for _, r in later)]
+        ok = [v for v in values if v is not None] if status == "ok" else []
+        all_values.append(json.dumps(values))
+        counts.append(len(ok))
+        lows.append(min(ok) if ok else None)
+        highs.append(max(ok) if ok else None)
+        medians.append(float(pd.Series(ok).median()) if ok else None)
+    df["tokens_per_sec"] = medians
+    df["repeats"], df["tokens_per_sec_min"], df["tokens_per_sec_max"] = counts, lows, highs
+    df["tokens_per_sec_repeats"] = all_values
+    if by_folder:
+        log.info("folded %d repeats into %d cells", sum(map(len, by_folder.values())), len(by_folder))
+    return df
+
+
 def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
     """Refuse cells from different GPUs or software, naming what differs and the files, unless allowed."""
     groups = df.groupby("env_id", sort=False)["cell_path"].apply(list)
@@ -206,10 +244,19 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     other_mode = [k for k in SAME_SETUP if k != "mode"] + ["attn"]
     eager = _reference(df, other_mode, df["mode"] == "eager")
     df["compiled_over_eager"] = (tps / eager).where(df["mode"] == "compiled")
+    low, high = df["tokens_per_sec_min"].astype(float), df["tokens_per_sec_max"].astype(float)
+    spread = df["repeats"].fillna(0) >= 2
     for ref in REFERENCES:
-        ref_tps = _reference(df, SAME_SETUP, df["attn"] == ref)
+        is_ref = df["attn"] == ref
+        ref_tps = _reference(df, SAME_SETUP, is_ref)
         df[f"diff_vs_{ref}_tok_s"] = tps - ref_tps
         df[f"diff_vs_{ref}_pct"] = 100.0 * (tps / ref_tps - 1.0)
+        # A tie: both measured at least twice and their ranges overlap (unknown, blank, with fewer repeats).
+        ref_low, ref_high = (_reference(df, SAME_SETUP, is_ref, c).astype(float)
+                             for c in ("tokens_per_sec_min", "tokens_per_sec_max"))
+        ref_spread = _reference(df, SAME_SETUP, is_ref, "repeats").fillna(0) >= 2
+        tie = (low <= ref_high) & (ref_low <= high)
+        df[f"tie_vs_{ref}"] = tie.where(spread & ref_spread & ~is_ref & ref_tps.notna() & tps.notna())
     return df
 
 
@@ -255,10 +302,11 @@ def missing_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 def summarize(
     paths: Iterable[str | os.PathLike], *, allow_mixed_env: bool = False, run: str | None = None,
-    missing: Iterable[str | os.PathLike] = (),
+    missing: Iterable[str | os.PathLike] = (), repeats: Iterable[str | os.PathLike] = (),
 ) -> pd.DataFrame:
-    """One row per cell, with the comparisons; `missing` cell paths (not measured yet) become `missing` rows."""
-    df = load_cells(paths, run)
+    """One row per cell, with the comparisons; `missing` cell paths (not measured yet) become `missing` rows;
+    `repeats` (records of repeats 2, 3, ...) are folded into their cells' rows (add_repeats)."""
+    df = add_repeats(load_cells(paths, run), repeats, run)
     check_environments(df, allow_mixed_env)
     absent = missing_rows(missing)
     if len(absent):
@@ -267,16 +315,18 @@ def summarize(
         absent["env_id"] = df["env_id"].iloc[0] if df["env_id"].nunique() == 1 else "missing"
         df = pd.concat([df, absent], ignore_index=True)
     df = sort_rows(add_comparisons(df))
-    first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "speedup_vs_naive", "compiled_over_eager",
-             *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct")), "env_id", "cell_path"]
+    first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "repeats", "tokens_per_sec_min",
+             "tokens_per_sec_max", "speedup_vs_naive", "compiled_over_eager",
+             *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct")),
+             *(f"tie_vs_{r}" for r in REFERENCES), "env_id", "cell_path"]
     return df[first + [c for c in df.columns if c not in first]]
 
 
 def write_summary(
     paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, allow_mixed_env: bool = False,
-    run: str | None = None, missing: Iterable[str | os.PathLike] = (),
+    run: str | None = None, missing: Iterable[str | os.PathLike] = (), repeats: Iterable[str | os.PathLike] = (),
 ) -> None:
-    df = summarize(paths, allow_mixed_env=allow_mixed_env, run=run, missing=missing)
+    df = summarize(paths, allow_mixed_env=allow_mixed_env, run=run, missing=missing, repeats=repeats)
     df.to_csv(out, index=False)
     log.info("wrote %s: %d rows, %s", out, len(df), df["status"].value_counts().to_dict())
 

@@ -32,6 +32,18 @@ LEGEND = (
 )
 
 
+REPEATS_LEGEND = (
+    "With repeats: tok/s is the median of a cell's repeats, ±half their range in percent; a difference marked tie "
+    "lies inside both cells' ranges."
+)
+
+
+def _legend(df: pd.DataFrame) -> str:
+    """The legend, with the sentence on repeats where some cell was measured more than once."""
+    repeated = "repeats" in df and (df["repeats"].fillna(0) >= 2).any()
+    return f"{LEGEND} {REPEATS_LEGEND}" if repeated else LEGEND
+
+
 def _fmt(value, spec: str) -> str:
     return DASH if pd.isna(value) else format(value, spec)
 
@@ -41,7 +53,15 @@ def _tokens(row: pd.Series | None) -> str:
         return ""
     if row["status"] != "ok":
         return STATUS_MARK.get(row["status"], row["status"])
-    return _fmt(row["tokens_per_sec"], ",.0f")
+    text = _fmt(row["tokens_per_sec"], ",.0f")
+    if _repeated(row):  # the median of the repeats, and half their range in percent of it
+        half = 50.0 * (row["tokens_per_sec_max"] - row["tokens_per_sec_min"]) / row["tokens_per_sec"]
+        text += f" ±{half:.1f}%"
+    return text
+
+
+def _repeated(row: pd.Series) -> bool:
+    return bool(row.get("repeats", 1) >= 2)
 
 
 def _batch(row: pd.Series | None) -> str:
@@ -63,6 +83,13 @@ def _derived(spec: str, suffix: str = "") -> Callable[[pd.Series | None, str], s
 _speedup = _derived(".2f", "×")
 _diff_tok = _derived("+,.0f")
 _diff_pct = _derived("+.1f", "%")
+
+
+def _tie_marked(row: pd.Series | None, ref: str) -> str:
+    """The difference in percent, and "tie" where both cells' repeats overlap (the difference is inside the spread)."""
+    text = _diff_pct(row, f"diff_vs_{ref}_pct")
+    tie = None if row is None else row.get(f"tie_vs_{ref}")
+    return f"{text} tie" if tie is True or tie == 1.0 else text
 
 
 def _row_keys(df: pd.DataFrame) -> list[str]:
@@ -112,7 +139,7 @@ def study_table(df: pd.DataFrame) -> str:
     if HEADLINE in present:
         for ref in (r for r in REFERENCES if r in present):
             columns[f"{HEADLINE} − {ref} tok/s"] = (HEADLINE, lambda r, ref=ref: _diff_tok(r, f"diff_vs_{ref}_tok_s"))
-            columns[f"{HEADLINE} − {ref} %"] = (HEADLINE, lambda r, ref=ref: _diff_pct(r, f"diff_vs_{ref}_pct"))
+            columns[f"{HEADLINE} − {ref} %"] = (HEADLINE, lambda r, ref=ref: _tie_marked(r, ref))
     keys = _row_keys(df)
     table = _pivot(df, keys, columns)
     return _render(df, keys, table)
@@ -185,7 +212,7 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     title = f"# Training throughput, {mode} (tokens/s)\n\n"
     if cells.empty:
         return title + f"No {mode} cells in this run.\n"
-    return title + _by_environment(cells, study_table, "##") + f"\n\n{LEGEND}\n"
+    return title + _by_environment(cells, study_table, "##") + f"\n\n{_legend(cells)}\n"
 
 
 def all_markdown(df: pd.DataFrame) -> str:
@@ -199,7 +226,7 @@ def all_markdown(df: pd.DataFrame) -> str:
         )
     if {"compiled", "eager"} <= set(df["mode"]):
         parts.append("## compiled over eager (tokens/s ratio)\n\n" + _by_environment(df, compile_gain_table, "###"))
-    parts.append(LEGEND)
+    parts.append(_legend(df))
     return "\n\n".join(parts) + "\n"
 
 
