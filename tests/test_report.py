@@ -365,3 +365,19 @@ def test_a_repeat_without_its_cell_or_of_another_run_is_refused(tmp_path: Path) 
     other.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="another run"):
         summarize([fa2], run="r", repeats=[other])
+
+
+def test_with_repeats_the_headline_ties_are_overlapping_ranges(tmp_path: Path) -> None:
+    """The window spread would tie these (both within 0.95-1.02 of the fastest); their repeats' ranges decide."""
+    sdpa = cell_with_spread(tmp_path, "sdpa", 64, 1300.0, 0.95, 1.02)
+    math_ = cell_with_spread(tmp_path, "sdpa_math", 64, 1250.0, 0.95, 1.02)
+    naive = cell_with_spread(tmp_path, "naive", 64, 1000.0, 0.95, 1.02)
+    repeats = [add_repeat(sdpa, 2, 1320.0), add_repeat(math_, 2, 1260.0), add_repeat(naive, 2, 1290.0)]
+    out = tmp_path / "summary.csv"
+    write_summary([sdpa, math_, naive], out, repeats=repeats)
+    best = fastest(read_summary(out))
+    # sdpa 1300-1320; naive 1000-1290 and sdpa_math 1250-1260 end below it: no tie, whatever the window spread says
+    assert best[["fastest", "ties"]].values.tolist() == [["sdpa", ""]]
+    add_repeat(math_, 3, 1305.0)  # now sdpa_math reaches into sdpa's range
+    write_summary([sdpa, math_, naive], out, repeats=[*repeats, math_.with_name("repeat-3.json")])
+    assert fastest(read_summary(out))[["fastest", "ties"]].values.tolist() == [["sdpa", "sdpa_math (1,260)"]]

@@ -96,6 +96,19 @@ def test_missing_stale_invalid_and_misplaced_cells(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_repeats_are_planned_and_traced_to_their_cells_row(repo: Path) -> None:
+    results = repo / "results" / "tiny"
+    first, *others = CELLS
+    shutil.copy2(results / first, (results / first).with_name("repeat-2.json"))  # one repeat measured, two not
+    st = status.collect(results, repo, [str(repo / OVERLAY)], ["repeats=2"])
+    assert st.plan is not None, st.plan_note
+    repeat = first.with_name("repeat-2.json")
+    assert repeat in st.plan.current and st.outside_grid == []
+    assert sorted(st.plan.missing) == sorted(c.with_name("repeat-2.json") for c in others)
+    assert not any("without a row" in line for line in st.summary_check), st.summary_check
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_CUDA, reason="needs a machine without a CUDA GPU")
 def test_gpu_run_on_a_machine_without_its_gpu(swept: Path, capsys) -> None:
     """The cells are still listed; missing/stale is reported as not determined, with Snakemake's reason."""

@@ -185,7 +185,8 @@ def check_summary(results: Path, root: Path, cells: list[Cell]) -> list[str]:
     missing = df["status"].astype(str) == "missing" if "status" in df.columns else pd.Series(False, index=df.index)
     listed = {(root / p).resolve() for p in df.loc[~missing, "cell_path"].astype(str)}
     not_yet = sorted((root / p).resolve() for p in df.loc[missing, "cell_path"].astype(str))
-    on_disk = {(results / c.path).resolve() for c in cells}
+    # A repeat (repeat-K.json) is folded into the row of its cell (cell.json in its folder).
+    on_disk = {(results / c.path).resolve().with_name("cell.json") for c in cells}
     here = results.resolve()
 
     def show(p: Path) -> str:
@@ -235,7 +236,7 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
         path = (root / out).resolve()
         if rule == "summary" and path.parent == here:
             plan.summary_pending = todo == "update pending"
-        if rule != "cell":
+        if rule not in ("cell", "cell_repeat"):  # a repeat (repeat-K.json) is planned like the cell itself
             continue
         if not path.is_relative_to(here):
             elsewhere.add(out.split("/cells/")[0])

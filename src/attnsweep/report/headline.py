@@ -1,9 +1,10 @@
 """The report's first page: what a run measured, the fastest implementation per model, context and mode, and where
 its tables and figures are (reStructuredText, included by workflow/report/workflow.rst).
 
-"Fastest" is the highest tokens/s over the measurement window. Another implementation is named beside it when its
-tokens/s lies within the fastest cell's own spread (at or above the slowest step of its window): one run cannot
-tell those apart, so they are ties, not a lead.
+"Fastest" is the highest tokens/s over the measurement window (the median of its repeats, with `repeats`). Another
+implementation is named beside it when the two cannot be told apart, a tie, not a lead: with repeats, when their
+ranges over the repeats overlap (as the tables mark ties); with one run, when its tokens/s lies within the fastest
+cell's own spread (at or above the slowest step of its window).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in ok.groupby(keys, sort=False):
         group = group.sort_values("tokens_per_sec", ascending=False)
-        best = group.iloc[0]
-        floor = best.get("tokens_per_sec_stats.min")
-        floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
-        ties = group.iloc[1:][group.iloc[1:]["tokens_per_sec"] >= floor]
+        best, others = group.iloc[0], group.iloc[1:]
+        if best.get("repeats", 1) >= 2:
+            ties = others[(others["repeats"] >= 2) & (others["tokens_per_sec_max"] >= best["tokens_per_sec_min"])]
+        else:
+            floor = best.get("tokens_per_sec_stats.min")
+            floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
+            ties = others[others["tokens_per_sec"] >= floor]
         rows.append({**dict(zip(keys, key)), "fastest": best["attn"], "tokens_per_sec": best["tokens_per_sec"],
                      "ties": ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})" for r in ties.itertuples())})
     out = pd.DataFrame(rows)
