@@ -96,6 +96,15 @@ def test_unsupported_combination_is_a_result_not_a_crash(tmp_path):
     assert rec["status"] == "unsupported" and "CUDA" in rec["reason"]
 
 
+def test_fused_adamw_trains_like_the_foreach_one():
+    """The same AdamW with PyTorch's fused kernel: the same settings, so the same losses up to rounding."""
+    fused = run_cell(CellSpec(attn="sdpa", mode="eager", optimizer="adamw_fused", **TINY))
+    foreach = run_cell(CellSpec(attn="sdpa", mode="eager", **TINY))
+    cellio.validate_cell(fused)
+    assert fused["status"] == "ok" and fused["cell"]["optimizer"] == "adamw_fused"
+    assert fused["loss"]["values"] == pytest.approx(foreach["loss"]["values"], rel=1e-4)
+
+
 def test_compiled_cell_counts_graphs_and_falling_loss():
     rec = run_cell(CellSpec(attn="sdpa", mode="compiled", **{**TINY, "steps": 20, "window": 5}))
     assert rec["status"] == "ok", rec["reason"]

@@ -141,7 +141,7 @@ class Probe:
 
 # Bytes per parameter that stay allocated whatever the batch, at least: fp32 weights and gradients (4 + 4) and the
 # optimizer's two moments (AdamW 4 + 4; bitsandbytes' 8-bit AdamW 1 + 1), all alive at the optimizer step.
-STATIC_BYTES_PER_PARAM = {"adamw": 16, "adamw8bit": 10}
+STATIC_BYTES_PER_PARAM = {"adamw": 16, "adamw_fused": 16, "adamw8bit": 10}
 
 
 def static_floor_bytes(*, n_layer: int, n_embd: int, n_head: int, n_kv_head: int, vocab_size: int,

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .vocabulary import PRECISION_DTYPES
+from .vocabulary import OPTIMIZERS, PRECISION_DTYPES
 
 # The study's optimizer settings (docs/protocol.md, Optimizer): constant learning rate, decay on weights only.
 LR = 1e-4
@@ -84,22 +84,25 @@ def param_groups(model: torch.nn.Module) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
-    """The study's AdamW (foreach) or bitsandbytes' 8-bit AdamW with the same settings."""
+    """The study's AdamW (foreach), the same with PyTorch's fused kernel, or bitsandbytes' 8-bit AdamW, all with the
+    same settings."""
     if name == "adamw":
         return torch.optim.AdamW(param_groups(model), lr=LR, betas=BETAS, eps=EPS, foreach=True)
+    if name == "adamw_fused":
+        return torch.optim.AdamW(param_groups(model), lr=LR, betas=BETAS, eps=EPS, fused=True)
     if name == "adamw8bit":
         import bitsandbytes as bnb  # imported lazily: optional, and CUDA-only in practice
 
         return bnb.optim.AdamW8bit(param_groups(model), lr=LR, betas=BETAS, eps=EPS)
-    raise ValueError(f"unknown optimizer {name!r}; allowed: adamw, adamw8bit")
+    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
 def optimizer_unsupported_reason(name: str, device_type: str) -> str | None:
     """Why optimizer `name` cannot run on `device_type`, or None if it can (asked before any model is built)."""
-    if name == "adamw":
+    if name in ("adamw", "adamw_fused"):  # fused AdamW runs on CUDA and, since torch 2.4, on the CPU
         return None
     if name != "adamw8bit":
-        return f"unknown optimizer {name!r}; allowed: adamw, adamw8bit"
+        return f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}"
     if device_type != "cuda":
         return (
             f"adamw8bit (bitsandbytes AdamW8bit) needs a CUDA device, not {device_type!r}: "

@@ -36,7 +36,7 @@ MODES: tuple[str, ...] = ("eager", "compiled")
 # Precision name -> the torch dtype of its autocast (fp32 trains without autocast).
 PRECISION_DTYPES: dict[str, str] = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 PRECISIONS: tuple[str, ...] = tuple(PRECISION_DTYPES)
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit", "adamw_fused")
 HARNESSES: tuple[str, ...] = ("native", "composer")
 BATCH_POLICIES: tuple[str, ...] = ("fixed", "study", "search")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
