@@ -19,9 +19,9 @@ Two kinds of job use a GPU:
   2-11% less beside running compilations.
 
 A timed job's measured window (:meth:`TimedSlot.quiet`) goes further and stops the warm-up workers of every GPU of the
-sweep: steps that wait on the host slow down when other cores compile (measured on an H200 host of two GPUs: the
-optimizer step's host time of one cell 2.2 ms alone, 3.8-4.0 ms beside other GPUs' warm-ups and a test suite, every
-GPU kernel unchanged). The window is a second or two; the other GPUs' timed jobs go on (two timed cells on two GPUs
+sweep: steps that wait on the host slow down when other cores compile (on an H200 host of two GPUs, one cell's
+profiled optimizer step spanned 2.2 ms of the GPU's timeline in the cold path and 3.8-4.0 ms beside other GPUs'
+warm-ups and a test suite, its kernels' times unchanged, and the cell measured 12-17% less). The window is a second or two; the other GPUs' timed jobs go on (two timed cells on two GPUs
 of one host do not disturb each other measurably).
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
