@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from attnsweep.kernels import classify, is_attention, profile_step
+from attnsweep.kernels import attention_share, classify, is_attention, profile_step
 from attnsweep.model import GPT, model_config
 
 
@@ -33,6 +33,19 @@ def test_naive_step_lists_attention_softmax_and_not_the_loss() -> None:
     assert "aten::softmax" in names
     assert not [n for n in names if "log_softmax" in n], names
     assert kernels["backend"] == classify(names) == "unfused (matmul + softmax)"
+    # Attention's part of the step: some, not all (the naive path's matmuls are not told apart from the others).
+    assert 0 < kernels["attention_share"] < 1
+
+
+def test_attention_share_counts_kernels_once() -> None:
+    rows = [{"name": "Optimizer.step#AdamW.step", "time_us": 300.0},  # spans the two optimizer kernels below
+            {"name": "multi_tensor_apply_kernel<AdamW>", "time_us": 250.0},
+            {"name": "multi_tensor_apply_kernel<Scale>", "time_us": 50.0},
+            {"name": "pytorch_flash::flash_fwd_kernel", "time_us": 200.0},
+            {"name": "sm90_xmma_gemm", "time_us": 400.0},
+            {"name": "triton_red_fused__log_softmax_nll_loss_forward_0", "time_us": 100.0}]  # the loss: not attention
+    assert attention_share(rows, {"Optimizer.step#AdamW.step"}) == 0.2
+    assert attention_share([]) is None
 
 
 def test_profiling_on_the_cpu_prints_no_cuda_probe_error() -> None:

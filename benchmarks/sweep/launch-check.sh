@@ -9,7 +9,7 @@ cd /tmp && A="--model small --attn naive --mode compiled --seq-len 1024 --batch-
 s() { python -c "
 import json,sys,statistics as st
 d=json.load(open('$1')); t=d['step_times_s']; k=[x for x in d['kernels']['top'] if 'Optimizer' in x['name']]
-print('$1', d['status'], round(d['tokens_per_sec']), 'median step ms %.2f'%(1000*st.median(t[1:])), 'opt host us', k[0]['time_us'] if k else None, d['env']['launch'], 'dur', round(d['duration_s'],1))" | tee -a $OUT/diag.txt; }
+print('$1', d['status'], round(d['tokens_per_sec']), 'median step ms %.2f'%(1000*st.median(t[1:])), 'optimizer span us', k[0]['time_us'] if k else None, d['env']['launch'], 'dur', round(d['duration_s'],1))" | tee -a $OUT/diag.txt; }
 python -m attnsweep warmup $A --cache C --out w.json 2>>$OUT/log.txt
 for i in 1 2; do
   python -m attnsweep cell $A --warmup w.json --cache C --out own$i.json 2>>$OUT/log.txt; s own$i.json
