@@ -51,8 +51,8 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
                    help="fp16 = autocast + gradient scaling (the study's), bf16 = autocast, fp32 "
                    "(default: fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
-                   help="adamw = torch AdamW (foreach, the study's), adamw8bit = bitsandbytes AdamW8bit, adamw_fused = torch "
-                   "AdamW with its fused kernel (default: adamw)")
+                   help="adamw = torch AdamW (foreach, the study's), adamw8bit = bitsandbytes AdamW8bit, "
+                   "adamw_fused = torch AdamW with its fused kernel (default: adamw)")
     p.add_argument("--harness", default="native", choices=HARNESSES,
                    help="native = our timed loop, composer = MosaicML Composer + SpeedMonitor (default: native)")
     p.add_argument("--batch-policy", default=None, choices=BATCH_POLICIES,

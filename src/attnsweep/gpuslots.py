@@ -21,8 +21,9 @@ Two kinds of job use a GPU:
 A timed job's measured window (:meth:`TimedSlot.quiet`) goes further and stops the warm-up workers of every GPU of the
 sweep: steps that wait on the host slow down when other cores compile (on an H200 host of two GPUs, one cell's
 profiled optimizer step spanned 2.2 ms of the GPU's timeline in the cold path and 3.8-4.0 ms beside other GPUs'
-warm-ups and a test suite, its kernels' times unchanged, and the cell measured 12-17% less). The window is a second or two; the other GPUs' timed jobs go on (two timed cells on two GPUs
-of one host do not disturb each other measurably).
+warm-ups and a test suite, its kernels' times unchanged, and the cell measured 12-17% less). The window is a second
+or two; the other GPUs' timed jobs go on (two timed cells on two GPUs of one host do not disturb each other
+measurably).
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 
@@ -89,9 +90,13 @@ __all__ = ["TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory
 POLL_S = 0.05
 
 
-def _lock_path(lock_dir: Path, device_id: str, name: str) -> Path:
+def _gpu_tag(device_id: str) -> str:
     # UUIDs are filename-safe; MIG ids contain '/'.
-    return lock_dir / f"gpu-{re.sub(r'[^A-Za-z0-9._-]', '_', device_id)}.{name}"
+    return f"gpu-{re.sub(r'[^A-Za-z0-9._-]', '_', device_id)}"
+
+
+def _lock_path(lock_dir: Path, device_id: str, name: str) -> Path:
+    return lock_dir / f"{_gpu_tag(device_id)}.{name}"
 
 
 def _open(lock_dir: Path, device_id: str, name: str) -> int:
@@ -154,9 +159,9 @@ class _Slot:
         return f"{type(self).__name__}(gpu={self.gpu}, device_id={self.device_id!r}, {state})"
 
 
-# Run by a timed job's guard process, started before any worker is stopped: when the timed job is gone, every live
-# worker of the GPU and its descendants are continued (a stopped process would otherwise wait for ever). It looks
-# them up itself, so a job killed between two SIGSTOPs leaves none stopped.
+# Run by a timed job's guard process, started before any worker is stopped: when the timed job is gone, every pid
+# that only dead sections hold goes on (a stopped process would otherwise wait for ever). A section writes each pid
+# to its file before stopping it, so a job killed between two SIGSTOPs leaves none stopped.
 _GUARD = """
 import os, sys, time
 from attnsweep.gpuslots import reap_stoppers
@@ -262,7 +267,8 @@ def _stopping(lock_dir: Path, scope: str, devices: Sequence[str]) -> Iterator[li
 
 
 class TimedSlot(_Slot):
-    """The one timed job of a GPU. Wrap the measured steps in :meth:`exclusive`."""
+    """The one timed job of a GPU. Wrap the measured steps in :meth:`exclusive`, and the measured window in
+    :meth:`quiet` inside it."""
 
     exclusive_wait_s: float | None = None  # seconds the last exclusive() waited for the turnstile
     paused: list[int] = []  # pids of the warm-up workers the last exclusive() stopped
@@ -286,8 +292,7 @@ class TimedSlot(_Slot):
         self._fds.append(turnstile)
         self.exclusive_wait_s = time.monotonic() - started
         try:
-            scope = _lock_path(self.lock_dir, self.device_id, "x").name[:-2]
-            with _stopping(self.lock_dir, scope, [self.device_id]) as stopped:
+            with _stopping(self.lock_dir, _gpu_tag(self.device_id), [self.device_id]) as stopped:
                 self.paused = stopped
                 yield self.exclusive_wait_s
         finally:
@@ -295,11 +300,11 @@ class TimedSlot(_Slot):
                 self._fds.remove(turnstile)
                 os.close(turnstile)
 
-
     @contextmanager
     def quiet(self) -> Iterator[list[int]]:
         """The measured window: the warm-up workers of every GPU of the sweep are stopped, and none registers, until
-        the block ends. Yields the pids it stopped (this GPU's, which its exclusive phase holds already, among them)."""
+        the block ends. Yields the pids it stopped (this GPU's, which its exclusive phase holds already, among them).
+        Enter it inside :meth:`exclusive` (gpuslots, No deadlock)."""
         if not self.held:
             raise RuntimeError("quiet() on a released slot")
         with _stopping(self.lock_dir, "host", _worker_devices(self.lock_dir)) as stopped:

@@ -126,7 +126,8 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
         by_folder.setdefault(p.parent.as_posix(), []).append((int(p.stem.split("-")[1]), record))
     folders = {Path(c).parent.as_posix() for c in df["cell_path"]}
     if strays := sorted(set(by_folder) - folders):
-        raise ValueError("repeats of cells that have no first record (cell.json):\n" + "\n".join(f"  {s}" for s in strays))
+        listing = "\n".join(f"  {s}" for s in strays)
+        raise ValueError(f"repeats of cells that have no first record (cell.json):\n{listing}")
     all_values, counts, lows, highs, medians = [], [], [], [], []
     for path, status, tps in zip(df["cell_path"], df["status"], df["tokens_per_sec"]):
         later = sorted(by_folder.get(Path(path).parent.as_posix(), []), key=lambda t: t[0])
