@@ -334,7 +334,18 @@ def _fork(conn: socket.socket, closing: list) -> int | None:
     conn.settimeout(None)
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as e:  # no process to be had (EAGAIN, ENOMEM): this job fails, the server goes on
+        print(f"cannot fork for {request['entry']} {' '.join(request['argv'])}: {e}", flush=True)
+        for fd in fds:
+            os.close(fd)
+        try:
+            _send(conn, {"exit": 1})
+        except OSError:
+            pass
+        conn.close()
+        return None
     if pid == 0:
         _child(conn, request, fds, closing)
     for fd in fds:
