@@ -174,6 +174,8 @@ def run(entry: str, argv: list[str], folder: str | os.PathLike[str] | None = Non
         except ConnectionError:
             print("attnsweep: the preloaded interpreter went away before the command ended", file=sys.stderr)
             return 1
+    if "error" in reply:
+        print(f"attnsweep: {reply['error']}", file=sys.stderr, flush=True)
     return int(reply["exit"])
 
 
@@ -341,7 +343,7 @@ def _fork(conn: socket.socket, closing: list) -> int | None:
         for fd in fds:
             os.close(fd)
         try:
-            _send(conn, {"exit": 1})
+            _send(conn, {"exit": 1, "error": f"the preloaded interpreter could not fork a process: {e}"})
         except OSError:
             pass
         conn.close()
