@@ -96,6 +96,18 @@ def test_unsupported_combination_is_a_result_not_a_crash(tmp_path):
     assert rec["status"] == "unsupported" and "CUDA" in rec["reason"]
 
 
+def test_the_record_says_how_grouped_key_value_heads_ran():
+    from attnsweep import attention
+
+    assert attention.kv_heads_handling("sdpa", n_head=4, n_kv_head=4) == "multi-head"
+    assert attention.kv_heads_handling("sdpa", n_head=4, n_kv_head=1) == "repeated"
+    assert attention.kv_heads_handling("fa2", n_head=4, n_kv_head=2) == "native"
+    rec = run_cell(CellSpec(attn="sdpa", mode="eager", kv_heads=2, **TINY))
+    cellio.validate_cell(rec)
+    assert rec["status"] == "ok" and rec["attention"] == {"kv_heads": "repeated"}
+    assert list(rec).index("attention") == list(rec).index("model_config") + 1  # the schema's order
+
+
 def test_fused_adamw_trains_like_the_foreach_one():
     """The same AdamW with PyTorch's fused kernel: the same settings, so the same losses up to rounding."""
     fused = run_cell(CellSpec(attn="sdpa", mode="eager", optimizer="adamw_fused", **TINY))

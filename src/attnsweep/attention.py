@@ -399,6 +399,15 @@ def _check_heads(n_head: int, n_kv_head: int) -> None:
         raise ValueError(f"n_kv_head ({n_kv_head}) must be >= 1 and divide n_head ({n_head})")
 
 
+def kv_heads_handling(name: str, *, n_head: int, n_kv_head: int) -> str:
+    """How implementation `name` runs `n_kv_head` key/value heads for `n_head` query heads (what :func:`build`
+    does): `native` (the kernel takes grouped heads), `repeated` (keys and values repeated to every query head before
+    the call) or `multi-head` (as many key/value heads as query heads: nothing to handle)."""
+    if n_kv_head == n_head:
+        return "multi-head"
+    return "native" if get(name).native_gqa else "repeated"
+
+
 def build(name: str, *, n_head: int, n_kv_head: int, head_dim: int, block_size: int) -> nn.Module:
     """An attention module for one layer: ``forward(q (B,T,H,D), k (B,T,Hkv,D), v (B,T,Hkv,D)) -> (B,T,H,D)``.
 

@@ -118,8 +118,10 @@ def _start(spec: CellSpec) -> tuple[torch.device, CellRecord]:
     spec.validate()
     device = resolve_device(spec.device)
     check_memory_cap(spec, device)
-    record = CellRecord(cell=spec.record(), env=environment(device, spec.memory_cap_gib),
-                        model_config=asdict(spec.model_config))
+    cfg = spec.model_config
+    record = CellRecord(cell=spec.record(), env=environment(device, spec.memory_cap_gib), model_config=asdict(cfg),
+                        attention={"kv_heads": attention.kv_heads_handling(spec.attn, n_head=cfg.n_head,
+                                                                           n_kv_head=cfg.kv_heads)})
     return device, record
 
 

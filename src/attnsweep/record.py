@@ -24,6 +24,7 @@ class CellRecord:
     cell: dict
     env: dict
     model_config: dict
+    attention: dict | None = None
     started_at: str = field(default_factory=now)
     status: str | None = None
     reason: str | None = None
@@ -90,7 +91,7 @@ class CellRecord:
         d = dataclasses.asdict(self)
         order = ["schema_version", "status", "reason", "cell", "batch_size", "batch_note", "batch_attempts",
                  "tokens_per_sec", "tokens_per_sec_stats", "step_times_s", "params", "model_config",
-                 "peak_memory_bytes", "compile", "loss", "mfu", "kernels", "harness_extra", "phases_s", "warmup",
+                 "attention", "peak_memory_bytes", "compile", "loss", "mfu", "kernels", "harness_extra", "phases_s", "warmup",
                  "env", "started_at", "finished_at", "duration_s"]
         d["schema_version"] = SCHEMA_VERSION
         if d["warmup"] is None:
