@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -69,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=64)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
+    results: list[dict] = []
     with ThreadPoolExecutor(len(CELLS)) as pool:
-        results = list(pool.map(lambda c: check(c, args.cap_gib, args.start), CELLS))
-    Path(args.out).write_text(json.dumps({"cap_gib": args.cap_gib, "start": args.start, "cells": results,
-                                          "wall_s": time.perf_counter() - t0}, indent=1))
+        futures = [pool.submit(check, c, args.cap_gib, args.start) for c in CELLS]
+        for done in as_completed(futures):
+            results.append(done.result())
+            # Written as each cell ends: a run cut short keeps the cells it finished.
+            Path(args.out).write_text(json.dumps({"cap_gib": args.cap_gib, "start": args.start, "cells": results,
+                                                  "wall_s": time.perf_counter() - t0}, indent=1))
     for r in results:
         print(f"{r['cell']}: predictive {r['predictive']['answer']} in {len(r['predictive']['tried'])} attempts "
               f"{r['predictive']['tried']}, ladder {r['ladder']['answer']} in {len(r['ladder']['tried'])} "
