@@ -125,8 +125,8 @@ def test_a_static_floor_saves_attempts_and_keeps_the_answer(kind):
 
 
 def test_the_static_floor_is_below_what_training_holds() -> None:
-    """GPT-2 medium measured on an H200: 319,916,032 parameters; at 16 bytes each (AdamW) 4.77 GiB; the floor is
-    under that, and GQA's smaller key/value projections lower it."""
+    """GPT-2 medium measured on an H200: 319,916,032 parameters; at 16 bytes each (AdamW) 4.77 GiB, all alive at the
+    optimizer step: the floor is not above that, and GQA's smaller key/value projections lower it."""
     from attnsweep.spec import CellSpec
 
     medium = CellSpec(model="medium", attn="sdpa", mode="compiled", seq_len=1024)

@@ -300,7 +300,10 @@ def test_adding_a_seq_len_adds_only_its_cells(repo: Path) -> None:
 def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
     edit_config(repo, repeats=2)
     assert planned(repo) == {"warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
-    snakemake(repo, "--cores", "2")
+    out = snakemake(repo, "--cores", "2").stderr
+    # The progress lines count repeats as measurements too.
+    assert f"attnsweep: {TINY_CELLS} cells and repeats to measure" in out
+    assert f"[{TINY_CELLS}/{TINY_CELLS}] " in out and "(repeat 2): ok" in out, out
     repeats = sorted((repo / "results/tiny/cells").rglob("repeat-2.json"))
     assert len(repeats) == TINY_CELLS and all(load_cell(p)["status"] == "ok" for p in repeats)
     summary = pd.read_csv(repo / "results/tiny/summary.csv")

@@ -144,13 +144,10 @@ class Probe:
 STATIC_BYTES_PER_PARAM = {"adamw": 16, "adamw_fused": 16, "adamw8bit": 10}
 
 
-def static_floor_bytes(*, n_layer: int, n_embd: int, n_head: int, n_kv_head: int, vocab_size: int,
-                       optimizer: str) -> int:
-    """A lower bound of a GPT's batch-independent memory in training, in bytes: its weight matrices (per block: query
-    and output d^2 each, key and value d^2 * n_kv_head / n_head each, MLP 8 d^2) and the tied embedding V*d (biases,
-    LayerNorms and positions left out), times STATIC_BYTES_PER_PARAM of the optimizer (0 for one not listed)."""
-    per_block = (10 * n_embd**2) + 2 * n_embd * (n_embd * n_kv_head // n_head)
-    return (n_layer * per_block + vocab_size * n_embd) * STATIC_BYTES_PER_PARAM.get(optimizer, 0)
+def static_floor_bytes(params: int, optimizer: str) -> int:
+    """A lower bound of a model's batch-independent memory in training, in bytes: its `params` parameters times
+    STATIC_BYTES_PER_PARAM of the optimizer (0 for one not listed)."""
+    return params * STATIC_BYTES_PER_PARAM.get(optimizer, 0)
 
 
 # The fraction of the budget kept free when predicting. The worker's peak is `max_memory_allocated`; out-of-memory is

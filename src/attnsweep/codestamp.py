@@ -49,8 +49,6 @@ def make_stamp(kind: str, files: Mapping[str, str], settings: Mapping) -> dict:
     return {"name": f"{kind}-{digest}", "digest": digest, "files": dict(files), "settings": dict(settings)}
 
 
-
-
 def sweep_stamps(root: Path, code_label: str, cell_settings: Mapping, report_settings: Mapping) -> dict[str, dict]:
     """{name: stamp} of the cells stamp (the code a cell runs, and the cell settings) and the report stamp (the
     aggregation's code, the workflow's scripts, and its settings). `code_label` is the package source relative to the

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
 from .training import TrainResult, TrainSpec, TrainStep, graph_stats, make_optimizer, reset_graph_counters
+
+
+def _run_hook(hook: Callable[[], None] | None) -> float:
+    """Call `hook` if there is one; the seconds it took."""
+    if hook is None:
+        return 0.0
+    t0 = time.perf_counter()
+    hook()
+    return time.perf_counter() - t0
 
 
 def train_native(
@@ -42,10 +52,7 @@ def train_native(
     for i in range(spec.steps):
         x, y = batches[i % len(batches)]
         if i == spec.steps - spec.window:
-            if spec.hooks.before_window is not None:
-                t_hook = time.perf_counter()
-                spec.hooks.before_window()
-                hook_s += time.perf_counter() - t_hook
+            hook_s += _run_hook(spec.hooks.before_window)
             if cuda:
                 torch.cuda.synchronize(spec.device)
             window_wall0 = time.perf_counter()
@@ -61,10 +68,7 @@ def train_native(
             if cuda:
                 torch.cuda.synchronize(spec.device)
             first_step_s = time.perf_counter() - wall0
-            if spec.hooks.after_first_step is not None:
-                t_hook = time.perf_counter()
-                spec.hooks.after_first_step()
-                hook_s += time.perf_counter() - t_hook
+            hook_s += _run_hook(spec.hooks.after_first_step)
     if cuda:
         torch.cuda.synchronize(spec.device)
         step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]

@@ -54,11 +54,13 @@ _ENTRIES = ("cli", "attempt")
 
 def server_key() -> str:
     """What the server's imports depend on, hashed: the interpreter, this package's sources, the import-time env."""
+    from .codestamp import PACKAGE_DIR, file_hashes
+
     h = hashlib.sha256()
     h.update(f"{sys.executable}\0{sys.version}\0{os.getuid()}\0".encode())
-    pkg = Path(__file__).resolve().parent
-    for path in sorted(pkg.rglob("*.py")):
-        h.update(str(path.relative_to(pkg)).encode() + b"\0" + path.read_bytes() + b"\0")
+    # Every module of the package, not only a cell's (codestamp.cell_code_files): the server imports the CLI too.
+    sources = file_hashes(PACKAGE_DIR, "attnsweep", sorted(PACKAGE_DIR.rglob("*.py")))
+    h.update(json.dumps(sources, sort_keys=True).encode())
     for name in sorted(os.environ):
         if name.startswith(_IMPORT_ENV_PREFIXES):
             h.update(f"{name}={os.environ[name]}\0".encode())

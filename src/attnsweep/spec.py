@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from . import batching
-from .model import GPTConfig, model_config
+from .model import GPTConfig, closed_form_params, model_config
 from .vocabulary import BATCH_POLICIES, CHOICES, DEVICES, ISOLATION, kv_heads_problem
 
 
@@ -68,9 +68,7 @@ class CellSpec:
     @cached_property
     def static_floor_bytes(self) -> int:
         """A lower bound of the memory its training holds whatever the batch (the batch search's prior)."""
-        cfg = self.model_config
-        return batching.static_floor_bytes(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
-                                           n_kv_head=cfg.kv_heads, vocab_size=cfg.vocab_size, optimizer=self.optimizer)
+        return batching.static_floor_bytes(closed_form_params(self.model_config), self.optimizer)
 
     @cached_property
     def batch_plan(self) -> batching.BatchPlan:

@@ -54,7 +54,7 @@ class TrainSpec:
     mode: str  # eager | compiled
     fullgraph: bool  # only meaningful when mode == "compiled"
     device: torch.device
-    hooks: StepHooks = field(default_factory=lambda: StepHooks())
+    hooks: StepHooks = StepHooks()
 
 
 @dataclass

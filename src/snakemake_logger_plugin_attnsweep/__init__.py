@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from attnsweep.report.report_path import snakemake_command
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
-CELL_RULE = "cell"
-CELL_FILE = "cell.json"
+# The jobs that measure: a cell, and its repeats 2, 3, ... (config repeats), whose records are repeat-K.json.
+CELL_RULES = ("cell", "cell_repeat")
 # The axes always named in a cell's line; the others only where they differ from the first cell's.
 MAIN_AXES = ("model", "seq_len", "attn", "mode")
 # Snakemake's informational lines that say nothing to someone running the sweep (all of them are in its log file).
@@ -98,8 +99,7 @@ class LogHandler(LogHandlerBase):
         self.results: Optional[str] = None
         self.started = time.monotonic()
         self.interrupted = False
-        # How the user started Snakemake (.venv/bin/snakemake), to repeat it in the report command.
-        self.snakemake = sys.argv[0] if Path(sys.argv[0]).name == "snakemake" else "snakemake"
+        self.snakemake = snakemake_command(sys.argv[0])
 
     # What Snakemake asks of a handler.
     @property
@@ -159,7 +159,7 @@ class LogHandler(LogHandlerBase):
             return
         elif event == LogEvent.JOB_ERROR:
             job = self.jobs.get(getattr(record, "jobid", None))
-            if job and job["rule"] == CELL_RULE:
+            if job and job["rule"] in CELL_RULES:
                 self.cells_done += 1
                 self.counts["error"] = self.counts.get("error", 0) + 1
                 self.write(f"{self.progress()} {self.cell_label(job)}: error (Snakemake's report follows)")
@@ -182,10 +182,11 @@ class LogHandler(LogHandlerBase):
             self.write(message)
 
     def run_info(self, stats: dict) -> None:
-        self.cells_total = int(stats.get(CELL_RULE, 0))
+        self.cells_total = sum(int(stats.get(rule, 0)) for rule in CELL_RULES)
         jobs = int(stats.get("total", sum(v for k, v in stats.items() if k != "total")))
         if self.cells_total:
-            self.write(f"attnsweep: {self.cells_total} cells to measure, one at a time, then the summary, tables "
+            what = "cells and repeats" if stats.get("cell_repeat") else "cells"
+            self.write(f"attnsweep: {self.cells_total} {what} to measure, one at a time, then the summary, tables "
                        f"and figures ({jobs} Snakemake jobs)")
         else:
             self.write(f"attnsweep: no cell to measure; {jobs} Snakemake jobs (summary, tables, figures)")
@@ -200,18 +201,20 @@ class LogHandler(LogHandlerBase):
             self.first_cell = wildcards
         shown = [str(wildcards[a]) for a in MAIN_AXES if a in wildcards]
         shown += [f"{k}={v}" for k, v in wildcards.items()
-                  if k not in MAIN_AXES and self.first_cell.get(k) != v]
+                  if k not in (*MAIN_AXES, "repeat") and self.first_cell.get(k) != v]
+        if "repeat" in wildcards:  # repeats 2, 3, ... of a cell (rule cell_repeat)
+            shown.append(f"(repeat {wildcards['repeat']})")
         return " ".join(shown)
 
     def job_finished(self, job: Optional[dict]) -> None:
         if job is None:
             return
         outputs = [o.split(" (")[0] for o in job["output"]]  # format_files may append " (report)" and the like
-        if job["rule"] == CELL_RULE:
+        if job["rule"] in CELL_RULES:
             self.cells_done += 1
             now = time.monotonic()
             seconds = now - job["start"]
-            record = next((Path(o) for o in outputs if Path(o).name == CELL_FILE), None)
+            record = next((Path(o) for o in outputs if Path(o).suffix == ".json"), None)
             outcome = cell_outcome(record) if record else "done"
             status = outcome.split(",")[0].split(" ")[0]
             self.counts[status] = self.counts.get(status, 0) + 1
