@@ -367,6 +367,23 @@ def test_sigkill_in_a_window_lets_every_gpus_workers_go_on(jobs: Jobs) -> None:
     assert not list((jobs.locks / "host.stoppers").iterdir())  # the dead job's sections are gone
 
 
+def test_a_section_begins_only_once_its_workers_have_stopped(jobs: Jobs) -> None:
+    # SIGSTOP takes effect when its target next runs. A worker that the scheduler starves (lowest policy, one CPU
+    # shared with a busy loop) runs rarely, so a section that did not wait would begin while it still shows running.
+    cpu = min(os.sched_getaffinity(0))
+    worker = jobs.worker("0")
+    worker.wait_ticking()
+    hog = jobs._popen(["while True: pass"])
+    for pid in (worker.pid, hog.pid):
+        os.sched_setaffinity(pid, {cpu})
+    os.sched_setscheduler(worker.pid, os.SCHED_IDLE, os.sched_param(0))
+    for _ in range(20):
+        with claim_timed(jobs.locks, ["0"]) as slot, slot.exclusive():
+            assert slot.paused == [worker.pid]
+            assert is_stopped(worker.pid)
+        assert not is_stopped(worker.pid)
+
+
 def test_a_killed_workers_file_is_skipped_and_removed(jobs: Jobs) -> None:
     dead, live = jobs.worker("0"), jobs.worker("0")
     dead.wait_ticking()

@@ -345,9 +345,34 @@ def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int],
         # started another since the listing (a compiler pool starts its processes when compiling starts).
         if not _stop(worker, stopped, record):
             continue
-        while new := [pid for pid in _descendants(worker) if pid not in stopped]:
-            for pid in new:
-                _stop(pid, stopped, record)
+        tree = [worker]
+        while True:
+            # SIGSTOP takes effect when the process is next scheduled, so the section waits for each to show as
+            # stopped: a process stopped in fact starts no other, so a listing after that is complete.
+            _await_stopped(tree)
+            new = [pid for pid in _descendants(worker) if pid not in stopped]
+            if not new:
+                break
+            tree += [pid for pid in new if _stop(pid, stopped, record)]
+
+
+def _await_stopped(pids: Sequence[int], timeout_s: float = 5.0) -> None:
+    """Wait until every pid is stopped or gone, for at most `timeout_s` (a process inside an uninterruptible call
+    stops only when the call returns; the section does not hang on it)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(pids)
+    while pending and time.monotonic() < deadline:
+        pending = [pid for pid in pending if _state(pid) not in ("T", "t", "Z", "X", None)]
+        if pending:
+            time.sleep(0.001)
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc (None where the process or /proc is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _stop(pid: int, stopped: list[int], record: Callable[[int], object]) -> bool:
