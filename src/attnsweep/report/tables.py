@@ -28,7 +28,9 @@ DASH = "–"
 LEGEND = (
     "OOM: out of memory at every batch size tried. unsupported: the implementation cannot run in this setup (the "
     f"reason is in summary.csv). not run yet: a cell of a sweep run in parts, not measured so far. {DASH}: not computable (a cell it depends on has no throughput). "
-    "Blank: not in the grid. Speedup = tokens/s over the naive baseline of the same row."
+    "Blank: not in the grid. Speedup = tokens/s over the naive baseline of the same row. "
+    f"{HEADLINE} − ref %: the difference over the reference's tokens/s; {HEADLINE} − ref % of {HEADLINE}: over "
+    f"{HEADLINE}'s own, the 2023 study's Percent convention."
 )
 
 
@@ -140,6 +142,8 @@ def study_table(df: pd.DataFrame) -> str:
         for ref in (r for r in REFERENCES if r in present):
             columns[f"{HEADLINE} − {ref} tok/s"] = (HEADLINE, lambda r, ref=ref: _diff_tok(r, f"diff_vs_{ref}_tok_s"))
             columns[f"{HEADLINE} − {ref} %"] = (HEADLINE, lambda r, ref=ref: _tie_marked(r, ref))
+            columns[f"{HEADLINE} − {ref} % of {HEADLINE}"] = (
+                HEADLINE, lambda r, ref=ref: _diff_pct(r, f"diff_vs_{ref}_pct_of_self"))
     keys = _row_keys(df)
     table = _pivot(df, keys, columns)
     return _render(df, keys, table)
