@@ -228,3 +228,42 @@ def test_composer_compiles_the_model_as_one_graph(offline_in_empty_dir):
     assert result.nonfinite_step is None
     assert result.window_tokens_per_sec > 0
     result.profile_step()  # one more step through the compiled module, as kernel profiling runs it
+
+
+def test_composer_compiles_with_cuda_graphs_as_the_native_loop_does(offline_in_empty_dir, monkeypatch):
+    """compiled_cudagraphs through Composer: compile_config with mode='reduce-overhead', each batch marked as a new
+    iteration, and the record's CUDA-graph fields; on the CPU (where a cell would be unsupported) the fallback."""
+    require_composer()
+    marks, configs = [], []
+    real_mark, real_compile = torch.compiler.cudagraph_mark_step_begin, torch.compile
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: (marks.append(1), real_mark())[1])
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: (configs.append(kw), real_compile(model, **kw))[1])
+    fresh_model, batches = tiny_cell()
+    s = spec(steps=4, window=2, mode="compiled_cudagraphs")
+    result = train_composer(fresh_model(), batches, s, TOKENS_PER_BATCH)
+    assert configs == [{"fullgraph": True, "mode": "reduce-overhead"}]
+    assert len(marks) == s.steps
+    assert result.graphs is not None and result.graphs >= 1 and result.graph_breaks == 0
+    assert result.cudagraphs["captured"] == 0 and result.cudagraphs["fell_back"] is True  # CPU
+    assert result.nonfinite_step is None
+    result.profile_step()
+    assert len(marks) == s.steps + 1
+
+
+@pytest.mark.gpu
+def test_gpu_composer_captures_cuda_graphs(offline_in_empty_dir):
+    require_composer()
+    from attnsweep.data import synthetic_batches
+    from attnsweep.model import GPT, model_config
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    cfg = model_config("tiny", block_size=SEQ)
+    batches = synthetic_batches(vocab_size=cfg.vocab_size, batch_size=BATCH, seq_len=SEQ, n_batches=4, device=device,
+                                seed=0)
+    torch.manual_seed(0)
+    model = GPT(cfg, attn="sdpa").to(device)
+    s = TrainSpec(steps=12, window=4, precision="fp16", optimizer="adamw", mode="compiled_cudagraphs", fullgraph=True,
+                  device=device)
+    result = train_composer(model, batches, s, TOKENS_PER_BATCH)
+    assert result.cudagraphs["captured"] >= 2 and result.cudagraphs["skipped"] == 0, result.cudagraphs
+    assert not result.cudagraphs["fell_back"] and result.nonfinite_step is None

@@ -155,13 +155,27 @@ def test_grid_layout_and_excludes(tmp_path: Path) -> None:
             "optimizer~adamw/harness~native/cell.json") in out
 
 
+def test_the_cuda_graph_mode_gets_its_cells_table_and_figure(tmp_path: Path) -> None:
+    config = copy.deepcopy(TINY)
+    config["grid"].update(attn=["sdpa", "fa2"], mode=["compiled_cudagraphs", "eager"], seq_len=[32])
+    repo = copy_repo(tmp_path, config)
+    out = snakemake(repo, "-n").stdout
+    assert sorted(c["mode"] for c in parse_cells(out)) == ["compiled_cudagraphs"] * 2 + ["eager"] * 2
+    assert "/mode~compiled_cudagraphs/" in out
+    # The study's two tables as always, and the mode's own; its fa2-vs-sdpa figure.
+    for path in ("tables/compiled.md", "tables/compiled_cudagraphs.md", "tables/eager.md", "tables/all.md",
+                 "figures/fa2_vs_sdpa_compiled_cudagraphs.png", "figures/fa2_vs_sdpa_eager.png"):
+        assert f"results/tiny/{path}" in out, path
+    assert "figures/fa2_vs_sdpa_compiled.png" not in out
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"stpes": 5}, "'stpes' was unexpected"),
         ({"steps": "many"}, "steps: 'many' is not of type 'integer'"),
         ({"grid__modle": ["tiny"]}, "'modle' was unexpected"),
-        ({"grid__mode": ["jit"]}, "'jit' is not one of ['eager', 'compiled']"),
+        ({"grid__mode": ["jit"]}, "'jit' is not one of ['eager', 'compiled', 'compiled_cudagraphs']"),
         ({"window": 7}, "window (7) must not exceed steps (6)"),
         ({"grid__seq_len": [32, 32]}, "grid.seq_len: duplicate values ['32']"),
         ({"grid__model": ["tiny", "huge"]}, "grid.model.1: 'huge' is not one of ['tiny', 'small', 'medium', 'large']"),

@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnsweep.report.aggregate import read_summary, summarize, write_summary
+from attnsweep.report.aggregate import MODE_ORDER, read_summary, summarize, table_names, write_summary
 from attnsweep.report.figures import FIGURES, figure_names, write_figures
 from attnsweep.report.headline import fastest, render_headline
 from attnsweep.report.report_path import report_path_problem, snakemake_command
-from attnsweep.report.tables import write_tables
+from attnsweep.report.tables import render_tables, write_tables
+from attnsweep.vocabulary import MODES
 
 DATA = Path(__file__).parent / "data"
 TEMPLATES = {s: json.loads((DATA / f"cell_{s}.json").read_text()) for s in ("ok", "oom", "unsupported")}
@@ -226,8 +227,10 @@ CPU_DEMO_GRID = {"attn": ["naive", "sdpa", "sdpa_math", "flex"], "mode": ["eager
 
 def test_only_figures_with_data_are_made() -> None:
     assert figure_names(CPU_DEMO_GRID, "cpu") == ["speedup", "throughput"]
-    study = {"attn": ["naive", "sdpa", "sdpa_flash", "fa2", "flex"], "mode": ["compiled", "eager"]}
+    study = {"attn": ["naive", "sdpa", "sdpa_flash", "fa2", "flex"], "mode": list(MODES)}
     assert figure_names(study, "cuda") == list(FIGURES)
+    assert figure_names({**study, "mode": ["compiled", "eager"]}, "cuda")[:2] == [
+        "fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager"]
     assert figure_names({"attn": ["fa2", "sdpa_flash"], "mode": ["compiled"]}, "cuda") == [
         "fa2_vs_sdpa_compiled", "throughput", "memory"]
     assert figure_names({"attn": ["sdpa"], "mode": ["eager"]}, "cpu") == ["throughput"]
@@ -386,3 +389,66 @@ def test_with_repeats_the_headline_ties_are_overlapping_ranges(tmp_path: Path) -
     add_repeat(math_, 3, 1305.0)  # now sdpa_math reaches into sdpa's range
     write_summary([sdpa, math_, naive], out, repeats=[*repeats, math_.with_name("repeat-3.json")])
     assert fastest(read_summary(out))[["fastest", "ties"]].values.tolist() == [["sdpa", "sdpa_math (1,260)"]]
+
+
+def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> None:
+    """compiled_cudagraphs beside compiled and eager: its own rows, table and figure, its gain over eager and over
+    plain compiled; a summary without it keeps the columns and tables it always had."""
+    assert set(MODE_ORDER) == set(MODES) and MODE_ORDER[-1] == "eager"
+    speeds = {"compiled": {"naive": 50_000.0, "sdpa": 100_000.0, "fa2": 101_000.0},
+              "compiled_cudagraphs": {"naive": 55_000.0, "sdpa": 120_000.0, "fa2": 111_100.0},
+              "eager": {"naive": 40_000.0, "sdpa": 80_000.0, "fa2": 84_000.0}}
+    paths = [make_cell(tmp_path, attn=a, mode=m, seq_len=1024, tokens_per_sec=t)
+             for m, impls in speeds.items() for a, t in impls.items()]
+    for p in paths:  # what the cells recorded of their CUDA graphs: fa2's fell back
+        rec = json.loads(p.read_text())
+        fell = rec["cell"]["attn"] == "fa2"
+        rec["compile"]["cudagraphs"] = None if rec["cell"]["mode"] != "compiled_cudagraphs" else {
+            "captured": 2, "skipped": int(fell), "fell_back": fell,
+            "skip_reasons": ["skipping cudagraphs due to mutated inputs (1 instances)"] if fell else []}
+        p.write_text(json.dumps(rec))
+    df = summarize(paths)
+    assert list(pd.unique(df["mode"])) == ["compiled", "compiled_cudagraphs", "eager"]
+    graphs = row(df, "sdpa", mode="compiled_cudagraphs")
+    assert graphs["cudagraphs_over_compiled"] == pytest.approx(1.2)
+    assert graphs["compiled_over_eager"] == pytest.approx(1.5)  # every compiled mode over eager
+    assert row(df, "sdpa")["compiled_over_eager"] == pytest.approx(1.25)
+    assert math.isnan(row(df, "sdpa")["cudagraphs_over_compiled"])
+    assert math.isnan(row(df, "sdpa", mode="eager")["compiled_over_eager"])
+    assert list(df.columns).index("cudagraphs_over_compiled") == list(df.columns).index("compiled_over_eager") + 1
+    # Without the mode, no new column: committed summaries stay what the code makes of their cells.
+    assert "cudagraphs_over_compiled" not in summarize([p for p in paths if "cudagraphs" not in str(p)])
+
+    out = tmp_path / "summary.csv"
+    df.to_csv(out, index=False)
+    names = table_names(df["mode"])
+    assert names == ["compiled", "compiled_cudagraphs", "eager", "all"]
+    assert table_names(["eager"]) == ["compiled", "eager", "all"]  # the study's two tables, always
+    tables = {n: tmp_path / f"{n}.md" for n in names}
+    write_tables(out, tables)
+    text = tables["compiled_cudagraphs"].read_text()
+    assert text.startswith("# Training throughput, compiled_cudagraphs (tokens/s)")
+    rows = {int(r[1]): dict(zip(markdown_header(text), r)) for r in markdown_rows(text)}
+    assert rows[1024]["sdpa tok/s"] == "120,000" and rows[1024]["fa2 − sdpa %"] == "-7.4%"
+    assert "Ran partly without CUDA graphs" in text and ": fa2 (small, 1024)." in text
+    assert "without CUDA graphs" not in tables["compiled"].read_text()
+    wide = tables["all"].read_text()
+    for heading in ("## compiled over eager", "## compiled_cudagraphs over eager",
+                    "## compiled_cudagraphs over compiled", "## compiled_cudagraphs: median of the per-step"):
+        assert heading in wide, heading
+    gain = wide.split("## compiled_cudagraphs over compiled (tokens/s ratio)")[1]
+    assert markdown_rows(gain)[0][2:] == ["1.10×", "1.20×", "1.10×"]  # naive, sdpa, fa2
+    # A table asked for by the grid but without cells says so (its cells excluded, say).
+    assert "No compiled_cudagraphs cells" in render_tables(df[df["mode"] != "compiled_cudagraphs"],
+                                                           ["compiled_cudagraphs"])["compiled_cudagraphs"]
+
+    grid = {"attn": ["naive", "sdpa", "fa2"], "mode": ["compiled", "compiled_cudagraphs", "eager"]}
+    assert figure_names(grid, "cuda")[:3] == ["fa2_vs_sdpa_compiled", "fa2_vs_sdpa_compiled_cudagraphs",
+                                              "fa2_vs_sdpa_eager"]
+    figures = write_figures(out, {n: tmp_path / f"{n}.png" for n in ("fa2_vs_sdpa_compiled_cudagraphs",
+                                                                      "throughput")})
+    assert len(figures["throughput"].axes) == 3  # one row of panels per mode
+    assert [ax.get_title() for ax in figures["throughput"].axes] == [
+        "small, compiled", "small, compiled_cudagraphs", "small, eager"]
+    text = render_headline(df, "results/x")
+    assert "``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``all.md``" in text

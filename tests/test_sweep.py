@@ -164,3 +164,47 @@ def test_repeats_beyond_the_first_sit_beside_its_record() -> None:
         "results/r/cells/model~medium/seq_len~1024/repeat-2.json", "results/r/cells/model~medium/seq_len~1024/repeat-3.json",
     ]
     assert config()["repeats"] == 1  # the schema's default
+
+
+def overlay(*names: str) -> dict:
+    """config/config.yaml with overlays on top, merged as Snakemake merges --configfile (nested keys update)."""
+
+    def update(base: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                update(base[key], value)
+            else:
+                base[key] = value
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    for name in names:
+        update(cfg, yaml.safe_load((ROOT / "config" / name).read_text()))
+    sweep.validate_config(cfg, SCHEMA)
+    return cfg
+
+
+def test_the_study_overlays_plan_the_studys_128_cells() -> None:
+    for names in (["study-12gib.yaml"], ["study-12gib.yaml", "whole-gpu.yaml"]):
+        grid = sweep.plan_run(overlay(*names), {}, gpus=["0"]).grid
+        assert len(grid) == 128, names
+        assert set(grid["attn"]) == {"naive", "sdpa", "sdpa_flash", "fa2", "fa2_graphbreak"}
+        eager = grid[grid["mode"] == "eager"]
+        assert set(eager["model"]) == {"medium"} and set(eager["attn"]) == {"sdpa", "sdpa_flash", "fa2"}
+
+
+def test_the_modern_overlay_is_a_designed_grid_of_at_most_250_cells() -> None:
+    from attnsweep.vocabulary import ATTENTION, MODES
+
+    grid = sweep.plan_run(overlay("modern.yaml"), {}, gpus=["0"]).grid
+    assert len(grid) <= 250
+    # Every implementation but SDPA's math reference, in every mode, at the shortest and longest context.
+    for seq_len in (1024, 16384):
+        cells = grid[grid["seq_len"] == seq_len]
+        assert set(cells["attn"]) == set(ATTENTION) - {"sdpa_math"}
+        assert set(cells["mode"]) == set(MODES)
+    # A graph break only exists when compiling.
+    assert grid[grid["attn"].str.endswith("_graphbreak")]["mode"].ne("eager").all()
+    # Grouped and multi-query heads on a slice, for kernels that run them natively and for repeated heads.
+    grouped = grid[grid["kv_heads"].astype(str).isin(["4", "1"])]
+    assert {"fa2", "fa4", "flex", "sdpa", "naive"} <= set(grouped["attn"]) and len(grouped) >= 20
+    assert set(grid["precision"]) == {"bf16"} and set(grid["optimizer"]) == {"adamw_fused"}

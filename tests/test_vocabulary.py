@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from attnsweep import attention, cli, model
-from attnsweep.vocabulary import (AXES, BATCH_POLICIES, CHOICES, DEVICES, MODELS, STATUSES, ATTEMPT_OUTCOMES,
-                                  kv_heads_problem)
+from attnsweep.vocabulary import (AXES, BATCH_POLICIES, CHOICES, COMPILED_MODES, CUDAGRAPH_MODES, DEVICES, MODELS,
+                                  MODES, STATUSES, ATTEMPT_OUTCOMES, TORCH_COMPILE_MODES, kv_heads_problem)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
@@ -67,3 +67,11 @@ def test_kv_heads_divisibility_is_checked_once() -> None:
     assert kv_heads_problem("small", None) is None and kv_heads_problem("small", 4) is None
     assert "divide the 12 heads" in kv_heads_problem("small", 5)
     assert "must be >= 1" in kv_heads_problem("medium", 0)
+
+
+def test_each_mode_says_how_it_compiles() -> None:
+    """The modes and what torch.compile runs for each are one table: the harnesses, the batch rules and the report
+    ask it (COMPILED_MODES, CUDAGRAPH_MODES) instead of comparing names."""
+    assert MODES == tuple(TORCH_COMPILE_MODES) == CHOICES["mode"]
+    assert TORCH_COMPILE_MODES == {"eager": None, "compiled": "default", "compiled_cudagraphs": "reduce-overhead"}
+    assert COMPILED_MODES == ("compiled", "compiled_cudagraphs") and CUDAGRAPH_MODES == ("compiled_cudagraphs",)

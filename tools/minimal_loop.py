@@ -26,8 +26,8 @@ import torch
 from attnsweep import attention
 from attnsweep.data import synthetic_batches
 from attnsweep.model import GPT, model_config
-from attnsweep.training import TrainStep, make_optimizer, private_compile_cache
-from attnsweep.vocabulary import PRECISIONS
+from attnsweep.training import TrainStep, compile_model, make_optimizer, private_compile_cache
+from attnsweep.vocabulary import CUDAGRAPH_MODES, MODES, PRECISIONS
 
 N_DATA_BATCHES = 4  # as a cell: a small pool on the device, cycled
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--attn", required=True, help="attention registry name (sdpa, fa2, naive, ...)")
     p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--mode", choices=("compiled", "eager"), required=True)
+    p.add_argument("--mode", choices=MODES, required=True)
     p.add_argument("--precision", choices=PRECISIONS, default="fp16")
     p.add_argument("--steps", type=int, default=125)
     p.add_argument("--window", type=int, default=25)
@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                 n_batches=N_DATA_BATCHES, device=device, seed=args.seed)
     model.train()
     opt = make_optimizer(model, "adamw")
-    # fullgraph as a cell compiles it: True, except for the implementations that break the graph on purpose.
-    fwd = torch.compile(model, fullgraph=attention.get(args.attn).fullgraph) if args.mode == "compiled" else model
+    # Compiled as a cell compiles it (fullgraph True, except for the implementations that break the graph on purpose).
+    fwd = compile_model(model, args.mode, attention.get(args.attn).fullgraph)
     # The cell's own training step: the loop around it is what this tool leaves bare.
-    step = TrainStep(fwd, opt, args.precision, device.type)
+    step = TrainStep(fwd, opt, args.precision, device.type, cudagraphs=args.mode in CUDAGRAPH_MODES)
 
     first_loss = t0 = 0.0
     for i in range(args.steps):

@@ -27,6 +27,7 @@ from .kernels import profile_step
 from .model import GPT
 from .spec import CellSpec
 from .training import Harness, StepHooks, TrainSpec, private_compile_cache, scoped_env
+from .vocabulary import COMPILED_MODES
 
 N_DATA_BATCHES = 4
 OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -164,15 +165,17 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
     k = max(1, min(5, len(losses) // 4))
     start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
     finite = result.nonfinite_step is None
+    compiled = spec.mode in COMPILED_MODES
     measurement = Measurement(
         window_tokens_per_sec=result.window_tokens_per_sec,
         step_times_s=result.step_times_s,
         params=params,
         peak_memory_bytes=result.peak_memory_bytes,
         compile={
-            "compiled": spec.mode == "compiled", "fullgraph": tspec.fullgraph if spec.mode == "compiled" else None,
+            "compiled": compiled, "fullgraph": tspec.fullgraph if compiled else None,
             "graphs": result.graphs, "graph_breaks": result.graph_breaks,
             "break_reasons": result.break_reasons[:10], "first_step_s": result.first_step_s,
+            "cudagraphs": result.cudagraphs,
         },
         loss={
             "start": start if finite else None, "end": end if finite else None, "fell": finite and end < start,

@@ -5,16 +5,18 @@ Contract (docs/design.md): every implementation takes ``q`` of shape ``(B, T, H,
 causal, and returns ``(B, T, H, D)``. ``H % Hkv == 0``; query head ``h`` attends with key/value head
 ``h // (H // Hkv)`` (the convention of flash-attn, FlexAttention and SDPA's ``enable_gqa``).
 
-An entry declares what it can run on (devices, dtypes, head dims, compute capability, Python modules). Everything
-that differs between implementations lives in its entry: no other module branches on an attention name. Optional
-packages (``flash_attn``, ``flash_attn.cute``) are imported only when an entry is checked or built, never when
-this module is imported, so the package works on machines without them.
+An entry declares what it can run on (devices, dtypes, head dims, compute capability, Python modules, and any
+installation check of its own, such as package versions). Everything that differs between implementations lives in
+its entry: no other module branches on an attention name. Optional packages (``flash_attn``, ``flash_attn.cute``)
+are imported only when an entry is checked or built, never when this module is imported, so the package works on
+machines without them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.torch_version import TorchVersion
 
 __all__ = ["AttentionImpl", "names", "get", "build", "unsupported_reason", "REGISTRY"]
 
@@ -32,6 +35,9 @@ _FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64
 # flash-attn 2 (and SDPA's flash backend, which is FA2 code) supports head dims up to 256; multiples of 8 are the
 # sizes it has kernels for (it pads others, but the sweep never needs them).
 _FA2_HEAD_DIMS = frozenset(range(8, 257, 8))
+# flash-attn-4 runs head dims 8..256 (multiples of 8 in 16-bit) on Hopper but only up to 128 (plus a few special
+# shapes) on Blackwell (interface._validate_head_dims): the range both take.
+_FA4_HEAD_DIMS = frozenset(range(8, 129, 8))
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,12 @@ class AttentionImpl:
     # is not obvious.
     device_notes: tuple[tuple[str, str], ...] = ()
     sdpa_backend: SDPBackend | None = None  # the SDPA backend it is restricted to (backend_scope)
+    # PyTorch's flash attention implementation activated around a run (backend_scope), e.g. "FA4": the name for
+    # torch.nn.attention.activate_flash_attention_impl. None: PyTorch's default (its own FlashAttention-2 code).
+    flash_impl: str | None = None
+    # An installation check of its own, run after the generic ones with the CUDA device's (major, minor) or None:
+    # one sentence saying why it cannot run (e.g. the versions of two packages that do not work together), or None.
+    check: Callable[[tuple[int, int] | None], str | None] | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,18 +103,28 @@ class _Naive(nn.Module):
 
 # The backend a whole training run is restricted to by backend_scope, or None.
 _scoped_backend: SDPBackend | None = None
+# PyTorch's flash attention implementation backend_scope activated for a whole run, or None.
+_scoped_flash_impl: str | None = None
 
 
 @contextlib.contextmanager
 def backend_scope(name: str) -> Iterator[None]:
-    """Restrict SDPA to implementation `name`'s backend (if it has one) around a whole run, outside any compiled
-    region; its modules then call SDPA plainly. An ``sdpa_kernel`` block traced inside a compiled graph makes
-    AOTAutograd bypass its cache, so a cell's warm compile cache would be recompiled from scratch."""
-    global _scoped_backend
-    backend = get(name).sdpa_backend
-    if backend is None:
+    """Restrict SDPA to implementation `name`'s backend, and activate its flash attention implementation (if it has
+    them), around a whole run, outside any compiled region; its modules then call SDPA plainly. An ``sdpa_kernel``
+    block traced inside a compiled graph makes AOTAutograd bypass its cache, so a cell's warm compile cache would be
+    recompiled from scratch; and a flash implementation must stay active until the last backward has run."""
+    impl = get(name)
+    with contextlib.ExitStack() as stack:
+        if impl.sdpa_backend is not None:
+            stack.enter_context(_sdpa_backend_scope(impl.sdpa_backend))
+        if impl.flash_impl is not None:
+            stack.enter_context(_flash_impl_scope(impl.flash_impl))
         yield
-        return
+
+
+@contextlib.contextmanager
+def _sdpa_backend_scope(backend: SDPBackend) -> Iterator[None]:
+    global _scoped_backend
     saved = _scoped_backend
     with sdpa_kernel(backend):
         _scoped_backend = backend
@@ -112,19 +134,52 @@ def backend_scope(name: str) -> Iterator[None]:
             _scoped_backend = saved
 
 
+@contextlib.contextmanager
+def _flash_impl_scope(flash_impl: str) -> Iterator[None]:
+    """Activate PyTorch's flash attention implementation `flash_impl` (torch >= 2.11): it re-registers the CUDA
+    kernels of SDPA's flash backend (aten::_scaled_dot_product_flash_attention and its backward) process-wide, so
+    eager and compiled code alike then run it. Afterwards the implementation active before is restored (PyTorch's
+    default FlashAttention-2 code when there was none)."""
+    global _scoped_flash_impl
+    from torch.nn import attention as nn_attention
+
+    before = nn_attention.current_flash_attention_impl()
+    saved = _scoped_flash_impl
+    nn_attention.activate_flash_attention_impl(flash_impl)
+    _scoped_flash_impl = flash_impl
+    try:
+        yield
+    finally:
+        _scoped_flash_impl = saved
+        if before is None:
+            nn_attention.restore_flash_attention_impl()
+        else:
+            nn_attention.activate_flash_attention_impl(before)
+
+
 class _SDPA(nn.Module):
     """``F.scaled_dot_product_attention(is_causal=True)``, optionally restricted to one backend.
 
     Inside ``backend_scope`` of the same backend (how a cell runs) the restriction is already global. Elsewhere it
     uses ``torch.nn.attention.sdpa_kernel`` as a context manager inside forward: torch.compile traces it (the old
     ``torch.backends.cuda.sdp_kernel`` breaks the graph), and it holds for eager and compiled runs alike.
+
+    A flash attention implementation (``flash_impl``) has no such local form: activating one re-registers kernels
+    process-wide, and it must still be active when the backward runs. So such a module runs only inside
+    ``backend_scope`` of its entry; elsewhere it raises rather than silently run PyTorch's default flash kernels.
     """
 
-    def __init__(self, *, backend: SDPBackend | None, **_: Any) -> None:
+    def __init__(self, *, backend: SDPBackend | None, flash_impl: str | None = None, **_: Any) -> None:
         super().__init__()
         self.backend = backend
+        self.flash_impl = flash_impl
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.flash_impl is not None and self.flash_impl != _scoped_flash_impl:
+            raise RuntimeError(
+                f"SDPA with PyTorch's {self.flash_impl} flash implementation runs only inside "
+                "attention.backend_scope(name), which activates it for the forward and backward passes"
+            )
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.backend is None or self.backend == _scoped_backend:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -134,11 +189,15 @@ class _SDPA(nn.Module):
         return y.transpose(1, 2)
 
 
-def _sdpa_entry(name: str, description: str, backend: SDPBackend | None, **kw: Any) -> AttentionImpl:
+def _sdpa_entry(
+    name: str, description: str, backend: SDPBackend | None, flash_impl: str | None = None, **kw: Any
+) -> AttentionImpl:
     def factory(**args: Any) -> nn.Module:
-        return _SDPA(backend=backend, **args)
+        return _SDPA(backend=backend, flash_impl=flash_impl, **args)
 
-    return AttentionImpl(name=name, description=description, factory=factory, sdpa_backend=backend, **kw)
+    return AttentionImpl(
+        name=name, description=description, factory=factory, sdpa_backend=backend, flash_impl=flash_impl, **kw
+    )
 
 
 class _FlashAttn2(nn.Module):
@@ -222,23 +281,156 @@ class _Flex(nn.Module):
         return y.transpose(1, 2)
 
 
-class _FlashAttn4(nn.Module):
-    """FlashAttention-4: ``flash_attn.cute.flash_attn_func`` (CuTe DSL kernels for Hopper and Blackwell).
+# --------------------------------------------------------------------------------------------------------------
+# FlashAttention-4: the flash-attn-4 package's CuTe DSL kernels (JIT-compiled at their first call), imported as
+# ``flash_attn.cute``. Its own ``flash_attn_func`` is a torch.autograd.Function whose forward Dynamo cannot trace,
+# so `fa4` calls the package's lower-level forward and backward through two torch custom ops of its own instead,
+# which torch.compile keeps in one graph; `fa4_graphbreak` calls ``flash_attn_func`` as it is.
 
-    Its kernels are JIT-compiled by the CuTe DSL at first call and are not torch custom ops, so torch.compile
-    breaks the graph around it (hence ``fullgraph=False``). It returns ``(out, lse)``; older builds returned
-    ``out`` alone, so both are accepted.
+_FA4_DIST = "flash-attn-4"
+# The module whose _flash_attn_fwd/_flash_attn_bwd the custom ops call (and torch's own FA4 route imports).
+_FA4_INTERFACE = "flash_attn.cute.interface"
+
+
+def _fa4_interface() -> Any:
+    """flash-attn-4's interface module, imported at the first use (tests replace it with a CPU stand-in)."""
+    return importlib.import_module(_FA4_INTERFACE)
+
+
+@torch.library.custom_op("attnsweep::flash_attn_4_fwd", mutates_args=())
+def _fa4_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal FA4 forward of (B, T, H, D), (B, T, Hkv, D) x2: (out (B, T, H, D), lse (B, H, T) float32)."""
+    # return_lse: inside a custom op no input requires grad, and the package then skips the lse the backward needs.
+    # 4.0.0b18 and older return (out, lse); later betas append intermediates (4.0.0b36: p, row_max, o_lo).
+    out, lse = _fa4_interface()._flash_attn_fwd(q, k, v, causal=True, return_lse=True)[:2]
+    return out, lse
+
+
+@_fa4_fwd.register_fake
+def _fa4_fwd_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # What the package allocates: a contiguous output and a contiguous float32 lse.
+    B, T, H, _ = q.shape
+    return q.new_empty(B, T, H, v.size(-1)), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("attnsweep::flash_attn_4_bwd", mutates_args=())
+def _fa4_bwd(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal FA4 backward: (dq, dk, dv), shaped as q, k, v (k and v with their own, grouped, head count)."""
+    dq, dk, dv = _fa4_interface()._flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3]
+    # Contiguous, as the fake says: the package allocates them with empty_like, which would keep a dense but
+    # permuted input's strides (a no-op for the strided views the model passes, whose gradients come back dense).
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
+@_fa4_bwd.register_fake
+def _fa4_bwd_fake(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _fa4_setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    q, k, v = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.mark_non_differentiable(lse)
+
+
+def _fa4_backward(ctx: Any, dout: torch.Tensor, _dlse: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    q, k, v, out, lse = ctx.saved_tensors
+    return _fa4_bwd(dout, q, k, v, out, lse)
+
+
+_fa4_fwd.register_autograd(_fa4_backward, setup_context=_fa4_setup_context)
+
+
+def _fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _fa4_fwd(q, k, v)[0]
+
+
+class _FlashAttn4(nn.Module):
+    """FlashAttention-4 (flash-attn-4: CuTe DSL kernels for Hopper and Blackwell), causal, GQA native.
+
+    By default through this module's custom ops (no graph break). With ``graph_break=True`` it calls the package's
+    ``flash_attn.cute.flash_attn_func`` wrapped in ``torch.compiler.disable``: a graph break at every attention
+    layer, as `fa2_graphbreak` forces for FlashAttention-2 (left to itself, Dynamo would try to trace into the
+    package's autograd.Function and its CuTe DSL code). ``flash_attn_func`` returns ``(out, lse)``; a build that
+    returns ``out`` alone is accepted too.
     """
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, *, graph_break: bool = False, **_: Any) -> None:
         super().__init__()
-        from flash_attn.cute import flash_attn_func  # lazy: optional dependency
+        if graph_break:
+            from flash_attn.cute import flash_attn_func  # lazy: optional dependency
 
-        self._fn = flash_attn_func
+            def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                out = flash_attn_func(q, k, v, causal=True)
+                return out[0] if isinstance(out, tuple) else out
+
+            self._call = torch.compiler.disable(call)
+        else:
+            _fa4_interface()  # a missing package fails here, when the model is built, as for the other packages
+            self._call = _fa4_attention
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = self._fn(q, k, v, causal=True)
-        return out[0] if isinstance(out, tuple) else out
+        return self._call(q, k, v)
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _fa4_install_problem(capability: tuple[int, int] | None = None) -> str | None:
+    """Why ``flash_attn.cute`` (which imports) is not a FlashAttention-4 release, or None."""
+    if _dist_version(_FA4_DIST) is None:
+        # flash-attn 2's wheels ship an early, unversioned copy of flash_attn/cute (flash-attn 2.8.3 does).
+        return (
+            f"flash_attn.cute imports, but the {_FA4_DIST} distribution is not installed: that flash_attn.cute is "
+            "another copy (flash-attn 2's wheels bundle an early one), not a FlashAttention-4 release."
+        )
+    return None
+
+
+# torch 2.11 to 2.13's FA4 route (torch/nn/attention/_fa4.py, _fa4_run_forward) unpacks exactly
+# ``out, lse = _flash_attn_fwd(...)``. From flash-attn-4 4.0.0b19 on that function returns four values (4.0.0b36:
+# five), so the route fails with "too many values to unpack"; torch 2.14 unpacks ``out, lse, *_``.
+_FA4_LAST_TWO_VALUE_FWD = "4.0.0b18"
+_TORCH_FA4_UNPACKS_ANY = "2.14"
+
+
+def _sdpa_fa4_version_problem(torch_version: str, fa4_version: str) -> str | None:
+    """Why torch `torch_version`'s FA4 route cannot call flash-attn-4 `fa4_version`, or None."""
+    if TorchVersion(torch_version) < _TORCH_FA4_UNPACKS_ANY and TorchVersion(fa4_version) > _FA4_LAST_TWO_VALUE_FWD:
+        return (
+            f"torch {torch_version}'s FA4 route unpacks two values from flash-attn-4's _flash_attn_fwd, which returns "
+            f"more from 4.0.0b19 on: it needs {_FA4_DIST} {_FA4_LAST_TWO_VALUE_FWD} or older (or torch "
+            f"{_TORCH_FA4_UNPACKS_ANY} or newer), and {fa4_version} is installed."
+        )
+    return None
+
+
+def _sdpa_fa4_problem(capability: tuple[int, int] | None = None) -> str | None:
+    """Why SDPA's FA4 route cannot run here, or None."""
+    from torch.nn import attention as nn_attention
+
+    list_impls = getattr(nn_attention, "list_flash_attention_impls", None)
+    if list_impls is None or "FA4" not in list_impls():
+        return (
+            f"torch {torch.__version__} has no FA4 flash attention implementation to activate "
+            "(torch.nn.attention.activate_flash_attention_impl, torch 2.11 and newer)."
+        )
+    problem = _fa4_install_problem()
+    if problem is not None:
+        return problem
+    # The route checks the major version itself and raises for others (_fa4_common_support_error).
+    if capability is not None and capability[0] not in (9, 10):
+        return "PyTorch's FA4 route runs on compute capability 9.x and 10.x only; this GPU is sm%d%d." % capability
+    return _sdpa_fa4_version_problem(str(torch.__version__), _dist_version(_FA4_DIST))
 
 
 class _RepeatKV(nn.Module):
@@ -281,6 +473,21 @@ _FA2 = AttentionImpl(
     native_gqa=True,
     requires=("flash_attn",),
     min_capability=(8, 0),
+)
+
+_FA4 = AttentionImpl(
+    name="fa4",
+    description="FlashAttention-4 from the flash-attn-4 package (CuTe DSL kernels), its forward and backward "
+    "called through torch custom ops: no graph break",
+    factory=_FlashAttn4,
+    devices=_CUDA,
+    dtypes=_HALF,
+    head_dims=_FA4_HEAD_DIMS,
+    native_gqa=True,
+    requires=("flash_attn.cute",),
+    # Its forward runs on sm80 too, but its backward on sm90 and newer only; the sweep trains.
+    min_capability=(9, 0),
+    check=_fa4_install_problem,
 )
 
 # SDPA entries do not pass enable_gqa: not every backend accepts it, and passing it changes what the default
@@ -364,17 +571,27 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         requires=("torch.nn.attention.flex_attention",),
         min_capability=(8, 0),  # Triton's supported NVIDIA GPUs
     ),
-    AttentionImpl(
-        name="fa4",
-        description="FlashAttention-4 (flash_attn.cute.flash_attn_func, CuTe DSL kernels for Hopper/Blackwell)",
-        factory=_FlashAttn4,
+    _FA4,
+    replace(
+        _FA4,
+        name="fa4_graphbreak",
+        description="FlashAttention-4's own flash_attn.cute.flash_attn_func under torch.compiler.disable: a graph "
+        "break at every attention layer",
+        factory=lambda **kw: _FlashAttn4(graph_break=True, **kw),
+        fullgraph=False,
+    ),
+    _sdpa_entry(
+        "sdpa_fa4",
+        "SDPA restricted to its flash backend, with PyTorch's FlashAttention-4 implementation activated "
+        "(torch.nn.attention.activate_flash_attention_impl('FA4'), which calls flash-attn-4's kernels)",
+        SDPBackend.FLASH_ATTENTION,
+        flash_impl="FA4",
         devices=_CUDA,
         dtypes=_HALF,
-        head_dims=frozenset({64, 96, 128}),
-        native_gqa=True,
-        fullgraph=False,
+        head_dims=_FA4_HEAD_DIMS,
         requires=("flash_attn.cute",),
         min_capability=(9, 0),
+        check=_sdpa_fa4_problem,
     ),
 )
 
@@ -447,7 +664,8 @@ def unsupported_reason(
 ) -> str | None:
     """None if ``name`` can run on this combination, else one sentence saying why not.
 
-    Checked in this order: device, dtype, head dim, required modules (with the import error), compute capability.
+    Checked in this order: device, dtype, head dim, required modules (with the import error), compute capability,
+    then the entry's own installation check (package versions).
     ``capability`` is the CUDA device's (major, minor); if None on a machine with CUDA, the current device's is
     used, and without CUDA the capability is not checked. Unknown names and invalid head counts raise ValueError
     (configuration errors, not "unsupported").
@@ -474,11 +692,16 @@ def unsupported_reason(
         err = _import_error(module)
         if err is not None:
             return f"{name} needs the Python module {module!r}, which does not import ({err})."
-    if device_type == "cuda" and impl.min_capability is not None:
-        if capability is None and torch.cuda.is_available():
-            capability = torch.cuda.get_device_capability()
-        if capability is not None and tuple(capability) < impl.min_capability:
-            need = "sm%d%d" % impl.min_capability
-            have = "sm%d%d" % tuple(capability)
-            return f"{name} needs a GPU of compute capability {need} or newer; this one is {have}."
+    if device_type == "cuda" and capability is None and torch.cuda.is_available():
+        capability = torch.cuda.get_device_capability()
+    if device_type != "cuda":
+        capability = None
+    if capability is not None and impl.min_capability is not None and tuple(capability) < impl.min_capability:
+        need = "sm%d%d" % impl.min_capability
+        have = "sm%d%d" % tuple(capability)
+        return f"{name} needs a GPU of compute capability {need} or newer; this one is {have}."
+    if impl.check is not None:
+        problem = impl.check(None if capability is None else tuple(capability))
+        if problem is not None:
+            return f"{name}: {problem}"
     return None

@@ -33,6 +33,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .vocabulary import COMPILED_MODES
+
 STUDY_SEQ_LENS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
 FLASH_FAMILY_NOTE = "every implementation but `naive` uses the study's flash-attention batch sizes"
 
@@ -75,8 +77,12 @@ def _family(attn: str) -> str:
 
 
 def study_size(model: str, attn: str, mode: str, seq_len: int) -> tuple[bool, int | None]:
-    """(the study has this cell, its batch size or None where it ran out of memory on 12 GB)."""
-    if mode == "compiled":
+    """(the study has this cell, its batch size or None where it ran out of memory on 12 GB).
+
+    Every compiled mode takes the study's compiled sizes: with CUDA graphs the same compiled kernels run, and
+    `compiled_cudagraphs` is compared with `compiled` at the same batch (what the graphs add in memory shows in the
+    record's peak, or as OOM under the study's cap)."""
+    if mode in COMPILED_MODES:
         sizes = _STUDY_COMPILED.get((model, _family(attn)))
         if sizes is not None and seq_len in STUDY_SEQ_LENS[: len(sizes)]:
             return True, sizes[STUDY_SEQ_LENS.index(seq_len)]

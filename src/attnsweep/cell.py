@@ -27,7 +27,7 @@ from .attempt import AttemptResult, measure, run_attempt
 from .provenance import environment
 from .record import CellRecord
 from .spec import CellInputError, CellSpec
-from .training import StepHooks, optimizer_unsupported_reason, torch_dtype
+from .training import StepHooks, mode_unsupported_reason, optimizer_unsupported_reason, torch_dtype
 
 # Enough steps for every compilation a cell goes through: some implementations compile a second graph at step 3.
 WARMUP_STEPS = 10
@@ -60,7 +60,8 @@ def unsupported_reason(spec: CellSpec, device: torch.device) -> str | None:
     )
     if reason:
         return reason
-    reason = optimizer_unsupported_reason(spec.optimizer, device.type)
+    reason = (mode_unsupported_reason(spec.mode, device.type)
+              or optimizer_unsupported_reason(spec.optimizer, device.type))
     if reason is None and spec.harness == "composer":
         from .composer_harness import composer_unsupported_reason  # imports Composer lazily, if at all
 

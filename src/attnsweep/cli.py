@@ -43,7 +43,9 @@ def _positive_float(text: str) -> float:
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=list(MODELS), help="GPT-2 size")
     p.add_argument("--attn", required=True, choices=list(ATTENTION), help="attention implementation")
-    p.add_argument("--mode", default="compiled", choices=MODES, help="torch.compile or eager (default: compiled)")
+    p.add_argument("--mode", default="compiled", choices=MODES,
+                   help="compiled = torch.compile, compiled_cudagraphs = torch.compile replayed as CUDA graphs "
+                   "(mode='reduce-overhead', CUDA only), eager = no compilation (default: compiled)")
     p.add_argument("--seq-len", required=True, type=_positive_int, help="context length in tokens")
     p.add_argument("--kv-heads", type=_positive_int, default=None,
                    help="key/value heads (default: the model's head count; fewer = grouped-query, 1 = multi-query)")

@@ -3,7 +3,9 @@
 The study trained with Composer (`precision='amp_fp16'`, `max_duration='125ba'`, `SpeedMonitor(window_size=25)`,
 `compile_config={'fullgraph': True}` or none for eager). `train_composer` runs the same model, data, optimizer and
 precision as `native_harness.train_native` through a Composer `Trainer`, and reports the tokens/s SpeedMonitor logged at the
-last batch: tokens of the last `window` batches over the wall-clock time Composer measured for them.
+last batch: tokens of the last `window` batches over the wall-clock time Composer measured for them. The compile
+mode with CUDA graphs runs here too: its compile_config adds mode='reduce-overhead' (training.compile_options, as the
+native loop compiles), and a callback marks each batch's start for the CUDA graph trees, as the native step does.
 
 Composer is optional. It is imported only inside the functions here, so the package imports and the native harness
 runs without it; `composer_unsupported_reason` says why a composer cell cannot run (not installed, or a precision
@@ -25,6 +27,7 @@ import torch
 
 from attnsweep import training
 from attnsweep.training import StepHooks, TrainResult, TrainSpec
+from attnsweep.vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
 
 COMPOSER_VERSION = "0.32.1"  # the release envs/install-composer.sh installs
 SPEED_MONITOR_KEY = "throughput/tokens_per_sec"  # what SpeedMonitor logs once its window is full
@@ -124,11 +127,14 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
                 self.metrics.setdefault(key, []).append((step, value))
 
     class StepRecorder(Callback):
-        """Per-batch synchronized wall time (batch end to batch end; the first from the start of fit) and loss."""
+        """Per-batch synchronized wall time (batch end to batch end; the first from the start of fit) and loss; with
+        `cudagraphs`, each batch's start marked as a new iteration for the CUDA graph trees (training.TrainStep says
+        why)."""
 
-        def __init__(self, device: torch.device, hooks: StepHooks, window_start: int):
+        def __init__(self, device: torch.device, hooks: StepHooks, window_start: int, cudagraphs: bool = False):
             self.device = device
             self.hooks, self.window_start = hooks, window_start
+            self.cudagraphs = cudagraphs
             self.step_times_s: list[float] = []
             self.losses: list[float] = []
             self._last: float | None = None
@@ -140,6 +146,10 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
         def fit_start(self, state, logger):
             self._sync()
             self._last = time.perf_counter()
+
+        def batch_start(self, state, logger):
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
 
         def batch_end(self, state, logger):
             self._sync()
@@ -239,9 +249,12 @@ def train_composer(
     composer_model = WrappedGPT(model)
     optimizer = training.make_optimizer(model, spec.optimizer)
     speed_monitor = SpeedMonitor(window_size=spec.window, time_unit="seconds")
-    recorder = StepRecorder(spec.device, spec.hooks, spec.steps - spec.window)
+    cudagraphs = spec.mode in CUDAGRAPH_MODES
+    recorder = StepRecorder(spec.device, spec.hooks, spec.steps - spec.window, cudagraphs)
     memory_logger = MemoryLogger()
-    compiled = spec.mode == "compiled"
+    compiled = spec.mode in COMPILED_MODES
+    watch = training.CudagraphWatch() if cudagraphs else None
+    cudagraph_stats = None
 
     training.reset_graph_counters()
     if spec.device.type == "cuda":
@@ -249,7 +262,7 @@ def train_composer(
         torch.cuda.reset_peak_memory_stats(spec.device)
 
     trainer = None
-    with _composer_environment():
+    with _composer_environment(), watch if watch is not None else contextlib.nullcontext():
         try:
             trainer = Trainer(
                 model=composer_model,
@@ -260,7 +273,7 @@ def train_composer(
                 precision=COMPOSER_PRECISION[spec.precision],
                 callbacks=[speed_monitor, recorder],
                 loggers=[memory_logger],
-                compile_config={"fullgraph": spec.fullgraph} if compiled else None,
+                compile_config=training.compile_options(spec.mode, spec.fullgraph),
                 device=_composer_device(spec.device),
                 progress_bar=False,
                 log_to_console=False,
@@ -270,6 +283,8 @@ def train_composer(
                 seed=SEED,
             )
             trainer.fit()
+            if watch is not None:  # while Composer still holds the compiled model, and with it the graphs
+                cudagraph_stats = watch.stats(spec.device)
         finally:
             if trainer is not None:
                 trainer.close()
@@ -300,6 +315,7 @@ def train_composer(
         graphs=graphs,
         graph_breaks=breaks,
         break_reasons=reasons,
+        cudagraphs=cudagraph_stats,
         extra={
             "composer_version": composer_version(),
             "speed_monitor_key": SPEED_MONITOR_KEY,
@@ -316,7 +332,8 @@ def train_composer(
 def _profile_step(state_model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, spec: TrainSpec):
     """One more training step through the module Composer ran (compiled, if it compiled it), for kernel profiling:
     the shared training step, under the same autocast and gradient scaling."""
-    step = training.TrainStep(lambda x, y: state_model((x, y)), optimizer, spec.precision, spec.device.type)
+    step = training.TrainStep(lambda x, y: state_model((x, y)), optimizer, spec.precision, spec.device.type,
+                              cudagraphs=spec.mode in CUDAGRAPH_MODES)
     return lambda: step(*batch)
 
 

@@ -19,6 +19,9 @@ BACKENDS: list[tuple[str, re.Pattern]] = [
     ("pytorch-flash", re.compile(r"pytorch_flash::|_scaled_dot_product_flash_attention", re.I)),
     ("cudnn", re.compile(r"cudnn.*(sdpa|fmha|flash|attn)|_scaled_dot_product_cudnn_attention", re.I)),
     ("mem-efficient", re.compile(r"fmha_cutlass|AttentionKernel|_efficient_attention", re.I)),
+    # flash-attn-4's CuTe DSL kernels are named kernel_cutlass_<method>_<its Python object, dots dropped>_..., e.g.
+    # kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__tensor...
+    # (FlashAttentionBackwardSm90, FlashAttentionBackwardPreprocess/Postprocess; Sm100 on Blackwell).
     ("flash-attn-4", re.compile(r"flash_attn.*cute|FlashAttention(Forward|Backward)Sm", re.I)),
     ("flash-attn", re.compile(r"flash::|flash_fwd|flash_bwd|flash_attn", re.I)),
     ("flex", re.compile(r"flex_attention|triton_tem_fused", re.I)),
@@ -28,6 +31,12 @@ RELEVANT = re.compile(r"flash|fmha|sdpa|attention|attn|cudnn|flex|softmax|scaled
 # The loss (cross-entropy) runs log_softmax over the vocabulary: a softmax, but not attention's. Its op and kernel
 # names say "log_softmax" (aten::_log_softmax, LogSoftMaxForwardEpilogue, triton_..._log_softmax_...).
 LOSS = re.compile(r"log_?softmax|nll_loss|cross_entropy", re.I)
+# PyTorch's FA4 route (torch.nn.attention.activate_flash_attention_impl("FA4")) runs flash-attn-4's own kernels, so
+# kernel names cannot tell it from flash-attn-4 called directly; the operator that launched them can: SDPA's flash
+# operator (eager and compiled alike: Inductor calls the aten op) rather than this package's custom op
+# (attnsweep::flash_attn_4_fwd) or flash-attn-4's autograd.Function.
+FA4_VIA_SDPA = "flash-attn-4 via sdpa"
+SDPA_FLASH_OP = re.compile(r"_scaled_dot_product_flash_attention|aten::_flash_attention_(forward|backward)", re.I)
 
 
 def is_attention(name: str) -> bool:
@@ -44,10 +53,13 @@ def _device_time(evt) -> float:
     return 0.0
 
 
-def classify(names: list[str]) -> str:
-    """The attention backend the kernel (or op) names show; `unfused` when none is a fused attention kernel."""
+def classify(names: list[str], operators: list[str] = ()) -> str:
+    """The attention backend the kernel (or op) names show; `unfused` when none is a fused attention kernel.
+    `operators`: the CPU operators of the same step, which tell flash-attn-4's two routes apart."""
     for backend, pattern in BACKENDS:
         if any(pattern.search(n) for n in names):
+            if backend == "flash-attn-4" and any(SDPA_FLASH_OP.search(o) for o in operators):
+                return FA4_VIA_SDPA
             return backend
     return "unfused (matmul + softmax)"
 
@@ -65,10 +77,12 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    rows, annotations = [], set()
+    rows, annotations, operators = [], set(), []
     for evt in prof.key_averages():
         on_device = device.type == "cuda" and _device_time(evt) > 0 and evt.device_type != torch.autograd.DeviceType.CPU
         if device.type == "cuda" and not on_device:
+            if is_attention(evt.key):
+                operators.append(evt.key)
             continue
         t = _device_time(evt) if device.type == "cuda" else float(evt.self_cpu_time_total)
         rows.append({"name": evt.key[:MAX_NAME], "calls": int(evt.count), "time_us": round(t, 1)})
@@ -78,7 +92,7 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
     attention = [r for r in rows if is_attention(r["name"])]
     return {
         "source": "CUDA kernels" if device.type == "cuda" else "CPU operators",
-        "backend": classify([r["name"] for r in attention]),
+        "backend": classify([r["name"] for r in attention], operators),
         "attention": attention[:20],
         "attention_share": attention_share(rows, annotations),
         "top": rows[:10],

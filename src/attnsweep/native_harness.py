@@ -7,13 +7,16 @@ window is tokens / elapsed time of the window's steps, which is what Composer's 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
 
 import torch
 
-from .training import TrainResult, TrainSpec, TrainStep, graph_stats, make_optimizer, reset_graph_counters
+from .training import (CudagraphWatch, TrainResult, TrainSpec, TrainStep, compile_model, graph_stats,
+                       make_optimizer, reset_graph_counters)
+from .vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
 
 
 def _run_hook(hook: Callable[[], None] | None) -> float:
@@ -36,8 +39,11 @@ def train_native(
     model.train()
     optimizer = make_optimizer(model, spec.optimizer)
     reset_graph_counters()
-    forward = torch.compile(model, fullgraph=spec.fullgraph) if spec.mode == "compiled" else model
-    step = TrainStep(forward, optimizer, spec.precision, spec.device.type)
+    forward = compile_model(model, spec.mode, spec.fullgraph)
+    cudagraphs = spec.mode in CUDAGRAPH_MODES
+    step = TrainStep(forward, optimizer, spec.precision, spec.device.type, cudagraphs=cudagraphs)
+    # With CUDA graphs, what their trees captured and skipped, decided from the first step's compilation on.
+    watch = CudagraphWatch() if cudagraphs else None
 
     cuda = spec.device.type == "cuda"
     losses: list[torch.Tensor] = []
@@ -49,26 +55,27 @@ def train_native(
     hook_s = 0.0
     wall0 = time.perf_counter()
     window_wall0 = None
-    for i in range(spec.steps):
-        x, y = batches[i % len(batches)]
-        if i == spec.steps - spec.window:
-            hook_s += _run_hook(spec.hooks.before_window)
+    with watch if watch is not None else contextlib.nullcontext():
+        for i in range(spec.steps):
+            x, y = batches[i % len(batches)]
+            if i == spec.steps - spec.window:
+                hook_s += _run_hook(spec.hooks.before_window)
+                if cuda:
+                    torch.cuda.synchronize(spec.device)
+                window_wall0 = time.perf_counter()
             if cuda:
-                torch.cuda.synchronize(spec.device)
-            window_wall0 = time.perf_counter()
-        if cuda:
-            starts[i].record()
-            losses.append(step(x, y))
-            ends[i].record()
-        else:
-            t0 = time.perf_counter()
-            losses.append(step(x, y))
-            cpu_times.append(time.perf_counter() - t0)
-        if i == 0:
-            if cuda:
-                torch.cuda.synchronize(spec.device)
-            first_step_s = time.perf_counter() - wall0
-            hook_s += _run_hook(spec.hooks.after_first_step)
+                starts[i].record()
+                losses.append(step(x, y))
+                ends[i].record()
+            else:
+                t0 = time.perf_counter()
+                losses.append(step(x, y))
+                cpu_times.append(time.perf_counter() - t0)
+            if i == 0:
+                if cuda:
+                    torch.cuda.synchronize(spec.device)
+                first_step_s = time.perf_counter() - wall0
+                hook_s += _run_hook(spec.hooks.after_first_step)
     if cuda:
         torch.cuda.synchronize(spec.device)
         step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
@@ -80,7 +87,7 @@ def train_native(
 
     loss_values = torch.stack(losses).float().cpu().tolist()
     nonfinite = next((i + 1 for i, v in enumerate(loss_values) if not math.isfinite(v)), None)
-    graphs, breaks, reasons = graph_stats() if spec.mode == "compiled" else (None, None, [])
+    graphs, breaks, reasons = graph_stats() if spec.mode in COMPILED_MODES else (None, None, [])
 
     def profile_step() -> None:
         x, y = batches[0]
@@ -97,6 +104,7 @@ def train_native(
         graphs=graphs,
         graph_breaks=breaks,
         break_reasons=reasons,
+        cudagraphs=watch.stats(spec.device) if watch is not None else None,
         # The wall-clock time of the window, synchronized at both ends: a check on the summed event times.
         # Where the run's host time went besides the steps: before the first step (optimizer, compile wrapper),
         # the hooks (a timed cell taking its GPU, then the host), the steps' wall time, and after the last step.

@@ -4,21 +4,25 @@ Two harnesses implement the contract (`Harness`): `native_harness.train_native` 
 events) and `composer_harness.train_composer` (MosaicML Composer, throughput read from its SpeedMonitor). The cell
 builds the model and data once and hands them to whichever harness the config names, so both measure the same thing.
 `TrainStep` is the step itself (autocast forward, scaled backward, optimizer step), used by the native loop, the
-profiled step of either harness and tools/minimal_loop.py.
+profiled step of either harness and tools/minimal_loop.py. `compile_model` compiles a model as a mode of the grid
+asks (vocabulary.TORCH_COMPILE_MODES), and `CudagraphWatch` says what CUDA graph trees did in a run that uses them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .vocabulary import OPTIMIZERS, PRECISION_DTYPES
+from .vocabulary import CUDAGRAPH_MODES, MODES, OPTIMIZERS, PRECISION_DTYPES, TORCH_COMPILE_MODES
 
 # The study's optimizer settings (docs/protocol.md, Optimizer): constant learning rate, decay on weights only.
 LR = 1e-4
@@ -51,8 +55,8 @@ class TrainSpec:
     window: int
     precision: str  # fp16 | bf16 | fp32
     optimizer: str  # adamw | adamw8bit
-    mode: str  # eager | compiled
-    fullgraph: bool  # only meaningful when mode == "compiled"
+    mode: str  # a vocabulary.MODES value: eager | compiled | compiled_cudagraphs
+    fullgraph: bool  # only meaningful in a compiled mode (vocabulary.COMPILED_MODES)
     device: torch.device
     hooks: StepHooks = StepHooks()
 
@@ -71,6 +75,7 @@ class TrainResult:
     graphs: int | None = None  # FX graphs Dynamo compiled (None in eager mode)
     graph_breaks: int | None = None
     break_reasons: list[str] = field(default_factory=list)
+    cudagraphs: dict | None = None  # CudagraphWatch.stats() in a mode with CUDA graphs, else None
     extra: dict = field(default_factory=dict)  # harness-specific facts worth recording
     # One more training step, same model and settings, for the profiler to see which kernels run; not serialized.
     profile_step: Callable[[], None] | None = field(default=None, repr=False)
@@ -115,6 +120,21 @@ def optimizer_unsupported_reason(name: str, device_type: str) -> str | None:
     return None
 
 
+def mode_unsupported_reason(mode: str, device_type: str) -> str | None:
+    """Why mode `mode` cannot run on `device_type`, or None if it can (asked before any model is built)."""
+    if mode not in MODES:
+        return f"unknown mode {mode!r}; allowed: {', '.join(MODES)}"
+    if mode in CUDAGRAPH_MODES and device_type != "cuda":
+        # Elsewhere torch.compile(mode="reduce-overhead") quietly compiles without CUDA graphs (Inductor counts a skip
+        # and logs nothing), so a cell would measure the plain compiled mode under this mode's name. A user who asks
+        # for CUDA graphs on a CPU is told they do not exist there, as for flash-attn on a CPU, and no time is spent.
+        return (
+            f"mode {mode} replays torch.compile's code as CUDA graphs (mode='reduce-overhead'), which need a CUDA "
+            f"device, not {device_type!r}: there it would run as plain 'compiled' under another name"
+        )
+    return None
+
+
 class Harness(Protocol):
     """A training loop: train `model` for `spec.steps` steps on the cycled `batches` and say how fast it went."""
 
@@ -131,24 +151,53 @@ def autocast(precision: str, device_type: str) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device_type, dtype=torch_dtype(precision))
 
 
+def compile_options(mode: str, fullgraph: bool) -> dict | None:
+    """torch.compile's keyword arguments for `mode` (a vocabulary.MODES value), None in eager mode: what the native
+    loop passes to torch.compile and the Composer harness as its compile_config, so both compile alike."""
+    torch_mode = TORCH_COMPILE_MODES[mode]
+    if torch_mode is None:
+        return None
+    # The default mode is left implicit: `compiled` compiles exactly as it did before the CUDA-graph mode existed.
+    return {"fullgraph": fullgraph, **({} if torch_mode == "default" else {"mode": torch_mode})}
+
+
+def compile_model(model: torch.nn.Module, mode: str, fullgraph: bool) -> Callable:
+    """`model` compiled as `mode` asks (itself in eager mode)."""
+    options = compile_options(mode, fullgraph)
+    return model if options is None else torch.compile(model, **options)
+
+
 class TrainStep:
     """One training step, written once: forward under autocast, backward (scaled for fp16, whose small gradients
     would underflow; bf16 and fp32 need no scaling), optimizer step, gradients cleared. Returns the loss, detached,
-    without waiting for the device."""
+    without waiting for the device.
 
-    def __init__(self, forward: Callable, optimizer: torch.optim.Optimizer, precision: str, device_type: str):
+    With `cudagraphs` (a forward compiled with CUDA graph trees, mode='reduce-overhead') each step first marks a new
+    iteration (torch.compiler.cudagraph_mark_step_begin), and the loss returned is a copy: the graphs' outputs live
+    in one memory pool that the next step's replay overwrites, and torch refuses to read an overwritten output.
+    The copy is one scalar kernel inside the timed step, the price any training loop that keeps its losses pays."""
+
+    def __init__(self, forward: Callable, optimizer: torch.optim.Optimizer, precision: str, device_type: str,
+                 cudagraphs: bool = False):
         self.forward, self.optimizer = forward, optimizer
         self.precision, self.device_type = precision, device_type
+        self.cudagraphs = cudagraphs
         self.scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.cudagraphs:
+            # The previous step's outputs (its loss already copied, its gradients cleared) may now be overwritten;
+            # without the mark, the trees could take this step for a continuation of the last.
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.precision, self.device_type):
             _, loss = self.forward(x, y)
+        # Copied before anything else runs: valid now, overwritten by the next replay.
+        kept = loss.detach().clone() if self.cudagraphs else loss.detach()
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return kept
 
 
 def _set_env(values: dict[str, str | None]) -> None:
@@ -193,6 +242,12 @@ def reset_graph_counters() -> None:
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    # The CUDA graph trees are process-wide: forget an earlier run's graphs, so that a count is this run's alone
+    # (recent torch's reset does this too; older ones only through the compiled backend's own reset). Never imported,
+    # there are none: an eager run does not import Inductor for it.
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    if trees is not None and torch.cuda.is_initialized():
+        trees.reset_cudagraph_trees()
 
 
 def graph_stats() -> tuple[int, int, list[str]]:
@@ -202,3 +257,79 @@ def graph_stats() -> tuple[int, int, list[str]]:
     graphs = int(counters["stats"].get("unique_graphs", 0))
     reasons = counters["graph_break"]
     return graphs, int(sum(reasons.values())), sorted(str(r) for r in reasons)
+
+
+# Every message of Inductor's that says a compiled region runs without CUDA graphs starts so ("skipping cudagraphs
+# due to ...", "skipping cudagraph due to function ... exceeding max re-recording limit ...").
+_CUDAGRAPH_SKIP = re.compile(r"skipping cudagraph", re.IGNORECASE)
+MAX_SKIP_REASONS = 10
+
+
+class CudagraphWatch(logging.Handler):
+    """What CUDA graph trees did during a training run: the graphs they captured, and the compiled regions that ran
+    without one (skipped), with the reasons Inductor gave.
+
+    Inductor counts each skip (`counters["inductor"]["cudagraph_skips"]`, cleared by reset_graph_counters) and logs
+    its reason as a warning through a logger of torch._inductor.cudagraph_utils (artifact `perf_hints` in older
+    torch, `cudagraphs` in newer): this handler is attached to each of that module's loggers, which pass warnings on
+    whether the artifact is enabled or not (one raised above WARNING is lowered for the run). Use it as a context
+    manager around the run (compilation included: most skips are decided there), then call `stats` while the
+    compiled model is still alive (the trees, which hold the graphs, are freed with it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+        self._loggers: list[tuple[logging.Logger, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if _CUDAGRAPH_SKIP.search(message):
+            # The first line is the reason; what follows is a stack trace of the op that caused it.
+            self.messages.append(message.strip().splitlines()[0].strip()[:300])
+
+    def __enter__(self) -> CudagraphWatch:
+        import torch._inductor.cudagraph_utils as cudagraph_utils
+
+        self._loggers = [(v, v.level) for v in vars(cudagraph_utils).values() if isinstance(v, logging.Logger)]
+        for logger, _ in self._loggers:
+            logger.addHandler(self)
+            if not logger.isEnabledFor(logging.WARNING):
+                logger.setLevel(logging.WARNING)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for logger, level in self._loggers:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+        self._loggers = []
+
+    def stats(self, device: torch.device) -> dict:
+        """{captured, skipped, skip_reasons, fell_back}: CUDA graphs recorded on `device` (one per compiled forward
+        and backward region, more where one was re-recorded; graph breaks make more regions), skips counted, their
+        distinct reasons, and whether any part ran without CUDA graphs (a skip, or no graph at all)."""
+        from torch._dynamo.utils import counters
+
+        skipped = int(counters["inductor"]["cudagraph_skips"])
+        reasons = sorted(set(self.messages))[:MAX_SKIP_REASONS]
+        unlogged = skipped - len(self.messages)
+        if unlogged > 0:
+            reasons.append(f"{unlogged} skipped without a logged reason (Inductor logs none for graphs compiled for "
+                           "a CPU device)")
+        captured = captured_cudagraphs(device)
+        return {"captured": captured, "skipped": skipped, "skip_reasons": reasons,
+                "fell_back": skipped > 0 or captured == 0}
+
+
+def captured_cudagraphs(device: torch.device) -> int:
+    """CUDA graphs the CUDA graph trees of `device` hold now: the nodes of every tree (0 off CUDA, or before any)."""
+    if device.type != "cuda" or not torch.cuda.is_initialized():
+        return 0
+    from torch._inductor import cudagraph_trees
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    manager = cudagraph_trees.get_manager(index, create_if_none_exists=False)
+    if manager is None:
+        return 0
+    # A root is a region recorded first in an iteration; each later region recorded after it is a descendant.
+    return sum(1 + root.num_descendants() for root in manager.get_roots())

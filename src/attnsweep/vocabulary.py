@@ -31,8 +31,17 @@ MODELS: dict[str, ModelShape] = {
 # In the attention registry's order; the registry (attention.REGISTRY) has exactly these entries.
 ATTENTION: tuple[str, ...] = (
     "naive", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "fa2", "fa2_graphbreak", "flex", "fa4",
+    "fa4_graphbreak", "sdpa_fa4",
 )
-MODES: tuple[str, ...] = ("eager", "compiled")
+# Mode -> torch.compile's own `mode` argument (None: eager, no torch.compile). torch.compile's default mode launches
+# every kernel from the host; "reduce-overhead" records each compiled forward and backward region as a CUDA graph
+# (CUDA graph trees) and replays it with one launch: what a single CUDA graph saves over the default.
+TORCH_COMPILE_MODES: dict[str, str | None] = {
+    "eager": None, "compiled": "default", "compiled_cudagraphs": "reduce-overhead",
+}
+MODES: tuple[str, ...] = tuple(TORCH_COMPILE_MODES)
+COMPILED_MODES: tuple[str, ...] = tuple(m for m, c in TORCH_COMPILE_MODES.items() if c is not None)
+CUDAGRAPH_MODES: tuple[str, ...] = tuple(m for m, c in TORCH_COMPILE_MODES.items() if c == "reduce-overhead")
 # Precision name -> the torch dtype of its autocast (fp32 trains without autocast).
 PRECISION_DTYPES: dict[str, str] = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 PRECISIONS: tuple[str, ...] = tuple(PRECISION_DTYPES)

@@ -13,7 +13,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
 from attnsweep import codestamp, gpuslots, sweep
-from attnsweep.report.aggregate import figure_names
+from attnsweep.report.aggregate import figure_names, table_names
 from attnsweep.vocabulary import AXES
 
 ROOT = Path(workflow.basedir)
@@ -85,7 +85,10 @@ if (
         raise WorkflowError(conflict)
 
 SUMMARY, HEADLINE_FILE = f"{RESULTS}/summary.csv", f"{RESULTS}/headline.rst"
-TABLES = {t: f"{RESULTS}/tables/{t}.md" for t in ("compiled", "eager", "all")}
+# The study's compiled and eager tables, a table for any other mode of the grid, and all.md.
+TABLES = {
+    t: f"{RESULTS}/tables/{t}.md" for t in table_names(PLAN.settings["grid"]["mode"])
+}
 # Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
 FIGURES = {
     f: f"{RESULTS}/figures/{f}.png" for f in figure_names(PLAN.settings["grid"], DEVICE)

@@ -19,7 +19,7 @@ import pandas as pd
 from ..cellio import load_cell
 from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
 from ..sweep import cell_axes, environment_of
-from ..vocabulary import AXES, ATTENTION, MODELS
+from ..vocabulary import AXES, ATTENTION, COMPILED_MODES, CUDAGRAPH_MODES, MODELS, MODES
 from . import log
 
 # Cells that differ only in the attention implementation: the unit of every speedup and difference.
@@ -31,7 +31,19 @@ BASELINE = "naive"
 # dispatch (`sdpa`); today SDPA can also be forced to its flash backend (`sdpa_flash`). Both are compared.
 HEADLINE = "fa2"
 REFERENCES = ("sdpa", "sdpa_flash")
-MODE_ORDER = ("compiled", "eager")
+# Rows, tables and figure panels: the compiled modes first (the study's `compiled`, then with CUDA graphs), eager last.
+MODE_ORDER = (*COMPILED_MODES, *(m for m in MODES if m not in COMPILED_MODES))
+# The study's two tables (compiled.md, eager.md) are written by every run, empty or not; another mode's when the
+# grid has it.
+STUDY_MODES = ("compiled", "eager")
+# The plain compiled mode: what the modes with CUDA graphs are compared with (cudagraphs_over_compiled).
+PLAIN_COMPILED = "compiled"
+
+
+def table_names(modes: Iterable[str]) -> list[str]:
+    """The markdown tables of a run whose grid has `modes`: one per mode, in MODE_ORDER, and `all`."""
+    modes = set(modes)
+    return [*(m for m in MODE_ORDER if m in STUDY_MODES or m in modes), "all"]
 
 
 def figure_names(grid: dict, device: str) -> list[str]:
@@ -42,7 +54,7 @@ def figure_names(grid: dict, device: str) -> list[str]:
     re-aggregated, the config's own value). Excludes are not looked at: a figure they leave empty says so.
     """
     attns, modes = set(grid["attn"]), set(grid["mode"])
-    names = [f"fa2_vs_sdpa_{m}" for m in ("compiled", "eager")
+    names = [f"fa2_vs_sdpa_{m}" for m in MODE_ORDER
              if m in modes and HEADLINE in attns and attns & set(REFERENCES)]
     if BASELINE in attns and len(attns) > 1:
         names.append("speedup")
@@ -234,8 +246,12 @@ def _reference(df: pd.DataFrame, keys: Sequence[str], where: pd.Series, column: 
 
 
 def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
-    """Speedup over naive, compiled over eager, and each row's difference to sdpa and sdpa_flash.
+    """Speedup over naive, compiled over eager, CUDA graphs over plain compiled, and each row's difference to sdpa
+    and sdpa_flash.
 
+    compiled_over_eager is on the rows of every compiled mode (each over the eager cell of the same setup);
+    cudagraphs_over_compiled on the rows of a mode with CUDA graphs (over `compiled`), and only in a summary that has
+    such rows: a run without them keeps the columns it always had.
     Only cells with status ok have a tokens_per_sec, so any comparison with an OOM/unsupported cell is NaN (blank).
     On the fa2 rows, diff_vs_sdpa_* and diff_vs_sdpa_flash_* are the study's headline numbers.
     """
@@ -244,7 +260,11 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     df["speedup_vs_naive"] = tps / _reference(df, SAME_SETUP, df["attn"] == BASELINE)
     other_mode = [k for k in SAME_SETUP if k != "mode"] + ["attn"]
     eager = _reference(df, other_mode, df["mode"] == "eager")
-    df["compiled_over_eager"] = (tps / eager).where(df["mode"] == "compiled")
+    df["compiled_over_eager"] = (tps / eager).where(df["mode"].isin(COMPILED_MODES))
+    with_graphs = df["mode"].isin(CUDAGRAPH_MODES)
+    if with_graphs.any():
+        plain = _reference(df, other_mode, df["mode"] == PLAIN_COMPILED)
+        df["cudagraphs_over_compiled"] = (tps / plain).where(with_graphs)
     low, high = df["tokens_per_sec_min"].astype(float), df["tokens_per_sec_max"].astype(float)
     spread = df["repeats"].fillna(0) >= 2
     for ref in REFERENCES:
@@ -320,6 +340,7 @@ def summarize(
     df = sort_rows(add_comparisons(df))
     first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "repeats", "tokens_per_sec_min",
              "tokens_per_sec_max", "speedup_vs_naive", "compiled_over_eager",
+             *(["cudagraphs_over_compiled"] if "cudagraphs_over_compiled" in df else []),
              *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct", "pct_of_self")),
              *(f"tie_vs_{r}" for r in REFERENCES), "env_id", "cell_path"]
     return df[first + [c for c in df.columns if c not in first]]

@@ -1,6 +1,6 @@
 """Figures from summary.csv (matplotlib, Agg): the study's headline and the curves behind it.
 
-- fa2_vs_sdpa_{compiled,eager}: FlashAttention-2's percent difference to PyTorch's FlashAttention against context,
+- fa2_vs_sdpa_{compiled,compiled_cudagraphs,eager}: FlashAttention-2's percent difference to PyTorch's FlashAttention against context,
   one colour per model, solid against `sdpa` (SDPA's default dispatch, the study's) and dashed against
   `sdpa_flash` (SDPA forced to its flash backend).
 - speedup, throughput, memory: one panel per mode (rows) and model (columns), one line per implementation, with
@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from . import log  # noqa: E402
-from .aggregate import BASELINE, HEADLINE, REFERENCES, figure_names, read_summary  # noqa: E402,F401
+from .aggregate import BASELINE, HEADLINE, MODE_ORDER, REFERENCES, figure_names, read_summary  # noqa: E402,F401
 
 # Panels of one figure must not mix setups: a line is one implementation in one setup (and environment).
 SETUP = ("precision", "optimizer", "kv_heads", "harness", "env_id")
@@ -36,7 +36,7 @@ LINE_STYLES = ("-", "--", ":", "-.")
 THOUSANDS = FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}")
 
 
-FIGURES = ("fa2_vs_sdpa_compiled", "fa2_vs_sdpa_eager", "speedup", "throughput", "memory")
+FIGURES = (*(f"fa2_vs_sdpa_{m}" for m in MODE_ORDER), "speedup", "throughput", "memory")
 
 
 def _variant_labels(df: pd.DataFrame, within: list[str]) -> pd.Series:
@@ -124,7 +124,7 @@ def panel_figure(
                        err_high=(df["value"] * (df["tokens_per_sec_stats.max"] / tps - 1)).clip(lower=0))
     else:
         spread = False
-    modes = [m for m in ("compiled", "eager") if m in set(df["mode"])] or ["compiled"]
+    modes = [m for m in MODE_ORDER if m in set(df["mode"])] or ["compiled"]
     models = list(pd.unique(df["model"])) or ["-"]
     fig, axes = plt.subplots(len(modes), len(models), figsize=(4.2 * len(models), 3.4 * len(modes)),
                              squeeze=False)
@@ -173,7 +173,7 @@ def write_figures(summary: str | os.PathLike, out: dict[str, str | os.PathLike])
     df = read_summary(summary)
     draw: dict[str, Callable[[str | os.PathLike], plt.Figure]] = {
         **{f"fa2_vs_sdpa_{mode}": (lambda path, mode=mode: headline_figure(df, mode, path))
-           for mode in ("compiled", "eager")},
+           for mode in MODE_ORDER},
         "speedup": lambda path: panel_figure(
             df, lambda d: d["speedup_vs_naive"], "speedup over naive", "Speedup over standard attention", path,
             include_baseline=False, spread=True, reference=1.0),

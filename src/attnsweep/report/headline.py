@@ -16,7 +16,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import log
-from .aggregate import MODE_ORDER, read_summary
+from .aggregate import MODE_ORDER, read_summary, table_names
 
 SETUP = ("kv_heads", "precision", "optimizer", "harness", "env_id")
 
@@ -92,11 +92,13 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
             tabulate(table, headers="keys", tablefmt="rst", showindex=False, disable_numparse=True),
             "",
         ]
+    first_table, *other_tables = (f"{name}.md" for name in table_names(df["mode"]))
     lines += [
         "Where the results are",
         "---------------------",
         "",
-        f"- Tables (also in the sidebar, under Tables): ``{results}/tables/compiled.md``, ``eager.md``, ``all.md``",
+        f"- Tables (also in the sidebar, under Tables): ``{results}/tables/{first_table}``, "
+        + ", ".join(f"``{name}``" for name in other_tables),
         f"- Figures (sidebar, Figures): ``{results}/figures/``",
         f"- Every cell, one row each: ``{results}/summary.csv``; the records: ``{results}/cells/``",
         "",

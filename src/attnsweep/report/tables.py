@@ -1,5 +1,5 @@
-"""Markdown tables from summary.csv: the study's layout per mode (compiled.md, eager.md) and every implementation
-side by side (all.md).
+"""Markdown tables from summary.csv: the study's layout per mode (compiled.md, eager.md, and compiled_cudagraphs.md
+where the grid has that mode) and every implementation side by side (all.md).
 
 The study's layout: one row per model and context; the baseline's batch and tokens/s; for each flash
 implementation its batch, tokens/s and speedup over the baseline; then FlashAttention-2 minus PyTorch's
@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from . import log
-from .aggregate import BASELINE, HEADLINE, REFERENCES, read_summary
+from ..vocabulary import CUDAGRAPH_MODES
+from .aggregate import BASELINE, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, read_summary, table_names
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
@@ -187,12 +188,21 @@ def steady_table(df: pd.DataFrame) -> str:
     return _side_by_side(df, cell, setup=False)
 
 
-def compile_gain_table(df: pd.DataFrame) -> str:
-    """tokens/s compiled over eager, per implementation (cells in the grid in both modes only)."""
+def gain_table(df: pd.DataFrame, mode: str, base: str, column: str) -> str:
+    """tokens/s of `mode` over `base` (the summary's ratio `column`), per implementation (cells in the grid in both
+    modes only)."""
     pair = ["model", "seq_len", "attn", *SETUP]
-    eager = df.loc[df["mode"] == "eager", pair].drop_duplicates()
-    compiled = df[df["mode"] == "compiled"].merge(eager, on=pair)
-    return _side_by_side(compiled, lambda r: _speedup(r, "compiled_over_eager"), setup=False)
+    other = df.loc[df["mode"] == base, pair].drop_duplicates()
+    rows = df[df["mode"] == mode].merge(other, on=pair)
+    return _side_by_side(rows, lambda r: _speedup(r, column), setup=False)
+
+
+def _gains(modes: set[str]) -> list[tuple[str, str, str]]:
+    """(mode, base, ratio column) of every comparison between modes a summary with `modes` can make: each compiled
+    mode over eager, and each mode with CUDA graphs over plain compiled (what the graphs alone add)."""
+    over_eager = [(m, "eager", "compiled_over_eager") for m in MODE_ORDER if m != "eager" and m in modes]
+    over_compiled = [(m, PLAIN_COMPILED, "cudagraphs_over_compiled") for m in CUDAGRAPH_MODES if m in modes]
+    return [g for g in over_eager + over_compiled if g[1] in modes]
 
 
 def _render(df: pd.DataFrame, keys: list[str], table: pd.DataFrame, setup: bool = True) -> str:
@@ -211,37 +221,58 @@ def _by_environment(df: pd.DataFrame, render: Callable[[pd.DataFrame], str], lev
     return "\n\n".join(f"{level} Environment: {env}\n\n" + render(df[df["env_id"] == env]) for env in envs)
 
 
+FELL_BACK = "compile.cudagraphs.fell_back"  # summary.csv's column of the record's field
+
+
+def _fallback_note(cells: pd.DataFrame) -> str:
+    """In a mode with CUDA graphs: the measured cells that ran partly without them (their tokens/s is not all the
+    graphs'), named, or nothing."""
+    if FELL_BACK not in cells:
+        return ""
+    fell = cells[(cells["status"] == "ok") & (cells[FELL_BACK].astype(str) == "True")]
+    if fell.empty:
+        return ""
+    named = ", ".join(f"{r.attn} ({r.model}, {r.seq_len})" for r in fell.itertuples())
+    return (f"\n\nRan partly without CUDA graphs (Inductor skipped them; its reasons are in summary.csv, "
+            f"compile.cudagraphs.skip_reasons): {named}.")
+
+
 def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     cells = df[df["mode"] == mode]
     title = f"# Training throughput, {mode} (tokens/s)\n\n"
     if cells.empty:
         return title + f"No {mode} cells in this run.\n"
-    return title + _by_environment(cells, study_table, "##") + f"\n\n{_legend(cells)}\n"
+    note = _fallback_note(cells) if mode in CUDAGRAPH_MODES else ""
+    return title + _by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
 
 
 def all_markdown(df: pd.DataFrame) -> str:
     parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
-    for mode in (m for m in ("compiled", "eager") if m in set(df["mode"])):
+    for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
         cells = df[df["mode"] == mode]
         parts.append(f"## {mode}\n\n" + _by_environment(cells, wide_table, "###"))
         parts.append(
             f"## {mode}: median of the per-step tokens/s (± standard deviation over the window, % of its mean)\n\n"
             + _by_environment(cells, steady_table, "###")
         )
-    if {"compiled", "eager"} <= set(df["mode"]):
-        parts.append("## compiled over eager (tokens/s ratio)\n\n" + _by_environment(df, compile_gain_table, "###"))
+    for mode, base, column in _gains(set(df["mode"])):
+        parts.append(f"## {mode} over {base} (tokens/s ratio)\n\n"
+                     + _by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
     parts.append(_legend(df))
     return "\n\n".join(parts) + "\n"
 
 
-def render_tables(df: pd.DataFrame) -> dict[str, str]:
-    """{'compiled', 'eager', 'all'}: the markdown of each table, from a summary as read_summary returns it."""
-    return {"compiled": mode_markdown(df, "compiled"), "eager": mode_markdown(df, "eager"), "all": all_markdown(df)}
+def render_tables(df: pd.DataFrame, names: list[str] | None = None) -> dict[str, str]:
+    """{name: markdown} of each table in `names` (a mode's, or 'all'; by default aggregate.table_names of the
+    summary's modes: compiled, eager, any other mode present, all), from a summary as read_summary returns it."""
+    names = table_names(df["mode"]) if names is None else names
+    return {name: all_markdown(df) if name == "all" else mode_markdown(df, name) for name in names}
 
 
 def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
-    """out: {'compiled': path, 'eager': path, 'all': path}."""
-    texts = render_tables(read_summary(summary))
+    """out: {table name: path}, the names of aggregate.table_names: a mode's table is written even when no cell of
+    that mode is in the summary (it says so)."""
+    texts = render_tables(read_summary(summary), list(out))
     for name, path in out.items():
         with open(path, "w") as f:
             f.write(texts[name])
