@@ -121,6 +121,10 @@ def test_compiled_cell_counts_graphs_and_falling_loss():
     rec = run_cell(CellSpec(attn="sdpa", mode="compiled", **{**TINY, "steps": 20, "window": 5}))
     assert rec["status"] == "ok", rec["reason"]
     assert rec["compile"]["graphs"] == 1 and rec["compile"]["graph_breaks"] == 0
+    # A cold cell's private cache: its one graph compiled (a miss in each cache), nothing bypassed.
+    caches = rec["compile"]["caches"]
+    assert caches["fx_graph"].get("miss", 0) >= 1 and caches["aot_autograd"].get("miss", 0) >= 1, caches
+    assert not any(c.get("bypass") for c in caches.values()), caches
     # The first step includes tracing and compilation: far slower than a steady-state step.
     assert rec["compile"]["first_step_s"] > 3 * sorted(rec["step_times_s"])[len(rec["step_times_s"]) // 2]
     assert math.isfinite(rec["loss"]["start"]) and rec["loss"]["end"] < rec["loss"]["start"]

@@ -26,7 +26,7 @@ from .data import synthetic_batches
 from .kernels import profile_step
 from .model import GPT
 from .spec import CellSpec
-from .training import Harness, StepHooks, TrainSpec, private_compile_cache, scoped_env
+from .training import Harness, StepHooks, TrainSpec, compile_cache_stats, private_compile_cache, scoped_env
 from .vocabulary import COMPILED_MODES
 
 N_DATA_BATCHES = 4
@@ -85,12 +85,29 @@ def harness(name: str) -> Harness:
 def compile_cache(cache_dir: str | os.PathLike | None):
     """The cell's own compile cache: a fresh private one (a cold compilation), or the folder its warm-up filled.
     Never shared between cells: the FX-graph cache's key misses SDPA's backend choice (docs/protocol.md, Pitfalls)."""
-    if cache_dir is None:
-        with private_compile_cache():
+    with _cacheable_autograd_functions():
+        if cache_dir is None:
+            with private_compile_cache():
+                yield
+            return
+        cache = Path(cache_dir)
+        with scoped_env(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton")):
             yield
+
+
+@contextlib.contextmanager
+def _cacheable_autograd_functions():
+    """Let AOTAutograd's cache keep graphs that call a torch.autograd.Function (flash-attn 2's flash_attn_func is
+    one). By default it bypasses them, because its key does not hash the Function's code: a timed job would then
+    trace and partition forward and backward again although its warm-up compiled them. That cannot serve stale code
+    here: the cache is the cell's own, filled by its warm-up from the same code (a warm-up reruns, its cache
+    deleted, when the code changes)."""
+    from torch._functorch import config
+
+    if not hasattr(config, "autograd_cache_allow_custom_autograd_functions"):
+        yield
         return
-    cache = Path(cache_dir)
-    with scoped_env(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton")):
+    with config.patch(autograd_cache_allow_custom_autograd_functions=True):
         yield
 
 
@@ -148,6 +165,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         t_train = time.perf_counter()
         result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
         t_profile = time.perf_counter()
+        caches = compile_cache_stats() if spec.mode in COMPILED_MODES else None  # before profiling compiles more
         kernels = profile_step(result.profile_step, device) if spec.profile and result.profile_step else None
         t_end = time.perf_counter()
     except Exception as e:
@@ -175,7 +193,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
             "compiled": compiled, "fullgraph": tspec.fullgraph if compiled else None,
             "graphs": result.graphs, "graph_breaks": result.graph_breaks,
             "break_reasons": result.break_reasons[:10], "first_step_s": result.first_step_s,
-            "cudagraphs": result.cudagraphs,
+            "cudagraphs": result.cudagraphs, "caches": caches,
         },
         loss={
             "start": start if finite else None, "end": end if finite else None, "fell": finite and end < start,

@@ -259,6 +259,26 @@ def graph_stats() -> tuple[int, int, list[str]]:
     return graphs, int(sum(reasons.values())), sorted(str(r) for r in reasons)
 
 
+# The compile caches' counters a run reports (Dynamo's counters, keyed by section, since reset_graph_counters):
+# whether the first step compiled or loaded from the cell's cache, and why a cache was bypassed.
+_CACHE_COUNTERS = {
+    "fx_graph": ("inductor", "fxgraph_cache_"),
+    "aot_autograd": ("aot_autograd", "autograd_cache_"),
+}
+
+
+def compile_cache_stats() -> dict[str, dict[str, int]]:
+    """{cache: {hit, miss, bypass, ...: count}} for Inductor's FX-graph cache and AOTAutograd's cache: a timed job
+    that found its warm-up's code shows hits; a bypass means that part was compiled again."""
+    from torch._dynamo.utils import counters
+
+    stats = {}
+    for name, (section, prefix) in _CACHE_COUNTERS.items():
+        stats[name] = {key[len(prefix):]: int(n) for key, n in sorted(counters[section].items())
+                       if key.startswith(prefix)}
+    return stats
+
+
 # Every message of Inductor's that says a compiled region runs without CUDA graphs starts so ("skipping cudagraphs
 # due to ...", "skipping cudagraph due to function ... exceeding max re-recording limit ...").
 _CUDAGRAPH_SKIP = re.compile(r"skipping cudagraph", re.IGNORECASE)
