@@ -235,6 +235,23 @@ def test_flex_cpu_forward_matches_reference(H, Hkv):
     torch.testing.assert_close(y, reference_attention(q, k, v), rtol=1e-7, atol=1e-9)
 
 
+def test_flex_compiles_once_with_the_mask_built_with_the_module(fresh_dynamo):
+    # Built for its context on the default device, the block mask is a graph input from the first call: one graph.
+    # A mask built inside the first compiled call would make Dynamo compile a second graph on the next call.
+    from torch._dynamo.utils import counters
+
+    T = 128
+    with torch.device("cpu"):
+        mod = attention.build("flex", n_head=4, n_kv_head=4, head_dim=16, block_size=T)
+    (q, k, v), _ = _inputs(1, T, 4, 4, 16, torch.float32, "cpu")
+    compiled = torch.compile(mod, fullgraph=True)
+    with torch.no_grad():
+        for _ in range(3):
+            y = compiled(q, k, v)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(y, reference_attention(q, k, v).to(y.dtype), rtol=2e-4, atol=2e-5)
+
+
 def test_naive_mask_buffer_not_in_state_dict():
     mod = attention.build("naive", n_head=4, n_kv_head=2, head_dim=16, block_size=32)
     assert dict(mod.state_dict()) == {}

@@ -249,15 +249,18 @@ class _Flex(nn.Module):
     graph. On CPU it calls the plain function (forward only: FlexAttention has no CPU backward, which is why the
     entry declares cuda only; the CPU path serves inference and the tests).
 
-    The block mask is cached per (T, device). Under torch.compile the first call builds it inside the graph and
-    stores it; Dynamo then recompiles once, with the cached mask as a graph input, so the steady-state graph does
-    not rebuild the mask every step (the price: a compiled model with flex compiles twice, on its first two calls).
+    The block mask is cached per (T, device) and built when the module is, for the model's context on the device
+    it is built on (GPT is built under ``torch.device``): a compiled model then traces one graph with the cached
+    mask as an input. A mask first needed inside a compiled call (another T or device) is built in that graph and
+    stored, and Dynamo recompiles once with it as an input: the same steady-state graph, after a second compile.
     """
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, *, block_size: int | None = None, **_: Any) -> None:
         super().__init__()
         # Block masks depend only on (T, device); building one costs a pass over the (T, T) mask, so cache them.
         self._block_masks: dict[tuple[int, str], Any] = {}
+        if block_size is not None:
+            self._block_mask(block_size, torch.get_default_device())
 
     def _block_mask(self, T: int, device: torch.device) -> Any:
         from torch.nn.attention.flex_attention import create_block_mask

@@ -356,7 +356,7 @@ def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int],
             tree += [pid for pid in new if _stop(pid, stopped, record)]
 
 
-def _await_stopped(pids: Sequence[int], timeout_s: float = 5.0) -> None:
+def _await_stopped(pids: Sequence[int], timeout_s: float = 2.0) -> None:
     """Wait until every pid is stopped or gone, for at most `timeout_s` (a process inside an uninterruptible call
     stops only when the call returns; the section does not hang on it)."""
     deadline = time.monotonic() + timeout_s
