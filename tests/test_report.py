@@ -14,7 +14,7 @@ from attnsweep.report.aggregate import MODE_ORDER, read_summary, summarize, tabl
 from attnsweep.report.figures import FIGURES, figure_names, write_figures
 from attnsweep.report.headline import fastest, render_headline
 from attnsweep.report.report_path import report_path_problem, snakemake_command
-from attnsweep.report.tables import render_tables, write_tables
+from attnsweep.report.tables import all_markdown, render_tables, write_tables
 from attnsweep.vocabulary import MODES
 
 DATA = Path(__file__).parent / "data"
@@ -349,6 +349,25 @@ def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
     text = out["compiled"].read_text()
     assert "-8.3% tie" in text and "-46.3%" in text and "-46.3% tie" not in text
     assert "110 ±9.1%" in text and "median of a cell's repeats" in text
+    # What each cell cost: every repeat's timed job (the template's duration_s is 130 s), the failed one included.
+    assert (r["timed_s_total"], row(df, "sdpa")["timed_s_total"]) == (4 * 130.0, 2 * 130.0)
+    assert "3 cells, 8 timed jobs: 1,040 s holding their GPU in all (130.0 s a job)" in out["all"].read_text()
+
+
+def test_gpu_time_adds_the_warm_up_jobs_of_every_repeat(tmp_path: Path) -> None:
+    fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
+    rec = json.loads(fa2.read_text())
+    rec.update(duration_s=12.0, warmup={"seconds": 40.0, "steps": 10, "first_step_s": 30.0})
+    fa2.write_text(json.dumps(rec))
+    second = add_repeat(fa2, 2, 101.0)
+    rec = json.loads(second.read_text())
+    rec.update(duration_s=10.0, warmup={"seconds": 35.0, "steps": 10, "first_step_s": 28.0})
+    second.write_text(json.dumps(rec))
+    df = summarize([fa2], repeats=[second])
+    assert (row(df, "fa2")["timed_s_total"], row(df, "fa2")["warmup_s_total"]) == (22.0, 75.0)
+    text = all_markdown(df)
+    assert "1 cell, 2 timed jobs: 22 s holding their GPU in all (11.0 s a job); warm-up jobs 75 s" in text
+    assert "| 22 + 75 |" in text.split("## GPU time")[1].replace("  ", " ")
 
 
 def test_without_repeats_nothing_is_called_a_tie(grid: list[Path], tmp_path: Path) -> None:

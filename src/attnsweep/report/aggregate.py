@@ -127,6 +127,8 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     Every row gets `tokens_per_sec_repeats` (each repeat's tokens/s in order, null where a repeat was not ok, as JSON),
     `repeats` (how many were ok), their range (`tokens_per_sec_min`, `_max`) and, as `tokens_per_sec`, their median.
     A cell whose first repeat is not ok keeps that status; later repeats are listed and change nothing else.
+    What the cell cost, over all its repeats: `timed_s_total` (the timed jobs' own clocks, `duration_s`: the time
+    each held its GPU) and `warmup_s_total` (the warm-up jobs', which share the GPUs; null without warm-ups).
     """
     df = df.copy()
     by_folder: dict[str, list[tuple[int, dict]]] = {}
@@ -141,8 +143,13 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
         listing = "\n".join(f"  {s}" for s in strays)
         raise ValueError(f"repeats of cells that have no first record (cell.json):\n{listing}")
     all_values, counts, lows, highs, medians = [], [], [], [], []
-    for path, status, tps in zip(df["cell_path"], df["status"], df["tokens_per_sec"]):
+    timed = df["duration_s"].astype(float) if "duration_s" in df else pd.Series(float("nan"), index=df.index)
+    warm = df["warmup.seconds"].astype(float) if "warmup.seconds" in df else pd.Series(float("nan"), index=df.index)
+    for i, (path, status, tps) in enumerate(zip(df["cell_path"], df["status"], df["tokens_per_sec"])):
         later = sorted(by_folder.get(Path(path).parent.as_posix(), []), key=lambda t: t[0])
+        for _, r in later:
+            timed.iloc[i] += r.get("duration_s") or 0.0
+            warm.iloc[i] += ((r.get("warmup") or {}).get("seconds") or 0.0)
         values = [tps if status == "ok" else None,
                   *(r["tokens_per_sec"] if r["status"] == "ok" else None for _, r in later)]
         ok = [v for v in values if v is not None] if status == "ok" else []
@@ -154,6 +161,7 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     df["tokens_per_sec"] = medians
     df["repeats"], df["tokens_per_sec_min"], df["tokens_per_sec_max"] = counts, lows, highs
     df["tokens_per_sec_repeats"] = all_values
+    df["timed_s_total"], df["warmup_s_total"] = timed, warm
     if by_folder:
         log.info("folded %d repeats into %d cells", sum(map(len, by_folder.values())), len(by_folder))
     return df

@@ -9,6 +9,7 @@ in its tokens/s column and a dash in the columns derived from it; a combination 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 
@@ -246,6 +247,38 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     return title + _by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
 
 
+def time_table(df: pd.DataFrame) -> str:
+    """Every implementation side by side: the seconds its timed jobs held their GPU, + its warm-up jobs' seconds,
+    summed over the cell's repeats."""
+
+    def cell(row: pd.Series | None) -> str:
+        if row is None or row["status"] == "missing":
+            return _tokens(row)
+        timed, warm = row.get("timed_s_total"), row.get("warmup_s_total")
+        if timed is None or pd.isna(timed):
+            return DASH
+        return f"{timed:,.0f}" + ("" if warm is None or pd.isna(warm) else f" + {warm:,.0f}")
+
+    return _side_by_side(df, cell, setup=False)
+
+
+def time_totals(df: pd.DataFrame) -> str:
+    """One sentence: the timed jobs, the seconds they held their GPUs, and the warm-up jobs' seconds, in all."""
+    if "timed_s_total" not in df:
+        return "The records hold no job times."
+    measured = df[df["status"] != "missing"]
+    jobs = sum(len(json.loads(v)) for v in measured["tokens_per_sec_repeats"]) if len(measured) else 0
+    timed = measured["timed_s_total"].sum()
+    cells = f"{len(measured)} cell" + ("" if len(measured) == 1 else "s")
+    text = (f"{cells}, {jobs} timed jobs: {timed:,.0f} s holding their GPU in all "
+            f"({timed / max(jobs, 1):,.1f} s a job)")
+    warm = measured["warmup_s_total"]
+    if warm.notna().any():
+        text += (f"; warm-up jobs {warm.sum():,.0f} s in all (several at a time, beside the timed jobs: they add to "
+                 "a sweep's wall time only where a GPU waits for one)")
+    return text + ". Seconds are each job's own clock (`duration_s`, `warmup.seconds`), process start excluded."
+
+
 def all_markdown(df: pd.DataFrame) -> str:
     parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
     for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
@@ -258,6 +291,10 @@ def all_markdown(df: pd.DataFrame) -> str:
     for mode, base, column in _gains(set(df["mode"])):
         parts.append(f"## {mode} over {base} (tokens/s ratio)\n\n"
                      + _by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
+    parts.append("## GPU time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
+                 + time_totals(df))
+    for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
+        parts.append(f"### {mode}\n\n" + _by_environment(df[df["mode"] == mode], time_table, "####"))
     parts.append(_legend(df))
     return "\n\n".join(parts) + "\n"
 
