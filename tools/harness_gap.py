@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     cfg = model_config(args.model, block_size=args.seq_len)
-    model = GPT(cfg, attn=args.attn).to(device)
+    with torch.device(device):  # built on its device, as a cell builds it (flex's block mask included)
+        model = GPT(cfg, attn=args.attn)
     data = synthetic_batches(vocab_size=cfg.vocab_size, batch_size=args.batch_size, seq_len=args.seq_len,
                              n_batches=N_DATA_BATCHES, device=device, seed=args.seed)
     spec = TrainSpec(steps=args.steps, window=args.window, precision=args.precision, optimizer="adamw",
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start_call = CALLS_OUTSIDE_TRAINING[args.harness][0] + args.steps - args.window + 1
     batches = CountingBatches(data, start_call, on_window)
-    with private_compile_cache(prefix="harness-gap-") as cache:
+    with private_compile_cache(prefix="harness-gap-") as cache, attention.backend_scope(args.attn):
         result = harness(args.harness)(model, batches, spec, args.batch_size * args.seq_len)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total), device)
 
     cfg = model_config(args.model, block_size=args.seq_len, kv_heads=None)
-    model = GPT(cfg, attn=args.attn).to(device)
+    with torch.device(device):  # built on its device, as a cell builds it (flex's block mask included)
+        model = GPT(cfg, attn=args.attn)
     batches = synthetic_batches(vocab_size=cfg.vocab_size, batch_size=args.batch_size, seq_len=args.seq_len,
                                 n_batches=N_DATA_BATCHES, device=device, seed=args.seed)
     model.train()
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A private, fresh compile cache, as each cell attempt gets: no warm FX-graph or Triton cache from other runs.
-    with private_compile_cache(prefix="minimal-loop-inductor-"):
+    # The implementation's SDPA backend (and flash implementation) set around the whole run, as a cell sets them.
+    with private_compile_cache(prefix="minimal-loop-inductor-"), attention.backend_scope(args.attn):
         r = run(args)
     print(f"minimal_loop model={args.model} seq_len={args.seq_len} attn={args.attn} batch={args.batch_size} "
           f"mode={args.mode} precision={args.precision} tokens_per_sec={r['tokens_per_sec']:.1f} "
