@@ -521,6 +521,25 @@ def test_gpu_matches_reference(name, dtype, H, Hkv):
             print(f"{name} {dtype} H={H} Hkv={Hkv} T={T}: {errs}")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["sdpa_efficient", "sdpa_cudnn"])
+def test_gpu_probe_sdpa_backends_without_native_gqa_in_the_registry(name):
+    """The registry repeats k/v heads for these two backends, which took grouped heads (enable_gqa) later than the
+    flash backend. On the torch at hand: if the backend takes them, its result must be right (and its entry could
+    turn native); if not, it is skipped with the backend's refusal, which is why the registry repeats."""
+    backend = attention.get(name).sdpa_backend
+    (q, k, v), _ = _inputs(2, 256, 8, 2, GPU_D, torch.float16, "cuda")
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    try:
+        with torch.nn.attention.sdpa_kernel(backend):
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    except RuntimeError as e:
+        pytest.skip(f"{name} takes no grouped heads in torch {torch.__version__}: {str(e).splitlines()[0]}")
+    ref = reference_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(y.double(), ref.double(), rtol=GPU_TOL[torch.float16], atol=GPU_TOL[torch.float16])
+    print(f"{name}: grouped heads taken natively by torch {torch.__version__}")
+
+
 def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SDPA's default dispatch in float32 on (B, T, H, D) inputs, grouped heads repeated: the FA4 routes' yardstick."""
     n_rep = q.size(2) // k.size(2)

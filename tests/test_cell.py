@@ -100,11 +100,13 @@ def test_the_record_says_how_grouped_key_value_heads_ran():
     from attnsweep import attention
 
     assert attention.kv_heads_handling("sdpa", n_head=4, n_kv_head=4) == "multi-head"
-    assert attention.kv_heads_handling("sdpa", n_head=4, n_kv_head=1) == "repeated"
+    assert attention.kv_heads_handling("sdpa", n_head=4, n_kv_head=1) == "native"  # SDPA's enable_gqa
+    assert attention.kv_heads_handling("naive", n_head=4, n_kv_head=1) == "repeated"
     assert attention.kv_heads_handling("fa2", n_head=4, n_kv_head=2) == "native"
-    rec = run_cell(CellSpec(attn="sdpa", mode="eager", kv_heads=2, **TINY))
-    cellio.validate_cell(rec)
-    assert rec["status"] == "ok" and rec["attention"] == {"kv_heads": "repeated"}
+    for attn, handling in (("sdpa", "native"), ("naive", "repeated")):
+        rec = run_cell(CellSpec(attn=attn, mode="eager", kv_heads=2, **TINY))
+        cellio.validate_cell(rec)
+        assert rec["status"] == "ok" and rec["attention"] == {"kv_heads": handling}
     assert list(rec).index("attention") == list(rec).index("model_config") + 1  # the schema's order
 
 

@@ -180,12 +180,15 @@ class _SDPA(nn.Module):
                 f"SDPA with PyTorch's {self.flash_impl} flash implementation runs only inside "
                 "attention.backend_scope(name), which activates it for the forward and backward passes"
             )
+        # Fewer key/value heads than query heads reach here only for an entry with native GQA (see the registry):
+        # SDPA's enable_gqa. Multi-head calls pass nothing new, so they dispatch exactly as before.
+        gqa = {"enable_gqa": True} if k.size(2) != q.size(2) else {}
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.backend is None or self.backend == _scoped_backend:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         else:
             with sdpa_kernel(self.backend):
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         return y.transpose(1, 2)
 
 
@@ -493,8 +496,10 @@ _FA4 = AttentionImpl(
     check=_fa4_install_problem,
 )
 
-# SDPA entries do not pass enable_gqa: not every backend accepts it, and passing it changes what the default
-# dispatch may pick. The registry repeats k/v heads instead, which every backend runs.
+# SDPA's grouped-query attention (enable_gqa, torch >= 2.5) is native for the default dispatch, the flash and the
+# math backends, which take it in every torch the sweep supports. The memory-efficient and cuDNN backends gained it
+# later than the flash backend; whether the torch at hand has it is not known without a GPU, so the registry repeats
+# their k/v heads, which every version runs (tests/test_attention.py probes them on a GPU).
 _ENTRIES: tuple[AttentionImpl, ...] = (
     AttentionImpl(
         name="naive",
@@ -510,6 +515,7 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         None,
         devices=_CPU_CUDA,
         dtypes=_FLOATS,
+        native_gqa=True,
     ),
     _sdpa_entry(
         "sdpa_flash",
@@ -519,6 +525,7 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         dtypes=_HALF,
         head_dims=_FA2_HEAD_DIMS,
         min_capability=(8, 0),
+        native_gqa=True,
     ),
     _sdpa_entry(
         "sdpa_efficient",
@@ -543,6 +550,7 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         SDPBackend.MATH,
         devices=_CPU_CUDA,
         dtypes=_FLOATS,
+        native_gqa=True,
     ),
     _FA2,
     # The 2023 condition: the same kernel, but Dynamo must leave the graph at every attention layer.
