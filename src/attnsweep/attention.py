@@ -496,6 +496,14 @@ _FA4 = AttentionImpl(
     check=_fa4_install_problem,
 )
 
+
+def _graph_breaking(entry: AttentionImpl, module: type[nn.Module], description: str) -> AttentionImpl:
+    """`entry`'s kernel with a graph break at every attention layer: `module(graph_break=True)`, named
+    ``<entry>_graphbreak``."""
+    return replace(entry, name=f"{entry.name}_graphbreak", description=description, fullgraph=False,
+                   factory=lambda **kw: module(graph_break=True, **kw))
+
+
 # SDPA's grouped-query attention (enable_gqa, torch >= 2.5) is native for the default dispatch, the flash and the
 # math backends, which take it in every torch the sweep supports. The memory-efficient and cuDNN backends gained it
 # later than the flash backend; whether the torch at hand has it is not known without a GPU, so the registry repeats
@@ -554,13 +562,10 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
     ),
     _FA2,
     # The 2023 condition: the same kernel, but Dynamo must leave the graph at every attention layer.
-    replace(
-        _FA2,
-        name="fa2_graphbreak",
-        description="FlashAttention-2 wrapped in torch.compiler.disable: a graph break at every attention layer, "
-        "as flash-attn forced in 2023",
-        factory=lambda **kw: _FlashAttn2(graph_break=True, **kw),
-        fullgraph=False,
+    _graph_breaking(
+        _FA2, _FlashAttn2,
+        "FlashAttention-2 wrapped in torch.compiler.disable: a graph break at every attention layer, as flash-attn "
+        "forced in 2023",
     ),
     AttentionImpl(
         name="flex",
@@ -583,13 +588,10 @@ _ENTRIES: tuple[AttentionImpl, ...] = (
         min_capability=(8, 0),  # Triton's supported NVIDIA GPUs
     ),
     _FA4,
-    replace(
-        _FA4,
-        name="fa4_graphbreak",
-        description="FlashAttention-4's own flash_attn.cute.flash_attn_func under torch.compiler.disable: a graph "
-        "break at every attention layer",
-        factory=lambda **kw: _FlashAttn4(graph_break=True, **kw),
-        fullgraph=False,
+    _graph_breaking(
+        _FA4, _FlashAttn4,
+        "FlashAttention-4's own flash_attn.cute.flash_attn_func under torch.compiler.disable: a graph break at every "
+        "attention layer",
     ),
     _sdpa_entry(
         "sdpa_fa4",
