@@ -471,3 +471,17 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
         "small, compiled", "small, compiled_cudagraphs", "small, eager"]
     text = render_headline(df, "results/x")
     assert "``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``all.md``" in text
+
+
+def test_attentions_share_of_the_step_is_tabled_per_implementation(tmp_path: Path) -> None:
+    cells = []
+    for attn, share in (("sdpa", 0.125), ("fa2", 0.25)):
+        path = make_cell(tmp_path, attn=attn, mode="compiled", seq_len=1024, tokens_per_sec=100.0)
+        rec = json.loads(path.read_text())
+        rec["kernels"]["attention_share"] = share
+        path.write_text(json.dumps(rec))
+        cells.append(path)
+    text = all_markdown(summarize(cells))
+    section = text.split("## compiled: attention's share of the profiled step")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| small"))
+    assert [c.strip() for c in row.strip("|").split("|")][-2:] == ["12%", "25%"]

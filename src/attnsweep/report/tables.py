@@ -247,6 +247,19 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     return title + _by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
 
 
+def share_table(df: pd.DataFrame) -> str:
+    """Every implementation side by side: attention's share of its profiled step (kernel time on a GPU), the reason
+    a faster attention kernel moves tokens/s by less where attention is a small part of the step."""
+
+    def cell(row: pd.Series | None) -> str:
+        if row is None or row["status"] != "ok":
+            return _tokens(row)
+        share = row.get("kernels.attention_share")
+        return DASH if share is None or pd.isna(share) else f"{100 * share:.0f}%"
+
+    return _side_by_side(df, cell, setup=False)
+
+
 def time_table(df: pd.DataFrame) -> str:
     """Every implementation side by side: the seconds its timed jobs held their GPU, + its warm-up jobs' seconds,
     summed over the cell's repeats."""
@@ -291,6 +304,10 @@ def all_markdown(df: pd.DataFrame) -> str:
     for mode, base, column in _gains(set(df["mode"])):
         parts.append(f"## {mode} over {base} (tokens/s ratio)\n\n"
                      + _by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
+    if "kernels.attention_share" in df and df["kernels.attention_share"].notna().any():
+        for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
+            parts.append(f"## {mode}: attention's share of the profiled step (of its kernel time on a GPU, its "
+                         "operators' time on a CPU; the naive path's matmuls not counted)\n\n" + _by_environment(df[df["mode"] == mode], share_table, "###"))
     parts.append("## GPU time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
