@@ -351,7 +351,7 @@ def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
     assert "110 ±9.1%" in text and "median of a cell's repeats" in text
     # What each cell cost: every repeat's timed job (the template's duration_s is 130 s), the failed one included.
     assert (r["timed_s_total"], row(df, "sdpa")["timed_s_total"]) == (4 * 130.0, 2 * 130.0)
-    assert "3 cells, 8 timed jobs: 1,040 s holding their GPU in all (130.0 s a job)" in out["all"].read_text()
+    assert "3 cells, 8 timed jobs: 1,040 s in all (130.0 s a job; on a GPU, the time each held its GPU)" in out["all"].read_text()
 
 
 def test_gpu_time_adds_the_warm_up_jobs_of_every_repeat(tmp_path: Path) -> None:
@@ -366,8 +366,8 @@ def test_gpu_time_adds_the_warm_up_jobs_of_every_repeat(tmp_path: Path) -> None:
     df = summarize([fa2], repeats=[second])
     assert (row(df, "fa2")["timed_s_total"], row(df, "fa2")["warmup_s_total"]) == (22.0, 75.0)
     text = all_markdown(df)
-    assert "1 cell, 2 timed jobs: 22 s holding their GPU in all (11.0 s a job); warm-up jobs 75 s" in text
-    assert "| 22 + 75 |" in text.split("## GPU time")[1].replace("  ", " ")
+    assert "1 cell, 2 timed jobs: 22 s in all (11.0 s a job; on a GPU, the time each held its GPU); warm-up jobs 75 s" in text
+    assert "| 22 + 75 |" in text.split("## Job time")[1].replace("  ", " ")
 
 
 def test_without_repeats_nothing_is_called_a_tie(grid: list[Path], tmp_path: Path) -> None:

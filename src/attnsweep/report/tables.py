@@ -276,15 +276,15 @@ def time_table(df: pd.DataFrame) -> str:
 
 
 def time_totals(df: pd.DataFrame) -> str:
-    """One sentence: the timed jobs, the seconds they held their GPUs, and the warm-up jobs' seconds, in all."""
+    """One sentence: the timed jobs and their seconds (on a GPU, the time each held it), and the warm-up jobs'."""
     if "timed_s_total" not in df:
         return "The records hold no job times."
     measured = df[df["status"] != "missing"]
     jobs = sum(len(json.loads(v)) for v in measured["tokens_per_sec_repeats"]) if len(measured) else 0
     timed = measured["timed_s_total"].sum()
     cells = f"{len(measured)} cell" + ("" if len(measured) == 1 else "s")
-    text = (f"{cells}, {jobs} timed jobs: {timed:,.0f} s holding their GPU in all "
-            f"({timed / max(jobs, 1):,.1f} s a job)")
+    text = (f"{cells}, {jobs} timed jobs: {timed:,.0f} s in all ({timed / max(jobs, 1):,.1f} s a job; on a GPU, the "
+            "time each held its GPU)")
     warm = measured["warmup_s_total"]
     if warm.notna().any():
         text += (f"; warm-up jobs {warm.sum():,.0f} s in all (several at a time, beside the timed jobs: they add to "
@@ -308,7 +308,7 @@ def all_markdown(df: pd.DataFrame) -> str:
         for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
             parts.append(f"## {mode}: attention's share of the profiled step (of its kernel time on a GPU, its "
                          "operators' time on a CPU; the naive path's matmuls not counted)\n\n" + _by_environment(df[df["mode"] == mode], share_table, "###"))
-    parts.append("## GPU time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
+    parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
         parts.append(f"### {mode}\n\n" + _by_environment(df[df["mode"] == mode], time_table, "####"))
