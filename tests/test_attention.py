@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import subprocess
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -678,3 +680,47 @@ def test_gpu_tiny_gpt_compiled_every_supported_entry(fresh_dynamo):
         assert torch.isfinite(loss) and abs(loss.item() - math.log(cfg.vocab_size)) < 0.5, (name, loss)
         ran.append(name)
     assert {"naive", "sdpa_flash"} <= set(ran)
+
+
+def test_the_kernel_cache_environment_points_into_the_cells_cache(tmp_path):
+    env = attention.kernel_cache_env(tmp_path / "cache")
+    assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "cache" / "flash_attn_cute")
+
+
+def test_a_cells_jobs_set_the_kernel_cache_before_anything_imports_a_kernel_package(tmp_path, monkeypatch):
+    from attnsweep import cli
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    cli._use_kernel_cache(str(tmp_path))
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "flash_attn_cute")
+
+
+FA4_ONE_CALL = r"""
+import torch
+from attnsweep import attention
+mod = attention.build("fa4", n_head=8, n_kv_head=8, head_dim=64, block_size=256).cuda()
+q, k, v = (torch.randn(2, 256, 8, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
+mod(q, k, v).float().sum().backward()
+torch.cuda.synchronize()
+"""
+
+
+@pytest.mark.gpu
+def test_gpu_fa4_kernels_compiled_by_a_warm_up_are_loaded_by_the_timed_job(tmp_path):
+    """Two processes with one cell's cache, as its warm-up and timed job: the second loads the CuTe DSL kernels the
+    first compiled and exported, instead of compiling them again."""
+    reason = _gpu_skip_reason("fa4", torch.float16, 8, 8)
+    if reason:
+        pytest.skip(reason)
+    src = str(Path(attention.__file__).resolve().parents[1])
+    env = {**os.environ, **attention.kernel_cache_env(tmp_path), "FA_LOG_LEVEL": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    runs = [subprocess.run([sys.executable, "-c", FA4_ONE_CALL], env=env, capture_output=True, text=True,
+                           timeout=900) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "Exporting compiled function to disk" in runs[0].stderr, runs[0].stderr[-3000:]
+    assert list((tmp_path / "flash_attn_cute").rglob("*.o"))
+    assert "Loading compiled function from disk" in runs[1].stderr, runs[1].stderr[-3000:]
+    assert "Exporting compiled function to disk" not in runs[1].stderr

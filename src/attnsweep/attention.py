@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -382,6 +383,16 @@ class _FlashAttn4(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._call(q, k, v)
+
+
+def kernel_cache_env(cache_dir: str | os.PathLike) -> dict[str, str]:
+    """Environment that makes the kernel packages which compile their kernels at the first call keep them in a
+    cell's own cache (`cache_dir`), so that its timed job loads what its warm-up compiled instead of compiling it
+    again: flash-attn-4's CuTe DSL kernels (fa4, fa4_graphbreak and sdpa_fa4 call the same ones), which the package
+    keys by the kernel's settings and a fingerprint of its sources and of the DSL's version. The package reads it
+    when it is imported, so it is set before anything imports it."""
+    return {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1",
+            "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": os.path.join(os.fspath(cache_dir), "flash_attn_cute")}
 
 
 def _dist_version(dist: str) -> str | None:

@@ -188,12 +188,22 @@ def _write(out: str, record: dict, what: str) -> int:
     return 0
 
 
+def _use_kernel_cache(cache: str) -> None:
+    """Kernel packages that compile at their first call keep their kernels in the cell's cache too (set before
+    anything imports them; the batch-size attempts' processes inherit it)."""
+    from .attention import kernel_cache_env
+
+    os.environ.update(kernel_cache_env(cache))
+
+
 def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .cell import Warmup, run_cell, timed_cell
     from .spec import CellInputError
 
     if (args.warmup is None) != (args.cache is None):
         parser.error("--warmup and --cache go together (the warm-up's JSON and the compile cache it filled)")
+    if args.cache is not None:
+        _use_kernel_cache(args.cache)
     with contextlib.ExitStack() as stack:
         slot = _claim(args, stack, "timed")
         spec = _spec(args, parser)
@@ -235,6 +245,7 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from .cell import warm_up
     from .spec import CellInputError
 
+    _use_kernel_cache(args.cache)
     with contextlib.ExitStack() as stack:
         _claim(args, stack, "warmup")
         # Compilation beside a timed cell: the timed one gets the CPU first.
