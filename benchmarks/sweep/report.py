@@ -82,13 +82,54 @@ def compare(runs: list[str]) -> None:
     print(pd.DataFrame(out, columns=columns).to_markdown(index=False, floatfmt=",.1f"))
 
 
+def _walls(run: Path) -> list[float]:
+    return [float(line.split("wall_s")[1].split()[0]) for f in sorted(run.glob("wall*.txt"))
+            for line in f.read_text().splitlines() if "wall_s" in line]
+
+
+def occupancy(run: Path) -> list[dict]:
+    """Per GPU of a run: how much of the sweep's wall time its timed jobs held it, and where the rest went.
+
+    busy: the timed jobs' own clocks (duration_s) summed; span: this GPU's first timed job's start to its last one's
+    end (records keep whole seconds); gaps: span less busy (the GPU waiting for the next cell's warm-up, and each
+    job's start before its own clock); late start / early end: this GPU's first start after the run's first, its last
+    end before the run's last; outside: the run's wall time less its first-start-to-last-end (the first warm-up
+    before any timed job could start, and the aggregation after the last). Records without their GPU (older code)
+    cannot be told apart by GPU: only their count and busy time are given."""
+    by_gpu: dict[str, list[dict]] = {}
+    for cell in sorted(run.glob("cells/**/*.json")):
+        rec = json.loads(cell.read_text())
+        gpu = (rec.get("env") or {}).get("gpu") or {}
+        by_gpu.setdefault(str(gpu.get("uuid") or "not recorded"), []).append(rec)
+    walls = _walls(run)
+    wall = walls[0] if len(walls) == 1 else None  # a run of two independent sweeps has one wall time each
+    times = {u: ([pd.Timestamp(r["started_at"]) for r in recs], [pd.Timestamp(r["finished_at"]) for r in recs])
+             for u, recs in by_gpu.items()}
+    first = min(t for starts, _ in times.values() for t in starts)
+    last = max(t for _, ends in times.values() for t in ends)
+    out = []
+    for n, (uuid, recs) in enumerate(sorted(by_gpu.items(), key=lambda kv: min(times[kv[0]][0]))):
+        starts, ends = times[uuid]
+        busy = sum(r["duration_s"] for r in recs)
+        row = {"run": run.name, "GPU": uuid if uuid == "not recorded" else f"{n} ({uuid[:12]})",
+               "timed jobs": len(recs), "busy s": busy}
+        if uuid != "not recorded":
+            span = (max(ends) - min(starts)).total_seconds()
+            row.update({"span s": span, "gaps s": span - busy,
+                        "late start s": (min(starts) - first).total_seconds(),
+                        "early end s": (last - max(ends)).total_seconds()})
+            if wall is not None:
+                row.update({"outside s": wall - (last - first).total_seconds(), "busy % of wall": 100 * busy / wall})
+        out.append(row)
+    return out
+
+
 def main(runs: list[str]) -> None:
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
     print("| run | sweep wall s | cells measured | median job s | median warm-up job s |")
     print("|:--|--:|--:|--:|--:|")
     for run in runs:
-        walls = [line.split("wall_s")[1].strip() for f in sorted(Path(run).glob("wall*.txt"))
-                 for line in f.read_text().splitlines() if "wall_s" in line]
+        walls = [f"{w:g}" for w in _walls(Path(run))]
         part = df[df["run"] == Path(run).name]
         warm = part["warm-up job s"].dropna()
         print(f"| {Path(run).name} | {', '.join(walls) or '-'} | {len(part)} | "
@@ -96,6 +137,11 @@ def main(runs: list[str]) -> None:
               f"{statistics.median(warm):.1f} |" if len(warm) else
               f"| {Path(run).name} | {', '.join(walls) or '-'} | {len(part)} | "
               f"{statistics.median(part['job s'].dropna()):.1f} | - |")
+    print()
+    print("Where each GPU's share of the sweep's wall time went (`occupancy` in report.py says how each column is "
+          "read):")
+    print()
+    print(pd.DataFrame([o for run in runs for o in occupancy(Path(run))]).to_markdown(index=False, floatfmt=",.1f"))
     print()
     print(df.to_markdown(index=False, floatfmt=",.1f"))
 
