@@ -163,6 +163,19 @@ def test_the_watch_collects_inductors_skip_reasons(fresh_dynamo) -> None:
     assert len(watch.messages) == 2 and counters["inductor"]["cudagraph_skips"] == 3
 
 
+def test_a_torch_whose_graph_trees_differ_loses_the_count_not_the_cell(fresh_dynamo, monkeypatch) -> None:
+    def differs(device):
+        raise AttributeError("'CUDAGraphTreeManager' object has no attribute 'get_roots'")
+
+    monkeypatch.setattr(training, "captured_cudagraphs", differs)
+    training.reset_graph_counters()
+    with CudagraphWatch() as watch:
+        pass
+    stats = watch.stats(CPU)
+    assert stats["captured"] is None and stats["skipped"] == 0 and stats["fell_back"] is False
+    assert stats["skip_reasons"][0].startswith("graphs captured unknown: this torch's CUDA graph trees differ")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The cell and its record
 

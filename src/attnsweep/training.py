@@ -336,7 +336,13 @@ class CudagraphWatch(logging.Handler):
         if unlogged > 0:
             reasons.append(f"{unlogged} skipped without a logged reason (Inductor logs none for graphs compiled for "
                            "a CPU device)")
-        captured = captured_cudagraphs(device)
+        try:
+            captured = captured_cudagraphs(device)
+        except (AttributeError, TypeError) as e:
+            # A private API of the graph trees: where a torch differs the count is lost, not the cell's measurement.
+            captured = None
+            reasons.append(f"graphs captured unknown: this torch's CUDA graph trees differ "
+                           f"({type(e).__name__}: {e})"[:300])
         return {"captured": captured, "skipped": skipped, "skip_reasons": reasons,
                 "fell_back": skipped > 0 or captured == 0}
 
