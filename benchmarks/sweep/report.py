@@ -2,6 +2,7 @@
 
     python benchmarks/sweep/report.py RUN [RUN ...] > results/sweepbench.md
     python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
+    python benchmarks/sweep/report.py --equal NEW_RUN OLD_RUN   # each cell's repeats in both: do the ranges overlap?
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from attnsweep.vocabulary import AXES
 
 
 def _job_seconds(tsv: Path) -> float | None:
@@ -124,6 +127,42 @@ def occupancy(run: Path) -> list[dict]:
     return out
 
 
+def _repeats(run: Path) -> dict[tuple, list[float | str]]:
+    """Every repeat's tokens/s (or status) per cell of a run: cell.json, then repeat-2.json, ..."""
+    out: dict[tuple, list[float | str]] = {}
+    for folder in sorted({p.parent for p in run.glob("cells/**/cell.json")}):
+        files = [folder / "cell.json", *sorted(folder.glob("repeat-*.json"), key=lambda f: int(f.stem.split("-")[1]))]
+        for f in files:
+            rec = json.loads(f.read_text())
+            c = rec["cell"]
+            out.setdefault(tuple(c.get(a) for a in AXES), []).append(
+                rec["tokens_per_sec"] if rec["status"] == "ok" else rec["status"])
+    return out
+
+
+def equal(new: str, old: str) -> None:
+    """#13's equality check: each cell's repeats in two runs (e.g. two-stage against cold, measured in one call);
+    equal when the two ranges overlap, the run-to-run spread measured by the repeats themselves."""
+    a, b = _repeats(Path(new)), _repeats(Path(old))
+    out = []
+    for key in sorted(set(a) & set(b)):
+        x, y = ([v for v in r[key] if isinstance(v, float)] for r in (a, b))
+        row = dict(zip(AXES, key))
+        row.update({Path(new).name: ", ".join(f"{v:,.0f}" for v in x) or "/".join(map(str, a[key])),
+                    Path(old).name: ", ".join(f"{v:,.0f}" for v in y) or "/".join(map(str, b[key]))})
+        if x and y:
+            mx, my = statistics.median(x), statistics.median(y)
+            row["medians differ %"] = f"{100 * (mx / my - 1):+.1f}"
+            # A spread needs two measurements on each side; with fewer, equality cannot be told.
+            if min(len(x), len(y)) >= 2:
+                row["spread %"] = f"{100 * max(max(x) - min(x), max(y) - min(y)) / my:.1f}"
+                row["equal"] = "yes" if min(x) <= max(y) and min(y) <= max(x) else "no"
+            else:
+                row["equal"] = "not known (fewer than 2 repeats)"
+        out.append(row)
+    print(pd.DataFrame(out).fillna("").to_markdown(index=False))
+
+
 def main(runs: list[str]) -> None:
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
     print("| run | sweep wall s | cells measured | median job s | median warm-up job s |")
@@ -149,5 +188,7 @@ def main(runs: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--compare"]:
         compare(sys.argv[2:])
+    elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
+        equal(sys.argv[2], sys.argv[3])
     else:
         main(sys.argv[1:])
