@@ -24,6 +24,7 @@ TINY = dict(model="tiny", seq_len=32, precision="fp32", steps=12, window=4, devi
 
 def test_cli_writes_a_valid_record(tmp_path):
     out = tmp_path / "cell.json"
+    (tmp_path / ".cell.json.k1ll3d.tmp").write_text('{"status": ')  # what a job killed mid-write leaves
     # A typical cell invocation, in long form; short run so the suite stays fast.
     rc = cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "64",
                    "--batch-size", "4", "--device", "cpu", "--steps", "10", "--window", "4", "--out", str(out)])
@@ -212,6 +213,18 @@ def test_atomic_write_leaves_old_file_intact_on_failure(tmp_path):
         cellio.write_json_atomic(path, {"a": float("nan")})  # refused mid-write
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_jobs_output_loses_the_temporaries_killed_writers_left(tmp_path):
+    path = tmp_path / "cell.json"
+    stale = [tmp_path / ".cell.json.abc123.tmp", tmp_path / ".cell.json.x_y.tmp"]
+    for tmp in stale:
+        tmp.write_text('{"half": ')
+    other = tmp_path / ".repeat-2.json.abc.tmp"  # another output's: not this job's to remove
+    other.write_text("{")
+    assert cellio.remove_stale_temporaries(path) == sorted(stale)
+    assert not any(t.exists() for t in stale) and other.exists()
+    assert cellio.remove_stale_temporaries(tmp_path / "missing" / "cell.json") == []
 
 
 def test_atomic_write_gives_the_file_the_usual_permissions(tmp_path):

@@ -70,6 +70,17 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
         raise
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what writers of `path` killed mid-write left (write_json_atomic's `.NAME.*.tmp`): called by the job
+    that owns `path` before it writes (a workflow runs one job per output), so a sweep killed with SIGKILL leaves no
+    temporary behind once the cell is measured again. Returns the removed files."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def write_cell(path: str | os.PathLike, data: dict) -> None:
     """Validate, then write atomically: an invalid record never reaches the results folder."""
     validate_cell(data, source=str(path))

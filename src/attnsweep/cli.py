@@ -188,6 +188,16 @@ def _write(out: str, record: dict, what: str) -> int:
     return 0
 
 
+def _clear_temporaries(out: str | None) -> None:
+    """This job owns `out`: a temporary of it that a killed job left is removed before anything is measured."""
+    if out is None:
+        return
+    from .cellio import remove_stale_temporaries
+
+    for tmp in remove_stale_temporaries(out):
+        print(f"attnsweep: removed {tmp}, left by a job killed while writing {out}", file=sys.stderr)
+
+
 def _use_kernel_cache(cache: str) -> None:
     """Kernel packages that compile at their first call keep their kernels in the cell's cache too (set before
     anything imports them; the batch-size attempts' processes inherit it)."""
@@ -204,6 +214,7 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--warmup and --cache go together (the warm-up's JSON and the compile cache it filled)")
     if args.cache is not None:
         _use_kernel_cache(args.cache)
+    _clear_temporaries(args.out)
     with contextlib.ExitStack() as stack:
         slot = _claim(args, stack, "timed")
         spec = _spec(args, parser)
@@ -246,6 +257,7 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from .spec import CellInputError
 
     _use_kernel_cache(args.cache)
+    _clear_temporaries(args.out)
     with contextlib.ExitStack() as stack:
         _claim(args, stack, "warmup")
         # Compilation beside a timed cell: the timed one gets the CPU first.
