@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnsweep.report.aggregate import summarize
 from attnsweep.vocabulary import AXES
 
 
@@ -127,17 +128,12 @@ def occupancy(run: Path) -> list[dict]:
     return out
 
 
-def _repeats(run: Path) -> dict[tuple, list[float | str]]:
-    """Every repeat's tokens/s (or status) per cell of a run: cell.json, then repeat-2.json, ..."""
-    out: dict[tuple, list[float | str]] = {}
-    for folder in sorted({p.parent for p in run.glob("cells/**/cell.json")}):
-        files = [folder / "cell.json", *sorted(folder.glob("repeat-*.json"), key=lambda f: int(f.stem.split("-")[1]))]
-        for f in files:
-            rec = json.loads(f.read_text())
-            c = rec["cell"]
-            out.setdefault(tuple(c.get(a) for a in AXES), []).append(
-                rec["tokens_per_sec"] if rec["status"] == "ok" else rec["status"])
-    return out
+def _repeats(run: Path) -> dict[tuple, list[float]]:
+    """Every ok repeat's tokens/s per cell (its axes) of a run, as the summary folds them (aggregate.summarize)."""
+    cells = sorted(run.glob("cells/**/cell.json"))
+    df = summarize(cells, repeats=sorted(run.glob("cells/**/repeat-*.json")), allow_mixed_env=True)
+    return {tuple(r[a] for a in AXES): [v for v in json.loads(r["tokens_per_sec_repeats"]) if v is not None]
+            for _, r in df.iterrows()}
 
 
 def equal(new: str, old: str) -> None:
@@ -146,10 +142,10 @@ def equal(new: str, old: str) -> None:
     a, b = _repeats(Path(new)), _repeats(Path(old))
     out = []
     for key in sorted(set(a) & set(b)):
-        x, y = ([v for v in r[key] if isinstance(v, float)] for r in (a, b))
+        x, y = a[key], b[key]
         row = dict(zip(AXES, key))
-        row.update({Path(new).name: ", ".join(f"{v:,.0f}" for v in x) or "/".join(map(str, a[key])),
-                    Path(old).name: ", ".join(f"{v:,.0f}" for v in y) or "/".join(map(str, b[key]))})
+        row.update({Path(new).name: ", ".join(f"{v:,.0f}" for v in x) or "no ok repeat",
+                    Path(old).name: ", ".join(f"{v:,.0f}" for v in y) or "no ok repeat"})
         if x and y:
             mx, my = statistics.median(x), statistics.median(y)
             row["medians differ %"] = f"{100 * (mx / my - 1):+.1f}"

@@ -151,6 +151,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         torch.cuda.reset_peak_memory_stats(device)
     cfg = spec.model_config
     window = min(spec.window, steps)
+    compiled = spec.mode in COMPILED_MODES
     model = result = batches = None
     try:
         # Built on the device: initializing hundreds of millions of weights on the host takes seconds more.
@@ -165,7 +166,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         t_train = time.perf_counter()
         result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
         t_profile = time.perf_counter()
-        caches = compile_cache_stats() if spec.mode in COMPILED_MODES else None  # before profiling compiles more
+        caches = compile_cache_stats() if compiled else None  # before profiling compiles more
         kernels = profile_step(result.profile_step, device) if spec.profile and result.profile_step else None
         t_end = time.perf_counter()
     except Exception as e:
@@ -183,7 +184,6 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
     k = max(1, min(5, len(losses) // 4))
     start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
     finite = result.nonfinite_step is None
-    compiled = spec.mode in COMPILED_MODES
     measurement = Measurement(
         window_tokens_per_sec=result.window_tokens_per_sec,
         step_times_s=result.step_times_s,

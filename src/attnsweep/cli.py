@@ -188,10 +188,8 @@ def _write(out: str, record: dict, what: str) -> int:
     return 0
 
 
-def _clear_temporaries(out: str | None) -> None:
+def _clear_temporaries(out: str) -> None:
     """This job owns `out`: a temporary of it that a killed job left is removed before anything is measured."""
-    if out is None:
-        return
     from .cellio import remove_stale_temporaries
 
     for tmp in remove_stale_temporaries(out):

@@ -345,15 +345,15 @@ def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int],
         # started another since the listing (a compiler pool starts its processes when compiling starts).
         if not _stop(worker, stopped, record):
             continue
-        tree = [worker]
+        just_stopped = [worker]
         while True:
             # SIGSTOP takes effect when the process is next scheduled, so the section waits for each to show as
             # stopped: a process stopped in fact starts no other, so a listing after that is complete.
-            _await_stopped(tree)
+            _await_stopped(just_stopped)
             new = [pid for pid in _descendants(worker) if pid not in stopped]
             if not new:
                 break
-            tree += [pid for pid in new if _stop(pid, stopped, record)]
+            just_stopped = [pid for pid in new if _stop(pid, stopped, record)]
 
 
 def _await_stopped(pids: Sequence[int], timeout_s: float = 2.0) -> None:
@@ -367,12 +367,18 @@ def _await_stopped(pids: Sequence[int], timeout_s: float = 2.0) -> None:
             time.sleep(0.001)
 
 
-def _state(pid: int) -> str | None:
-    """The process state letter from /proc (None where the process or /proc is gone)."""
+def _stat_fields(stat: Path) -> list[str] | None:
+    """The fields of a /proc/<pid>/stat after the command name (state, parent pid, ...); None once it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return stat.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter (None where the process or /proc is gone)."""
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return fields[0] if fields else None
 
 
 def _stop(pid: int, stopped: list[int], record: Callable[[int], object]) -> bool:
@@ -389,11 +395,8 @@ def _descendants(pid: int) -> list[int]:
     """Every process below `pid`, read from /proc (empty where there is no /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+        if fields := _stat_fields(entry):
+            children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

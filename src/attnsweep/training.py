@@ -104,10 +104,10 @@ def make_optimizer(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
 
 def optimizer_unsupported_reason(name: str, device_type: str) -> str | None:
     """Why optimizer `name` cannot run on `device_type`, or None if it can (asked before any model is built)."""
-    if name in ("adamw", "adamw_fused"):  # fused AdamW runs on CUDA and, since torch 2.4, on the CPU
-        return None
-    if name != "adamw8bit":
+    if name not in OPTIMIZERS:
         return f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}"
+    if name != "adamw8bit":  # torch's AdamW; fused, it runs on CUDA and, since torch 2.4, on the CPU
+        return None
     if device_type != "cuda":
         return (
             f"adamw8bit (bitsandbytes AdamW8bit) needs a CUDA device, not {device_type!r}: "

@@ -293,25 +293,26 @@ def time_totals(df: pd.DataFrame) -> str:
 
 
 def all_markdown(df: pd.DataFrame) -> str:
+    by_mode = {m: df[df["mode"] == m] for m in MODE_ORDER if m in set(df["mode"])}
     parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
-    for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
-        cells = df[df["mode"] == mode]
+    for mode, cells in by_mode.items():
         parts.append(f"## {mode}\n\n" + _by_environment(cells, wide_table, "###"))
         parts.append(
             f"## {mode}: median of the per-step tokens/s (± standard deviation over the window, % of its mean)\n\n"
             + _by_environment(cells, steady_table, "###")
         )
-    for mode, base, column in _gains(set(df["mode"])):
+    for mode, base, column in _gains(set(by_mode)):
         parts.append(f"## {mode} over {base} (tokens/s ratio)\n\n"
                      + _by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
     if "kernels.attention_share" in df and df["kernels.attention_share"].notna().any():
-        for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
+        for mode, cells in by_mode.items():
             parts.append(f"## {mode}: attention's share of the profiled step (of its kernel time on a GPU, its "
-                         "operators' time on a CPU; the naive path's matmuls not counted)\n\n" + _by_environment(df[df["mode"] == mode], share_table, "###"))
+                         "operators' time on a CPU; the naive path's matmuls not counted)\n\n"
+                         + _by_environment(cells, share_table, "###"))
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
-    for mode in (m for m in MODE_ORDER if m in set(df["mode"])):
-        parts.append(f"### {mode}\n\n" + _by_environment(df[df["mode"] == mode], time_table, "####"))
+    for mode, cells in by_mode.items():
+        parts.append(f"### {mode}\n\n" + _by_environment(cells, time_table, "####"))
     parts.append(_legend(df))
     return "\n\n".join(parts) + "\n"
 
