@@ -28,6 +28,7 @@ from .model import GPT
 from .spec import CellSpec
 from .training import Harness, StepHooks, TrainSpec, compile_cache_stats, private_compile_cache, scoped_env
 from .vocabulary import COMPILED_MODES
+from .windowprobe import WindowProbe
 
 N_DATA_BATCHES = 4
 OOM_MARKERS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -46,6 +47,7 @@ class Measurement:
     kernels: dict | None
     harness_extra: dict
     phases_s: dict[str, float]  # host wall time: setup (device, model, data), train, profile
+    window_conditions: dict | None = None  # windowprobe.WindowProbe over the measured window
 
 
 @dataclass
@@ -153,6 +155,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
     window = min(spec.window, steps)
     compiled = spec.mode in COMPILED_MODES
     model = result = batches = None
+    probe = WindowProbe(device)
     try:
         # Built on the device: initializing hundreds of millions of weights on the host takes seconds more.
         with torch.device(device):
@@ -162,9 +165,10 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
                                     n_batches=N_DATA_BATCHES, device=device, seed=spec.seed)
         tspec = TrainSpec(steps=steps, window=window, precision=spec.precision, optimizer=spec.optimizer,
                           mode=spec.mode, fullgraph=attention.get(spec.attn).fullgraph, device=device,
-                          hooks=hooks)
+                          hooks=dataclasses.replace(hooks, before_window=probe.chain(hooks.before_window)))
         t_train = time.perf_counter()
         result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
+        window_conditions = probe.stop()
         t_profile = time.perf_counter()
         caches = compile_cache_stats() if compiled else None  # before profiling compiles more
         kernels = profile_step(result.profile_step, device) if spec.profile and result.profile_step else None
@@ -175,6 +179,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         tb = traceback.format_exc().strip().splitlines()
         return AttemptResult("error", " | ".join(tb[-6:])[:2000])
     finally:
+        probe.stop()
         # Free what this attempt held before the next one (in-process on the CPU; a no-op cost elsewhere).
         del model, batches
         if device.type == "cuda":
@@ -204,6 +209,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         harness_extra={"harness": result.harness, **result.extra},
         # train: the harness's whole run (compilation in its first step, every step, its own bookkeeping).
         phases_s={"setup": t_train - t_setup, "train": t_profile - t_train, "profile": t_end - t_profile},
+        window_conditions=window_conditions,
     )
     if not finite:
         return AttemptResult("diverged", f"loss became non-finite at step {result.nonfinite_step}", measurement)

@@ -42,6 +42,7 @@ class CellRecord:
     kernels: dict | None = None
     harness_extra: dict | None = None
     phases_s: dict | None = None
+    window_conditions: dict | None = None
     warmup: dict | None = None
     finished_at: str | None = None
     duration_s: float | None = None
@@ -75,6 +76,7 @@ class CellRecord:
         self.kernels = m.kernels
         self.harness_extra = m.harness_extra
         self.phases_s = {"outside": round(outside_s, 3), **inside}
+        self.window_conditions = m.window_conditions
         self.mfu = {"value": flops.mfu(m.window_tokens_per_sec, fpt, peak), "flops_per_token": fpt,
                     "formula": flops.FORMULA, "peak_flops": peak, "peak_source": peak_source}
         if result.outcome == "diverged":
@@ -91,7 +93,7 @@ class CellRecord:
         d = dataclasses.asdict(self)
         order = ["schema_version", "status", "reason", "cell", "batch_size", "batch_note", "batch_attempts",
                  "tokens_per_sec", "tokens_per_sec_stats", "step_times_s", "params", "model_config", "attention",
-                 "peak_memory_bytes", "compile", "loss", "mfu", "kernels", "harness_extra", "phases_s", "warmup",
+                 "peak_memory_bytes", "compile", "loss", "mfu", "kernels", "harness_extra", "phases_s", "window_conditions", "warmup",
                  "env", "started_at", "finished_at", "duration_s"]
         d["schema_version"] = SCHEMA_VERSION
         if d["warmup"] is None:
