@@ -28,20 +28,30 @@ def _job_seconds(tsv: Path) -> float | None:
     return float(next(csv.DictReader(tsv.open(), delimiter="\t"))["s"])
 
 
+def _repeat_number(record: Path) -> int:
+    """1 for cell.json, N for repeat-N.json (the pipeline's names for a cell's repeats)."""
+    return 1 if record.stem == "cell" else int(record.stem.split("-")[1])
+
+
 def rows(run: Path) -> list[dict]:
     out = []
-    for cell in sorted(run.glob("cells/**/cell.json")):
+    records = sorted(run.glob("cells/**/cell.json")) + sorted(run.glob("cells/**/repeat-*.json"))
+    for cell in records:
         rec = json.loads(cell.read_text())
         rel = cell.parent.relative_to(run / "cells")
+        repeat = _repeat_number(cell)
         comp, phases = rec.get("compile") or {}, rec.get("phases_s") or {}
         steps = rec.get("step_times_s") or []
         extra = rec.get("harness_extra") or {}
-        job = _job_seconds(run / "benchmarks/cells" / rel / "cell.tsv")
-        warm = _job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv")
+        cond = rec.get("window_conditions") or {}
+        job = _job_seconds(run / "benchmarks/cells" / rel / f"{cell.stem}.tsv")
+        # A run of several repeats keeps each repeat's warm-up benchmark in rN/, a run of one beside the cell.
+        warm = (_job_seconds(run / "benchmarks/warmup" / rel / f"r{repeat}" / "warmup.tsv")
+                or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv") if repeat == 1 else None))
         first = comp.get("first_step_s")
         out.append({
             "run": run.name, "model": rec["cell"]["model"], "context": rec["cell"]["seq_len"], "attn": rec["cell"]["attn"],
-            "status": rec["status"],
+            "repeat": repeat, "status": rec["status"],
             "tokens/s": rec["tokens_per_sec"],
             "job s": job, "warm-up job s": warm,
             # job wall time outside the cell's own clock: Snakemake, the shell, the interpreter and its imports
@@ -58,6 +68,12 @@ def rows(run: Path) -> list[dict]:
             "hook s": extra.get("hook_s") and round(extra["hook_s"], 1),
             "after steps s": extra.get("after_steps_s") and round(extra["after_steps_s"], 1),
             "launch": (rec.get("env") or {}).get("launch", "own process"),
+            # What else happened in the measured window (records from 2026-11-30's second session on): other
+            # processes' CPU seconds, this process's preemptions, GC seconds, allocations that freed the cache.
+            "others cpu s": (cond.get("host") or {}).get("others_cpu_s"),
+            "preempted": cond.get("preempted"),
+            "gc s": (cond.get("gc") or {}).get("seconds"),
+            "alloc retries": (cond.get("cuda_allocator") or {}).get("num_alloc_retries"),
         })
     return out
 
@@ -161,7 +177,7 @@ def equal(new: str, old: str) -> None:
 
 def main(runs: list[str]) -> None:
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
-    print("| run | sweep wall s | cells measured | median job s | median warm-up job s |")
+    print("| run | sweep wall s | measurements (cells × repeats) | median job s | median warm-up job s |")
     print("|:--|--:|--:|--:|--:|")
     for run in runs:
         walls = [f"{w:g}" for w in _walls(Path(run))]
