@@ -70,3 +70,22 @@ def test_ctrl_c_is_one_line(tmp_path: Path) -> None:
     assert "attnsweep: interrupted; stopping the cell in progress" in out
     assert "The same command resumes" in out
     assert "Traceback" not in out and "Error in rule" not in out and "WorkflowError" not in out, out
+
+
+def test_a_cells_label_names_what_differs_from_the_first_cell_but_not_each_models_own_head_count() -> None:
+    from types import SimpleNamespace
+
+    from snakemake_logger_plugin_attnsweep import LogHandler
+
+    state = SimpleNamespace(first_cell=None)
+    axes = dict(seq_len="1024", attn="sdpa", mode="compiled", precision="fp16", optimizer="adamw", harness="native")
+
+    def label(**wildcards: str) -> str:
+        return LogHandler.cell_label(state, {"wildcards": {**axes, **wildcards}})
+
+    assert label(model="small", kv_heads="12") == "small 1024 sdpa compiled"
+    # Multi-head attention is each model's own head count: medium's 16 is no difference from small's 12.
+    assert label(model="medium", kv_heads="16") == "medium 1024 sdpa compiled"
+    assert label(model="medium", kv_heads="4") == "medium 1024 sdpa compiled kv_heads=4"
+    assert label(model="small", kv_heads="12", precision="bf16", repeat="2") == \
+        "small 1024 sdpa compiled precision=bf16 (repeat 2)"

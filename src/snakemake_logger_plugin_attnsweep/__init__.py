@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attnsweep.report.report_path import snakemake_command
+from attnsweep.vocabulary import MODELS
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
@@ -28,6 +29,13 @@ from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 CELL_RULES = ("cell", "cell_repeat")
 # The axes always named in a cell's line; the others only where they differ from the first cell's.
 MAIN_AXES = ("model", "seq_len", "attn", "mode")
+
+
+def _full_heads(wildcards: dict, key: str) -> bool:
+    """Whether `key` is kv_heads at the model's own head count: multi-head attention, named by no label (the
+    number differs between models, so it would single out every cell of a model other than the first one's)."""
+    model = MODELS.get(str(wildcards.get("model")))
+    return key == "kv_heads" and model is not None and str(wildcards[key]) == str(model.n_head)
 # Snakemake's informational lines that say nothing to someone running the sweep (all of them are in its log file).
 NOISE = (
     "Building DAG of jobs",
@@ -201,7 +209,7 @@ class LogHandler(LogHandlerBase):
             self.first_cell = wildcards
         shown = [str(wildcards[a]) for a in MAIN_AXES if a in wildcards]
         shown += [f"{k}={v}" for k, v in wildcards.items()
-                  if k not in (*MAIN_AXES, "repeat") and self.first_cell.get(k) != v]
+                  if k not in (*MAIN_AXES, "repeat") and self.first_cell.get(k) != v and not _full_heads(wildcards, k)]
         if "repeat" in wildcards:  # repeats 2, 3, ... of a cell (rule cell_repeat)
             shown.append(f"(repeat {wildcards['repeat']})")
         return " ".join(shown)
