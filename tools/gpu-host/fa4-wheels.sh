@@ -2,12 +2,14 @@
 # FlashAttention-4 (the fa4, fa4_graphbreak and sdpa_fa4 attention entries) for the GPU host, which has no network,
 # in parts small enough for one device call each (the ignored folder .fa4wheels/ at the checkout's root):
 #   tools/gpu-host/fa4-wheels.sh download   on a machine with the package index: the wheels into .fa4wheels/wheels/,
-#                                            then one tar of them split into .fa4wheels/parts/ (60 MiB a part)
+#                                            then one tar of them split into .fa4wheels/parts/ (40 MiB a part)
 #   tools/gpu-host/fa4-wheels.sh install    on the host, once every part has been carried there: reassembles and
 #                                            unpacks the wheels, checks them, installs them with .gpuwheels/ (setup.sh)
 #                                            and imports flash-attn-4
 # Carry one part per call (`carry: [.fa4wheels/parts/fa4-wheels.tar.part-00]`, then -01, ...): ignored files stay
-# on a warm host between calls. The wheels' checksums travel inside the tar, so a missing or damaged part fails the
+# on a warm host between calls (one that follows within its 30 s). What travels in a call, the checkout (about 20 MiB)
+# and what it carries, is at most 64 MiB: each 40 MiB part travels alone, and .gpuwheels/ (41 MiB) in the call after
+# them that runs `install`. The wheels' checksums travel inside the tar, so a missing or damaged part fails the
 # check. After `install`, every `source tools/gpu-host/setup.sh` installs them again with the rest.
 #
 # flash-attn-4 4.0.0b18 is the newest release whose _flash_attn_fwd returns (out, lse), the two values torch 2.11's
@@ -38,7 +40,7 @@ download)
         --platform manylinux2014_x86_64 -d "$dir/wheels" "${wheels[@]}"
     (cd "$dir/wheels" && sha256sum -- *.whl >SHA256SUMS)
     # Wheels are compressed already: a plain tar.
-    tar -cf - -C "$dir" wheels | split -b 60M -d -a 2 - "$dir/parts/fa4-wheels.tar.part-"
+    tar -cf - -C "$dir" wheels | split -b 40M -d -a 2 - "$dir/parts/fa4-wheels.tar.part-"
     du -b "$dir/wheels"/*.whl
     ls -l "$dir/parts"
     ;;
