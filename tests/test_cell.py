@@ -182,6 +182,76 @@ def test_nothing_fits_is_status_oom(monkeypatch):
     cellio.validate_cell(rec)
 
 
+def _search_spec(**kw) -> CellSpec:
+    return CellSpec(attn="sdpa", mode="eager", **{**TINY, "batch_size": None, "batch_policy": "search",
+                                                  "batch_start": 64, "profile": False, "steps": 4, "window": 2, **kw})
+
+
+def _counting_attempts(monkeypatch, oom_above: int = 13) -> list[int]:
+    import attnsweep.cell as cell_mod
+
+    tried: list[int] = []
+    real_attempt = cell_mod.run_attempt
+
+    def fake_attempt(spec, b, device, **kw):
+        tried.append(b)
+        if b > oom_above:
+            return AttemptResult("oom", "CUDA out of memory (simulated)")
+        return real_attempt(spec, b, device, **kw)
+
+    monkeypatch.setattr(cell_mod, "run_attempt", fake_attempt)
+    return tried
+
+
+def test_a_later_repeat_warms_up_at_repeat_1s_batch_size_in_one_attempt(monkeypatch, tmp_path):
+    from attnsweep.cell import warm_up
+
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    first = warm_up(spec, tmp_path / "r1")
+    searched = list(tried)
+    assert first.status == "ok" and first.batch_size == 8 and len(searched) > 1
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": first.batch_size}
+    tried.clear()
+    second = warm_up(spec, tmp_path / "r2", record_1)
+    assert second.status == "ok" and second.batch_size == 8 and tried == [8]  # no search: one attempt at 8
+    assert [a["batch_size"] for a in second.batch_attempts] == [8]
+    assert second.batch_note.startswith("repeat 1's batch size, 8")
+
+
+def test_a_later_repeat_of_a_cell_that_did_not_fit_is_not_tried_again(monkeypatch, tmp_path):
+    from attnsweep.cell import warm_up
+
+    tried = _counting_attempts(monkeypatch, oom_above=0)
+    spec = _search_spec()
+    record_1 = {"cell": spec.record(), "status": "oom", "reason": "no batch size fits", "batch_size": None}
+    result = warm_up(spec, tmp_path / "r2", record_1)
+    assert result.status == "oom" and tried == [] and "repeat 1" in result.reason
+    # Repeat 1 failed with an error (possibly passing): a later repeat searches on its own.
+    record_1 = {"cell": spec.record(), "status": "error", "reason": "a crash", "batch_size": None}
+    assert warm_up(spec, tmp_path / "r3", record_1).status == "oom" and tried  # its own search, every size out
+
+
+def test_a_later_repeat_whose_batch_no_longer_fits_is_an_error_that_says_so(monkeypatch, tmp_path):
+    from attnsweep.cell import warm_up
+
+    _counting_attempts(monkeypatch, oom_above=4)
+    spec = _search_spec()
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": 8}
+    result = warm_up(spec, tmp_path / "r2", record_1)
+    assert result.status == "error" and "batch size 8, which fitted in repeat 1, ran out of memory" in result.reason
+
+
+def test_a_repeat_1_record_of_another_cell_is_refused_before_anything_runs(monkeypatch, tmp_path):
+    from attnsweep.cell import warm_up
+
+    tried = _counting_attempts(monkeypatch)
+    record_1 = {"cell": _search_spec(seq_len=64).record(), "status": "ok", "reason": None, "batch_size": 8}
+    with pytest.raises(CellInputError, match="another cell: seq_len 64 \\(not 32\\)"):
+        warm_up(_search_spec(), tmp_path / "r2", record_1)
+    assert tried == []
+
+
 def test_mfu_formula():
     cfg = model_config("small", block_size=1024)
     n = 85_000_000

@@ -320,6 +320,11 @@ def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
     assert f"[{TINY_CELLS}/{TINY_CELLS}] " in out and "(repeat 2): ok" in out, out
     repeats = sorted((repo / "results/tiny/cells").rglob("repeat-2.json"))
     assert len(repeats) == TINY_CELLS and all(load_cell(p)["status"] == "ok" for p in repeats)
+    # A later repeat measures at repeat 1's batch size, taken from its record, not searched again.
+    for p in repeats:
+        first = load_cell(p.with_name("cell.json"))
+        assert load_cell(p)["batch_size"] == first["batch_size"]
+        assert load_cell(p)["batch_note"].startswith(f"repeat 1's batch size, {first['batch_size']}")
     summary = pd.read_csv(repo / "results/tiny/summary.csv")
     assert (summary["repeats"] == 2).all() and len(summary) == TINY_CELLS
     for _, r in summary.iterrows():

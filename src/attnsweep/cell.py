@@ -28,6 +28,7 @@ from .provenance import environment
 from .record import CellRecord
 from .spec import CellInputError, CellSpec
 from .training import StepHooks, mode_unsupported_reason, optimizer_unsupported_reason, torch_dtype
+from .vocabulary import AXES
 
 # Enough steps for every compilation a cell goes through: some implementations compile a second graph at step 3.
 WARMUP_STEPS = 10
@@ -177,9 +178,25 @@ class Warmup:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def warm_up(spec: CellSpec, cache_dir: str | os.PathLike) -> Warmup:
-    """Find the cell's batch size and fill its compile cache at that size with a few steps of training."""
+# A cell's repeat 1 ended so (its record's status): repeats 2, 3, ... take its batch size, or its status, unsearched.
+SHARED_STATUSES = ("ok", "diverged", "oom")
+
+
+def shared_batch_note(batch_size: int) -> str:
+    return f"repeat 1's batch size, {batch_size} (the repeats of a cell share it; repeat 1's record says how it was chosen)"
+
+
+def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None) -> Warmup:
+    """Find the cell's batch size and fill its compile cache at that size with a few steps of training.
+
+    `first`: the record of the cell's repeat 1, for repeats 2, 3, ...: they measure at its batch size (repeats at
+    different sizes would not measure the same thing, as a search near the memory's edge can give), with one attempt
+    instead of a search, and a cell that did not fit is not tried again."""
     t0 = time.perf_counter()
+    if first is not None:
+        mine = spec.record()
+        if differ := [f"{a} {first['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if first["cell"].get(a) != mine[a]]:
+            raise CellInputError(f"the repeat-1 record given is of another cell: {', '.join(differ)}")
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
@@ -191,14 +208,30 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike) -> Warmup:
     if reason:
         return done("unsupported", reason)
     isolate = _isolate(spec, device)
-    try:
-        answer, results = _search(
-            spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps),
-                                                cache_dir=cache_dir), "warmup", _budget(spec, device))
-    except _AttemptFailed as e:
-        return done("error", str(e))
-    if answer is None:
-        return done("oom", _oom_reason(spec))
+
+    def attempt(b: int) -> AttemptResult:
+        return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
+
+    shared = (first or {}).get("status") in SHARED_STATUSES
+    if shared and first["status"] == "oom":
+        return done("oom", f"{first['reason']} (repeat 1's search; not tried again)")
+    if shared:
+        answer = first["batch_size"]
+        record.batch_note = shared_batch_note(answer)
+        _progress(f"attempt at repeat 1's batch size {answer} (warmup)")
+        results = {answer: attempt(answer)}
+        record.add_attempt(answer, results[answer], "warmup")
+        if results[answer].outcome in ("oom", "error"):
+            what = "ran out of memory" if results[answer].outcome == "oom" else "failed"
+            return done("error", f"batch size {answer}, which fitted in repeat 1, {what} in this repeat's warm-up: "
+                        f"{results[answer].detail}")
+    else:
+        try:
+            answer, results = _search(spec, record, attempt, "warmup", _budget(spec, device))
+        except _AttemptFailed as e:
+            return done("error", str(e))
+        if answer is None:
+            return done("oom", _oom_reason(spec))
     res = results[answer]
     first = res.measurement.compile["first_step_s"] if res.measurement else None
     if res.outcome == "diverged":

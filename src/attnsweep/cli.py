@@ -103,6 +103,9 @@ def _add_parsers(sub) -> None:
                        "then measures with it.")
     _add_cell_options(w)
     w.add_argument("--cache", required=True, metavar="DIR", help="the cell's own compile cache (created)")
+    w.add_argument("--batch-from", default=None, metavar="CELL_JSON",
+                   help="the record of the cell's repeat 1: a later repeat warms up at its batch size, unsearched "
+                   "(or is out of memory as it was)")
     w.add_argument("--out", required=True, help="where to write the warm-up's JSON")
 
 
@@ -261,8 +264,16 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         # Compilation beside a timed cell: the timed one gets the CPU first.
         os.nice(10)
         spec = _spec(args, parser)
+        first = None
+        if args.batch_from is not None:
+            from .cellio import load_cell
+
+            try:
+                first = load_cell(args.batch_from)
+            except (OSError, ValueError) as e:
+                parser.error(f"--batch-from {args.batch_from}: {e}")
         try:
-            result = warm_up(spec, args.cache)
+            result = warm_up(spec, args.cache, first)
         except CellInputError as e:
             parser.error(str(e))
     result.write(args.out)

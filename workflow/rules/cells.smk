@@ -28,6 +28,8 @@ if not AGGREGATE_ONLY and WARMUP:
     rule warmup:
         input:
             stamp=ancient(CELL_STAMP),
+            # Repeats 2, 3, ...: repeat 1's record, whose batch size they share (nothing for repeat 1).
+            first=first_repeat,
         output:
             # temp: the cache is the cell's alone and is removed once its timed job has used it.
             json=temp(
@@ -50,9 +52,12 @@ if not AGGREGATE_ONLY and WARMUP:
         threads: WARMUP_THREADS
         params:
             options=cell_options,
+            first=lambda wc, input: (
+                f"--batch-from {shlex.quote(input.first)}" if input.first else ""
+            ),
         shell:
-            "python -m attnsweep warmup {params.options} --cache {output.cache:q} --out {output.json:q} "
-            "> {log:q} 2>&1"
+            "python -m attnsweep warmup {params.options} {params.first} --cache {output.cache:q} "
+            "--out {output.json:q} > {log:q} 2>&1"
 
 
 if not AGGREGATE_ONLY:

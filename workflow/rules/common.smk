@@ -59,6 +59,15 @@ def cell_options(wildcards) -> str:
     return shlex.join(PLAN.cell_options(cell) + PLAN.job_options(GPUS))
 
 
+def first_repeat(wildcards):
+    """Repeat 1's record for a warm-up of repeat 2, 3, ...: repeats share its batch size (none for repeat 1)."""
+    if wildcards.repeat == "1":
+        return []
+    return ancient(
+        f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/cell.json"
+    )
+
+
 def stamp_text(wildcards) -> str:
     stamp = STAMPS[f"{wildcards.kind}-{wildcards.digest}"]
     return json.dumps(stamp, indent=1, sort_keys=True)
