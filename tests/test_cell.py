@@ -343,6 +343,8 @@ def test_worker_process_isolation_round_trip(tmp_path):
     assert sum(phases.values()) == pytest.approx(rec["batch_attempts"][0]["seconds"], abs=0.01)
     assert phases["outside"] > 0.3 and phases["profile"] < 0.1  # --no-profile: nothing profiled
     assert phases["train"] >= rec["compile"]["first_step_s"] + sum(rec["step_times_s"][1:])
+    # The window's conditions come back from the worker process with its measurement.
+    assert rec["window_conditions"]["wall_s"] > 0 and rec["window_conditions"]["own_cpu_s"] > 0
 
 
 def test_source_hash_covers_exactly_the_files_a_cell_runs(tmp_path, monkeypatch):
