@@ -21,7 +21,8 @@ import torch
 # retries = allocations that failed, freed the cache and tried again; device alloc/free = cudaMalloc/cudaFree calls.
 ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams", "num_ooms")
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal (guest time is counted in user already).
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+# Busy: this machine's processes and kernel; steal (time the hypervisor ran something else) is counted apart.
+_BUSY_FIELDS = (0, 1, 2, 5, 6)
 _STEAL_FIELD = 7
 
 
