@@ -239,7 +239,8 @@ def test_a_later_repeat_whose_batch_no_longer_fits_is_an_error_that_says_so(monk
     spec = _search_spec()
     record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": 8}
     result = warm_up(spec, tmp_path / "r2", record_1)
-    assert result.status == "error" and "batch size 8, which fitted in repeat 1, ran out of memory" in result.reason
+    assert result.status == "error"
+    assert "batch size 8, which fitted in repeat 1, ran out of memory in this repeat" in result.reason
 
 
 def test_a_repeat_1_record_of_another_cell_is_refused_before_anything_runs(monkeypatch, tmp_path):
@@ -250,6 +251,29 @@ def test_a_repeat_1_record_of_another_cell_is_refused_before_anything_runs(monke
     with pytest.raises(CellInputError, match="another cell: seq_len 64 \\(not 32\\)"):
         warm_up(_search_spec(), tmp_path / "r2", record_1)
     assert tried == []
+
+
+def test_a_cold_later_repeat_runs_at_repeat_1s_batch_size(monkeypatch, tmp_path):
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": 8}
+    rec = run_cell(spec, record_1)
+    assert rec["status"] == "ok" and rec["batch_size"] == 8 and tried == [8]
+    assert rec["batch_note"].startswith("repeat 1's batch size, 8")
+    out = tmp_path / "r2.json"
+    (tmp_path / "cell.json").write_text(json.dumps(rec))  # a valid record, standing in for repeat 1's
+    assert cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32",
+                     "--batch-policy", "search", "--batch-start", "64", "--device", "cpu", "--steps", "4",
+                     "--window", "2", "--no-profile", "--batch-from", str(tmp_path / "cell.json"),
+                     "--out", str(out)]) == 0
+    assert cellio.load_cell(out)["batch_size"] == 8 and tried[-1] == 8 and len(tried) == 2
+
+
+def test_batch_from_is_refused_beside_a_warm_up(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
+                  "--warmup", "w.json", "--cache", "c", "--batch-from", "cell.json", "--out", str(tmp_path / "o.json")])
+    assert "--batch-from is for a cold repeat" in capsys.readouterr().err
 
 
 def test_mfu_formula():

@@ -336,6 +336,21 @@ def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_cold_repeats_measure_at_repeat_1s_batch_size(tmp_path: Path) -> None:
+    """Without the warm-up stage a later repeat's job reads repeat 1's record (`--batch-from`), as its warm-up does."""
+    config = copy.deepcopy(TINY)
+    config["grid"].update(seq_len=[32], attn=["naive"], mode=["eager"])
+    config.update(steps=4, window=2, repeats=2, warmup={"enabled": False})
+    repo = copy_repo(tmp_path, config)
+    snakemake(repo, "--cores", "2")
+    first = load_cell(next((repo / "results/tiny/cells").rglob("cell.json")))
+    second = load_cell(next((repo / "results/tiny/cells").rglob("repeat-2.json")))
+    assert second["status"] == "ok" and second["batch_size"] == first["batch_size"]
+    assert second["batch_note"].startswith(f"repeat 1's batch size, {first['batch_size']}")
+    assert not (repo / "results/tiny/warmup").exists()  # cold: no warm-up job ran
+
+
+@pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
     assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}

@@ -74,8 +74,12 @@ def _progress(message: str) -> None:
     print(f"attnsweep: {message}", file=sys.stderr, flush=True)
 
 
-class _AttemptFailed(Exception):
-    pass
+class _Ended(Exception):
+    """The cell ends without a batch size to measure at: its status and the reason."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def _budget(spec: CellSpec, device: torch.device) -> int | None:
@@ -89,7 +93,7 @@ def _budget(spec: CellSpec, device: torch.device) -> int | None:
 
 def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
             budget: int | None) -> tuple[int | None, dict[int, AttemptResult]]:
-    """The largest batch of the cell's plan that fits, every attempt recorded; raises _AttemptFailed on an error.
+    """The largest batch of the cell's plan that fits, every attempt recorded; raises _Ended on an error.
     Peak memory at the sizes tried predicts the next to try (batching.predictive_search_largest): the answer is the
     ladder's, in fewer compiled attempts."""
     results: dict[int, AttemptResult] = {}
@@ -103,7 +107,7 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
         record.add_attempt(b, res, stage)
         _progress(f"batch size {b}: {res.outcome} in {res.seconds:.1f} s")
         if res.outcome == "error":
-            raise _AttemptFailed(f"batch size {b}: {res.detail}")
+            raise _Ended("error", f"batch size {b}: {res.detail}")
         fits = res.outcome != "oom"
         return batching.Probe(fits, res.measurement.peak_memory_bytes if fits and res.measurement else None)
 
@@ -114,6 +118,48 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
 def _oom_reason(spec: CellSpec) -> str:
     cap = f"{spec.memory_cap_gib} GiB cap" if spec.memory_cap_gib else "the GPU's memory"
     return f"no batch size in {list(spec.batch_plan.candidates)} fits in {cap}"
+
+
+# A cell's repeat 1 ended so (its record's status): repeats 2, 3, ... take its batch size, or its status, unsearched.
+SHARED_STATUSES = ("ok", "diverged", "oom")
+
+
+def shared_batch_note(batch_size: int) -> str:
+    return (f"repeat 1's batch size, {batch_size} (the repeats of a cell share it; repeat 1's record says how it was "
+            "chosen)")
+
+
+def check_first_repeat(spec: CellSpec, first: dict | None) -> None:
+    """A repeat-1 record given for a later repeat must be of the same cell (CellInputError, before anything runs)."""
+    if first is None:
+        return
+    mine = spec.record()
+    if differ := [f"{a} {first['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if first["cell"].get(a) != mine[a]]:
+        raise CellInputError(f"the repeat-1 record given is of another cell: {', '.join(differ)}")
+
+
+def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
+                budget: int | None, first: dict | None) -> tuple[int, dict[int, AttemptResult]]:
+    """The batch size to measure at and the attempts made for it: for a later repeat (`first`, repeat 1's record)
+    one attempt at repeat 1's size, since repeats at different sizes (a search near the memory's edge can give them)
+    would not measure the same thing, and a cell that did not fit is not tried again; else the search's answer.
+    Raises _Ended with the cell's status where there is none."""
+    if (first or {}).get("status") not in SHARED_STATUSES:
+        answer, results = _search(spec, record, attempt, stage, budget)
+        if answer is None:
+            raise _Ended("oom", _oom_reason(spec))
+        return answer, results
+    if first["status"] == "oom":
+        raise _Ended("oom", f"{first['reason']} (repeat 1's search; not tried again)")
+    answer = first["batch_size"]
+    record.batch_note = shared_batch_note(answer)
+    _progress(f"attempt at repeat 1's batch size {answer} ({stage or 'measure'})")
+    res = attempt(answer)
+    record.add_attempt(answer, res, stage)
+    if res.outcome in ("oom", "error"):
+        what = "ran out of memory" if res.outcome == "oom" else "failed"
+        raise _Ended("error", f"batch size {answer}, which fitted in repeat 1, {what} in this repeat: {res.detail}")
+    return answer, {answer: res}
 
 
 def _start(spec: CellSpec) -> tuple[torch.device, CellRecord]:
@@ -131,22 +177,22 @@ def _isolate(spec: CellSpec, device: torch.device) -> bool:
     return spec.isolate == "process" or (spec.isolate == "auto" and device.type == "cuda")
 
 
-def run_cell(spec: CellSpec) -> dict:
+def run_cell(spec: CellSpec, first: dict | None = None) -> dict:
     """Measure one cell in one go, every attempt compiling from cold; return its record (schemas/cell.schema.json).
-    Raises CellInputError on bad input."""
+    `first`: repeat 1's record, for a later repeat (its batch size, unsearched). Raises CellInputError on bad
+    input."""
     t0 = time.perf_counter()
+    check_first_repeat(spec, first)
     device, record = _start(spec)
     reason = unsupported_reason(spec, device)
     if reason:
         return record.finish("unsupported", reason, time.perf_counter() - t0)
     isolate = _isolate(spec, device)
     try:
-        answer, results = _search(spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate), None,
-                                  _budget(spec, device))
-    except _AttemptFailed as e:
-        return record.finish("error", str(e), time.perf_counter() - t0)
-    if answer is None:
-        return record.finish("oom", _oom_reason(spec), time.perf_counter() - t0)
+        answer, results = _find_batch(spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate), None,
+                                      _budget(spec, device), first)
+    except _Ended as e:
+        return record.finish(e.status, e.reason, time.perf_counter() - t0)
     res = results[answer]
     record.measured(answer, res, seq_len=spec.seq_len, window=spec.window, precision=spec.precision)
     if res.outcome == "diverged":
@@ -178,14 +224,6 @@ class Warmup:
         return cls(**json.loads(Path(path).read_text()))
 
 
-# A cell's repeat 1 ended so (its record's status): repeats 2, 3, ... take its batch size, or its status, unsearched.
-SHARED_STATUSES = ("ok", "diverged", "oom")
-
-
-def shared_batch_note(batch_size: int) -> str:
-    return f"repeat 1's batch size, {batch_size} (the repeats of a cell share it; repeat 1's record says how it was chosen)"
-
-
 def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None) -> Warmup:
     """Find the cell's batch size and fill its compile cache at that size with a few steps of training.
 
@@ -193,10 +231,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     different sizes would not measure the same thing, as a search near the memory's edge can give), with one attempt
     instead of a search, and a cell that did not fit is not tried again."""
     t0 = time.perf_counter()
-    if first is not None:
-        mine = spec.record()
-        if differ := [f"{a} {first['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if first["cell"].get(a) != mine[a]]:
-            raise CellInputError(f"the repeat-1 record given is of another cell: {', '.join(differ)}")
+    check_first_repeat(spec, first)
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
@@ -212,26 +247,10 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     def attempt(b: int) -> AttemptResult:
         return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
 
-    shared = (first or {}).get("status") in SHARED_STATUSES
-    if shared and first["status"] == "oom":
-        return done("oom", f"{first['reason']} (repeat 1's search; not tried again)")
-    if shared:
-        answer = first["batch_size"]
-        record.batch_note = shared_batch_note(answer)
-        _progress(f"attempt at repeat 1's batch size {answer} (warmup)")
-        results = {answer: attempt(answer)}
-        record.add_attempt(answer, results[answer], "warmup")
-        if results[answer].outcome in ("oom", "error"):
-            what = "ran out of memory" if results[answer].outcome == "oom" else "failed"
-            return done("error", f"batch size {answer}, which fitted in repeat 1, {what} in this repeat's warm-up: "
-                        f"{results[answer].detail}")
-    else:
-        try:
-            answer, results = _search(spec, record, attempt, "warmup", _budget(spec, device))
-        except _AttemptFailed as e:
-            return done("error", str(e))
-        if answer is None:
-            return done("oom", _oom_reason(spec))
+    try:
+        answer, results = _find_batch(spec, record, attempt, "warmup", _budget(spec, device), first)
+    except _Ended as e:
+        return done(e.status, e.reason)
     res = results[answer]
     first = res.measurement.compile["first_step_s"] if res.measurement else None
     if res.outcome == "diverged":

@@ -40,6 +40,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_batch_from(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-from", default=None, metavar="CELL_JSON",
+                   help="the record of the cell's repeat 1: a later repeat runs at its batch size, unsearched (or is "
+                   "out of memory as it was)")
+
+
+def _first_repeat(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict | None:
+    """The repeat-1 record named by --batch-from, read and checked, or None."""
+    if args.batch_from is None:
+        return None
+    from .cellio import load_cell
+
+    try:
+        return load_cell(args.batch_from)
+    except (OSError, ValueError) as e:
+        parser.error(f"--batch-from {args.batch_from}: {e}")
+
+
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=list(MODELS), help="GPT-2 size")
     p.add_argument("--attn", required=True, choices=list(ATTENTION), help="attention implementation")
@@ -96,6 +114,7 @@ def _add_parsers(sub) -> None:
                    help="measure at the batch size an `attnsweep warmup` found, with the compile cache it filled "
                    "(--cache); without it every attempt compiles from cold")
     p.add_argument("--cache", default=None, metavar="DIR", help="the cell's compile cache, filled by its warm-up")
+    _add_batch_from(p)
     p.add_argument("--out", required=True, help="where to write the JSON record")
     w = sub.add_parser("warmup", help="a sweep's first stage of a cell: find its batch size, fill its compile cache",
                        description="Find the cell's batch size (or that it is unsupported or out of memory) and fill "
@@ -103,9 +122,7 @@ def _add_parsers(sub) -> None:
                        "then measures with it.")
     _add_cell_options(w)
     w.add_argument("--cache", required=True, metavar="DIR", help="the cell's own compile cache (created)")
-    w.add_argument("--batch-from", default=None, metavar="CELL_JSON",
-                   help="the record of the cell's repeat 1: a later repeat warms up at its batch size, unsearched "
-                   "(or is out of memory as it was)")
+    _add_batch_from(w)
     w.add_argument("--out", required=True, help="where to write the warm-up's JSON")
 
 
@@ -213,6 +230,9 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if (args.warmup is None) != (args.cache is None):
         parser.error("--warmup and --cache go together (the warm-up's JSON and the compile cache it filled)")
+    if args.warmup is not None and args.batch_from is not None:
+        parser.error("--batch-from is for a cold repeat: with --warmup, the warm-up has taken repeat 1's batch size")
+    first = _first_repeat(args, parser)
     if args.cache is not None:
         _use_kernel_cache(args.cache)
     _clear_temporaries(args.out)
@@ -223,7 +243,7 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if args.warmup is None:
                 if slot is not None:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
-                record = run_cell(spec)
+                record = run_cell(spec, first)
             else:
                 record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack))
         except CellInputError as e:
@@ -264,14 +284,7 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         # Compilation beside a timed cell: the timed one gets the CPU first.
         os.nice(10)
         spec = _spec(args, parser)
-        first = None
-        if args.batch_from is not None:
-            from .cellio import load_cell
-
-            try:
-                first = load_cell(args.batch_from)
-            except (OSError, ValueError) as e:
-                parser.error(f"--batch-from {args.batch_from}: {e}")
+        first = _first_repeat(args, parser)
         try:
             result = warm_up(spec, args.cache, first)
         except CellInputError as e:

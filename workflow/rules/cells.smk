@@ -94,11 +94,7 @@ if not AGGREGATE_ONLY:
             gpu=1 if DEVICE == "cuda" else 0,
         params:
             options=cell_options,
-            stage=(
-                lambda wc, input: (
-                    f"--warmup {input.warmup} --cache {input.cache}" if WARMUP else ""
-                )
-            ),
+            stage=stage_options,
         message:
             CELL_MESSAGE
         # Exit 0 for ok/oom/unsupported/diverged (results); nonzero is a crash, which fails this job and keeps its
@@ -106,7 +102,7 @@ if not AGGREGATE_ONLY:
         shell:
             "python -m attnsweep cell {params.options} {params.stage} --out {output.json:q} > {log:q} 2>&1"
 
-    # Repeats 2, 3, ... of a cell: the same job, with a warm-up of their own.
+    # Repeats 2, 3, ... of a cell: the same job, with a warm-up of their own (cold: at repeat 1's batch size).
     use rule cell as cell_repeat with:
         input:
             stamp=ancient(CELL_STAMP),
@@ -120,6 +116,8 @@ if not AGGREGATE_ONLY:
                 if WARMUP
                 else []
             ),
+            # Cold: repeat 1's record, whose batch size a later repeat shares (its warm-up takes it otherwise).
+            first=[] if WARMUP else first_repeat,
         output:
             json=f"{RESULTS}/cells/{PARAMSPACE.wildcard_pattern}/repeat-{{repeat}}.json",
         log:

@@ -68,6 +68,16 @@ def first_repeat(wildcards):
     )
 
 
+def stage_options(wildcards, input) -> str:
+    """A timed job's options: the warm-up it measures after; cold, repeat 1's record for a later repeat."""
+    if WARMUP:
+        return (
+            f"--warmup {shlex.quote(input.warmup)} --cache {shlex.quote(input.cache)}"
+        )
+    first = input.get("first")
+    return f"--batch-from {shlex.quote(first)}" if first else ""
+
+
 def stamp_text(wildcards) -> str:
     stamp = STAMPS[f"{wildcards.kind}-{wildcards.digest}"]
     return json.dumps(stamp, indent=1, sort_keys=True)
