@@ -472,6 +472,65 @@ def test_warmup_prefers_a_gpu_without_timed_job_and_never_waits(jobs: Jobs) -> N
     assert claim_warmup_at_once(jobs.locks, ["1"]) == "1"
 
 
+def test_capped_warmups_on_a_gpu_are_as_many_as_fit_beside_its_timed_job(tmp_path: Path) -> None:
+    gib = 2**30
+    # 141 GiB and a 12 GiB cap: 9 warm-ups of 13 GiB (cap and context) beside the timed job's 13 GiB.
+    assert gpuslots.warmups_per_gpu(141 * gib, 12 * gib) == 9
+    assert gpuslots.warmups_per_gpu(24 * gib, 12 * gib) == 1  # at least one, even where two do not fit
+    assert gpuslots.warmups_per_gpu(None, 12 * gib) is None and gpuslots.warmups_per_gpu(80 * gib, None) is None
+    locks = tmp_path / "locks"
+    a, b = claim_warmup(locks, ["0"], per_gpu=2), claim_warmup(locks, ["0"], per_gpu=2)
+    assert a.held and b.held  # each warm-up holds a seat of its GPU
+    with pytest.raises(TimeoutError, match="no warm-up slot"):
+        claim_warmup(locks, ["0"], per_gpu=2, timeout_s=0.3)  # a third waits for a seat
+    with claim_warmup(locks, ["0", "1"], per_gpu=2, timeout_s=0.3) as c:
+        assert c.device_id == "1"  # or takes another GPU's
+    b.release()
+    with claim_warmup(locks, ["0"], per_gpu=2, timeout_s=5) as d:
+        assert d.device_id == "0" and d.held
+    a.release()
+
+
+def test_a_capped_warmup_job_claims_its_gpu_with_the_bound_for_its_cap(tmp_path: Path, monkeypatch) -> None:
+    import argparse
+    import contextlib
+
+    from attnsweep import cli
+
+    seen = {}
+
+    def fake_claim(lock_dir, gpus, *, per_gpu=None):
+        seen.update(gpus=gpus, per_gpu=per_gpu)
+        return claim_warmup(lock_dir, gpus)
+
+    monkeypatch.setattr(gpuslots, "visible_gpus", lambda config_value=None: ["0"])
+    monkeypatch.setattr(gpuslots, "gpu_memory", lambda device: ("NVIDIA H200", 143771 * 2**20))
+    monkeypatch.setattr(gpuslots, "claim_warmup", fake_claim)
+    monkeypatch.setattr(cli.os, "environ", dict(os.environ))  # the claim sets CUDA_VISIBLE_DEVICES
+    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=12.0)
+    with contextlib.ExitStack() as stack:
+        cli._claim(args, stack, "warmup")
+    assert seen == {"gpus": ["0"], "per_gpu": 9}
+
+
+def test_a_killed_warmup_frees_its_seat(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from attnsweep.gpuslots import claim_warmup\n"
+         f"s = claim_warmup({str(locks)!r}, ['0'], per_gpu=1); print('held', flush=True); time.sleep(600)"],
+        env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TimeoutError):
+            claim_warmup(locks, ["0"], per_gpu=1, timeout_s=0.3)
+        holder.kill()
+        holder.wait(timeout=30)
+        with claim_warmup(locks, ["0"], per_gpu=1, timeout_s=5) as slot:  # the kernel dropped the dead job's lock
+            assert slot.held
+    finally:
+        holder.kill()
+
+
 def test_lock_files_are_named_by_device_and_bad_lists_refused(tmp_path: Path) -> None:
     mig = "MIG-GPU-5c89/1/0"
     with claim_timed(tmp_path, [mig]) as slot:

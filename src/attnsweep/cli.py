@@ -159,10 +159,13 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
         # Without a cap a warm-up's batch search may fill the GPU: it runs alone there, as a timed cell does.
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
         stack.enter_context(slot.exclusive())
+    elif kind == "timed":
+        slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
     else:
-        slot = stack.enter_context(
-            gpuslots.claim_timed(args.gpu_locks, gpus) if kind == "timed" else gpuslots.claim_warmup(args.gpu_locks, gpus)
-        )
+        # As many capped warm-ups on a GPU as fit beside its timed job (GPUs of one sweep are of one model).
+        gpu = gpuslots.gpu_memory(gpus[0]) if gpus != ["cpu"] else None
+        per_gpu = gpuslots.warmups_per_gpu(gpu and gpu[1], args.memory_cap_gib and int(args.memory_cap_gib * 2**30))
+        slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=per_gpu))
     if slot.device_id != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.device_id
     if kind == "warmup" and isinstance(slot, gpuslots.WarmupSlot):

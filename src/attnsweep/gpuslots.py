@@ -85,7 +85,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory", "gpu_worker", "visible_gpus"]
+__all__ = ["TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory", "gpu_worker", "visible_gpus",
+           "warmups_per_gpu"]
 
 POLL_S = 0.05
 
@@ -482,20 +483,48 @@ def _has_timed_job(lock_dir: Path, device: str) -> bool:
         os.close(fd)
 
 
-def claim_warmup(lock_dir: str | os.PathLike[str], gpus: Sequence[str | int]) -> WarmupSlot:
+# What a process holds on its GPU outside its memory cap: the CUDA context and its libraries' workspaces.
+CONTEXT_BYTES = 2**30
+
+
+def warmups_per_gpu(gpu_bytes: int | None, cap_bytes: int | None) -> int | None:
+    """How many capped warm-ups fit on a GPU beside its timed job, each process allowed `cap_bytes` plus its
+    context: (GPU - one process) // one process, at least 1; None (no bound) where either is unknown. More would let
+    a warm-up's attempt run out of memory on a full GPU, which would be recorded as the cell's result (a smaller
+    batch size, or `oom`)."""
+    if not gpu_bytes or not cap_bytes:
+        return None
+    process = cap_bytes + CONTEXT_BYTES
+    return max(1, (gpu_bytes - process) // process)
+
+
+def claim_warmup(lock_dir: str | os.PathLike[str], gpus: Sequence[str | int], *, per_gpu: int | None = None,
+                 poll_s: float = POLL_S, timeout_s: float | None = None) -> WarmupSlot:
     """Choose the GPU of ``gpus`` for a warm-up: one with no timed job if there is one (spread by pid among equals).
 
-    A warm-up holds no lock: the processes that run its GPU work register with :func:`gpu_worker`, and a timed job
-    stops them while it measures. Use as ``with claim_warmup(d, gpus) as slot:``.
+    The processes that run a warm-up's GPU work register with :func:`gpu_worker`, and a timed job stops them while it
+    measures. With ``per_gpu`` (:func:`warmups_per_gpu`) at most that many warm-ups hold a GPU at once, each one of
+    its ``per_gpu`` seat locks (released by the kernel if the job dies); a warm-up waits (polling) for a free seat.
+    Use as ``with claim_warmup(d, gpus) as slot:``; ``slot.wait_s`` is the time waited.
     """
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     devices = _devices(gpus)
     start = os.getpid() % len(devices)
     order = [(start + i) % len(devices) for i in range(len(devices))]
-    free = [i for i in order if not _has_timed_job(lock_dir, devices[i])]
-    index = (free or order)[0]
-    return WarmupSlot(lock_dir, index, devices[index], [], 0.0)
+    started = time.monotonic()
+    while True:
+        free = [i for i in order if not _has_timed_job(lock_dir, devices[i])]
+        for index in free + [i for i in order if i not in free]:
+            if per_gpu is None:
+                return WarmupSlot(lock_dir, index, devices[index], [], time.monotonic() - started)
+            for seat in range(per_gpu):
+                fd = _open(lock_dir, devices[index], f"warmup-{seat}")
+                if _try_lock(fd, fcntl.LOCK_EX):
+                    return WarmupSlot(lock_dir, index, devices[index], [fd], time.monotonic() - started)
+                os.close(fd)
+        _check_timeout(started, timeout_s, "warm-up")
+        time.sleep(poll_s)
 
 
 def _split(value: str) -> list[str]:
