@@ -503,11 +503,17 @@ def test_a_capped_warmup_job_claims_its_gpu_with_the_bound_for_its_cap(tmp_path:
         seen.update(gpus=gpus, per_gpu=per_gpu)
         return claim_warmup(lock_dir, gpus)
 
+    from attnsweep import sweep
+    from test_sweep import config
+
     monkeypatch.setattr(gpuslots, "visible_gpus", lambda config_value=None: ["0"])
-    monkeypatch.setattr(gpuslots, "gpu_memory", lambda device: ("NVIDIA H200", 143771 * 2**20))
     monkeypatch.setattr(gpuslots, "claim_warmup", fake_claim)
     monkeypatch.setattr(cli.os, "environ", dict(os.environ))  # the claim sets CUDA_VISIBLE_DEVICES
-    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=12.0)
+    # The sweep's job options for an H200 (nvidia-smi's 143,771 MiB) under the 12 GiB cap, as a warm-up job gets them.
+    options = sweep.plan_run(config(), {}, gpus=["0"]).job_options(["0"], 143771 * 2**20)
+    per_gpu = int(options[options.index("--warmups-per-gpu") + 1])
+    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=12.0,
+                              warmups_per_gpu=per_gpu)
     with contextlib.ExitStack() as stack:
         cli._claim(args, stack, "warmup")
     assert seen == {"gpus": ["0"], "per_gpu": 9}

@@ -179,7 +179,7 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         tb = traceback.format_exc().strip().splitlines()
         return AttemptResult("error", " | ".join(tb[-6:])[:2000])
     finally:
-        probe.stop()
+        probe.detach()
         # Free what this attempt held before the next one (in-process on the CPU; a no-op cost elsewhere).
         del model, batches
         if device.type == "cuda":

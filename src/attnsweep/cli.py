@@ -102,6 +102,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, metavar="LIST",
                    help="with --gpu-locks: the GPUs the sweep may use, comma-separated (default: the sweep's "
                    "CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists)")
+    p.add_argument("--warmups-per-gpu", type=int, default=None, metavar="N",
+                   help="with --gpu-locks: at most N warm-ups on a GPU at once (a sweep passes as many as fit beside "
+                   "its timed job under the memory cap; default: no bound)")
 
 
 def _add_parsers(sub) -> None:
@@ -162,10 +165,7 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
     elif kind == "timed":
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
     else:
-        # As many capped warm-ups on a GPU as fit beside its timed job (GPUs of one sweep are of one model).
-        gpu = gpuslots.gpu_memory(gpus[0]) if gpus != ["cpu"] else None
-        per_gpu = gpuslots.warmups_per_gpu(gpu and gpu[1], args.memory_cap_gib and int(args.memory_cap_gib * 2**30))
-        slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=per_gpu))
+        slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=args.warmups_per_gpu))
     if slot.device_id != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.device_id
     if kind == "warmup" and isinstance(slot, gpuslots.WarmupSlot):

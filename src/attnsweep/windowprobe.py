@@ -85,10 +85,14 @@ class WindowProbe:
         gc.callbacks.append(self._on_gc)
         self._t0 = time.perf_counter()
 
-    def stop(self) -> dict | None:
-        """The window's conditions; safe to call again, or after a failure (the GC callback is removed once)."""
+    def detach(self) -> None:
+        """Stop counting garbage collections (safe to call again): after a failed window too."""
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+
+    def stop(self) -> dict | None:
+        """The window's conditions; safe to call again."""
+        self.detach()
         if self._t0 is None:
             return None
         wall = time.perf_counter() - self._t0

@@ -22,9 +22,13 @@ try:
     GPUS = gpuslots.visible_gpus(config_value=config.get("gpus"))
     # What the user gave on the command line or in overlay files wins over the cpu_demo section.
     PLAN = sweep.plan_run(config, workflow.config_settings.overwrite_config, GPUS)
+    # The GPUs' model and memory (nvidia-smi, once): the cap must fit, and bounds the warm-ups a GPU takes.
+    GPU_MEMORY = None
     if PLAN.device == "cuda" and not PLAN.aggregate_only:
-        cap, gpu = PLAN.settings["memory_cap_gib"], gpuslots.gpu_memory(GPUS[0])
-        sweep.check_memory_cap(cap, gpu, PLAN.key_name)
+        GPU_MEMORY = gpuslots.gpu_memory(GPUS[0])
+        sweep.check_memory_cap(
+            PLAN.settings["memory_cap_gib"], GPU_MEMORY, PLAN.key_name
+        )
     # Cells and aggregations take ancient(stamp): its name hashes the code and settings, so a change reruns what
     # depends on it, and file times (a fresh clone) do not matter.
     STAMPS = codestamp.sweep_stamps(
@@ -56,7 +60,9 @@ CELL_MESSAGE = " ".join(["cell", *(f"{a}={{wildcards.{a}}}" for a in AXES)])
 def cell_options(wildcards) -> str:
     """`attnsweep cell`/`warmup` options for the cell named by the wildcards (all but the paths)."""
     cell = PARAMSPACE.instance(wildcards)
-    return shlex.join(PLAN.cell_options(cell) + PLAN.job_options(GPUS))
+    return shlex.join(
+        PLAN.cell_options(cell) + PLAN.job_options(GPUS, GPU_MEMORY and GPU_MEMORY[1])
+    )
 
 
 def first_repeat(wildcards):
