@@ -127,13 +127,33 @@ def _as_warmup_worker() -> contextlib.AbstractContextManager:
     return gpu_worker(lock_dir, device_id)
 
 
+@contextlib.contextmanager
+def compiler_processes(allowed: bool):
+    """Inductor's pool of compiler processes, or none (`allowed` False): compilation, if any, in this process.
+
+    A timed job loads what its warm-up compiled, yet Inductor starts its pool at the first compilation all the same:
+    a helper process that imports torch and forks a worker per core. On the GPU host that ran a core busy beside the
+    measured window (window_conditions: 0.9-1.3 s of other processes' CPU in a 1 s window of a one-GPU sweep, under
+    0.1 s in the cold path, whose pool had long been idle). The number of compile threads is not part of the
+    compile caches' keys (Inductor's config leaves `compile_threads` out of them), so the cache is hit either way."""
+    if allowed:
+        yield
+        return
+    from torch._inductor import config
+
+    with config.patch(compile_threads=1):
+        yield
+
+
 def measure(
     spec: CellSpec, batch_size: int, device: torch.device, *, steps: int | None = None,
-    cache_dir: str | os.PathLike | None = None, hooks: StepHooks = StepHooks(),
+    cache_dir: str | os.PathLike | None = None, hooks: StepHooks = StepHooks(), compiler_pool: bool = True,
 ) -> AttemptResult:
-    """Build, train (spec.steps, or `steps` for a warm-up) and profile at `batch_size`, in this process."""
+    """Build, train (spec.steps, or `steps` for a warm-up) and profile at `batch_size`, in this process; with
+    `compiler_pool` False, without Inductor's compiler processes (a timed job, whose cache its warm-up filled)."""
     t0 = time.perf_counter()
-    with compile_cache(cache_dir), _as_warmup_worker(), attention.backend_scope(spec.attn):
+    with (compile_cache(cache_dir), compiler_processes(compiler_pool), _as_warmup_worker(),
+          attention.backend_scope(spec.attn)):
         result = _measure(spec, batch_size, device, steps or spec.steps, hooks)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

@@ -275,7 +275,7 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
                                  time.perf_counter() - t0)
         return record.finish(warmup.status, warmup.reason, time.perf_counter() - t0)
     _progress(f"timed run at batch size {warmup.batch_size}, {spec.steps} steps")
-    res = measure(spec, warmup.batch_size, device, cache_dir=cache_dir, hooks=hooks)
+    res = measure(spec, warmup.batch_size, device, cache_dir=cache_dir, hooks=hooks, compiler_pool=False)
     record.add_attempt(warmup.batch_size, res, "timed")
     if res.outcome in ("oom", "error"):
         what = "ran out of memory" if res.outcome == "oom" else "failed"
