@@ -69,6 +69,8 @@ with gpu_worker(lock_dir, device) as waited:
 #   claim:     the section is the timed claim itself
 #   exclusive: claim a timed slot, the section is slot.exclusive()
 #   window:    claim a timed slot, the section is slot.quiet() inside slot.exclusive() (a measured window)
+#   start:     claim a timed slot, slot.stoppable() (a timed job before its window), then tick to <out>.ticks
+#   stoppable-window: as a timed job does it: stoppable(), then a window inside exclusive()
 # Writes <out>.start when the section begins and <out> at its end; a negative hold_s holds until killed.
 TIMED = r"""
 import json, os, sys, time
@@ -89,8 +91,19 @@ def section(slot):
     return record
 
 with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
+    if mode in ("start", "stoppable-window"):
+        slot.stoppable()
+    if mode == "start":
+        put(out + ".start", dict(pid=os.getpid(), start=time.monotonic()))
+        fd = os.open(out + ".ticks", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        while True:
+            os.write(fd, f"{time.monotonic()!r}\n".encode())
+            time.sleep(0.005)
     if mode == "claim":
         record = section(slot)
+    elif mode == "stoppable-window":
+        with slot.exclusive(), slot.quiet():
+            record = section(slot)
     elif mode == "window":
         with slot.exclusive(), slot.quiet():
             record = section(slot)
@@ -365,6 +378,56 @@ def test_sigkill_in_a_window_lets_every_gpus_workers_go_on(jobs: Jobs) -> None:
     for worker in (gpu0, gpu1):
         wait_until(lambda: any(t > killed for t in read_ticks(worker.ticks)), timeout=2, what="resuming (guard)")
     assert not list((jobs.locks / "host.stoppers").iterdir())  # the dead job's sections are gone
+
+
+def test_a_window_stops_another_gpus_timed_job_before_its_window(jobs: Jobs) -> None:
+    starting = jobs.timed("0", hold=-1, mode="start")  # GPU 0's timed job: loading its code, its first steps
+    pid = starting.started()["pid"]
+    ticks = Path(f"{starting.out}.ticks")
+    wait_until(lambda: len(read_ticks(ticks)) >= 3, what="the starting job ticking")
+    window = jobs.timed("1", hold=0.3, mode="window").result()
+    assert pid in window["quieted"]
+    assert_paused_not_killed(ticks, [window])
+
+
+def test_windows_take_turns_and_a_timed_job_never_stops_itself(jobs: Jobs) -> None:
+    first = jobs.timed("0", hold=0.6, mode="stoppable-window")
+    first.started()
+    second = jobs.timed("1", hold=0.1, mode="window")  # one that is not stoppable: it must wait its turn
+    a, b = first.result(), second.result()  # the first does not hang: it leaves the timed workers before its window
+    assert b["start"] >= a["end"], "two windows overlapped"
+
+
+def test_a_timed_job_starting_during_a_window_registers_after_it(jobs: Jobs) -> None:
+    window = jobs.timed("1", hold=0.5, mode="window")
+    section = window.started()
+    starting = jobs.timed("0", hold=-1, mode="start")
+    assert starting.started()["start"] >= window.result()["end"] > section["start"]
+
+
+def test_timed_jobs_and_an_uncapped_warmups_attempts_register_among_the_timed_slots(tmp_path: Path, monkeypatch) -> None:
+    import argparse
+    import contextlib
+
+    from attnsweep import cli
+    from attnsweep.attempt import WORKER_ENV
+
+    monkeypatch.setattr(gpuslots, "visible_gpus", lambda config_value=None: ["0"])
+    monkeypatch.setattr(cli.os, "environ", dict(os.environ))
+    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=None, warmups_per_gpu=None)
+    with contextlib.ExitStack() as stack:
+        slot = cli._claim(args, stack, "warmup")
+        assert isinstance(slot, gpuslots.TimedSlot)  # the GPU to itself for its batch search
+        assert [cli.os.environ[k] for k in WORKER_ENV] == [args.gpu_locks, gpuslots.TIMED_WORKERS]
+    args.memory_cap_gib = 12.0
+    with contextlib.ExitStack() as stack:
+        slot = cli._claim(args, stack, "warmup")
+        assert [cli.os.environ[k] for k in WORKER_ENV] == [args.gpu_locks, "0"]
+    registered = gpuslots._workers_dir(Path(args.gpu_locks), gpuslots.TIMED_WORKERS) / str(os.getpid())
+    with contextlib.ExitStack() as stack:
+        cli._claim(args, stack, "timed")
+        assert registered.exists()  # a timed job is stoppable by other GPUs' windows from its start
+    assert not registered.exists()
 
 
 def test_a_section_begins_only_once_its_workers_have_stopped(jobs: Jobs) -> None:

@@ -158,20 +158,25 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
     gpus = gpuslots.visible_gpus(config_value=args.gpus)
     if not gpus:
         gpus = ["cpu"]  # no GPU: the slots still keep warm-ups and timed cells of one device apart
-    if kind == "warmup" and gpus != ["cpu"] and args.memory_cap_gib is None:
+    uncapped_warmup = kind == "warmup" and gpus != ["cpu"] and args.memory_cap_gib is None
+    if uncapped_warmup:
         # Without a cap a warm-up's batch search may fill the GPU: it runs alone there, as a timed cell does.
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
         stack.enter_context(slot.exclusive())
     elif kind == "timed":
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
+        slot.stoppable()  # until its window: its start and first steps wait out other GPUs' windows
     else:
         slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=args.warmups_per_gpu))
     if slot.device_id != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.device_id
-    if kind == "warmup" and isinstance(slot, gpuslots.WarmupSlot):
+    if kind == "warmup":
         from .attempt import WORKER_ENV
 
-        os.environ.update(zip(WORKER_ENV, (str(args.gpu_locks), slot.device_id)))
+        # The processes that run its attempts register: a capped warm-up's on its GPU (its timed job stops them),
+        # an uncapped one's among the timed slots (it has its GPU to itself; other GPUs' windows stop them).
+        workers = gpuslots.TIMED_WORKERS if uncapped_warmup else slot.device_id
+        os.environ.update(zip(WORKER_ENV, (str(args.gpu_locks), workers)))
     return slot
 
 

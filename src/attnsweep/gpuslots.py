@@ -19,11 +19,16 @@ Two kinds of job use a GPU:
   2-11% less beside running compilations.
 
 A timed job's measured window (:meth:`TimedSlot.quiet`) goes further and stops the warm-up workers of every GPU of the
-sweep: steps that wait on the host slow down when other cores compile (on an H200 host of two GPUs, one cell's
+sweep, and every other GPU's timed slot outside its own window (:meth:`TimedSlot.stoppable`: a timed job's start,
+loading its compiled code and its first steps; an uncapped warm-up and its attempts), registered as workers of the
+pseudo-device :data:`TIMED_WORKERS`; windows take turns, one at a time on the host. Steps that wait on the host slow down when other cores compile (on an H200 host of two GPUs, one cell's
 profiled optimizer step spanned 2.2 ms of the GPU's timeline in the cold path and 3.8-4.0 ms beside other GPUs'
 warm-ups and a test suite, its kernels' times unchanged, and the cell measured 12-17% less). The window is a second
-or two; the other GPUs' timed jobs go on (two timed cells on two GPUs of one host were measured apart and side by
-side before: GPT-2 medium `sdpa` 148.0k and 149.1k tokens/s alone, 147.6k and 148.7k together).
+or two. With only warm-ups stopped, the host-bound cells whose steps run Python between kernels (`fa2`,
+`fa2_graphbreak`) measured 9-21% less on a host of two H200s with two GPUs than with one, 2-4 other cores busy in
+their windows (window_conditions) against about 1 on one GPU; `sdpa` cells, one compiled graph a step, agreed within
+3%. Waiting for another window costs a GPU a second or two; stopping a timed job before its window costs it nothing
+it measures.
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 
@@ -62,6 +67,9 @@ Why this is correct:
    it starts before stopping anything lets go on, when it finds the job gone, every pid only dead sections hold.
 4. Overlap: stopping, resuming and registering happen under ``mutex``; a section resumes only pids no live section
    holds, and a worker registers only when no measured window is live, so no window ever has a worker running.
+5. Windows in turn: a window begins only when no other window is live (checked under ``mutex`` as it begins), and a
+   timed slot leaves :data:`TIMED_WORKERS` before its window, so a window never stops another window's process. A
+   window waits only for windows, which wait for nothing once begun.
 
 Caveats: the lock directory must be on a local filesystem (flock over NFS is emulated and not to be relied on). The
 timed lock is held by the process that claimed it: work it protects must run in that process or in a child it waits
@@ -80,15 +88,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory", "gpu_worker", "visible_gpus",
+__all__ = ["TIMED_WORKERS", "TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory", "gpu_worker", "visible_gpus",
            "warmups_per_gpu"]
 
 POLL_S = 0.05
+# The pseudo-device whose workers are timed slots outside their measured window (TimedSlot.stoppable): every window
+# on the host stops them, as it stops every GPU's warm-ups. Not a CUDA device name, so no lock file clashes.
+TIMED_WORKERS = "timed-slots"
 
 
 def _gpu_tag(device_id: str) -> str:
@@ -247,14 +258,22 @@ def _stopping(lock_dir: Path, scope: str, devices: Sequence[str]) -> Iterator[li
     folder.mkdir(exist_ok=True)
     path = folder / f"{os.getpid()}.{scope}"
     try:  # whatever fails from here on, the stopped workers go on
-        with _host_mutex(lock_dir):
-            if any(_live_workers(lock_dir, d) for d in devices):
-                guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(lock_dir)],
-                                         start_new_session=True)
-            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            for device in devices:
-                _stop_workers(lock_dir, device, stopped, lambda pid: os.write(fd, f"{pid}\n".encode()))
+        while True:
+            with _host_mutex(lock_dir):
+                if scope == "host" and _host_quiet(lock_dir):
+                    waiting = True  # windows take turns (gpuslots, Windows in turn)
+                else:
+                    waiting = False
+                    if any(_live_workers(lock_dir, d) for d in devices):
+                        guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(lock_dir)],
+                                                 start_new_session=True)
+                    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    for device in devices:
+                        _stop_workers(lock_dir, device, stopped, lambda pid: os.write(fd, f"{pid}\n".encode()))
+            if not waiting:
+                break
+            time.sleep(POLL_S)
         yield stopped
     finally:
         with _host_mutex(lock_dir):
@@ -274,6 +293,27 @@ class TimedSlot(_Slot):
     exclusive_wait_s: float | None = None  # seconds the last exclusive() waited for the turnstile
     paused: list[int] = []  # pids of the warm-up workers the last exclusive() stopped
     quieted: list[int] = []  # pids the last quiet() stopped
+    _registration: ExitStack | None = None  # this process as a worker of TIMED_WORKERS (stoppable())
+
+    def stoppable(self) -> None:
+        """Until this slot's window or its release, this process is a worker of :data:`TIMED_WORKERS`: other GPUs'
+        measured windows stop it (SIGSTOP) with its own processes, and let it go on after. Waits while a window is
+        live. A timed job calls it at its start; an uncapped warm-up's attempts register there themselves."""
+        if not self.held:
+            raise RuntimeError("stoppable() on a released slot")
+        if self._registration is None:
+            registration = ExitStack()
+            registration.enter_context(gpu_worker(self.lock_dir, TIMED_WORKERS))
+            self._registration = registration
+
+    def _leave_workers(self) -> None:
+        registration, self._registration = self._registration, None
+        if registration is not None:
+            registration.close()
+
+    def release(self) -> None:
+        self._leave_workers()
+        super().release()
 
     @contextmanager
     def exclusive(self) -> Iterator[float]:
@@ -303,11 +343,13 @@ class TimedSlot(_Slot):
 
     @contextmanager
     def quiet(self) -> Iterator[list[int]]:
-        """The measured window: the warm-up workers of every GPU of the sweep are stopped, and none registers, until
+        """The measured window: once no other GPU's window is live, the warm-up workers of every GPU of the sweep
+        and the other timed slots outside their windows (:meth:`stoppable`) are stopped, and none registers, until
         the block ends. Yields the pids it stopped (this GPU's, which its exclusive phase holds already, among them).
         Enter it inside :meth:`exclusive` (gpuslots, No deadlock)."""
         if not self.held:
             raise RuntimeError("quiet() on a released slot")
+        self._leave_workers()  # before waiting for other windows: they stop no process in a window (or about to be)
         with _stopping(self.lock_dir, "host", _worker_devices(self.lock_dir)) as stopped:
             self.quieted = stopped
             yield stopped
@@ -341,6 +383,8 @@ def _stop_workers(lock_dir: Path, device_id: str, stopped: list[int],
     """SIGSTOP every live registered worker of the GPU and its descendants. Appends each stopped pid to `stopped` as
     it goes, after `record(pid)`, which notes it where a guard can find it."""
     for worker in _live_workers(lock_dir, device_id):
+        if worker == os.getpid():
+            continue  # a timed slot that has not left TIMED_WORKERS: never itself
         # The worker and its compiler processes: their CPU work would slow a timed cell whose steps are host-bound.
         # The worker first, then its descendants until no new one shows up: a process found running may have
         # started another since the listing (a compiler pool starts its processes when compiling starts).
