@@ -10,15 +10,22 @@ deadline=$((SECONDS + $1)) run=$2
 shift 2
 source tools/gpu-host/setup.sh || exit 1
 mkdir -p "results/$run"
-log="results/$run/snakemake-$(date -u +%Y%m%dT%H%M%S).log"
+stamp=$(date -u +%Y%m%dT%H%M%S)
+log="results/$run/snakemake-$stamp.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
 snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its limit (.snakemake/ stays on a warm host)
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
 # Every core and GPU of the host: warm-ups compile on the cores while each GPU measures one cell (README).
+start=$(date +%s.%N)
 timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores "$(nproc)" \
     --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
-echo "snakemake exit: $? (124 = stopped at the deadline)"
+code=$?
+echo "snakemake exit: $code (124 = stopped at the deadline)"
+# This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
+echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
 # Anchored at the interpreter: the command line that called this script may hold the same words.
 pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null  # jobs the stop left
 tail -n 40 "$log"  # one line per finished cell, then where the results are
-tar czf "$OUT/$run.tgz" --exclude=warmup --exclude=.gpulocks "results/$run"
+# The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
+# go with the cells.
+tar czf "$OUT/$run.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" "results/$run"
