@@ -27,8 +27,8 @@ warm-ups and a test suite, its kernels' times unchanged, and the cell measured 1
 or two. With only warm-ups stopped, the host-bound cells whose steps run Python between kernels (`fa2`,
 `fa2_graphbreak`) measured 9-21% less on a host of two H200s with two GPUs than with one, 2-4 other cores busy in
 their windows (window_conditions) against about 1 on one GPU; `sdpa` cells, one compiled graph a step, agreed within
-3%. Waiting for another window costs a GPU a second or two; stopping a timed job before its window costs it nothing
-it measures.
+3%. A window (with the profiled step after it) stops the other GPUs' timed jobs for a few seconds, which costs their
+GPUs that long and changes nothing they measure: they are stopped outside their windows only.
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 
