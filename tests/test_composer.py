@@ -6,6 +6,7 @@ which installs Composer and so must run them: there a missing Composer fails ins
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -267,3 +268,21 @@ def test_gpu_composer_captures_cuda_graphs(offline_in_empty_dir):
     result = train_composer(model, batches, s, TOKENS_PER_BATCH)
     assert result.cudagraphs["captured"] >= 2 and result.cudagraphs["skipped"] == 0, result.cudagraphs
     assert not result.cudagraphs["fell_back"] and result.nonfinite_step is None
+
+
+@pytest.mark.parametrize("harness", ["native", "composer"])
+def test_both_harnesses_call_the_timed_jobs_hooks_once_each_in_order(harness, offline_in_empty_dir):
+    """The GPU after the first step, the host before the window's first step and back after its last one."""
+    if harness == "composer":
+        require_composer()
+    from attnsweep.native_harness import train_native
+    from attnsweep.training import StepHooks
+
+    fresh_model, batches = tiny_cell()
+    calls: list[str] = []
+    hooks = StepHooks(after_first_step=lambda: calls.append("gpu"), before_window=lambda: calls.append("host"),
+                      after_window=lambda: calls.append("host back"))
+    s = dataclasses.replace(spec(steps=12, window=4), hooks=hooks)
+    result = (train_native if harness == "native" else train_composer)(fresh_model(), batches, s, TOKENS_PER_BATCH)
+    assert calls == ["gpu", "host", "host back"]
+    assert len(result.step_times_s) == 12

@@ -679,19 +679,24 @@ def test_a_timed_cells_window_is_entered_inside_its_gpus_exclusive_phase() -> No
         def exclusive(self):
             calls.append("gpu")
             yield
+            calls.append("gpu back")
 
         @contextmanager
         def quiet(self):
             calls.append("host")
             yield
+            calls.append("host back")
 
     with ExitStack() as stack:
         hooks = _hooks(Slot(), stack)
         hooks.before_window()
         hooks.after_first_step()
-    assert calls == ["gpu", "host"]
+    assert calls == ["gpu", "host", "host back", "gpu back"]
+    calls.clear()
     with ExitStack() as stack:
         hooks = _hooks(Slot(), stack)
         hooks.after_first_step()
         hooks.before_window()
-    assert calls == ["gpu", "host", "gpu", "host"]
+        hooks.after_window()  # the host goes back after the window; the GPU stays to the job's end (profiled step)
+        assert calls == ["gpu", "host", "host back"]
+    assert calls == ["gpu", "host", "host back", "gpu back"]

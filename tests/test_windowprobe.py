@@ -69,6 +69,17 @@ def test_the_hook_runs_first_and_a_failed_window_leaves_no_gc_callback():
     assert WindowProbe(torch.device("cpu")).stop() is None  # a window that never began has no conditions
 
 
+def test_the_count_ends_before_the_host_is_given_back():
+    probe = WindowProbe(torch.device("cpu"))
+    seen = []
+    probe.chain(None)()
+    time.sleep(0.05)
+    probe.chain_end(lambda: seen.append(probe.stop()))()  # the hook (leaving the host) runs after the count ended
+    time.sleep(0.3)  # whatever runs after the window is not counted
+    cond = probe.stop()
+    assert seen == [cond] and 0.05 <= cond["wall_s"] < 0.3
+
+
 def test_the_cell_record_carries_its_windows_conditions(tmp_path):
     out = tmp_path / "cell.json"
     rc = cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32",

@@ -185,7 +185,8 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
                                     n_batches=N_DATA_BATCHES, device=device, seed=spec.seed)
         tspec = TrainSpec(steps=steps, window=window, precision=spec.precision, optimizer=spec.optimizer,
                           mode=spec.mode, fullgraph=attention.get(spec.attn).fullgraph, device=device,
-                          hooks=dataclasses.replace(hooks, before_window=probe.chain(hooks.before_window)))
+                          hooks=dataclasses.replace(hooks, before_window=probe.chain(hooks.before_window),
+                                                    after_window=probe.chain_end(hooks.after_window)))
         t_train = time.perf_counter()
         result = harness(spec.harness)(model, batches, tspec, batch_size * spec.seq_len)
         window_conditions = probe.stop()

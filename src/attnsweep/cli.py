@@ -181,13 +181,15 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
 
 
 def _hooks(slot, stack: contextlib.ExitStack):
-    """A timed cell's GPU after its first step, and the host's warm-ups stopped for its measured window (gpuslots);
-    the GPU first in any case: a window entered outside the GPU's exclusive phase could wait on its own warm-ups."""
+    """A timed cell's GPU after its first step, and the host for its measured window (gpuslots), given back after
+    the window's last step (the GPU stays the cell's to its end: its profiled step times that GPU's kernels); the GPU
+    first in any case: a window entered outside the GPU's exclusive phase could wait on its own warm-ups."""
     from .training import StepHooks
 
     if slot is None:
         return StepHooks()
     entered: list[bool] = []
+    host = contextlib.ExitStack()
 
     def take_gpu() -> None:
         if not entered:
@@ -196,9 +198,10 @@ def _hooks(slot, stack: contextlib.ExitStack):
 
     def take_host() -> None:
         take_gpu()
-        stack.enter_context(slot.quiet())
+        host.enter_context(slot.quiet())
+        stack.callback(host.close)  # if the window does not end (an error), the host goes back before the GPU
 
-    return StepHooks(after_first_step=take_gpu, before_window=take_host)
+    return StepHooks(after_first_step=take_gpu, before_window=take_host, after_window=host.close)
 
 
 def _write(out: str, record: dict, what: str) -> int:

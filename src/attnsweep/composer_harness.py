@@ -131,9 +131,10 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
         `cudagraphs`, each batch's start marked as a new iteration for the CUDA graph trees (training.TrainStep says
         why)."""
 
-        def __init__(self, device: torch.device, hooks: StepHooks, window_start: int, cudagraphs: bool = False):
+        def __init__(self, device: torch.device, hooks: StepHooks, window_start: int, window_end: int,
+                     cudagraphs: bool = False):
             self.device = device
-            self.hooks, self.window_start = hooks, window_start
+            self.hooks, self.window_start, self.window_end = hooks, window_start, window_end
             self.cudagraphs = cudagraphs
             self.step_times_s: list[float] = []
             self.losses: list[float] = []
@@ -157,7 +158,8 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
             self.step_times_s.append(now - self._last)
             done = len(self.step_times_s)
             for hook in (self.hooks.after_first_step if done == 1 else None,
-                         self.hooks.before_window if done == self.window_start else None):
+                         self.hooks.before_window if done == self.window_start else None,
+                         self.hooks.after_window if done == self.window_end else None):
                 if hook is not None:
                     hook()
                     now = time.perf_counter()  # the wait for the GPU or the host belongs to no step
@@ -250,7 +252,7 @@ def train_composer(
     optimizer = training.make_optimizer(model, spec.optimizer)
     speed_monitor = SpeedMonitor(window_size=spec.window, time_unit="seconds")
     cudagraphs = spec.mode in CUDAGRAPH_MODES
-    recorder = StepRecorder(spec.device, spec.hooks, spec.steps - spec.window, cudagraphs)
+    recorder = StepRecorder(spec.device, spec.hooks, spec.steps - spec.window, spec.steps, cudagraphs)
     memory_logger = MemoryLogger()
     compiled = spec.mode in COMPILED_MODES
     watch = training.CudagraphWatch() if cudagraphs else None

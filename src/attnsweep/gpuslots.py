@@ -27,8 +27,9 @@ warm-ups and a test suite, its kernels' times unchanged, and the cell measured 1
 or two. With only warm-ups stopped, the host-bound cells whose steps run Python between kernels (`fa2`,
 `fa2_graphbreak`) measured 9-21% less on a host of two H200s with two GPUs than with one, 2-4 other cores busy in
 their windows (window_conditions) against about 1 on one GPU; `sdpa` cells, one compiled graph a step, agreed within
-3%. A window (with the profiled step after it) stops the other GPUs' timed jobs for a few seconds, which costs their
-GPUs that long and changes nothing they measure: they are stopped outside their windows only.
+3%. A window stops the other GPUs' timed jobs for its length (a second or two: it gives the host back after its
+last step, synchronized), which costs their GPUs that long and changes nothing they measure: they are stopped outside
+their windows only.
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 

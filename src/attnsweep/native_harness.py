@@ -78,10 +78,13 @@ def train_native(
                 hook_s += _run_hook(spec.hooks.after_first_step)
     if cuda:
         torch.cuda.synchronize(spec.device)
+    loop_end = time.perf_counter()
+    hook_s += _run_hook(spec.hooks.after_window)
+    after0 = time.perf_counter()
+    if cuda:
         step_times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
     else:
         step_times = cpu_times
-    loop_end = time.perf_counter()
     window_wall_s = loop_end - window_wall0
     window_s = sum(step_times[-spec.window :])
 
@@ -110,6 +113,6 @@ def train_native(
         # the hooks (a timed cell taking its GPU, then the host), the steps' wall time, and after the last step.
         extra={"window_wall_s": window_wall_s, "window_event_s": window_s, "grad_scaling": step.scaler.is_enabled(),
                "before_steps_s": wall0 - t_start, "hook_s": hook_s, "steps_wall_s": loop_end - wall0,
-               "after_steps_s": time.perf_counter() - loop_end},
+               "after_steps_s": time.perf_counter() - after0},
         profile_step=profile_step,
     )

@@ -41,10 +41,11 @@ def torch_dtype(precision: str) -> torch.dtype:
 class StepHooks:
     """Where a timed cell takes its GPU, then the host, for itself (gpuslots), so that no other process's work
     overlaps its measured steps: after the first step (compilation, or loading the compiled code) and before the
-    measured window's first step."""
+    measured window's first step; and where it gives the host back: after the window's last step, synchronized."""
 
     after_first_step: Callable[[], None] | None = None
     before_window: Callable[[], None] | None = None
+    after_window: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

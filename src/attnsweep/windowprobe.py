@@ -46,7 +46,9 @@ class WindowProbe:
     """Counts host CPU use, GC pauses and allocator events from `start()` to `stop()`.
 
     `chain(hook)` gives a hook that runs `hook` (a timed job quieting its host) and then starts the probe, for
-    StepHooks.before_window. `stop()` returns the record's `window_conditions`, or None if the window never began."""
+    StepHooks.before_window; `chain_end(hook)` one that ends the count and then runs `hook` (the timed job giving
+    the host back), for StepHooks.after_window. `stop()` returns the record's `window_conditions` (counted to the
+    end, or to now if the window did not end), or None if the window never began."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -55,6 +57,7 @@ class WindowProbe:
         self._gc_counts = [0, 0, 0]
         self._gc_s = 0.0
         self._gc_max_s = 0.0
+        self._result: dict | None = None
 
     def chain(self, hook: Callable[[], None] | None) -> Callable[[], None]:
         def before_window() -> None:
@@ -62,6 +65,13 @@ class WindowProbe:
                 hook()
             self.start()
         return before_window
+
+    def chain_end(self, hook: Callable[[], None] | None) -> Callable[[], None]:
+        def after_window() -> None:
+            self.end()
+            if hook is not None:
+                hook()
+        return after_window
 
     def _on_gc(self, phase: str, info: dict) -> None:
         gen = info.get("generation", 0)
@@ -90,11 +100,18 @@ class WindowProbe:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
+    def end(self) -> None:
+        """The window is over: count no further (the first call counts; later ones change nothing)."""
+        self.detach()
+        if self._t0 is not None and self._result is None:
+            self._result = self._conditions()
+
     def stop(self) -> dict | None:
         """The window's conditions; safe to call again."""
-        self.detach()
-        if self._t0 is None:
-            return None
+        self.end()
+        return self._result
+
+    def _conditions(self) -> dict:
         wall = time.perf_counter() - self._t0
         stat1, (own_cpu1, preempted1) = _proc_stat_cpu(), _own_usage()
         own_cpu_s, preempted = own_cpu1 - self._own0[0], preempted1 - self._own0[1]
