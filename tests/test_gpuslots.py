@@ -71,6 +71,8 @@ with gpu_worker(lock_dir, device) as waited:
 #   window:    claim a timed slot, the section is slot.quiet() inside slot.exclusive() (a measured window)
 #   start:     claim a timed slot, slot.stoppable() (a timed job before its window), then tick to <out>.ticks
 #   stoppable-window: as a timed job does it: stoppable(), then a window inside exclusive()
+#   overlap-window: as a timed job does it with window_turns false: stoppable(), exclusive(), leave_stoppable(),
+#                   0.5 s of steps, then a window that does not wait for others
 # Writes <out>.start when the section begins and <out> at its end; a negative hold_s holds until killed.
 TIMED = r"""
 import json, os, sys, time
@@ -104,6 +106,13 @@ with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
     elif mode == "stoppable-window":
         with slot.exclusive(), slot.quiet():
             record = section(slot)
+    elif mode == "overlap-window":
+        slot.stoppable()
+        with slot.exclusive():
+            slot.leave_stoppable()
+            time.sleep(0.5)
+            with slot.quiet(turns=False):
+                record = section(slot)
     elif mode == "window":
         with slot.exclusive(), slot.quiet():
             record = section(slot)
@@ -398,6 +407,20 @@ def test_windows_take_turns_and_a_timed_job_never_stops_itself(jobs: Jobs) -> No
     assert b["start"] >= a["end"], "two windows overlapped"
 
 
+def test_without_turns_windows_overlap_and_still_stop_a_starting_timed_job(jobs: Jobs) -> None:
+    starting = jobs.timed("2", hold=-1, mode="start")
+    pid = starting.started()["pid"]
+    ticks = Path(f"{starting.out}.ticks")
+    wait_until(lambda: len(read_ticks(ticks)) >= 3, what="the starting job ticking")
+    # Both start before either window begins (a start, like a warm-up, waits out a live window to register).
+    first = jobs.timed("0", hold=0.8, mode="overlap-window")
+    second = jobs.timed("1", hold=0.8, mode="overlap-window")
+    a, b = first.result(), second.result()
+    assert max(a["start"], b["start"]) < min(a["end"], b["end"]), "a window without turns waited for another"
+    assert pid in a["quieted"] and pid in b["quieted"]
+    assert_paused_not_killed(ticks, [a, b])
+
+
 def test_a_timed_job_starting_during_a_window_registers_after_it(jobs: Jobs) -> None:
     window = jobs.timed("1", hold=0.5, mode="window")
     section = window.started()
@@ -424,10 +447,13 @@ def test_timed_jobs_and_an_uncapped_warmups_attempts_register_among_the_timed_sl
         slot = cli._claim(args, stack, "warmup")
         assert [cli.os.environ[k] for k in WORKER_ENV] == [args.gpu_locks, "0"]
     registered = gpuslots._workers_dir(Path(args.gpu_locks), gpuslots.TIMED_WORKERS) / str(os.getpid())
-    with contextlib.ExitStack() as stack:
-        cli._claim(args, stack, "timed")
-        assert registered.exists()  # a timed job is stoppable by other GPUs' windows from its start
-    assert not registered.exists()
+    for turns, recorded in ((True, "in turn"), (False, "overlapping")):
+        args.window_turns = turns
+        with contextlib.ExitStack() as stack:
+            cli._claim(args, stack, "timed")
+            assert registered.exists()  # a timed job is stoppable by other GPUs' windows from its start
+            assert cli.os.environ[gpuslots.WINDOWS_ENV] == recorded  # the record's env.windows
+        assert not registered.exists()
 
 
 def test_a_section_begins_only_once_its_workers_have_stopped(jobs: Jobs) -> None:
@@ -682,7 +708,7 @@ def test_a_timed_cells_window_is_entered_inside_its_gpus_exclusive_phase() -> No
             calls.append("gpu back")
 
         @contextmanager
-        def quiet(self):
+        def quiet(self, turns=True):
             calls.append("host")
             yield
             calls.append("host back")

@@ -102,6 +102,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, metavar="LIST",
                    help="with --gpu-locks: the GPUs the sweep may use, comma-separated (default: the sweep's "
                    "CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists)")
+    p.add_argument("--no-window-turns", dest="window_turns", action="store_false",
+                   help="with --gpu-locks: let measured windows of several GPUs overlap, stopping only the timed "
+                   "cells still starting (default: windows take turns and stop every other timed cell)")
     p.add_argument("--warmups-per-gpu", type=int, default=None, metavar="N",
                    help="with --gpu-locks: at most N warm-ups on a GPU at once (a sweep passes as many as fit beside "
                    "its timed job under the memory cap; default: no bound)")
@@ -165,7 +168,8 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
         stack.enter_context(slot.exclusive())
     elif kind == "timed":
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
-        slot.stoppable()  # until its window: its start and first steps wait out other GPUs' windows
+        slot.stoppable()  # until its window (or first step): other GPUs' windows stop it
+        os.environ[gpuslots.WINDOWS_ENV] = "in turn" if args.window_turns else "overlapping"
     else:
         slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=args.warmups_per_gpu))
     if slot.device_id != "cpu":
@@ -180,7 +184,7 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
     return slot
 
 
-def _hooks(slot, stack: contextlib.ExitStack):
+def _hooks(slot, stack: contextlib.ExitStack, turns: bool = True):
     """A timed cell's GPU after its first step, and the host for its measured window (gpuslots), given back after
     the window's last step (the GPU stays the cell's to its end: its profiled step times that GPU's kernels); the GPU
     first in any case: a window entered outside the GPU's exclusive phase could wait on its own warm-ups."""
@@ -195,10 +199,12 @@ def _hooks(slot, stack: contextlib.ExitStack):
         if not entered:
             stack.enter_context(slot.exclusive())
             entered.append(True)
+            if not turns:
+                slot.leave_stoppable()  # started: from here on its steps run beside other GPUs' windows
 
     def take_host() -> None:
         take_gpu()
-        host.enter_context(slot.quiet())
+        host.enter_context(slot.quiet(turns))
         stack.callback(host.close)  # if the window does not end (an error), the host goes back before the GPU
 
     return StepHooks(after_first_step=take_gpu, before_window=take_host, after_window=host.close)
@@ -256,7 +262,7 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
                 record = run_cell(spec, first)
             else:
-                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack))
+                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack, args.window_turns))
         except CellInputError as e:
             parser.error(str(e))
     rc = _write(args.out, record, "cell")

@@ -101,6 +101,8 @@ POLL_S = 0.05
 # The pseudo-device whose workers are timed slots outside their measured window (TimedSlot.stoppable): every window
 # on the host stops them, as it stops every GPU's warm-ups. Not a CUDA device name, so no lock file clashes.
 TIMED_WORKERS = "timed-slots"
+# Set in a timed job's process: how its window kept apart from other GPUs' (the record's env.windows).
+WINDOWS_ENV = "ATTNSWEEP_WINDOWS"
 
 
 def _gpu_tag(device_id: str) -> str:
@@ -249,9 +251,10 @@ def _worker_devices(lock_dir: Path) -> list[str]:
 
 
 @contextmanager
-def _stopping(lock_dir: Path, scope: str, devices: Sequence[str]) -> Iterator[list[int]]:
+def _stopping(lock_dir: Path, scope: str, devices: Sequence[str], take_turn: bool = True) -> Iterator[list[int]]:
     """A section that stops the live workers of `devices` (and their descendants) and lets them go on at its end,
-    unless another live section holds them. Yields the stopped pids."""
+    unless another live section holds them; a window (`scope` host) with `take_turn` begins only when no other window
+    is live. Yields the stopped pids."""
     guard = None
     fd = None
     stopped: list[int] = []
@@ -261,7 +264,7 @@ def _stopping(lock_dir: Path, scope: str, devices: Sequence[str]) -> Iterator[li
     try:  # whatever fails from here on, the stopped workers go on
         while True:
             with _host_mutex(lock_dir):
-                if scope == "host" and _host_quiet(lock_dir):
+                if scope == "host" and take_turn and _host_quiet(lock_dir):
                     waiting = True  # windows take turns (gpuslots, Windows in turn)
                 else:
                     waiting = False
@@ -307,6 +310,10 @@ class TimedSlot(_Slot):
             registration.enter_context(gpu_worker(self.lock_dir, TIMED_WORKERS))
             self._registration = registration
 
+    def leave_stoppable(self) -> None:
+        """No longer a worker of :data:`TIMED_WORKERS` (safe to call again)."""
+        self._leave_workers()
+
     def _leave_workers(self) -> None:
         registration, self._registration = self._registration, None
         if registration is not None:
@@ -343,15 +350,16 @@ class TimedSlot(_Slot):
                 os.close(turnstile)
 
     @contextmanager
-    def quiet(self) -> Iterator[list[int]]:
+    def quiet(self, turns: bool = True) -> Iterator[list[int]]:
         """The measured window: once no other GPU's window is live, the warm-up workers of every GPU of the sweep
         and the other timed slots outside their windows (:meth:`stoppable`) are stopped, and none registers, until
         the block ends. Yields the pids it stopped (this GPU's, which its exclusive phase holds already, among them).
-        Enter it inside :meth:`exclusive` (gpuslots, No deadlock)."""
+        Enter it inside :meth:`exclusive` (gpuslots, No deadlock). With `turns` False it does not wait for other
+        windows (they may overlap), and stops of the timed slots only those still registered (still starting)."""
         if not self.held:
             raise RuntimeError("quiet() on a released slot")
         self._leave_workers()  # before waiting for other windows: they stop no process in a window (or about to be)
-        with _stopping(self.lock_dir, "host", _worker_devices(self.lock_dir)) as stopped:
+        with _stopping(self.lock_dir, "host", _worker_devices(self.lock_dir), take_turn=turns) as stopped:
             self.quieted = stopped
             yield stopped
 

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .codestamp import source_hash
+from .gpuslots import WINDOWS_ENV
 from .preload import CHILD_ENV
 
 import torch
@@ -84,6 +85,9 @@ def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
         "gpu": None,
         # How this process began: forked from the sweep's preloaded interpreter (preload.py), or its own Python.
         "launch": "preloaded" if os.environ.get(CHILD_ENV) else "own process",
+        # A timed job of a sweep with GPU slots: measured windows one at a time on the host, or overlapping
+        # (gpuslots; the config's window_turns). None outside such a sweep.
+        "windows": os.environ.get(WINDOWS_ENV),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -276,6 +276,7 @@ class RunPlan:
         per_gpu = gpuslots.warmups_per_gpu(gpu_bytes, cap and int(cap * 2**30)) if on_gpu else None
         return ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else []),
                 *(["--warmups-per-gpu", str(per_gpu)] if per_gpu else []),
+                *([] if self.settings["window_turns"] else ["--no-window-turns"]),
                 *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
 
     def threads(self, cores: int) -> tuple[int, int]:
