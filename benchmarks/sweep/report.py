@@ -198,6 +198,9 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in sys.argv[1:]
+                                                                  if not a.startswith("--")):
+        sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
     if sys.argv[1:2] == ["--compare"]:
         compare(sys.argv[2:])
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
