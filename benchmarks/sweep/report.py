@@ -107,8 +107,20 @@ def _walls(run: Path) -> list[float]:
             for line in f.read_text().splitlines() if "wall_s" in line]
 
 
+def _parts(run: Path) -> list[tuple[pd.Timestamp, float]]:
+    """The parts of a run swept in several calls (tools/gpu-host/sweep.sh: wall-YYYYMMDDTHHMMSS.txt, the part's
+    start in UTC and its wall time), in order; empty for a run without them."""
+    parts = []
+    for f in sorted(run.glob("wall-*T*.txt")):
+        walls = [float(line.split("wall_s")[1].split()[0]) for line in f.read_text().splitlines() if "wall_s" in line]
+        if walls:
+            parts.append((pd.Timestamp(f.stem[len("wall-"):], tz="UTC"), walls[0]))
+    return parts
+
+
 def occupancy(run: Path) -> list[dict]:
-    """Per GPU of a run: how much of the sweep's wall time its timed jobs held it, and where the rest went.
+    """Per GPU of a run (and per part, for a run swept in parts: the time between parts is no GPU's gap): how much
+    of the sweep's wall time its timed jobs held it, and where the rest went.
 
     busy: the timed jobs' own clocks (duration_s) summed; span: this GPU's first timed job's start to its last one's
     end (records keep whole seconds); gaps: span less busy (the GPU waiting for the next cell's warm-up, and each
@@ -116,13 +128,24 @@ def occupancy(run: Path) -> list[dict]:
     end before the run's last; outside: the run's wall time less its first-start-to-last-end (the first warm-up
     before any timed job could start, and the aggregation after the last). Records without their GPU (older code)
     cannot be told apart by GPU: only their count and busy time are given."""
+    records = [json.loads(cell.read_text()) for cell in sorted(run.glob("cells/**/*.json"))]
+    parts = _parts(run)
+    if parts:
+        out = []
+        for i, (start, wall) in enumerate(parts, 1):
+            end = start + pd.Timedelta(seconds=wall)
+            inside = [r for r in records if start <= pd.Timestamp(r["started_at"]) <= end]
+            out += _occupancy(f"{run.name} part {i}", inside, wall) if inside else []
+        return out
+    walls = _walls(run)
+    return _occupancy(run.name, records, walls[0] if len(walls) == 1 else None)  # several sweeps: one wall each
+
+
+def _occupancy(name: str, records: list[dict], wall: float | None) -> list[dict]:
     by_gpu: dict[str, list[dict]] = {}
-    for cell in sorted(run.glob("cells/**/*.json")):
-        rec = json.loads(cell.read_text())
+    for rec in records:
         gpu = (rec.get("env") or {}).get("gpu") or {}
         by_gpu.setdefault(str(gpu.get("uuid") or "not recorded"), []).append(rec)
-    walls = _walls(run)
-    wall = walls[0] if len(walls) == 1 else None  # a run of two independent sweeps has one wall time each
     times = {u: ([pd.Timestamp(r["started_at"]) for r in recs], [pd.Timestamp(r["finished_at"]) for r in recs])
              for u, recs in by_gpu.items()}
     first = min(t for starts, _ in times.values() for t in starts)
@@ -131,7 +154,7 @@ def occupancy(run: Path) -> list[dict]:
     for n, (uuid, recs) in enumerate(sorted(by_gpu.items(), key=lambda kv: min(times[kv[0]][0]))):
         starts, ends = times[uuid]
         busy = sum(r["duration_s"] for r in recs)
-        row = {"run": run.name, "GPU": uuid if uuid == "not recorded" else f"{n} ({uuid[:12]})",
+        row = {"run": name, "GPU": uuid if uuid == "not recorded" else f"{n} ({uuid[:12]})",
                "timed jobs": len(recs), "busy s": busy}
         if uuid != "not recorded":
             span = (max(ends) - min(starts)).total_seconds()

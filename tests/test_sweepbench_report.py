@@ -1,0 +1,52 @@
+"""benchmarks/sweep/report.py: a run swept in parts gets its GPUs' occupancy part by part (CPU, made-up records)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("sweepbench_report", ROOT / "benchmarks/sweep/report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell(run: Path, name: str, start: str, end: str, seconds: float, uuid: str) -> None:
+    path = run / "cells" / name / "cell.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"started_at": start, "finished_at": end, "duration_s": seconds,
+                                "env": {"gpu": {"index": 0, "uuid": uuid}}}))
+
+
+def test_a_run_in_parts_is_read_part_by_part_and_the_time_between_parts_is_no_gap(tmp_path: Path) -> None:
+    report = load_report()
+    run = tmp_path / "replay"
+    # Part 1 from 10:00:00 for 100 s, part 2 from 10:30:00 (half an hour later) for 60 s; one GPU.
+    (run / "cells").mkdir(parents=True)
+    (run / "wall-20261130T100000.txt").write_text("exit 0 wall_s 100\n")
+    (run / "wall-20261130T103000.txt").write_text("exit 124 wall_s 60\n")
+    cell(run, "a", "2026-11-30T10:00:20+00:00", "2026-11-30T10:00:40+00:00", 20, "GPU-x")
+    cell(run, "b", "2026-11-30T10:00:50+00:00", "2026-11-30T10:01:10+00:00", 20, "GPU-x")
+    cell(run, "c", "2026-11-30T10:30:30+00:00", "2026-11-30T10:30:50+00:00", 20, "GPU-x")
+    rows = report.occupancy(run)
+    assert [r["run"] for r in rows] == ["replay part 1", "replay part 2"]
+    first, second = rows
+    assert first["timed jobs"] == 2 and first["span s"] == 50 and first["gaps s"] == 10
+    assert first["outside s"] == 50 and first["busy % of wall"] == 40
+    assert second["timed jobs"] == 1 and second["gaps s"] == 0 and second["busy % of wall"] == 100 * 20 / 60
+
+
+def test_a_run_in_one_sweep_is_read_whole(tmp_path: Path) -> None:
+    report = load_report()
+    run = tmp_path / "one"
+    (run / "cells").mkdir(parents=True)
+    (run / "wall.txt").write_text("gpus 0 cores 0-15 exit 0 wall_s 80\n")
+    cell(run, "a", "2026-11-30T10:00:20+00:00", "2026-11-30T10:00:40+00:00", 20, "GPU-x")
+    cell(run, "b", "2026-11-30T10:00:50+00:00", "2026-11-30T10:01:10+00:00", 20, "GPU-x")
+    (row,) = report.occupancy(run)
+    assert row["run"] == "one" and row["span s"] == 50 and row["outside s"] == 30
