@@ -428,7 +428,7 @@ def test_a_timed_job_starting_during_a_window_registers_after_it(jobs: Jobs) -> 
     assert starting.started()["start"] >= window.result()["end"] > section["start"]
 
 
-def test_timed_jobs_and_an_uncapped_warmups_attempts_register_among_the_timed_slots(tmp_path: Path, monkeypatch) -> None:
+def test_timed_jobs_and_an_uncapped_warmups_attempts_register_among_the_timed_slots(tmp_path: Path, monkeypatch):
     import argparse
     import contextlib
 

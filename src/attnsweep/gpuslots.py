@@ -20,10 +20,12 @@ Two kinds of job use a GPU:
 
 A timed job's measured window (:meth:`TimedSlot.quiet`) goes further and stops the warm-up workers of every GPU of the
 sweep, and every other GPU's timed slot outside its own window (:meth:`TimedSlot.stoppable`: a timed job's start,
-loading its compiled code and its first steps; an uncapped warm-up and its attempts), registered as workers of the
-pseudo-device :data:`TIMED_WORKERS`; windows take turns, one at a time on the host. Steps that wait on the host slow down when other cores compile (on an H200 host of two GPUs, one cell's
-profiled optimizer step spanned 2.2 ms of the GPU's timeline in the cold path and 3.8-4.0 ms beside other GPUs'
-warm-ups and a test suite, its kernels' times unchanged, and the cell measured 12-17% less). The window is a second
+loading its compiled code and its steps before its window; an uncapped warm-up's attempts), registered as workers of
+the pseudo-device :data:`TIMED_WORKERS`; windows take turns, one at a time on the host (with ``turns`` False they may
+overlap, and a timed job leaves :data:`TIMED_WORKERS` at the end of its first step instead). Steps that wait on the
+host slow down when other cores compile (on an H200 host of two GPUs, one cell's profiled optimizer step spanned
+2.2 ms of the GPU's timeline in the cold path and 3.8-4.0 ms beside other GPUs' warm-ups and a test suite, its
+kernels' times unchanged, and the cell measured 12-17% less). The window is a second
 or two. With only warm-ups stopped, the host-bound cells whose steps run Python between kernels (`fa2`,
 `fa2_graphbreak`) measured 9-21% less on a host of two H200s with two GPUs than with one, 2-4 other cores busy in
 their windows (window_conditions) against about 1 on one GPU; `sdpa` cells, one compiled graph a step, agreed within
@@ -94,8 +96,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["TIMED_WORKERS", "TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory", "gpu_worker", "visible_gpus",
-           "warmups_per_gpu"]
+__all__ = ["TIMED_WORKERS", "WINDOWS_ENV", "TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory",
+           "gpu_worker", "visible_gpus", "warmups_per_gpu"]
 
 POLL_S = 0.05
 # The pseudo-device whose workers are timed slots outside their measured window (TimedSlot.stoppable): every window
@@ -312,15 +314,12 @@ class TimedSlot(_Slot):
 
     def leave_stoppable(self) -> None:
         """No longer a worker of :data:`TIMED_WORKERS` (safe to call again)."""
-        self._leave_workers()
-
-    def _leave_workers(self) -> None:
         registration, self._registration = self._registration, None
         if registration is not None:
             registration.close()
 
     def release(self) -> None:
-        self._leave_workers()
+        self.leave_stoppable()
         super().release()
 
     @contextmanager
@@ -355,10 +354,10 @@ class TimedSlot(_Slot):
         and the other timed slots outside their windows (:meth:`stoppable`) are stopped, and none registers, until
         the block ends. Yields the pids it stopped (this GPU's, which its exclusive phase holds already, among them).
         Enter it inside :meth:`exclusive` (gpuslots, No deadlock). With `turns` False it does not wait for other
-        windows (they may overlap), and stops of the timed slots only those still registered (still starting)."""
+        windows (they may overlap); the timed slots it stops are then only those still starting."""
         if not self.held:
             raise RuntimeError("quiet() on a released slot")
-        self._leave_workers()  # before waiting for other windows: they stop no process in a window (or about to be)
+        self.leave_stoppable()  # before waiting for other windows: they stop no process in a window (or about to be)
         with _stopping(self.lock_dir, "host", _worker_devices(self.lock_dir), take_turn=turns) as stopped:
             self.quieted = stopped
             yield stopped
