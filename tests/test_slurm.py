@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from attnsweep.cellio import load_cell
-from attnsweep.cluster import ClusterSettingsError, Partition, check_jobs, job_problems, parse_sinfo
+from attnsweep.cluster import (ClusterSettingsError, Partition, check_jobs, job_problems, parse_sinfo,
+                               scheduler_assigns_gpus)
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,17 @@ def test_bad_settings_are_named(resources: dict, message: str) -> None:
     problems = job_problems("cell", resources, parse_sinfo(SINFO))
     assert len(problems) == 1 and message in problems[0], problems
     assert problems[0].startswith("profiles/slurm/config.yaml: ")
+
+
+def test_jobs_through_slurm_take_no_gpu_slots() -> None:
+    from types import SimpleNamespace
+
+    def workflow(executor):
+        return SimpleNamespace(executor_plugin=None if executor is None else SimpleNamespace(name=executor))
+
+    # The submitting process and the job step inside each SLURM job: SLURM gives the job its GPU.
+    assert scheduler_assigns_gpus(workflow("slurm")) and scheduler_assigns_gpus(workflow("slurm-jobstep"))
+    assert not scheduler_assigns_gpus(workflow("local")) and not scheduler_assigns_gpus(workflow(None))
 
 
 def test_good_settings_pass() -> None:
@@ -202,8 +214,9 @@ def test_sweep_through_slurm(cluster: Path, tmp_path: Path) -> None:
     # The same outputs as the local run.
     assert [c.relative_to(repo) for c in cells(repo)] == [c.relative_to(local) for c in cells(local)]
     assert {load_cell(c)["status"] for c in cells(repo)} == {load_cell(c)["status"] for c in cells(local)} == {"ok"}
-    # Each cell had the two cores of its job.
+    # Each cell had the two cores of its job, and took no GPU slot: SLURM gave it its device.
     assert {load_cell(c)["env"]["cpu_threads"] for c in cells(repo)} == {2}
+    assert not (repo / "results/tiny/.gpulocks").exists() and (local / "results/tiny/.gpulocks").is_dir()
     keys = ["cell_path", "model", "seq_len", "attn", "mode", "status"]
     ours, theirs = (pd.read_csv(r / "results/tiny/summary.csv") for r in (repo, local))
     assert list(ours.columns) == list(theirs.columns)

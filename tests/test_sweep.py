@@ -148,6 +148,8 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
     assert cpu.threads(2) == (2, 2)  # a CPU cell trains on every core: nothing runs beside it
     overlapping = sweep.plan_run(config(window_turns=False), {}, gpus=["0", "1"])
     assert "--no-window-turns" in overlapping.job_options(["0", "1"])
+    # Through a cluster's scheduler, which gives each job its GPU: no slots, the rest as before.
+    assert gpu.job_options(["0", "1"], slots=False) == ["--preload", "results/study/.preload"]
 
 
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:

@@ -97,6 +97,16 @@ def check_jobs(jobs: Iterable[tuple[str, Mapping[str, object]]], partitions: Map
         raise ClusterSettingsError("cluster settings: " + "; ".join(problems) + ". Nothing was submitted.")
 
 
+def scheduler_assigns_gpus(workflow) -> bool:  # noqa: ANN001 (Snakemake's Workflow object)
+    """Whether the run goes through Snakemake's SLURM executor: the submitting process, or the job step inside a
+    SLURM job (where the params are evaluated again). SLURM gives each job its own GPU, so jobs take no GPU slots
+    there (gpuslots): the slots' lock folder would be shared by jobs on several nodes (over a network file system,
+    where flock is not to be relied on), whose GPUs of one index are different GPUs, and a job given GPU 0 by SLURM
+    would wait for another node's job holding "GPU 0", or set CUDA_VISIBLE_DEVICES to a GPU it was not given."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    return plugin is not None and plugin.name in ("slurm", "slurm-jobstep")
+
+
 def check_slurm_submission(workflow) -> None:  # noqa: ANN001 (Snakemake's Workflow object)
     """At the start of a run through Snakemake's SLURM executor: the jobs it will submit, checked against sinfo.
 

@@ -267,16 +267,18 @@ class RunPlan:
         """`attnsweep cell` / `attnsweep warmup` options for one cell (all but the paths)."""
         return as_options({**{a: cell[a] for a in AXES}, **self.cell_settings, "run": self.run})
 
-    def job_options(self, gpus: Sequence[str], gpu_bytes: int | None = None) -> list[str]:
+    def job_options(self, gpus: Sequence[str], gpu_bytes: int | None = None, slots: bool = True) -> list[str]:
         """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs and, where
-        its memory (`gpu_bytes`) and the cap are known, how many warm-ups fit on one beside its timed job; and the
+        its memory (`gpu_bytes`) and the cap are known, how many warm-ups fit on one beside its timed job; none
+        with `slots` False (a cluster's scheduler gives each job its GPU: cluster.scheduler_assigns_gpus); and the
         folder of the preloaded interpreter that forks its process (preload.py)."""
         on_gpu = gpus and self.device == "cuda"
         cap = self.settings["memory_cap_gib"]
         per_gpu = gpuslots.warmups_per_gpu(gpu_bytes, cap and int(cap * 2**30)) if on_gpu else None
-        return ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else []),
-                *(["--warmups-per-gpu", str(per_gpu)] if per_gpu else []),
-                *([] if self.settings["window_turns"] else ["--no-window-turns"]),
+        slot_options = ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else []),
+                        *(["--warmups-per-gpu", str(per_gpu)] if per_gpu else []),
+                        *([] if self.settings["window_turns"] else ["--no-window-turns"])]
+        return [*(slot_options if slots else []),
                 *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
 
     def threads(self, cores: int) -> tuple[int, int]:

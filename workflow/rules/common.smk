@@ -12,7 +12,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
-from attnsweep import codestamp, gpuslots, sweep
+from attnsweep import cluster, codestamp, gpuslots, sweep
 from attnsweep.report.aggregate import figure_names, table_names
 from attnsweep.vocabulary import AXES
 
@@ -58,10 +58,13 @@ CELL_MESSAGE = " ".join(["cell", *(f"{a}={{wildcards.{a}}}" for a in AXES)])
 
 
 def cell_options(wildcards) -> str:
-    """`attnsweep cell`/`warmup` options for the cell named by the wildcards (all but the paths)."""
+    """`attnsweep cell`/`warmup` options for the cell named by the wildcards (all but the paths); through SLURM
+    without GPU slots (SLURM gives each job its GPU)."""
     cell = PARAMSPACE.instance(wildcards)
+    slots = not cluster.scheduler_assigns_gpus(workflow)
     return shlex.join(
-        PLAN.cell_options(cell) + PLAN.job_options(GPUS, GPU_MEMORY and GPU_MEMORY[1])
+        PLAN.cell_options(cell)
+        + PLAN.job_options(GPUS, GPU_MEMORY and GPU_MEMORY[1], slots=slots)
     )
 
 
