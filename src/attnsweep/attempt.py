@@ -131,11 +131,12 @@ def _as_warmup_worker() -> contextlib.AbstractContextManager:
 def compiler_processes(allowed: bool):
     """Inductor's pool of compiler processes, or none (`allowed` False): compilation, if any, in this process.
 
-    A timed job loads what its warm-up compiled, yet Inductor starts its pool at the first compilation all the same:
-    a helper process that imports torch and forks a worker per core. On the GPU host that ran a core busy beside the
-    measured window (window_conditions: 0.9-1.3 s of other processes' CPU in a 1 s window of a one-GPU sweep, under
-    0.1 s in the cold path, whose pool had long been idle). The number of compile threads is not part of the
-    compile caches' keys (Inductor's config leaves `compile_threads` out of them), so the cache is hit either way."""
+    A timed job loads what its warm-up compiled, yet Inductor starts its pool at the first compilation all the same
+    (torch._dynamo.backends.inductor: maybe_warm_pool): a helper process that imports torch and forks a worker per
+    core, a few seconds before the measured window. On the GPU host the timed jobs' windows had about one other core
+    busy (window_conditions: 0.7-1.4 s of other processes' CPU a second of window in a one-GPU sweep; under 0.1 s in
+    the cold path, whose pool had long been idle), which this accounts for. The number of compile threads is not part
+    of the compile caches' keys (Inductor's config leaves `compile_threads` out of them): the cache is hit either way."""
     if allowed:
         yield
         return
