@@ -71,12 +71,13 @@ def test_bad_settings_are_named(resources: dict, message: str) -> None:
 def test_jobs_through_slurm_take_no_gpu_slots() -> None:
     from types import SimpleNamespace
 
-    def workflow(executor):
-        return SimpleNamespace(executor_plugin=None if executor is None else SimpleNamespace(name=executor))
+    def workflow(remote_exec: bool, non_local_exec: bool):
+        return SimpleNamespace(remote_exec=remote_exec, non_local_exec=non_local_exec)
 
-    # The submitting process and the job step inside each SLURM job: SLURM gives the job its GPU.
-    assert scheduler_assigns_gpus(workflow("slurm")) and scheduler_assigns_gpus(workflow("slurm-jobstep"))
-    assert not scheduler_assigns_gpus(workflow("local")) and not scheduler_assigns_gpus(workflow(None))
+    # The submitting process (SLURM's executor) and the job inside each SLURM job (`--mode remote`): SLURM gives the
+    # job its GPU. A sweep on one host (the local executor) takes slots.
+    assert scheduler_assigns_gpus(workflow(False, True)) and scheduler_assigns_gpus(workflow(True, False))
+    assert not scheduler_assigns_gpus(workflow(False, False))
 
 
 def test_good_settings_pass() -> None:

@@ -98,13 +98,13 @@ def check_jobs(jobs: Iterable[tuple[str, Mapping[str, object]]], partitions: Map
 
 
 def scheduler_assigns_gpus(workflow) -> bool:  # noqa: ANN001 (Snakemake's Workflow object)
-    """Whether the run goes through Snakemake's SLURM executor: the submitting process, or the job step inside a
-    SLURM job (where the params are evaluated again). SLURM gives each job its own GPU, so jobs take no GPU slots
-    there (gpuslots): the slots' lock folder would be shared by jobs on several nodes (over a network file system,
-    where flock is not to be relied on), whose GPUs of one index are different GPUs, and a job given GPU 0 by SLURM
-    would wait for another node's job holding "GPU 0", or set CUDA_VISIBLE_DEVICES to a GPU it was not given."""
-    plugin = getattr(workflow, "executor_plugin", None)
-    return plugin is not None and plugin.name in ("slurm", "slurm-jobstep")
+    """Whether jobs go to a cluster's scheduler (an executor that does not run them here, such as SLURM's), seen
+    from the submitting process or from inside a job (Snakemake then runs the job with `--mode remote`, and evaluates
+    its params there). The scheduler gives each job its own GPU, so jobs take no GPU slots (gpuslots): the slots'
+    lock folder would be shared by jobs on several nodes (over a network file system, where flock is not to be
+    relied on), whose GPUs of one index are different GPUs, and a job given GPU 0 would wait for another node's job
+    holding "GPU 0", or set CUDA_VISIBLE_DEVICES to a GPU it was not given."""
+    return bool(workflow.remote_exec or workflow.non_local_exec)
 
 
 def check_slurm_submission(workflow) -> None:  # noqa: ANN001 (Snakemake's Workflow object)
