@@ -16,11 +16,13 @@ def load_report():
     return module
 
 
-def cell(run: Path, name: str, start: str, end: str, seconds: float, uuid: str) -> None:
+def cell(run: Path, name: str, start: str, end: str, seconds: float, uuid: str,
+         window: tuple[float, float] | None = None) -> None:
     path = run / "cells" / name / "cell.json"
     path.parent.mkdir(parents=True)
+    conditions = {"start_unix_s": window[0], "end_unix_s": window[1]} if window else None
     path.write_text(json.dumps({"started_at": start, "finished_at": end, "duration_s": seconds,
-                                "env": {"gpu": {"index": 0, "uuid": uuid}}}))
+                                "env": {"gpu": {"index": 0, "uuid": uuid}}, "window_conditions": conditions}))
 
 
 def test_a_run_in_parts_is_read_part_by_part_and_the_time_between_parts_is_no_gap(tmp_path: Path) -> None:
@@ -50,3 +52,20 @@ def test_a_run_in_one_sweep_is_read_whole(tmp_path: Path) -> None:
     cell(run, "b", "2026-11-30T10:00:50+00:00", "2026-11-30T10:01:10+00:00", 20, "GPU-x")
     (row,) = report.occupancy(run)
     assert row["run"] == "one" and row["span s"] == 50 and row["outside s"] == 30
+
+
+def test_windows_of_two_gpus_that_overlapped_are_counted(tmp_path: Path) -> None:
+    report = load_report()
+    run = tmp_path / "two"
+    (run / "cells").mkdir(parents=True)
+    (run / "wall.txt").write_text("exit 0 wall_s 80\n")
+    cell(run, "a", "2026-11-30T10:00:20+00:00", "2026-11-30T10:00:40+00:00", 20, "GPU-x", (100.0, 101.0))
+    cell(run, "b", "2026-11-30T10:00:20+00:00", "2026-11-30T10:00:40+00:00", 20, "GPU-y", (101.0, 102.0))  # in turn
+    cell(run, "c", "2026-11-30T10:00:50+00:00", "2026-11-30T10:01:10+00:00", 20, "GPU-x", (110.0, 112.0))
+    cell(run, "d", "2026-11-30T10:00:50+00:00", "2026-11-30T10:01:10+00:00", 20, "GPU-y", (111.5, 113.0))  # overlaps
+    rows = {r["GPU"][:1]: r for r in report.occupancy(run)}
+    assert rows["0"]["windows overlapping another GPU's"] == 1 and rows["1"]["windows overlapping another GPU's"] == 1
+    old = tmp_path / "old"
+    (old / "cells").mkdir(parents=True)
+    cell(old, "a", "2026-11-30T10:00:20+00:00", "2026-11-30T10:00:40+00:00", 20, "GPU-x")
+    assert report.occupancy(old)[0]["windows overlapping another GPU's"] is None  # records without their windows

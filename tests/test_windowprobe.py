@@ -78,6 +78,8 @@ def test_the_count_ends_before_the_host_is_given_back():
     time.sleep(0.3)  # whatever runs after the window is not counted
     cond = probe.stop()
     assert seen == [cond] and 0.05 <= cond["wall_s"] < 0.3
+    assert cond["end_unix_s"] - cond["start_unix_s"] == pytest.approx(cond["wall_s"], abs=1e-3)
+    assert cond["start_unix_s"] <= time.time() - 0.3  # on the host's clock: windows of several jobs compare
 
 
 def test_the_cell_record_carries_its_windows_conditions(tmp_path):

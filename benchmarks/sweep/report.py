@@ -163,8 +163,24 @@ def _occupancy(name: str, records: list[dict], wall: float | None) -> list[dict]
                         "early end s": (last - max(ends)).total_seconds()})
             if wall is not None:
                 row.update({"outside s": wall - (last - first).total_seconds(), "busy % of wall": 100 * busy / wall})
+            row["windows overlapping another GPU's"] = _overlapping_windows(recs, [r for u, rs in by_gpu.items()
+                                                                                  if u != uuid for r in rs])
         out.append(row)
     return out
+
+
+def _window(rec: dict) -> tuple[float, float] | None:
+    cond = rec.get("window_conditions") or {}
+    return (cond["start_unix_s"], cond["end_unix_s"]) if "start_unix_s" in cond else None
+
+
+def _overlapping_windows(mine: list[dict], others: list[dict]) -> int | None:
+    """How many of these records' measured windows overlapped a window of another GPU's records (with windows in
+    turn: none); None where the records do not say when their windows were (older code)."""
+    windows, other = [_window(r) for r in mine], [_window(r) for r in others]
+    if not windows or None in windows or None in other:
+        return None
+    return sum(any(s < oe and os_ < e for os_, oe in other) for s, e in windows)
 
 
 def _repeats(run: Path) -> dict[tuple, list[float]]:

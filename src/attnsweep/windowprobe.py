@@ -94,6 +94,7 @@ class WindowProbe:
         self._alloc0 = self._allocator()
         gc.callbacks.append(self._on_gc)
         self._t0 = time.perf_counter()
+        self._start_unix = time.time()
 
     def detach(self) -> None:
         """Stop counting garbage collections (safe to call again): after a failed window too."""
@@ -125,6 +126,9 @@ class WindowProbe:
                     "steal_s": round(delta[_STEAL_FIELD] / tick, 3)}
         alloc1 = self._allocator()
         return {
+            # On the host's clock: windows of several GPUs' cells can be laid side by side afterwards.
+            "start_unix_s": round(self._start_unix, 4),
+            "end_unix_s": round(self._start_unix + wall, 4),
             "wall_s": round(wall, 4),
             "own_cpu_s": round(own_cpu_s, 3),
             "preempted": preempted,
