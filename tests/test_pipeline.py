@@ -272,6 +272,23 @@ def test_sweep_outputs(swept: Path) -> None:
 
 
 @pytest.mark.slow
+def test_simulated_gpus_time_cells_side_by_side_with_their_windows_in_turn(tmp_path: Path) -> None:
+    """Two simulated GPUs on the CPU (config gpus with device cpu): two timed cells at once, one per GPU, and their
+    measured windows never overlap (each record says when its window was, on the host's clock)."""
+    repo = copy_repo(tmp_path, {**TINY, "gpus": ["sim0", "sim1"], "steps": 40, "window": 20})
+    snakemake(repo, "--cores", "4", "--resources", "gpu=2", "--set-threads", "cell=1", "warmup=1")
+    recs = [load_cell(p) for p in cell_paths(repo)]
+    assert len(recs) == TINY_CELLS and {r["status"] for r in recs} == {"ok"}
+    assert {r["env"]["windows"] for r in recs} == {"in turn"}
+    spans = sorted((r["started_at"], r["finished_at"]) for r in recs)
+    assert any(start < end for (_, end), (start, _) in zip(spans, spans[1:])), f"no two timed side by side: {spans}"
+    windows = sorted((r["window_conditions"]["start_unix_s"], r["window_conditions"]["end_unix_s"]) for r in recs)
+    assert all(end <= start for (_, end), (start, _) in zip(windows, windows[1:])), windows
+    assert sorted(p.name for p in (repo / "results/tiny/.gpulocks").glob("gpu-sim*.timed")) == [
+        "gpu-sim0.timed", "gpu-sim1.timed"]
+
+
+@pytest.mark.slow
 def test_nothing_to_do_after_a_sweep(repo: Path) -> None:
     assert planned(repo) == {}
 

@@ -273,9 +273,12 @@ class RunPlan:
         with `slots` False (a cluster's scheduler gives each job its GPU: cluster.scheduler_assigns_gpus); and the
         folder of the preloaded interpreter that forks its process (preload.py)."""
         on_gpu = gpus and self.device == "cuda"
+        # On the CPU, GPUs the config names are simulated: each job takes one, as on a host of that many GPUs.
+        named = gpus and self.device == "cpu" and self.settings.get("gpus") is not None
         cap = self.settings["memory_cap_gib"]
         per_gpu = gpuslots.warmups_per_gpu(gpu_bytes, cap and int(cap * 2**30)) if on_gpu else None
-        slot_options = ["--gpu-locks", f"{self.results}/.gpulocks", *(["--gpus", ",".join(gpus)] if on_gpu else []),
+        slot_options = ["--gpu-locks", f"{self.results}/.gpulocks",
+                        *(["--gpus", ",".join(gpus)] if on_gpu or named else []),
                         *(["--warmups-per-gpu", str(per_gpu)] if per_gpu else []),
                         *([] if self.settings["window_turns"] else ["--no-window-turns"])]
         return [*(slot_options if slots else []),
