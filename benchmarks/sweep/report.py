@@ -102,9 +102,13 @@ def compare(runs: list[str]) -> None:
     print(pd.DataFrame(out, columns=columns).to_markdown(index=False, floatfmt=",.1f"))
 
 
+def _wall_values(path: Path) -> list[float]:
+    """The `wall_s` values of one wall file (one line per sweep, as the sweep scripts write them)."""
+    return [float(line.split("wall_s")[1].split()[0]) for line in path.read_text().splitlines() if "wall_s" in line]
+
+
 def _walls(run: Path) -> list[float]:
-    return [float(line.split("wall_s")[1].split()[0]) for f in sorted(run.glob("wall*.txt"))
-            for line in f.read_text().splitlines() if "wall_s" in line]
+    return [w for f in sorted(run.glob("wall*.txt")) for w in _wall_values(f)]
 
 
 def _parts(run: Path) -> list[tuple[pd.Timestamp, float]]:
@@ -112,8 +116,7 @@ def _parts(run: Path) -> list[tuple[pd.Timestamp, float]]:
     start in UTC and its wall time), in order; empty for a run without them."""
     parts = []
     for f in sorted(run.glob("wall-*T*.txt")):
-        walls = [float(line.split("wall_s")[1].split()[0]) for line in f.read_text().splitlines() if "wall_s" in line]
-        if walls:
+        if walls := _wall_values(f):
             parts.append((pd.Timestamp(f.stem[len("wall-"):], tz="UTC"), walls[0]))
     return parts
 

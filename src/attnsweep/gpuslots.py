@@ -29,9 +29,9 @@ kernels' times unchanged, and the cell measured 12-17% less). The window is a se
 or two. With only warm-ups stopped, the host-bound cells whose steps run Python between kernels (`fa2`,
 `fa2_graphbreak`) measured 9-21% less on a host of two H200s with two GPUs than with one, 2-4 other cores busy in
 their windows (window_conditions) against about 1 on one GPU; `sdpa` cells, one compiled graph a step, agreed within
-3%. A window stops the other GPUs' timed jobs for its length (a second or two: it gives the host back after its
-last step, synchronized), which costs their GPUs that long and changes nothing they measure: they are stopped outside
-their windows only.
+3%. A window stops the other GPUs' timed jobs for its length (it gives the host back after its last step,
+synchronized; 0.5-3.4 s in the H200 records), which costs their GPUs that long; they are stopped only outside their
+own windows, in steps they do not measure.
 
 Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on first use, never removed):
 
@@ -266,10 +266,8 @@ def _stopping(lock_dir: Path, scope: str, devices: Sequence[str], take_turn: boo
     try:  # whatever fails from here on, the stopped workers go on
         while True:
             with _host_mutex(lock_dir):
-                if scope == "host" and take_turn and _host_quiet(lock_dir):
-                    waiting = True  # windows take turns (gpuslots, Windows in turn)
-                else:
-                    waiting = False
+                # Windows take turns (gpuslots, Windows in turn): checked and begun under one hold of the mutex.
+                if not (scope == "host" and take_turn and _host_quiet(lock_dir)):
                     if any(_live_workers(lock_dir, d) for d in devices):
                         guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(lock_dir)],
                                                  start_new_session=True)
@@ -277,8 +275,7 @@ def _stopping(lock_dir: Path, scope: str, devices: Sequence[str], take_turn: boo
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     for device in devices:
                         _stop_workers(lock_dir, device, stopped, lambda pid: os.write(fd, f"{pid}\n".encode()))
-            if not waiting:
-                break
+                    break
             time.sleep(POLL_S)
         yield stopped
     finally:

@@ -10,13 +10,14 @@ deadline=$((SECONDS + $1)) run=$2
 shift 2
 source tools/gpu-host/setup.sh || exit 1
 mkdir -p "results/$run"
-stamp=$(date -u +%Y%m%dT%H%M%S)
+# The part's start: its log's and wall file's name (report.py reads the part as [start, start + wall]).
+start=$(date +%s.%N)
+stamp=$(date -u -d "@${start%.*}" +%Y%m%dT%H%M%S)
 log="results/$run/snakemake-$stamp.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
 snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its limit (.snakemake/ stays on a warm host)
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
 # Every core and GPU of the host: warm-ups compile on the cores while each GPU measures one cell (README).
-start=$(date +%s.%N)
 timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores "$(nproc)" \
     --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
 code=$?

@@ -52,9 +52,7 @@ if not AGGREGATE_ONLY and WARMUP:
         threads: WARMUP_THREADS
         params:
             options=cell_options,
-            first=lambda wc, input: (
-                f"--batch-from {shlex.quote(input.first)}" if input.first else ""
-            ),
+            first=batch_from_option,
         shell:
             "python -m attnsweep warmup {params.options} {params.first} --cache {output.cache:q} "
             "--out {output.json:q} > {log:q} 2>&1"

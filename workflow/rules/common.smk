@@ -77,14 +77,19 @@ def first_repeat(wildcards):
     )
 
 
+def batch_from_option(wildcards, input) -> str:
+    """Repeat 1's record for a later repeat's warm-up or cold job (its input `first`); nothing for repeat 1."""
+    first = input.get("first")
+    return f"--batch-from {shlex.quote(first)}" if first else ""
+
+
 def stage_options(wildcards, input) -> str:
     """A timed job's options: the warm-up it measures after; cold, repeat 1's record for a later repeat."""
     if WARMUP:
         return (
             f"--warmup {shlex.quote(input.warmup)} --cache {shlex.quote(input.cache)}"
         )
-    first = input.get("first")
-    return f"--batch-from {shlex.quote(first)}" if first else ""
+    return batch_from_option(wildcards, input)
 
 
 def stamp_text(wildcards) -> str:
