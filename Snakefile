@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 # Aggregation runs where Snakemake runs, not as cluster jobs (profiles/slurm).
 localrules:
     code_stamp,
+    rerun,
     summary,
     tables,
     figures,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from attnsweep.cellio import load_cell
+from attnsweep.codestamp import source_hash
 from attnsweep.status import check_summary, read_cells
 from attnsweep.vocabulary import AXES
 from workflow_copy import copy_workflow
@@ -297,7 +299,7 @@ def test_nothing_to_do_after_a_sweep(repo: Path) -> None:
 def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
     with open(repo / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -309,7 +311,7 @@ def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
     snakemake(repo, "--until", "code_stamp")
     model.write_text(original)
     shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
-    assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -324,13 +326,13 @@ def test_adding_a_seq_len_adds_only_its_cells(repo: Path) -> None:
     edit_config(repo, grid__seq_len=[32, 64, 96])
     cells = planned_cells(repo)
     assert sorted((c["seq_len"], c["attn"]) for c in cells) == [("96", "naive"), ("96", "sdpa")]
-    assert planned(repo) == {"warmup": 2, "cell": 2, **AGGREGATION}
+    assert planned(repo) == {"rerun": 2, "warmup": 2, "cell": 2, **AGGREGATION}
 
 
 @pytest.mark.slow
 def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
     edit_config(repo, repeats=2)
-    assert planned(repo) == {"warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
     out = snakemake(repo, "--cores", "2").stderr
     # The progress lines count repeats as measurements too.
     assert f"attnsweep: {TINY_CELLS} cells and repeats to measure" in out
@@ -370,7 +372,7 @@ def test_cold_repeats_measure_at_repeat_1s_batch_size(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
-    assert planned(repo) == {"code_stamp": 1, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -417,6 +419,37 @@ def test_allow_missing_tables_a_partial_sweep(repo: Path) -> None:
     assert (summary["status"] == "ok").sum() == TINY_CELLS, summary["status"].tolist()
 
 
+@pytest.mark.slow
+def test_records_of_other_code_left_by_a_stopped_part_are_measured_again(repo: Path) -> None:
+    """A sweep stopped part-way after a code change, resumed on another machine (no .snakemake metadata): the new
+    stamp is there already, but the records the stopped part did not reach were measured by the old code or settings.
+    Those run again, and only those; a partial aggregation meanwhile lists them as not measured yet."""
+    paths = cell_paths(repo)
+    old_code, old_settings = paths[:2], paths[2]
+    for p in old_code:
+        record = json.loads(p.read_text())
+        record["env"]["code"]["source_sha256"] = "0" * 64
+        p.write_text(json.dumps(record))
+    record = json.loads(old_settings.read_text())
+    record["cell"]["steps"] = 5
+    old_settings.write_text(json.dumps(record))
+    stale = {p.relative_to(repo).as_posix() for p in [*old_code, old_settings]}
+    snakemake(repo, "--cores", "1", "--config", "aggregate_only=True", "allow_missing=True")
+    summary = pd.read_csv(repo / "results/tiny/summary.csv")
+    assert set(summary.loc[summary["status"] == "missing", "cell_path"]) == stale
+    assert (summary["status"] == "ok").sum() == 1
+    shutil.rmtree(repo / ".snakemake")
+    assert planned(repo) == {"rerun": 3, "warmup": 3, "cell": 3, **AGGREGATION}
+    assert {"results/tiny/cells/" + "/".join(f"{a}~{c[a]}" for a in AXES) + "/cell.json"
+            for c in planned_cells(repo)} == stale
+    out = snakemake(repo, "--cores", "2").stderr
+    assert "3 records of other code or settings are measured again" in out, out
+    current = {load_cell(p)["env"]["code"]["source_sha256"] for p in cell_paths(repo)}
+    assert current == {source_hash()} and {load_cell(p)["cell"]["steps"] for p in cell_paths(repo)} == {6}
+    assert not (repo / "results/tiny/.rerun").exists()  # the markers go once their jobs have run
+    assert planned(repo) == {}
+
+
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
     def git(*args: str, cwd: Path = repo) -> str:
         return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
@@ -444,7 +477,7 @@ def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path:
     assert planned(clone) == {"code_stamp": 1, **AGGREGATION}
     with open(clone / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(clone) == {"code_stamp": 2, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(clone) == {"code_stamp": 2, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 # ---- crashes and kills ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -158,6 +159,56 @@ def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) 
     Path(cells[1]).write_text("{}")
     assert sweep.split_present(cells, allow_missing=False) == (cells, [])
     assert sweep.split_present(cells, allow_missing=True) == ([cells[1]], [cells[0], cells[2]])
+
+
+def _record(path: Path, source: str = "a" * 64, status: str = "ok", **cell) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"batch_policy": "fixed", "steps": 125, "window": 25, "memory_cap_gib": 12.0, "device": "cuda",
+                "seed": 0, **cell}
+    path.write_text(json.dumps({"status": status, "batch_size": 16, "cell": {"model": "small", **settings},
+                                "env": {"code": {"source_sha256": source}}}))
+    return str(path)
+
+
+SETTINGS = {"batch_policy": "fixed", "batch_size": 16, "steps": 125, "window": 25, "memory_cap_gib": 12,
+            "device": "cuda", "seed": 0}
+
+
+def test_a_record_is_stale_when_other_code_or_settings_measured_it(tmp_path: Path) -> None:
+    current = _record(tmp_path / "current.json")
+    assert sweep.stale_reason(current, "a" * 64, SETTINGS) is None  # a cap of 12 is recorded as 12.0
+    assert sweep.stale_reason(tmp_path / "absent.json", "a" * 64, SETTINGS) is None  # a missing record runs anyway
+    why = sweep.stale_reason(current, "b" * 64, SETTINGS)
+    assert why == "measured by other code (source aaaaaaaaaaaa, now bbbbbbbbbbbb)"
+    assert sweep.stale_reason(_record(tmp_path / "steps.json", steps=100), "a" * 64, SETTINGS) == (
+        "measured with steps 100, now 125")
+    assert "memory_cap_gib" in sweep.stale_reason(_record(tmp_path / "cap.json", memory_cap_gib=16.0), "a" * 64,
+                                                  SETTINGS)
+    assert "batch_size 16, now 8" in sweep.stale_reason(current, "a" * 64, {**SETTINGS, "batch_size": 8})
+    # A record that could not run at its fixed size keeps it whatever the size (nothing to compare).
+    oom = _record(tmp_path / "oom.json", status="oom")
+    assert sweep.stale_reason(oom, "a" * 64, {**SETTINGS, "batch_size": 8}) is None
+    # Settings no record holds are left to the stamp.
+    assert sweep.stale_reason(current, "a" * 64, {**SETTINGS, "batch_start": 4}) is None
+    (tmp_path / "torn.json").write_text('{"status": "o')
+    assert sweep.stale_reason(tmp_path / "torn.json", "a" * 64, SETTINGS).startswith("unreadable")
+    assert sweep.stale_records([current, str(tmp_path / "torn.json"), str(tmp_path / "absent.json")], "a" * 64,
+                               SETTINGS).keys() == {str(tmp_path / "torn.json")}
+
+
+def test_a_partial_aggregation_leaves_stale_records_out_unless_none_is_current(tmp_path: Path) -> None:
+    cells = [_record(tmp_path / n / "cell.json") for n in ("a", "b")] + [str(tmp_path / "c" / "cell.json")]
+    stale = {cells[1]: "measured by other code"}
+    left_out = sweep.stale_to_leave_out(cells, stale)
+    assert left_out == {cells[1]}
+    assert sweep.split_present(cells, allow_missing=True, stale=left_out) == ([cells[0]], [cells[1], cells[2]])
+    assert sweep.split_present(cells, allow_missing=False, stale=left_out) == (cells, [])
+    # A later repeat leaves with its cell's first record, whose batch size it was measured at.
+    repeat = _record(tmp_path / "b" / "repeat-2.json")
+    assert sweep.stale_to_leave_out([*cells, repeat], stale) == {cells[1], repeat}
+    # Every record present of other code: a run kept as history, tabled as it is.
+    everything = {cells[0]: "old", cells[1]: "old", repeat: "old"}
+    assert sweep.stale_to_leave_out([*cells, repeat], everything) == set()
 
 
 def test_repeats_beyond_the_first_sit_beside_its_record() -> None:

@@ -24,5 +24,5 @@ echo "gpus $gpus cores $cores exit $? wall_s $(awk "BEGIN{print $(date +%s.%N) -
 nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.max.sm,power.limit,memory.total --format=csv \
     -i "$gpus" >"results/$run/gpus.csv"
 cp results/"$run"/.preload/*.log "results/$run/" 2>/dev/null
-rm -rf "results/$run/warmup" "results/$run/.gpulocks" "results/$run/.preload"
+rm -rf "results/$run/warmup" "results/$run/.gpulocks" "results/$run/.preload" "results/$run/.rerun"
 tar czf "$OUT/$run.tgz" "results/$run"

@@ -8,8 +8,10 @@ tests/test_sweep.py calls them directly.
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,12 +318,75 @@ def repeat_paths(cells: Sequence[str], repeats: int) -> list[str]:
     return [str(Path(c).with_name(f"repeat-{r}.json")) for c in cells for r in range(2, repeats + 1)]
 
 
-def split_present(cells: Sequence[str], allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(cells to aggregate, cells listed as not measured yet): with allow_missing, only the cell files present."""
+def split_present(cells: Sequence[str], allow_missing: bool,
+                  stale: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """(cells to aggregate, cells listed as not measured yet): with allow_missing, only the cell files present and
+    not `stale` (see stale_to_leave_out)."""
     if not allow_missing:
         return list(cells), []
-    present = [c for c in cells if Path(c).exists()]
+    present = [c for c in cells if Path(c).exists() and c not in stale]
     return present, sorted(set(cells) - set(present))
+
+
+def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping) -> dict[str, str]:
+    """{path: why} of the records among `paths` that are present and stale (stale_reason)."""
+    return {p: why for p in paths if (why := stale_reason(p, source_sha256, settings))}
+
+
+def stale_to_leave_out(paths: Sequence[str], stale: Collection[str]) -> set[str]:
+    """The stale records a partial aggregation leaves out: a run being resumed at the current code tables its current
+    records only (a stale one waits for its rerun like a missing one). A run none of whose records is current (one
+    measured by earlier code and kept as history) is tabled as it is. A later repeat goes with its cell's first
+    record (it was measured at that record's batch size, and is measured again after it)."""
+    present = [p for p in paths if Path(p).exists()]
+    if all(p in stale for p in present):
+        return set()
+    firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
+    return set(stale) | {p for p in present if str(Path(p).parent) in firsts}
+
+
+# Cell settings a record does not hold: a change of one alone shows only through the cells stamp.
+_UNRECORDED_SETTINGS = {"batch_start"}
+
+
+def stale_reason(record_path: str | os.PathLike[str], source_sha256: str, settings: Mapping) -> str | None:
+    """Why the cell record at `record_path` is not of the code (`source_sha256`, codestamp.source_hash) and cell
+    `settings` (cell_settings) a cell would run with now; None where it is, or where there is no record (a missing
+    one runs anyway).
+
+    The cells stamp alone does not tell: Snakemake reruns a record whose inputs changed only where its metadata of
+    that record is (the machine that measured it), and a new stamp reruns every cell only in the first part of a
+    sweep. A sweep stopped part-way after a code change and resumed on another machine would keep the old code's
+    records beside the new ones. The record says what measured it, so it is asked."""
+    path = Path(record_path)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    code = dig(record, ("env", "code", "source_sha256"))
+    if code != source_sha256:
+        return f"measured by other code (source {str(code)[:12]}, now {source_sha256[:12]})"
+    cell = record.get("cell") if isinstance(record.get("cell"), dict) else {}
+    for key, now in settings.items():
+        if key in _UNRECORDED_SETTINGS:
+            continue
+        # A fixed batch size is the record's own; a record that could not run at it (oom, unsupported) keeps it.
+        then = record.get("batch_size") if key == "batch_size" else cell.get(key)
+        if key == "batch_size" and record.get("status") != "ok":
+            continue
+        if not _same_setting(then, now):
+            return f"measured with {key} {then!r}, now {now!r}"
+    return None
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    """Equal, with numbers compared as numbers (a cap of 12 is recorded as 12.0)."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b)
+    return a == b
 
 
 def check_memory_cap(cap_gib: float | None, gpu: tuple[str, int] | None, name: Callable[[str], str] = _plain) -> None:

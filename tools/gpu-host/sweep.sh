@@ -29,4 +29,5 @@ pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>
 tail -n 40 "$log"  # one line per finished cell, then where the results are
 # The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
 # go with the cells.
-tar czf "$OUT/$run.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" "results/$run"
+tar czf "$OUT/$run.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
+    --exclude="results/$run/.rerun" "results/$run"

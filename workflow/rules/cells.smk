@@ -60,10 +60,29 @@ if not AGGREGATE_ONLY and WARMUP:
 
 if not AGGREGATE_ONLY:
 
+    # A stale record (common.smk's STALE: measured by other code or settings) is measured again wherever the sweep
+    # resumes, whatever Snakemake's metadata there knows: this job's marker is a target and an input of the
+    # record's job. It holds nothing (what it would say, Snakemake would compare as params). A successful run
+    # removes the markers (onsuccess).
+    rule rerun:
+        output:
+            f"{RESULTS}/.rerun/{PARAMSPACE.wildcard_pattern}/{{record}}.txt",
+        log:
+            f"{RESULTS}/logs/rerun/{PARAMSPACE.wildcard_pattern}/{{record}}.log",
+        wildcard_constraints:
+            **AXIS_CONSTRAINTS,
+            record=r"cell|repeat-[0-9]+",
+        conda:
+            "../../envs/attnsweep.yaml"
+        shell:
+            "touch {output:q} 2> {log:q}"
+
     rule cell:
         input:
             # ancient: a fresh clone's new mtimes do not make cells stale; a new stamp name does (see common.smk).
             stamp=ancient(CELL_STAMP),
+            # A kept record of other code or settings is measured again (rule rerun).
+            rerun=rerun_input,
             warmup=(
                 f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r1/warmup.json"
                 if WARMUP
@@ -104,6 +123,7 @@ if not AGGREGATE_ONLY:
     use rule cell as cell_repeat with:
         input:
             stamp=ancient(CELL_STAMP),
+            rerun=rerun_input,
             warmup=(
                 f"{RESULTS}/warmup/{PARAMSPACE.wildcard_pattern}/r{{repeat}}/warmup.json"
                 if WARMUP

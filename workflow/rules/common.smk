@@ -92,6 +92,30 @@ def stage_options(wildcards, input) -> str:
     return batch_from_option(wildcards, input)
 
 
+def record_path(wildcards) -> str:
+    """The record a cell or repeat job writes (repeat 1 is cell.json)."""
+    name = (
+        "cell" if wildcards.get("repeat", "1") == "1" else f"repeat-{wildcards.repeat}"
+    )
+    return f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/{name}.json"
+
+
+def rerun_file(record: str) -> str:
+    """The marker (rule rerun) that makes a record's job run."""
+    return (
+        record.replace(f"{RESULTS}/cells/", f"{RESULTS}/.rerun/", 1)[: -len(".json")]
+        + ".txt"
+    )
+
+
+def rerun_input(wildcards) -> str:
+    """The record's marker, an input of its job. Only a stale record's is a target (ALL_TARGETS): then a job makes
+    it, and the record's job runs again on any machine. Any other's is made only when its job runs anyway. Every job
+    has one, so Snakemake's metadata sees the same inputs whether the record was stale or not.
+    """
+    return rerun_file(record_path(wildcards))
+
+
 def stamp_text(wildcards) -> str:
     stamp = STAMPS[f"{wildcards.kind}-{wildcards.digest}"]
     return json.dumps(stamp, indent=1, sort_keys=True)
@@ -103,9 +127,17 @@ shell.prefix(
 )
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
+# Records of other code or settings than a cell would run with now (what a cell records: the package its jobs
+# import), which their jobs measure again: Snakemake's metadata of them may be on another machine.
+STALE = sweep.stale_records(
+    CELLS + REPEATS, codestamp.source_hash(), PLAN.cell_settings
+)
 # A sweep run in parts (allow_missing): the cells present are aggregated, the others listed as not measured yet.
-PRESENT_CELLS, MISSING_CELLS = sweep.split_present(CELLS, config["allow_missing"])
-PRESENT_REPEATS = sweep.split_present(REPEATS, config["allow_missing"])[0]
+LEFT_OUT = sweep.stale_to_leave_out(CELLS + REPEATS, STALE)
+PRESENT_CELLS, MISSING_CELLS = sweep.split_present(
+    CELLS, config["allow_missing"], LEFT_OUT
+)
+PRESENT_REPEATS = sweep.split_present(REPEATS, config["allow_missing"], LEFT_OUT)[0]
 # Resuming a run: its kept cells must be of this machine's environment (only then is torch started here).
 if (
     not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"])
@@ -127,9 +159,14 @@ FIGURES = {
     f: f"{RESULTS}/figures/{f}.png" for f in figure_names(PLAN.settings["grid"], DEVICE)
 }
 # The stamps and cells are targets themselves: a missing target runs, and everything downstream of it, also in a
-# fresh clone without .snakemake metadata, and behind a summary left by a partial aggregation.
+# fresh clone without .snakemake metadata, and behind a summary left by a partial aggregation. So are the rerun markers
+# of stale records (a missing input alone does not rerun a job whose output is there).
 ALL_TARGETS = [
-    *([] if AGGREGATE_ONLY else [CELL_STAMP, *CELLS, *REPEATS]),
+    *(
+        []
+        if AGGREGATE_ONLY
+        else [CELL_STAMP, *CELLS, *REPEATS, *map(rerun_file, STALE)]
+    ),
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),
@@ -137,6 +174,18 @@ ALL_TARGETS = [
     HEADLINE_FILE,
 ]
 print(PLAN.banner(), file=sys.stderr)
+if STALE and not AGGREGATE_ONLY:
+    print(
+        f"attnsweep: {len(STALE)} records of other code or settings are measured again, "
+        f"e.g. {next(iter(STALE.items()))[0]}: {next(iter(STALE.values()))}",
+        file=sys.stderr,
+    )
+elif LEFT_OUT and config["allow_missing"]:
+    print(
+        f"attnsweep: {len(LEFT_OUT)} records of other code or settings are left out of the tables "
+        "until they are measured again",
+        file=sys.stderr,
+    )
 
 
 # Through the SLURM executor (profiles/slurm): partition and GPU model checked against sinfo before any submission.
@@ -144,3 +193,10 @@ onstart:
     from attnsweep.cluster import check_slurm_submission
 
     check_slurm_submission(workflow)
+
+
+# The rerun markers have done their work once every job has run (a failed run keeps them: inputs of jobs to run).
+onsuccess:
+    import shutil
+
+    shutil.rmtree(f"{RESULTS}/.rerun", ignore_errors=True)
