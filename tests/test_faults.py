@@ -28,6 +28,7 @@ import yaml
 
 from attnsweep import attention, cellio
 from attnsweep.cli import main as cli_main
+from attnsweep.codestamp import source_hash
 from attnsweep.model import MODEL_CONFIGS
 from attnsweep.report.aggregate import summarize
 from attnsweep.vocabulary import AXES
@@ -241,9 +242,12 @@ def test_resuming_a_run_in_another_environment_is_refused_before_any_job(tmp_pat
     repo = copy_workflow(tmp_path, TINY)
     snakemake(repo, "--cores", "1", "--until", "code_stamp")  # the stamp of this code and settings, no cell
     rec = copy.deepcopy(TEMPLATE)
+    # Of this code and settings, measured elsewhere: kept (a record of other code would be measured again).
     rec["cell"].update(model="tiny", seq_len=32, attn="naive", mode="eager", kv_heads=4, precision="fp32",
-                       optimizer="adamw", harness="native", run="tiny")
-    rec["env"].update(gpu_name="Elsewhere GPU", torch="1.0.0")
+                       optimizer="adamw", harness="native", run="tiny", batch_policy="fixed", steps=6, window=3,
+                       device="cpu", seed=0)
+    rec.update(batch_size=4)
+    rec["env"].update(gpu_name="Elsewhere GPU", torch="1.0.0", code={"source_sha256": source_hash()})
     kept = repo / TINY_CELLS[0]
     kept.parent.mkdir(parents=True)
     kept.write_text(json.dumps(rec))

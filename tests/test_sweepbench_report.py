@@ -69,3 +69,14 @@ def test_windows_of_two_gpus_that_overlapped_are_counted(tmp_path: Path) -> None
     (old / "cells").mkdir(parents=True)
     cell(old, "a", "2026-11-30T10:00:20+00:00", "2026-11-30T10:00:40+00:00", 20, "GPU-x")
     assert report.occupancy(old)[0]["windows overlapping another GPU's"] is None  # records without their windows
+
+
+def test_the_spread_between_two_sweeps_is_read_against_the_repeats_own() -> None:
+    report = load_report()
+    # Repeats 2% apart (100, 102); the single value at their geometric mean: no difference between the sweeps.
+    agree = report.spread_between([(100 * 1.02 ** 0.5, [100.0, 102.0])] * 4)
+    assert agree["sd between sweeps %"] < 1e-9 and agree["between"] == 4
+    assert abs(agree["sd between repeats %"] - 100 * __import__("math").log(1.02) / 2 ** 0.5) < 1e-9
+    # The single value 10% below repeats that agree with each other: far outside their spread.
+    off = report.spread_between([(90.0, [100.0, 101.0]), (91.0, [101.0, 100.0])])
+    assert off["below both"] == 2 and off["single above both"] == 0 and off["variance ratio"] > 50

@@ -3,6 +3,7 @@
     python benchmarks/sweep/report.py RUN [RUN ...] > results/sweepbench.md
     python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
     python benchmarks/sweep/report.py --equal NEW_RUN OLD_RUN   # each cell's repeats in both: do the ranges overlap?
+    python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # is the sweeps' difference the repeats' spread?
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -186,10 +188,20 @@ def _overlapping_windows(mine: list[dict], others: list[dict]) -> int | None:
     return sum(any(s < oe and os_ < e for os_, oe in other) for s, e in windows)
 
 
-def _repeats(run: Path) -> dict[tuple, list[float]]:
-    """Every ok repeat's tokens/s per cell (its axes) of a run, as the summary folds them (aggregate.summarize)."""
-    cells = sorted(run.glob("cells/**/cell.json"))
-    df = summarize(cells, repeats=sorted(run.glob("cells/**/repeat-*.json")), allow_mixed_env=True)
+def _of_code(records: list[Path], code: str | None) -> list[Path]:
+    """The records whose code hash (env.code.source_sha256) starts with `code` (all with None)."""
+    if code is None:
+        return records
+    return [r for r in records if str(json.loads(r.read_text())["env"]["code"]["source_sha256"]).startswith(code)]
+
+
+def _repeats(run: Path, code: str | None = None) -> dict[tuple, list[float]]:
+    """Every ok repeat's tokens/s per cell (its axes) of a run, as the summary folds them (aggregate.summarize); with
+    `code`, only records of that code (a cell whose first record is of another code is left out with its repeats)."""
+    cells = _of_code(sorted(run.glob("cells/**/cell.json")), code)
+    kept = {c.parent for c in cells}
+    repeats = [r for r in _of_code(sorted(run.glob("cells/**/repeat-*.json")), code) if r.parent in kept]
+    df = summarize(cells, repeats=repeats, allow_mixed_env=True)
     return {tuple(r[a] for a in AXES): [v for v in json.loads(r["tokens_per_sec_repeats"]) if v is not None]
             for _, r in df.iterrows()}
 
@@ -217,6 +229,42 @@ def equal(new: str, old: str) -> None:
     print(pd.DataFrame(out).fillna("").to_markdown(index=False))
 
 
+def spread_between(pairs: list[tuple[float, list[float]]]) -> dict[str, float]:
+    """Is the difference between two sweeps of the same cells the measurements' own spread? `pairs`: per cell, one
+    sweep's single value and the other's two repeats. Under equal spread s (on a log scale) the single value less
+    the mean of the repeats' logs has variance 1.5 s², the two repeats' difference 2 s²; the function gives both
+    estimates of s (in %), their variance ratio (about 1 when the sweeps agree), and how many single values lie
+    above, below and between the repeats (1/3 each when they agree)."""
+    between = [(math.log(y) - (math.log(x1) + math.log(x2)) / 2) ** 2 / 1.5 for y, (x1, x2) in pairs]
+    within = [(math.log(x1) - math.log(x2)) ** 2 / 2 for _, (x1, x2) in pairs]
+    sd_between, sd_within = math.sqrt(statistics.fmean(between)), math.sqrt(statistics.fmean(within))
+    return {"cells": len(pairs), "sd between sweeps %": 100 * sd_between, "sd between repeats %": 100 * sd_within,
+            "variance ratio": (sd_between / sd_within) ** 2 if sd_within else math.inf,
+            "single above both": sum(y > max(x) for y, x in pairs), "below both": sum(y < min(x) for y, x in pairs),
+            "between": sum(min(x) <= y <= max(x) for y, x in pairs)}
+
+
+def between(one: str, two: str, code: str | None = None) -> None:
+    """Cells of sweep ONE (one repeat) against sweep TWO (repeats): per cell, and spread_between over the cells that
+    have two repeats in TWO, for one-graph cells and graph-break cells apart (their spreads differ several-fold)."""
+    a, b = _repeats(Path(one), code), _repeats(Path(two), code)
+    out, groups = [], {}
+    for key in sorted(set(a) & set(b)):
+        x, y = a[key], b[key]
+        if not x or not y:
+            continue
+        row = dict(zip(AXES, key))
+        row.update({Path(one).name: f"{x[0]:,.0f}", Path(two).name: ", ".join(f"{v:,.0f}" for v in y),
+                    "median vs single %": f"{100 * (statistics.median(y) / x[0] - 1):+.1f}"})
+        out.append(row)
+        if len(y) == 2:
+            groups.setdefault("graph breaks" if "graphbreak" in row["attn"] else "one graph", []).append((x[0], y))
+    print(pd.DataFrame(out).to_markdown(index=False))
+    print()
+    print(pd.DataFrame([{**spread_between(pairs), "cells": f"{name} ({len(pairs)})"}
+                        for name, pairs in sorted(groups.items())]).to_markdown(index=False, floatfmt=".2f"))
+
+
 def main(runs: list[str]) -> None:
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
     print("| run | sweep wall s | measurements (cells × repeats) | median job s | median warm-up job s |")
@@ -240,12 +288,15 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in sys.argv[1:]
+    paths = sys.argv[2:4] if sys.argv[1:2] == ["--between"] else sys.argv[1:]
+    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in paths
                                                                   if not a.startswith("--")):
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
     if sys.argv[1:2] == ["--compare"]:
         compare(sys.argv[2:])
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
         equal(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["--between"] and len(sys.argv) in (4, 5):
+        between(sys.argv[2], sys.argv[3], *sys.argv[4:])
     else:
         main(sys.argv[1:])

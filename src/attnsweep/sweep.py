@@ -333,16 +333,18 @@ def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping) -
     return {p: why for p in paths if (why := stale_reason(p, source_sha256, settings))}
 
 
-def stale_to_leave_out(paths: Sequence[str], stale: Collection[str]) -> set[str]:
-    """The stale records a partial aggregation leaves out: a run being resumed at the current code tables its current
-    records only (a stale one waits for its rerun like a missing one). A run none of whose records is current (one
-    measured by earlier code and kept as history) is tabled as it is. A later repeat goes with its cell's first
-    record (it was measured at that record's batch size, and is measured again after it)."""
+def stale_to_leave_out(paths: Sequence[str], source_sha256: str, settings: Mapping) -> set[str]:
+    """The records among `paths` that a partial aggregation leaves out, as not measured yet: in a run being resumed
+    at the current code and settings, the stale ones (stale_reason), which wait for their rerun like missing ones,
+    and a later repeat with its cell's first record (it was measured at that record's batch size, and is measured
+    again after it). A run none of whose records is current (one kept as history, whose records may span code
+    versions that changed nothing they ran) is tabled as it is."""
     present = [p for p in paths if Path(p).exists()]
-    if all(p in stale for p in present):
+    stale = set(stale_records(present, source_sha256, settings))
+    if len(stale) == len(present):
         return set()
     firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
-    return set(stale) | {p for p in present if str(Path(p).parent) in firsts}
+    return stale | {p for p in present if str(Path(p).parent) in firsts}
 
 
 # Cell settings a record does not hold: a change of one alone shows only through the cells stamp.
