@@ -7,6 +7,7 @@ tests/test_sweep.py calls them directly.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -345,6 +346,15 @@ def stale_to_leave_out(paths: Sequence[str], source_sha256: str, settings: Mappi
         return set()
     firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
     return stale | {p for p in present if str(Path(p).parent) in firsts}
+
+
+def records_digest(paths: Sequence[str]) -> str:
+    """A digest of which records are tabled and what each holds: in the report stamp of an aggregation of records
+    already there, so that a changed or newly left-out record reruns it where file times cannot tell (a fresh clone)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.encode() + b"\0" + hashlib.sha256(Path(p).read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 # Cell settings a record does not hold: a change of one alone shows only through the cells stamp.

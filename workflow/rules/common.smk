@@ -29,14 +29,6 @@ try:
         sweep.check_memory_cap(
             PLAN.settings["memory_cap_gib"], GPU_MEMORY, PLAN.key_name
         )
-    # Cells and aggregations take ancient(stamp): its name hashes the code and settings, so a change reruns what
-    # depends on it, and file times (a fresh clone) do not matter.
-    STAMPS = codestamp.sweep_stamps(
-        ROOT,
-        config["code_dir"],
-        PLAN.cell_settings,
-        {"allow_mixed_env": PLAN.settings["allow_mixed_env"]},
-    )
 except ValueError as e:  # sweep.SweepError included
     raise WorkflowError(str(e)) from None
 
@@ -51,7 +43,6 @@ WARMUP = PLAN.settings["warmup"][
     "enabled"
 ]  # two stages (warm-up, timed), or one cold job a cell
 CELL_THREADS, WARMUP_THREADS = PLAN.threads(workflow.cores)
-CELL_STAMP, REPORT_STAMP = (f"{RESULTS}/stamps/{name}.json" for name in STAMPS)
 # Each axis wildcard matches exactly the values in the grid: a path outside it is not a cell of this run.
 AXIS_CONSTRAINTS = {a: "|".join(str(v) for v in PLAN.grid[a].unique()) for a in AXES}
 CELL_MESSAGE = " ".join(["cell", *(f"{a}={{wildcards.{a}}}" for a in AXES)])
@@ -140,6 +131,26 @@ PRESENT_CELLS, MISSING_CELLS = sweep.split_present(
     CELLS, config["allow_missing"], LEFT_OUT
 )
 PRESENT_REPEATS = sweep.split_present(REPEATS, config["allow_missing"], LEFT_OUT)[0]
+try:
+    # Cells and aggregations take ancient(stamp): its name hashes the code and settings, so a change reruns what
+    # depends on it, and file times (a fresh clone) do not matter. Aggregating records already there
+    # (aggregate_only), the records tabled are settings too: what they hold and which are tabled.
+    STAMPS = codestamp.sweep_stamps(
+        ROOT,
+        config["code_dir"],
+        PLAN.cell_settings,
+        {
+            "allow_mixed_env": PLAN.settings["allow_mixed_env"],
+            **(
+                {"records": sweep.records_digest(PRESENT_CELLS + PRESENT_REPEATS)}
+                if AGGREGATE_ONLY
+                else {}
+            ),
+        },
+    )
+except ValueError as e:
+    raise WorkflowError(str(e)) from None
+CELL_STAMP, REPORT_STAMP = (f"{RESULTS}/stamps/{name}.json" for name in STAMPS)
 # Resuming a run: its kept cells must be of this machine's environment (only then is torch started here).
 if (
     not (AGGREGATE_ONLY or PLAN.settings["allow_mixed_env"])
