@@ -199,13 +199,13 @@ def test_a_record_is_stale_when_other_code_or_settings_measured_it(tmp_path: Pat
 def test_a_partial_aggregation_leaves_stale_records_out(tmp_path: Path) -> None:
     cells = [_record(tmp_path / "a" / "cell.json"), _record(tmp_path / "b" / "cell.json", source="b" * 64),
              str(tmp_path / "c" / "cell.json")]
-    left_out = sweep.stale_to_leave_out(cells, "a" * 64, SETTINGS)
+    left_out = sweep.stale_to_leave_out(cells, sweep.stale_records(cells, "a" * 64, SETTINGS))
     assert left_out == {cells[1]}
     assert sweep.split_present(cells, allow_missing=True, stale=left_out) == ([cells[0]], [cells[1], cells[2]])
     assert sweep.split_present(cells, allow_missing=False, stale=left_out) == (cells, [])
     # A later repeat leaves with its cell's first record, whose batch size it was measured at.
     repeat = _record(tmp_path / "b" / "repeat-2.json")
-    assert sweep.stale_to_leave_out([*cells, repeat], "a" * 64, SETTINGS) == {cells[1], repeat}
+    assert sweep.stale_to_leave_out([*cells, repeat], {cells[1]: "measured by other code"}) == {cells[1], repeat}
 
 
 def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:
     its cells ran) keeps all its records."""
     records = [_record(tmp_path / "a" / "cell.json", source="o" * 64),
                _record(tmp_path / "b" / "cell.json", source="n" * 64)]
-    assert sweep.stale_to_leave_out(records, "c" * 64, SETTINGS) == set()
+    assert sweep.stale_to_leave_out(records, sweep.stale_records(records, "c" * 64, SETTINGS)) == set()
 
 
 def test_repeats_beyond_the_first_sit_beside_its_record() -> None:

@@ -334,18 +334,17 @@ def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping) -
     return {p: why for p in paths if (why := stale_reason(p, source_sha256, settings))}
 
 
-def stale_to_leave_out(paths: Sequence[str], source_sha256: str, settings: Mapping) -> set[str]:
+def stale_to_leave_out(paths: Sequence[str], stale: Collection[str]) -> set[str]:
     """The records among `paths` that a partial aggregation leaves out, as not measured yet: in a run being resumed
-    at the current code and settings, the stale ones (stale_reason), which wait for their rerun like missing ones,
+    at the current code and settings, the `stale` ones (stale_records), which wait for their rerun like missing ones,
     and a later repeat with its cell's first record (it was measured at that record's batch size, and is measured
     again after it). A run none of whose records is current (one kept as history, whose records may span code
     versions that changed nothing they ran) is tabled as it is."""
     present = [p for p in paths if Path(p).exists()]
-    stale = set(stale_records(present, source_sha256, settings))
-    if len(stale) == len(present):
+    if all(p in stale for p in present):
         return set()
     firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
-    return stale | {p for p in present if str(Path(p).parent) in firsts}
+    return set(stale) | {p for p in present if str(Path(p).parent) in firsts}
 
 
 def records_digest(paths: Sequence[str]) -> str:

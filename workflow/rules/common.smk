@@ -124,9 +124,7 @@ STALE = sweep.stale_records(
     CELLS + REPEATS, codestamp.source_hash(), PLAN.cell_settings
 )
 # A sweep run in parts (allow_missing): the cells present are aggregated, the others listed as not measured yet.
-LEFT_OUT = sweep.stale_to_leave_out(
-    CELLS + REPEATS, codestamp.source_hash(), PLAN.cell_settings
-)
+LEFT_OUT = sweep.stale_to_leave_out(CELLS + REPEATS, STALE)
 PRESENT_CELLS, MISSING_CELLS = sweep.split_present(
     CELLS, config["allow_missing"], LEFT_OUT
 )
@@ -188,9 +186,10 @@ ALL_TARGETS = [
 ]
 print(PLAN.banner(), file=sys.stderr)
 if STALE and not AGGREGATE_ONLY:
+    first, why = next(iter(STALE.items()))
     print(
         f"attnsweep: {len(STALE)} records of other code or settings are measured again, "
-        f"e.g. {next(iter(STALE.items()))[0]}: {next(iter(STALE.values()))}",
+        f"e.g. {first}: {why}",
         file=sys.stderr,
     )
 elif LEFT_OUT and config["allow_missing"]:
