@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +75,12 @@ def test_windows_of_two_gpus_that_overlapped_are_counted(tmp_path: Path) -> None
 def test_the_spread_between_two_sweeps_is_read_against_the_repeats_own() -> None:
     report = load_report()
     # Repeats 2% apart (100, 102); the single value at their geometric mean: no difference between the sweeps.
-    agree = report.spread_between([(100 * 1.02 ** 0.5, [100.0, 102.0])] * 4)
-    assert agree["sd between sweeps %"] < 1e-9 and agree["between"] == 4
-    assert abs(agree["sd between repeats %"] - 100 * __import__("math").log(1.02) / 2 ** 0.5) < 1e-9
+    agree = report.spread_between([([100 * 1.02 ** 0.5], [100.0, 102.0])] * 4)
+    assert agree["sd between sweeps %"] < 1e-9 and agree["within"] == 4
+    assert abs(agree["sd between repeats %"] - 100 * math.log(1.02) / 2 ** 0.5) < 1e-9
     # The single value 10% below repeats that agree with each other: far outside their spread.
-    off = report.spread_between([(90.0, [100.0, 101.0]), (91.0, [101.0, 100.0])])
-    assert off["below both"] == 2 and off["single above both"] == 0 and off["variance ratio"] > 50
+    off = report.spread_between([([90.0], [100.0, 101.0]), ([91.0], [101.0, 100.0])])
+    assert off["below"] == 2 and off["A above B's range"] == 0 and off["variance ratio"] > 50
+    # Repeats on both sides pool into the spread; equal means, no difference.
+    both = report.spread_between([([99.0, 101.0], [101.0, 99.0])])
+    assert both["sd between sweeps %"] < 1e-9 and both["sd between repeats %"] > 0

@@ -3,7 +3,7 @@
     python benchmarks/sweep/report.py RUN [RUN ...] > results/sweepbench.md
     python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
     python benchmarks/sweep/report.py --equal NEW_RUN OLD_RUN   # each cell's repeats in both: do the ranges overlap?
-    python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # is the sweeps' difference the repeats' spread?
+    python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # do two sweeps differ beyond the repeats' spread?
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
@@ -229,24 +229,33 @@ def equal(new: str, old: str) -> None:
     print(pd.DataFrame(out).fillna("").to_markdown(index=False))
 
 
-def spread_between(pairs: list[tuple[float, list[float]]]) -> dict[str, float]:
-    """Is the difference between two sweeps of the same cells the measurements' own spread? `pairs`: per cell, one
-    sweep's single value and the other's two repeats. Under equal spread s (on a log scale) the single value less
-    the mean of the repeats' logs has variance 1.5 s², the two repeats' difference 2 s²; the function gives both
-    estimates of s (in %), their variance ratio (about 1 when the sweeps agree), and how many single values lie
-    above, below and between the repeats (1/3 each when they agree)."""
-    between = [(math.log(y) - (math.log(x1) + math.log(x2)) / 2) ** 2 / 1.5 for y, (x1, x2) in pairs]
-    within = [(math.log(x1) - math.log(x2)) ** 2 / 2 for _, (x1, x2) in pairs]
-    sd_between, sd_within = math.sqrt(statistics.fmean(between)), math.sqrt(statistics.fmean(within))
+def spread_between(pairs: list[tuple[list[float], list[float]]]) -> dict[str, float]:
+    """Is the difference between two sweeps of the same cells the measurements' own spread? `pairs`: per cell, the
+    repeats of sweep A and of sweep B (B with two or more). On a log scale with one spread s for every measurement,
+    the difference of the two sweeps' means has variance s² (1/nA + 1/nB), and the repeats of one sweep scatter
+    with variance s²: the function gives both estimates of s (in %), their variance ratio (about 1 when the sweeps
+    agree), and how many cells' A median lies above, below or within B's range (with one A value and two B
+    repeats, 1/3 each when the sweeps agree)."""
+    between, scatter, dof = [], 0.0, 0
+    for a, b in pairs:
+        la, lb = [math.log(v) for v in a], [math.log(v) for v in b]
+        between.append((statistics.fmean(la) - statistics.fmean(lb)) ** 2 / (1 / len(la) + 1 / len(lb)))
+        for side in (la, lb):
+            if len(side) > 1:
+                scatter += sum((v - statistics.fmean(side)) ** 2 for v in side)
+                dof += len(side) - 1
+    sd_between, sd_within = math.sqrt(statistics.fmean(between)), math.sqrt(scatter / dof)
+    medians = [(statistics.median(a), b) for a, b in pairs]
     return {"cells": len(pairs), "sd between sweeps %": 100 * sd_between, "sd between repeats %": 100 * sd_within,
             "variance ratio": (sd_between / sd_within) ** 2 if sd_within else math.inf,
-            "single above both": sum(y > max(x) for y, x in pairs), "below both": sum(y < min(x) for y, x in pairs),
-            "between": sum(min(x) <= y <= max(x) for y, x in pairs)}
+            "A above B's range": sum(m > max(b) for m, b in medians),
+            "below": sum(m < min(b) for m, b in medians),
+            "within": sum(min(b) <= m <= max(b) for m, b in medians)}
 
 
 def between(one: str, two: str, code: str | None = None) -> None:
-    """Cells of sweep ONE (one repeat) against sweep TWO (repeats): per cell, and spread_between over the cells that
-    have two repeats in TWO, for one-graph cells and graph-break cells apart (their spreads differ several-fold)."""
+    """Cells of sweep ONE (A) against sweep TWO (B, with repeats): per cell, and spread_between over the cells with
+    two or more repeats in B, for one-graph cells and graph-break cells apart (their spreads differ several-fold)."""
     a, b = _repeats(Path(one), code), _repeats(Path(two), code)
     out, groups = [], {}
     for key in sorted(set(a) & set(b)):
@@ -254,11 +263,11 @@ def between(one: str, two: str, code: str | None = None) -> None:
         if not x or not y:
             continue
         row = dict(zip(AXES, key))
-        row.update({Path(one).name: f"{x[0]:,.0f}", Path(two).name: ", ".join(f"{v:,.0f}" for v in y),
-                    "median vs single %": f"{100 * (statistics.median(y) / x[0] - 1):+.1f}"})
+        row.update({Path(one).name: ", ".join(f"{v:,.0f}" for v in x), Path(two).name: ", ".join(f"{v:,.0f}" for v in y),
+                    "B median vs A median %": f"{100 * (statistics.median(y) / statistics.median(x) - 1):+.1f}"})
         out.append(row)
-        if len(y) == 2:
-            groups.setdefault("graph breaks" if "graphbreak" in row["attn"] else "one graph", []).append((x[0], y))
+        if len(y) >= 2:
+            groups.setdefault("graph breaks" if "graphbreak" in row["attn"] else "one graph", []).append((x, y))
     print(pd.DataFrame(out).to_markdown(index=False))
     print()
     print(pd.DataFrame([{**spread_between(pairs), "cells": f"{name} ({len(pairs)})"}
