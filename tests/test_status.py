@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from attnsweep import status
+from attnsweep.codestamp import source_hash
 from attnsweep.cli import main as cli_main
 from test_faults import HAS_CUDA, TINY, TINY_CELLS, snakemake
 from workflow_copy import copy_workflow
@@ -93,6 +94,20 @@ def test_missing_stale_invalid_and_misplaced_cells(repo: Path) -> None:
     for line in ("## Cells: 3 valid, 1 invalid", "- missing: 1", f"    - {deleted.as_posix()}", "- stale: 2",
                  "- not in this config's grid (ignored by the aggregation): 1", "## Provenance problems"):
         assert line in text, text
+
+
+@pytest.mark.slow
+def test_a_record_of_other_code_is_stale_with_its_code_named(repo: Path) -> None:
+    """A record left by a part that ran other code (the stamp of this code is there already): measured again, and
+    status says why."""
+    results = repo / "results" / "tiny"
+    record = json.loads((results / CELLS[0]).read_text())
+    record["env"]["code"]["source_sha256"] = "0" * 64
+    (results / CELLS[0]).write_text(json.dumps(record))
+    st = status.collect(results, repo, [str(repo / OVERLAY)])
+    assert st.plan is not None, st.plan_note
+    assert st.plan.stale == {CELLS[0]: f"a record of other code (its code 000000000000, now {source_hash()[:12]})"}
+    assert sorted(st.plan.current) == sorted(CELLS[1:]) and st.plan.missing == []
 
 
 @pytest.mark.slow

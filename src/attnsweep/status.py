@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cellio import load_cell
-from .codestamp import cell_code_files
+from .codestamp import cell_code_files, source_hash
 from .sweep import cell_axes, dig, environment_of
 
 PLAN_TIMEOUT_S = 600
@@ -231,6 +231,9 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
         old = ", ".join(p.name for p in sorted((results / "stamps").glob("cells-*.json"))) or "none"
         plan.stamp_change = (f"the cell code stamp would become {Path(new_stamp).name}: code or cell settings "
                              f"changed since this folder's {old}")
+    # Records the workflow found of other code or settings than a cell would run with now: their rerun markers.
+    marked = {(root / r[0].replace("/.rerun/", "/cells/", 1)).with_suffix(".json").resolve()
+              for r in rows if r[2] == "rerun" and r[-1] == "update pending"}
     elsewhere = set()
     for out, _date, rule, *_, why, todo in rows:
         path = (root / out).resolve()
@@ -248,6 +251,8 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
             plan.missing.append(rel)
         elif new_stamp:
             plan.stale[rel] = "code stamp changes"
+        elif path in marked:
+            plan.stale[rel] = _other_code(path)
         elif why != "ok":
             plan.stale[rel] = f"Snakemake: {why}"
         else:
@@ -257,6 +262,18 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
         note = (f"this config's cells go to {', '.join(sorted(elsewhere))}/, not {results}: pass the --configfile "
                 "and --config the run was made with")
     return plan, note
+
+
+def _other_code(record: Path) -> str:
+    """Why a record the workflow measures again is stale, as its code hash tells (else its cell settings differ)."""
+    try:
+        code = str(json.loads(record.read_text())["env"]["code"]["source_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        code = "unreadable"
+    now = source_hash()
+    if code != now:
+        return f"a record of other code (its code {code[:12]}, now {now[:12]})"
+    return "a record of other cell settings"
 
 
 def collect(results: Path, root: Path, configfiles: Sequence[str] = (), config: Sequence[str] = ()) -> Status:
