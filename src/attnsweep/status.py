@@ -234,6 +234,7 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
     # Records the workflow found of other code or settings than a cell would run with now: their rerun markers.
     marked = {(root / r[0].replace("/.rerun/", "/cells/", 1)).with_suffix(".json").resolve()
               for r in rows if r[2] == "rerun" and r[-1] == "update pending"}
+    code_now = source_hash() if marked else None  # hashing the package: once, and only if needed
     elsewhere = set()
     for out, _date, rule, *_, why, todo in rows:
         path = (root / out).resolve()
@@ -252,7 +253,7 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
         elif new_stamp:
             plan.stale[rel] = "code stamp changes"
         elif path in marked:
-            plan.stale[rel] = _other_code(path)
+            plan.stale[rel] = _other_code(path, code_now)
         elif why != "ok":
             plan.stale[rel] = f"Snakemake: {why}"
         else:
@@ -264,13 +265,13 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
     return plan, note
 
 
-def _other_code(record: Path) -> str:
-    """Why a record the workflow measures again is stale, as its code hash tells (else its cell settings differ)."""
+def _other_code(record: Path, now: str) -> str:
+    """Why a record the workflow measures again is stale, as its code hash tells against `now` (the code a cell runs
+    now); else its cell settings differ."""
     try:
-        code = str(json.loads(record.read_text())["env"]["code"]["source_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+        code = str(dig(json.loads(record.read_text()), ("env", "code", "source_sha256")))
+    except (OSError, ValueError):
         code = "unreadable"
-    now = source_hash()
     if code != now:
         return f"a record of other code (its code {code[:12]}, now {now[:12]})"
     return "a record of other cell settings"

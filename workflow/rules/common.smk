@@ -93,9 +93,10 @@ def record_path(wildcards) -> str:
 
 def rerun_file(record: str) -> str:
     """The marker (rule rerun) that makes a record's job run."""
-    return (
-        record.replace(f"{RESULTS}/cells/", f"{RESULTS}/.rerun/", 1)[: -len(".json")]
-        + ".txt"
+    return str(
+        Path(record.replace(f"{RESULTS}/cells/", f"{RESULTS}/.rerun/", 1)).with_suffix(
+            ".txt"
+        )
     )
 
 
