@@ -81,6 +81,12 @@ def test_the_spread_between_two_sweeps_is_read_against_the_repeats_own() -> None
     # The single value 10% below repeats that agree with each other: far outside their spread.
     off = report.spread_between([([90.0], [100.0, 101.0]), ([91.0], [101.0, 100.0])])
     assert off["below"] == 2 and off["A above B's range"] == 0 and off["variance ratio"] > 50
+    assert 10 < off["B vs A mean %"] < 11.5 and off["its std error %"] < 1
+    # Every cell's repeats 4% apart and centred 1% above its single value: each cell inside its spread, and the
+    # same 1% over all cells, which the mean shift shows with no error (every cell's shift is the same).
+    shift = report.spread_between([([100.0 * k], [100.0 * k * 1.01 / 1.02, 100.0 * k * 1.01 * 1.02]) for k in (1, 2, 3)])
+    assert shift["variance ratio"] < 1 and shift["within"] == 3
+    assert abs(shift["B vs A mean %"] - 1) < 1e-9 and shift["its std error %"] < 1e-9
     # Repeats on both sides pool into the spread; equal means, no difference.
     both = report.spread_between([([99.0, 101.0], [101.0, 99.0])])
     assert both["sd between sweeps %"] < 1e-9 and both["sd between repeats %"] > 0

@@ -132,8 +132,10 @@ def occupancy(run: Path) -> list[dict]:
     job's start before its own clock); late start / early end: this GPU's first start after the run's first, its last
     end before the run's last; outside: the run's wall time less its first-start-to-last-end (the first warm-up
     before any timed job could start, and the aggregation after the last). Records without their GPU (older code)
-    cannot be told apart by GPU: only their count and busy time are given."""
-    records = [json.loads(cell.read_text()) for cell in sorted(run.glob("cells/**/*.json"))]
+    cannot be told apart by GPU: only their count and busy time are given. Records under superseded/cells/ (a cell
+    measured twice by mistake, its later record kept in cells/) held a GPU as well and count here."""
+    records = [json.loads(cell.read_text())
+               for cell in sorted(run.glob("cells/**/*.json")) + sorted(run.glob("superseded/cells/**/*.json"))]
     parts = _parts(run)
     if parts:
         out = []
@@ -235,11 +237,14 @@ def spread_between(pairs: list[tuple[list[float], list[float]]]) -> dict[str, fl
     the difference of the two sweeps' means has variance s² (1/nA + 1/nB), and the repeats of one sweep scatter
     with variance s²: the function gives both estimates of s (in %), their variance ratio (about 1 when the sweeps
     agree), and how many cells' A median lies above, below or within B's range (with one A value and two B
-    repeats, 1/3 each when the sweeps agree)."""
-    between, scatter, dof = [], 0.0, 0
+    repeats, 1/3 each when the sweeps agree). A shift of every cell by the same few percent can hide inside the
+    spread of each: so B's mean difference from A over the cells (geometric, in %) is given too, with its standard
+    error from the cells' own differences (a shift twice its error or more is more than chance)."""
+    between, shifts, scatter, dof = [], [], 0.0, 0
     for a, b in pairs:
         la, lb = [math.log(v) for v in a], [math.log(v) for v in b]
-        between.append((statistics.fmean(la) - statistics.fmean(lb)) ** 2 / (1 / len(la) + 1 / len(lb)))
+        shifts.append(statistics.fmean(lb) - statistics.fmean(la))
+        between.append(shifts[-1] ** 2 / (1 / len(la) + 1 / len(lb)))
         for side in (la, lb):
             if len(side) > 1:
                 scatter += sum((v - statistics.fmean(side)) ** 2 for v in side)
@@ -248,6 +253,8 @@ def spread_between(pairs: list[tuple[list[float], list[float]]]) -> dict[str, fl
     medians = [(statistics.median(a), b) for a, b in pairs]
     return {"cells": len(pairs), "sd between sweeps %": 100 * sd_between, "sd between repeats %": 100 * sd_within,
             "variance ratio": (sd_between / sd_within) ** 2 if sd_within else math.inf,
+            "B vs A mean %": 100 * math.expm1(statistics.fmean(shifts)),
+            "its std error %": 100 * statistics.stdev(shifts) / math.sqrt(len(shifts)) if len(shifts) > 1 else math.nan,
             "A above B's range": sum(m > max(b) for m, b in medians),
             "below": sum(m < min(b) for m, b in medians),
             "within": sum(min(b) <= m <= max(b) for m, b in medians)}
