@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The device tool sends the checkout (tracked and untracked-not-ignored files) and what `carry` names, 64 MiB at most.
+# The committed results outgrow that beside `.gpuwheels/` (41 MB): this puts the checkout on a local branch that holds
+# only the results folders a call resumes, and back again afterwards.
+#   tools/gpu-host/device-tree.sh slim RUN [RUN ...]  # from a clean tree: branch device-tree, other runs' folders removed
+#   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
+#   tools/gpu-host/device-tree.sh back               # to the branch before; results/RUN keep what was unpacked into them
+# Between slim and back, unpack each call's $OUT tarball into the checkout (tar xzf ...), so the next call resumes from
+# it; commit on the branch you return to. The branch device-tree is never merged (back deletes it).
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+state=.git/device-tree-from
+case "${1:-}" in
+slim)
+    shift
+    [ $# -gt 0 ] || { echo "device-tree.sh slim: name the runs the calls resume (results/RUN)" >&2; exit 2; }
+    [ ! -e "$state" ] || { echo "device-tree.sh: already slim (from $(cat "$state")); run 'back' first" >&2; exit 1; }
+    [ -z "$(git status --porcelain)" ] || { echo "device-tree.sh: commit or stash first (the tree is not clean)" >&2; exit 1; }
+    for run in "$@"; do [ -d "results/$run" ] || echo "device-tree.sh: results/$run does not exist yet (a new run)" >&2; done
+    git symbolic-ref --short HEAD >"$state"
+    git switch -q -c device-tree
+    for dir in results/*/; do
+        name=$(basename "$dir")
+        [[ " $* " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
+    done
+    # The kept runs' HTML reports are large and no call reads them.
+    for run in "$@"; do git rm -q --ignore-unmatch -- "results/$run/report.html"; done
+    git commit -q -m "device tree: only the results of $* (never merged)"
+    "$0" size
+    ;;
+size)
+    shift
+    # Whole 4 KiB blocks per file: the copy's size on disk, an upper bound on the bytes sent.
+    { git ls-files -z --cached --others --exclude-standard; for d in "$@"; do find "$d" -type f -print0; done; } |
+        xargs -0 -r stat -c %s 2>/dev/null |
+        awk '{n++; s += $1; b += int(($1 + 4095) / 4096) * 4096}
+             END {printf "%d files, %.1f MiB (%.1f MiB in 4 KiB blocks); the limit is 64 MiB\n", n, s / 2^20, b / 2^20}'
+    ;;
+back)
+    [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state)" >&2; exit 1; }
+    from=$(cat "$state")
+    changed=$(git status --porcelain)
+    [ -z "$changed" ] || git stash push -q -u -m device-tree
+    git switch -q "$from"
+    [ -z "$changed" ] || git stash pop -q
+    git branch -q -D device-tree
+    rm -f "$state"
+    git status --short | head -n 5
+    ;;
+*)
+    sed -n 2,9p "$0" >&2
+    exit 2
+    ;;
+esac
