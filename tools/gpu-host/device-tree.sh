@@ -4,9 +4,10 @@
 # only the results folders a call resumes, and back again afterwards.
 #   tools/gpu-host/device-tree.sh slim RUN [RUN ...]  # from a clean tree: branch device-tree, other runs' folders removed
 #   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
-#   tools/gpu-host/device-tree.sh back               # to the branch before; results/RUN keep what was unpacked into them
+#   tools/gpu-host/device-tree.sh back               # to the branch before, with what was committed or unpacked since
 # Between slim and back, unpack each call's $OUT tarball into the checkout (tar xzf ...), so the next call resumes from
-# it; commit on the branch you return to. The branch device-tree is never merged (back deletes it).
+# it, and commit it there: back replays those commits on the branch before (and carries anything uncommitted), then
+# deletes device-tree. Its first commit, the removal, is never replayed.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 state=.git/device-tree-from
@@ -19,6 +20,7 @@ slim)
     for run in "$@"; do [ -d "results/$run" ] || echo "device-tree.sh: results/$run does not exist yet (a new run)" >&2; done
     git symbolic-ref --short HEAD >"$state"
     git switch -q -c device-tree
+    trap 'echo "device-tree.sh: failed on branch device-tree; git switch $(cat "$state") && git branch -D device-tree && rm $state" >&2' ERR
     for dir in results/*/; do
         name=$(basename "$dir")
         [[ " $* " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
@@ -26,6 +28,7 @@ slim)
     # The kept runs' HTML reports are large and no call reads them.
     for run in "$@"; do git rm -q --ignore-unmatch -- "results/$run/report.html"; done
     git commit -q -m "device tree: only the results of $* (never merged)"
+    git rev-parse HEAD >>"$state"
     "$0" size
     ;;
 size)
@@ -38,10 +41,13 @@ size)
     ;;
 back)
     [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state)" >&2; exit 1; }
-    from=$(cat "$state")
+    { read -r from; read -r slim; } <"$state"
+    [ "$(git symbolic-ref --short HEAD)" = device-tree ] || { echo "device-tree.sh: not on branch device-tree" >&2; exit 1; }
     changed=$(git status --porcelain)
     [ -z "$changed" ] || git stash push -q -u -m device-tree
     git switch -q "$from"
+    # The results committed on device-tree touch only folders that are the same on both branches at the slim point.
+    [ -z "$(git rev-list "$slim..device-tree")" ] || git cherry-pick "$slim..device-tree" >/dev/null
     [ -z "$changed" ] || git stash pop -q
     git branch -q -D device-tree
     rm -f "$state"
