@@ -1,0 +1,60 @@
+"""tools/gpu-host/device-tree.sh: a slim branch for device calls, and back with the results the calls brought."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools/gpu-host/device-tree.sh"
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A repository with two runs' results (one with an HTML report) and a tools folder."""
+    for rel, text in {"results/old/cells/a.json": "{}", "results/replay/cells/b.json": "{}",
+                      "results/replay/report.html": "<html>", "results/README.md": "page", "src/x.py": ""}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    run(tmp_path, *GIT, "init", "-q", "-b", "main")
+    run(tmp_path, *GIT, "add", ".")
+    run(tmp_path, *GIT, "commit", "-qm", "start")
+    return tmp_path
+
+
+def test_slim_keeps_only_the_named_runs_and_back_replays_their_commits(checkout: Path) -> None:
+    out = run(checkout, "bash", str(SCRIPT), "slim", "replay").stdout
+    assert "MiB" in out and "the limit is 64 MiB" in out
+    assert not (checkout / "results/old").exists() and not (checkout / "results/replay/report.html").exists()
+    assert (checkout / "results/replay/cells/b.json").exists() and (checkout / "src/x.py").exists()
+    # A call's results, unpacked and committed on the slim branch; one more left uncommitted.
+    (checkout / "results/replay/cells/c.json").write_text("{}")
+    run(checkout, *GIT, "add", "results")
+    run(checkout, *GIT, "commit", "-qm", "part 1")
+    (checkout / "results/replay/cells/d.json").write_text("{}")
+    run(checkout, "bash", str(SCRIPT), "back")
+    assert run(checkout, "git", "symbolic-ref", "--short", "HEAD").stdout.strip() == "main"
+    assert "device-tree" not in run(checkout, "git", "branch").stdout
+    assert run(checkout, "git", "log", "-1", "--format=%s").stdout.strip() == "part 1"
+    for rel in ("results/old/cells/a.json", "results/replay/report.html", "results/replay/cells/c.json",
+                "results/replay/cells/d.json"):
+        assert (checkout / rel).exists(), rel
+    assert run(checkout, "git", "status", "--porcelain").stdout.strip() == "?? results/replay/cells/d.json"
+
+
+def test_slim_refuses_a_tree_with_changes_and_back_refuses_when_not_slim(checkout: Path) -> None:
+    (checkout / "src/x.py").write_text("changed")
+    slim = run(checkout, "bash", str(SCRIPT), "slim", "replay", check=False)
+    assert slim.returncode == 1 and "not clean" in slim.stderr
+    back = run(checkout, "bash", str(SCRIPT), "back", check=False)
+    assert back.returncode == 1 and "not slim" in back.stderr
+    assert run(checkout, "git", "symbolic-ref", "--short", "HEAD").stdout.strip() == "main"
