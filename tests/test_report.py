@@ -354,6 +354,28 @@ def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
     assert "3 cells, 8 timed jobs: 1,040 s in all (130.0 s a job; on a GPU, the time each held its GPU)" in out["all"].read_text()
 
 
+def test_with_repeats_the_figures_draw_their_range_and_ties_open(tmp_path: Path) -> None:
+    """Error bars from the repeats' range (not the window's steps); a tie an open marker, a lead a filled one."""
+    fa2 = cell_with_spread(tmp_path, "fa2", 1024, 100.0, 0.5, 1.5)  # a window spread the bars must not show
+    sdpa = make_cell(tmp_path, attn="sdpa", mode="eager", seq_len=1024, tokens_per_sec=125.0)
+    flash = make_cell(tmp_path, attn="sdpa_flash", mode="eager", seq_len=1024, tokens_per_sec=200.0)
+    repeats = [add_repeat(fa2, 2, 120.0), add_repeat(sdpa, 2, 115.0), add_repeat(flash, 2, 210.0)]
+    summary = tmp_path / "summary.csv"
+    write_summary([fa2, sdpa, flash], summary, repeats=repeats)
+    figures = write_figures(summary, {n: tmp_path / f"{n}.png" for n in ("throughput", "fa2_vs_sdpa_eager")})
+
+    assert "the range of a cell's repeats" in figures["throughput"]._suptitle.get_text()
+    (throughput,) = figures["throughput"].axes
+    fa2_bars = next(c for c in throughput.containers if c.get_label() == "fa2")
+    low, high = (caps.get_ydata() for caps in fa2_bars.lines[1])
+    assert (list(low), list(high)) == ([pytest.approx(100.0)], [pytest.approx(120.0)])  # repeats 100, 120; median 110
+
+    (head,) = figures["fa2_vs_sdpa_eager"].axes
+    open_markers = [line for line in head.get_lines() if line.get_markerfacecolor() == "white"]
+    assert [list(line.get_ydata()) for line in open_markers] == [[pytest.approx(100 * (110 / 120 - 1))]]  # vs sdpa
+    assert "open: a tie (inside both cells' ranges)" in [t.get_text() for t in head.get_legend().get_texts()]
+
+
 def test_gpu_time_adds_the_warm_up_jobs_of_every_repeat(tmp_path: Path) -> None:
     fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
     rec = json.loads(fa2.read_text())

@@ -2,10 +2,12 @@
 
 - fa2_vs_sdpa_{compiled,compiled_cudagraphs,eager}: FlashAttention-2's percent difference to PyTorch's FlashAttention against context,
   one colour per model, solid against `sdpa` (SDPA's default dispatch, the study's) and dashed against
-  `sdpa_flash` (SDPA forced to its flash backend).
-- speedup, throughput, memory: one panel per mode (rows) and model (columns), one line per implementation, with
-  the run-to-run spread over the window (min to max of the per-step tokens/s) as error bars; throughput and memory
-  start at zero, speedup has its line at 1 (no gain).
+  `sdpa_flash` (SDPA forced to its flash backend); with repeats, an open marker is a tie (the difference lies inside
+  both cells' ranges, as the tables mark it).
+- speedup, throughput: one panel per mode (rows) and model (columns), one line per implementation, with error bars:
+  with repeats, the range of a cell's repeats (the run-to-run spread; a cell measured once has none); without, the
+  window's slowest to fastest step. The title says which. memory: the same panels, no error bars. Throughput and
+  memory start at zero, speedup has its line at 1 (no gain).
 
 Only cells with status ok have a point; an OOM or unsupported cell is a gap in its line, and an implementation with
 no point in a panel is named in its legend with its status (e.g. "flex: unsupported").
@@ -79,14 +81,25 @@ def headline_figure(df: pd.DataFrame, mode: str, path: str | os.PathLike) -> plt
     else:
         rows["label"] = rows["model"] + _variant_labels(rows, ["model"])
         colours = {label: f"C{i}" for i, label in enumerate(pd.unique(rows["label"]))}
+        any_tie = False
         for label, line in rows.groupby("label", sort=False):
             for ref, style in zip(REFERENCES, ("-", "--")):
-                ax.plot(line["seq_len"], line[f"diff_vs_{ref}_pct"], style, marker="o", color=colours[label],
-                        label=f"{label} vs {ref}")
+                x, y = line["seq_len"], line[f"diff_vs_{ref}_pct"]
+                ax.plot(x, y, style, color=colours[label], label=f"{label} vs {ref}", marker="o")
+                # Ties are known only with repeats (NaN without): drawn over the filled marker, open.
+                tie = line.get(f"tie_vs_{ref}", pd.Series(index=line.index, dtype=object)).eq(True)
+                if tie.any():
+                    any_tie = True
+                    ax.plot(x[tie], y[tie], linestyle="none", marker="o", markerfacecolor="white",
+                            markeredgecolor=colours[label])
         ax.axhline(0, color="black", linewidth=0.8)
         _context_axis(ax, rows["seq_len"])
         ax.set_ylabel(f"{HEADLINE} tokens/s difference (%)")
-        ax.legend(fontsize="small")
+        handles, labels = ax.get_legend_handles_labels()
+        if any_tie:
+            handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", color="grey"))
+            labels.append("open: a tie (inside both cells' ranges)")
+        ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(f"FlashAttention-2 vs PyTorch's FlashAttention, {mode}")
     _save(fig, path)
     return fig
@@ -106,9 +119,10 @@ def panel_figure(
 
     Cells without a value stay in the data as NaN, so an OOM in the middle of a line is a gap, not a straight
     segment across it. An implementation without any value in a panel is a legend entry naming its status.
-    spread: error bars from the cell's own run-to-run spread (min and max of the per-step tokens/s over the window,
-    relative to its tokens/s, applied to the value). reference: a horizontal line there (1 for a speedup); without
-    one, the axis starts at zero, so the height of a line is its size.
+    spread: error bars, relative to the cell's tokens/s and applied to the value: with repeats in the run, the range
+    of the cell's repeats (none for a cell measured once); without, the window's slowest and fastest step (the
+    per-step spread, not a run-to-run one). The title says which. reference: a horizontal line there (1 for a
+    speedup); without one, the axis starts at zero, so the height of a line is its size.
     """
     df = df.assign(value=value(df))
     if not include_baseline:
@@ -118,10 +132,15 @@ def panel_figure(
     absent = df[~has_value].groupby(["mode", "model", "attn"], sort=False)["status"].agg(
         lambda s: "/".join(sorted(set(s.astype(str)))))
     df = df[has_value]
-    if spread and {"tokens_per_sec_stats.min", "tokens_per_sec_stats.max"} <= set(df.columns):
-        tps = df["tokens_per_sec"]
-        df = df.assign(err_low=(df["value"] * (1 - df["tokens_per_sec_stats.min"] / tps)).clip(lower=0),
-                       err_high=(df["value"] * (df["tokens_per_sec_stats.max"] / tps - 1)).clip(lower=0))
+    repeated = "repeats" in df.columns and (df["repeats"].fillna(0) >= 2).any()
+    low_high = (("tokens_per_sec_min", "tokens_per_sec_max") if repeated
+                else ("tokens_per_sec_stats.min", "tokens_per_sec_stats.max"))
+    if spread and set(low_high) <= set(df.columns):
+        tps, (low, high) = df["tokens_per_sec"], (df[c] for c in low_high)
+        df = df.assign(err_low=(df["value"] * (1 - low / tps)).clip(lower=0).fillna(0),
+                       err_high=(df["value"] * (high / tps - 1)).clip(lower=0).fillna(0))
+        title += (" (error bars: the range of a cell's repeats)" if repeated
+                  else " (error bars: the window's slowest to fastest step)")
     else:
         spread = False
     modes = [m for m in MODE_ORDER if m in set(df["mode"])] or ["compiled"]
@@ -170,7 +189,7 @@ def panel_figure(
 
 def write_figures(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> dict[str, plt.Figure]:
     """out: figure name (of FIGURES; those `figure_names` chose) -> path. Returns the figures drawn, by name."""
-    df = read_summary(summary)
+    df = read_summary(summary).copy()  # consolidated: the columns as read make every assign warn of fragmentation
     draw: dict[str, Callable[[str | os.PathLike], plt.Figure]] = {
         **{f"fa2_vs_sdpa_{mode}": (lambda path, mode=mode: headline_figure(df, mode, path))
            for mode in MODE_ORDER},
