@@ -155,14 +155,18 @@ def test_cell_listing_needs_no_snakemake(tmp_path: Path) -> None:
     """Reading and grouping cells works on any folder (e.g. one copied from another machine)."""
     template = json.loads((Path(__file__).parent / "data" / "cell_ok.json").read_text())
     results = tmp_path / "results" / "fixture"
-    for i, gpu in enumerate(["NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"]):
-        record = {**template, "env": {**template["env"], "gpu_name": gpu}}
+    for i, (gpu, described) in enumerate([("NVIDIA H100 80GB HBM3", "abc1234"), ("NVIDIA H100 80GB HBM3", "def5678-dirty"),
+                                          ("NVIDIA A100-SXM4-80GB", "abc1234")]):
+        code = {**template["env"]["code"], "git_describe": described}
+        record = {**template, "env": {**template["env"], "gpu_name": gpu, "code": code}}
         (results / "cells" / f"c{i}").mkdir(parents=True)
         (results / "cells" / f"c{i}" / "cell.json").write_text(json.dumps(record))
     cells, invalid = status.read_cells(results)
     envs = status.group_environments(cells)
     assert not invalid and [c.env for c in cells] == ["E1", "E1", "E2"]
     assert [(e["device"], e["cells"]) for e in envs] == [("NVIDIA H100 80GB HBM3", 2), ("NVIDIA A100-SXM4-80GB", 1)]
+    # Two checkouts of one code hash (one with results unpacked into it) are one environment, both named.
+    assert envs[0]["git describe"] == "abc1234, def5678-dirty"
     assert all(c.notes == [] for c in cells)  # run 'fixture' in results/fixture
 
 

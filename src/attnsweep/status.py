@@ -121,14 +121,21 @@ def read_cells(results: Path) -> tuple[list[Cell], dict[Path, str]]:
     return cells, invalid
 
 
+# What a checkout said of itself (`git describe`, "-dirty" with results unpacked into it): shown, not a difference.
+DESCRIBED_ONLY = "git describe"
+
+
 def group_environments(cells: list[Cell]) -> list[dict]:
-    """Label each cell's environment E1, E2, ... in order of first appearance; one row per environment."""
+    """Label each cell's environment E1, E2, ... in order of first appearance; one row per environment: the software,
+    the device and the code's hash, with every `git describe` its cells' checkouts gave."""
     groups: dict[tuple, dict] = {}
     for cell in cells:
         values = env_values(cell.record)
-        key = tuple(values.values())
+        key = tuple(v for k, v in values.items() if k != DESCRIBED_ONLY)
         if key not in groups:
             groups[key] = {"env": f"E{len(groups) + 1}", **values, "cells": 0}
+        elif values[DESCRIBED_ONLY] not in groups[key][DESCRIBED_ONLY].split(", "):
+            groups[key][DESCRIBED_ONLY] += f", {values[DESCRIBED_ONLY]}"
         groups[key]["cells"] += 1
         cell.env = groups[key]["env"]
     return list(groups.values())
