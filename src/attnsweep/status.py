@@ -129,16 +129,14 @@ def group_environments(cells: list[Cell]) -> list[dict]:
     """Label each cell's environment E1, E2, ... in order of first appearance; one row per environment: the software,
     the device and the code's hash, with every `git describe` its cells' checkouts gave."""
     groups: dict[tuple, dict] = {}
+    described: dict[tuple, dict[str, None]] = {}  # the git describe values per environment, in order of appearance
     for cell in cells:
         values = env_values(cell.record)
         key = tuple(v for k, v in values.items() if k != DESCRIBED_ONLY)
-        if key not in groups:
-            groups[key] = {"env": f"E{len(groups) + 1}", **values, "cells": 0}
-        elif values[DESCRIBED_ONLY] not in groups[key][DESCRIBED_ONLY].split(", "):
-            groups[key][DESCRIBED_ONLY] += f", {values[DESCRIBED_ONLY]}"
-        groups[key]["cells"] += 1
+        groups.setdefault(key, {"env": f"E{len(groups) + 1}", **values, "cells": 0})["cells"] += 1
+        described.setdefault(key, {})[values[DESCRIBED_ONLY]] = None
         cell.env = groups[key]["env"]
-    return list(groups.values())
+    return [{**row, DESCRIBED_ONLY: ", ".join(described[key])} for key, row in groups.items()]
 
 
 def _sha256(path: Path) -> str:
