@@ -24,8 +24,9 @@ code=$?
 echo "snakemake exit: $code (124 = stopped at the deadline)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
 echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
-# Anchored at the interpreter: the command line that called this script may hold the same words.
-pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null  # jobs the stop left
+# Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh). Anchored at
+# the interpreter: the command line that called this script may hold the same words.
+[ "$code" != 124 ] || pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null
 tail -n 40 "$log"  # one line per finished cell, then where the results are
 # The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
 # go with the cells.
