@@ -209,7 +209,7 @@ def predictive_search_largest(
         elif tried and (not peaks or overestimates >= MAX_OVERESTIMATES):
             j = (lo + hi) // 2
         else:
-            largest = _predicted_largest(peaks or dict(prior), budget_bytes * (1 - margin), static_bytes)
+            largest = _predicted_largest(peaks or prior, budget_bytes * (1 - margin), static_bytes)
             j = max((i for i in range(lo + 1, hi) if asc[i] <= largest), default=lo)
             predicted_fit = j > lo
             if not predicted_fit:
@@ -226,7 +226,7 @@ def predictive_search_largest(
     return (asc[lo] if lo >= 0 else None), tried
 
 
-def _predicted_largest(peaks: dict[int, int], usable_bytes: float, static_bytes: int = 0) -> float:
+def _predicted_largest(peaks: Mapping[int, int], usable_bytes: float, static_bytes: int = 0) -> float:
     """The batch at which the peak reaches `usable_bytes`, on a line through the measured peaks.
 
     With one point the line goes through `static_bytes` at batch 0 (through zero without it): a lower bound of the

@@ -143,13 +143,13 @@ def shared_batch_note(batch_size: int) -> str:
             "chosen)")
 
 
-def check_first_repeat(spec: CellSpec, first: dict | None, what: str = "the repeat-1 record") -> None:
-    """A repeat-1 record given for a later repeat (or another run's record given as a prior) must be of the same cell
-    (CellInputError, before anything runs)."""
-    if first is None:
+def check_same_cell(spec: CellSpec, record: dict | None, what: str = "the repeat-1 record") -> None:
+    """A record given with the cell (repeat 1's for a later repeat, or another run's as a prior) must be of the same
+    cell (CellInputError, before anything runs)."""
+    if record is None:
         return
     mine = spec.record()
-    if differ := [f"{a} {first['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if first["cell"].get(a) != mine[a]]:
+    if differ := [f"{a} {record['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if record["cell"].get(a) != mine[a]]:
         raise CellInputError(f"{what} given is of another cell: {', '.join(differ)}")
 
 
@@ -198,8 +198,8 @@ def run_cell(spec: CellSpec, first: dict | None = None, prior: dict | None = Non
     `first`: repeat 1's record, for a later repeat (its batch size, unsearched). `prior`: another run's record of
     the cell, for the search's first attempt. Raises CellInputError on bad input."""
     t0 = time.perf_counter()
-    check_first_repeat(spec, first)
-    check_first_repeat(spec, prior, "the prior record")
+    check_same_cell(spec, first)
+    check_same_cell(spec, prior, "the prior record")
     device, record = _start(spec)
     reason = unsupported_reason(spec, device)
     if reason:
@@ -250,8 +250,8 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     instead of a search, and a cell that did not fit is not tried again. `prior`: another run's record of the cell,
     whose peak memory places the search's first attempt."""
     t0 = time.perf_counter()
-    check_first_repeat(spec, first)
-    check_first_repeat(spec, prior, "the prior record")
+    check_same_cell(spec, first)
+    check_same_cell(spec, prior, "the prior record")
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
