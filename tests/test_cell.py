@@ -276,6 +276,39 @@ def test_batch_from_is_refused_beside_a_warm_up(tmp_path, capsys):
     assert "--batch-from is for a cold repeat" in capsys.readouterr().err
 
 
+def test_a_prior_record_places_the_first_attempt_and_the_answer_stays_the_search_s(monkeypatch, tmp_path):
+    """Another run's record of the cell (peak 3 GiB at batch 4) puts the first attempt where a line through it meets
+    the budget (8 on the ladder from 64), not at a small batch; the answer is the same as without it."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import warm_up
+
+    monkeypatch.setattr(cell_mod, "_budget", lambda spec, device: 12 * 2**30)  # a GPU's budget: the search predicts
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    plain = warm_up(spec, tmp_path / "plain")
+    assert tried[0] == 2  # without a prior: a small batch first, for a line
+    tried.clear()
+    prior = {"cell": {**spec.record(), "run": "capped"}, "status": "ok", "reason": None, "batch_size": 4,
+             "peak_memory_bytes": 3 * 2**30}
+    placed = warm_up(spec, tmp_path / "prior", prior=prior)
+    assert tried[0] == 8 and placed.batch_size == plain.batch_size == 8
+    assert "first attempt placed by run capped's peak at batch size 4 (3.00 GiB)" in placed.batch_note
+    with pytest.raises(CellInputError, match="the prior record given is of another cell: seq_len 64"):
+        warm_up(spec, tmp_path / "other", prior={**prior, "cell": {**prior["cell"], "seq_len": 64}})
+
+
+def test_batch_prior_is_refused_beside_a_warm_up_and_must_be_a_record(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
+                  "--warmup", "w.json", "--cache", "c", "--batch-prior", "cell.json", "--out", str(tmp_path / "o.json")])
+    assert "--batch-prior is for a search" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        cli_main(["warmup", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu", "--cache",
+                  str(tmp_path / "c"), "--batch-prior", str(tmp_path / "bad.json"), "--out", str(tmp_path / "w.json")])
+    assert f"--batch-prior {tmp_path / 'bad.json'}:" in capsys.readouterr().err
+
+
 def test_mfu_formula():
     cfg = model_config("small", block_size=1024)
     n = 85_000_000

@@ -370,6 +370,27 @@ def test_cold_repeats_measure_at_repeat_1s_batch_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_prior_run_gives_each_searched_cell_its_record_there(tmp_path: Path) -> None:
+    """batch.prior_run: a searching repeat-1 job is given the cell's record in that run (`--batch-prior`), a cell
+    the prior run lacks searches as before, and later repeats keep repeat 1's batch size (`--batch-from`)."""
+    config = copy.deepcopy(TINY)
+    config["grid"].update(seq_len=[32], attn=["naive"], mode=["eager"])
+    config.update(steps=4, window=2)
+    repo = copy_repo(tmp_path, config)
+    snakemake(repo, "--cores", "2")  # run tiny, fixed batch: the prior
+    edit_config(repo, run="searched", repeats=2, batch={"policy": "search", "start": 8, "prior_run": "tiny"},
+                grid__seq_len=[32, 64])
+    out = snakemake(repo, "-n", "-p").stdout
+    prior = "--batch-prior 'results/tiny/cells/model~tiny/seq_len~32/"
+    warmups = [line for line in out.splitlines() if "python -m attnsweep warmup" in line]
+    assert len(warmups) == 4, out  # two cells, two repeats
+    assert sum(prior in w for w in warmups) == 1 and sum("--batch-prior" in w for w in warmups) == 1
+    assert sum("--batch-from 'results/searched/cells/" in w for w in warmups) == 2
+    snakemake(repo, "--cores", "2")
+    assert [load_cell(c)["status"] for c in cell_paths(repo, "searched")] == ["ok", "ok"]
+
+
+@pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
     assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}

@@ -252,6 +252,30 @@ def test_the_study_overlays_plan_the_studys_128_cells() -> None:
         assert set(eager["model"]) == {"medium"} and set(eager["attn"]) == {"sdpa", "sdpa_flash", "fa2"}
 
 
+def test_a_prior_run_places_each_searched_cells_first_attempt(tmp_path: Path, monkeypatch) -> None:
+    """batch.prior_run: each cell's record there, where there is one; refused before any job where it cannot help."""
+    monkeypatch.chdir(tmp_path)
+    cfg = overlay("study-12gib.yaml", "whole-gpu.yaml")
+    cfg["batch"]["prior_run"] = "capped"
+    with pytest.raises(sweep.SweepError, match=r"^batch.prior_run: results/capped/cells does not exist"):
+        sweep.plan_run(cfg, {}, gpus=["0"])
+    plan_cell = {"model": "small", "seq_len": 1024, "attn": "sdpa", "mode": "compiled", "kv_heads": 12,
+                 "precision": "fp16", "optimizer": "adamw", "harness": "native"}
+    record = Path("results/capped/cells", sweep.cell_path(plan_cell), "cell.json")
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    plan = sweep.plan_run(cfg, {}, gpus=["0"])
+    assert plan.prior_record(plan_cell) == str(record)
+    assert plan.prior_record({**plan_cell, "seq_len": 2048}) is None  # not measured there: the search as before
+    assert "prior_run" not in str(plan.cell_settings)  # not a cell setting: records measured without it stay current
+    with pytest.raises(sweep.SweepError, match="only for batch policy search"):
+        sweep.plan_run({**cfg, "batch": {**cfg["batch"], "policy": "study"}}, {}, gpus=["0"])
+    with pytest.raises(sweep.SweepError, match="'capped' is this run"):
+        sweep.plan_run({**cfg, "run": "capped"}, {}, gpus=["0"])
+    with pytest.raises(sweep.SweepError, match="prior_run"):
+        sweep.validate_config({**cfg, "batch": {**cfg["batch"], "prior_run": "../elsewhere"}}, SCHEMA)
+
+
 def test_the_modern_overlay_is_a_designed_grid_of_at_most_250_cells() -> None:
     from attnsweep.vocabulary import ATTENTION, MODES
 

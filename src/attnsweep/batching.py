@@ -16,8 +16,9 @@ the smallest candidate fits:
   neighbour. On the ladder from 64 that is about 3.3 attempts a cell against the binary search's 4 (simulated memory,
   tests/test_batching.py). Given a lower bound of the batch-independent memory (`static_bytes`, from the parameter
   count and the optimizer: `static_floor_bytes`), one attempt that fits already draws the line: 2.9-3.4 (by memory
-  model, simulated). Without a budget, or with at most five candidates, it is the binary search, attempt for
-  attempt. An attempt that neither fits nor runs out of memory is the caller's to raise from `probe`; the search
+  model, simulated). Given another run's peak for the cell (`prior`, e.g. the capped replay's at its preset batch),
+  the first attempt already goes where the line predicts: 2.0-2.3 (tests/test_batching.py). Without a budget, or
+  with at most five candidates, it is the binary search, attempt for attempt. An attempt that neither fits nor runs out of memory is the caller's to raise from `probe`; the search
   calls `probe` once per batch size it returns in the tried list, in that order.
 
 Why the prediction cannot change the answer: the search keeps the largest candidate seen to fit and the smallest seen
@@ -30,7 +31,7 @@ binary search.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .vocabulary import COMPILED_MODES
@@ -169,9 +170,14 @@ MAX_OVERESTIMATES = 2
 BISECT_UP_TO = 5
 
 
+def predicts(candidates: tuple[int, ...], budget_bytes: int | None) -> bool:
+    """Whether predictive_search_largest predicts (else it bisects): with a budget, over more than BISECT_UP_TO."""
+    return budget_bytes is not None and len(candidates) > BISECT_UP_TO
+
+
 def predictive_search_largest(
     candidates: tuple[int, ...], probe: Callable[[int], Probe], budget_bytes: int | None,
-    *, margin: float = PREDICTION_MARGIN, static_bytes: int = 0,
+    *, margin: float = PREDICTION_MARGIN, static_bytes: int = 0, prior: Mapping[int, int] | None = None,
 ) -> tuple[int | None, list[int]]:
     """Largest candidate whose probe fits, assuming fitting is monotone; returns (answer, tried order).
 
@@ -179,8 +185,12 @@ def predictive_search_largest(
     the peak memory of the attempts that fit predicts where the boundary lies (see the module docstring).
     `static_bytes`: a lower bound of the memory that does not grow with the batch (`static_floor_bytes`); with it the
     first attempt that fits already gives a line, where without it a second one is needed.
+    `prior`: peak bytes by batch size measured for the same cell elsewhere (e.g. a run under a memory cap); it places
+    the first attempt where a line through it reaches the budget, instead of at a small batch. The search's own
+    peaks replace it from the first attempt that fits, and an attempt it put too high counts as a wrong prediction:
+    a misleading prior costs attempts, never the answer (which attempts on both sides still prove).
     """
-    if budget_bytes is None or len(candidates) <= BISECT_UP_TO:
+    if not predicts(candidates, budget_bytes):
         return binary_search_largest(candidates, lambda b: probe(b).fits)
     if any(a <= b for a, b in zip(candidates, candidates[1:])) or any(b < 1 for b in candidates):
         raise ValueError(f"candidates must be positive and strictly descending, got {candidates}")
@@ -192,14 +202,14 @@ def predictive_search_largest(
     overestimates = 0
     while hi - lo > 1:
         predicted_fit = False
-        if not tried:
+        if not tried and not prior:
             # The second smallest: small enough to fit almost always (a point for the line), and where only the
             # smallest fits it is already one of the two attempts that prove the answer.
             j = min(1, len(asc) - 1)
-        elif not peaks or overestimates >= MAX_OVERESTIMATES:
+        elif tried and (not peaks or overestimates >= MAX_OVERESTIMATES):
             j = (lo + hi) // 2
         else:
-            largest = _predicted_largest(peaks, budget_bytes * (1 - margin), static_bytes)
+            largest = _predicted_largest(peaks or prior, budget_bytes * (1 - margin), static_bytes)
             j = max((i for i in range(lo + 1, hi) if asc[i] <= largest), default=lo)
             predicted_fit = j > lo
             if not predicted_fit:
@@ -216,7 +226,7 @@ def predictive_search_largest(
     return (asc[lo] if lo >= 0 else None), tried
 
 
-def _predicted_largest(peaks: dict[int, int], usable_bytes: float, static_bytes: int = 0) -> float:
+def _predicted_largest(peaks: Mapping[int, int], usable_bytes: float, static_bytes: int = 0) -> float:
     """The batch at which the peak reaches `usable_bytes`, on a line through the measured peaks.
 
     With one point the line goes through `static_bytes` at batch 0 (through zero without it): a lower bound of the

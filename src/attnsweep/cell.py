@@ -91,14 +91,27 @@ def _budget(spec: CellSpec, device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory
 
 
+def prior_peaks(prior: dict | None) -> dict[int, int] | None:
+    """{batch size: peak bytes} of another run's record of the cell (`--batch-prior`), where it ran (status ok)."""
+    if not prior or prior.get("status") != "ok" or not prior.get("peak_memory_bytes") or not prior.get("batch_size"):
+        return None
+    return {int(prior["batch_size"]): int(prior["peak_memory_bytes"])}
+
+
 def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
-            budget: int | None) -> tuple[int | None, dict[int, AttemptResult]]:
+            budget: int | None, prior: dict | None = None) -> tuple[int | None, dict[int, AttemptResult]]:
     """The largest batch of the cell's plan that fits, every attempt recorded; raises _Ended on an error.
     Peak memory at the sizes tried predicts the next to try (batching.predictive_search_largest): the answer is the
-    ladder's, in fewer compiled attempts."""
+    ladder's, in fewer compiled attempts. `prior`: another run's record of the cell, whose peak places the first
+    attempt (the note says so)."""
     results: dict[int, AttemptResult] = {}
     plan = spec.batch_plan
     record.batch_note = plan.note
+    known = prior_peaks(prior)
+    if known and batching.predicts(plan.candidates, budget):
+        (b, peak), = known.items()
+        record.batch_note += (f"; first attempt placed by run {prior['cell'].get('run')}'s peak at batch size {b} "
+                              f"({peak / 2**30:.2f} GiB)")
 
     def probe(b: int) -> batching.Probe:
         _progress(f"attempt {len(results) + 1} at batch size {b} ({stage or 'measure'})")
@@ -111,7 +124,8 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
         fits = res.outcome != "oom"
         return batching.Probe(fits, res.measurement.peak_memory_bytes if fits and res.measurement else None)
 
-    answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes)
+    answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes,
+                                                   prior=known)
     return answer, results
 
 
@@ -129,23 +143,25 @@ def shared_batch_note(batch_size: int) -> str:
             "chosen)")
 
 
-def check_first_repeat(spec: CellSpec, first: dict | None) -> None:
-    """A repeat-1 record given for a later repeat must be of the same cell (CellInputError, before anything runs)."""
-    if first is None:
+def check_same_cell(spec: CellSpec, record: dict | None, what: str = "the repeat-1 record") -> None:
+    """A record given with the cell (repeat 1's for a later repeat, or another run's as a prior) must be of the same
+    cell (CellInputError, before anything runs)."""
+    if record is None:
         return
     mine = spec.record()
-    if differ := [f"{a} {first['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if first["cell"].get(a) != mine[a]]:
-        raise CellInputError(f"the repeat-1 record given is of another cell: {', '.join(differ)}")
+    if differ := [f"{a} {record['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if record["cell"].get(a) != mine[a]]:
+        raise CellInputError(f"{what} given is of another cell: {', '.join(differ)}")
 
 
 def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
-                budget: int | None, first: dict | None) -> tuple[int, dict[int, AttemptResult]]:
+                budget: int | None, first: dict | None,
+                prior: dict | None = None) -> tuple[int, dict[int, AttemptResult]]:
     """The batch size to measure at and the attempts made for it: for a later repeat (`first`, repeat 1's record)
     one attempt at repeat 1's size, since repeats at different sizes (a search near the memory's edge can give them)
     would not measure the same thing, and a cell that did not fit is not tried again; else the search's answer.
     Raises _Ended with the cell's status where there is none."""
     if (first or {}).get("status") not in SHARED_STATUSES:
-        answer, results = _search(spec, record, attempt, stage, budget)
+        answer, results = _search(spec, record, attempt, stage, budget, prior)
         if answer is None:
             raise _Ended("oom", _oom_reason(spec))
         return answer, results
@@ -177,12 +193,13 @@ def _isolate(spec: CellSpec, device: torch.device) -> bool:
     return spec.isolate == "process" or (spec.isolate == "auto" and device.type == "cuda")
 
 
-def run_cell(spec: CellSpec, first: dict | None = None) -> dict:
+def run_cell(spec: CellSpec, first: dict | None = None, prior: dict | None = None) -> dict:
     """Measure one cell in one go, every attempt compiling from cold; return its record (schemas/cell.schema.json).
-    `first`: repeat 1's record, for a later repeat (its batch size, unsearched). Raises CellInputError on bad
-    input."""
+    `first`: repeat 1's record, for a later repeat (its batch size, unsearched). `prior`: another run's record of
+    the cell, for the search's first attempt. Raises CellInputError on bad input."""
     t0 = time.perf_counter()
-    check_first_repeat(spec, first)
+    check_same_cell(spec, first)
+    check_same_cell(spec, prior, "the prior record")
     device, record = _start(spec)
     reason = unsupported_reason(spec, device)
     if reason:
@@ -190,7 +207,7 @@ def run_cell(spec: CellSpec, first: dict | None = None) -> dict:
     isolate = _isolate(spec, device)
     try:
         answer, results = _find_batch(spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate), None,
-                                      _budget(spec, device), first)
+                                      _budget(spec, device), first, prior)
     except _Ended as e:
         return record.finish(e.status, e.reason, time.perf_counter() - t0)
     res = results[answer]
@@ -224,14 +241,17 @@ class Warmup:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None) -> Warmup:
+def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None,
+            prior: dict | None = None) -> Warmup:
     """Find the cell's batch size and fill its compile cache at that size with a few steps of training.
 
     `first`: the record of the cell's repeat 1, for repeats 2, 3, ...: they measure at its batch size (repeats at
     different sizes would not measure the same thing, as a search near the memory's edge can give), with one attempt
-    instead of a search, and a cell that did not fit is not tried again."""
+    instead of a search, and a cell that did not fit is not tried again. `prior`: another run's record of the cell,
+    whose peak memory places the search's first attempt."""
     t0 = time.perf_counter()
-    check_first_repeat(spec, first)
+    check_same_cell(spec, first)
+    check_same_cell(spec, prior, "the prior record")
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
@@ -248,7 +268,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
         return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
 
     try:
-        answer, results = _find_batch(spec, record, attempt, "warmup", _budget(spec, device), first)
+        answer, results = _find_batch(spec, record, attempt, "warmup", _budget(spec, device), first, prior)
     except _Ended as e:
         return done(e.status, e.reason)
     res = results[answer]

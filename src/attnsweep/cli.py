@@ -46,16 +46,24 @@ def _add_batch_from(p: argparse.ArgumentParser) -> None:
                    "out of memory as it was)")
 
 
-def _first_repeat(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict | None:
-    """The repeat-1 record named by --batch-from, read and checked, or None."""
-    if args.batch_from is None:
+def _add_batch_prior(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-prior", default=None, metavar="CELL_JSON",
+                   help="another run's record of the same cell (e.g. under a memory cap): the batch search's first "
+                   "attempt goes where its peak memory predicts the largest batch that fits; the answer is the "
+                   "search's own, proved by its attempts")
+
+
+def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, option: str = "batch_from") -> dict | None:
+    """The record named by --batch-from (repeat 1's) or --batch-prior (another run's), read and checked, or None."""
+    path = getattr(args, option)
+    if path is None:
         return None
     from .cellio import load_cell
 
     try:
-        return load_cell(args.batch_from)
+        return load_cell(path)
     except (OSError, ValueError) as e:
-        parser.error(f"--batch-from {args.batch_from}: {e}")
+        parser.error(f"--{option.replace('_', '-')} {path}: {e}")
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -121,6 +129,7 @@ def _add_parsers(sub) -> None:
                    "(--cache); without it every attempt compiles from cold")
     p.add_argument("--cache", default=None, metavar="DIR", help="the cell's compile cache, filled by its warm-up")
     _add_batch_from(p)
+    _add_batch_prior(p)
     p.add_argument("--out", required=True, help="where to write the JSON record")
     w = sub.add_parser("warmup", help="a sweep's first stage of a cell: find its batch size, fill its compile cache",
                        description="Find the cell's batch size (or that it is unsupported or out of memory) and fill "
@@ -129,6 +138,7 @@ def _add_parsers(sub) -> None:
     _add_cell_options(w)
     w.add_argument("--cache", required=True, metavar="DIR", help="the cell's own compile cache (created)")
     _add_batch_from(w)
+    _add_batch_prior(w)
     w.add_argument("--out", required=True, help="where to write the warm-up's JSON")
 
 
@@ -249,7 +259,10 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--warmup and --cache go together (the warm-up's JSON and the compile cache it filled)")
     if args.warmup is not None and args.batch_from is not None:
         parser.error("--batch-from is for a cold repeat: with --warmup, the warm-up has taken repeat 1's batch size")
-    first = _first_repeat(args, parser)
+    if args.warmup is not None and args.batch_prior is not None:
+        parser.error("--batch-prior is for a search: with --warmup, the warm-up has found the batch size")
+    first = _read_record(args, parser)
+    prior = _read_record(args, parser, "batch_prior")
     if args.cache is not None:
         _use_kernel_cache(args.cache)
     _clear_temporaries(args.out)
@@ -260,7 +273,7 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if args.warmup is None:
                 if slot is not None:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
-                record = run_cell(spec, first)
+                record = run_cell(spec, first, prior)
             else:
                 record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack, args.window_turns))
         except CellInputError as e:
@@ -301,9 +314,10 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         # Compilation beside a timed cell: the timed one gets the CPU first.
         os.nice(10)
         spec = _spec(args, parser)
-        first = _first_repeat(args, parser)
+        first = _read_record(args, parser)
+        prior = _read_record(args, parser, "batch_prior")
         try:
-            result = warm_up(spec, args.cache, first)
+            result = warm_up(spec, args.cache, first, prior)
         except CellInputError as e:
             parser.error(str(e))
     result.write(args.out)

@@ -85,6 +85,16 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
         unknown = sorted({str(v) for v in listed if v not in allowed})
         if unknown:
             raise SweepError(f"{name('grid')}: unknown {axis} {unknown}; valid: {', '.join(allowed)}")
+    prior = settings["batch"].get("prior_run")
+    if prior is not None:
+        if settings["batch"]["policy"] != "search":
+            raise SweepError(f"{name('batch.prior_run')}: only for batch policy search (this run's is "
+                             f"{settings['batch']['policy']}: nothing is searched)")
+        if prior == settings["run"]:
+            raise SweepError(f"{name('batch.prior_run')}: {prior!r} is this run; name another run whose records "
+                             "give each cell's peak memory")
+        if not Path(f"results/{prior}/cells").is_dir():
+            raise SweepError(f"{name('batch.prior_run')}: results/{prior}/cells does not exist (no run {prior!r} here)")
 
 
 def _as_list(value: Any) -> list:
@@ -269,6 +279,12 @@ class RunPlan:
     def cell_options(self, cell: Mapping) -> list[str]:
         """`attnsweep cell` / `attnsweep warmup` options for one cell (all but the paths)."""
         return as_options({**{a: cell[a] for a in AXES}, **self.cell_settings, "run": self.run})
+
+    def prior_record(self, cell: Mapping) -> str | None:
+        """The record of `cell` in batch.prior_run, where there is one, for the search's first attempt."""
+        prior = self.settings["batch"].get("prior_run")
+        path = f"results/{prior}/cells/{cell_path(cell)}/cell.json" if prior else None
+        return path if path and Path(path).is_file() else None
 
     def job_options(self, gpus: Sequence[str], gpu_bytes: int | None = None, slots: bool = True) -> list[str]:
         """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs and, where

@@ -69,9 +69,14 @@ def first_repeat(wildcards):
 
 
 def batch_from_option(wildcards, input) -> str:
-    """Repeat 1's record for a later repeat's warm-up or cold job (its input `first`); nothing for repeat 1."""
+    """Repeat 1's record for a later repeat's warm-up or cold job (its input `first`); for repeat 1, which
+    searches, its record in batch.prior_run if any (not an input: a search runs without one).
+    """
     first = input.get("first")
-    return f"--batch-from {shlex.quote(first)}" if first else ""
+    if first:
+        return f"--batch-from {shlex.quote(first)}"
+    prior = PLAN.prior_record(PARAMSPACE.instance(wildcards))
+    return f"--batch-prior {shlex.quote(prior)}" if prior else ""
 
 
 def stage_options(wildcards, input) -> str:
