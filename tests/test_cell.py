@@ -446,3 +446,69 @@ def test_fp16_on_the_cpu_is_refused_with_a_reason(capsys):
         cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
                   "--precision", "fp16", "--out", "x.json"])
     assert "--precision fp16 on the CPU" in capsys.readouterr().err
+
+
+def test_a_stopped_warm_ups_search_goes_on_from_its_log_with_the_same_answer(monkeypatch, tmp_path):
+    """A warm-up stopped after two attempts (a sweep's deadline) leaves them in its search log; the next warm-up of
+    the cell takes them from there, runs only the rest of the same search, and finds the same answer."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import warm_up
+    from attnsweep.searchlog import FROM_LOG
+
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    plain = warm_up(spec, tmp_path / "plain")
+    search = list(tried)
+    assert len(search) >= 3 and plain.batch_size == 8
+
+    counting = cell_mod.run_attempt
+
+    def stopped_after_two(spec, b, device, **kw):
+        if len(tried) == 2:
+            raise KeyboardInterrupt  # the sweep stops the warm-up here
+        return counting(spec, b, device, **kw)
+
+    log = tmp_path / "searches" / "r1.jsonl"
+    monkeypatch.setattr(cell_mod, "run_attempt", stopped_after_two)
+    tried.clear()
+    with pytest.raises(KeyboardInterrupt):
+        warm_up(spec, tmp_path / "stopped", search_log=log)
+    assert tried == search[:2] and len(log.read_text().splitlines()) == 2
+
+    monkeypatch.setattr(cell_mod, "run_attempt", counting)
+    tried.clear()
+    resumed = warm_up(spec, tmp_path / "resumed", search_log=log)
+    assert resumed.status == "ok" and resumed.batch_size == plain.batch_size
+    answer_again = [8] if 8 in search[:2] else []  # the compile cache went with the stopped warm-up
+    assert tried == search[2:] + answer_again
+    attempts = resumed.batch_attempts
+    assert [a["batch_size"] for a in attempts] == search + answer_again
+    assert [a["detail"] == FROM_LOG for a in attempts[:2]] == [True, True]
+    assert all(a["detail"] != FROM_LOG for a in attempts[2:])
+    assert len(log.read_text().splitlines()) == len(search)
+
+    # The whole search in the log: only the answer runs, for its cache.
+    tried.clear()
+    again = warm_up(spec, tmp_path / "again", search_log=log)
+    assert again.batch_size == 8 and tried == [8] and again.first_step_s is not None
+
+    # Other code (or GPU, or memory): nothing is taken from the log.
+    monkeypatch.setattr(cell_mod, "_budget", lambda spec, device: 12 * 2**30)
+    tried.clear()
+    other = warm_up(spec, tmp_path / "other", search_log=log)
+    assert other.batch_size == 8 and len(tried) > 1 and all(a["detail"] != FROM_LOG for a in other.batch_attempts)
+
+
+def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_path):
+    from attnsweep.searchlog import Known, SearchLog
+
+    log = SearchLog(tmp_path / "s.jsonl", {"code": "a", "budget_bytes": 1})
+    log.add(8, "ok", 100, 3.0)
+    log.add(16, "oom", None, 2.0)
+    log.add(4, "error", None, 1.0)  # run again, never taken
+    SearchLog(log.path, {"code": "b", "budget_bytes": 1}).add(32, "ok", 200, 4.0)
+    log.add(8, "oom", None, 5.0)
+    with open(log.path, "a") as f:
+        f.write('{"key": {"code": "a", "budget_by')  # a write cut short by a kill
+    assert log.known() == {8: Known("oom", None, 5.0), 16: Known("oom", None, 2.0)}
+    assert SearchLog(tmp_path / "none.jsonl", {}).known() == {}

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from . import attention, batching
+from . import attention, batching, searchlog
 from .attempt import AttemptResult, measure, run_attempt
 from .provenance import environment
 from .record import CellRecord
+from .searchlog import SearchLog
 from .spec import CellInputError, CellSpec
 from .training import StepHooks, mode_unsupported_reason, optimizer_unsupported_reason, torch_dtype
 from .vocabulary import AXES
@@ -99,12 +100,15 @@ def prior_peaks(prior: dict | None) -> dict[int, int] | None:
 
 
 def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
-            budget: int | None, prior: dict | None = None) -> tuple[int | None, dict[int, AttemptResult]]:
+            budget: int | None, prior: dict | None = None,
+            log: SearchLog | None = None) -> tuple[int | None, dict[int, AttemptResult]]:
     """The largest batch of the cell's plan that fits, every attempt recorded; raises _Ended on an error.
     Peak memory at the sizes tried predicts the next to try (batching.predictive_search_largest): the answer is the
     ladder's, in fewer compiled attempts. `prior`: another run's record of the cell, whose peak places the first
-    attempt (the note says so)."""
+    attempt (the note says so). `log`: the cell's search log (searchlog.py): a size an earlier, stopped warm-up
+    tried is taken from it, not run; every size run is added to it."""
     results: dict[int, AttemptResult] = {}
+    earlier = log.known() if log else {}
     plan = spec.batch_plan
     record.batch_note = plan.note
     known = prior_peaks(prior)
@@ -114,15 +118,24 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
                               f"({peak / 2**30:.2f} GiB)")
 
     def probe(b: int) -> batching.Probe:
+        if b in earlier:
+            known = earlier[b]
+            res = results[b] = AttemptResult(known.outcome, searchlog.FROM_LOG, seconds=known.seconds)
+            record.add_attempt(b, res, stage)
+            _progress(f"batch size {b}: {known.outcome}, {searchlog.FROM_LOG} ({log.path})")
+            return batching.Probe(known.outcome == "ok", known.peak_bytes)
         _progress(f"attempt {len(results) + 1} at batch size {b} ({stage or 'measure'})")
         res = attempt(b)
         results[b] = res
         record.add_attempt(b, res, stage)
         _progress(f"batch size {b}: {res.outcome} in {res.seconds:.1f} s")
+        fits = res.outcome != "oom"
+        peak = res.measurement.peak_memory_bytes if fits and res.measurement else None
+        if log:
+            log.add(b, res.outcome, peak, res.seconds)
         if res.outcome == "error":
             raise _Ended("error", f"batch size {b}: {res.detail}")
-        fits = res.outcome != "oom"
-        return batching.Probe(fits, res.measurement.peak_memory_bytes if fits and res.measurement else None)
+        return batching.Probe(fits, peak)
 
     answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes,
                                                    prior=known)
@@ -154,14 +167,14 @@ def check_same_cell(spec: CellSpec, record: dict | None, what: str = "the repeat
 
 
 def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
-                budget: int | None, first: dict | None,
-                prior: dict | None = None) -> tuple[int, dict[int, AttemptResult]]:
+                budget: int | None, first: dict | None, prior: dict | None = None,
+                log: SearchLog | None = None) -> tuple[int, dict[int, AttemptResult]]:
     """The batch size to measure at and the attempts made for it: for a later repeat (`first`, repeat 1's record)
     one attempt at repeat 1's size, since repeats at different sizes (a search near the memory's edge can give them)
     would not measure the same thing, and a cell that did not fit is not tried again; else the search's answer.
     Raises _Ended with the cell's status where there is none."""
     if (first or {}).get("status") not in SHARED_STATUSES:
-        answer, results = _search(spec, record, attempt, stage, budget, prior)
+        answer, results = _search(spec, record, attempt, stage, budget, prior, log)
         if answer is None:
             raise _Ended("oom", _oom_reason(spec))
         return answer, results
@@ -242,13 +255,14 @@ class Warmup:
 
 
 def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None,
-            prior: dict | None = None) -> Warmup:
+            prior: dict | None = None, search_log: str | os.PathLike | None = None) -> Warmup:
     """Find the cell's batch size and fill its compile cache at that size with a few steps of training.
 
     `first`: the record of the cell's repeat 1, for repeats 2, 3, ...: they measure at its batch size (repeats at
     different sizes would not measure the same thing, as a search near the memory's edge can give), with one attempt
     instead of a search, and a cell that did not fit is not tried again. `prior`: another run's record of the cell,
-    whose peak memory places the search's first attempt."""
+    whose peak memory places the search's first attempt. `search_log`: where the search keeps its attempts for a
+    later warm-up of the cell, if this one is stopped (searchlog.py)."""
     t0 = time.perf_counter()
     check_same_cell(spec, first)
     check_same_cell(spec, prior, "the prior record")
@@ -267,11 +281,23 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     def attempt(b: int) -> AttemptResult:
         return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
 
+    budget = _budget(spec, device)
+    log = SearchLog(search_log, {"cell": spec.record(), "code": record.env["code"]["source_sha256"],
+                                 "gpu": record.env.get("gpu_name"), "budget_bytes": budget}) if search_log else None
     try:
-        answer, results = _find_batch(spec, record, attempt, "warmup", _budget(spec, device), first, prior)
+        answer, results = _find_batch(spec, record, attempt, "warmup", budget, first, prior, log)
     except _Ended as e:
         return done(e.status, e.reason)
     res = results[answer]
+    if res.detail == searchlog.FROM_LOG:
+        # The search's answer, known from the log: run it here, for the compile cache the timed job needs.
+        _progress(f"attempt at batch size {answer} again, to fill the compile cache")
+        res = attempt(answer)
+        record.add_attempt(answer, res, "warmup")
+        if res.outcome in ("oom", "error"):
+            what = "ran out of memory" if res.outcome == "oom" else "failed"
+            return done("error", f"batch size {answer}, which fitted in an earlier warm-up of this cell, {what} in "
+                        f"this one: {res.detail}")
     first = res.measurement.compile["first_step_s"] if res.measurement else None
     if res.outcome == "diverged":
         return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first)

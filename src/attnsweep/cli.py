@@ -139,6 +139,9 @@ def _add_parsers(sub) -> None:
     w.add_argument("--cache", required=True, metavar="DIR", help="the cell's own compile cache (created)")
     _add_batch_from(w)
     _add_batch_prior(w)
+    w.add_argument("--search-log", default=None, metavar="JSONL",
+                   help="the cell's search log, kept after this warm-up: sizes an earlier warm-up of the cell tried "
+                   "(same code, GPU and memory) are taken from it, not run again; every size tried is added")
     w.add_argument("--out", required=True, help="where to write the warm-up's JSON")
 
 
@@ -317,7 +320,7 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         first = _read_record(args, parser)
         prior = _read_record(args, parser, "batch_prior")
         try:
-            result = warm_up(spec, args.cache, first, prior)
+            result = warm_up(spec, args.cache, first, prior, args.search_log)
         except CellInputError as e:
             parser.error(str(e))
     result.write(args.out)
