@@ -147,6 +147,11 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
     fresh = sweep.plan_run(config(preload=False), {}, gpus=[])
     assert fresh.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks"]
     assert cpu.threads(2) == (2, 2)  # a CPU cell trains on every core: nothing runs beside it
+    # An uncapped warm-up holds its GPU alone: it counts against --resources gpu=K like a timed job; a capped one
+    # shares its GPU, and on the CPU no job holds a GPU.
+    assert sweep.plan_run(config(memory_cap_gib=None), {}, gpus=["0"]).warmup_gpus() == 1
+    assert sweep.plan_run(config(memory_cap_gib=12), {}, gpus=["0"]).warmup_gpus() == 0
+    assert cpu.warmup_gpus() == 0
     overlapping = sweep.plan_run(config(window_turns=False), {}, gpus=["0", "1"])
     assert "--no-window-turns" in overlapping.job_options(["0", "1"])
     # Through a cluster's scheduler, which gives each job its GPU: no slots, the rest as before.

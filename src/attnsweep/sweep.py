@@ -303,6 +303,14 @@ class RunPlan:
         return [*(slot_options if slots else []),
                 *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
 
+    def warmup_gpus(self) -> int:
+        """The `gpu` resource of a warm-up job: 1 where its batch search may fill the GPU (a GPU, no memory cap), so
+        it holds the GPU alone as a timed job does (gpuslots), else 0 (capped warm-ups share a GPU). Counted against
+        `--resources gpu=K`, a finished warm-up's timed job (higher priority) gets the next free GPU: without the
+        count, every uncapped warm-up the cores allow waits on the GPUs' locks beside the timed jobs, and a lock
+        is not taken in turn (on an H200 x2 host: 12 warm-ups done, 1 cell measured in a 7-minute part)."""
+        return int(self.device == "cuda" and self.settings["memory_cap_gib"] is None)
+
     def threads(self, cores: int) -> tuple[int, int]:
         """Cores of a timed cell and of a warm-up job. On the CPU a cell trains on all it is given (nothing runs
         beside it); on a GPU it needs few, and the rest compile other cells."""

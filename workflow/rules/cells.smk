@@ -50,6 +50,8 @@ if not AGGREGATE_ONLY and WARMUP:
         conda:
             "../../envs/attnsweep.yaml"
         threads: WARMUP_THREADS
+        resources:
+            gpu=PLAN.warmup_gpus(),
         params:
             options=cell_options,
             first=batch_from_option,
