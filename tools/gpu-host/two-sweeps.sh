@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two sweeps on one GPU host at once, each on its own GPUs and cores, the second with a patch applied to its code:
 #   tools/gpu-host/two-sweeps.sh SECONDS PATCH GPUS_A CORES_A GPUS_B CORES_B RUN_A [ARGS_A...] -- RUN_B [ARGS_B...]
-# Sweep A runs in the checkout, sweep B in a copy of it (/tmp/two-sweeps-b) with PATCH applied (`git diff` output;
+# Sweep A runs in the checkout, sweep B in a copy of it ($TMPDIR/two-sweeps-b) with PATCH applied (`git diff` output;
 # `-` for none): e.g. one run finishing at the code its records were measured by while the next run starts at newer
 # code, in one device call. Each is tools/gpu-host/sweep.sh SECONDS RUN ARGS... with `gpus=[...]` appended and its
 # cores pinned (taskset), and packs its own $OUT/RUN.tgz. Sweep B's results/RUN_B keeps only what it measures.
@@ -20,7 +20,7 @@ for g in ${gpus_a//,/ }; do
     [[ ",$gpus_b," != *",$g,"* ]] || { echo "two-sweeps.sh: GPU $g is in both sweeps' lists" >&2; exit 2; }
 done
 source tools/gpu-host/setup.sh || exit 1  # once, before both: two pip installs into /tmp/site would collide
-copy=/tmp/two-sweeps-b
+copy=${TMPDIR:-/tmp}/two-sweeps-b
 rm -rf "$copy" && cp -a . "$copy" || exit 1
 if [ "$patch" != - ]; then
     (cd "$copy" && git apply "$OLDPWD/$patch") || { echo "two-sweeps.sh: $patch does not apply" >&2; exit 1; }
