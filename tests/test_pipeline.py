@@ -28,6 +28,7 @@ import yaml
 
 from attnsweep.cellio import load_cell
 from attnsweep.codestamp import source_hash
+from attnsweep.searchlog import FROM_LOG
 from attnsweep.status import check_summary, read_cells
 from attnsweep.vocabulary import AXES
 from workflow_copy import copy_workflow
@@ -386,8 +387,23 @@ def test_a_prior_run_gives_each_searched_cell_its_record_there(tmp_path: Path) -
     assert len(warmups) == 4, out  # two cells, two repeats
     assert sum(prior in w for w in warmups) == 1 and sum("--batch-prior" in w for w in warmups) == 1
     assert sum("--batch-from 'results/searched/cells/" in w for w in warmups) == 2
+    assert all("--search-log 'results/searched/searches/model~tiny/" in w for w in warmups)
     snakemake(repo, "--cores", "2")
     assert [load_cell(c)["status"] for c in cell_paths(repo, "searched")] == ["ok", "ok"]
+    # Each search left its attempts in its log; a cell measured again (here: its records gone) takes them from
+    # there and runs only its answer again, for the compile cache.
+    record = next(c for c in cell_paths(repo, "searched") if "seq_len~64" in str(c))
+    searched = [a["batch_size"] for a in load_cell(record)["batch_attempts"] if a["stage"] == "warmup"]
+    log = repo / "results/searched/searches" / record.parent.relative_to(repo / "results/searched/cells") / "r1.jsonl"
+    assert [json.loads(line)["batch_size"] for line in log.read_text().splitlines()] == searched
+    record.unlink()
+    record.with_name("repeat-2.json").unlink()
+    snakemake(repo, "--cores", "2")
+    again = load_cell(record)
+    assert again["status"] == "ok" and again["batch_size"] == load_cell(record.with_name("repeat-2.json"))["batch_size"]
+    warm = [a for a in again["batch_attempts"] if a["stage"] == "warmup"]
+    assert [a["batch_size"] for a in warm] == searched + [again["batch_size"]]
+    assert all(a["detail"] == FROM_LOG for a in warm[:-1]) and warm[-1]["detail"] != FROM_LOG
 
 
 @pytest.mark.slow
