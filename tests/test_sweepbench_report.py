@@ -90,3 +90,15 @@ def test_the_spread_between_two_sweeps_is_read_against_the_repeats_own() -> None
     # Repeats on both sides pool into the spread; equal means, no difference.
     both = report.spread_between([([99.0, 101.0], [101.0, 99.0])])
     assert both["sd between sweeps %"] < 1e-9 and both["sd between repeats %"] > 0
+
+
+def test_the_committed_page_is_the_scripts_output_for_the_runs_it_lists(capsys) -> None:
+    """results/sweepbench.md is report.py's output, whole: no hand edit that a regeneration would lose, and no page
+    left behind the records or the script."""
+    page = (ROOT / "results/sweepbench.md").read_text()
+    header = "| run | sweep wall s | measurements (cells × repeats) | median job s | median warm-up job s |"
+    table = page.split(header + "\n")[1].split("\n\n")[0].splitlines()[1:]
+    runs = [str(ROOT / "results" / row.split("|")[1].strip()) for row in table]
+    assert len(runs) >= 10
+    load_report().main(runs)
+    assert capsys.readouterr().out == page

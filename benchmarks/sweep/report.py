@@ -281,7 +281,26 @@ def between(one: str, two: str, code: str | None = None) -> None:
                         for name, pairs in sorted(groups.items())]).to_markdown(index=False, floatfmt=".2f"))
 
 
+# results/sweepbench.md's opening (the page is this script's output, whole): what its columns mean.
+TITLE = "# The sweep benchmark, cell by cell"
+COLUMNS = (
+    "Made by `python benchmarks/sweep/report.py RUN...` from the runs' cell records and Snakemake "
+    "benchmarks; read with [sweep-benchmark.md](sweep-benchmark.md). `job s`: the job's wall time; `start"
+    " s`: of it, before the cell's own clock; `outside s`: the worker process's start (cold cells); "
+    '`train other s`: the train phase less its steps (imports, optimizer, waits); in runs from the '
+    'preloaded-interpreter code on it is broken down: `before steps s` (optimizer, compile wrapper, and '
+    'the Dynamo/Inductor imports in a process of its own), `hook s` (the timed job taking its GPU), '
+    '`after steps s`. `launch`: preloaded or own process. Cells of several contexts: `context`. `repeat`:'
+    " which of a cell's repeats (a run of `repeats: N` has N records a cell). From 2026-11-30's second "
+    'session on, records say what else happened in the measured window (`window_conditions`): `others cpu'
+    " s`, other processes' CPU seconds; `preempted`, the training process's involuntary context switches;"
+    " `gc s`, Python's garbage collections; `alloc retries`, CUDA allocations that freed the cache and "
+    'retried.'
+)
+
+
 def main(runs: list[str]) -> None:
+    print(f"{TITLE}\n\n{COLUMNS}\n")
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
     print("| run | sweep wall s | measurements (cells × repeats) | median job s | median warm-up job s |")
     print("|:--|--:|--:|--:|--:|")
