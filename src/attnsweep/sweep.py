@@ -93,8 +93,9 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
         if prior == settings["run"]:
             raise SweepError(f"{name('batch.prior_run')}: {prior!r} is this run; name another run whose records "
                              "give each cell's peak memory")
-        if not Path(f"results/{prior}/cells").is_dir():
-            raise SweepError(f"{name('batch.prior_run')}: results/{prior}/cells does not exist (no run {prior!r} here)")
+        if not Path(f"{results_dir(prior)}/cells").is_dir():
+            raise SweepError(f"{name('batch.prior_run')}: {results_dir(prior)}/cells does not exist (no run {prior!r} "
+                             "here)")
 
 
 def _as_list(value: Any) -> list:
@@ -180,6 +181,11 @@ def coerce_text_values(value: Any, schema: Mapping, root: Mapping | None = None)
 
 
 # ---- cells ------------------------------------------------------------------------------------------------------
+
+
+def results_dir(run: str) -> str:
+    """A run's folder: its records, tables, figures and report (relative to the repository root)."""
+    return f"results/{run}"
 
 
 def cell_path(cell: Mapping) -> str:
@@ -274,7 +280,7 @@ class RunPlan:
 
     @property
     def results(self) -> str:
-        return f"results/{self.run}"
+        return results_dir(self.run)
 
     def cell_options(self, cell: Mapping) -> list[str]:
         """`attnsweep cell` / `attnsweep warmup` options for one cell (all but the paths)."""
@@ -283,7 +289,7 @@ class RunPlan:
     def prior_record(self, cell: Mapping) -> str | None:
         """The record of `cell` in batch.prior_run, where there is one, for the search's first attempt."""
         prior = self.settings["batch"].get("prior_run")
-        path = f"results/{prior}/cells/{cell_path(cell)}/cell.json" if prior else None
+        path = f"{results_dir(prior)}/cells/{cell_path(cell)}/cell.json" if prior else None
         return path if path and Path(path).is_file() else None
 
     def job_options(self, gpus: Sequence[str], gpu_bytes: int | None = None, slots: bool = True) -> list[str]:
