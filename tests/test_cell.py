@@ -37,6 +37,8 @@ def test_cli_writes_a_valid_record(tmp_path):
     st = rec["tokens_per_sec_stats"]
     assert st["n"] == 4 and st["min"] <= st["median"] <= st["max"]
     assert rec["env"]["torch"] == torch.__version__ and rec["env"]["code"]["source_sha256"]
+    # The host's CPU: a partly host-bound step runs at its speed (this machine's /proc/cpuinfo names it).
+    assert rec["env"]["cpu_model"] and rec["env"]["cpu_count"] >= rec["env"]["cpu_affinity"] >= 1
     assert rec["kernels"]["attention"], "the profiled step must list the attention operators that ran"
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file may be left behind"
 

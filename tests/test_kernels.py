@@ -35,6 +35,8 @@ def test_naive_step_lists_attention_softmax_and_not_the_loss() -> None:
     assert kernels["backend"] == classify(names) == "unfused (matmul + softmax)"
     # Attention's part of the step: some, not all (the naive path's matmuls are not told apart from the others).
     assert 0 < kernels["attention_share"] < 1
+    # The step's busy time (here the operators' self time) holds attention's.
+    assert kernels["busy_us"] > sum(r["time_us"] for r in kernels["attention"]) > 0
 
 
 def test_attention_share_counts_kernels_once() -> None:

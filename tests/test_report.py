@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnsweep.report.aggregate import MODE_ORDER, read_summary, summarize, table_names, write_summary
+from attnsweep.report.aggregate import MODE_ORDER, gpu_busy, read_summary, summarize, table_names, write_summary
 from attnsweep.report.figures import FIGURES, figure_names, write_figures
 from attnsweep.report.headline import fastest, render_headline
 from attnsweep.report.report_path import report_path_problem, snakemake_command
@@ -507,3 +507,27 @@ def test_attentions_share_of_the_step_is_tabled_per_implementation(tmp_path: Pat
     section = text.split("## compiled: attention's share of the profiled step")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| small"))
     assert [c.strip() for c in row.strip("|").split("|")][-2:] == ["12%", "25%"]
+
+
+def test_the_gpus_busy_share_of_a_step_is_computed_folded_over_repeats_and_tabled(tmp_path: Path) -> None:
+    """aggregate.gpu_busy: the profiled step's kernel time over the window's mean step time (tokens per step over
+    tokens/s); from `busy_us`, or for older records from attention's time over its share; none off a GPU."""
+    path = make_cell(tmp_path, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
+    rec = json.loads(path.read_text())
+    step_s = rec["batch_size"] * 1024 / 100.0
+    rec["kernels"] = {"source": "CUDA kernels", "attention": [{"name": "flash_fwd", "calls": 1, "time_us": 25.0}],
+                      "attention_share": 0.25, "top": []}
+    assert gpu_busy(rec) == pytest.approx(round(100e-6 / step_s, 3))  # 25 us is a quarter of 100 us
+    rec["kernels"]["busy_us"] = step_s * 1e6 / 2
+    assert gpu_busy(rec) == 0.5
+    assert gpu_busy({**rec, "status": "oom"}) is None
+    assert gpu_busy({**rec, "kernels": {**rec["kernels"], "source": "CPU operators"}}) is None
+    path.write_text(json.dumps(rec))
+    # A second repeat at 0.7 busy: the cell's share is the median of its repeats.
+    second = json.loads(path.read_text())
+    second["kernels"]["busy_us"] = step_s * 1e6 * 0.7
+    (path.parent / "repeat-2.json").write_text(json.dumps(second))
+    df = summarize([path], repeats=[path.parent / "repeat-2.json"])
+    assert df["gpu_busy"].iloc[0] == pytest.approx(0.6)
+    section = all_markdown(df).split("## compiled: the GPU's busy share of a measured step")[1].split("\n## ")[0]
+    assert next(line for line in section.splitlines() if line.startswith("| small")).rstrip().endswith("60% |")

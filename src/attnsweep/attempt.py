@@ -58,6 +58,8 @@ class AttemptResult:
     detail: str | None = None
     measurement: Measurement | None = None
     seconds: float = 0.0  # the attempt's wall time, process start included when it ran in its own process
+    # Taken from the cell's search log (searchlog.py), not run here: no measurement, and no compile cache filled.
+    from_log: bool = False
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

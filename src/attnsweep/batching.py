@@ -18,8 +18,9 @@ the smallest candidate fits:
   count and the optimizer: `static_floor_bytes`), one attempt that fits already draws the line: 2.9-3.4 (by memory
   model, simulated). Given another run's peak for the cell (`prior`, e.g. the capped replay's at its preset batch),
   the first attempt already goes where the line predicts: 2.0-2.3 (tests/test_batching.py). Without a budget, or
-  with at most five candidates, it is the binary search, attempt for attempt. An attempt that neither fits nor runs out of memory is the caller's to raise from `probe`; the search
-  calls `probe` once per batch size it returns in the tried list, in that order.
+  with at most five candidates, it is the binary search, attempt for attempt. An attempt that neither fits nor runs
+  out of memory is the caller's to raise from `probe`; the search calls `probe` once per batch size it returns in the
+  tried list, in that order.
 
 Why the prediction cannot change the answer: the search keeps the largest candidate seen to fit and the smallest seen
 not to, and stops only when they are neighbours on the list (or nothing above the fitting one is left, or nothing

@@ -119,11 +119,11 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
 
     def probe(b: int) -> batching.Probe:
         if b in earlier:
-            known = earlier[b]
-            res = results[b] = AttemptResult(known.outcome, searchlog.FROM_LOG, seconds=known.seconds)
+            logged = earlier[b]
+            res = results[b] = AttemptResult(logged.outcome, searchlog.FROM_LOG, seconds=logged.seconds, from_log=True)
             record.add_attempt(b, res, stage)
-            _progress(f"batch size {b}: {known.outcome}, {searchlog.FROM_LOG} ({log.path})")
-            return batching.Probe(known.outcome == "ok", known.peak_bytes)
+            _progress(f"batch size {b}: {logged.outcome}, {searchlog.FROM_LOG} ({log.path})")
+            return batching.Probe(logged.outcome == "ok", logged.peak_bytes)
         _progress(f"attempt {len(results) + 1} at batch size {b} ({stage or 'measure'})")
         res = attempt(b)
         results[b] = res
@@ -289,7 +289,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     except _Ended as e:
         return done(e.status, e.reason)
     res = results[answer]
-    if res.detail == searchlog.FROM_LOG:
+    if res.from_log:
         # The search's answer, known from the log: run it here, for the compile cache the timed job needs.
         _progress(f"attempt at batch size {answer} again, to fill the compile cache")
         res = attempt(answer)

@@ -95,6 +95,9 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         "backend": classify([r["name"] for r in attention], operators),
         "attention": attention[:20],
         "attention_share": attention_share(rows, annotations),
+        # The step's kernel time (GPU) or operators' self time (CPU), annotations not counted: against the step's
+        # wall time it says how busy the GPU was, i.e. whether the host's speed bounds the step.
+        "busy_us": round(sum(r["time_us"] for r in rows if r["name"] not in annotations), 1),
         "top": rows[:10],
     }
 

@@ -60,6 +60,19 @@ def _nvidia_smi(fields: str, gpu: str) -> list[str] | None:
     return [s.strip() for s in out.split(",")]
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str | None:
+    """The host CPU's model name (Linux's /proc/cpuinfo). A step that is partly host-bound (kernel launches, Python)
+    runs at this CPU's speed, so two hosts with the same GPU can measure the same cell differently."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
     """Everything about the machine and software that a reader needs to place a measurement."""
     env: dict = {
@@ -81,6 +94,10 @@ def environment(device: torch.device, memory_cap_gib: float | None) -> dict:
         "sm_clock_max_mhz": None,
         "power_limit_w": None,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        # The host's logical CPUs, and those this process may run on (a sweep can pin a job's cores: taskset).
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         # Which of the host's GPUs ran the cell: CUDA_VISIBLE_DEVICES as the cell saw it, and the GPU's UUID.
         "gpu": None,
         # How this process began: forked from the sweep's preloaded interpreter (preload.py), or its own Python.

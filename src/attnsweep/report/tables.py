@@ -260,6 +260,19 @@ def share_table(df: pd.DataFrame) -> str:
     return _side_by_side(df, cell, setup=False)
 
 
+def busy_table(df: pd.DataFrame) -> str:
+    """Every implementation side by side: the GPU's busy share of a measured step (aggregate.gpu_busy), low where
+    the host bounds the step."""
+
+    def cell(row: pd.Series | None) -> str:
+        if row is None or row["status"] != "ok":
+            return _tokens(row)
+        busy = row.get("gpu_busy")
+        return DASH if busy is None or pd.isna(busy) else f"{100 * busy:.0f}%"
+
+    return _side_by_side(df, cell, setup=False)
+
+
 def time_table(df: pd.DataFrame) -> str:
     """Every implementation side by side: the seconds its timed jobs held their GPU, + its warm-up jobs' seconds,
     summed over the cell's repeats."""
@@ -309,6 +322,11 @@ def all_markdown(df: pd.DataFrame) -> str:
             parts.append(f"## {mode}: attention's share of the profiled step (of its kernel time on a GPU, its "
                          "operators' time on a CPU; the naive path's matmuls not counted)\n\n"
                          + _by_environment(cells, share_table, "###"))
+    if "gpu_busy" in df and df["gpu_busy"].notna().any():
+        for mode, cells in by_mode.items():
+            parts.append(f"## {mode}: the GPU's busy share of a measured step (the profiled step's kernel time over "
+                         "the window's mean step time, median over the repeats; well under 100%, the host's CPU "
+                         "bounds the step and its tokens/s)\n\n" + _by_environment(cells, busy_table, "###"))
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode, cells in by_mode.items():
