@@ -10,7 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnsweep.report.aggregate import MODE_ORDER, gpu_busy, read_summary, summarize, table_names, write_summary
+from attnsweep.report.aggregate import (
+    MODE_ORDER, gpu_busy, kernel_ns_per_token, read_summary, summarize, table_names, write_summary,
+)
 from attnsweep.report.figures import FIGURES, figure_names, write_figures
 from attnsweep.report.headline import fastest, render_headline
 from attnsweep.report.report_path import report_path_problem, snakemake_command
@@ -531,3 +533,9 @@ def test_the_gpus_busy_share_of_a_step_is_computed_folded_over_repeats_and_table
     assert df["gpu_busy"].iloc[0] == pytest.approx(0.6)
     section = all_markdown(df).split("## compiled: the GPU's busy share of a measured step")[1].split("\n## ")[0]
     assert next(line for line in section.splitlines() if line.startswith("| small")).rstrip().endswith("60% |")
+    # The GPU's work per token, the same two repeats: half and 0.7 of a step's time over its 16 x 1024 tokens.
+    assert kernel_ns_per_token(rec) == pytest.approx(step_s * 1e9 / 2 / (16 * 1024))
+    assert df["kernel_ns_per_token"].iloc[0] == pytest.approx(step_s * 1e9 * 0.6 / (16 * 1024))
+    section = all_markdown(df).split("## compiled: the GPU's work per token")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| small"))
+    assert row.rstrip().endswith(f"{step_s * 1e9 * 0.6 / (16 * 1024):,.0f} |")

@@ -102,3 +102,29 @@ def test_the_committed_page_is_the_scripts_output_for_the_runs_it_lists(capsys) 
     assert len(runs) >= 10
     load_report().main(runs)
     assert capsys.readouterr().out == page
+
+
+def test_two_hosts_are_told_apart_by_the_gpus_work_and_the_steps_wall_time(tmp_path: Path, capsys) -> None:
+    """--hosts: the same kernel time and other tokens/s on a host-bound cell (the host's CPU made the difference),
+    and the cell binned by the GPU's busy share of its step."""
+    report = load_report()
+    axes = {"model": "small", "seq_len": 1024, "attn": "sdpa", "mode": "compiled", "kv_heads": 12,
+            "precision": "fp16", "optimizer": "adamw", "harness": "native"}
+
+    def record(run: Path, name: str, tokens_per_sec: float) -> None:
+        path = run / "cells" / "c" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 16 x 1024 tokens a step: 0.1 s at 163,840 tokens/s; 0.04 s of kernels.
+        path.write_text(json.dumps({"status": "ok", "cell": axes, "batch_size": 16, "tokens_per_sec": tokens_per_sec,
+                                    "kernels": {"source": "CUDA kernels", "busy_us": 40_000.0}}))
+
+    record(tmp_path / "a", "cell.json", 163_840.0)
+    record(tmp_path / "b", "cell.json", 2 * 163_840.0)
+    record(tmp_path / "b", "repeat-2.json", 2 * 163_840.0)
+    report.hosts(str(tmp_path / "a"), str(tmp_path / "b"))
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| small"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-4:] == ["100.0", "0.0", "40.0", "80.0"]  # tok/s +100%, kernels the same, busy 40% and 80%
+    summary = next(line for line in out.splitlines() if line.startswith("| 80-90%"))  # median busy of 40, 80, 80
+    assert [c.strip() for c in summary.strip("|").split("|")][1:3] == ["1", "100.0"]

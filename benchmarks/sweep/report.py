@@ -4,6 +4,8 @@
     python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
     python benchmarks/sweep/report.py --equal NEW_RUN OLD_RUN   # each cell's repeats in both: do the ranges overlap?
     python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # do two sweeps differ beyond the repeats' spread?
+    python benchmarks/sweep/report.py --hosts RUN_A RUN_B  # two sweeps of the same cells on other hosts: the GPU's work
+                                                           # against the step's wall time, by how host-bound a cell is
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnsweep.report.aggregate import summarize
+from attnsweep.report.aggregate import gpu_busy, kernel_us, summarize
 from attnsweep.vocabulary import AXES
 
 
@@ -281,6 +283,60 @@ def between(one: str, two: str, code: str | None = None) -> None:
                         for name, pairs in sorted(groups.items())]).to_markdown(index=False, floatfmt=".2f"))
 
 
+def _ok_records(run: Path) -> dict[tuple, list[dict]]:
+    """Every ok record (cell.json and repeat-N.json) of a run, per cell (its axes)."""
+    out: dict[tuple, list[dict]] = {}
+    for path in sorted(run.glob("cells/**/*.json")):
+        rec = json.loads(path.read_text())
+        if rec["status"] == "ok":
+            out.setdefault(tuple(rec["cell"][a] for a in AXES), []).append(rec)
+    return out
+
+
+# How host-bound a cell is: the GPU's busy share of a measured step (aggregate.gpu_busy), in these bins.
+BUSY_BINS = ((0.0, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, 1.01))
+
+
+def hosts(one: str, two: str) -> None:
+    """Two sweeps of the same cells, on other hosts (or other days): per cell, how far the tokens/s differ and how
+    far the GPU's own work differs (the profiled step's kernel time), with the GPU's busy share of a step; then, by
+    that share, the median of both differences. Where the kernels take the same time and the tokens/s differ, the
+    hosts' CPUs (Python, kernel launches) made the difference."""
+    a, b = _ok_records(Path(one)), _ok_records(Path(two))
+    out = []
+    for key in sorted(set(a) & set(b)):
+        tok = [statistics.median(r["tokens_per_sec"] for r in side) for side in (a[key], b[key])]
+        kern = [[k for k in map(kernel_us, side) if k] for side in (a[key], b[key])]
+        busy = [x for x in map(gpu_busy, a[key] + b[key]) if x is not None]
+        if not all(kern) or not busy:
+            continue
+        row = dict(zip(AXES, key))
+        row.update({
+            Path(one).name: ", ".join(f"{r['tokens_per_sec']:,.0f}" for r in a[key]),
+            Path(two).name: ", ".join(f"{r['tokens_per_sec']:,.0f}" for r in b[key]),
+            "tok/s B vs A %": 100 * (tok[1] / tok[0] - 1),
+            "kernel time B vs A %": 100 * (statistics.median(kern[1]) / statistics.median(kern[0]) - 1),
+            "GPU busy A %": 100 * statistics.median(x for x in map(gpu_busy, a[key]) if x is not None),
+            "GPU busy B %": 100 * statistics.median(x for x in map(gpu_busy, b[key]) if x is not None),
+            "busy": statistics.median(busy),
+        })
+        out.append(row)
+    df = pd.DataFrame(out)
+    print(df.drop(columns="busy").to_markdown(index=False, floatfmt=",.1f"))
+    print()
+    summary = []
+    for lo, hi in BUSY_BINS:
+        part = df[(df["busy"] >= lo) & (df["busy"] < hi)]
+        if len(part):
+            summary.append({"GPU busy (median of both sweeps)": f"{100 * lo:.0f}-{min(100, 100 * hi):.0f}%",
+                            "cells": len(part),
+                            "median |tok/s diff| %": part["tok/s B vs A %"].abs().median(),
+                            "median tok/s B vs A %": part["tok/s B vs A %"].median(),
+                            "median |kernel time diff| %": part["kernel time B vs A %"].abs().median(),
+                            "largest |kernel time diff| %": part["kernel time B vs A %"].abs().max()})
+    print(pd.DataFrame(summary).to_markdown(index=False, floatfmt=".1f"))
+
+
 # results/sweepbench.md's opening (the page is this script's output, whole): what its columns mean.
 TITLE = "# The sweep benchmark, cell by cell"
 COLUMNS = (
@@ -323,7 +379,7 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    paths = sys.argv[2:4] if sys.argv[1:2] == ["--between"] else sys.argv[1:]
+    paths = sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"]) else sys.argv[1:]
     if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in paths
                                                                   if not a.startswith("--")):
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
@@ -331,6 +387,8 @@ if __name__ == "__main__":
         compare(sys.argv[2:])
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
         equal(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["--hosts"] and len(sys.argv) == 4:
+        hosts(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--between"] and len(sys.argv) in (4, 5):
         between(sys.argv[2], sys.argv[3], *sys.argv[4:])
     else:

@@ -77,23 +77,42 @@ def env_id(row: pd.Series) -> str:
     return " | ".join([gpu, *(f"{k} {get(k)}" for k in ENV_FIELDS if k != "gpu")])
 
 
+def kernel_us(record: dict) -> float | None:
+    """The profiled step's kernel time on the GPU, in microseconds (None off a GPU or without a profile)."""
+    kernels = record.get("kernels") or {}
+    if kernels.get("source") != "CUDA kernels":
+        return None
+    if kernels.get("busy_us") is not None:
+        return float(kernels["busy_us"])
+    # Records from before `busy_us`: attention's kernel time over attention's share of the step's.
+    share = kernels.get("attention_share")
+    attention_us = sum(k["time_us"] for k in kernels.get("attention") or [])
+    return attention_us / share if share and attention_us else None
+
+
 def gpu_busy(record: dict) -> float | None:
     """The share of a measured step's wall time the GPU spent running kernels: the profiled step's kernel time over
     the window's mean step time. Well under 1, the host (Python, kernel launches) bounds the step, and the cell's
     tokens/s follows the host's CPU as much as the GPU. None off a GPU or without a profile."""
-    kernels = record.get("kernels") or {}
-    if record.get("status") != "ok" or not record.get("tokens_per_sec") or kernels.get("source") != "CUDA kernels":
-        return None
-    busy_us = kernels.get("busy_us")
-    if busy_us is None:
-        # Records from before `busy_us`: attention's kernel time over attention's share of the step's.
-        share = kernels.get("attention_share")
-        attention_us = sum(k["time_us"] for k in kernels.get("attention") or [])
-        busy_us = attention_us / share if share and attention_us else None
-    if busy_us is None:
+    busy_us = kernel_us(record)
+    if record.get("status") != "ok" or not record.get("tokens_per_sec") or busy_us is None:
         return None
     step_s = record["batch_size"] * record["cell"]["seq_len"] / record["tokens_per_sec"]
     return round(busy_us / 1e6 / step_s, 3)
+
+
+def kernel_ns_per_token(record: dict) -> float | None:
+    """The GPU's work per token: the profiled step's kernel time over the step's tokens, in nanoseconds. It does not
+    depend on the host's speed as tokens/s does where the host bounds the step (gpu_busy well under 1), so it ranks
+    implementations by their kernels alone. None off a GPU, without a profile, or for a cell that did not run."""
+    busy_us = kernel_us(record)
+    if record.get("status") != "ok" or busy_us is None or not record.get("batch_size"):
+        return None
+    return round(busy_us * 1e3 / (record["batch_size"] * record["cell"]["seq_len"]), 3)
+
+
+# Per-record measures folded over a cell's repeats as their median (add_repeats).
+PER_RECORD = {"gpu_busy": gpu_busy, "kernel_ns_per_token": kernel_ns_per_token}
 
 
 def _flatten(records: list[dict]) -> pd.DataFrame:
@@ -130,7 +149,8 @@ def load_cells(paths: Iterable[str | os.PathLike], run: str | None = None) -> pd
     expected = run if run is not None else runs.mode().iloc[0]
     _refuse_if(runs != expected, paths, f"cell records from another run than {expected!r}")
     df = _flatten(records)
-    df["gpu_busy"] = [gpu_busy(r) for r in records]
+    for column, measure in PER_RECORD.items():
+        df[column] = [measure(r) for r in records]
     axes = df[[f"cell.{a}" for a in AXES]].set_axis(list(AXES), axis=1)
     df = df.drop(columns=axes.columns.map(lambda a: f"cell.{a}"))
     df = pd.concat([axes, df], axis=1)
@@ -162,14 +182,18 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     if strays := sorted(set(by_folder) - folders):
         listing = "\n".join(f"  {s}" for s in strays)
         raise ValueError(f"repeats of cells that have no first record (cell.json):\n{listing}")
-    all_values, counts, lows, highs, medians, busy = [], [], [], [], [], []
+    all_values, counts, lows, highs, medians = [], [], [], [], []
+    folded: dict[str, list] = {column: [] for column in PER_RECORD}
+    firsts = {column: df[column] if column in df else pd.Series(None, index=df.index, dtype=float)
+              for column in PER_RECORD}
     timed = df["duration_s"].astype(float) if "duration_s" in df else pd.Series(float("nan"), index=df.index)
     warm = df["warmup.seconds"].astype(float) if "warmup.seconds" in df else pd.Series(float("nan"), index=df.index)
-    first_busy = df["gpu_busy"] if "gpu_busy" in df else pd.Series(None, index=df.index, dtype=float)
     for i, (path, status, tps) in enumerate(zip(df["cell_path"], df["status"], df["tokens_per_sec"])):
         later = sorted(by_folder.get(Path(path).parent.as_posix(), []), key=lambda t: t[0])
-        shares = [b for b in (first_busy.iloc[i], *(gpu_busy(r) for _, r in later)) if b is not None and pd.notna(b)]
-        busy.append(float(pd.Series(shares).median()) if shares and status == "ok" else None)
+        for column, measure in PER_RECORD.items():
+            values = [v for v in (firsts[column].iloc[i], *(measure(r) for _, r in later))
+                      if v is not None and pd.notna(v)]
+            folded[column].append(float(pd.Series(values).median()) if values and status == "ok" else None)
         for _, r in later:
             timed.iloc[i] += r.get("duration_s") or 0.0
             warm.iloc[i] += ((r.get("warmup") or {}).get("seconds") or 0.0)
@@ -184,7 +208,8 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     df["tokens_per_sec"] = medians
     df["repeats"], df["tokens_per_sec_min"], df["tokens_per_sec_max"] = counts, lows, highs
     df["tokens_per_sec_repeats"] = all_values
-    df["gpu_busy"] = busy  # the median over the ok repeats
+    for column, values in folded.items():
+        df[column] = values  # the median over the ok repeats
     df["timed_s_total"], df["warmup_s_total"] = timed, warm
     if by_folder:
         log.info("folded %d repeats into %d cells", sum(map(len, by_folder.values())), len(by_folder))

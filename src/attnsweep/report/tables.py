@@ -260,17 +260,25 @@ def share_table(df: pd.DataFrame) -> str:
     return _side_by_side(df, cell, setup=False)
 
 
-def busy_table(df: pd.DataFrame) -> str:
-    """Every implementation side by side: the GPU's busy share of a measured step (aggregate.gpu_busy), low where
-    the host bounds the step."""
+def _per_record_table(column: str, fmt: Callable[[float], str]) -> Callable[[pd.DataFrame], str]:
+    """Every implementation side by side: one of aggregate.PER_RECORD's measures, formatted."""
 
-    def cell(row: pd.Series | None) -> str:
-        if row is None or row["status"] != "ok":
-            return _tokens(row)
-        busy = row.get("gpu_busy")
-        return DASH if busy is None or pd.isna(busy) else f"{100 * busy:.0f}%"
+    def table(df: pd.DataFrame) -> str:
+        def cell(row: pd.Series | None) -> str:
+            if row is None or row["status"] != "ok":
+                return _tokens(row)
+            value = row.get(column)
+            return DASH if value is None or pd.isna(value) else fmt(value)
 
-    return _side_by_side(df, cell, setup=False)
+        return _side_by_side(df, cell, setup=False)
+
+    return table
+
+
+# The GPU's busy share of a measured step (aggregate.gpu_busy): low where the host bounds the step.
+busy_table = _per_record_table("gpu_busy", lambda v: f"{100 * v:.0f}%")
+# The GPU's work per token (aggregate.kernel_ns_per_token): the kernels' speed, whatever the host's.
+kernel_table = _per_record_table("kernel_ns_per_token", lambda v: f"{v:,.0f}")
 
 
 def time_table(df: pd.DataFrame) -> str:
@@ -327,6 +335,10 @@ def all_markdown(df: pd.DataFrame) -> str:
             parts.append(f"## {mode}: the GPU's busy share of a measured step (the profiled step's kernel time over "
                          "the window's mean step time, median over the repeats; well under 100%, the host's CPU "
                          "bounds the step and its tokens/s)\n\n" + _by_environment(cells, busy_table, "###"))
+        for mode, cells in by_mode.items():
+            parts.append(f"## {mode}: the GPU's work per token (the profiled step's kernel time over its tokens, ns, "
+                         "median over the repeats; lower is faster, and unlike tokens/s it does not depend on the "
+                         "host's CPU)\n\n" + _by_environment(cells, kernel_table, "###"))
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode, cells in by_mode.items():
