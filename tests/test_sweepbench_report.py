@@ -128,3 +128,9 @@ def test_two_hosts_are_told_apart_by_the_gpus_work_and_the_steps_wall_time(tmp_p
     assert cells[-4:] == ["100.0", "0.0", "40.0", "80.0"]  # tok/s +100%, kernels the same, busy 40% and 80%
     summary = next(line for line in out.splitlines() if line.startswith("| 80-90%"))  # median busy of 40, 80, 80
     assert [c.strip() for c in summary.strip("|").split("|")][1:3] == ["1", "100.0"]
+
+
+def test_the_committed_host_comparison_is_the_scripts_output(capsys) -> None:
+    """results/h200-study-12gib-1gpu/hosts.md is `report.py --hosts` of that run against the replay, whole."""
+    load_report().hosts(str(ROOT / "results/h200-study-12gib-1gpu"), str(ROOT / "results/h200-study-12gib"))
+    assert capsys.readouterr().out == (ROOT / "results/h200-study-12gib-1gpu/hosts.md").read_text()
