@@ -214,3 +214,25 @@ def test_a_failing_attempt_propagates():
 def test_candidates_must_descend():
     with pytest.raises(ValueError, match="descending"):
         predictive_search_largest((1, 2, 3, 4, 5, 6), lambda b: Probe(True, GIB), 12 * GIB)
+
+
+def test_the_tokens_policy_puts_the_same_tokens_in_every_step_and_tries_that_batch_first():
+    plan = batching.plan("tokens", model="small", attn="sdpa", mode="compiled", seq_len=1024, tokens=65536)
+    assert plan.candidates == step_down(64) and plan.top_first and "65,536 tokens a step: batch size 64" in plan.note
+    assert batching.plan("tokens", model="small", attn="sdpa", mode="compiled", seq_len=16384,
+                         tokens=65536).candidates == (4, 3, 2, 1)
+    # A context longer than the step's tokens, or no tokens: refused (a step holds one sequence at least).
+    for tokens in (None, 8192):
+        with pytest.raises(ValueError, match="batch policy 'tokens' needs --batch-tokens >= --seq-len"):
+            batching.plan("tokens", model="small", attn="sdpa", mode="compiled", seq_len=16384, tokens=tokens)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, 8, 13, 40, 63, 64])
+def test_the_top_first_search_takes_one_attempt_where_the_top_fits_and_the_ladders_answer_everywhere(limit):
+    ladder = step_down(64)
+    probe = _probe_of(lambda b: 2 * GIB + 0.15 * GIB * b + (100 * GIB if b > limit else 0))
+    answer, tried = batching.top_first_search(ladder, probe, 12 * GIB, static_bytes=GIB)
+    assert answer == binary_search_largest(ladder, lambda b: probe(b).fits)[0]
+    assert tried[0] == 64 and len(set(tried)) == len(tried)
+    if limit >= 64:
+        assert tried == [64]

@@ -514,3 +514,16 @@ def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_p
         f.write('{"key": {"code": "a", "budget_by')  # a write cut short by a kill
     assert log.known() == {8: Known("oom", None, 5.0), 16: Known("oom", None, 2.0)}
     assert SearchLog(tmp_path / "none.jsonl", {}).known() == {}
+
+
+def test_the_tokens_policy_measures_tokens_over_context_sequences_in_one_attempt(tmp_path):
+    out = tmp_path / "cell.json"
+    rc = cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "64",
+                   "--batch-policy", "tokens", "--batch-tokens", "300", "--device", "cpu", "--steps", "4",
+                   "--window", "2", "--out", str(out)])
+    rec = cellio.load_cell(out)
+    assert rc == 0 and rec["status"] == "ok" and rec["batch_size"] == 4  # 300 // 64
+    assert [a["batch_size"] for a in rec["batch_attempts"]] == [4] and "300 tokens a step" in rec["batch_note"]
+    assert rec["cell"]["batch_policy"] == "tokens" and rec["cell"]["batch_tokens"] == 300
+    # Other policies' records keep their cell block as it was (no batch_tokens key).
+    assert "batch_tokens" not in CellSpec(model="tiny", attn="sdpa", mode="eager", seq_len=64).record()

@@ -297,3 +297,18 @@ def test_the_modern_overlay_is_a_designed_grid_of_at_most_250_cells() -> None:
     grouped = grid[grid["kv_heads"].astype(str).isin(["4", "1"])]
     assert {"fa2", "fa4", "flex", "sdpa", "naive"} <= set(grouped["attn"]) and len(grouped) >= 20
     assert set(grid["precision"]) == {"bf16"} and set(grid["optimizer"]) == {"adamw_fused"}
+
+
+def test_the_tokens_policy_is_a_cell_setting_checked_before_any_job() -> None:
+    cfg = config(**{"batch.policy": "tokens", "batch.tokens": 4096})
+    plan = sweep.plan_run(cfg, {}, gpus=["0"])
+    assert plan.cell_settings["batch_tokens"] == 4096 and "batch_start" not in plan.cell_settings
+    opts = plan.cell_options(plan.grid.iloc[0])
+    assert opts[opts.index("--batch-policy") + 1] == "tokens" and opts[opts.index("--batch-tokens") + 1] == "4096"
+    with pytest.raises(sweep.SweepError, match="batch.*tokens"):  # the schema: the policy needs its tokens
+        config(**{"batch.policy": "tokens"})
+    with pytest.raises(sweep.SweepError, match=r"batch.tokens: only for batch policy tokens \(this run's is search\)"):
+        sweep.plan_run(config(**{"batch.policy": "search", "batch.tokens": 4096}), {}, gpus=["0"])
+    longest = max(cfg["grid"]["seq_len"])
+    with pytest.raises(sweep.SweepError, match=f"batch.tokens: 16 is less than the grid's longest context .{longest}."):
+        sweep.plan_run(config(**{"batch.policy": "tokens", "batch.tokens": 16}), {}, gpus=["0"])

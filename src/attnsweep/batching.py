@@ -61,6 +61,8 @@ class BatchPlan:
 
     candidates: tuple[int, ...]
     note: str
+    # The first candidate is expected to fit (policy tokens): it is tried first, and where it fits it is the answer.
+    top_first: bool = False
 
 
 def step_down(start: int) -> tuple[int, ...]:
@@ -96,7 +98,8 @@ def study_size(model: str, attn: str, mode: str, seq_len: int) -> tuple[bool, in
 
 
 def plan(
-    policy: str, *, model: str, attn: str, mode: str, seq_len: int, size: int | None = None, start: int | None = None
+    policy: str, *, model: str, attn: str, mode: str, seq_len: int, size: int | None = None, start: int | None = None,
+    tokens: int | None = None,
 ) -> BatchPlan:
     """The candidate batch sizes for one cell under `policy`."""
     if policy == "fixed":
@@ -119,7 +122,15 @@ def plan(
         known_flash, flash_size = study_size(model, "sdpa", "compiled", seq_len)
         start_ = flash_size if known_flash and flash_size else 64
         return BatchPlan(step_down(start_), f"not in the study; largest that fits, searched from {start_}")
-    raise ValueError(f"unknown batch policy {policy!r}; allowed: fixed, study, search")
+    if policy == "tokens":
+        # The same work a step at every context, as a training run with a fixed token batch has: tokens // seq_len
+        # sequences, or the largest batch below that fits where that does not.
+        if tokens is None or tokens < seq_len:
+            raise ValueError(f"batch policy 'tokens' needs --batch-tokens >= --seq-len ({seq_len}), got {tokens}")
+        top = tokens // seq_len
+        return BatchPlan(step_down(top), f"{tokens:,} tokens a step: batch size {top} (tokens // context), or the "
+                         "largest below it that fits", top_first=True)
+    raise ValueError(f"unknown batch policy {policy!r}; allowed: fixed, study, search, tokens")
 
 
 def binary_search_largest(candidates: tuple[int, ...], fits: Callable[[int], bool]) -> tuple[int | None, list[int]]:
@@ -225,6 +236,19 @@ def predictive_search_largest(
             hi = j
             overestimates += int(predicted_fit)
     return (asc[lo] if lo >= 0 else None), tried
+
+
+def top_first_search(
+    candidates: tuple[int, ...], probe: Callable[[int], Probe], budget_bytes: int | None, **kwargs,
+) -> tuple[int | None, list[int]]:
+    """predictive_search_largest for a plan whose first (largest) candidate is expected to fit: that one is tried
+    first, and where it fits it is the answer in one attempt; where it does not, the rest are searched as usual (its
+    attempt proved the upper side)."""
+    top = probe(candidates[0])
+    if top.fits or len(candidates) == 1:
+        return (candidates[0] if top.fits else None), [candidates[0]]
+    answer, tried = predictive_search_largest(candidates[1:], probe, budget_bytes, **kwargs)
+    return answer, [candidates[0], *tried]
 
 
 def _predicted_largest(peaks: Mapping[int, int], usable_bytes: float, static_bytes: int = 0) -> float:

@@ -137,8 +137,8 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
             raise _Ended("error", f"batch size {b}: {res.detail}")
         return batching.Probe(fits, peak)
 
-    answer, _ = batching.predictive_search_largest(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes,
-                                                   prior=known)
+    search = batching.top_first_search if plan.top_first else batching.predictive_search_largest
+    answer, _ = search(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes, prior=known)
     return answer, results
 
 

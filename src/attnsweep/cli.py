@@ -85,9 +85,12 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
                    help="native = our timed loop, composer = MosaicML Composer + SpeedMonitor (default: native)")
     p.add_argument("--batch-policy", default=None, choices=BATCH_POLICIES,
                    help="fixed = --batch-size, study = the 2023 study's sizes, search = largest that fits from "
-                   "--batch-start (default: fixed if --batch-size is given; else study on a GPU, fixed 4 on the CPU)")
+                   "--batch-start, tokens = --batch-tokens // --seq-len or the largest below that fits (default: "
+                   "fixed if --batch-size is given; else study on a GPU, fixed 4 on the CPU)")
     p.add_argument("--batch-size", type=_positive_int, help="batch size for the fixed policy")
     p.add_argument("--batch-start", type=_positive_int, default=64, help="starting size for search (default: 64)")
+    p.add_argument("--batch-tokens", type=_positive_int,
+                   help="tokens a step for the tokens policy: batch size tokens // seq-len, or the largest below that fits")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: 125 on a GPU, 20 on the CPU)")
     p.add_argument("--window", type=_positive_int, default=None,
@@ -158,6 +161,7 @@ def parse_spec(args: argparse.Namespace, on_gpu: bool):
         model=args.model, attn=args.attn, mode=args.mode, seq_len=args.seq_len,
         precision=args.precision or defaults["precision"], optimizer=args.optimizer, harness=args.harness,
         kv_heads=args.kv_heads, batch_policy=policy, batch_size=batch_size, batch_start=args.batch_start,
+        batch_tokens=args.batch_tokens,
         steps=args.steps or defaults["steps"],
         window=args.window or min(defaults["window"], args.steps or defaults["steps"]),
         device=args.device, memory_cap_gib=args.memory_cap_gib, seed=args.seed, run=args.run,

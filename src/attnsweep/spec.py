@@ -31,6 +31,7 @@ class CellSpec:
     batch_policy: str = "fixed"
     batch_size: int | None = None
     batch_start: int | None = None
+    batch_tokens: int | None = None
     steps: int = 125
     window: int = 25
     device: str = "auto"
@@ -73,13 +74,16 @@ class CellSpec:
     @cached_property
     def batch_plan(self) -> batching.BatchPlan:
         return batching.plan(self.batch_policy, model=self.model, attn=self.attn, mode=self.mode,
-                             seq_len=self.seq_len, size=self.batch_size, start=self.batch_start)
+                             seq_len=self.seq_len, size=self.batch_size, start=self.batch_start,
+                             tokens=self.batch_tokens)
 
     def record(self) -> dict:
         """The `cell` block of the JSON: the parameters that define the cell (not how it is run)."""
         d = dataclasses.asdict(self)
         for key in ("profile", "isolate", "batch_size", "batch_start"):
             d.pop(key)
+        if d["batch_tokens"] is None:  # a setting of the tokens policy alone (the work a step does)
+            d.pop("batch_tokens")
         return d
 
     def as_json(self) -> dict:

@@ -85,6 +85,14 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
         unknown = sorted({str(v) for v in listed if v not in allowed})
         if unknown:
             raise SweepError(f"{name('grid')}: unknown {axis} {unknown}; valid: {', '.join(allowed)}")
+    tokens = settings["batch"].get("tokens")
+    if tokens is not None:
+        if settings["batch"]["policy"] != "tokens":
+            raise SweepError(f"{name('batch.tokens')}: only for batch policy tokens (this run's is "
+                             f"{settings['batch']['policy']})")
+        if tokens < max(grid["seq_len"]):
+            raise SweepError(f"{name('batch.tokens')}: {tokens} is less than the grid's longest context "
+                             f"({max(grid['seq_len'])}): a step holds one sequence at least")
     prior = settings["batch"].get("prior_run")
     if prior is not None:
         if settings["batch"]["policy"] != "search":
@@ -205,6 +213,7 @@ def cell_settings(settings: Mapping, device: str) -> dict:
         "batch_policy": batch["policy"],
         "batch_size": batch.get("size") if batch["policy"] == "fixed" else None,
         "batch_start": batch["start"] if batch["policy"] == "search" else None,
+        "batch_tokens": batch.get("tokens") if batch["policy"] == "tokens" else None,
         "steps": settings["steps"],
         "window": settings["window"],
         # The cap means nothing on the CPU; leaving it out keeps the demo's stamp independent of it.
