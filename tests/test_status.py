@@ -155,10 +155,11 @@ def test_cell_listing_needs_no_snakemake(tmp_path: Path) -> None:
     """Reading and grouping cells works on any folder (e.g. one copied from another machine)."""
     template = json.loads((Path(__file__).parent / "data" / "cell_ok.json").read_text())
     results = tmp_path / "results" / "fixture"
-    for i, (gpu, described) in enumerate([("NVIDIA H100 80GB HBM3", "abc1234"), ("NVIDIA H100 80GB HBM3", "def5678-dirty"),
-                                          ("NVIDIA A100-SXM4-80GB", "abc1234")]):
+    for i, (gpu, described, cpu) in enumerate([("NVIDIA H100 80GB HBM3", "abc1234", "CPU A"),
+                                               ("NVIDIA H100 80GB HBM3", "def5678-dirty", "CPU B"),
+                                               ("NVIDIA A100-SXM4-80GB", "abc1234", None)]):
         code = {**template["env"]["code"], "git_describe": described}
-        record = {**template, "env": {**template["env"], "gpu_name": gpu, "code": code}}
+        record = {**template, "env": {**template["env"], "gpu_name": gpu, "code": code, "cpu_model": cpu}}
         (results / "cells" / f"c{i}").mkdir(parents=True)
         (results / "cells" / f"c{i}" / "cell.json").write_text(json.dumps(record))
     cells, invalid = status.read_cells(results)
@@ -167,6 +168,8 @@ def test_cell_listing_needs_no_snakemake(tmp_path: Path) -> None:
     assert [(e["device"], e["cells"]) for e in envs] == [("NVIDIA H100 80GB HBM3", 2), ("NVIDIA A100-SXM4-80GB", 1)]
     # Two checkouts of one code hash (one with results unpacked into it) are one environment, both named.
     assert envs[0]["git describe"] == "abc1234, def5678-dirty"
+    # Two hosts' CPUs under one environment, both named; a record from before the CPU was recorded says none.
+    assert envs[0]["host CPU"] == "CPU A, CPU B" and envs[1]["host CPU"] == "none"
     assert all(c.notes == [] for c in cells)  # run 'fixture' in results/fixture
 
 

@@ -40,6 +40,7 @@ PLAN_TIMEOUT_S = 600
 CODE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("code", ("env", "code", "source_sha256")),
     ("git describe", ("env", "code", "git_describe")),
+    ("host CPU", ("env", "cpu_model")),
 )
 CODE_HASH_CHARS = 12
 
@@ -121,22 +122,26 @@ def read_cells(results: Path) -> tuple[list[Cell], dict[Path, str]]:
     return cells, invalid
 
 
-# What a checkout said of itself (`git describe`, "-dirty" with results unpacked into it): shown, not a difference.
-DESCRIBED_ONLY = "git describe"
+# Shown, not a difference: what a checkout said of itself (`git describe`, "-dirty" with results unpacked into it),
+# and the host's CPU (one environment's cells may come from several hosts; records before 2026-11-30 say none).
+DESCRIBED_ONLY = ("git describe", "host CPU")
 
 
 def group_environments(cells: list[Cell]) -> list[dict]:
     """Label each cell's environment E1, E2, ... in order of first appearance; one row per environment: the software,
-    the device and the code's hash, with every `git describe` its cells' checkouts gave."""
+    the device and the code's hash, with every `git describe` its cells' checkouts gave and every host CPU."""
     groups: dict[tuple, dict] = {}
-    described: dict[tuple, dict[str, None]] = {}  # the git describe values per environment, in order of appearance
+    # Per environment, the values of each shown-only field, in order of appearance.
+    described: dict[tuple, dict[str, dict[str, None]]] = {}
     for cell in cells:
         values = env_values(cell.record)
-        key = tuple(v for k, v in values.items() if k != DESCRIBED_ONLY)
+        key = tuple(v for k, v in values.items() if k not in DESCRIBED_ONLY)
         groups.setdefault(key, {"env": f"E{len(groups) + 1}", **values, "cells": 0})["cells"] += 1
-        described.setdefault(key, {})[values[DESCRIBED_ONLY]] = None
+        for name in DESCRIBED_ONLY:
+            described.setdefault(key, {}).setdefault(name, {})[values[name]] = None
         cell.env = groups[key]["env"]
-    return [{**row, DESCRIBED_ONLY: ", ".join(described[key])} for key, row in groups.items()]
+    return [{**row, **{name: ", ".join(described[key][name]) for name in DESCRIBED_ONLY}}
+            for key, row in groups.items()]
 
 
 def _sha256(path: Path) -> str:
