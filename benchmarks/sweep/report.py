@@ -307,8 +307,8 @@ def hosts(one: str, two: str) -> None:
     for key in sorted(set(a) & set(b)):
         tok = [statistics.median(r["tokens_per_sec"] for r in side) for side in (a[key], b[key])]
         kern = [[k for k in map(kernel_us, side) if k] for side in (a[key], b[key])]
-        busy = [x for x in map(gpu_busy, a[key] + b[key]) if x is not None]
-        if not all(kern) or not busy:
+        busy = [[x for x in map(gpu_busy, side) if x is not None] for side in (a[key], b[key])]
+        if not all(kern) or not any(busy):
             continue
         row = dict(zip(AXES, key))
         row.update({
@@ -316,9 +316,9 @@ def hosts(one: str, two: str) -> None:
             Path(two).name: ", ".join(f"{r['tokens_per_sec']:,.0f}" for r in b[key]),
             "tok/s B vs A %": 100 * (tok[1] / tok[0] - 1),
             "kernel time B vs A %": 100 * (statistics.median(kern[1]) / statistics.median(kern[0]) - 1),
-            "GPU busy A %": 100 * statistics.median(x for x in map(gpu_busy, a[key]) if x is not None),
-            "GPU busy B %": 100 * statistics.median(x for x in map(gpu_busy, b[key]) if x is not None),
-            "busy": statistics.median(busy),
+            "GPU busy A %": 100 * statistics.median(busy[0]),
+            "GPU busy B %": 100 * statistics.median(busy[1]),
+            "busy": statistics.median(busy[0] + busy[1]),
         })
         out.append(row)
     df = pd.DataFrame(out)

@@ -26,7 +26,6 @@ from . import attention, batching, searchlog
 from .attempt import AttemptResult, measure, run_attempt
 from .provenance import environment
 from .record import CellRecord
-from .searchlog import SearchLog
 from .spec import CellInputError, CellSpec
 from .training import StepHooks, mode_unsupported_reason, optimizer_unsupported_reason, torch_dtype
 from .vocabulary import AXES
@@ -101,7 +100,7 @@ def prior_peaks(prior: dict | None) -> dict[int, int] | None:
 
 def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
             budget: int | None, prior: dict | None = None,
-            log: SearchLog | None = None) -> tuple[int | None, dict[int, AttemptResult]]:
+            log: searchlog.SearchLog | None = None) -> tuple[int | None, dict[int, AttemptResult]]:
     """The largest batch of the cell's plan that fits, every attempt recorded; raises _Ended on an error.
     Peak memory at the sizes tried predicts the next to try (batching.predictive_search_largest): the answer is the
     ladder's, in fewer compiled attempts. `prior`: another run's record of the cell, whose peak places the first
@@ -168,7 +167,7 @@ def check_same_cell(spec: CellSpec, record: dict | None, what: str = "the repeat
 
 def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
                 budget: int | None, first: dict | None, prior: dict | None = None,
-                log: SearchLog | None = None) -> tuple[int, dict[int, AttemptResult]]:
+                log: searchlog.SearchLog | None = None) -> tuple[int, dict[int, AttemptResult]]:
     """The batch size to measure at and the attempts made for it: for a later repeat (`first`, repeat 1's record)
     one attempt at repeat 1's size, since repeats at different sizes (a search near the memory's edge can give them)
     would not measure the same thing, and a cell that did not fit is not tried again; else the search's answer.
@@ -282,8 +281,9 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
         return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
 
     budget = _budget(spec, device)
-    log = SearchLog(search_log, {"cell": spec.record(), "code": record.env["code"]["source_sha256"],
-                                 "gpu": record.env.get("gpu_name"), "budget_bytes": budget}) if search_log else None
+    key = {"cell": spec.record(), "code": record.env["code"]["source_sha256"], "gpu": record.env.get("gpu_name"),
+           "budget_bytes": budget}
+    log = searchlog.SearchLog(search_log, key) if search_log else None
     try:
         answer, results = _find_batch(spec, record, attempt, "warmup", budget, first, prior, log)
     except _Ended as e:

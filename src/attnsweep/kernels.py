@@ -95,19 +95,23 @@ def profile_step(step: Callable[[], None], device: torch.device) -> dict:
         "backend": classify([r["name"] for r in attention], operators),
         "attention": attention[:20],
         "attention_share": attention_share(rows, annotations),
-        # The step's kernel time (GPU) or operators' self time (CPU), annotations not counted: against the step's
-        # wall time it says how busy the GPU was, i.e. whether the host's speed bounds the step.
-        "busy_us": round(sum(r["time_us"] for r in rows if r["name"] not in annotations), 1),
+        # Against the step's wall time it says how busy the GPU was, i.e. whether the host's speed bounds the step.
+        "busy_us": round(work_us(rows, annotations), 1),
         "top": rows[:10],
     }
 
 
+def work_us(rows: list[dict], annotations: set[str] = frozenset()) -> float:
+    """A profiled step's kernel time (GPU) or operators' self time (CPU). A user annotation (record_function, e.g.
+    Optimizer.step#AdamW.step) spans the kernels inside it on a GPU's timeline: it is not counted again."""
+    return sum(r["time_us"] for r in rows if r["name"] not in annotations)
+
+
 def attention_share(rows: list[dict], annotations: set[str] = frozenset()) -> float | None:
     """Attention's part of a profiled step (kernel time on a GPU, operators' self time on a CPU): why a faster
-    attention kernel barely moves tokens/s where attention is a small part of the step. A user annotation
-    (record_function, e.g. Optimizer.step#AdamW.step) spans the kernels inside it on a GPU's timeline: it is not
-    counted again. The naive path's matmuls are not told apart from the model's other GEMMs: its share counts its
+    attention kernel barely moves tokens/s where attention is a small part of the step (of `work_us`, annotations
+    not counted). The naive path's matmuls are not told apart from the model's other GEMMs: its share counts its
     softmax and mask only."""
-    work = [r for r in rows if r["name"] not in annotations]
-    total = sum(r["time_us"] for r in work)
-    return round(sum(r["time_us"] for r in work if is_attention(r["name"])) / total, 4) if total else None
+    total = work_us(rows, annotations)
+    attention = [r for r in rows if r["name"] not in annotations and is_attention(r["name"])]
+    return round(work_us(attention) / total, 4) if total else None

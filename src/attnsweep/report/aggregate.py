@@ -90,6 +90,10 @@ def kernel_us(record: dict) -> float | None:
     return attention_us / share if share and attention_us else None
 
 
+def _tokens_per_step(record: dict) -> int:
+    return record["batch_size"] * record["cell"]["seq_len"]
+
+
 def gpu_busy(record: dict) -> float | None:
     """The share of a measured step's wall time the GPU spent running kernels: the profiled step's kernel time over
     the window's mean step time. Well under 1, the host (Python, kernel launches) bounds the step, and the cell's
@@ -97,7 +101,7 @@ def gpu_busy(record: dict) -> float | None:
     busy_us = kernel_us(record)
     if record.get("status") != "ok" or not record.get("tokens_per_sec") or busy_us is None:
         return None
-    step_s = record["batch_size"] * record["cell"]["seq_len"] / record["tokens_per_sec"]
+    step_s = _tokens_per_step(record) / record["tokens_per_sec"]
     return round(busy_us / 1e6 / step_s, 3)
 
 
@@ -108,7 +112,7 @@ def kernel_ns_per_token(record: dict) -> float | None:
     busy_us = kernel_us(record)
     if record.get("status") != "ok" or busy_us is None or not record.get("batch_size"):
         return None
-    return round(busy_us * 1e3 / (record["batch_size"] * record["cell"]["seq_len"]), 3)
+    return round(busy_us * 1e3 / _tokens_per_step(record), 3)
 
 
 # Per-record measures folded over a cell's repeats as their median (add_repeats).

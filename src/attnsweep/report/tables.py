@@ -247,21 +247,8 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     return title + _by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
 
 
-def share_table(df: pd.DataFrame) -> str:
-    """Every implementation side by side: attention's share of its profiled step (kernel time on a GPU), the reason
-    a faster attention kernel moves tokens/s by less where attention is a small part of the step."""
-
-    def cell(row: pd.Series | None) -> str:
-        if row is None or row["status"] != "ok":
-            return _tokens(row)
-        share = row.get("kernels.attention_share")
-        return DASH if share is None or pd.isna(share) else f"{100 * share:.0f}%"
-
-    return _side_by_side(df, cell, setup=False)
-
-
 def _per_record_table(column: str, fmt: Callable[[float], str]) -> Callable[[pd.DataFrame], str]:
-    """Every implementation side by side: one of aggregate.PER_RECORD's measures, formatted."""
+    """Every implementation side by side: one column of the summary (a number per cell), formatted."""
 
     def table(df: pd.DataFrame) -> str:
         def cell(row: pd.Series | None) -> str:
@@ -275,8 +262,15 @@ def _per_record_table(column: str, fmt: Callable[[float], str]) -> Callable[[pd.
     return table
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+# Attention's share of its profiled step (kernel time on a GPU), the reason a faster attention kernel moves tokens/s
+# by less where attention is a small part of the step.
+share_table = _per_record_table("kernels.attention_share", _percent)
 # The GPU's busy share of a measured step (aggregate.gpu_busy): low where the host bounds the step.
-busy_table = _per_record_table("gpu_busy", lambda v: f"{100 * v:.0f}%")
+busy_table = _per_record_table("gpu_busy", _percent)
 # The GPU's work per token (aggregate.kernel_ns_per_token): the kernels' speed, whatever the host's.
 kernel_table = _per_record_table("kernel_ns_per_token", lambda v: f"{v:,.0f}")
 
