@@ -21,12 +21,13 @@ snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its li
 timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores "$(nproc)" \
     --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
 code=$?
-echo "snakemake exit: $code (124 = stopped at the deadline)"
+echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
 echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
-# Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh). Anchored at
-# the interpreter: the command line that called this script may hold the same words.
-[ "$code" != 124 ] || pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null
+# Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh); a snakemake
+# killed (137) could stop none of them. Anchored at the interpreter: the command line that called this script may hold
+# the same words.
+case $code in 124 | 137) pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null ;; esac
 tail -n 40 "$log"  # one line per finished cell, then where the results are
 # The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
 # go with the cells.
