@@ -468,8 +468,11 @@ class _RepeatKV(nn.Module):
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     # (B, T, Hkv, D) -> (B, T, Hkv * n_rep, D) with head h reading kv head h // n_rep (= repeat_interleave, dim 2).
+    # With one kv head the reshape is a view whose head stride is 0; contiguous() copies it as it copies any other
+    # count. Besides the cost the docstring promises, a kernel may need it: PyTorch's FA4 route returns gradients laid
+    # out unlike the compiled graph's fake kernel predicts for a zero-stride input, and Inductor's check fails.
     B, T, Hkv, D = x.shape
-    return x[:, :, :, None, :].expand(B, T, Hkv, n_rep, D).reshape(B, T, Hkv * n_rep, D)
+    return x[:, :, :, None, :].expand(B, T, Hkv, n_rep, D).reshape(B, T, Hkv * n_rep, D).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------------------
