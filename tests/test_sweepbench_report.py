@@ -134,3 +134,32 @@ def test_the_committed_host_comparison_is_the_scripts_output(capsys) -> None:
     """results/h200-study-12gib-1gpu/hosts.md is `report.py --hosts` of that run against the replay, whole."""
     load_report().hosts(str(ROOT / "results/h200-study-12gib-1gpu"), str(ROOT / "results/h200-study-12gib"))
     assert capsys.readouterr().out == (ROOT / "results/h200-study-12gib-1gpu/hosts.md").read_text()
+
+
+def test_windows_compares_each_earlier_block_of_steps_with_the_measured_window(tmp_path: Path, capsys) -> None:
+    """--windows: a record of 100 steps, window 25, whose steps 26-50 took 10% longer than the window's: that block
+    reads -9.09% (tokens/s), steps 51-75 (as fast) 0; its two repeats, 10% apart in tokens/s, give the spread column."""
+    report = load_report()
+    axes = {"model": "small", "seq_len": 1024, "attn": "sdpa", "mode": "compiled", "kv_heads": 12,
+            "precision": "fp16", "optimizer": "adamw", "harness": "native"}
+    times = [5.0] + [0.11] * 49 + [0.1] * 50
+    for name, tps in (("cell.json", 163_840.0), ("repeat-2.json", 0.9 * 163_840.0)):
+        path = tmp_path / "run" / "cells" / "c" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 16 x 1024 tokens a step; 0.095 s of kernels in a 0.1 s step: the GPU busy 95% (or 85.5% at 0.9 x).
+        path.write_text(json.dumps({"status": "ok", "cell": axes, "batch_size": 16, "tokens_per_sec": tps,
+                                    "tokens_per_sec_stats": {"n": 25}, "step_times_s": times,
+                                    "kernels": {"source": "CUDA kernels", "busy_us": 95_000.0}}))
+    report.windows([str(tmp_path / "run")])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[1] for r in rows] == ["80-90%", "90-100%"]
+    fast = rows[1]
+    assert fast[2:4] == ["1", "100, 25"]
+    assert fast[4].startswith("-9.09 ") and float(fast[5].split()[0]) == 0
+    assert fast[6] == "10.53"  # |1 - 0.9| / 0.95
+
+
+def test_the_committed_window_comparison_is_the_scripts_output(capsys) -> None:
+    """results/windows.md is `report.py --windows` of the study's two H200 replays, whole."""
+    load_report().windows([str(ROOT / "results/h200-study-12gib"), str(ROOT / "results/h200-study-12gib-1gpu")])
+    assert capsys.readouterr().out == (ROOT / "results/windows.md").read_text()

@@ -6,6 +6,8 @@
     python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # do two sweeps differ beyond the repeats' spread?
     python benchmarks/sweep/report.py --hosts RUN_A RUN_B  # two sweeps of the same cells on other hosts: the GPU's work
                                                            # against the step's wall time, by how host-bound a cell is
+    python benchmarks/sweep/report.py --windows RUN [RUN ...]  # earlier blocks of steps against the measured window:
+                                                                # would fewer steps have measured the same?
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
@@ -337,6 +339,49 @@ def hosts(one: str, two: str) -> None:
     print(pd.DataFrame(summary).to_markdown(index=False, floatfmt=".1f"))
 
 
+def _block_tokens_per_sec(rec: dict, first: int, steps: int) -> float:
+    """Tokens/s over `steps` steps from step `first` (1-based), as the record's window is computed: the steps' tokens
+    over their synchronized times."""
+    times = rec["step_times_s"][first - 1:first - 1 + steps]
+    return len(times) * rec["batch_size"] * rec["cell"]["seq_len"] / sum(times)
+
+
+def windows(runs: list[str]) -> None:
+    """Would a shorter run have measured the same? Per record, tokens/s over each earlier block of the window's length
+    (steps w+1..2w, 2w+1..3w, ...; block 1, steps 1..w, holds the first step's compilation or cache load) against the
+    measured window (the last w steps): what a run of 2w, 3w, ... steps would have measured in the same process, since
+    a step does not know how many follow it. One difference: a timed job takes the host's CPUs for itself only
+    before its window (gpuslots), so the earlier blocks may share them with other cells' warm-ups, which slows
+    host-bound steps; a shorter run would take the host before its own window the same way. By run and by how busy
+    the GPU is in a measured step (host-bound cells scatter more), beside the spread between a cell's repeats, the
+    yardstick for a difference."""
+    out = []
+    for run in runs:
+        by_cell = _ok_records(Path(run))
+        records = [r for recs in by_cell.values() for r in recs if r.get("step_times_s")]
+        repeat_spread = [abs(a - b) / ((a + b) / 2) for recs in by_cell.values() if len(recs) == 2
+                         for a, b in [[r["tokens_per_sec"] for r in recs]]]
+        for lo, hi in BUSY_BINS:
+            part = [r for r in records if (b := gpu_busy(r)) is not None and lo <= b < hi]
+            if not part:
+                continue
+            w = part[0]["tokens_per_sec_stats"]["n"]
+            n = len(part[0]["step_times_s"])
+            if any(r["tokens_per_sec_stats"]["n"] != w or len(r["step_times_s"]) != n for r in part):
+                raise SystemExit(f"{run}: records of different steps or windows; report them apart")
+            row = {"run": Path(run).name, "GPU busy": f"{100 * lo:.0f}-{min(100, 100 * hi):.0f}%",
+                   "records": len(part), "steps, window": f"{n}, {w}"}
+            for k in range(1, n // w - 1):
+                diff = sorted(100 * (_block_tokens_per_sec(r, k * w + 1, w) / r["tokens_per_sec"] - 1)
+                              for r in part)
+                row[f"steps {k * w + 1}-{(k + 1) * w} vs window %: median [p10, p90]"] = (
+                    f"{statistics.median(diff):+.2f} [{diff[len(diff) // 10]:+.1f}, {diff[9 * len(diff) // 10]:+.1f}]")
+            row["repeats' spread % (run, median)"] = (f"{100 * statistics.median(repeat_spread):.2f}"
+                                                      if repeat_spread else "-")
+            out.append(row)
+    print(pd.DataFrame(out).to_markdown(index=False))
+
+
 # results/sweepbench.md's opening (the page is this script's output, whole): what its columns mean.
 TITLE = "# The sweep benchmark, cell by cell"
 COLUMNS = (
@@ -385,6 +430,8 @@ if __name__ == "__main__":
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
     if sys.argv[1:2] == ["--compare"]:
         compare(sys.argv[2:])
+    elif sys.argv[1:2] == ["--windows"]:
+        windows(sys.argv[2:])
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
         equal(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--hosts"] and len(sys.argv) == 4:
