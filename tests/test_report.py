@@ -539,3 +539,25 @@ def test_the_gpus_busy_share_of_a_step_is_computed_folded_over_repeats_and_table
     section = all_markdown(df).split("## compiled: the GPU's work per token")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| small"))
     assert row.rstrip().endswith(f"{step_s * 1e9 * 0.6 / (16 * 1024):,.0f} |")
+
+
+def test_the_steps_before_the_window_are_compared_with_it_and_tabled(tmp_path: Path) -> None:
+    """aggregate.pre_window_change: the `window` steps before the window (step 1 left out) against the window's
+    tokens/s; a 50-step run with window 25 compares steps 2-25, a 125-step run steps 76-100."""
+    from attnsweep.report.aggregate import pre_window_change
+
+    path = make_cell(tmp_path, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
+    rec = json.loads(path.read_text())
+    step_s = rec["batch_size"] * 1024 / 100.0
+    # Step 1 compiles (30 s, left out); steps 2-25 take 10% longer than the window's.
+    rec["step_times_s"] = [30.0] + [1.1 * step_s] * 24 + [step_s] * 25
+    rec["tokens_per_sec_stats"] = {**(rec.get("tokens_per_sec_stats") or {}), "n": 25}
+    assert pre_window_change(rec) == pytest.approx(1 / 1.1 - 1, abs=1e-4)
+    long = {**rec, "step_times_s": [30.0] + [2 * step_s] * 74 + [0.9 * step_s] * 25 + [step_s] * 25}
+    assert pre_window_change(long) == pytest.approx(1 / 0.9 - 1, abs=1e-4)  # steps 76-100 only
+    assert pre_window_change({**rec, "step_times_s": [30.0, step_s, step_s]}) is None  # too few steps before
+    assert pre_window_change({**rec, "status": "oom"}) is None
+    path.write_text(json.dumps(rec))
+    section = all_markdown(summarize([path])).split("## compiled: the steps before the window against it")[1]
+    row = next(line for line in section.split("\n## ")[0].splitlines() if line.startswith("| small"))
+    assert row.rstrip().endswith("-9.1% |")

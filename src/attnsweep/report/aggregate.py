@@ -115,8 +115,24 @@ def kernel_ns_per_token(record: dict) -> float | None:
     return round(busy_us * 1e3 / _tokens_per_step(record), 3)
 
 
+def pre_window_change(record: dict) -> float | None:
+    """Tokens/s of the steps just before the measured window against the window's, as a fraction (0 = the same): the
+    `window` steps before it, step 1 (compilation or loading the compiled code) left out. Near 0, the cell had settled
+    before its window, which a run with fewer steps relies on; the same steps are what a run that much shorter would
+    have measured. None without step times or with fewer than 5 steps before the window."""
+    times = record.get("step_times_s")
+    window = (record.get("tokens_per_sec_stats") or {}).get("n")
+    if record.get("status") != "ok" or not times or not window or not record.get("tokens_per_sec"):
+        return None
+    before = times[max(1, len(times) - 2 * window):len(times) - window]
+    if len(before) < 5:
+        return None
+    return round(len(before) * _tokens_per_step(record) / sum(before) / record["tokens_per_sec"] - 1, 4)
+
+
 # Per-record measures folded over a cell's repeats as their median (add_repeats).
-PER_RECORD = {"gpu_busy": gpu_busy, "kernel_ns_per_token": kernel_ns_per_token}
+PER_RECORD = {"gpu_busy": gpu_busy, "kernel_ns_per_token": kernel_ns_per_token,
+              "pre_window_change": pre_window_change}
 
 
 def _flatten(records: list[dict]) -> pd.DataFrame:

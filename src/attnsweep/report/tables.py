@@ -273,6 +273,8 @@ share_table = _per_record_table("kernels.attention_share", _percent)
 busy_table = _per_record_table("gpu_busy", _percent)
 # The GPU's work per token (aggregate.kernel_ns_per_token): the kernels' speed, whatever the host's.
 kernel_table = _per_record_table("kernel_ns_per_token", lambda v: f"{v:,.0f}")
+# The steps before the window against it (aggregate.pre_window_change): had the cell settled?
+settled_table = _per_record_table("pre_window_change", lambda v: f"{100 * v:+.1f}%")
 
 
 def time_table(df: pd.DataFrame) -> str:
@@ -333,6 +335,11 @@ def all_markdown(df: pd.DataFrame) -> str:
             parts.append(f"## {mode}: the GPU's work per token (the profiled step's kernel time over its tokens, ns, "
                          "median over the repeats; lower is faster, and unlike tokens/s it does not depend on the "
                          "host's CPU)\n\n" + _by_environment(cells, kernel_table, "###"))
+    if "pre_window_change" in df and df["pre_window_change"].notna().any():
+        for mode, cells in by_mode.items():
+            parts.append(f"## {mode}: the steps before the window against it (tokens/s of the window's length of "
+                         "steps before it, step 1 left out, over the window's, -1; median over the repeats; near 0%, "
+                         "the cell had settled before its window)\n\n" + _by_environment(cells, settled_table, "###"))
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode, cells in by_mode.items():
