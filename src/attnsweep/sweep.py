@@ -90,9 +90,9 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
         if settings["batch"]["policy"] != "tokens":
             raise SweepError(f"{name('batch.tokens')}: only for batch policy tokens (this run's is "
                              f"{settings['batch']['policy']})")
-        if tokens < max(grid["seq_len"]):
+        if tokens < (longest := max(grid["seq_len"])):
             raise SweepError(f"{name('batch.tokens')}: {tokens} is less than the grid's longest context "
-                             f"({max(grid['seq_len'])}): a step holds one sequence at least")
+                             f"({longest}): a step holds one sequence at least")
     prior = settings["batch"].get("prior_run")
     if prior is not None:
         if settings["batch"]["policy"] != "search":
