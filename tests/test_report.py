@@ -561,3 +561,25 @@ def test_the_steps_before_the_window_are_compared_with_it_and_tabled(tmp_path: P
     section = all_markdown(summarize([path])).split("## compiled: the steps before the window against it")[1]
     row = next(line for line in section.split("\n## ")[0].splitlines() if line.startswith("| small"))
     assert row.rstrip().endswith("-9.1% |")
+
+
+def test_mfu_is_tabled_by_nanogpts_formula_and_by_causal_attentions_work(tmp_path: Path) -> None:
+    """aggregate.mfu_causal: the record's MFU with the attention term halved (flops.CAUSAL_FORMULA), from its
+    parameters and shape; all.md shows both, median over the repeats."""
+    from attnsweep import flops
+    from attnsweep.report.aggregate import mfu_causal, mfu_nanogpt
+
+    path = make_cell(tmp_path, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
+    rec = json.loads(path.read_text())
+    shape = {"n_params_non_embedding": 1_000_000, "n_layer": 2, "n_head": 4, "head_dim": 16, "seq_len": 1024}
+    full = flops.flops_per_token(**shape)  # 6e6 + 12 * 2 * 64 * 1024 = 7,572,864
+    rec.update(params={"total": 1_100_000, "non_embedding": 1_000_000},
+               model_config={**rec["model_config"], "n_layer": 2, "n_head": 4, "n_embd": 64},
+               mfu={"value": 0.5, "flops_per_token": full, "formula": flops.FORMULA, "peak_flops": 1e15})
+    assert mfu_nanogpt(rec) == 0.5
+    assert mfu_causal(rec) == pytest.approx(round(0.5 * (6e6 + 6 * 2 * 64 * 1024) / full, 4))
+    assert mfu_causal({**rec, "status": "oom"}) is None and mfu_causal({**rec, "mfu": None}) is None
+    path.write_text(json.dumps(rec))
+    section = all_markdown(summarize([path])).split("## compiled: MFU")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| small"))
+    assert row.rstrip().endswith(f"| 50.0% ({100 * mfu_causal(rec):.1f}%) |")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import flops
 from ..cellio import load_cell
 from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
 from ..sweep import cell_axes, environment_of
@@ -130,9 +131,29 @@ def pre_window_change(record: dict) -> float | None:
     return round(len(before) * _tokens_per_step(record) / sum(before) / record["tokens_per_sec"] - 1, 4)
 
 
+def mfu_nanogpt(record: dict) -> float | None:
+    """The record's MFU (flops.FORMULA: nanoGPT's, the attention term without causal discount), or None."""
+    value = (record.get("mfu") or {}).get("value")
+    return None if record.get("status") != "ok" or value is None else round(value, 4)
+
+
+def mfu_causal(record: dict) -> float | None:
+    """MFU counting the work causal attention does (flops.CAUSAL_FORMULA: the attention term halved), from the
+    record's tokens/s, parameters and shape; lower than `mfu_nanogpt` by the attention term's half, most at long
+    contexts."""
+    value, m = mfu_nanogpt(record), record.get("mfu") or {}
+    if value is None or not m.get("flops_per_token"):
+        return None
+    cfg = record["model_config"]
+    causal = flops.causal_flops_per_token(
+        n_params_non_embedding=record["params"]["non_embedding"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+        head_dim=cfg["n_embd"] // cfg["n_head"], seq_len=record["cell"]["seq_len"])
+    return round(m["value"] * causal / m["flops_per_token"], 4)
+
+
 # Per-record measures folded over a cell's repeats as their median (add_repeats).
 PER_RECORD = {"gpu_busy": gpu_busy, "kernel_ns_per_token": kernel_ns_per_token,
-              "pre_window_change": pre_window_change}
+              "pre_window_change": pre_window_change, "mfu_nanogpt": mfu_nanogpt, "mfu_causal": mfu_causal}
 
 
 def _flatten(records: list[dict]) -> pd.DataFrame:

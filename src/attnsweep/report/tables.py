@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from .. import flops
 from . import log
 from ..vocabulary import CUDAGRAPH_MODES
 from .aggregate import BASELINE, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, read_summary, table_names
@@ -277,6 +278,20 @@ kernel_table = _per_record_table("kernel_ns_per_token", lambda v: f"{v:,.0f}")
 settled_table = _per_record_table("pre_window_change", lambda v: f"{100 * v:+.1f}%")
 
 
+def mfu_table(df: pd.DataFrame) -> str:
+    """Every implementation side by side: MFU by nanoGPT's formula, and by causal attention's work in brackets."""
+
+    def cell(row: pd.Series | None) -> str:
+        if row is None or row["status"] != "ok":
+            return _tokens(row)
+        full, causal = row.get("mfu_nanogpt"), row.get("mfu_causal")
+        if full is None or pd.isna(full):
+            return DASH
+        return f"{100 * full:.1f}%" + ("" if causal is None or pd.isna(causal) else f" ({100 * causal:.1f}%)")
+
+    return _side_by_side(df, cell, setup=False)
+
+
 def time_table(df: pd.DataFrame) -> str:
     """Every implementation side by side: the seconds its timed jobs held their GPU, + its warm-up jobs' seconds,
     summed over the cell's repeats."""
@@ -335,6 +350,11 @@ def all_markdown(df: pd.DataFrame) -> str:
             parts.append(f"## {mode}: the GPU's work per token (the profiled step's kernel time over its tokens, ns, "
                          "median over the repeats; lower is faster, and unlike tokens/s it does not depend on the "
                          "host's CPU)\n\n" + _by_environment(cells, kernel_table, "###"))
+    if "mfu_nanogpt" in df and df["mfu_nanogpt"].notna().any():
+        for mode, cells in by_mode.items():
+            parts.append(f"## {mode}: MFU over the GPU's dense 16-bit peak, median over the repeats; FLOPs a token "
+                         f"{flops.FORMULA}, in brackets {flops.CAUSAL_FORMULA}\n\n"
+                         + _by_environment(cells, mfu_table, "###"))
     if "pre_window_change" in df and df["pre_window_change"].notna().any():
         for mode, cells in by_mode.items():
             parts.append(f"## {mode}: the steps before the window against it (tokens/s of the window's length of "
