@@ -583,3 +583,47 @@ def test_mfu_is_tabled_by_nanogpts_formula_and_by_causal_attentions_work(tmp_pat
     section = all_markdown(summarize([path])).split("## compiled: MFU")[1].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| small"))
     assert row.rstrip().endswith(f"| 50.0% ({100 * mfu_causal(rec):.1f}%) |")
+
+
+def test_a_graph_breaks_cost_and_grouped_heads_are_compared_with_their_twins(tmp_path: Path) -> None:
+    """graphbreak_over_one_graph: `fa2_graphbreak` over `fa2` of the same mode and setup, with a tie where both
+    cells' repeats overlap; kv_heads_over_full: a grouped cell over the same implementation with every kv head.
+    all.md tables both; a run without such rows keeps its columns."""
+    cells = []
+    for attn, mode, kv, tps in (("fa2", "compiled", 12, 100.0), ("fa2_graphbreak", "compiled", 12, 80.0),
+                                ("fa2", "compiled_cudagraphs", 12, 110.0),
+                                ("fa2_graphbreak", "compiled_cudagraphs", 12, 108.0), ("fa2", "compiled", 4, 120.0)):
+        path = make_cell(tmp_path / ("grouped" if kv != 12 else "."), attn=attn, mode=mode, seq_len=1024,
+                         tokens_per_sec=tps)
+        if kv != 12:  # beside the multi-head cells, in a folder of its own
+            rec = json.loads(path.read_text())
+            rec["cell"]["kv_heads"] = kv
+            rec["model_config"]["n_kv_head"] = kv
+            path = tmp_path / "cells" / f"kv{kv}" / "cell.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(rec))
+        cells.append(path)
+    # Second repeats: the CUDA-graph pair's ranges overlap (110-112 against 108-111), the compiled pair's do not.
+    repeats = []
+    for path, other in zip(cells, (102.0, 82.0, 112.0, 111.0, 118.0)):
+        rec = json.loads(path.read_text())
+        rec["tokens_per_sec"] = other
+        (path.parent / "repeat-2.json").write_text(json.dumps(rec))
+        repeats.append(path.parent / "repeat-2.json")
+    df = summarize(cells, repeats=repeats)
+    row = lambda attn, mode, kv=12: df[(df["attn"] == attn) & (df["mode"] == mode) & (df["kv_heads"] == kv)].iloc[0]  # noqa: E731
+    assert row("fa2_graphbreak", "compiled")["graphbreak_over_one_graph"] == pytest.approx(81 / 101)
+    assert row("fa2_graphbreak", "compiled")["tie_graphbreak"] == False  # noqa: E712
+    assert row("fa2_graphbreak", "compiled_cudagraphs")["graphbreak_over_one_graph"] == pytest.approx(109.5 / 111)
+    assert row("fa2_graphbreak", "compiled_cudagraphs")["tie_graphbreak"] == True  # noqa: E712
+    assert pd.isna(row("fa2", "compiled")["graphbreak_over_one_graph"])
+    assert row("fa2", "compiled", 4)["kv_heads_over_full"] == pytest.approx(119 / 101)
+    assert pd.isna(row("fa2", "compiled")["kv_heads_over_full"])
+    text = all_markdown(df)
+    breaks = text.split("## A graph break's cost")[1].split("\n## ")[0]
+    line = next(x for x in breaks.splitlines() if x.startswith("| small"))
+    assert [c.strip() for c in line.strip("|").split("|")][-2:] == ["0.80×", "0.99× tie"]
+    grouped = text.split("## compiled: grouped and multi-query attention")[1].split("\n## ")[0]
+    assert next(x for x in grouped.splitlines() if x.startswith("| small")).rstrip().endswith("| 1.18× |")
+    plain = summarize(cells[:1])
+    assert "graphbreak_over_one_graph" not in plain and "kv_heads_over_full" not in plain

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +39,9 @@ MODE_ORDER = (*COMPILED_MODES, *(m for m in MODES if m not in COMPILED_MODES))
 STUDY_MODES = ("compiled", "eager")
 # The plain compiled mode: what the modes with CUDA graphs are compared with (cudagraphs_over_compiled).
 PLAIN_COMPILED = "compiled"
+# An implementation forced to break the graph at every attention layer is named after its one-graph twin with this
+# suffix (attention._graph_breaking): graphbreak_over_one_graph compares the two.
+GRAPH_BREAK_SUFFIX = "_graphbreak"
 
 
 def table_names(modes: Iterable[str]) -> list[str]:
@@ -337,10 +340,13 @@ def kept_cells_conflict(paths: Sequence[str | os.PathLike], device_type: str, ru
     )
 
 
-def _reference(df: pd.DataFrame, keys: Sequence[str], where: pd.Series, column: str = "tokens_per_sec") -> pd.Series:
-    """For every row, `column` of the row with the same `keys` that satisfies `where` (NaN if there is none)."""
+def _reference(df: pd.DataFrame, keys: Sequence[str], where: pd.Series, column: str = "tokens_per_sec",
+               keys_of: pd.DataFrame | None = None) -> pd.Series:
+    """For every row, `column` of the row with the same `keys` that satisfies `where` (NaN if there is none); with
+    `keys_of`, each row looks its keys up there (e.g. another implementation's name) instead of in `df`."""
     ref = df.loc[where, [*keys, column]].rename(columns={column: "_ref"})
-    return df[list(keys)].merge(ref, on=list(keys), how="left")["_ref"].set_axis(df.index)
+    own = df if keys_of is None else keys_of
+    return own[list(keys)].merge(ref, on=list(keys), how="left")["_ref"].set_axis(df.index)
 
 
 def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
@@ -363,8 +369,6 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     if with_graphs.any():
         plain = _reference(df, other_mode, df["mode"] == PLAIN_COMPILED)
         df["cudagraphs_over_compiled"] = (tps / plain).where(with_graphs)
-    low, high = df["tokens_per_sec_min"].astype(float), df["tokens_per_sec_max"].astype(float)
-    spread = df["repeats"].fillna(0) >= 2
     for ref in REFERENCES:
         is_ref = df["attn"] == ref
         ref_tps = _reference(df, SAME_SETUP, is_ref)
@@ -372,13 +376,40 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
         df[f"diff_vs_{ref}_pct"] = 100.0 * (tps / ref_tps - 1.0)
         # The 2023 study's "Percent" column divided the difference by FA2's own tokens/s: kept beside ours.
         df[f"diff_vs_{ref}_pct_of_self"] = 100.0 * (1.0 - ref_tps / tps)
-        # A tie: both measured at least twice and their ranges overlap (unknown, blank, with fewer repeats).
-        ref_low, ref_high = (_reference(df, SAME_SETUP, is_ref, c).astype(float)
-                             for c in ("tokens_per_sec_min", "tokens_per_sec_max"))
-        ref_spread = _reference(df, SAME_SETUP, is_ref, "repeats").fillna(0) >= 2
-        tie = (low <= ref_high) & (ref_low <= high)
-        df[f"tie_vs_{ref}"] = tie.where(spread & ref_spread & ~is_ref & ref_tps.notna() & tps.notna())
+        df[f"tie_vs_{ref}"] = _tie(df, lambda c, is_ref=is_ref: _reference(df, SAME_SETUP, is_ref, c), ~is_ref)
+    # A graph break's cost: each `X_graphbreak` row over `X`, its one-graph twin, in the same setup and mode.
+    breaking = df["attn"].str.endswith(GRAPH_BREAK_SUFFIX)
+    if breaking.any():
+        twin = df["attn"].str.removesuffix(GRAPH_BREAK_SUFFIX)
+        one_graph = lambda c: _reference(df.assign(_twin=df["attn"]), [*SAME_SETUP, "_twin"], ~breaking, c,  # noqa: E731
+                                         keys_of=df.assign(_twin=twin))
+        df["graphbreak_over_one_graph"] = (tps / one_graph("tokens_per_sec")).where(breaking)
+        df["tie_graphbreak"] = _tie(df, one_graph, breaking)
+    # Grouped-query and multi-query attention: a row with fewer kv heads than query heads over the same
+    # implementation with every kv head, in the same setup.
+    heads = query_heads(df)
+    grouped = df["kv_heads"] != heads
+    if grouped.any():
+        full = lambda c: _reference(df, [k for k in SAME_SETUP if k != "kv_heads"] + ["attn"],  # noqa: E731
+                                    df["kv_heads"] == heads, c)
+        df["kv_heads_over_full"] = (tps / full("tokens_per_sec")).where(grouped)
+        df["tie_kv_heads"] = _tie(df, full, grouped)
     return df
+
+
+def query_heads(df: pd.DataFrame) -> pd.Series:
+    """Each row's model's query heads (a `missing` row has no model_config to read them from)."""
+    return df["model"].map(lambda m: MODELS[m].n_head)
+
+
+def _tie(df: pd.DataFrame, ref: Callable[[str], pd.Series], applies: pd.Series) -> pd.Series:
+    """Per row where `applies`: whether its tokens/s and its reference row's (`ref(column)`: that row's column) tie,
+    i.e. both were measured at least twice and their ranges overlap; unknown (blank) with fewer repeats."""
+    low, high = df["tokens_per_sec_min"].astype(float), df["tokens_per_sec_max"].astype(float)
+    ref_low, ref_high = ref("tokens_per_sec_min").astype(float), ref("tokens_per_sec_max").astype(float)
+    known = (df["repeats"].fillna(0) >= 2) & (ref("repeats").fillna(0) >= 2)
+    tie = (low <= ref_high) & (ref_low <= high)
+    return tie.where(known & applies & ref("tokens_per_sec").notna() & df["tokens_per_sec"].notna())
 
 
 def _order(values: pd.Series, preferred: Sequence) -> pd.Categorical:

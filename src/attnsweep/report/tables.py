@@ -18,7 +18,8 @@ import pandas as pd
 from .. import flops
 from . import log
 from ..vocabulary import CUDAGRAPH_MODES
-from .aggregate import BASELINE, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, read_summary, table_names
+from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, query_heads,
+                        read_summary, table_names)
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
@@ -190,6 +191,29 @@ def steady_table(df: pd.DataFrame) -> str:
     return _side_by_side(df, cell, setup=False)
 
 
+def _ratio_tie_marked(column: str, tie: str) -> Callable[[pd.Series | None], str]:
+    """A ratio column as "0.85×", and "tie" where the row's `tie` column says the two lie inside each other's range."""
+
+    def cell(row: pd.Series | None) -> str:
+        text = "" if row is None else _speedup(row, column)
+        return f"{text} tie" if row is not None and (row.get(tie) is True or row.get(tie) == 1.0) else text
+
+    return cell
+
+
+def break_table(df: pd.DataFrame) -> str:
+    """tokens/s of each `X_graphbreak` cell over its one-graph twin `X`, per mode (with and without CUDA graphs)."""
+    rows = df[df["attn"].str.endswith(GRAPH_BREAK_SUFFIX)]
+    rows = rows.assign(attn=rows["mode"] + ": " + rows["attn"])
+    return _side_by_side(rows, _ratio_tie_marked("graphbreak_over_one_graph", "tie_graphbreak"), setup=False)
+
+
+def kv_table(df: pd.DataFrame) -> str:
+    """tokens/s of each cell with fewer key/value heads than query heads over the same implementation with all."""
+    rows = df[df["kv_heads"] != query_heads(df)]
+    return _side_by_side(rows, _ratio_tie_marked("kv_heads_over_full", "tie_kv_heads"), setup=False)
+
+
 def gain_table(df: pd.DataFrame, mode: str, base: str, column: str) -> str:
     """tokens/s of `mode` over `base` (the summary's ratio `column`), per implementation (cells in the grid in both
     modes only)."""
@@ -350,6 +374,16 @@ def all_markdown(df: pd.DataFrame) -> str:
             parts.append(f"## {mode}: the GPU's work per token (the profiled step's kernel time over its tokens, ns, "
                          "median over the repeats; lower is faster, and unlike tokens/s it does not depend on the "
                          "host's CPU)\n\n" + _by_environment(cells, kernel_table, "###"))
+    if "graphbreak_over_one_graph" in df:
+        parts.append("## A graph break's cost: tokens/s of each implementation that breaks the graph at every "
+                     "attention layer over its one-graph twin (`fa2_graphbreak` over `fa2`, ...), by mode; tie: "
+                     "their repeats' ranges overlap\n\n" + _by_environment(df, break_table, "###"))
+    if "kv_heads_over_full" in df:
+        for mode, cells in by_mode.items():
+            if (cells["kv_heads"] != query_heads(cells)).any():
+                parts.append(f"## {mode}: grouped and multi-query attention, tokens/s over the same implementation "
+                             "with a key/value head per query head; tie: their repeats' ranges overlap\n\n"
+                             + _by_environment(cells, kv_table, "###"))
     if "mfu_nanogpt" in df and df["mfu_nanogpt"].notna().any():
         for mode, cells in by_mode.items():
             parts.append(f"## {mode}: MFU over the GPU's dense 16-bit peak, median over the repeats; FLOPs a token "
