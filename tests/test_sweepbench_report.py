@@ -136,27 +136,52 @@ def test_the_committed_host_comparison_is_the_scripts_output(capsys) -> None:
     assert capsys.readouterr().out == (ROOT / "results/h200-study-12gib-1gpu/hosts.md").read_text()
 
 
-def test_windows_compares_each_earlier_block_of_steps_with_the_measured_window(tmp_path: Path, capsys) -> None:
-    """--windows: a record of 100 steps, window 25, whose steps 26-50 took 10% longer than the window's: that block
-    reads -9.09% (tokens/s), steps 51-75 (as fast) 0; its two repeats, 10% apart in tokens/s, give the spread column."""
-    report = load_report()
+def _table_rows(out: str) -> list[dict[str, str]]:
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def _windows_record(path: Path, tokens_per_sec: float, times: list[float], busy_us: float = 95_000.0) -> None:
     axes = {"model": "small", "seq_len": 1024, "attn": "sdpa", "mode": "compiled", "kv_heads": 12,
             "precision": "fp16", "optimizer": "adamw", "harness": "native"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # 16 x 1024 tokens a step; `busy_us` of kernels in a 0.1 s step: 95% busy at 163,840 tokens/s.
+    path.write_text(json.dumps({"status": "ok", "cell": axes, "batch_size": 16, "tokens_per_sec": tokens_per_sec,
+                                "tokens_per_sec_stats": {"n": 25}, "step_times_s": times,
+                                "kernels": {"source": "CUDA kernels", "busy_us": busy_us}}))
+
+
+def test_windows_compares_each_earlier_block_of_steps_with_the_measured_window(tmp_path: Path, capsys) -> None:
+    """--windows: a record of 100 steps, window 25, whose steps 26-50 took 10% longer than the window's: that block
+    reads -9.09% (tokens/s), the steps just before the window (51-75, as fast) 0; its two repeats, 10% apart in
+    tokens/s, give the spread column."""
+    report = load_report()
     times = [5.0] + [0.11] * 49 + [0.1] * 50
-    for name, tps in (("cell.json", 163_840.0), ("repeat-2.json", 0.9 * 163_840.0)):
-        path = tmp_path / "run" / "cells" / "c" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # 16 x 1024 tokens a step; 0.095 s of kernels in a 0.1 s step: the GPU busy 95% (or 85.5% at 0.9 x).
-        path.write_text(json.dumps({"status": "ok", "cell": axes, "batch_size": 16, "tokens_per_sec": tps,
-                                    "tokens_per_sec_stats": {"n": 25}, "step_times_s": times,
-                                    "kernels": {"source": "CUDA kernels", "busy_us": 95_000.0}}))
+    _windows_record(tmp_path / "run" / "cells" / "c" / "cell.json", 163_840.0, times)
+    _windows_record(tmp_path / "run" / "cells" / "c" / "repeat-2.json", 0.9 * 163_840.0, times)
     report.windows([str(tmp_path / "run")])
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()[2:]]
-    assert [r[1] for r in rows] == ["80-90%", "90-100%"]
+    rows = _table_rows(capsys.readouterr().out)
+    assert [r["GPU busy"] for r in rows] == ["80-90%", "90-100%"]  # 95% busy at 0.9 x the tokens/s: 85.5%
     fast = rows[1]
-    assert fast[2:4] == ["1", "100, 25"]
-    assert fast[4].startswith("-9.09 ") and float(fast[5].split()[0]) == 0
-    assert fast[6] == "10.53"  # |1 - 0.9| / 0.95
+    assert fast["records"] == "1" and fast["steps, window"] == "100, 25"
+    assert fast["steps 26-50 vs window %"].startswith("-9.09 ")
+    assert float(fast["steps before the window vs window %"].split()[0]) == 0
+    assert fast["repeats' spread % (run, median)"] == "10.53"  # |1 - 0.9| / 0.95
+
+
+def test_windows_reports_records_of_other_step_counts_apart(tmp_path: Path, capsys) -> None:
+    """Records of 125 and of 50 steps in one run: a row each; the 50-step one has no whole earlier block, only the
+    steps before its window (2-25), and a dash where the 125-step row has blocks."""
+    report = load_report()
+    _windows_record(tmp_path / "run" / "cells" / "a" / "cell.json", 163_840.0, [5.0] + [0.1] * 124)
+    _windows_record(tmp_path / "run" / "cells" / "b" / "cell.json", 163_840.0, [5.0] + [0.125] * 24 + [0.1] * 25)
+    report.windows([str(tmp_path / "run")])
+    rows = {r["steps, window"]: r for r in _table_rows(capsys.readouterr().out)}
+    assert set(rows) == {"125, 25", "50, 25"}
+    assert rows["50, 25"]["steps before the window vs window %"].startswith("-20.00 ")
+    assert rows["50, 25"]["steps 26-50 vs window %"] == "–"
+    assert float(rows["125, 25"]["steps 76-100 vs window %"].split()[0]) == 0
 
 
 def test_the_committed_window_comparison_is_the_scripts_output(capsys) -> None:

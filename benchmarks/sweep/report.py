@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnsweep.report.aggregate import gpu_busy, kernel_us, summarize
+from attnsweep.report.aggregate import gpu_busy, kernel_us, pre_window_change, summarize
 from attnsweep.vocabulary import AXES
 
 
@@ -346,40 +346,49 @@ def _block_tokens_per_sec(rec: dict, first: int, steps: int) -> float:
     return len(times) * rec["batch_size"] * rec["cell"]["seq_len"] / sum(times)
 
 
+def _spread_text(diff: list[float]) -> str:
+    diff = sorted(diff)
+    return f"{statistics.median(diff):+.2f} [{diff[len(diff) // 10]:+.1f}, {diff[9 * len(diff) // 10]:+.1f}]"
+
+
 def windows(runs: list[str]) -> None:
     """Would a shorter run have measured the same? Per record, tokens/s over each earlier block of the window's length
     (steps w+1..2w, 2w+1..3w, ...; block 1, steps 1..w, holds the first step's compilation or cache load) against the
     measured window (the last w steps): what a run of 2w, 3w, ... steps would have measured in the same process, since
-    a step does not know how many follow it. One difference: a timed job takes the host's CPUs for itself only
-    before its window (gpuslots), so the earlier blocks may share them with other cells' warm-ups, which slows
-    host-bound steps; a shorter run would take the host before its own window the same way. By run and by how busy
-    the GPU is in a measured step (host-bound cells scatter more), beside the spread between a cell's repeats, the
-    yardstick for a difference."""
+    a step does not know how many follow it; and the steps just before the window (aggregate.pre_window_change: step
+    1 left out), which a run too short for a whole earlier block still has. One difference: on a host of several
+    GPUs the earlier steps may share the CPUs with other GPUs' warm-ups (a timed job stops its own GPU's warm-ups from
+    its second step, every GPU's only during its window), which slows host-bound steps. By run, steps and window, and
+    how busy the GPU is in a measured step (host-bound cells scatter more), beside the spread between a cell's
+    repeats, the yardstick for a difference. Each cell is `median [10th, 90th percentile]` in percent (with fewer than
+    10 records the brackets hold the lowest and the highest)."""
     out = []
     for run in runs:
         by_cell = _ok_records(Path(run))
         records = [r for recs in by_cell.values() for r in recs if r.get("step_times_s")]
         repeat_spread = [abs(a - b) / ((a + b) / 2) for recs in by_cell.values() if len(recs) == 2
                          for a, b in [[r["tokens_per_sec"] for r in recs]]]
-        for lo, hi in BUSY_BINS:
-            part = [r for r in records if (b := gpu_busy(r)) is not None and lo <= b < hi]
-            if not part:
-                continue
-            w = part[0]["tokens_per_sec_stats"]["n"]
-            n = len(part[0]["step_times_s"])
-            if any(r["tokens_per_sec_stats"]["n"] != w or len(r["step_times_s"]) != n for r in part):
-                raise SystemExit(f"{run}: records of different steps or windows; report them apart")
-            row = {"run": Path(run).name, "GPU busy": f"{100 * lo:.0f}-{min(100, 100 * hi):.0f}%",
-                   "records": len(part), "steps, window": f"{n}, {w}"}
-            for k in range(1, n // w - 1):
-                diff = sorted(100 * (_block_tokens_per_sec(r, k * w + 1, w) / r["tokens_per_sec"] - 1)
-                              for r in part)
-                row[f"steps {k * w + 1}-{(k + 1) * w} vs window %: median [p10, p90]"] = (
-                    f"{statistics.median(diff):+.2f} [{diff[len(diff) // 10]:+.1f}, {diff[9 * len(diff) // 10]:+.1f}]")
-            row["repeats' spread % (run, median)"] = (f"{100 * statistics.median(repeat_spread):.2f}"
-                                                      if repeat_spread else "-")
-            out.append(row)
-    print(pd.DataFrame(out).to_markdown(index=False))
+        shapes = sorted({(len(r["step_times_s"]), r["tokens_per_sec_stats"]["n"]) for r in records}, reverse=True)
+        for n, w in shapes:
+            for lo, hi in BUSY_BINS:
+                part = [r for r in records if (b := gpu_busy(r)) is not None and lo <= b < hi
+                        and (len(r["step_times_s"]), r["tokens_per_sec_stats"]["n"]) == (n, w)]
+                if not part:
+                    continue
+                row = {"run": Path(run).name, "steps, window": f"{n}, {w}",
+                       "GPU busy": f"{100 * lo:.0f}-{min(100, 100 * hi):.0f}%", "records": len(part)}
+                before = [100 * c for c in map(pre_window_change, part) if c is not None]
+                row["steps before the window vs window %"] = _spread_text(before) if before else "–"
+                for k in range(1, n // w - 1):
+                    row[f"steps {k * w + 1}-{(k + 1) * w} vs window %"] = _spread_text(
+                        [100 * (_block_tokens_per_sec(r, k * w + 1, w) / r["tokens_per_sec"] - 1) for r in part])
+                row["repeats' spread % (run, median)"] = (f"{100 * statistics.median(repeat_spread):.2f}"
+                                                          if repeat_spread else "–")
+                out.append(row)
+    df = pd.DataFrame(out)
+    # The repeats' spread last, whatever blocks the rows have; a row without a block shows a dash.
+    df = df[[c for c in df.columns if not c.startswith("repeats")] + ["repeats' spread % (run, median)"]].fillna("–")
+    print(df.to_markdown(index=False))
 
 
 # results/sweepbench.md's opening (the page is this script's output, whole): what its columns mean.

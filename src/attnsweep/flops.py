@@ -11,7 +11,7 @@ from __future__ import annotations
 
 FORMULA = "6*N + 12*L*H*Dh*T per token (PaLM/nanoGPT; N excludes position embeddings; no causal discount)"
 # The same with the attention term halved: a causal kernel computes about half of the T×T scores, so at long contexts
-# FORMULA counts work no kernel does (GPT-2 small at 16,384: 72% of its FLOPs a token are the attention term).
+# FORMULA counts work no kernel does (GPT-2 small at 16,384: 76% of its FLOPs a token are the attention term).
 CAUSAL_FORMULA = "6*N + 6*L*H*Dh*T per token (the attention term halved: the work causal attention does)"
 
 # Dense tensor-core peaks, FLOP/s, from the vendors' datasheets (without sparsity). Matched on the device name.

@@ -121,9 +121,9 @@ def kernel_ns_per_token(record: dict) -> float | None:
 
 def pre_window_change(record: dict) -> float | None:
     """Tokens/s of the steps just before the measured window against the window's, as a fraction (0 = the same): the
-    `window` steps before it, step 1 (compilation or loading the compiled code) left out. Near 0, the cell had settled
-    before its window, which a run with fewer steps relies on; the same steps are what a run that much shorter would
-    have measured. None without step times or with fewer than 5 steps before the window."""
+    `window` steps before it, step 1 (compilation or loading the compiled code) left out: steps 76-100 of 125 (what a
+    run of 100 steps would have measured), steps 2-25 of 50. Near 0, the cell had settled before its window, which a
+    run with fewer steps relies on. None without step times or with fewer than 5 steps before the window."""
     times = record.get("step_times_s")
     window = (record.get("tokens_per_sec_stats") or {}).get("n")
     if record.get("status") != "ok" or not times or not window or not record.get("tokens_per_sec"):
@@ -387,19 +387,20 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
         df["tie_graphbreak"] = _tie(df, one_graph, breaking)
     # Grouped-query and multi-query attention: a row with fewer kv heads than query heads over the same
     # implementation with every kv head, in the same setup.
-    heads = query_heads(df)
-    grouped = df["kv_heads"] != heads
+    grouped = is_grouped(df)
     if grouped.any():
         full = lambda c: _reference(df, [k for k in SAME_SETUP if k != "kv_heads"] + ["attn"],  # noqa: E731
-                                    df["kv_heads"] == heads, c)
+                                    ~grouped, c)
         df["kv_heads_over_full"] = (tps / full("tokens_per_sec")).where(grouped)
         df["tie_kv_heads"] = _tie(df, full, grouped)
     return df
 
 
-def query_heads(df: pd.DataFrame) -> pd.Series:
-    """Each row's model's query heads (a `missing` row has no model_config to read them from)."""
-    return df["model"].map(lambda m: MODELS[m].n_head)
+def is_grouped(df: pd.DataFrame) -> pd.Series:
+    """Rows with fewer key/value heads than query heads: the model's (vocabulary.MODELS, since a `missing` row has no
+    model_config), and a cell run by hand without --kv-heads, which records none, has as many as query heads."""
+    heads = df["model"].map(lambda m: MODELS[m].n_head)
+    return df["kv_heads"].fillna(heads) != heads
 
 
 def _tie(df: pd.DataFrame, ref: Callable[[str], pd.Series], applies: pd.Series) -> pd.Series:

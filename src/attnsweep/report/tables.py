@@ -18,7 +18,7 @@ import pandas as pd
 from .. import flops
 from . import log
 from ..vocabulary import CUDAGRAPH_MODES
-from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, query_heads,
+from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, is_grouped,
                         read_summary, table_names)
 
 # The implementations the study compared, in its column order.
@@ -210,8 +210,8 @@ def break_table(df: pd.DataFrame) -> str:
 
 def kv_table(df: pd.DataFrame) -> str:
     """tokens/s of each cell with fewer key/value heads than query heads over the same implementation with all."""
-    rows = df[df["kv_heads"] != query_heads(df)]
-    return _side_by_side(rows, _ratio_tie_marked("kv_heads_over_full", "tie_kv_heads"), setup=False)
+    rows = df[is_grouped(df)]
+    return _side_by_side(rows, _ratio_tie_marked("kv_heads_over_full", "tie_kv_heads"))
 
 
 def gain_table(df: pd.DataFrame, mode: str, base: str, column: str) -> str:
@@ -380,7 +380,7 @@ def all_markdown(df: pd.DataFrame) -> str:
                      "their repeats' ranges overlap\n\n" + _by_environment(df, break_table, "###"))
     if "kv_heads_over_full" in df:
         for mode, cells in by_mode.items():
-            if (cells["kv_heads"] != query_heads(cells)).any():
+            if is_grouped(cells).any():
                 parts.append(f"## {mode}: grouped and multi-query attention, tokens/s over the same implementation "
                              "with a key/value head per query head; tie: their repeats' ranges overlap\n\n"
                              + _by_environment(cells, kv_table, "###"))
