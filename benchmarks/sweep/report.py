@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnsweep.report.aggregate import gpu_busy, kernel_us, pre_window_change, summarize
+from attnsweep.report.aggregate import block_tokens_per_sec, gpu_busy, kernel_us, pre_window_change, summarize
 from attnsweep.vocabulary import AXES
 
 
@@ -339,13 +339,6 @@ def hosts(one: str, two: str) -> None:
     print(pd.DataFrame(summary).to_markdown(index=False, floatfmt=".1f"))
 
 
-def _block_tokens_per_sec(rec: dict, first: int, steps: int) -> float:
-    """Tokens/s over `steps` steps from step `first` (1-based), as the record's window is computed: the steps' tokens
-    over their synchronized times."""
-    times = rec["step_times_s"][first - 1:first - 1 + steps]
-    return len(times) * rec["batch_size"] * rec["cell"]["seq_len"] / sum(times)
-
-
 def _spread_text(diff: list[float]) -> str:
     diff = sorted(diff)
     return f"{statistics.median(diff):+.2f} [{diff[len(diff) // 10]:+.1f}, {diff[9 * len(diff) // 10]:+.1f}]"
@@ -381,7 +374,7 @@ def windows(runs: list[str]) -> None:
                 row["steps before the window vs window %"] = _spread_text(before) if before else "–"
                 for k in range(1, n // w - 1):
                     row[f"steps {k * w + 1}-{(k + 1) * w} vs window %"] = _spread_text(
-                        [100 * (_block_tokens_per_sec(r, k * w + 1, w) / r["tokens_per_sec"] - 1) for r in part])
+                        [100 * (block_tokens_per_sec(r, k * w + 1, w) / r["tokens_per_sec"] - 1) for r in part])
                 row["repeats' spread % (run, median)"] = (f"{100 * statistics.median(repeat_spread):.2f}"
                                                           if repeat_spread else "–")
                 out.append(row)

@@ -119,6 +119,13 @@ def kernel_ns_per_token(record: dict) -> float | None:
     return round(busy_us * 1e3 / _tokens_per_step(record), 3)
 
 
+def block_tokens_per_sec(record: dict, first: int, steps: int) -> float:
+    """Tokens/s over `steps` steps from step `first` (1-based), as the record's window is computed: the steps' tokens
+    over their synchronized times."""
+    times = record["step_times_s"][first - 1:first - 1 + steps]
+    return len(times) * _tokens_per_step(record) / sum(times)
+
+
 def pre_window_change(record: dict) -> float | None:
     """Tokens/s of the steps just before the measured window against the window's, as a fraction (0 = the same): the
     `window` steps before it, step 1 (compilation or loading the compiled code) left out: steps 76-100 of 125 (what a
@@ -128,10 +135,10 @@ def pre_window_change(record: dict) -> float | None:
     window = (record.get("tokens_per_sec_stats") or {}).get("n")
     if record.get("status") != "ok" or not times or not window or not record.get("tokens_per_sec"):
         return None
-    before = times[max(1, len(times) - 2 * window):len(times) - window]
-    if len(before) < 5:
+    first = max(2, len(times) - 2 * window + 1)  # step 1 left out
+    if len(times) - window - first + 1 < 5:
         return None
-    return round(len(before) * _tokens_per_step(record) / sum(before) / record["tokens_per_sec"] - 1, 4)
+    return round(block_tokens_per_sec(record, first, len(times) - window - first + 1) / record["tokens_per_sec"] - 1, 4)
 
 
 def mfu_nanogpt(record: dict) -> float | None:
@@ -380,9 +387,9 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     # A graph break's cost: each `X_graphbreak` row over `X`, its one-graph twin, in the same setup and mode.
     breaking = df["attn"].str.endswith(GRAPH_BREAK_SUFFIX)
     if breaking.any():
-        twin = df["attn"].str.removesuffix(GRAPH_BREAK_SUFFIX)
-        one_graph = lambda c: _reference(df.assign(_twin=df["attn"]), [*SAME_SETUP, "_twin"], ~breaking, c,  # noqa: E731
-                                         keys_of=df.assign(_twin=twin))
+        # Each row's own name as the key to be found, and its twin's name as the key it looks up.
+        named, looking = df.assign(_twin=df["attn"]), df.assign(_twin=df["attn"].str.removesuffix(GRAPH_BREAK_SUFFIX))
+        one_graph = lambda c: _reference(named, [*SAME_SETUP, "_twin"], ~breaking, c, keys_of=looking)  # noqa: E731
         df["graphbreak_over_one_graph"] = (tps / one_graph("tokens_per_sec")).where(breaking)
         df["tie_graphbreak"] = _tie(df, one_graph, breaking)
     # Grouped-query and multi-query attention: a row with fewer kv heads than query heads over the same

@@ -91,11 +91,15 @@ _diff_tok = _derived("+,.0f")
 _diff_pct = _derived("+.1f", "%")
 
 
+def _with_tie(text: str, row: pd.Series | None, tie: str) -> str:
+    """`text`, and "tie" where the row's `tie` column says both cells' repeats overlap (inside the spread)."""
+    value = None if row is None else row.get(tie)
+    return f"{text} tie" if value is True or value == 1.0 else text
+
+
 def _tie_marked(row: pd.Series | None, ref: str) -> str:
     """The difference in percent, and "tie" where both cells' repeats overlap (the difference is inside the spread)."""
-    text = _diff_pct(row, f"diff_vs_{ref}_pct")
-    tie = None if row is None else row.get(f"tie_vs_{ref}")
-    return f"{text} tie" if tie is True or tie == 1.0 else text
+    return _with_tie(_diff_pct(row, f"diff_vs_{ref}_pct"), row, f"tie_vs_{ref}")
 
 
 def _row_keys(df: pd.DataFrame) -> list[str]:
@@ -194,11 +198,7 @@ def steady_table(df: pd.DataFrame) -> str:
 def _ratio_tie_marked(column: str, tie: str) -> Callable[[pd.Series | None], str]:
     """A ratio column as "0.85×", and "tie" where the row's `tie` column says the two lie inside each other's range."""
 
-    def cell(row: pd.Series | None) -> str:
-        text = "" if row is None else _speedup(row, column)
-        return f"{text} tie" if row is not None and (row.get(tie) is True or row.get(tie) == 1.0) else text
-
-    return cell
+    return lambda row: _with_tie("" if row is None else _speedup(row, column), row, tie)
 
 
 def break_table(df: pd.DataFrame) -> str:
@@ -348,6 +348,14 @@ def time_totals(df: pd.DataFrame) -> str:
     return text + ". Seconds are each job's own clock (`duration_s`, `warmup.seconds`), process start excluded."
 
 
+def _mode_sections(df: pd.DataFrame, by_mode: dict[str, pd.DataFrame], column: str,
+                   table: Callable[[pd.DataFrame], str], title: str) -> list[str]:
+    """One section per mode, `## {mode}: {title}`, where some cell has a value in `column`; none where none has."""
+    if column not in df or not df[column].notna().any():
+        return []
+    return [f"## {mode}: {title}\n\n" + _by_environment(cells, table, "###") for mode, cells in by_mode.items()]
+
+
 def all_markdown(df: pd.DataFrame) -> str:
     by_mode = {m: df[df["mode"] == m] for m in MODE_ORDER if m in set(df["mode"])}
     parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
@@ -360,20 +368,17 @@ def all_markdown(df: pd.DataFrame) -> str:
     for mode, base, column in _gains(set(by_mode)):
         parts.append(f"## {mode} over {base} (tokens/s ratio)\n\n"
                      + _by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
-    if "kernels.attention_share" in df and df["kernels.attention_share"].notna().any():
-        for mode, cells in by_mode.items():
-            parts.append(f"## {mode}: attention's share of the profiled step (of its kernel time on a GPU, its "
-                         "operators' time on a CPU; the naive path's matmuls not counted)\n\n"
-                         + _by_environment(cells, share_table, "###"))
-    if "gpu_busy" in df and df["gpu_busy"].notna().any():
-        for mode, cells in by_mode.items():
-            parts.append(f"## {mode}: the GPU's busy share of a measured step (the profiled step's kernel time over "
-                         "the window's mean step time, median over the repeats; well under 100%, the host's CPU "
-                         "bounds the step and its tokens/s)\n\n" + _by_environment(cells, busy_table, "###"))
-        for mode, cells in by_mode.items():
-            parts.append(f"## {mode}: the GPU's work per token (the profiled step's kernel time over its tokens, ns, "
-                         "median over the repeats; lower is faster, and unlike tokens/s it does not depend on the "
-                         "host's CPU)\n\n" + _by_environment(cells, kernel_table, "###"))
+    parts += _mode_sections(df, by_mode, "kernels.attention_share", share_table,
+                            "attention's share of the profiled step (of its kernel time on a GPU, its operators' time "
+                            "on a CPU; the naive path's matmuls not counted)")
+    parts += _mode_sections(df, by_mode, "gpu_busy", busy_table,
+                            "the GPU's busy share of a measured step (the profiled step's kernel time over the "
+                            "window's mean step time, median over the repeats; well under 100%, the host's CPU bounds "
+                            "the step and its tokens/s)")
+    parts += _mode_sections(df, by_mode, "gpu_busy", kernel_table,
+                            "the GPU's work per token (the profiled step's kernel time over its tokens, ns, median "
+                            "over the repeats; lower is faster, and unlike tokens/s it does not depend on the host's "
+                            "CPU)")
     if "graphbreak_over_one_graph" in df:
         parts.append("## A graph break's cost: tokens/s of each implementation that breaks the graph at every "
                      "attention layer over its one-graph twin (`fa2_graphbreak` over `fa2`, ...), by mode; tie: "
@@ -384,16 +389,13 @@ def all_markdown(df: pd.DataFrame) -> str:
                 parts.append(f"## {mode}: grouped and multi-query attention, tokens/s over the same implementation "
                              "with a key/value head per query head; tie: their repeats' ranges overlap\n\n"
                              + _by_environment(cells, kv_table, "###"))
-    if "mfu_nanogpt" in df and df["mfu_nanogpt"].notna().any():
-        for mode, cells in by_mode.items():
-            parts.append(f"## {mode}: MFU over the GPU's dense 16-bit peak, median over the repeats; FLOPs a token "
-                         f"{flops.FORMULA}, in brackets {flops.CAUSAL_FORMULA}\n\n"
-                         + _by_environment(cells, mfu_table, "###"))
-    if "pre_window_change" in df and df["pre_window_change"].notna().any():
-        for mode, cells in by_mode.items():
-            parts.append(f"## {mode}: the steps before the window against it (tokens/s of the window's length of "
-                         "steps before it, step 1 left out, over the window's, -1; median over the repeats; near 0%, "
-                         "the cell had settled before its window)\n\n" + _by_environment(cells, settled_table, "###"))
+    parts += _mode_sections(df, by_mode, "mfu_nanogpt", mfu_table,
+                            "MFU over the GPU's dense 16-bit peak, median over the repeats; FLOPs a token "
+                            f"{flops.FORMULA}, in brackets {flops.CAUSAL_FORMULA}")
+    parts += _mode_sections(df, by_mode, "pre_window_change", settled_table,
+                            "the steps before the window against it (tokens/s of the window's length of steps before "
+                            "it, step 1 left out, over the window's, -1; median over the repeats; near 0%, the cell "
+                            "had settled before its window)")
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode, cells in by_mode.items():
