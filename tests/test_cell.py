@@ -501,6 +501,89 @@ def test_a_stopped_warm_ups_search_goes_on_from_its_log_with_the_same_answer(mon
     assert other.batch_size == 8 and len(tried) > 1 and all(a["detail"] != FROM_LOG for a in other.batch_attempts)
 
 
+def test_a_searched_size_the_timed_run_cannot_fit_sends_the_next_warm_up_below_it(monkeypatch, tmp_path):
+    """Near the GPU's edge a size can fit a warm-up's few steps and not the timed run's (fragmentation): the timed
+    job ends `error`, enters the size in the search log as out of memory and forgets its warm-up, and the cell's
+    next warm-up, reading the log, answers with a smaller size, proved by attempts on both sides."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import timed_cell, warm_up
+    from attnsweep.searchlog import FROM_LOG
+
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    log = tmp_path / "searches" / "r1.jsonl"
+    warm = warm_up(spec, tmp_path / "w1", search_log=log)
+    assert warm.status == "ok" and warm.batch_size == 8
+    lines = len(log.read_text().splitlines())
+
+    real_measure = cell_mod.measure
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: (
+        AttemptResult("oom", "CUDA out of memory (simulated, timed run)", seconds=1.5) if b == 8
+        else real_measure(spec, b, device, **kw)))
+    forgotten = []
+    rec = timed_cell(spec, warm, tmp_path / "w1", search_log=log, forget_warmup=lambda: forgotten.append(True))
+    assert rec["status"] == "error" and forgotten == [True]
+    assert "batch size 8, which fitted in the warm-up, ran out of memory" in rec["reason"]
+    assert "next warm-up searches below it" in rec["reason"]
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(entries) == lines + 1 and entries[-1]["batch_size"] == 8 and entries[-1]["outcome"] == "oom"
+    assert entries[-1]["key"] == entries[0]["key"]  # the warm-up's own key: the next warm-up takes it
+
+    tried.clear()
+    again = warm_up(spec, tmp_path / "w2", search_log=log)
+    assert again.status == "ok" and again.batch_size < 8 and 8 not in tried
+    by_size = {a["batch_size"]: a for a in again.batch_attempts}
+    assert by_size[8]["outcome"] == "oom" and by_size[8]["detail"] == FROM_LOG
+    measured = timed_cell(spec, again, tmp_path / "w2", search_log=log)
+    assert measured["status"] == "ok" and measured["batch_size"] == again.batch_size
+
+
+def test_a_later_repeats_timed_run_out_of_memory_feeds_nothing_back(monkeypatch, tmp_path):
+    """A later repeat measures at repeat 1's size: its timed run that does not fit is an error, and nothing is entered
+    in its search log (a smaller size would not measure the same thing)."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import timed_cell, warm_up
+
+    _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": 8}
+    warm = warm_up(spec, tmp_path / "r2", record_1)
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    log = tmp_path / "r2.jsonl"
+    forgotten = []
+    rec = timed_cell(spec, warm, tmp_path / "r2", search_log=log, forget_warmup=lambda: forgotten.append(True))
+    assert rec["status"] == "error" and "search log" not in rec["reason"]
+    assert not log.exists() and forgotten == []
+
+
+def test_the_cell_command_removes_the_warm_up_a_timed_run_could_not_fit(monkeypatch, tmp_path, capsys):
+    """Through the commands the sweep runs: the timed job exits with an error, its record says why, the warm-up's
+    JSON is gone (so Snakemake runs that warm-up again) and the search log holds the size as out of memory."""
+    import attnsweep.cell as cell_mod
+
+    _counting_attempts(monkeypatch)
+    cell = ["--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--precision", "fp32",
+            "--device", "cpu", "--steps", "4", "--window", "2", "--no-profile", "--batch-policy", "search",
+            "--batch-start", "64"]
+    warmup, cache, log, out = (tmp_path / n for n in ("w.json", "cache", "r1.jsonl", "cell.json"))
+    assert cli_main(["warmup", *cell, "--cache", str(cache), "--search-log", str(log), "--out", str(warmup)]) == 0
+    assert json.loads(warmup.read_text())["batch_size"] == 8
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    rc = cli_main(["cell", *cell, "--warmup", str(warmup), "--cache", str(cache), "--search-log", str(log),
+                   "--out", str(out)])
+    assert rc == 1 and not warmup.exists()
+    assert json.loads(out.read_text())["status"] == "error"
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["batch_size"], last["outcome"]) == (8, "oom")
+
+
+def test_a_search_log_for_a_timed_cell_needs_its_warm_up(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
+                  "--search-log", "r1.jsonl", "--out", "x.json"])
+    assert "--search-log goes with --warmup" in capsys.readouterr().err
+
+
 def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_path):
     from attnsweep.searchlog import Known, SearchLog
 

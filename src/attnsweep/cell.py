@@ -253,6 +253,16 @@ class Warmup:
         return cls(**json.loads(Path(path).read_text()))
 
 
+def _search_log(spec: CellSpec, record: CellRecord, budget: int | None,
+                path: str | os.PathLike | None) -> searchlog.SearchLog | None:
+    """The cell's search log at `path`, for attempts under this code, GPU model and memory budget."""
+    if not path:
+        return None
+    key = {"cell": spec.record(), "code": record.env["code"]["source_sha256"], "gpu": record.env.get("gpu_name"),
+           "budget_bytes": budget}
+    return searchlog.SearchLog(path, key)
+
+
 def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None,
             prior: dict | None = None, search_log: str | os.PathLike | None = None) -> Warmup:
     """Find the cell's batch size and fill its compile cache at that size with a few steps of training.
@@ -281,9 +291,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
         return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
 
     budget = _budget(spec, device)
-    key = {"cell": spec.record(), "code": record.env["code"]["source_sha256"], "gpu": record.env.get("gpu_name"),
-           "budget_bytes": budget}
-    log = searchlog.SearchLog(search_log, key) if search_log else None
+    log = _search_log(spec, record, budget, search_log)
     try:
         answer, results = _find_batch(spec, record, attempt, "warmup", budget, first, prior, log)
     except _Ended as e:
@@ -304,10 +312,17 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     return done("ok", None, answer, first)
 
 
-def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
-               hooks: StepHooks = StepHooks()) -> dict:
+def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hooks: StepHooks = StepHooks(),
+               search_log: str | os.PathLike | None = None, forget_warmup: Callable[[], None] | None = None) -> dict:
     """Measure at the warm-up's batch size with its compile cache; a cell the warm-up found unsupported, out of
-    memory or broken is not compiled again: its record says what the warm-up found."""
+    memory or broken is not compiled again: its record says what the warm-up found.
+
+    A searched batch size can fit a warm-up's few steps and not the timed run's 125: near the GPU's edge the
+    allocator's free blocks fragment over the longer run (on an H200, a warm-up peaked at 127.2 of 139.8 GiB and
+    its timed run could not find 16 GiB with 15.3 GiB reserved and unallocated). Such a run ends `error`; with
+    `search_log` (the warm-up's) the size is entered there as out of memory, so the cell's next warm-up searches
+    below it, and `forget_warmup` is called to remove this warm-up's answer so that the sweep runs that warm-up.
+    A later repeat measures at repeat 1's size and feeds nothing back (its repeats must share the size)."""
     t0 = time.perf_counter()
     device, record = _start(spec)
     record.batch_note = warmup.batch_note
@@ -325,8 +340,16 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike,
     record.add_attempt(warmup.batch_size, res, "timed")
     if res.outcome in ("oom", "error"):
         what = "ran out of memory" if res.outcome == "oom" else "failed"
-        return record.finish("error", f"the timed run at batch size {warmup.batch_size}, which fitted in the "
-                             f"warm-up, {what}: {res.detail}", time.perf_counter() - t0)
+        reason = f"the timed run at batch size {warmup.batch_size}, which fitted in the warm-up, {what}: {res.detail}"
+        searched = warmup.batch_note != shared_batch_note(warmup.batch_size)
+        log = _search_log(spec, record, _budget(spec, device), search_log) if searched else None
+        if res.outcome == "oom" and log:
+            log.add(warmup.batch_size, "oom", None, res.seconds)
+            if forget_warmup:
+                forget_warmup()
+            reason += (f" (entered in the search log {log.path} as out of memory: the cell's next warm-up searches "
+                       "below it)")
+        return record.finish("error", reason, time.perf_counter() - t0)
     record.measured(warmup.batch_size, res, seq_len=spec.seq_len, window=spec.window, precision=spec.precision)
     record.compile = {**(record.compile or {}), "cold_first_step_s": warmup.first_step_s, "cache": "warm-up"}
     if res.outcome == "diverged":

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 from . import preload, status
 from .vocabulary import (ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, ISOLATION, MODELS, MODES, OPTIMIZERS,
@@ -131,6 +132,9 @@ def _add_parsers(sub) -> None:
                    help="measure at the batch size an `attnsweep warmup` found, with the compile cache it filled "
                    "(--cache); without it every attempt compiles from cold")
     p.add_argument("--cache", default=None, metavar="DIR", help="the cell's compile cache, filled by its warm-up")
+    p.add_argument("--search-log", default=None, metavar="JSONL",
+                   help="with --warmup: its search log; a searched batch size that runs out of memory in the timed "
+                   "run is entered there and the warm-up's JSON removed, so the next sweep searches below it")
     _add_batch_from(p)
     _add_batch_prior(p)
     p.add_argument("--out", required=True, help="where to write the JSON record")
@@ -266,6 +270,8 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--warmup and --cache go together (the warm-up's JSON and the compile cache it filled)")
     if args.warmup is not None and args.batch_from is not None:
         parser.error("--batch-from is for a cold repeat: with --warmup, the warm-up has taken repeat 1's batch size")
+    if args.search_log is not None and args.warmup is None:
+        parser.error("--search-log goes with --warmup (the warm-up's search, which a timed run can correct)")
     if args.warmup is not None and args.batch_prior is not None:
         parser.error("--batch-prior is for a search: with --warmup, the warm-up has found the batch size")
     first = _read_record(args, parser)
@@ -282,7 +288,8 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
                 record = run_cell(spec, first, prior)
             else:
-                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack, args.window_turns))
+                record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack, args.window_turns),
+                                    args.search_log, lambda: Path(args.warmup).unlink(missing_ok=True))
         except CellInputError as e:
             parser.error(str(e))
     rc = _write(args.out, record, "cell")

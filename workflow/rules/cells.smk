@@ -55,9 +55,7 @@ if not AGGREGATE_ONLY and WARMUP:
         params:
             options=cell_options,
             first=batch_from_option,
-            # Not an output: it outlives a warm-up stopped in its search (a sweep's deadline), whose attempts the
-            # next warm-up of the cell takes from it instead of running them again (attnsweep/searchlog.py).
-            search_log=f"{RESULTS}/searches/{PARAMSPACE.wildcard_pattern}/r{{repeat}}.jsonl",
+            search_log=search_log,
         shell:
             "python -m attnsweep warmup {params.options} {params.first} --cache {output.cache:q} "
             "--search-log {params.search_log:q} --out {output.json:q} > {log:q} 2>&1"

@@ -79,11 +79,20 @@ def batch_from_option(wildcards, input) -> str:
     return f"--batch-prior {shlex.quote(prior)}" if prior else ""
 
 
+def search_log(wildcards) -> str:
+    """A repeat's search log: not an output, it outlives a warm-up stopped in its search (a sweep's deadline), whose
+    attempts the next warm-up of the cell takes from it instead of running them again, and a timed job enters there
+    a searched size its run did not fit (attnsweep/searchlog.py)."""
+    cell = sweep.cell_path(dict(wildcards.items()))
+    return f"{RESULTS}/searches/{cell}/r{wildcards.get('repeat', '1')}.jsonl"
+
+
 def stage_options(wildcards, input) -> str:
     """A timed job's options: the warm-up it measures after; cold, repeat 1's record for a later repeat."""
     if WARMUP:
         return (
-            f"--warmup {shlex.quote(input.warmup)} --cache {shlex.quote(input.cache)}"
+            f"--warmup {shlex.quote(input.warmup)} --cache {shlex.quote(input.cache)} "
+            f"--search-log {shlex.quote(search_log(wildcards))}"
         )
     return batch_from_option(wildcards, input)
 
