@@ -356,6 +356,21 @@ def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_sweep_measures_the_first_cells_first_and_each_cells_repeats_together(tmp_path: Path) -> None:
+    """Job priorities (sweep.RunPlan.priority) as Snakemake runs them, one job at a time: the cell `first` names
+    leads, and every cell's second repeat comes right after its first, so a part stopped anywhere leaves whole
+    cells but the one in flight."""
+    repo = copy_repo(tmp_path, {**TINY, "repeats": 2, "first": [{"seq_len": 64, "attn": "sdpa"}]})
+    snakemake(repo, "--cores", "2")
+    files = (repo / "results/tiny/cells").rglob("*.json")
+    recs = sorted(((load_cell(f), 1 if f.name == "cell.json" else 2) for f in files),
+                  key=lambda rec: (rec[0]["started_at"], rec[0]["finished_at"]))
+    order = [(r["cell"]["seq_len"], r["cell"]["attn"], repeat) for r, repeat in recs]
+    assert len(order) == 2 * TINY_CELLS and order[:2] == [(64, "sdpa", 1), (64, "sdpa", 2)], order
+    assert all(a[:2] == b[:2] for a, b in zip(order[::2], order[1::2])), order
+
+
+@pytest.mark.slow
 def test_cold_repeats_measure_at_repeat_1s_batch_size(tmp_path: Path) -> None:
     """Without the warm-up stage a later repeat's job reads repeat 1's record (`--batch-from`), as its warm-up does."""
     config = copy.deepcopy(TINY)

@@ -312,3 +312,38 @@ def test_the_tokens_policy_is_a_cell_setting_checked_before_any_job() -> None:
     longest = max(cfg["grid"]["seq_len"])
     with pytest.raises(sweep.SweepError, match=f"batch.tokens: 16 is less than the grid's longest context .{longest}."):
         sweep.plan_run(config(**{"batch.policy": "tokens", "batch.tokens": 16}), {}, gpus=["0"])
+
+
+def test_a_part_finishes_started_cells_then_measures_the_first_cells_before_the_rest() -> None:
+    first = [{"seq_len": 2048, "attn": ["fa2", "sdpa"], "mode": "compiled"}]
+    plan = sweep.plan_run(config(first=first), {}, gpus=["0"])
+    named = plan.grid[(plan.grid["seq_len"] == 2048) & plan.grid["attn"].isin(["fa2", "sdpa"])
+                      & (plan.grid["mode"] == "compiled")].to_dict("records")
+    assert named and plan.first == {sweep.cell_path(c) for c in named}
+    other = plan.grid[plan.grid["seq_len"] == 256].to_dict("records")[0]
+    warmups = {(c, r): plan.priority(cell, r, timed=False) for c, cell in (("first", named[0]), ("other", other))
+               for r in (1, 2)}
+    # A later repeat of any started cell, then repeat 1 of a first cell, then the rest.
+    assert warmups[("first", 2)] > warmups[("other", 2)] > warmups[("first", 1)] > warmups[("other", 1)]
+    # A finished warm-up's timed job goes before every warm-up.
+    timed = [plan.priority(cell, r, timed=True) for cell in (named[0], other) for r in (1, 2)]
+    assert min(timed) > max(warmups.values())
+    assert sweep.plan_run(config(), {}, gpus=["0"]).first == frozenset()
+
+
+def test_first_is_checked_like_exclude_and_must_name_a_cell() -> None:
+    with pytest.raises(sweep.SweepError, match=r"^first\.0: \{'seq_len': 100\} matches no cell of the grid"):
+        sweep.plan_run(config(first=[{"seq_len": 100}]), {}, gpus=["0"])
+    with pytest.raises(sweep.SweepError, match=r"^first: unknown attn \['flash3'\]"):
+        sweep.plan_run(config(first=[{"attn": "flash3"}]), {}, gpus=["0"])
+    with pytest.raises(sweep.SweepError, match=r"first\.0.*'colour' was unexpected"):
+        sweep.validate_config({**yaml.safe_load((ROOT / "config/config.yaml").read_text()),
+                               "first": [{"colour": "red"}]}, SCHEMA)
+
+
+def test_the_cpu_demo_does_not_take_the_gpu_grids_first_cells() -> None:
+    # The top level's entry names GPU-grid cells; the demo's grid (tiny) has none of them, and is not refused.
+    cfg = config(first=[{"model": "small", "seq_len": 1024}])
+    assert sweep.plan_run(cfg, {}, gpus=[]).first == frozenset()
+    demo = sweep.plan_run(config(**{"cpu_demo.first": [{"seq_len": 64}]}), {}, gpus=[])
+    assert demo.first and all("seq_len~64/" in p for p in demo.first)

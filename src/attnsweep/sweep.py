@@ -47,7 +47,8 @@ def run_settings(config: Mapping, cpu_demo: bool, explicit: Mapping = {}) -> dic
                 "add one, or set device: cpu to run the grid itself on the CPU."
             )
         demo = {k: v for k, v in config["cpu_demo"].items() if k not in explicit}
-        settings |= demo
+        # The top level's `first` names cells of the GPU grid, which the demo's grid does not have.
+        settings |= ({} if "first" in explicit else {"first": []}) | demo
     return settings
 
 
@@ -79,12 +80,15 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
         if dups:
             raise SweepError(f"{name(f'grid.{axis}')}: duplicate values {dups}")
     for axis, allowed in CHOICES.items():
-        listed = [*grid[axis], *(v for e in grid["exclude"] for v in _as_list(e.get(axis, [])))]
-        if axis == "model":
-            listed += list(grid["max_seq_len"])
-        unknown = sorted({str(v) for v in listed if v not in allowed})
-        if unknown:
-            raise SweepError(f"{name('grid')}: unknown {axis} {unknown}; valid: {', '.join(allowed)}")
+        listed = {
+            "grid": [*grid[axis], *(v for e in grid["exclude"] for v in _as_list(e.get(axis, []))),
+                     *(grid["max_seq_len"] if axis == "model" else [])],
+            "first": [v for e in settings["first"] for v in _as_list(e.get(axis, []))],
+        }
+        for key, values in listed.items():
+            unknown = sorted({str(v) for v in values if v not in allowed})
+            if unknown:
+                raise SweepError(f"{name(key)}: unknown {axis} {unknown}; valid: {', '.join(allowed)}")
     tokens = settings["batch"].get("tokens")
     if tokens is not None:
         if settings["batch"]["policy"] != "tokens":
@@ -147,8 +151,21 @@ def check_config(config: Mapping, explicit: Mapping = {}) -> dict[bool, tuple[di
         settings = run_settings(config, demo, explicit)
         name = key_namer(config, demo, explicit)
         check_settings(settings, name)
-        checked[demo] = (settings, expand_grid(settings["grid"], name), name)
+        grid = expand_grid(settings["grid"], name)
+        first_cells(grid, settings["first"], name)
+        checked[demo] = (settings, grid, name)
     return checked
+
+
+def first_cells(grid: pd.DataFrame, entries: Sequence[Mapping], name: Callable[[str], str] = _plain) -> frozenset[str]:
+    """The paths of the cells `first` names; an entry that matches no cell of the grid is refused by its index."""
+    chosen = pd.Series(False, index=grid.index)
+    for i, entry in enumerate(entries):
+        match = _matches(grid, entry)
+        if not match.any():
+            raise SweepError(f"{name('first')}.{i}: {dict(entry)} matches no cell of the grid")
+        chosen |= match
+    return frozenset(cell_path(row) for row in grid[chosen].to_dict("records"))
 
 
 def coerce_text_values(value: Any, schema: Mapping, root: Mapping | None = None) -> Any:
@@ -274,6 +291,10 @@ def resolve_device(requested: str, gpus: Sequence[str]) -> str:
     return requested
 
 
+# Above every warm-up's priority (RunPlan.priority: 0-3).
+TIMED_PRIORITY = 10
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What Snakemake needs to lay out the run being started: its settings, device, grid and cell settings."""
@@ -286,6 +307,7 @@ class RunPlan:
     grid: pd.DataFrame
     cell_settings: dict
     key_name: Callable[[str], str]
+    first: frozenset[str] = frozenset()  # cell paths (cell_path) measured before the others
 
     @property
     def results(self) -> str:
@@ -317,6 +339,13 @@ class RunPlan:
                         *([] if self.settings["window_turns"] else ["--no-window-turns"])]
         return [*(slot_options if slots else []),
                 *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
+
+    def priority(self, cell: Mapping, repeat: int, timed: bool) -> int:
+        """A job's Snakemake priority: a timed job before every warm-up (the GPU waits for nothing once a cell's
+        warm-up is done); then a started cell's later repeats before new cells (a sweep run in parts leaves whole
+        cells, whose spread the tables need); then the cells `first` names."""
+        rank = 2 * (repeat > 1) + (cell_path(cell) in self.first)
+        return TIMED_PRIORITY + rank if timed else rank
 
     def warmup_gpus(self) -> int:
         """The `gpu` resource of a warm-up job: 1 where its batch search may fill the GPU (a GPU, no memory cap), so
@@ -350,7 +379,8 @@ def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan
         run_settings(config, demo, explicit)  # raises: no cpu_demo section
     settings, grid, name = checked[demo]
     return RunPlan(run=settings["run"], device=device, cpu_demo=demo, aggregate_only=aggregate_only,
-                   settings=settings, grid=grid, cell_settings=cell_settings(settings, device), key_name=name)
+                   settings=settings, grid=grid, cell_settings=cell_settings(settings, device), key_name=name,
+                   first=first_cells(grid, settings["first"], name))
 
 
 def repeat_paths(cells: Sequence[str], repeats: int) -> list[str]:

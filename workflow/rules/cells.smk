@@ -47,6 +47,8 @@ if not AGGREGATE_ONLY and WARMUP:
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
             repeat=r"[1-9][0-9]*",
+        # Later repeats of started cells first, then the cells `first` names (sweep.RunPlan.priority).
+        priority: warmup_priority
         conda:
             "../../envs/attnsweep.yaml"
         threads: WARMUP_THREADS
@@ -105,7 +107,7 @@ if not AGGREGATE_ONLY:
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
         # A timed cell is started as soon as its warm-up is done: the GPU waits for nothing.
-        priority: 10
+        priority: timed_priority
         retries: 0
         conda:
             "../../envs/attnsweep.yaml"

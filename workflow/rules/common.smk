@@ -79,6 +79,18 @@ def batch_from_option(wildcards, input) -> str:
     return f"--batch-prior {shlex.quote(prior)}" if prior else ""
 
 
+def warmup_priority(wildcards) -> int:
+    """A warm-up's priority (sweep.RunPlan.priority)."""
+    return PLAN.priority(dict(wildcards.items()), int(wildcards.repeat), timed=False)
+
+
+def timed_priority(wildcards) -> int:
+    """A timed job's priority, above every warm-up's (sweep.RunPlan.priority)."""
+    return PLAN.priority(
+        dict(wildcards.items()), int(wildcards.get("repeat", "1")), timed=True
+    )
+
+
 def search_log(wildcards) -> str:
     """A repeat's search log: not an output, it outlives a warm-up stopped in its search (a sweep's deadline), whose
     attempts the next warm-up of the cell takes from it instead of running them again, and a timed job enters there
