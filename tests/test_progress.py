@@ -72,6 +72,24 @@ def test_ctrl_c_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in out and "Error in rule" not in out and "WorkflowError" not in out, out
 
 
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_says_so_without_error_reports(tmp_path: Path) -> None:
+    """`timeout` (a part's deadline, tools/gpu-host/sweep.sh) signals the whole process group: the cell in progress
+    dies of SIGTERM. That is a stop, not a fault: one line, no Snakemake error report."""
+    repo = copy_repo(tmp_path, TWO)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(repo / "snakemake.out", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *PROFILE], cwd=repo, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: running_cell(repo) is not None)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    out = (repo / "snakemake.out").read_text()
+    assert re.search(r"^\[1/2\] tiny 32 \w+ eager: stopped by SIGTERM \(no record; the same command measures it "
+                     r"again\)$", out, re.M), out
+    assert "Error in rule" not in out and "RuleException" not in out and "(1 stopped)" in out, out
+
+
 def test_a_cells_label_names_what_differs_from_the_first_cell_but_not_each_models_own_head_count() -> None:
     from types import SimpleNamespace
 

@@ -52,6 +52,9 @@ NOISE = (
     # a cell's warm-up output (its compile cache) is temporary, removed once the cell is measured
     "Removing temporary output",
 )
+# How Snakemake's report of a job ends when the job was stopped by SIGTERM (a part's deadline: `timeout` signals the
+# whole process group), not failed: such a job leaves no output, and the same command runs it again.
+SIGTERM_DEATH = "died with <Signals.SIGTERM: 15>"
 # Outputs worth a line when they are made: the run's summary, tables, figures and report headline.
 SHOWN_RULES = {"summary", "tables", "figures", "headline"}
 
@@ -72,6 +75,13 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return str(record.getMessage())
+    except Exception:  # a record whose arguments do not format: not the one looked for
+        return ""
 
 
 def cell_outcome(path: Path) -> str:
@@ -107,6 +117,8 @@ class LogHandler(LogHandlerBase):
         self.results: Optional[str] = None
         self.started = time.monotonic()
         self.interrupted = False
+        # Snakemake reports a job's exception before the job's error: set by a SIGTERM death, read by the job's error.
+        self.stopped_by_sigterm = False
         self.snakemake = snakemake_command(sys.argv[0])
 
     # What Snakemake asks of a handler.
@@ -167,11 +179,18 @@ class LogHandler(LogHandlerBase):
             return
         elif event == LogEvent.JOB_ERROR:
             job = self.jobs.get(getattr(record, "jobid", None))
+            stopped, self.stopped_by_sigterm = self.stopped_by_sigterm, False
             if job and job["rule"] in CELL_RULES:
                 self.cells_done += 1
-                self.counts["error"] = self.counts.get("error", 0) + 1
-                self.write(f"{self.progress()} {self.cell_label(job)}: error (Snakemake's report follows)")
-            self.snakemake_line(record)
+                status = "stopped" if stopped else "error"
+                self.counts[status] = self.counts.get(status, 0) + 1
+                self.write(f"{self.progress()} {self.cell_label(job)}: "
+                           + ("stopped by SIGTERM (no record; the same command measures it again)" if stopped
+                              else "error (Snakemake's report follows)"))
+            if not stopped:
+                self.snakemake_line(record)
+        elif event == LogEvent.ERROR and SIGTERM_DEATH in _message(record):
+            self.stopped_by_sigterm = True  # the job's error follows: its line says so, without the report
         elif event in (LogEvent.WORKFLOW_STARTED, LogEvent.PROGRESS, LogEvent.JOB_STARTED, LogEvent.SHELLCMD,
                        LogEvent.RESOURCES_INFO, LogEvent.RULEGRAPH, LogEvent.RUN_INFO):
             return
