@@ -58,3 +58,32 @@ def test_slim_refuses_a_tree_with_changes_and_back_refuses_when_not_slim(checkou
     back = run(checkout, "bash", str(SCRIPT), "back", check=False)
     assert back.returncode == 1 and "not slim" in back.stderr
     assert run(checkout, "git", "symbolic-ref", "--short", "HEAD").stdout.strip() == "main"
+
+
+def test_unpack_replaces_the_run_folders_so_what_the_host_deleted_goes_here_too(
+        checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    run(checkout, "bash", str(SCRIPT), "slim", "replay")
+    # The host's copy after a part: a new record, and the old code stamp replaced by a new one.
+    (checkout / "results/replay/stamps").mkdir()
+    (checkout / "results/replay/stamps/cells-old.json").write_text("{}")
+    run(checkout, *GIT, "add", "results")
+    run(checkout, *GIT, "commit", "-qm", "old stamp")
+    outside = tmp_path_factory.mktemp("call")  # the checkout is tmp_path itself
+    host = outside / "host"
+    shutil.copytree(checkout / "results", host / "results")
+    (host / "results/replay/stamps/cells-old.json").unlink()
+    (host / "results/replay/stamps/cells-new.json").write_text("{}")
+    (host / "results/replay/cells/c.json").write_text("{}")
+    tgz = outside / "replay.tgz"
+    run(host, "tar", "czf", str(tgz), "results/replay")
+    out = run(checkout, "bash", str(SCRIPT), "unpack", str(tgz), "part 1").stdout
+    assert "part 1" in out
+    assert not (checkout / "results/replay/stamps/cells-old.json").exists()
+    for rel in ("results/replay/stamps/cells-new.json", "results/replay/cells/c.json"):
+        assert (checkout / rel).exists(), rel
+    assert run(checkout, "git", "status", "--porcelain").stdout.strip() == ""
+    run(checkout, "bash", str(SCRIPT), "back")
+    assert not (checkout / "results/replay/stamps/cells-old.json").exists()
+    assert (checkout / "results/replay/cells/c.json").exists() and (checkout / "results/replay/report.html").exists()
+    wrong = run(checkout, "bash", str(SCRIPT), "unpack", str(tgz), "again", check=False)
+    assert wrong.returncode == 1 and "not slim" in wrong.stderr

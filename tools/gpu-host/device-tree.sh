@@ -4,10 +4,13 @@
 # only the results folders a call resumes, and back again afterwards.
 #   tools/gpu-host/device-tree.sh slim RUN [RUN ...]  # from a clean tree: branch device-tree, other runs' folders removed
 #   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
+#   tools/gpu-host/device-tree.sh unpack TGZ MESSAGE  # a call's tarball of whole run folders (sweep.sh's), committed
 #   tools/gpu-host/device-tree.sh back               # to the branch before, with what was committed or unpacked since
-# Between slim and back, unpack each call's $OUT tarball into the checkout (tar xzf ...), so the next call resumes from
-# it, and commit it there: back replays those commits on the branch before (and carries anything uncommitted), then
-# deletes device-tree. Its first commit, the removal, is never replayed.
+# Between slim and back, unpack each call's $OUT tarball into the checkout, so the next call resumes from it, and
+# commit it there: back replays those commits on the branch before (and carries anything uncommitted), then deletes
+# device-tree. Its first commit, the removal, is never replayed. unpack replaces each run folder the tarball holds, so
+# what the host deleted (a code stamp replaced by the sweep) is deleted here too; a plain `tar xzf` would keep it, and
+# the next call would send it back.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 state=.git/device-tree-from
@@ -40,6 +43,18 @@ size)
         awk '{n++; s += $1; b += int(($1 + 4095) / 4096) * 4096}
              END {printf "%d files, %.1f MiB (%.1f MiB in 4 KiB blocks); the limit is 64 MiB\n", n, s / 2^20, b / 2^20}'
     ;;
+unpack)
+    [ $# -eq 3 ] || { echo "device-tree.sh unpack: give the tarball and the commit message" >&2; exit 2; }
+    [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state): unpack onto the slim branch" >&2; exit 1; }
+    tgz=$2 message=$3
+    mapfile -t runs < <(tar tzf "$tgz" | awk -F/ '$1 == "results" && $2 != "" {print $2}' | sort -u)
+    [ ${#runs[@]} -gt 0 ] || { echo "device-tree.sh unpack: $tgz holds no results/RUN folder" >&2; exit 1; }
+    for run in "${runs[@]}"; do rm -rf -- "results/$run"; done
+    tar xzf "$tgz"
+    git add -A -- "${runs[@]/#/results/}"
+    git commit -q -m "$message"
+    git log --oneline -1
+    ;;
 back)
     [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state)" >&2; exit 1; }
     { read -r from; read -r slim; } <"$state"
@@ -55,7 +70,7 @@ back)
     git status --short | head -n 5
     ;;
 *)
-    sed -n 2,9p "$0" >&2
+    sed -n 2,13p "$0" >&2
     exit 2
     ;;
 esac
