@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from snakemake_logger_plugin_attnsweep import cell_outcome, duration
-from test_pipeline import BIN, PROFILE, TINY, copy_repo, running_cell, snakemake, wait_for
+from test_pipeline import BIN, PROFILE, TINY, copy_repo, running_cell, snakemake, start, wait_for
 
 # Two cells, a few steps each.
 TWO = copy.deepcopy(TINY)
@@ -77,10 +77,7 @@ def test_a_sweep_stopped_by_sigterm_says_so_without_error_reports(tmp_path: Path
     """`timeout` (a part's deadline, tools/gpu-host/sweep.sh) signals the whole process group: the cell in progress
     dies of SIGTERM. That is a stop, not a fault: one line, no Snakemake error report."""
     repo = copy_repo(tmp_path, TWO)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with open(repo / "snakemake.out", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *PROFILE], cwd=repo, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start(repo)
     wait_for(lambda: running_cell(repo) is not None)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=120)

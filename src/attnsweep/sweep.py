@@ -141,10 +141,11 @@ def expand_grid(grid: Mapping, name: Callable[[str], str] = _plain) -> pd.DataFr
     return df.reset_index(drop=True)
 
 
-def check_config(config: Mapping, explicit: Mapping = {}) -> dict[bool, tuple[dict, pd.DataFrame, Callable]]:
+def check_config(config: Mapping, explicit: Mapping = {}
+                 ) -> dict[bool, tuple[dict, pd.DataFrame, Callable, frozenset[str]]]:
     """Check the GPU grid and the CPU demo alike, whichever of them this machine runs: a typo in either is found
-    on any machine, before any job. Returns, for each section (cpu_demo False/True), its settings, grid and key
-    namer."""
+    on any machine, before any job. Returns, for each section (cpu_demo False/True), its settings, grid, key namer
+    and the cells `first` names."""
     sections = [False, True] if "cpu_demo" in config else [False]
     checked = {}
     for demo in sections:
@@ -152,8 +153,7 @@ def check_config(config: Mapping, explicit: Mapping = {}) -> dict[bool, tuple[di
         name = key_namer(config, demo, explicit)
         check_settings(settings, name)
         grid = expand_grid(settings["grid"], name)
-        first_cells(grid, settings["first"], name)
-        checked[demo] = (settings, grid, name)
+        checked[demo] = (settings, grid, name, first_cells(grid, settings["first"], name))
     return checked
 
 
@@ -377,10 +377,10 @@ def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan
     demo = is_cpu_demo(config, device)
     if demo not in checked:
         run_settings(config, demo, explicit)  # raises: no cpu_demo section
-    settings, grid, name = checked[demo]
+    settings, grid, name, first = checked[demo]
     return RunPlan(run=settings["run"], device=device, cpu_demo=demo, aggregate_only=aggregate_only,
                    settings=settings, grid=grid, cell_settings=cell_settings(settings, device), key_name=name,
-                   first=first_cells(grid, settings["first"], name))
+                   first=first)
 
 
 def repeat_paths(cells: Sequence[str], repeats: int) -> list[str]:

@@ -79,16 +79,19 @@ def batch_from_option(wildcards, input) -> str:
     return f"--batch-prior {shlex.quote(prior)}" if prior else ""
 
 
+def repeat_of(wildcards) -> int:
+    """The repeat a job is of: its `repeat` wildcard, 1 for rule cell (repeat 1's record is cell.json)."""
+    return int(wildcards.get("repeat", "1"))
+
+
 def warmup_priority(wildcards) -> int:
     """A warm-up's priority (sweep.RunPlan.priority)."""
-    return PLAN.priority(dict(wildcards.items()), int(wildcards.repeat), timed=False)
+    return PLAN.priority(dict(wildcards.items()), repeat_of(wildcards), timed=False)
 
 
 def timed_priority(wildcards) -> int:
     """A timed job's priority, above every warm-up's (sweep.RunPlan.priority)."""
-    return PLAN.priority(
-        dict(wildcards.items()), int(wildcards.get("repeat", "1")), timed=True
-    )
+    return PLAN.priority(dict(wildcards.items()), repeat_of(wildcards), timed=True)
 
 
 def search_log(wildcards) -> str:
@@ -96,7 +99,7 @@ def search_log(wildcards) -> str:
     attempts the next warm-up of the cell takes from it instead of running them again, and a timed job enters there
     a searched size its run did not fit (attnsweep/searchlog.py)."""
     cell = sweep.cell_path(dict(wildcards.items()))
-    return f"{RESULTS}/searches/{cell}/r{wildcards.get('repeat', '1')}.jsonl"
+    return f"{RESULTS}/searches/{cell}/r{repeat_of(wildcards)}.jsonl"
 
 
 def stage_options(wildcards, input) -> str:
