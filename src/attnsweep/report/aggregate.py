@@ -233,12 +233,13 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     if strays := sorted(set(by_folder) - folders):
         listing = "\n".join(f"  {s}" for s in strays)
         raise ValueError(f"repeats of cells that have no first record (cell.json):\n{listing}")
-    all_values, counts, lows, highs, medians = [], [], [], [], []
+    all_values, counts, lows, highs, medians, gpus = [], [], [], [], [], []
     folded: dict[str, list] = {column: [] for column in PER_RECORD}
     firsts = {column: df[column] if column in df else pd.Series(None, index=df.index, dtype=float)
               for column in PER_RECORD}
     timed = df["duration_s"].astype(float) if "duration_s" in df else pd.Series(float("nan"), index=df.index)
     warm = df["warmup.seconds"].astype(float) if "warmup.seconds" in df else pd.Series(float("nan"), index=df.index)
+    first_gpu = df["env.gpu.uuid"] if "env.gpu.uuid" in df else pd.Series(None, index=df.index, dtype=object)
     for i, (path, status, tps) in enumerate(zip(df["cell_path"], df["status"], df["tokens_per_sec"])):
         later = sorted(by_folder.get(Path(path).parent.as_posix(), []), key=lambda t: t[0])
         for column, measure in PER_RECORD.items():
@@ -251,6 +252,10 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
         values = [tps if status == "ok" else None,
                   *(r["tokens_per_sec"] if r["status"] == "ok" else None for _, r in later)]
         ok = [v for v in values if v is not None] if status == "ok" else []
+        uuids = [] if status != "ok" else [
+            first_gpu.iloc[i], *(((r.get("env") or {}).get("gpu") or {}).get("uuid") for _, r in later
+                                 if r["status"] == "ok")]
+        gpus.append(len({u for u in uuids if isinstance(u, str)}))
         all_values.append(json.dumps(values))
         counts.append(len(ok))
         lows.append(min(ok) if ok else None)
@@ -259,11 +264,34 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     df["tokens_per_sec"] = medians
     df["repeats"], df["tokens_per_sec_min"], df["tokens_per_sec_max"] = counts, lows, highs
     df["tokens_per_sec_repeats"] = all_values
+    df["gpus"] = gpus  # the GPUs its ok repeats ran on (0: none recorded, e.g. on a CPU)
     for column, values in folded.items():
         df[column] = values  # the median over the ok repeats
     df["timed_s_total"], df["warmup_s_total"] = timed, warm
     if by_folder:
         log.info("folded %d repeats into %d cells", sum(map(len, by_folder.values())), len(by_folder))
+    return df
+
+
+def add_spread(df: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's spread (`spread_low`, `spread_high`), what ties are judged on: the range of its repeats, widened
+    where they all ran on one GPU to at least ±half the environment's between-GPU spread (`between_gpu_pct`).
+
+    Two GPUs of one kind do not run at one speed: on the H200s lent for this project, a cell's repeats on two
+    GPUs differed by up to 3.4% where repeats on one GPU agreed within 0.2%. A range measured on one GPU leaves that
+    out, and the cell it is compared with may have run on another; a cell whose repeats ran on two GPUs has its own
+    measure of it, and keeps its range. `between_gpu_pct` is the median range, in percent
+    of the median, of the cells whose repeats ran on two GPUs or more (null where there is none: the ranges are then
+    compared as they are, and a run whose cells each stayed on one GPU says nothing about the GPUs' differences).
+    """
+    df = df.copy()
+    tps = df["tokens_per_sec"].astype(float)
+    rng = 100.0 * (df["tokens_per_sec_max"].astype(float) - df["tokens_per_sec_min"].astype(float)) / tps
+    across = (df["gpus"] >= 2) & (df["repeats"] >= 2) & tps.notna()
+    df["between_gpu_pct"] = rng.where(across).groupby(df["env_id"]).transform("median")
+    half = (df["between_gpu_pct"] / 200.0 * tps).where(df["gpus"] == 1)
+    df["spread_low"] = pd.concat([df["tokens_per_sec_min"].astype(float), tps - half], axis=1).min(axis=1)
+    df["spread_high"] = pd.concat([df["tokens_per_sec_max"].astype(float), tps + half], axis=1).max(axis=1)
     return df
 
 
@@ -412,9 +440,10 @@ def is_grouped(df: pd.DataFrame) -> pd.Series:
 
 def _tie(df: pd.DataFrame, ref: Callable[[str], pd.Series], applies: pd.Series) -> pd.Series:
     """Per row where `applies`: whether its tokens/s and its reference row's (`ref(column)`: that row's column) tie,
-    i.e. both were measured at least twice and their ranges overlap; unknown (blank) with fewer repeats."""
-    low, high = df["tokens_per_sec_min"].astype(float), df["tokens_per_sec_max"].astype(float)
-    ref_low, ref_high = ref("tokens_per_sec_min").astype(float), ref("tokens_per_sec_max").astype(float)
+    i.e. both were measured at least twice and their spreads (add_spread) overlap; unknown (blank) with fewer
+    repeats."""
+    low, high = df["spread_low"].astype(float), df["spread_high"].astype(float)
+    ref_low, ref_high = ref("spread_low").astype(float), ref("spread_high").astype(float)
     known = (df["repeats"].fillna(0) >= 2) & (ref("repeats").fillna(0) >= 2)
     tie = (low <= ref_high) & (ref_low <= high)
     return tie.where(known & applies & ref("tokens_per_sec").notna() & df["tokens_per_sec"].notna())
@@ -468,6 +497,7 @@ def summarize(
     `repeats` (records of repeats 2, 3, ...) are folded into their cells' rows (add_repeats)."""
     df = add_repeats(load_cells(paths, run), repeats, run)
     check_environments(df, allow_mixed_env)
+    df = add_spread(df)
     absent = missing_rows(missing)
     if len(absent):
         # A missing cell has no environment: it joins the one environment of the cells present (refused above
@@ -476,7 +506,7 @@ def summarize(
         df = pd.concat([df, absent], ignore_index=True)
     df = sort_rows(add_comparisons(df))
     first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "repeats", "tokens_per_sec_min",
-             "tokens_per_sec_max", "speedup_vs_naive", "compiled_over_eager",
+             "tokens_per_sec_max", "gpus", "spread_low", "spread_high", "between_gpu_pct", "speedup_vs_naive", "compiled_over_eager",
              *(["cudagraphs_over_compiled"] if "cudagraphs_over_compiled" in df else []),
              *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct", "pct_of_self")),
              *(f"tie_vs_{r}" for r in REFERENCES), "env_id", "cell_path"]

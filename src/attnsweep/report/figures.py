@@ -3,10 +3,10 @@
 - fa2_vs_sdpa_{compiled,compiled_cudagraphs,eager}: FlashAttention-2's percent difference to PyTorch's FlashAttention against context,
   one colour per model, solid against `sdpa` (SDPA's default dispatch, the study's) and dashed against
   `sdpa_flash` (SDPA forced to its flash backend); with repeats, an open marker is a tie (the difference lies inside
-  both cells' ranges, as the tables mark it).
+  both cells' spreads, as the tables mark it).
 - speedup, throughput: one panel per mode (rows) and model (columns), one line per implementation, with error bars:
-  with repeats, the range of a cell's repeats (the run-to-run spread; a cell measured once has none); without, the
-  window's slowest to fastest step. The title says which. memory: the same panels, no error bars. Throughput and
+  with repeats, a cell's spread (its repeats' range, widened for the GPUs' differences: aggregate.add_spread);
+  without, the window's slowest to fastest step. The title says which. memory: the same panels, no error bars. Throughput and
   memory start at zero, speedup has its line at 1 (no gain).
 
 Only cells with status ok have a point; an OOM or unsupported cell is a gap in its line, and an implementation with
@@ -98,7 +98,7 @@ def headline_figure(df: pd.DataFrame, mode: str, path: str | os.PathLike) -> plt
         handles, labels = ax.get_legend_handles_labels()
         if any_tie:
             handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", color="grey"))
-            labels.append("open: a tie (inside both cells' ranges)")
+            labels.append("open: a tie (inside both cells' spreads)")
         ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(f"FlashAttention-2 vs PyTorch's FlashAttention, {mode}")
     _save(fig, path)
@@ -133,13 +133,13 @@ def panel_figure(
         lambda s: "/".join(sorted(set(s.astype(str)))))
     df = df[has_value]
     repeated = "repeats" in df.columns and (df["repeats"].fillna(0) >= 2).any()
-    low_high = (("tokens_per_sec_min", "tokens_per_sec_max") if repeated
+    low_high = (("spread_low", "spread_high") if repeated
                 else ("tokens_per_sec_stats.min", "tokens_per_sec_stats.max"))
     if spread and set(low_high) <= set(df.columns):
         tps, (low, high) = df["tokens_per_sec"], (df[c] for c in low_high)
         df = df.assign(err_low=(df["value"] * (1 - low / tps)).clip(lower=0).fillna(0),
                        err_high=(df["value"] * (high / tps - 1)).clip(lower=0).fillna(0))
-        title += (" (error bars: the range of a cell's repeats)" if repeated
+        title += (" (error bars: a cell's spread over its repeats)" if repeated
                   else " (error bars: the window's slowest to fastest step)")
     else:
         spread = False

@@ -3,7 +3,8 @@ its tables and figures are (reStructuredText, included by workflow/report/workfl
 
 "Fastest" is the highest tokens/s over the measurement window (the median of its repeats, with `repeats`). Another
 implementation is named beside it when the two cannot be told apart, a tie, not a lead: with repeats, when their
-ranges over the repeats overlap (as the tables mark ties); with one run, when its tokens/s lies within the fastest
+spreads overlap (the repeats' ranges, widened for the GPUs' differences: aggregate.add_spread; as the tables mark
+ties); with one run, when its tokens/s lies within the fastest
 cell's own spread (at or above the slowest step of its window).
 """
 
@@ -35,7 +36,7 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("tokens_per_sec", ascending=False)
         best, others = group.iloc[0], group.iloc[1:]
         if best.get("repeats", 1) >= 2:
-            ties = others[(others["repeats"] >= 2) & (others["tokens_per_sec_max"] >= best["tokens_per_sec_min"])]
+            ties = others[(others["repeats"] >= 2) & (others["spread_high"] >= best["spread_low"])]
         else:
             floor = best.get("tokens_per_sec_stats.min")
             floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
@@ -85,9 +86,15 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
             "fastest": best["fastest"], "tokens/s": best["tokens_per_sec"].map("{:,.0f}".format),
             "tied within its spread": best["ties"].replace("", "-"),
         })
+        repeated = "repeats" in df and (df["repeats"].fillna(0) >= 2).any()
         lines += [
-            "The highest tokens/s per model, context and mode; beside it, implementations whose tokens/s lies within "
-            "the fastest cell's spread (at or above its slowest window step): one run does not separate them.",
+            "The highest tokens/s per model, context and mode" + (" (the median of its repeats)" if repeated else "")
+            + "; beside it, "
+            + ("implementations whose spread overlaps the fastest's (their repeats' ranges, widened where a cell's "
+               "repeats all ran on one GPU to the run's between-GPU spread): the repeats do not separate them."
+               if repeated else
+               "implementations whose tokens/s lies within the fastest cell's spread (at or above its slowest window "
+               "step): one run does not separate them."),
             "",
             tabulate(table, headers="keys", tablefmt="rst", showindex=False, disable_numparse=True),
             "",

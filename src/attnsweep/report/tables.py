@@ -39,8 +39,9 @@ LEGEND = (
 
 
 REPEATS_LEGEND = (
-    "With repeats: tok/s is the median of a cell's repeats, ±half their range in percent; a difference marked tie "
-    "lies inside both cells' ranges."
+    "With repeats: tok/s is the median of a cell's repeats, ±half its spread in percent: the repeats' range, "
+    "widened where they all ran on one GPU to the run's between-GPU spread (summary.csv: between_gpu_pct); a "
+    "difference marked tie lies inside both cells' spreads."
 )
 
 
@@ -60,8 +61,8 @@ def _tokens(row: pd.Series | None) -> str:
     if row["status"] != "ok":
         return STATUS_MARK.get(row["status"], row["status"])
     text = _fmt(row["tokens_per_sec"], ",.0f")
-    if _repeated(row):  # the median of the repeats, and half their range in percent of it
-        half = 50.0 * (row["tokens_per_sec_max"] - row["tokens_per_sec_min"]) / row["tokens_per_sec"]
+    if _repeated(row):  # the median of the repeats, and half their spread (aggregate.add_spread) in percent of it
+        half = 50.0 * (row["spread_high"] - row["spread_low"]) / row["tokens_per_sec"]
         text += f" ±{half:.1f}%"
     return text
 
@@ -382,12 +383,12 @@ def all_markdown(df: pd.DataFrame) -> str:
     if "graphbreak_over_one_graph" in df:
         parts.append("## A graph break's cost: tokens/s of each implementation that breaks the graph at every "
                      "attention layer over its one-graph twin (`fa2_graphbreak` over `fa2`, ...), by mode; tie: "
-                     "their repeats' ranges overlap\n\n" + _by_environment(df, break_table, "###"))
+                     "their spreads overlap (the legend above)\n\n" + _by_environment(df, break_table, "###"))
     if "kv_heads_over_full" in df:
         for mode, cells in by_mode.items():
             if is_grouped(cells).any():
                 parts.append(f"## {mode}: grouped and multi-query attention, tokens/s over the same implementation "
-                             "with a key/value head per query head; tie: their repeats' ranges overlap\n\n"
+                             "with a key/value head per query head; tie: their spreads overlap\n\n"
                              + _by_environment(cells, kv_table, "###"))
     parts += _mode_sections(df, by_mode, "mfu_nanogpt", mfu_table,
                             "MFU over the GPU's dense 16-bit peak, median over the repeats; FLOPs a token "
