@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,3 +197,175 @@ def test_the_committed_window_comparison_is_the_scripts_output(capsys) -> None:
     """results/windows.md is `report.py --windows` of the study's two H200 replays, whole."""
     load_report().windows([str(ROOT / "results/h200-study-12gib"), str(ROOT / "results/h200-study-12gib-1gpu")])
     assert capsys.readouterr().out == (ROOT / "results/windows.md").read_text()
+
+
+# Samples as nvidia-smi writes them (tools/gpu-host/sweep.sh: --format=csv,nounits, the header kept), in each header
+# style the reader takes: the long names with units, and the query's short names with the older reasons field.
+LONG = ("timestamp, index, uuid, clocks.current.sm [MHz], clocks.current.memory [MHz], temperature.gpu, "
+        "power.draw [W], clocks_event_reasons.active")
+SHORT = "timestamp, index, uuid, clocks.sm, clocks.mem, temperature.gpu, power.draw, clocks_throttle_reasons.active"
+WINDOW = (1_796_114_100.0, 1_796_114_102.7)  # 2026-12-01 08:35:00 UTC, a 2.7 s window
+
+
+def _stamp(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
+
+
+def gpu_csv(run: Path, header: str = LONG, units: bool = False) -> None:
+    """GPU-x sampled about once a second from 1 s before the window to 0.6 s after it, GPU-y beside it; the samples
+    within 0.5 s of the window have other values than the two outside it."""
+    start = WINDOW[0]
+    x = [(-1.0, 500, 90, 100.0, 0x8),  # 1 s before the start: left out
+         (-0.4, 1980, 60, 600.0, 0x0), (0.6, 1960, 62, 620.0, 0x4), (1.6, 1950, 63, 640.0, 0x0),
+         (2.6, 1930, 61, 660.0, 0x20),
+         (3.3, 500, 90, 100.0, 0x8)]  # 0.6 s after the end: left out
+    lines = [header]
+    for offset, mhz, temp, watts, reasons in x:
+        for uuid, values in (("GPU-x", (mhz, temp, watts, reasons)), ("GPU-y", (1000, 80, 300.0, 0x40))):
+            sm, c, w, r = values
+            sm_text, w_text = (f"{sm} MHz", f"{w:.2f} W") if units else (str(sm), f"{w:.2f}")
+            lines.append(f"{_stamp(start + offset)}, {0 if uuid == 'GPU-x' else 1}, {uuid}, {sm_text}, 3201, {c}, "
+                         f"{w_text}, 0x{r:016x}")
+    lines.insert(5, "Unable to determine the device handle for GPU0000:19:00.0: Unknown Error")  # on its output
+    # The last line cut off when the sampler was stopped.
+    (run / "gpu-20261201T083400.csv").write_text("\n".join(lines) + f"\n{_stamp(start + 2.0)}, 0, GPU-x, 19")
+
+
+def full_record(run: Path, name: str, uuid: str, window: tuple[float, float] | None) -> None:
+    """A record with what the per-cell table reads, and its job's Snakemake benchmark."""
+    path = run / "cells" / name / "cell.json"
+    path.parent.mkdir(parents=True)
+    conditions = {"start_unix_s": window[0], "end_unix_s": window[1]} if window else None
+    path.write_text(json.dumps({
+        "cell": {"model": "small", "seq_len": 1024, "attn": name}, "status": "ok", "tokens_per_sec": 100_000.0,
+        "duration_s": 10.0, "started_at": "2026-12-01T08:34:55+00:00", "finished_at": "2026-12-01T08:35:05+00:00",
+        "env": {"gpu": {"index": 0, "uuid": uuid}}, "window_conditions": conditions}))
+    tsv = run / "benchmarks" / "cells" / name / "cell.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("s\th:m:s\n12.5\t0:00:12\n")
+
+
+@pytest.mark.parametrize("header, units", [(LONG, False), (SHORT, False), (LONG, True)],
+                         ids=["long names", "short names, older reasons field", "with units"])
+def test_the_gpu_samples_in_each_measured_window_are_joined_to_its_record(tmp_path: Path, header, units) -> None:
+    """The samples of the record's GPU (by UUID) from 0.5 s before its window to 0.5 s after it: mean SM clock,
+    highest temperature, mean power, the reasons OR-ed; another GPU's samples and those further out do not count."""
+    report = load_report()
+    run = tmp_path / "run"
+    full_record(run, "x", "GPU-x", WINDOW)
+    full_record(run, "y", "GPU-y", WINDOW)
+    full_record(run, "later", "GPU-x", (WINDOW[0] + 60, WINDOW[1] + 60))  # the sampler had stopped by then
+    full_record(run, "old", "GPU-x", None)  # a record without its window (older code)
+    gpu_csv(run, header, units)
+    rows = {r["attn"]: r for r in report.rows(run)}
+    assert {k: rows["x"][k] for k in report.GPU_COLUMNS} == {
+        "SM MHz": 1955, "max temp C": 63, "power W": 630.0, "clock events": "SW power cap, SW thermal slowdown",
+        "GPU samples": 4}
+    assert rows["y"]["GPU samples"] == 4 and rows["y"]["SM MHz"] == 1000
+    assert rows["y"]["clock events"] == "HW thermal slowdown"
+    assert rows["later"]["GPU samples"] == 0 and rows["later"]["SM MHz"] is None
+    assert all(rows["old"][k] is None for k in report.GPU_COLUMNS)
+
+
+def test_clock_event_reasons_in_words() -> None:
+    report = load_report()
+    assert report.clock_events(0) == "none"
+    assert report.clock_events(0x1 | 0x80) == "GPU idle, HW power brake"
+    assert report.clock_events(0x8 | 0x1000) == "HW slowdown, 0x1000"  # a bit without a name
+
+
+def test_the_page_shows_the_gpu_columns_only_for_runs_with_samples(tmp_path: Path, capsys) -> None:
+    """A run without gpu-*.csv (parts swept before sweep.sh sampled the GPU) leaves its rows blank beside a run with
+    samples; a page of such runs only has no GPU columns, as before."""
+    report = load_report()
+    new, old = tmp_path / "new", tmp_path / "old"
+    full_record(new, "x", "GPU-x", WINDOW)
+    gpu_csv(new)
+    full_record(old, "x", "GPU-x", WINDOW)
+    (old_row,) = report.rows(old)
+    assert all(old_row[k] is None for k in report.GPU_COLUMNS)
+    report.main([str(new), str(old)])
+    out = capsys.readouterr().out
+    assert report.GPU_COLUMNS_TEXT in out
+    table = {r["run"]: r for r in _table_rows(out.rstrip().split("\n\n")[-1])}  # the per-cell table, last
+    assert table["new"]["SM MHz"] == "1,955.0" and table["new"]["clock events"].startswith("SW power cap")
+    assert table["old"]["SM MHz"] == "nan" and table["old"]["GPU samples"] == "nan"
+    report.main([str(old)])
+    out = capsys.readouterr().out
+    assert "SM MHz" not in out and report.GPU_COLUMNS_TEXT not in out
+
+
+# A stand-in nvidia-smi for tools/gpu-host/sweep.sh: it knows the clock-event reasons under the name FAKE_REASONS
+# gives (none: neither name), refuses a query with a field it does not know as nvidia-smi does (the message on its
+# output, exit status 2), and with -lms writes a sample every 0.2 s in local time, as nvidia-smi does.
+FAKE_NVIDIA_SMI = """#!{python}
+import datetime, os, sys, time
+args = sys.argv[1:]
+if "-L" in args:
+    print("GPU 0: NVIDIA H200 (UUID: GPU-fake0)")
+    sys.exit(0)
+fields = next(a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")).split(",")
+known = {{"timestamp", "index", "uuid", "clocks.sm", "clocks.mem", "temperature.gpu", "power.draw", "name",
+          "driver_version", "clocks.max.sm", "power.limit", "memory.total", os.environ["FAKE_REASONS"]}}
+for field in fields:
+    if field not in known:
+        print(f'Field "{{field}}" is not a valid field to query.')
+        sys.exit(2)
+if "timestamp" not in fields:
+    print("NVIDIA H200, 580.95.05, 1980 MHz, 700.00 W, 143771 MiB")
+    sys.exit(0)
+names = {{"clocks.sm": "clocks.current.sm [MHz]", "clocks.mem": "clocks.current.memory [MHz]",
+          "power.draw": "power.draw [W]"}}
+values = {{"index": "0", "uuid": "GPU-fake0", "clocks.sm": "1980", "clocks.mem": "3201", "temperature.gpu": "45",
+           "power.draw": "650.25", os.environ["FAKE_REASONS"]: "0x0000000000000004"}}
+if "-lms" in args:
+    with open(os.environ["FAKE_PIDS"], "a") as pids:
+        pids.write(f"{{os.getpid()}}\\n")
+print(", ".join(names.get(f, f) for f in fields), flush=True)
+while True:
+    values["timestamp"] = datetime.datetime.now().strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
+    print(", ".join(values[f] for f in fields), flush=True)
+    if "-lms" not in args:
+        break
+    time.sleep(0.2)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+@pytest.mark.parametrize("reasons", ["clocks_event_reasons.active", "clocks_throttle_reasons.active", "none"])
+def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tmp_path: Path, reasons) -> None:
+    """tools/gpu-host/sweep.sh with stand-ins for setup.sh, snakemake and nvidia-smi, in a zone other than UTC: the
+    part's tarball holds gpu-STAMP.csv with samples of the GPU in UTC taken while snakemake ran, the reasons under the
+    name the driver knows (or none), no empty .err file, and no sampler left running."""
+    repo, out, fake = tmp_path / "repo", tmp_path / "out", tmp_path / "bin"
+    for folder in (repo / "tools/gpu-host", out, fake):
+        folder.mkdir(parents=True)
+    shutil.copy(ROOT / "tools/gpu-host/sweep.sh", repo / "tools/gpu-host/sweep.sh")
+    (repo / "tools/gpu-host/setup.sh").write_text("true\n")
+    (fake / "nvidia-smi").write_text(FAKE_NVIDIA_SMI.format(python=sys.executable))
+    (fake / "snakemake").write_text('#!/bin/sh\ncase "$*" in *--unlock*) exit 0 ;; esac\nsleep 2\n')
+    for exe in ("nvidia-smi", "snakemake"):
+        (fake / exe).chmod(0o755)
+    pids = tmp_path / "sampler.pids"
+    env = {"PATH": f"{fake}{os.pathsep}/usr/bin{os.pathsep}/bin", "OUT": str(out), "TZ": "JST-9",
+           "FAKE_REASONS": reasons, "FAKE_PIDS": str(pids)}
+    began = time.time()
+    done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "snakemake exit: 0" in done.stdout
+    for pid in map(int, pids.read_text().split()):  # the sampler, stopped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with tarfile.open(out / "part.tgz") as tgz:
+        names = tgz.getnames()
+        (csv_name,) = [n for n in names if n.startswith("results/part/gpu-") and n.endswith(".csv")]
+        assert not [n for n in names if n.endswith(".err")]
+        tgz.extractall(tmp_path / "unpacked", filter="data")
+    header = (tmp_path / "unpacked" / csv_name).read_text().splitlines()[0]
+    assert header.endswith("power.draw [W]" + ("" if reasons == "none" else f", {reasons}"))
+    samples = load_report().gpu_samples(tmp_path / "unpacked/results/part")
+    assert len(samples) >= 5 and set(samples["uuid"]) == {"GPU-fake0"}
+    assert began - 1 < samples["time"].min() and samples["time"].max() < time.time() + 1  # UTC, not JST
+    assert set(samples["sm_mhz"]) == {1980} and set(samples["power_w"]) == {650.25}
+    assert samples["reasons"].isna().all() if reasons == "none" else set(samples["reasons"]) == {4}

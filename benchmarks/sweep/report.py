@@ -10,12 +10,14 @@
                                                                 # would fewer steps have measured the same?
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
-(results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time) and the sweep's wall time (wall*.txt).
+(results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time), the sweep's wall time (wall*.txt) and the
+GPUs' clocks, temperature and power sampled through each part (gpu-*.csv, tools/gpu-host/sweep.sh).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -39,8 +41,99 @@ def _repeat_number(record: Path) -> int:
     return 1 if record.stem == "cell" else int(record.stem.split("-")[1])
 
 
+# The GPU's conditions in each measured window, from the samples tools/gpu-host/sweep.sh takes once a second through
+# a part (results/RUN/gpu-YYYYMMDDTHHMMSS.csv: nvidia-smi --query-gpu=...,clocks_event_reasons.active
+# --format=csv,nounits -lms 1000). A window of one to a few seconds holds few samples, and a sample stands for the
+# second around it: samples from SAMPLE_SLACK_S before the window's start to SAMPLE_SLACK_S after its end count.
+SAMPLE_SLACK_S = 0.5
+# nvidia-smi's header names a field by its long name with its unit in brackets (`clocks.current.sm [MHz]`), whatever
+# name the query used (`clocks.sm`); older drivers call the clock-event reasons throttle reasons (sweep.sh then falls
+# back to that name). The header is read for the columns' names, brackets left off, each field under one name here.
+SAMPLE_FIELDS = {"clocks.sm": "clocks.current.sm", "clocks.mem": "clocks.current.memory",
+                 "clocks_throttle_reasons.active": "clocks_event_reasons.active"}
+# nvidia-smi's clock-event reasons (NVML's nvmlClocksEventReasons bits); a bit not named here shows as hex.
+CLOCK_EVENTS = {0x1: "GPU idle", 0x2: "applications clocks", 0x4: "SW power cap", 0x8: "HW slowdown",
+                0x10: "sync boost", 0x20: "SW thermal slowdown", 0x40: "HW thermal slowdown",
+                0x80: "HW power brake", 0x100: "display clocks"}
+GPU_COLUMNS = ["SM MHz", "max temp C", "power W", "clock events", "GPU samples"]
+
+
+def _number(values: pd.Series) -> pd.Series:
+    """A column's numbers: the first word of each value (a file written with units says `1980 MHz`); `[N/A]` and
+    the like are NaN."""
+    return pd.to_numeric(values.str.split().str[0], errors="coerce")
+
+
+def _reasons(value: object) -> float:
+    try:
+        return float(int(str(value).strip(), 16))
+    except ValueError:
+        return math.nan
+
+
+def gpu_samples(run: Path) -> pd.DataFrame:
+    """Every GPU sample of a run's parts (gpu-*.csv): its time (Unix seconds), the GPU's UUID, SM clock (MHz),
+    temperature (C), power (W) and clock-event reasons (the bitmask; NaN where the file lacks the field). nvidia-smi
+    writes its timestamps in the host's local time without a zone: sweep.sh runs it with TZ=UTC, and they are read as
+    UTC. Lines that are no sample (an error nvidia-smi wrote to its output, a line cut off when it was stopped) are
+    left out."""
+    columns = ["time", "uuid", "sm_mhz", "temp_c", "power_w", "reasons"]
+    frames = []
+    for path in sorted(run.glob("gpu-*.csv")):
+        text = path.read_text(errors="replace")
+        if not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]  # the last line, cut off when the sampler was stopped
+        if not text.strip():
+            continue
+        raw = pd.read_csv(io.StringIO(text), skipinitialspace=True, dtype=str, on_bad_lines="skip")
+        raw.columns = [SAMPLE_FIELDS.get(name, name) for name in (c.split("[")[0].strip() for c in raw.columns)]
+        if not {"timestamp", "uuid"} <= set(raw.columns):
+            continue
+        stamp = pd.to_datetime(raw["timestamp"], format="%Y/%m/%d %H:%M:%S.%f", errors="coerce")
+        missing = pd.Series(math.nan, index=raw.index)
+        frames.append(pd.DataFrame({
+            "time": (stamp - pd.Timestamp("1970-01-01")) / pd.Timedelta(seconds=1),
+            "uuid": raw["uuid"].str.strip(),
+            **{name: _number(raw[field]) if field in raw else missing
+               for name, field in (("sm_mhz", "clocks.current.sm"), ("temp_c", "temperature.gpu"),
+                                   ("power_w", "power.draw"))},
+            "reasons": raw["clocks_event_reasons.active"].map(_reasons) if "clocks_event_reasons.active" in raw
+            else missing,
+        }).dropna(subset=["time", "uuid"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def clock_events(mask: int) -> str:
+    """A clock-event reasons bitmask in words: `none`, or the reasons joined (bits without a name in hex)."""
+    names = [name for bit, name in CLOCK_EVENTS.items() if mask & bit]
+    rest = mask & ~sum(CLOCK_EVENTS)
+    return ", ".join(names + ([hex(rest)] if rest else [])) or "none"
+
+
+def window_gpu(rec: dict, samples: pd.DataFrame) -> dict:
+    """The GPU's conditions in a record's measured window, from its GPU's samples (by UUID) within SAMPLE_SLACK_S of
+    the window: mean SM clock, highest temperature, mean power, every clock-event reason seen (the samples' bitmasks
+    OR-ed) and the number of samples. Blank for a record without its window or GPU (older code) or a run without
+    samples; a window that no sample fell near has 0 samples and the rest blank."""
+    window, uuid = _window(rec), ((rec.get("env") or {}).get("gpu") or {}).get("uuid")
+    blank = dict.fromkeys(GPU_COLUMNS)
+    if window is None or not uuid or samples.empty:
+        return blank
+    near = samples[(samples["uuid"] == uuid) & (samples["time"] >= window[0] - SAMPLE_SLACK_S)
+                   & (samples["time"] <= window[1] + SAMPLE_SLACK_S)]
+    if near.empty:
+        return {**blank, "GPU samples": 0}
+    mask = None
+    for reasons in near["reasons"].dropna():
+        mask = (mask or 0) | int(reasons)
+    return {"SM MHz": round(float(near["sm_mhz"].mean()), 0), "max temp C": float(near["temp_c"].max()),
+            "power W": round(float(near["power_w"].mean()), 1),
+            "clock events": None if mask is None else clock_events(mask), "GPU samples": len(near)}
+
+
 def rows(run: Path) -> list[dict]:
     out = []
+    samples = gpu_samples(run)
     records = sorted(run.glob("cells/**/cell.json")) + sorted(run.glob("cells/**/repeat-*.json"))
     for cell in records:
         rec = json.loads(cell.read_text())
@@ -80,6 +173,7 @@ def rows(run: Path) -> list[dict]:
             "preempted": cond.get("preempted"),
             "gc s": (cond.get("gc") or {}).get("seconds"),
             "alloc retries": (cond.get("cuda_allocator") or {}).get("num_alloc_retries"),
+            **window_gpu(rec, samples),
         })
     return out
 
@@ -400,11 +494,23 @@ COLUMNS = (
     " `gc s`, Python's garbage collections; `alloc retries`, CUDA allocations that freed the cache and "
     'retried.'
 )
+# Appended to COLUMNS, with the columns, where a run has GPU samples (parts swept by tools/gpu-host/sweep.sh since it
+# samples the GPU); a page of older runs only goes without them, as before.
+GPU_COLUMNS_TEXT = (
+    "The GPU in the measured window, from nvidia-smi's samples once a second (`gpu-*.csv`; those from "
+    f"{SAMPLE_SLACK_S:g} s before the window to {SAMPLE_SLACK_S:g} s after it): `SM MHz`, the mean SM clock; "
+    "`max temp C`, the highest temperature; `power W`, the mean power draw; `clock events`, every clock-event "
+    "(throttle) reason a sample showed (`GPU idle`, `SW power cap`, `HW slowdown`, `SW thermal slowdown`, `HW "
+    "thermal slowdown`, `HW power brake`, ...; `none`: none); `GPU samples`, how many samples (0: none near the "
+    "window; blank: no samples for the run, or a record without its window)."
+)
 
 
 def main(runs: list[str]) -> None:
-    print(f"{TITLE}\n\n{COLUMNS}\n")
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
+    sampled = df["GPU samples"].notna().any()
+    df = df if sampled else df.drop(columns=GPU_COLUMNS)
+    print(f"{TITLE}\n\n{COLUMNS}{' ' + GPU_COLUMNS_TEXT if sampled else ''}\n")
     print("| run | sweep wall s | measurements (cells × repeats) | median job s | median warm-up job s |")
     print("|:--|--:|--:|--:|--:|")
     for run in runs:

@@ -16,11 +16,37 @@ stamp=$(date -u -d "@${start%.*}" +%Y%m%dT%H%M%S)
 log="results/$run/snakemake-$stamp.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
 snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its limit (.snakemake/ stays on a warm host)
+# The GPUs' clocks, temperature, power and clock-event (throttle) reasons once a second through the part, which
+# benchmarks/sweep/report.py joins to each cell's measured window: the same cell measured on two H200s differs by a
+# few percent, and a record alone cannot say why. nvidia-smi only reads NVML counters, no work on any GPU, so it may
+# run through the timed windows (nothing else may). Its header names the columns for the reader. TZ=UTC: its
+# timestamps are local time without a zone, and the reader takes them as UTC (the hosts run UTC anyway).
+# A driver that does not know a field refuses the whole query at once (exit status non-zero, the message on its
+# output): gpu_fields tries the reasons under their name, then under the older one (clocks_throttle_reasons), then
+# goes without them. The sampler cannot fail or hold up the part: the probe runs in its background process (snakemake
+# starts at once), both run under timeouts (none outlives the deadline), its errors go to gpu-STAMP.err (removed when
+# empty), and it is stopped as soon as snakemake ends, before the packing.
+gpu_fields() {
+    local fields=timestamp,index,uuid,clocks.sm,clocks.mem,temperature.gpu,power.draw reasons
+    for reasons in clocks_event_reasons.active clocks_throttle_reasons.active; do
+        if timeout 20 nvidia-smi --query-gpu="$fields,$reasons" --format=csv,nounits >/dev/null 2>&1; then
+            echo "$fields,$reasons"
+            return
+        fi
+    done
+    echo "$fields"
+}
+TZ=UTC timeout $((deadline - SECONDS)) nvidia-smi --query-gpu="$(gpu_fields)" --format=csv,nounits -lms 1000 \
+    >"results/$run/gpu-$stamp.csv" 2>"results/$run/gpu-$stamp.err" &
+sampler=$!
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
 # Every core and GPU of the host: warm-ups compile on the cores while each GPU measures one cell (README).
 timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores "$(nproc)" \
     --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
 code=$?
+kill "$sampler" 2>/dev/null
+wait "$sampler" 2>/dev/null
+[ -s "results/$run/gpu-$stamp.err" ] || rm -f "results/$run/gpu-$stamp.err"
 echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
 echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
