@@ -280,9 +280,9 @@ def add_spread(df: pd.DataFrame) -> pd.DataFrame:
     Two GPUs of one kind do not run at one speed: on the H200s lent for this project, a cell's repeats on two
     GPUs differed by up to 3.4% where repeats on one GPU agreed within 0.2%. A range measured on one GPU leaves that
     out, and the cell it is compared with may have run on another; a cell whose repeats ran on two GPUs has its own
-    measure of it, and keeps its range. `between_gpu_pct` is the median range, in percent
-    of the median, of the cells whose repeats ran on two GPUs or more (null where there is none: the ranges are then
-    compared as they are, and a run whose cells each stayed on one GPU says nothing about the GPUs' differences).
+    measure of it, and keeps its range. `between_gpu_pct` is the median range, in percent of the median, of the
+    cells whose repeats ran on two GPUs or more (null where there is none: the ranges are then compared as they are,
+    and a run whose cells each stayed on one GPU says nothing about the GPUs' differences).
     """
     df = df.copy()
     tps = df["tokens_per_sec"].astype(float)
@@ -506,7 +506,8 @@ def summarize(
         df = pd.concat([df, absent], ignore_index=True)
     df = sort_rows(add_comparisons(df))
     first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "repeats", "tokens_per_sec_min",
-             "tokens_per_sec_max", "gpus", "spread_low", "spread_high", "between_gpu_pct", "speedup_vs_naive", "compiled_over_eager",
+             "tokens_per_sec_max", "gpus", "spread_low", "spread_high", "between_gpu_pct", "speedup_vs_naive",
+             "compiled_over_eager",
              *(["cudagraphs_over_compiled"] if "cudagraphs_over_compiled" in df else []),
              *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct", "pct_of_self")),
              *(f"tie_vs_{r}" for r in REFERENCES), "env_id", "cell_path"]

@@ -6,8 +6,8 @@
   both cells' spreads, as the tables mark it).
 - speedup, throughput: one panel per mode (rows) and model (columns), one line per implementation, with error bars:
   with repeats, a cell's spread (its repeats' range, widened for the GPUs' differences: aggregate.add_spread);
-  without, the window's slowest to fastest step. The title says which. memory: the same panels, no error bars. Throughput and
-  memory start at zero, speedup has its line at 1 (no gain).
+  without, the window's slowest to fastest step. The title says which. memory: the same panels, no error bars.
+  Throughput and memory start at zero, speedup has its line at 1 (no gain).
 
 Only cells with status ok have a point; an OOM or unsupported cell is a gap in its line, and an implementation with
 no point in a panel is named in its legend with its status (e.g. "flex: unsupported").

@@ -4,8 +4,8 @@ its tables and figures are (reStructuredText, included by workflow/report/workfl
 "Fastest" is the highest tokens/s over the measurement window (the median of its repeats, with `repeats`). Another
 implementation is named beside it when the two cannot be told apart, a tie, not a lead: with repeats, when their
 spreads overlap (the repeats' ranges, widened for the GPUs' differences: aggregate.add_spread; as the tables mark
-ties); with one run, when its tokens/s lies within the fastest
-cell's own spread (at or above the slowest step of its window).
+ties); with one run, when its tokens/s lies within the fastest cell's own spread (at or above the slowest step of its
+window).
 """
 
 from __future__ import annotations
