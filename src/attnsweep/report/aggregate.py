@@ -273,6 +273,11 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     return df
 
 
+def has_repeats(df: pd.DataFrame) -> bool:
+    """Whether some cell of a summary was measured more than once (its spreads, ties and ± say so)."""
+    return "repeats" in df and bool((df["repeats"].fillna(0) >= 2).any())
+
+
 def add_spread(df: pd.DataFrame) -> pd.DataFrame:
     """Each cell's spread (`spread_low`, `spread_high`), what ties are judged on: the range of its repeats, widened
     where they all ran on one GPU to at least ±half the environment's between-GPU spread (`between_gpu_pct`).

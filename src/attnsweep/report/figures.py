@@ -29,7 +29,9 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from . import log  # noqa: E402
-from .aggregate import BASELINE, HEADLINE, MODE_ORDER, REFERENCES, figure_names, read_summary  # noqa: E402,F401
+from .aggregate import (  # noqa: E402,F401
+    BASELINE, HEADLINE, MODE_ORDER, REFERENCES, figure_names, has_repeats, read_summary,
+)
 
 # Panels of one figure must not mix setups: a line is one implementation in one setup (and environment).
 SETUP = ("precision", "optimizer", "kv_heads", "harness", "env_id")
@@ -132,7 +134,7 @@ def panel_figure(
     absent = df[~has_value].groupby(["mode", "model", "attn"], sort=False)["status"].agg(
         lambda s: "/".join(sorted(set(s.astype(str)))))
     df = df[has_value]
-    repeated = "repeats" in df.columns and (df["repeats"].fillna(0) >= 2).any()
+    repeated = has_repeats(df)
     low_high = (("spread_low", "spread_high") if repeated
                 else ("tokens_per_sec_stats.min", "tokens_per_sec_stats.max"))
     if spread and set(low_high) <= set(df.columns):

@@ -17,7 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import log
-from .aggregate import MODE_ORDER, read_summary, table_names
+from .aggregate import MODE_ORDER, has_repeats, read_summary, table_names
 
 SETUP = ("kv_heads", "precision", "optimizer", "harness", "env_id")
 
@@ -86,7 +86,7 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
             "fastest": best["fastest"], "tokens/s": best["tokens_per_sec"].map("{:,.0f}".format),
             "tied within its spread": best["ties"].replace("", "-"),
         })
-        repeated = "repeats" in df and (df["repeats"].fillna(0) >= 2).any()
+        repeated = has_repeats(df)
         lines += [
             "The highest tokens/s per model, context and mode" + (" (the median of its repeats)" if repeated else "")
             + "; beside it, "

@@ -18,8 +18,8 @@ import pandas as pd
 from .. import flops
 from . import log
 from ..vocabulary import CUDAGRAPH_MODES
-from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, is_grouped,
-                        read_summary, table_names)
+from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, has_repeats,
+                        is_grouped, read_summary, table_names)
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
@@ -47,7 +47,7 @@ REPEATS_LEGEND = (
 
 def _legend(df: pd.DataFrame) -> str:
     """The legend, with the sentence on repeats where some cell was measured more than once."""
-    repeated = "repeats" in df and (df["repeats"].fillna(0) >= 2).any()
+    repeated = has_repeats(df)
     return f"{LEGEND} {REPEATS_LEGEND}" if repeated else LEGEND
 
 
