@@ -317,6 +317,34 @@ def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:
     assert "<table" in html and "sdpa_math (1,250)" in html
 
 
+
+def test_a_run_in_parts_names_what_each_fastest_was_not_compared_with(tmp_path: Path) -> None:
+    """allow_missing: a row whose other implementations are not run yet is only the fastest so far, and says so;
+    the steps and window come from a measured cell even where the summary's first row is a missing one."""
+    fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=100_000.0)
+    both = [make_cell(tmp_path, attn=a, mode="compiled", seq_len=2048, tokens_per_sec=t)
+            for a, t in (("fa2", 90_000.0), ("sdpa", 95_000.0))]
+    layout = "kv_heads~12/precision~fp16/optimizer~adamw/harness~native/cell.json"
+    missing = [f"cells/model~small/seq_len~{n}/attn~{a}/mode~compiled/{layout}"
+               for n, a in ((256, "sdpa"), (1024, "sdpa"), (1024, "sdpa_flash"))]
+    out = tmp_path / "summary.csv"
+    write_summary([fa2, *both], out, missing=missing)
+    df = read_summary(out)
+    assert df.iloc[0]["status"] == "missing"  # sorted first (context 256): it has no steps to read
+    best = fastest(df)
+    assert best[["seq_len", "fastest", "not_run_yet"]].values.tolist() == [[1024, "fa2", "sdpa, sdpa_flash"],
+                                                                         [2048, "sdpa", ""]]
+    text = render_headline(df, "results/x")
+    assert "tokens/s over the last 25 of 125 steps" in text and "nan" not in text
+    assert "only the fastest of those measured so far" in text
+    header, rows = text.split("not run yet")[1], [ln.split() for ln in text.splitlines() if ln.startswith("small")]
+    assert header and rows == [["small", "1024", "compiled", "fa2", "100,000", "-", "sdpa,", "sdpa_flash"],
+                               ["small", "2048", "compiled", "sdpa", "95,000", "-", "-"]]
+    # A complete run's page has no such column or sentence.
+    write_summary([fa2, *both], out)
+    text = render_headline(read_summary(out), "results/x")
+    assert "not run yet" not in text and "so far" not in text
+
 def add_repeat(cell: Path, number: int, tokens_per_sec: float | None) -> Path:
     """Repeat `number` of the cell whose first record is `cell` (None: it ran out of memory)."""
     rec = json.loads(cell.read_text())

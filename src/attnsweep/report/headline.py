@@ -5,7 +5,8 @@ its tables and figures are (reStructuredText, included by workflow/report/workfl
 implementation is named beside it when the two cannot be told apart, a tie, not a lead: with repeats, when their
 spreads overlap (the repeats' ranges, widened for the GPUs' differences: aggregate.add_spread; as the tables mark
 ties); with one run, when its tokens/s lies within the fastest cell's own spread (at or above the slowest step of its
-window).
+window). In a run tabled in parts (`allow_missing`), a row whose implementations are not all measured yet names
+those beside it: its "fastest" is only the fastest so far.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ def _listing(values) -> str:
 
 
 def fastest(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per setup, model, context and mode with an ok cell: the fastest implementation, its tokens/s, and
-    the others within its spread (`ties`)."""
+    """One row per setup, model, context and mode with an ok cell: the fastest implementation, its tokens/s, the
+    others within its spread (`ties`), and the implementations of that row not measured yet (`not_run_yet`)."""
     ok = df[df["status"] == "ok"]
     keys = [k for k in ("model", "seq_len", "mode", *SETUP) if k in ok.columns]
+    pending = {key: _listing(group["attn"]) for key, group in df[df["status"] == "missing"].groupby(keys, sort=False)}
     rows = []
     for key, group in ok.groupby(keys, sort=False):
         group = group.sort_values("tokens_per_sec", ascending=False)
@@ -42,7 +44,8 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
             floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
             ties = others[others["tokens_per_sec"] >= floor]
         rows.append({**dict(zip(keys, key)), "fastest": best["attn"], "tokens_per_sec": best["tokens_per_sec"],
-                     "ties": ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})" for r in ties.itertuples())})
+                     "ties": ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})" for r in ties.itertuples()),
+                     "not_run_yet": pending.get(key, "")})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -53,18 +56,24 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=["_a", "_m"]))
 
 
+def _first_value(df: pd.DataFrame, column: str) -> float | None:
+    values = df[column].dropna() if column in df else pd.Series(dtype=float)
+    return float(values.iloc[0]) if len(values) else None
+
+
 def render_headline(df: pd.DataFrame, results: str) -> str:
     """The headline as reStructuredText; `results` is the run's folder (results/{run})."""
     counts = df["status"].value_counts()
     statuses = ", ".join(f"{n} {s}" for s, n in counts.items())
-    first = df.iloc[0] if len(df) else pd.Series(dtype=object)
-    steps, window = first.get("cell.steps"), first.get("cell.window")
+    # From a measured cell's record: a cell not run yet has none (the settings are the run's, one for all cells).
+    steps, window = (_first_value(df, f"cell.{k}") for k in ("steps", "window"))
+    over = f" over the last {window:.0f} of {steps:.0f} steps" if steps is not None and window is not None else ""
     device = _listing(df["env_id"].str.split(" | ", regex=False).str[0]) if "env_id" in df else "?"
     lines = [
         "What was measured",
         "-----------------",
         "",
-        f"GPT-2 training throughput (tokens/s over the last {window:.0f} of {steps:.0f} steps) on **{device}**: "
+        f"GPT-2 training throughput (tokens/s{over}) on **{device}**: "
         f"model {_listing(df['model'])}; context {_listing(sorted(df['seq_len']))}; "
         f"implementations {_listing(df['attn'])}; {_listing(df['mode'])}; precision {_listing(df['precision'])}, "
         f"optimizer {_listing(df['optimizer'])}. {len(df)} cells: {statuses}.",
@@ -86,6 +95,9 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
             "fastest": best["fastest"], "tokens/s": best["tokens_per_sec"].map("{:,.0f}".format),
             "tied within its spread": best["ties"].replace("", "-"),
         })
+        partial = (best["not_run_yet"] != "").any()
+        if partial:
+            table["not run yet"] = best["not_run_yet"].replace("", "-")
         repeated = has_repeats(df)
         lines += [
             "The highest tokens/s per model, context and mode" + (" (the median of its repeats)" if repeated else "")
@@ -94,7 +106,9 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
                "repeats all ran on one GPU to the run's between-GPU spread): the repeats do not separate them."
                if repeated else
                "implementations whose tokens/s lies within the fastest cell's spread (at or above its slowest window "
-               "step): one run does not separate them."),
+               "step): one run does not separate them.")
+            + (" A run in parts: where a row names implementations not run yet, its fastest is only the fastest "
+               "of those measured so far." if partial else ""),
             "",
             tabulate(table, headers="keys", tablefmt="rst", showindex=False, disable_numparse=True),
             "",
