@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import math
@@ -343,7 +344,14 @@ def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tm
     shutil.copy(ROOT / "tools/gpu-host/sweep.sh", repo / "tools/gpu-host/sweep.sh")
     (repo / "tools/gpu-host/setup.sh").write_text("true\n")
     (fake / "nvidia-smi").write_text(FAKE_NVIDIA_SMI.format(python=sys.executable))
-    (fake / "snakemake").write_text('#!/bin/sh\ncase "$*" in *--unlock*) exit 0 ;; esac\nsleep 2\n')
+    # Snakemake writes its full log under .snakemake/log/ (one older, from before the part, stays out of it).
+    (fake / "snakemake").write_text('#!/bin/sh\ncase "$*" in *--unlock*) exit 0 ;; esac\nmkdir -p .snakemake/log\n'
+                                    'echo "rule cell: this part" > .snakemake/log/2026-12-01T1200.snakemake.log\n'
+                                    'sleep 2\n')
+    (repo / ".snakemake/log").mkdir(parents=True)
+    older = repo / ".snakemake/log/2026-11-30T1200.snakemake.log"
+    older.write_text("rule cell: an earlier part\n")
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
     for exe in ("nvidia-smi", "snakemake"):
         (fake / exe).chmod(0o755)
     pids = tmp_path / "sampler.pids"
@@ -361,6 +369,8 @@ def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tm
         names = tgz.getnames()
         (csv_name,) = [n for n in names if n.startswith("results/part/gpu-") and n.endswith(".csv")]
         assert not [n for n in names if n.endswith(".err")]
+        (full,) = [n for n in names if n.startswith("results/part/snakemake-") and n.endswith(".full.log.gz")]
+        assert gzip.decompress(tgz.extractfile(full).read()) == b"rule cell: this part\n"
         tgz.extractall(tmp_path / "unpacked", filter="data")
     header = (tmp_path / "unpacked" / csv_name).read_text().splitlines()[0]
     assert header.endswith("power.draw [W]" + ("" if reasons == "none" else f", {reasons}"))

@@ -47,6 +47,12 @@ code=$?
 kill "$sampler" 2>/dev/null
 wait "$sampler" 2>/dev/null
 [ -s "results/$run/gpu-$stamp.err" ] || rm -f "results/$run/gpu-$stamp.err"
+# Snakemake's own full log of the part (which job started when, with its wildcards), beside the progress log's one
+# line per finished cell: it tells what a part spent its time on (a part's first job, the job its deadline cut off).
+# .snakemake/ stays on the host; the newest log written since the part began is the main run's (--unlock's is older).
+full=$(find .snakemake/log -name '*.snakemake.log' -newermt "@${start%.*}" -printf '%T@ %p\n' 2>/dev/null |
+    sort -n | tail -n 1 | cut -d' ' -f2-)
+[ -z "$full" ] || gzip -c "$full" >"results/$run/snakemake-$stamp.full.log.gz"
 echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
 echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
