@@ -337,6 +337,7 @@ def test_a_run_in_parts_names_what_each_fastest_was_not_compared_with(tmp_path: 
     text = render_headline(df, "results/x")
     assert "tokens/s over the last 25 of 125 steps" in text and "nan" not in text
     assert "only the fastest of those measured so far" in text
+    assert "Not run yet in this run (it is tabled in parts): sdpa_flash." in text and "Never measured" not in text
     header, rows = text.split("not run yet")[1], [ln.split() for ln in text.splitlines() if ln.startswith("small")]
     assert header and rows == [["small", "1024", "compiled", "fa2", "100,000", "-", "sdpa,", "sdpa_flash"],
                                ["small", "2048", "compiled", "sdpa", "95,000", "-", "-"]]

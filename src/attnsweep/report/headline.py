@@ -79,10 +79,15 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
         f"optimizer {_listing(df['optimizer'])}. {len(df)} cells: {statuses}.",
         "",
     ]
-    never = [a for a in pd.unique(df["attn"]) if (df.loc[df["attn"] == a, "status"] != "ok").all()]
+    statuses_of = {a: set(df.loc[df["attn"] == a, "status"]) for a in pd.unique(df["attn"])}
+    # A run in parts: an implementation none of whose cells has run yet is pending, not a finding.
+    pending = [a for a, st in statuses_of.items() if st == {"missing"}]
+    never = [a for a, st in statuses_of.items() if "ok" not in st and a not in pending]
     if never:
         why = "; ".join(f"{a}: {_listing(df.loc[df['attn'] == a, 'status'])}" for a in never)
         lines += [f"Never measured in this run: {why} (their reasons are in summary.csv and the tables).", ""]
+    if pending:
+        lines += [f"Not run yet in this run (it is tabled in parts): {', '.join(pending)}.", ""]
     lines += ["Fastest implementation", "----------------------", ""]
     best = fastest(df)
     if best.empty:
