@@ -319,7 +319,7 @@ def test_a_part_finishes_started_cells_then_measures_the_first_cells_before_the_
     plan = sweep.plan_run(config(first=first), {}, gpus=["0"])
     named = plan.grid[(plan.grid["seq_len"] == 2048) & plan.grid["attn"].isin(["fa2", "sdpa"])
                       & (plan.grid["mode"] == "compiled")].to_dict("records")
-    assert named and plan.first == {sweep.cell_path(c) for c in named}
+    assert named and set(plan.first) == {sweep.cell_path(c) for c in named}
     other = plan.grid[plan.grid["seq_len"] == 256].to_dict("records")[0]
     warmups = {(c, r): plan.priority(cell, r, timed=False) for c, cell in (("first", named[0]), ("other", other))
                for r in (1, 2)}
@@ -328,7 +328,28 @@ def test_a_part_finishes_started_cells_then_measures_the_first_cells_before_the_
     # A finished warm-up's timed job goes before every warm-up.
     timed = [plan.priority(cell, r, timed=True) for cell in (named[0], other) for r in (1, 2)]
     assert min(timed) > max(warmups.values())
-    assert sweep.plan_run(config(), {}, gpus=["0"]).first == frozenset()
+    assert sweep.plan_run(config(), {}, gpus=["0"]).first == {}
+
+
+def test_first_entries_are_measured_in_their_order() -> None:
+    """Each entry of `first` goes before the later ones (a cell in two, with its earliest); a started cell's later
+    repeat still goes before every new cell, and a finished warm-up's timed job before every warm-up."""
+    first = [{"seq_len": 2048, "attn": "fa2", "mode": "compiled"}, {"seq_len": 1024},
+             {"seq_len": [1024, 2048], "attn": "sdpa"}]
+    plan = sweep.plan_run(config(first=first), {}, gpus=["0"])
+
+    def cell(seq_len: int, attn: str) -> dict:
+        rows = plan.grid[(plan.grid["seq_len"] == seq_len) & (plan.grid["attn"] == attn)
+                         & (plan.grid["mode"] == "compiled")]
+        return rows.to_dict("records")[0]
+
+    fa2_2048, sdpa_1024, sdpa_2048, other = cell(2048, "fa2"), cell(1024, "sdpa"), cell(2048, "sdpa"), cell(256, "sdpa")
+    assert [plan.first.get(sweep.cell_path(c), 0) for c in (fa2_2048, sdpa_1024, sdpa_2048, other)] == [3, 2, 1, 0]
+    new = [plan.priority(c, 1, timed=False) for c in (fa2_2048, sdpa_1024, sdpa_2048, other)]
+    assert new == sorted(new, reverse=True) and len(set(new)) == 4
+    assert plan.priority(other, 2, timed=False) > max(new)
+    warmups = [plan.priority(c, r, timed=False) for c in (fa2_2048, other) for r in (1, 2)]
+    assert plan.priority(other, 1, timed=True) > max(warmups)
 
 
 def test_first_is_checked_like_exclude_and_must_name_a_cell() -> None:
@@ -344,6 +365,6 @@ def test_first_is_checked_like_exclude_and_must_name_a_cell() -> None:
 def test_the_cpu_demo_does_not_take_the_gpu_grids_first_cells() -> None:
     # The top level's entry names GPU-grid cells; the demo's grid (tiny) has none of them, and is not refused.
     cfg = config(first=[{"model": "small", "seq_len": 1024}])
-    assert sweep.plan_run(cfg, {}, gpus=[]).first == frozenset()
+    assert sweep.plan_run(cfg, {}, gpus=[]).first == {}
     demo = sweep.plan_run(config(**{"cpu_demo.first": [{"seq_len": 64}]}), {}, gpus=[])
     assert demo.first and all("seq_len~64/" in p for p in demo.first)

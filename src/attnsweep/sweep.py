@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +142,10 @@ def expand_grid(grid: Mapping, name: Callable[[str], str] = _plain) -> pd.DataFr
 
 
 def check_config(config: Mapping, explicit: Mapping = {}
-                 ) -> dict[bool, tuple[dict, pd.DataFrame, Callable, frozenset[str]]]:
+                 ) -> dict[bool, tuple[dict, pd.DataFrame, Callable, dict[str, int]]]:
     """Check the GPU grid and the CPU demo alike, whichever of them this machine runs: a typo in either is found
     on any machine, before any job. Returns, for each section (cpu_demo False/True), its settings, grid, key namer
-    and the cells `first` names."""
+    and the cells `first` names (first_cells)."""
     sections = [False, True] if "cpu_demo" in config else [False]
     checked = {}
     for demo in sections:
@@ -157,15 +157,18 @@ def check_config(config: Mapping, explicit: Mapping = {}
     return checked
 
 
-def first_cells(grid: pd.DataFrame, entries: Sequence[Mapping], name: Callable[[str], str] = _plain) -> frozenset[str]:
-    """The paths of the cells `first` names; an entry that matches no cell of the grid is refused by its index."""
-    chosen = pd.Series(False, index=grid.index)
+def first_cells(grid: pd.DataFrame, entries: Sequence[Mapping], name: Callable[[str], str] = _plain) -> dict[str, int]:
+    """{path: tier} of the cells `first` names: an earlier entry's cells have the higher tier (the first entry's
+    len(entries), the last's 1), a cell in several entries its earliest's. An entry that matches no cell of the grid
+    is refused by its index."""
+    tiers: dict[str, int] = {}
     for i, entry in enumerate(entries):
         match = _matches(grid, entry)
         if not match.any():
             raise SweepError(f"{name('first')}.{i}: {dict(entry)} matches no cell of the grid")
-        chosen |= match
-    return frozenset(cell_path(row) for row in grid[chosen].to_dict("records"))
+        for row in grid[match].to_dict("records"):
+            tiers.setdefault(cell_path(row), len(entries) - i)
+    return tiers
 
 
 def coerce_text_values(value: Any, schema: Mapping, root: Mapping | None = None) -> Any:
@@ -291,10 +294,6 @@ def resolve_device(requested: str, gpus: Sequence[str]) -> str:
     return requested
 
 
-# Above every warm-up's priority (RunPlan.priority: 0-3).
-TIMED_PRIORITY = 10
-
-
 @dataclass(frozen=True)
 class RunPlan:
     """What Snakemake needs to lay out the run being started: its settings, device, grid and cell settings."""
@@ -307,7 +306,8 @@ class RunPlan:
     grid: pd.DataFrame
     cell_settings: dict
     key_name: Callable[[str], str]
-    first: frozenset[str] = frozenset()  # cell paths (cell_path) measured before the others
+    # Cells measured before the others: {cell path: tier}, a higher tier first (first_cells).
+    first: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def results(self) -> str:
@@ -343,9 +343,10 @@ class RunPlan:
     def priority(self, cell: Mapping, repeat: int, timed: bool) -> int:
         """A job's Snakemake priority: a timed job before every warm-up (the GPU waits for nothing once a cell's
         warm-up is done); then a started cell's later repeats before new cells (a sweep run in parts leaves whole
-        cells, whose spread the tables need); then the cells `first` names."""
-        rank = 2 * (repeat > 1) + (cell_path(cell) in self.first)
-        return TIMED_PRIORITY + rank if timed else rank
+        cells, whose spread the tables need); then the cells `first` names, in the order of its entries."""
+        top = max(self.first.values(), default=0)  # the first entry's tier; a cell `first` does not name: 0
+        rank = (top + 1) * (repeat > 1) + self.first.get(cell_path(cell), 0)
+        return 2 * (top + 1) + rank if timed else rank
 
     def warmup_gpus(self) -> int:
         """The `gpu` resource of a warm-up job: 1 where its batch search may fill the GPU (a GPU, no memory cap), so
