@@ -317,7 +317,6 @@ def test_headline_names_the_fastest_and_its_ties(tmp_path: Path) -> None:
     assert "<table" in html and "sdpa_math (1,250)" in html
 
 
-
 def test_a_run_in_parts_names_what_each_fastest_was_not_compared_with(tmp_path: Path) -> None:
     """allow_missing: a row whose other implementations are not run yet is only the fastest so far, and says so;
     the steps and window come from a measured cell even where the summary's first row is a missing one."""
@@ -345,6 +344,7 @@ def test_a_run_in_parts_names_what_each_fastest_was_not_compared_with(tmp_path: 
     write_summary([fa2, *both], out)
     text = render_headline(read_summary(out), "results/x")
     assert "not run yet" not in text and "so far" not in text
+
 
 def add_repeat(cell: Path, number: int, tokens_per_sec: float | None) -> Path:
     """Repeat `number` of the cell whose first record is `cell` (None: it ran out of memory)."""

@@ -79,15 +79,15 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
         f"optimizer {_listing(df['optimizer'])}. {len(df)} cells: {statuses}.",
         "",
     ]
-    statuses_of = {a: set(df.loc[df["attn"] == a, "status"]) for a in pd.unique(df["attn"])}
-    # A run in parts: an implementation none of whose cells has run yet is pending, not a finding.
-    pending = [a for a, st in statuses_of.items() if st == {"missing"}]
-    never = [a for a, st in statuses_of.items() if "ok" not in st and a not in pending]
+    statuses = {a: _listing(group) for a, group in df.groupby("attn", sort=False)["status"]}
+    # A run in parts: an implementation none of whose cells has run yet is not a finding.
+    not_yet = [a for a, st in statuses.items() if st == "missing"]
+    never = [a for a, st in statuses.items() if "ok" not in st.split(", ") and st != "missing"]
     if never:
-        why = "; ".join(f"{a}: {_listing(df.loc[df['attn'] == a, 'status'])}" for a in never)
+        why = "; ".join(f"{a}: {statuses[a]}" for a in never)
         lines += [f"Never measured in this run: {why} (their reasons are in summary.csv and the tables).", ""]
-    if pending:
-        lines += [f"Not run yet in this run (it is tabled in parts): {', '.join(pending)}.", ""]
+    if not_yet:
+        lines += [f"Not run yet in this run (it is tabled in parts): {', '.join(not_yet)}.", ""]
     lines += ["Fastest implementation", "----------------------", ""]
     best = fastest(df)
     if best.empty:
