@@ -17,6 +17,7 @@ import pytest
 
 from attnsweep.cellio import load_cell
 from attnsweep.report.aggregate import read_summary, summarize
+from attnsweep.report.compare import comparison_markdown
 from attnsweep.report.tables import render_tables
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +120,18 @@ def test_tables_are_rendered_from_the_committed_summary(run):
         committed = (RESULTS / run / "tables" / f"{name}.md").read_text()
         assert committed == text, f"results/{run}/tables/{name}.md is not what the table code makes of summary.csv"
 
+
+
+def test_comparisons_are_rendered_from_both_committed_summaries():
+    """Every committed tables/vs-OTHER.md (compare_with) is what the comparison code makes of its run's and OTHER's
+    summaries."""
+    paths = sorted(p for run in RUNS for p in (RESULTS / run / "tables").glob("vs-*.md"))
+    assert paths, "no committed comparison (results/RUN/tables/vs-OTHER.md)"
+    for path in paths:
+        run, other = path.parent.parent.name, path.stem.removeprefix("vs-")
+        text = comparison_markdown(read_summary(RESULTS / run / "summary.csv"),
+                                   read_summary(RESULTS / other / "summary.csv"), run, other)
+        assert path.read_text() == text, f"results/{run}/tables/{path.name} is not what the comparison code makes"
 
 def _markdown_table(text: str, header_start: str) -> list[dict[str, str]]:
     """The rows of the markdown table whose header line starts with `header_start`, as {column: cell text}."""

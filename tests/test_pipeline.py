@@ -428,6 +428,29 @@ def test_changing_steps_reruns_every_cell(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_run_compared_with_another_is_rendered_again_when_the_others_summary_changes(repo: Path) -> None:
+    """compare_with: tables/vs-RUN.md beside the run's own tables; the other run's summary is in the report stamp,
+    so its re-aggregation renders the comparison again (and this run's tables with it), and nothing else."""
+    shutil.copytree(repo / "results/tiny", repo / "results/other")
+    args = ("--config", "compare_with=[other]")
+    assert planned(repo, *args) == {"code_stamp": 1, **AGGREGATION, "compare": 1}
+    snakemake(repo, "--cores", "1", *args)
+    text = (repo / "results/tiny/tables/vs-other.md").read_text()
+    assert f"{TINY_CELLS} of the {TINY_CELLS} cells of both grids are measured in both" in text, text
+    assert "median 1.00×" in text and "Differ: none." in text
+    assert planned(repo, *args) == {}
+    summary = repo / "results/other/summary.csv"
+    lines = summary.read_text().splitlines(keepends=True)
+    summary.write_text("".join(lines[:-1]))  # the other run without one of its cells
+    assert planned(repo, *args) == {"code_stamp": 1, **AGGREGATION, "compare": 1}
+    snakemake(repo, "--cores", "1", *args)
+    text = (repo / "results/tiny/tables/vs-other.md").read_text()
+    assert f"{TINY_CELLS - 1} of the {TINY_CELLS - 1} cells of both grids" in text
+    assert "Cells of this run not in other's grid (not shown): 1." in text
+    bad = snakemake(repo, "-n", "--config", "compare_with=[nowhere]", check=False)
+    assert bad.returncode != 0 and "compare_with.0: results/nowhere/summary.csv does not exist" in bad.stdout + bad.stderr
+
+@pytest.mark.slow
 def test_aggregate_only_rerenders_without_device_or_cells(repo: Path) -> None:
     """A GPU run's committed cells re-rendered on a machine without a GPU: no device check, no cell job."""
     args = ("--config", "aggregate_only=True", "device=cuda")  # device cuda would fail at once otherwise

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from attnsweep.report.compare import comparison_markdown
 from attnsweep.report.aggregate import (
     MODE_ORDER, gpu_busy, kernel_ns_per_token, read_summary, summarize, table_names, write_summary,
 )
@@ -720,3 +721,37 @@ def test_a_cell_without_a_kv_heads_value_counts_as_multi_head(tmp_path: Path) ->
     df = summarize([path])
     assert "kv_heads_over_full" not in df
     assert "grouped and multi-query" not in all_markdown(df)
+
+
+def test_a_run_beside_another_cell_by_cell(tmp_path: Path) -> None:
+    """compare_with: each run's batch, tokens/s and tie-marked differences side by side, their ratio, the cells of
+    this run that the other's grid lacks counted, and the conditions the records differ in named."""
+    def run(name: str, tps: dict[str, float], cap: float | None, with_long: bool) -> pd.DataFrame:
+        folder = tmp_path / name
+        paths = [make_cell(folder, attn=a, mode="compiled", seq_len=1024, tokens_per_sec=t, memory_cap_gib=cap)
+                 for a, t in tps.items()]
+        if with_long:
+            paths.append(make_cell(folder, "oom", attn="fa2", mode="compiled", seq_len=4096, memory_cap_gib=cap))
+        write_summary(paths, folder / "summary.csv")
+        return read_summary(folder / "summary.csv")
+
+    capped = run("capped", {"sdpa": 100.0, "sdpa_flash": 90.0, "fa2": 95.0}, 12.0, False)
+    whole = run("whole", {"sdpa": 150.0, "sdpa_flash": 120.0, "fa2": 150.0}, None, True)
+    text = comparison_markdown(whole, capped, "whole", "capped")
+    assert "Differ: memory cap (GiB) none here, 12 in capped." in text
+    assert "Same in both: GPU " in text and "; steps 125; " in text
+    assert "3 of the 3 cells of both grids are measured in both: tokens/s here over capped's, median 1.50×, " \
+           "1.33-1.58×." in text
+    assert "Cells of this run not in capped's grid (not shown): 1." in text
+    header, rows = markdown_header(text), {r[2]: r for r in markdown_rows(text)}
+    assert header[:4] == ["model", "context", "attn", "batch capped → here"]
+    assert set(rows) == {"sdpa", "sdpa_flash", "fa2"}
+    fa2 = dict(zip(header, rows["fa2"]))
+    assert fa2["tok/s capped"] == "95" and fa2["tok/s here"] == "150" and fa2["here / capped"] == "1.58×"
+    assert fa2["batch capped → here"] == "16 → 16"
+    assert fa2["− sdpa % (capped → here)"] == "-5.0% → +0.0%"
+    assert fa2["− sdpa_flash % (capped → here)"] == "+5.6% → +25.0%"
+    assert dict(zip(header, rows["sdpa"]))["− sdpa % (capped → here)"] == ""
+    # Nothing in common: said so, no table.
+    other = summarize([make_cell(tmp_path / "other", attn="fa2", mode="eager", seq_len=64, tokens_per_sec=1.0)])
+    assert comparison_markdown(whole, other, "whole", "other").endswith("No cell of whole's grid is in other's.\n")

@@ -281,6 +281,26 @@ def test_a_prior_run_places_each_searched_cells_first_attempt(tmp_path: Path, mo
         sweep.validate_config({**cfg, "batch": {**cfg["batch"], "prior_run": "../elsewhere"}}, SCHEMA)
 
 
+def test_a_run_is_compared_only_with_another_run_that_has_a_summary(tmp_path: Path, monkeypatch) -> None:
+    """compare_with: refused before any job where the other run is this one or has no summary.csv here; not a cell
+    setting (a comparison added later leaves every record current)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = overlay("study-12gib.yaml", "whole-gpu.yaml")
+    cfg["compare_with"] = ["capped"]
+    with pytest.raises(sweep.SweepError, match=r"^compare_with.0: results/capped/summary.csv does not exist"):
+        sweep.plan_run(cfg, {}, gpus=["0"])
+    Path("results/capped").mkdir(parents=True)
+    Path("results/capped/summary.csv").write_text("model\n")
+    plan = sweep.plan_run(cfg, {}, gpus=["0"])
+    assert plan.settings["compare_with"] == ["capped"] and "compare" not in str(plan.cell_settings)
+    with pytest.raises(sweep.SweepError, match="compare_with.0: 'capped' is this run"):
+        sweep.plan_run({**cfg, "run": "capped"}, {}, gpus=["0"])
+    with pytest.raises(sweep.SweepError, match="compare_with"):
+        sweep.validate_config({**cfg, "compare_with": ["../elsewhere"]}, SCHEMA)
+    plain = overlay("study-12gib.yaml")
+    sweep.validate_config(plain, SCHEMA)
+    assert plain["compare_with"] == []
+
 def test_the_modern_overlay_is_a_designed_grid_of_at_most_250_cells() -> None:
     from attnsweep.vocabulary import ATTENTION, MODES
 

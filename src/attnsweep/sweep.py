@@ -109,6 +109,12 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
             raise SweepError(f"{name('batch.prior_run')}: {results_dir(prior)}/cells does not exist (no run {prior!r} "
                              "here)")
 
+    for i, other in enumerate(settings["compare_with"]):
+        if other == settings["run"]:
+            raise SweepError(f"{name('compare_with')}.{i}: {other!r} is this run; name another run to set beside it")
+        if not Path(f"{results_dir(other)}/summary.csv").is_file():
+            raise SweepError(f"{name('compare_with')}.{i}: {results_dir(other)}/summary.csv does not exist (no "
+                             f"aggregated run {other!r} here)")
 
 def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]

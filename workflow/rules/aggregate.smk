@@ -48,6 +48,32 @@ rule tables:
         "../scripts/tables.py"
 
 
+# compare_with: this run beside each other run named, cell by cell (attnsweep.report.compare).
+rule compare:
+    input:
+        stamp=ancient(REPORT_STAMP),
+        summary=SUMMARY,
+        # ancient: its content is in the report stamp (common.smk), its file time is not.
+        other=lambda wildcards: ancient(COMPARED[wildcards.other]),
+    output:
+        report(
+            f"{RESULTS}/tables/vs-{{other}}.md",
+            caption="../report/table_vs.rst",
+            category="Tables",
+            labels={"table": "vs {other}"},
+        ),
+    log:
+        f"{RESULTS}/logs/compare-{{other}}.log",
+    wildcard_constraints:
+        other="|".join(map(re.escape, COMPARED)) or "(?!)",
+    conda:
+        "../../envs/attnsweep.yaml"
+    params:
+        run=RUN,
+    script:
+        "../scripts/compare.py"
+
+
 rule figures:
     input:
         stamp=ancient(REPORT_STAMP),

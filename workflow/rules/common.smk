@@ -5,6 +5,7 @@ before any job starts. Nothing here starts torch or a GPU unless resuming a run 
 """
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from snakemake.utils import Paramspace
 
 from attnsweep import cluster, codestamp, gpuslots, sweep
 from attnsweep.report.aggregate import figure_names, table_names
+from attnsweep.report.compare import comparison_path, summary_digests
 from attnsweep.vocabulary import AXES
 
 ROOT = Path(workflow.basedir)
@@ -159,6 +161,11 @@ PRESENT_CELLS, MISSING_CELLS = sweep.split_present(
     CELLS, config["allow_missing"], LEFT_OUT
 )
 PRESENT_REPEATS = sweep.split_present(REPEATS, config["allow_missing"], LEFT_OUT)[0]
+# Other runs set beside this one (compare_with): {run: its summary.csv}, each giving tables/vs-RUN.md.
+COMPARED = {
+    other: f"{sweep.results_dir(other)}/summary.csv"
+    for other in PLAN.settings["compare_with"]
+}
 try:
     # Cells and aggregations take ancient(stamp): its name hashes the code and settings, so a change reruns what
     # depends on it, and file times (a fresh clone) do not matter. Aggregating records already there
@@ -169,6 +176,8 @@ try:
         PLAN.cell_settings,
         {
             "allow_mixed_env": PLAN.settings["allow_mixed_env"],
+            # A compared run's summary is a setting too: its re-aggregation renders the comparison again.
+            **({"compare_with": summary_digests(COMPARED)} if COMPARED else {}),
             **(
                 {"records": sweep.records_digest(PRESENT_CELLS + PRESENT_REPEATS)}
                 if AGGREGATE_ONLY
@@ -195,6 +204,7 @@ SUMMARY, HEADLINE_FILE = f"{RESULTS}/summary.csv", f"{RESULTS}/headline.rst"
 TABLES = {
     t: f"{RESULTS}/tables/{t}.md" for t in table_names(PLAN.settings["grid"]["mode"])
 }
+COMPARISONS = {other: comparison_path(RESULTS, other) for other in COMPARED}
 # Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
 FIGURES = {
     f: f"{RESULTS}/figures/{f}.png" for f in figure_names(PLAN.settings["grid"], DEVICE)
@@ -211,6 +221,7 @@ ALL_TARGETS = [
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),
+    *COMPARISONS.values(),
     *FIGURES.values(),
     HEADLINE_FILE,
 ]

@@ -55,7 +55,7 @@ def _fmt(value, spec: str) -> str:
     return DASH if pd.isna(value) else format(value, spec)
 
 
-def _tokens(row: pd.Series | None) -> str:
+def tokens_text(row: pd.Series | None) -> str:
     if row is None:
         return ""
     if row["status"] != "ok":
@@ -71,7 +71,7 @@ def _repeated(row: pd.Series) -> bool:
     return bool(row.get("repeats", 1) >= 2)
 
 
-def _batch(row: pd.Series | None) -> str:
+def batch_text(row: pd.Series | None) -> str:
     if row is None:
         return ""
     return DASH if row["status"] != "ok" else _fmt(row["batch_size"], ".0f")
@@ -98,12 +98,12 @@ def _with_tie(text: str, row: pd.Series | None, tie: str) -> str:
     return f"{text} tie" if value is True or value == 1.0 else text
 
 
-def _tie_marked(row: pd.Series | None, ref: str) -> str:
+def tie_marked(row: pd.Series | None, ref: str) -> str:
     """The difference in percent, and "tie" where both cells' repeats overlap (the difference is inside the spread)."""
     return _with_tie(_diff_pct(row, f"diff_vs_{ref}_pct"), row, f"tie_vs_{ref}")
 
 
-def _row_keys(df: pd.DataFrame) -> list[str]:
+def row_keys(df: pd.DataFrame) -> list[str]:
     """model, the setup keys that vary for some model (others go into the settings line), context."""
     varying = [k for k in SETUP if (df.groupby("model")[k].nunique() > 1).any()]
     return ["model", *varying, "seq_len"]
@@ -140,35 +140,35 @@ def study_table(df: pd.DataFrame) -> str:
     present = set(df["attn"])
     flash = [a for a in STUDY_IMPLS if a in present]
     columns: dict[str, tuple[str, Callable]] = {
-        f"{BASELINE} batch": (BASELINE, _batch),
-        f"{BASELINE} tok/s": (BASELINE, _tokens),
+        f"{BASELINE} batch": (BASELINE, batch_text),
+        f"{BASELINE} tok/s": (BASELINE, tokens_text),
     }
     for a in flash:
-        columns[f"{a} batch"] = (a, _batch)
-        columns[f"{a} tok/s"] = (a, _tokens)
+        columns[f"{a} batch"] = (a, batch_text)
+        columns[f"{a} tok/s"] = (a, tokens_text)
         columns[f"{a} speedup"] = (a, lambda r: _speedup(r, "speedup_vs_naive"))
     if HEADLINE in present:
         for ref in (r for r in REFERENCES if r in present):
             columns[f"{HEADLINE} − {ref} tok/s"] = (HEADLINE, lambda r, ref=ref: _diff_tok(r, f"diff_vs_{ref}_tok_s"))
-            columns[f"{HEADLINE} − {ref} %"] = (HEADLINE, lambda r, ref=ref: _tie_marked(r, ref))
+            columns[f"{HEADLINE} − {ref} %"] = (HEADLINE, lambda r, ref=ref: tie_marked(r, ref))
             columns[f"{HEADLINE} − {ref} % of {HEADLINE}"] = (
                 HEADLINE, lambda r, ref=ref: _diff_pct(r, f"diff_vs_{ref}_pct_of_self"))
-    keys = _row_keys(df)
+    keys = row_keys(df)
     table = _pivot(df, keys, columns)
-    return _render(df, keys, table)
+    return render_table(df, keys, table)
 
 
 def _side_by_side(df: pd.DataFrame, cell: Callable[[pd.Series | None], str], setup: bool = True) -> str:
     """One column per implementation, `cell` formatting each; rows by model, varying setup and context."""
-    keys = _row_keys(df)
-    return _render(df, keys, _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])}), setup=setup)
+    keys = row_keys(df)
+    return render_table(df, keys, _pivot(df, keys, {a: (a, cell) for a in pd.unique(df["attn"])}), setup=setup)
 
 
 def wide_table(df: pd.DataFrame) -> str:
     """Every implementation side by side for one mode: tokens/s (batch, speedup over naive)."""
 
     def cell(row: pd.Series | None) -> str:
-        text = _tokens(row)
+        text = tokens_text(row)
         if row is None or row["status"] != "ok":
             return text
         extra = [f"b{row['batch_size']:.0f}"]
@@ -189,7 +189,7 @@ def steady_table(df: pd.DataFrame) -> str:
 
     def cell(row: pd.Series | None) -> str:
         if row is None or row["status"] != "ok":
-            return _tokens(row)
+            return tokens_text(row)
         median, mean, std = (row[f"tokens_per_sec_stats.{k}"] for k in ("median", "mean", "std"))
         return f"{_fmt(median, ',.0f')} (±{_fmt(100 * std / mean, '.1f')}%)"
 
@@ -232,9 +232,9 @@ def _gains(modes: set[str]) -> list[tuple[str, str, str]]:
     return [g for g in over_eager + over_compiled if g[1] in modes]
 
 
-def _render(df: pd.DataFrame, keys: list[str], table: pd.DataFrame, setup: bool = True) -> str:
+def render_table(df: pd.DataFrame, keys: list[str], table: pd.DataFrame, setup: bool = True) -> str:
     """The setup line (what is constant) and the table; text columns left, numbers right."""
-    align = ["left" if c in ("model", "optimizer", "precision", "harness") else "right" for c in table.columns]
+    align = ["left" if c in ("model", "attn", "optimizer", "precision", "harness") else "right" for c in table.columns]
     markdown = table.to_markdown(index=False, colalign=align)
     line = _settings_line(df, keys) if setup else ""
     return f"{line}\n\n{markdown}" if line else markdown
@@ -279,7 +279,7 @@ def _per_record_table(column: str, fmt: Callable[[float], str]) -> Callable[[pd.
     def table(df: pd.DataFrame) -> str:
         def cell(row: pd.Series | None) -> str:
             if row is None or row["status"] != "ok":
-                return _tokens(row)
+                return tokens_text(row)
             value = row.get(column)
             return DASH if value is None or pd.isna(value) else fmt(value)
 
@@ -308,7 +308,7 @@ def mfu_table(df: pd.DataFrame) -> str:
 
     def cell(row: pd.Series | None) -> str:
         if row is None or row["status"] != "ok":
-            return _tokens(row)
+            return tokens_text(row)
         full, causal = row.get("mfu_nanogpt"), row.get("mfu_causal")
         if full is None or pd.isna(full):
             return DASH
@@ -323,7 +323,7 @@ def time_table(df: pd.DataFrame) -> str:
 
     def cell(row: pd.Series | None) -> str:
         if row is None or row["status"] == "missing":
-            return _tokens(row)
+            return tokens_text(row)
         timed, warm = row.get("timed_s_total"), row.get("warmup_s_total")
         if timed is None or pd.isna(timed):
             return DASH

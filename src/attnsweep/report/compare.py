@@ -1,0 +1,147 @@
+"""One run beside another (`compare_with`): the same cells measured under other conditions, cell by cell.
+
+`tables/vs-OTHER.md`: for every cell of both grids, each run's batch size and tokens/s, their ratio, and each run's
+difference against SDPA's default and its flash backend with that run's own tie mark, so a lead that appears or
+goes with the conditions (a memory cap lifted, another GPU or host) reads off one row; above the table, the
+conditions the two runs' records differ in. Both runs are read from their summary.csv, so every number is one
+that run's own tables show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ..vocabulary import AXES
+from . import log
+from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
+from .tables import DASH, batch_text, render_table, row_keys, tie_marked, tokens_text
+
+# What a record says about how it was measured, as summary.csv names the columns: the lines above the table.
+CONDITIONS = (
+    ("GPU", "env.gpu_name"),
+    ("torch", "env.torch"),
+    ("CUDA", "env.cuda"),
+    ("flash-attn", "env.versions.flash-attn"),
+    ("batch policy", "cell.batch_policy"),
+    ("memory cap (GiB)", "cell.memory_cap_gib"),
+    ("steps", "cell.steps"),
+    ("window", "cell.window"),
+    ("repeats", "repeats"),
+    ("cell code", "env.code.source_sha256"),
+)
+
+
+def comparison_path(results: str, other: str) -> str:
+    """Where a run's comparison with `other` goes (its tables folder)."""
+    return f"{results}/tables/vs-{other}.md"
+
+
+def summary_digests(summaries: Mapping[str, str | os.PathLike]) -> dict[str, str]:
+    """{run: digest of its summary.csv}: a compared run's summary, in this run's report stamp, so that the
+    comparison is rendered again when that run is aggregated again."""
+    return {run: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] for run, path in summaries.items()}
+
+
+def _values(df: pd.DataFrame, column: str) -> str:
+    """The distinct values of `column` over a run's measured cells, as text ('none' where no record has one)."""
+    if column not in df:
+        return "none"
+    cells = df.loc[df["status"] == "ok", column].dropna()
+    if column == "env.code.source_sha256":
+        cells = cells.astype(str).str[:8]
+    values = sorted({_plain(v) for v in cells})
+    return ", ".join(values) if values else "none"
+
+
+def _plain(value) -> str:
+    """12.0 -> '12' (pandas reads a column with blanks as float)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def conditions(here: pd.DataFrame, other: pd.DataFrame, here_name: str, other_name: str) -> str:
+    """What the two runs' records differ in, then what they share."""
+    differ, same = [], []
+    for label, column in CONDITIONS:
+        a, b = _values(other, column), _values(here, column)
+        (same if a == b else differ).append(f"{label} {b} here, {a} in {other_name}" if a != b else f"{label} {a}")
+    lines = [f"Differ: {'; '.join(differ) if differ else 'none'}."]
+    if same:
+        lines.append(f"Same in both: {'; '.join(same)}.")
+    return "\n\n".join(lines)
+
+
+def _ratio(here: pd.Series, other: pd.Series) -> str:
+    if here["status"] != "ok" or other["status"] != "ok":
+        return DASH
+    return f"{here['tokens_per_sec'] / other['tokens_per_sec']:.2f}×"
+
+
+def pairs(here: pd.DataFrame, other: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """(this run's row, the other run's row) of every cell in both grids, in this run's table order."""
+    theirs = {tuple(r[a] for a in AXES): r for _, r in other.iterrows()}
+    return [(r, theirs[key]) for _, r in sort_rows(here).iterrows() if (key := tuple(r[a] for a in AXES)) in theirs]
+
+
+def compare_rows(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> pd.DataFrame:
+    """One row per cell of both grids: the axes, then batch, tokens/s and the differences, `other`'s first."""
+    rows = []
+    for mine, theirs in pairs(here, other):
+        line = {a: mine[a] for a in AXES}
+        line[f"batch {other_name} → here"] = f"{batch_text(theirs)} → {batch_text(mine)}"
+        line[f"tok/s {other_name}"] = tokens_text(theirs)
+        line["tok/s here"] = tokens_text(mine)
+        line[f"here / {other_name}"] = _ratio(mine, theirs)
+        for ref in REFERENCES:
+            line[f"− {ref} % ({other_name} → here)"] = (
+                "" if mine["attn"] == ref else f"{tie_marked(theirs, ref)} → {tie_marked(mine, ref)}"
+            )
+        rows.append(line)
+    return pd.DataFrame(rows)
+
+
+def _gain_line(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> str:
+    both = pairs(here, other)
+    ratios = pd.Series([m["tokens_per_sec"] / t["tokens_per_sec"] for m, t in both
+                        if m["status"] == "ok" and t["status"] == "ok"], dtype=float)
+    if ratios.empty:
+        return f"No cell is measured in both runs yet ({len(both)} cells in both grids)."
+    return (f"{len(ratios)} of the {len(both)} cells of both grids are measured in both: tokens/s here over "
+            f"{other_name}'s, median {ratios.median():.2f}×, {ratios.min():.2f}-{ratios.max():.2f}×.")
+
+
+def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str, other_name: str) -> str:
+    """The comparison of run `here_name` with `other_name`, from their summaries (read_summary)."""
+    title = f"# {here_name} beside {other_name}, cell by cell (tokens/s)\n\n"
+    rows = compare_rows(here, other, other_name)
+    if rows.empty:
+        return title + f"No cell of {here_name}'s grid is in {other_name}'s.\n"
+    only = len(here) - len(rows)
+    parts = [conditions(here, other, here_name, other_name), _gain_line(here, other, other_name)]
+    if only:
+        parts.append(f"Cells of this run not in {other_name}'s grid (not shown): {only}.")
+    for mode in [m for m in MODE_ORDER if m in set(rows["mode"])]:
+        cells = rows[rows["mode"] == mode].drop(columns="mode")
+        keys = row_keys(here[here["mode"] == mode])
+        shown = cells[[*keys, "attn", *(c for c in cells.columns if c not in AXES)]]
+        parts.append(f"## {mode}\n\n" + render_table(here[here["mode"] == mode], keys, shown.rename(
+            columns={"seq_len": "context"})))
+    parts.append(
+        "Each run's tokens/s is the median of its repeats, ±half its spread, as in its own tables; here / "
+        f"{other_name}: the ratio of the medians. − ref %: the difference over the reference implementation's "
+        "tokens/s in that run, tie where it lies inside both cells' spreads in that run. OOM, unsupported, not run "
+        "yet: that run's status of the cell; –: not computable."
+    )
+    return title + "\n\n".join(parts) + "\n"
+
+
+def write_comparison(summary: str | os.PathLike, other_summary: str | os.PathLike, out: str | os.PathLike,
+                     here_name: str, other_name: str) -> None:
+    text = comparison_markdown(read_summary(summary), read_summary(other_summary), here_name, other_name)
+    with open(out, "w") as f:
+        f.write(text)
+    log.info("wrote %s", out)
