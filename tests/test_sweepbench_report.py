@@ -332,20 +332,18 @@ while True:
 """
 
 
-@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
-@pytest.mark.parametrize("reasons", ["clocks_event_reasons.active", "clocks_throttle_reasons.active", "none"])
-def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tmp_path: Path, reasons) -> None:
-    """tools/gpu-host/sweep.sh with stand-ins for setup.sh, snakemake and nvidia-smi, in a zone other than UTC: the
-    part's tarball holds gpu-STAMP.csv with samples of the GPU in UTC taken while snakemake ran, the reasons under the
-    name the driver knows (or none), no empty .err file, and no sampler left running."""
+def fake_gpu_host(tmp_path: Path, reasons: str = "clocks_event_reasons.active") -> tuple[Path, Path, dict[str, str]]:
+    """A checkout with tools/gpu-host/sweep.sh and stand-ins for setup.sh, snakemake and nvidia-smi: (repo, $OUT,
+    environment). The stand-in snakemake writes its full log under .snakemake/log/ (an older one, from before the
+    part, stays out of it) and notes each call's arguments in snakemake.calls."""
     repo, out, fake = tmp_path / "repo", tmp_path / "out", tmp_path / "bin"
     for folder in (repo / "tools/gpu-host", out, fake):
         folder.mkdir(parents=True)
     shutil.copy(ROOT / "tools/gpu-host/sweep.sh", repo / "tools/gpu-host/sweep.sh")
     (repo / "tools/gpu-host/setup.sh").write_text("true\n")
     (fake / "nvidia-smi").write_text(FAKE_NVIDIA_SMI.format(python=sys.executable))
-    # Snakemake writes its full log under .snakemake/log/ (one older, from before the part, stays out of it).
-    (fake / "snakemake").write_text('#!/bin/sh\ncase "$*" in *--unlock*) exit 0 ;; esac\nmkdir -p .snakemake/log\n'
+    (fake / "snakemake").write_text('#!/bin/sh\necho "$*" >> snakemake.calls\ncase "$*" in *--unlock*) exit 0 ;; esac\n'
+                                    'mkdir -p .snakemake/log\n'
                                     'echo "rule cell: this part" > .snakemake/log/2026-12-01T1200.snakemake.log\n'
                                     'sleep 2\n')
     (repo / ".snakemake/log").mkdir(parents=True)
@@ -354,9 +352,19 @@ def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tm
     os.utime(older, (time.time() - 3600, time.time() - 3600))
     for exe in ("nvidia-smi", "snakemake"):
         (fake / exe).chmod(0o755)
-    pids = tmp_path / "sampler.pids"
     env = {"PATH": f"{fake}{os.pathsep}/usr/bin{os.pathsep}/bin", "OUT": str(out), "TZ": "JST-9",
-           "FAKE_REASONS": reasons, "FAKE_PIDS": str(pids)}
+           "FAKE_REASONS": reasons, "FAKE_PIDS": str(tmp_path / "sampler.pids")}
+    return repo, out, env
+
+
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+@pytest.mark.parametrize("reasons", ["clocks_event_reasons.active", "clocks_throttle_reasons.active", "none"])
+def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tmp_path: Path, reasons) -> None:
+    """tools/gpu-host/sweep.sh with stand-ins for setup.sh, snakemake and nvidia-smi, in a zone other than UTC: the
+    part's tarball holds gpu-STAMP.csv with samples of the GPU in UTC taken while snakemake ran, the reasons under the
+    name the driver knows (or none), no empty .err file, and no sampler left running."""
+    repo, out, env = fake_gpu_host(tmp_path, reasons)
+    pids = tmp_path / "sampler.pids"
     began = time.time()
     done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
                           capture_output=True, text=True, timeout=60)
@@ -379,3 +387,24 @@ def test_sweep_sh_samples_the_gpus_through_snakemake_and_stops_before_packing(tm
     assert began - 1 < samples["time"].min() and samples["time"].max() < time.time() + 1  # UTC, not JST
     assert set(samples["sm_mhz"]) == {1980} and set(samples["power_w"]) == {650.25}
     assert samples["reasons"].isna().all() if reasons == "none" else set(samples["reasons"]) == {4}
+
+
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+def test_sweep_sh_unlocks_only_where_a_stopped_call_left_a_lock(tmp_path: Path) -> None:
+    """Unlocking reads the whole workflow, seconds of a part: sweep.sh calls `snakemake --unlock` only where
+    .snakemake/locks/ holds a lock (a call killed at its limit on a warm host), then the sweep itself."""
+    repo, out, env = fake_gpu_host(tmp_path)
+
+    def calls() -> list[str]:
+        done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part", "--config", "run=part"], cwd=repo,
+                              env=env, check=False, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "snakemake exit: 0" in done.stdout, done.stderr
+        made = (repo / "snakemake.calls").read_text().splitlines()
+        (repo / "snakemake.calls").unlink()
+        return made
+
+    assert [("--unlock" in c, "run=part" in c) for c in calls()] == [(False, True)]  # no lock: the sweep alone
+    (repo / ".snakemake/locks").mkdir()
+    assert [("--unlock" in c) for c in calls()] == [False]  # an empty lock folder is no lock
+    (repo / ".snakemake/locks/0.input.lock").write_text("")
+    assert [("--unlock" in c, "run=part" in c) for c in calls()] == [(True, True), (False, True)]

@@ -15,7 +15,9 @@ start=$(date +%s.%N)
 stamp=$(date -u -d "@${start%.*}" +%Y%m%dT%H%M%S)
 log="results/$run/snakemake-$stamp.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
-snakemake "$@" --unlock >>"$log" 2>&1  # a lock left by a call stopped at its limit (.snakemake/ stays on a warm host)
+# A lock is left by a call killed at its limit (.snakemake/ stays on a warm host). Unlocking reads the whole workflow
+# (seconds of the part), so only then.
+if compgen -G ".snakemake/locks/*" >/dev/null; then snakemake "$@" --unlock >>"$log" 2>&1; fi
 # The GPUs' clocks, temperature, power and clock-event (throttle) reasons once a second through the part, which
 # benchmarks/sweep/report.py joins to each cell's measured window: the same cell measured on two H200s differs by a
 # few percent, and a record alone cannot say why. nvidia-smi only reads NVML counters, no work on any GPU, so it may
