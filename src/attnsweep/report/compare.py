@@ -63,12 +63,15 @@ def _plain(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def conditions(here: pd.DataFrame, other: pd.DataFrame, here_name: str, other_name: str) -> str:
+def conditions(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> str:
     """What the two runs' records differ in, then what they share."""
     differ, same = [], []
     for label, column in CONDITIONS:
-        a, b = _values(other, column), _values(here, column)
-        (same if a == b else differ).append(f"{label} {b} here, {a} in {other_name}" if a != b else f"{label} {a}")
+        mine, theirs = _values(here, column), _values(other, column)
+        if mine == theirs:
+            same.append(f"{label} {mine}")
+        else:
+            differ.append(f"{label} {mine} here, {theirs} in {other_name}")
     lines = [f"Differ: {'; '.join(differ) if differ else 'none'}."]
     if same:
         lines.append(f"Same in both: {'; '.join(same)}.")
@@ -121,7 +124,7 @@ def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str,
     if rows.empty:
         return title + f"No cell of {here_name}'s grid is in {other_name}'s.\n"
     only = len(here) - len(rows)
-    parts = [conditions(here, other, here_name, other_name), _gain_line(here, other, other_name)]
+    parts = [conditions(here, other, other_name), _gain_line(here, other, other_name)]
     if only:
         parts.append(f"Cells of this run not in {other_name}'s grid (not shown): {only}.")
     for mode in [m for m in MODE_ORDER if m in set(rows["mode"])]:
