@@ -438,6 +438,7 @@ def test_a_run_compared_with_another_is_rendered_again_when_the_others_summary_c
     text = (repo / "results/tiny/tables/vs-other.md").read_text()
     assert f"{TINY_CELLS} of the {TINY_CELLS} cells of both grids are measured in both" in text, text
     assert "median 1.00×" in text and "Differ: none." in text
+    assert (repo / "results/tiny/figures/vs-other.png").stat().st_size > 0
     assert planned(repo, *args) == {}
     summary = repo / "results/other/summary.csv"
     lines = summary.read_text().splitlines(keepends=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnsweep.report.compare import comparison_markdown
+from attnsweep.report.compare import comparison_figure, comparison_markdown
 from attnsweep.report.aggregate import (
     MODE_ORDER, gpu_busy, kernel_ns_per_token, read_summary, summarize, table_names, write_summary,
 )
@@ -752,6 +752,13 @@ def test_a_run_beside_another_cell_by_cell(tmp_path: Path) -> None:
     assert fa2["− sdpa % (capped → here)"] == "-5.0% → +0.0%"
     assert fa2["− sdpa_flash % (capped → here)"] == "+5.6% → +25.0%"
     assert dict(zip(header, rows["sdpa"]))["− sdpa % (capped → here)"] == ""
+    # The figure: the same ratios against context, one line per implementation.
+    figure = comparison_figure(whole, capped, "whole", "capped", tmp_path / "vs.png")
+    (panel,) = figure.axes
+    lines = {c.get_label(): list(c.lines[0].get_ydata()) for c in panel.containers}
+    assert lines["sdpa"] == [1.5] and lines["sdpa_flash"] == [pytest.approx(120 / 90)] and len(lines) == 3
+    assert lines["fa2"] == pytest.approx([150 / 95, float("nan")], nan_ok=True)  # 4096: OOM, not in capped: a gap
+    assert (tmp_path / "vs.png").stat().st_size > 0
     # Nothing in common: said so, no table.
     other = summarize([make_cell(tmp_path / "other", attn="fa2", mode="eager", seq_len=64, tokens_per_sec=1.0)])
     assert comparison_markdown(whole, other, "whole", "other").endswith("No cell of whole's grid is in other's.\n")

@@ -56,11 +56,17 @@ rule compare:
         # ancient: its content is in the report stamp (common.smk), its file time is not.
         other=lambda wildcards: ancient(COMPARED[wildcards.other]),
     output:
-        report(
-            f"{RESULTS}/tables/vs-{{other}}.md",
+        table=report(
+            comparison_paths(RESULTS, "{other}")["table"],
             caption="../report/table_vs.rst",
             category="Tables",
             labels={"table": "vs {other}"},
+        ),
+        figure=report(
+            comparison_paths(RESULTS, "{other}")["figure"],
+            caption="../report/figure_vs.rst",
+            category="Figures",
+            labels={"figure": "vs {other}"},
         ),
     log:
         f"{RESULTS}/logs/compare-{{other}}.log",

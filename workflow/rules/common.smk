@@ -15,7 +15,7 @@ from snakemake.utils import Paramspace
 
 from attnsweep import cluster, codestamp, gpuslots, sweep
 from attnsweep.report.aggregate import figure_names, table_names
-from attnsweep.report.compare import comparison_path, summary_digests
+from attnsweep.report.compare import comparison_paths, summary_digests
 from attnsweep.vocabulary import AXES
 
 ROOT = Path(workflow.basedir)
@@ -204,7 +204,9 @@ SUMMARY, HEADLINE_FILE = f"{RESULTS}/summary.csv", f"{RESULTS}/headline.rst"
 TABLES = {
     t: f"{RESULTS}/tables/{t}.md" for t in table_names(PLAN.settings["grid"]["mode"])
 }
-COMPARISONS = {other: comparison_path(RESULTS, other) for other in COMPARED}
+COMPARISONS = [
+    path for other in COMPARED for path in comparison_paths(RESULTS, other).values()
+]
 # Only the figures this grid can give data to (no fa2-vs-sdpa without fa2, no memory on the CPU).
 FIGURES = {
     f: f"{RESULTS}/figures/{f}.png" for f in figure_names(PLAN.settings["grid"], DEVICE)
@@ -221,7 +223,7 @@ ALL_TARGETS = [
     REPORT_STAMP,
     SUMMARY,
     *TABLES.values(),
-    *COMPARISONS.values(),
+    *COMPARISONS,
     *FIGURES.values(),
     HEADLINE_FILE,
 ]

@@ -1,4 +1,5 @@
-"""Snakemake job: this run's summary.csv beside another run's -> tables/vs-RUN.md (attnsweep.report.compare)."""
+"""Snakemake job: this run's summary.csv beside another run's -> tables/vs-RUN.md, figures/vs-RUN.png
+(attnsweep.report.compare)."""
 
 from attnsweep.report import logged
 from attnsweep.report.compare import write_comparison
@@ -6,4 +7,4 @@ from attnsweep.report.compare import write_comparison
 sm = snakemake  # noqa: F821 -- injected by Snakemake's script directive
 
 with logged(sm.log[0]):
-    write_comparison(sm.input.summary, sm.input.other, sm.output[0], sm.params.run, sm.wildcards.other)
+    write_comparison(sm.input.summary, sm.input.other, dict(sm.output.items()), sm.params.run, sm.wildcards.other)

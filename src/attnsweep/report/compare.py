@@ -3,8 +3,9 @@
 `tables/vs-OTHER.md`: for every cell of both grids, each run's batch size and tokens/s, their ratio, and each run's
 difference against SDPA's default and its flash backend with that run's own tie mark, so a lead that appears or
 goes with the conditions (a memory cap lifted, another GPU or host) reads off one row; above the table, the
-conditions the two runs' records differ in. Both runs are read from their summary.csv, so every number is one
-that run's own tables show.
+conditions the two runs' records differ in. `figures/vs-OTHER.png`: the ratio of the tokens/s against context, one
+panel per mode and model, one line per implementation. Both runs are read from their summary.csv, so every number is
+one that run's own tables show.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..vocabulary import AXES
 from . import log
 from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
+from .figures import panel_figure
 from .tables import DASH, batch_text, render_table, row_keys, tie_marked, tokens_text
 
 # What a record says about how it was measured, as summary.csv names the columns: the lines above the table.
@@ -36,9 +39,9 @@ CONDITIONS = (
 )
 
 
-def comparison_path(results: str, other: str) -> str:
-    """Where a run's comparison with `other` goes (its tables folder)."""
-    return f"{results}/tables/vs-{other}.md"
+def comparison_paths(results: str, other: str) -> dict[str, str]:
+    """Where a run's comparison with `other` goes: {"table": in its tables folder, "figure": in its figures}."""
+    return {"table": f"{results}/tables/vs-{other}.md", "figure": f"{results}/figures/vs-{other}.png"}
 
 
 def summary_digests(summaries: Mapping[str, str | os.PathLike]) -> dict[str, str]:
@@ -142,9 +145,27 @@ def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str,
     return title + "\n\n".join(parts) + "\n"
 
 
-def write_comparison(summary: str | os.PathLike, other_summary: str | os.PathLike, out: str | os.PathLike,
-                     here_name: str, other_name: str) -> None:
-    text = comparison_markdown(read_summary(summary), read_summary(other_summary), here_name, other_name)
-    with open(out, "w") as f:
-        f.write(text)
-    log.info("wrote %s", out)
+def comparison_figure(here: pd.DataFrame, other: pd.DataFrame, here_name: str, other_name: str,
+                      path: str | os.PathLike) -> plt.Figure:
+    """tokens/s here over the other run's, cell by cell, against context (a line at 1: the same); a cell not
+    measured in both is a gap, and an implementation with none in a panel is named in its legend."""
+    theirs = {tuple(r[a] for a in AXES): r for _, r in other.iterrows()}
+    ratio, status = [], []
+    for _, mine in here.iterrows():
+        them = theirs.get(tuple(mine[a] for a in AXES))
+        both = them is not None and mine["status"] == "ok" and them["status"] == "ok"
+        ratio.append(mine["tokens_per_sec"] / them["tokens_per_sec"] if both else float("nan"))
+        status.append("ok" if both else "not measured in both")
+    df = here.copy().assign(vs_ratio=ratio, status=status)  # copy: consolidated, as write_figures reads it
+    return panel_figure(df, lambda d: d["vs_ratio"], f"tokens/s over {other_name}'s",
+                        f"{here_name} over {other_name}, cell by cell", path, reference=1.0)
+
+
+def write_comparison(summary: str | os.PathLike, other_summary: str | os.PathLike,
+                     out: Mapping[str, str | os.PathLike], here_name: str, other_name: str) -> None:
+    """out: {"table": path, "figure": path} (comparison_paths)."""
+    here, other = read_summary(summary), read_summary(other_summary)
+    with open(out["table"], "w") as f:
+        f.write(comparison_markdown(here, other, here_name, other_name))
+    log.info("wrote %s", out["table"])
+    plt.close(comparison_figure(here, other, here_name, other_name, out["figure"]))
