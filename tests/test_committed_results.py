@@ -9,7 +9,9 @@ cell file edited after its tables were made, or a table left stale after the tab
 from __future__ import annotations
 
 import io
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -132,6 +134,20 @@ def test_comparisons_are_rendered_from_both_committed_summaries():
         text = comparison_markdown(read_summary(RESULTS / run / "summary.csv"),
                                    read_summary(RESULTS / other / "summary.csv"), run, other)
         assert path.read_text() == text, f"results/{run}/tables/{path.name} is not what the comparison code makes"
+
+
+def test_rerender_covers_every_run_with_a_report_or_a_comparison_and_its_arguments_are_accepted():
+    """tools/rerender.sh (after a change to the report code, or new records in a run in parts): each run's arguments
+    pass the config check (a dry run of each), and it names every run that commits an HTML report or a comparison,
+    so that re-rendering leaves none of them behind."""
+    env = {**os.environ, "SNAKEMAKE": str(Path(sys.executable).parent / "snakemake")}
+    done = subprocess.run(["bash", "tools/rerender.sh", "-n"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    named = {line.removeprefix("== ") for line in done.stdout.splitlines() if line.startswith("== ")}
+    needed = {p.parent.name for p in COMMITTED if p.name == "report.html"} | {
+        p.parent.parent.name for p in COMMITTED if p.parent.name == "tables" and p.name.startswith("vs-")}
+    assert needed and needed <= named, f"tools/rerender.sh leaves out {sorted(needed - named)}"
 
 def _markdown_table(text: str, header_start: str) -> list[dict[str, str]]:
     """The rows of the markdown table whose header line starts with `header_start`, as {column: cell text}."""
