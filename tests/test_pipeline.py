@@ -449,7 +449,8 @@ def test_a_run_compared_with_another_is_rendered_again_when_the_others_summary_c
     assert f"{TINY_CELLS - 1} of the {TINY_CELLS - 1} cells of both grids" in text
     assert "Cells of this run not in other's grid (not shown): 1." in text
     bad = snakemake(repo, "-n", "--config", "compare_with=[nowhere]", check=False)
-    assert bad.returncode != 0 and "compare_with.0: results/nowhere/summary.csv does not exist" in bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    assert "compare_with.0: results/nowhere/summary.csv does not exist" in bad.stdout + bad.stderr
 
 @pytest.mark.slow
 def test_aggregate_only_rerenders_without_device_or_cells(repo: Path) -> None:
