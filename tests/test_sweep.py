@@ -388,3 +388,15 @@ def test_the_cpu_demo_does_not_take_the_gpu_grids_first_cells() -> None:
     assert sweep.plan_run(cfg, {}, gpus=[]).first == {}
     demo = sweep.plan_run(config(**{"cpu_demo.first": [{"seq_len": 64}]}), {}, gpus=[])
     assert demo.first and all("seq_len~64/" in p for p in demo.first)
+
+
+def test_the_cpu_demo_is_not_compared_with_the_gpu_grids_runs(tmp_path: Path, monkeypatch) -> None:
+    """The top level's compare_with names runs of the GPU grid, which has no cell of the demo's (tiny) grid: the demo
+    takes it only given explicitly (on the command line or in an overlay)."""
+    monkeypatch.chdir(tmp_path)
+    Path("results/gpu-run").mkdir(parents=True)
+    Path("results/gpu-run/summary.csv").write_text("model\n")
+    cfg = config(compare_with=["gpu-run"])
+    demo = sweep.plan_run(cfg, {}, gpus=[])
+    assert demo.cpu_demo and demo.settings["compare_with"] == []
+    assert sweep.plan_run(cfg, {"compare_with": ["gpu-run"]}, gpus=[]).settings["compare_with"] == ["gpu-run"]

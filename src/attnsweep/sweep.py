@@ -47,8 +47,9 @@ def run_settings(config: Mapping, cpu_demo: bool, explicit: Mapping = {}) -> dic
                 "add one, or set device: cpu to run the grid itself on the CPU."
             )
         demo = {k: v for k, v in config["cpu_demo"].items() if k not in explicit}
-        # The top level's `first` names cells of the GPU grid, which the demo's grid does not have.
-        settings |= ({} if "first" in explicit else {"first": []}) | demo
+        # The top level's `first` and `compare_with` name cells and runs of the GPU grid, which the demo's grid does
+        # not have.
+        settings |= {k: [] for k in ("first", "compare_with") if k not in explicit} | demo
     return settings
 
 
