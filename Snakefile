@@ -18,6 +18,7 @@ localrules:
     rerun,
     summary,
     tables,
+    compare,
     figures,
     headline,
 

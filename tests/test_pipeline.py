@@ -129,6 +129,14 @@ def test_lint_is_clean() -> None:
     assert "Congratulations" in text and "Lints for" not in text, text
 
 
+def test_every_aggregation_rule_runs_where_snakemake_runs() -> None:
+    """Aggregation reads only files already there, in seconds: through a cluster executor (profiles/slurm) it must
+    not become a job of its own, so every rule of aggregate.smk is in the Snakefile's localrules."""
+    block = (REPO / "Snakefile").read_text().split("localrules:", 1)[1].split("\n\n", 1)[0]
+    local = set(re.findall(r"^\s+(\w+),", block, flags=re.M))
+    rules = set(re.findall(r"^rule (\w+):", (REPO / "workflow/rules/aggregate.smk").read_text(), flags=re.M))
+    assert rules and rules <= local, f"not in localrules: {sorted(rules - local)}"
+
 def test_snakefmt_check() -> None:
     proc = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
