@@ -301,6 +301,7 @@ def test_a_run_is_compared_only_with_another_run_that_has_a_summary(tmp_path: Pa
     sweep.validate_config(plain, SCHEMA)
     assert plain["compare_with"] == []
 
+
 def test_the_modern_overlay_is_a_designed_grid_of_at_most_250_cells() -> None:
     from attnsweep.vocabulary import ATTENTION, MODES
 

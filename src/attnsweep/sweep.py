@@ -113,9 +113,10 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
     for i, other in enumerate(settings["compare_with"]):
         if other == settings["run"]:
             raise SweepError(f"{name('compare_with')}.{i}: {other!r} is this run; name another run to set beside it")
-        if not Path(f"{results_dir(other)}/summary.csv").is_file():
-            raise SweepError(f"{name('compare_with')}.{i}: {results_dir(other)}/summary.csv does not exist (no "
-                             f"aggregated run {other!r} here)")
+        if not Path(summary_path(other)).is_file():
+            raise SweepError(f"{name('compare_with')}.{i}: {summary_path(other)} does not exist (no aggregated run "
+                             f"{other!r} here)")
+
 
 def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
@@ -221,6 +222,11 @@ def coerce_text_values(value: Any, schema: Mapping, root: Mapping | None = None)
 def results_dir(run: str) -> str:
     """A run's folder: its records, tables, figures and report (relative to the repository root)."""
     return f"results/{run}"
+
+
+def summary_path(run: str) -> str:
+    """A run's summary.csv, one row per cell (the aggregation's output, the tables' input)."""
+    return f"{results_dir(run)}/summary.csv"
 
 
 def cell_path(cell: Mapping) -> str:

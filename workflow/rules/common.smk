@@ -162,10 +162,7 @@ PRESENT_CELLS, MISSING_CELLS = sweep.split_present(
 )
 PRESENT_REPEATS = sweep.split_present(REPEATS, config["allow_missing"], LEFT_OUT)[0]
 # Other runs set beside this one (compare_with): {run: its summary.csv}, each giving tables/vs-RUN.md.
-COMPARED = {
-    other: f"{sweep.results_dir(other)}/summary.csv"
-    for other in PLAN.settings["compare_with"]
-}
+COMPARED = {other: sweep.summary_path(other) for other in PLAN.settings["compare_with"]}
 try:
     # Cells and aggregations take ancient(stamp): its name hashes the code and settings, so a change reruns what
     # depends on it, and file times (a fresh clone) do not matter. Aggregating records already there
@@ -199,7 +196,7 @@ if (
     if conflict := kept_cells_conflict(kept, DEVICE, RESULTS):
         raise WorkflowError(conflict)
 
-SUMMARY, HEADLINE_FILE = f"{RESULTS}/summary.csv", f"{RESULTS}/headline.rst"
+SUMMARY, HEADLINE_FILE = sweep.summary_path(RUN), f"{RESULTS}/headline.rst"
 # The study's compiled and eager tables, a table for any other mode of the grid, and all.md.
 TABLES = {
     t: f"{RESULTS}/tables/{t}.md" for t in table_names(PLAN.settings["grid"]["mode"])

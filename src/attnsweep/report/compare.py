@@ -81,27 +81,34 @@ def conditions(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> str:
     return "\n\n".join(lines)
 
 
-def _ratio(here: pd.Series, other: pd.Series) -> str:
-    if here["status"] != "ok" or other["status"] != "ok":
-        return DASH
-    return f"{here['tokens_per_sec'] / other['tokens_per_sec']:.2f}×"
+def _by_cell(df: pd.DataFrame) -> dict[tuple, pd.Series]:
+    """A summary's rows by their axes (one row per cell)."""
+    return {tuple(r[a] for a in AXES): r for _, r in df.iterrows()}
+
+
+def ratio(mine: pd.Series, theirs: pd.Series | None) -> float:
+    """tokens/s of this run's cell over the other run's; NaN unless both were measured."""
+    if theirs is None or mine["status"] != "ok" or theirs["status"] != "ok":
+        return float("nan")
+    return mine["tokens_per_sec"] / theirs["tokens_per_sec"]
 
 
 def pairs(here: pd.DataFrame, other: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     """(this run's row, the other run's row) of every cell in both grids, in this run's table order."""
-    theirs = {tuple(r[a] for a in AXES): r for _, r in other.iterrows()}
+    theirs = _by_cell(other)
     return [(r, theirs[key]) for _, r in sort_rows(here).iterrows() if (key := tuple(r[a] for a in AXES)) in theirs]
 
 
-def compare_rows(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> pd.DataFrame:
-    """One row per cell of both grids: the axes, then batch, tokens/s and the differences, `other`'s first."""
+def compare_rows(both: list[tuple[pd.Series, pd.Series]], other_name: str) -> pd.DataFrame:
+    """One row per pair: the axes, then batch, tokens/s and the differences, `other`'s first."""
     rows = []
-    for mine, theirs in pairs(here, other):
+    for mine, theirs in both:
         line = {a: mine[a] for a in AXES}
         line[f"batch {other_name} → here"] = f"{batch_text(theirs)} → {batch_text(mine)}"
         line[f"tok/s {other_name}"] = tokens_text(theirs)
         line["tok/s here"] = tokens_text(mine)
-        line[f"here / {other_name}"] = _ratio(mine, theirs)
+        gain = ratio(mine, theirs)
+        line[f"here / {other_name}"] = DASH if pd.isna(gain) else f"{gain:.2f}×"
         for ref in REFERENCES:
             line[f"− {ref} % ({other_name} → here)"] = (
                 "" if mine["attn"] == ref else f"{tie_marked(theirs, ref)} → {tie_marked(mine, ref)}"
@@ -110,10 +117,8 @@ def compare_rows(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> pd
     return pd.DataFrame(rows)
 
 
-def _gain_line(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> str:
-    both = pairs(here, other)
-    ratios = pd.Series([m["tokens_per_sec"] / t["tokens_per_sec"] for m, t in both
-                        if m["status"] == "ok" and t["status"] == "ok"], dtype=float)
+def _gain_line(both: list[tuple[pd.Series, pd.Series]], other_name: str) -> str:
+    ratios = pd.Series([ratio(mine, theirs) for mine, theirs in both], dtype=float).dropna()
     if ratios.empty:
         return f"No cell is measured in both runs yet ({len(both)} cells in both grids)."
     return (f"{len(ratios)} of the {len(both)} cells of both grids are measured in both: tokens/s here over "
@@ -123,11 +128,12 @@ def _gain_line(here: pd.DataFrame, other: pd.DataFrame, other_name: str) -> str:
 def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str, other_name: str) -> str:
     """The comparison of run `here_name` with `other_name`, from their summaries (read_summary)."""
     title = f"# {here_name} beside {other_name}, cell by cell (tokens/s)\n\n"
-    rows = compare_rows(here, other, other_name)
+    both = pairs(here, other)
+    rows = compare_rows(both, other_name)
     if rows.empty:
         return title + f"No cell of {here_name}'s grid is in {other_name}'s.\n"
     only = len(here) - len(rows)
-    parts = [conditions(here, other, other_name), _gain_line(here, other, other_name)]
+    parts = [conditions(here, other, other_name), _gain_line(both, other_name)]
     if only:
         parts.append(f"Cells of this run not in {other_name}'s grid (not shown): {only}.")
     for mode in [m for m in MODE_ORDER if m in set(rows["mode"])]:
@@ -149,14 +155,10 @@ def comparison_figure(here: pd.DataFrame, other: pd.DataFrame, here_name: str, o
                       path: str | os.PathLike) -> plt.Figure:
     """tokens/s here over the other run's, cell by cell, against context (a line at 1: the same); a cell not
     measured in both is a gap, and an implementation with none in a panel is named in its legend."""
-    theirs = {tuple(r[a] for a in AXES): r for _, r in other.iterrows()}
-    ratio, status = [], []
-    for _, mine in here.iterrows():
-        them = theirs.get(tuple(mine[a] for a in AXES))
-        both = them is not None and mine["status"] == "ok" and them["status"] == "ok"
-        ratio.append(mine["tokens_per_sec"] / them["tokens_per_sec"] if both else float("nan"))
-        status.append("ok" if both else "not measured in both")
-    df = here.copy().assign(vs_ratio=ratio, status=status)  # copy: consolidated, as write_figures reads it
+    theirs = _by_cell(other)
+    ratios = [ratio(mine, theirs.get(tuple(mine[a] for a in AXES))) for _, mine in here.iterrows()]
+    status = ["not measured in both" if pd.isna(r) else "ok" for r in ratios]
+    df = here.copy().assign(vs_ratio=ratios, status=status)  # copy: consolidated, as write_figures reads it
     return panel_figure(df, lambda d: d["vs_ratio"], f"tokens/s over {other_name}'s",
                         f"{here_name} over {other_name}, cell by cell", path, reference=1.0)
 
