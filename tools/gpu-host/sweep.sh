@@ -15,9 +15,10 @@ start=$(date +%s.%N)
 stamp=$(date -u -d "@${start%.*}" +%Y%m%dT%H%M%S)
 log="results/$run/snakemake-$stamp.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv,noheader >"$log"
-# A lock is left by a call killed at its limit (.snakemake/ stays on a warm host). Unlocking reads the whole workflow
-# (seconds of the part), so only then.
-if compgen -G ".snakemake/locks/*" >/dev/null; then snakemake "$@" --unlock >>"$log" 2>&1; fi
+# A lock is left by a call killed at its limit (.snakemake/ stays on a warm host). Removed as `snakemake --unlock`
+# removes it (the whole folder), without --unlock's reading of the whole workflow first: 12 s of a part, measured.
+# This call owns the checkout: no other Snakemake can hold a lock in it.
+rm -rf .snakemake/locks
 # The GPUs' clocks, temperature, power and clock-event (throttle) reasons once a second through the part, which
 # benchmarks/sweep/report.py joins to each cell's measured window: the same cell measured on two H200s differs by a
 # few percent, and a record alone cannot say why. nvidia-smi only reads NVML counters, no work on any GPU, so it may
@@ -51,7 +52,7 @@ wait "$sampler" 2>/dev/null
 [ -s "results/$run/gpu-$stamp.err" ] || rm -f "results/$run/gpu-$stamp.err"
 # Snakemake's own full log of the part (which job started when, with its wildcards), beside the progress log's one
 # line per finished cell: it tells what a part spent its time on (a part's first job, the job its deadline cut off).
-# .snakemake/ stays on the host; the newest log written since the part began is the main run's (--unlock's is older).
+# .snakemake/ stays on the host; the newest log written since the part began is the main run's.
 full=$(find .snakemake/log -name '*.snakemake.log' -newermt "@${start%.*}" -printf '%T@ %p\n' 2>/dev/null |
     sort -n | tail -n 1 | cut -d' ' -f2-)
 [ -z "$full" ] || gzip -c "$full" >"results/$run/snakemake-$stamp.full.log.gz"
