@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -87,3 +88,44 @@ def test_unpack_replaces_the_run_folders_so_what_the_host_deleted_goes_here_too(
     assert (checkout / "results/replay/cells/c.json").exists() and (checkout / "results/replay/report.html").exists()
     wrong = run(checkout, "bash", str(SCRIPT), "unpack", str(tgz), "again", check=False)
     assert wrong.returncode == 1 and "not slim" in wrong.stderr
+
+
+def record(code: str) -> str:
+    """A cell record as far as unpack reads it: the code it was measured with."""
+    return json.dumps({"status": "ok", "env": {"code": {"source_sha256": code}}})
+
+
+def test_unpack_refuses_a_tarball_from_a_call_that_began_before_the_last_unpack(
+        checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two calls in a row, the second sent before the first's tarball was unpacked: the second tarball lacks the first
+    call's records. Unpacking it after the first would delete them; unpack refuses and names one, and --replace
+    replaces anyway. A record of other code the tarball lacks (the host deletes a stale record when it starts
+    measuring it again) is no reason to refuse."""
+    (checkout / "results/replay/cells/stale.json").write_text(record("old"))
+    run(checkout, *GIT, "add", "results")
+    run(checkout, *GIT, "commit", "-qm", "a stale record")
+    run(checkout, "bash", str(SCRIPT), "slim", "replay")
+    outside = tmp_path_factory.mktemp("calls")
+
+    def call(name: str, *records: str) -> Path:
+        """A call's tarball: the run folder as the checkout had it when the call was sent, plus its new records."""
+        host = outside / name
+        shutil.copytree(checkout / "results", host / "results")
+        (host / "results/replay/cells/stale.json").unlink()  # measured again: its job began, and the part ended
+        for rel in records:
+            (host / "results/replay/cells" / rel).write_text(record("now"))
+        tgz = outside / f"{name}.tgz"
+        run(host, "tar", "czf", str(tgz), "results/replay")
+        return tgz
+
+    first, second = call("first", "one.json"), call("second", "two.json")  # both sent from the same tree
+    out = run(checkout, "bash", str(SCRIPT), "unpack", str(first), "part 1").stdout
+    assert "part 1" in out and not (checkout / "results/replay/cells/stale.json").exists()
+    refused = run(checkout, "bash", str(SCRIPT), "unpack", str(second), "part 2", check=False)
+    assert refused.returncode == 1 and "results/replay/cells/one.json" in refused.stderr, refused.stderr
+    assert (checkout / "results/replay/cells/one.json").exists()
+    assert not (checkout / "results/replay/cells/two.json").exists()
+    assert run(checkout, "git", "log", "-1", "--format=%s").stdout.strip() == "part 1"
+    run(checkout, "bash", str(SCRIPT), "unpack", "--replace", str(second), "part 2")
+    assert not (checkout / "results/replay/cells/one.json").exists()
+    assert (checkout / "results/replay/cells/two.json").exists()

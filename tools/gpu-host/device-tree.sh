@@ -4,13 +4,16 @@
 # only the results folders a call resumes, and back again afterwards.
 #   tools/gpu-host/device-tree.sh slim RUN [RUN ...]  # from a clean tree: branch device-tree, other runs' folders removed
 #   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
-#   tools/gpu-host/device-tree.sh unpack TGZ MESSAGE  # a call's tarball of whole run folders (sweep.sh's), committed
+#   tools/gpu-host/device-tree.sh unpack [--replace] TGZ MESSAGE  # a call's tarball (sweep.sh's), committed
 #   tools/gpu-host/device-tree.sh back               # to the branch before, with what was committed or unpacked since
 # Between slim and back, unpack each call's $OUT tarball into the checkout, so the next call resumes from it, and
 # commit it there: back replays those commits on the branch before (and carries anything uncommitted), then deletes
 # device-tree. Its first commit, the removal, is never replayed. unpack replaces each run folder the tarball holds, so
 # what the host deleted (a code stamp replaced by the sweep) is deleted here too; a plain `tar xzf` would keep it, and
-# the next call would send it back.
+# the next call would send it back. It refuses a tarball that lacks a cell record the checkout holds of the code the
+# tarball's records were measured with: that call began from an older tree (sent before the previous call's tarball
+# was unpacked), and replacing would lose the record. Records of other code may go (the host deletes a stale record
+# when it starts measuring it again). --replace replaces anyway.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 state=.git/device-tree-from
@@ -44,11 +47,37 @@ size)
              END {printf "%d files, %.1f MiB (%.1f MiB in 4 KiB blocks); the limit is 64 MiB\n", n, s / 2^20, b / 2^20}'
     ;;
 unpack)
-    [ $# -eq 3 ] || { echo "device-tree.sh unpack: give the tarball and the commit message" >&2; exit 2; }
+    shift
+    replace=false
+    [ "${1:-}" != --replace ] || { replace=true; shift; }
+    [ $# -eq 2 ] || { echo "device-tree.sh unpack: give the tarball and the commit message" >&2; exit 2; }
     [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state): unpack onto the slim branch" >&2; exit 1; }
-    tgz=$2 message=$3
+    tgz=$1 message=$2
     mapfile -t runs < <(tar tzf "$tgz" | awk -F/ '$1 == "results" && $2 != "" {print $2}' | sort -u)
     [ ${#runs[@]} -gt 0 ] || { echo "device-tree.sh unpack: $tgz holds no results/RUN folder" >&2; exit 1; }
+    if ! $replace; then
+        lost=$(python3 - "$tgz" "${runs[@]}" <<'PY'
+import json, pathlib, sys, tarfile
+
+def code(data):
+    return json.loads(data).get("env", {}).get("code", {}).get("source_sha256")
+
+with tarfile.open(sys.argv[1]) as tgz:
+    records = {m.name: m for m in tgz.getmembers() if m.isfile() and "/cells/" in m.name and m.name.endswith(".json")}
+    measured = {code(tgz.extractfile(m).read()) for m in records.values()} - {None}
+for run in sys.argv[2:]:
+    for path in sorted(pathlib.Path("results", run, "cells").rglob("*.json")):
+        if path.as_posix() not in records and code(path.read_bytes()) in measured:
+            print(path)
+PY
+        )
+        if [ -n "$lost" ]; then
+            echo "device-tree.sh unpack: $tgz lacks $(wc -l <<<"$lost") cell record(s) of the code it measured with" \
+                "that the checkout holds, e.g. $(head -n 1 <<<"$lost"). Was its call sent before the previous call's" \
+                "tarball was unpacked? Unpacking would lose them: merge its new records by hand, or pass --replace." >&2
+            exit 1
+        fi
+    fi
     for run in "${runs[@]}"; do rm -rf -- "results/$run"; done
     tar xzf "$tgz"
     git add -A -- "${runs[@]/#/results/}"
@@ -70,7 +99,7 @@ back)
     git status --short | head -n 5
     ;;
 *)
-    sed -n 2,13p "$0" >&2
+    sed -n 2,16p "$0" >&2
     exit 2
     ;;
 esac
