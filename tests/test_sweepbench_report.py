@@ -394,7 +394,7 @@ def test_sweep_sh_removes_the_lock_a_stopped_call_left_without_snakemake_unlock(
     """A call killed at its limit leaves Snakemake's lock on a warm host. sweep.sh removes .snakemake/locks/ as
     `snakemake --unlock` does, without calling it (it reads the whole workflow first, seconds of a part): the sweep
     itself is the only snakemake call, and finds no lock."""
-    repo, out, env = fake_gpu_host(tmp_path)
+    repo, _, env = fake_gpu_host(tmp_path)
     locks = repo / ".snakemake/locks"
     locks.mkdir()
     (locks / "0.input.lock").write_text("")

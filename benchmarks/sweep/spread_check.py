@@ -68,16 +68,17 @@ def verdicts(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
-def changed(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """{rule: the verdicts that differ from the tables' under it}, for the two stricter rules."""
+def changed(df: pd.DataFrame, base: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """{rule: the verdicts that differ from the tables' (`base`: verdicts(df)) under it}, for the two stricter
+    rules."""
+    base = verdicts(df) if base is None else base
     floors = regime_floors(df)["median_pct"]
     by_regime = pd.Series([floors.get((e, r)) for e, r in zip(df["env_id"], df["regime"])], index=df.index)
-    base = verdicts(df)
+    word = {True: "tie", False: "lead"}
     out = {}
     for rule, floor in (("regime", by_regime), ("run-wide", df["between_gpu_pct"])):
         other = verdicts(floored(df, floor))
         flip = base["tie"] != other["tie"]
-        word = {True: "tie", False: "lead"}
         out[rule] = base[flip].assign(now=base.loc[flip, "tie"].map(word), under_rule=other.loc[flip, "tie"].map(word))
     return out
 
@@ -87,9 +88,9 @@ def report(run: Path) -> str:
     floors = regime_floors(df).reset_index()
     lines = [f"## {run.name}", "", "Between-GPU range by regime (cells whose repeats ran on two GPUs or more):", "",
              floors.to_markdown(index=False, floatfmt=".2f") if len(floors) else "(none)", ""]
-    total = len(verdicts(df))
-    for rule, flips in changed(df).items():
-        lines.append(f"Floor `{rule}`: {len(flips)} of {total} verdicts change.")
+    base = verdicts(df)
+    for rule, flips in changed(df, base).items():
+        lines.append(f"Floor `{rule}`: {len(flips)} of {len(base)} verdicts change.")
         if len(flips):
             cols = ["model", "seq_len", "mode", "reference", "diff_pct", "now", "under_rule"]
             lines += ["", flips[cols].to_markdown(index=False, floatfmt="+.1f")]
