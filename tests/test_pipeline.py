@@ -364,6 +364,50 @@ def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_jobs_that_would_end_after_the_deadline_do_not_start(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ATTNSWEEP_DEADLINE two seconds away, no later repeat's warm-up starts: each is expected to take its
+    repeat 1's warm-up attempt and more (sweep.warmup_job_s). The sweep ends at once, says why, makes no record and
+    leaves no failure behind: the same command without the deadline measures them."""
+    edit_config(repo, repeats=2)
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 2))
+    began = time.monotonic()
+    done = snakemake(repo, "--cores", "2", check=False)
+    assert done.returncode != 0 and time.monotonic() - began < 120
+    assert not list((repo / "results/tiny/cells").rglob("repeat-2.json"))
+    out = done.stderr
+    assert f"attnsweep: {TINY_CELLS} jobs not started, as each would have ended after ATTNSWEEP_DEADLINE" in out, out
+    assert "(the first: warmup tiny " in out and "the same command runs them" in out, out
+    assert "Error in rule" not in out and "CalledProcessError" not in out, out
+    assert "Exiting because a job execution failed" not in out, out
+    logs = sorted((repo / "results/tiny/logs/warmup").rglob("r2/warmup.log"))
+    assert len(logs) == TINY_CELLS
+    for log in logs:
+        expected, left = map(int, re.fullmatch(r"attnsweep: not started: expected to take about (\d+) s, (-?\d+) s "
+                                               r"left before ATTNSWEEP_DEADLINE\n", log.read_text()).groups())
+        assert expected > left
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", "next tuesday")
+    bad = snakemake(repo, "-n", check=False)
+    assert bad.returncode != 0
+    assert "ATTNSWEEP_DEADLINE='next tuesday' is not a time in seconds" in bad.stdout + bad.stderr
+    monkeypatch.delenv("ATTNSWEEP_DEADLINE")
+    # (The rerun markers were made, and stay until a run succeeds, as after a stopped part.)
+    assert planned(repo) == {"warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
+    # Ten minutes away, the warm-ups start; a timed job expects its repeat 1's time and more (sweep.timed_job_s),
+    # here made 10,000 s: none starts, and their warm-ups stay for the next run.
+    for p in cell_paths(repo):
+        p.write_text(json.dumps({**json.loads(p.read_text()), "duration_s": 10_000}))
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 600))
+    out = snakemake(repo, "--cores", "2", check=False).stderr
+    assert f"attnsweep: {TINY_CELLS} jobs not started" in out, out
+    first = r"\(the first: cell_repeat tiny .*\(repeat 2\): expected to take about 10505 s, \d+ s left"
+    assert re.search(first, out), out
+    assert planned(repo) == {"cell_repeat": TINY_CELLS, **AGGREGATION}
+    monkeypatch.delenv("ATTNSWEEP_DEADLINE")
+    snakemake(repo, "--cores", "2")
+    assert len(list((repo / "results/tiny/cells").rglob("repeat-2.json"))) == TINY_CELLS
+
+
+@pytest.mark.slow
 def test_a_sweep_measures_the_first_cells_first_and_each_cells_repeats_together(tmp_path: Path) -> None:
     """Job priorities (sweep.RunPlan.priority) as Snakemake runs them, one job at a time: the cell `first` names
     leads, and every cell's second repeat comes right after its first, so a part stopped anywhere leaves whole
@@ -658,6 +702,7 @@ def test_crashed_cell_fails_alone_and_keeps_its_log(tmp_path: Path) -> None:
     assert len(cell_paths(repo)) == TINY_CELLS - 1
     assert not (repo / "results/tiny/summary.csv").exists()  # never aggregated over a hole
     assert "Error in rule cell" in out
+    assert "CalledProcessError" in out and "died with <Signals.SIGKILL" in out, out  # the job's exception, shown
 
 
 # ---- the CPU demo, end to end -----------------------------------------------------------------------------------

@@ -410,3 +410,18 @@ def test_sweep_sh_removes_the_lock_a_stopped_call_left_without_snakemake_unlock(
     calls = (repo / "snakemake.calls").read_text().splitlines()
     assert len(calls) == 1 and "--unlock" not in calls[0] and "run=part" in calls[0], calls
     assert not locks.exists()
+
+
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+def test_sweep_sh_gives_the_sweep_its_stop_as_the_jobs_deadline(tmp_path: Path) -> None:
+    """The jobs see ATTNSWEEP_DEADLINE at the time snakemake is stopped (SECONDS less 30 s for the packing, from
+    the part's start), so none starts that would be cut off."""
+    repo, _, env = fake_gpu_host(tmp_path)
+    fake = Path(env["PATH"].split(os.pathsep)[0]) / "snakemake"
+    fake.write_text(fake.read_text().replace('echo "$*" >> snakemake.calls\n',
+                                             'echo "$*" >> snakemake.calls\necho "$ATTNSWEEP_DEADLINE" > deadline\n'))
+    began = time.time()
+    done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert began + 30 - 2 <= int((repo / "deadline").read_text()) <= time.time() + 30

@@ -515,3 +515,103 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> None:
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise SweepError(f"config: {where}: {error.message} (schema: {Path(schema_path).name})")
+
+
+# ---- a deadline for the jobs a sweep starts ---------------------------------------------------------------------
+# A sweep given a fixed time (a part on a GPU lent for minutes, a reservation's end) is stopped at its end, and the
+# job then running leaves nothing: a timed cell stopped 81 s into 83 s cost those 81 s. With ATTNSWEEP_DEADLINE set,
+# a job expected to end after it does not start (workflow/scripts/start-before-deadline.sh), so the sweep ends early
+# and the time is not spent; the same command runs the job later. The expectations come from what the run has
+# measured, and lean long: a job wrongly held back costs a few seconds of a sweep's end, one cut off all of its work.
+
+DEADLINE_ENV = "ATTNSWEEP_DEADLINE"
+# The first words of a held-back job's log (the logger plugin counts such jobs apart from failures).
+NOT_STARTED = "attnsweep: not started"
+# A job's time besides its cell process's `duration_s`: Snakemake starting it, the interpreter and its imports
+# (1-3 s between a timed job's wall time and its record's duration on an H200, results/h200/benchmarks/).
+JOB_START_S = 5.0
+# A timed job measured again at the same size takes what it took (two repeats on one H200: within 5%, most within 2%).
+REPEAT_SPREAD = 1.05
+# Compiling cold differs more: a later repeat's warm-up took 0.6 to 1.4 times repeat 1's on the same H200.
+COLD_SPREAD = 1.5
+# A timed job's first step loads the warm-up's compiled code: on an H200 it took 0.1-0.4 of the cold one, at most
+# 10 s (GPT-2 large, naive, 2048: 9.6 s after 81 s cold); bounded above by 10 s plus a fifth of the cold one.
+WARM_FIRST_STEP_S, WARM_FIRST_STEP_SHARE = 10.0, 0.2
+
+
+def read_deadline(environ: Mapping[str, str] = os.environ) -> float | None:
+    """ATTNSWEEP_DEADLINE: the time (seconds since the epoch) by which every job the sweep starts should have
+    ended; None where it is unset or empty. A value that is not such a time is refused before any job."""
+    value = environ.get(DEADLINE_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        deadline = float(value)
+    except ValueError:
+        deadline = math.nan
+    if not math.isfinite(deadline) or deadline <= 0:
+        raise SweepError(f"{DEADLINE_ENV}={value!r} is not a time in seconds since the epoch "
+                         "(e.g. $(date -d '+50 min' +%s))")
+    return deadline
+
+
+def _warmup_attempts(record: Mapping, outcomes: Collection[str] = ("ok",)) -> list[dict]:
+    return [a for a in record.get("batch_attempts") or []
+            if a.get("stage") == "warmup" and a.get("outcome") in outcomes and a.get("seconds") is not None]
+
+
+def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequence[Mapping],
+                steps: int) -> float | None:
+    """The seconds a cell's timed job at `batch_size` is expected to take: the longest of the cell's other
+    records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
+    training steps with a cold compilation for the first: the timed job's first step, which loads what that one
+    compiled, and `steps` - 1 steps at the attempt's mean pace after it (which includes its process's start and the
+    first steps' extra work: over by 1.2-3x on an H200, more for eager cells). None where neither is known."""
+    same = [r["duration_s"] for r in records
+            if r.get("status") == "ok" and r.get("batch_size") == batch_size and r.get("duration_s")]
+    if same:
+        return max(same) * REPEAT_SPREAD + JOB_START_S
+    if not warmup or warmup.get("status") != "ok" or not warmup.get("first_step_s"):
+        return None
+    attempts = [a for a in _warmup_attempts(warmup) if a["batch_size"] == batch_size]
+    warm_steps = min(int(warmup.get("steps") or 0), steps)  # a run of fewer steps warms up with as many
+    if not attempts or warm_steps < 2:
+        return None
+    cold = float(warmup["first_step_s"])
+    pace = max(0.0, attempts[-1]["seconds"] - cold) / (warm_steps - 1)
+    return min(cold, WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold) + (steps - 1) * pace + JOB_START_S
+
+
+def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None:
+    """The seconds a warm-up job is expected to take, or its search's first attempt (each finished attempt is kept
+    in the search log, so a search cut off loses only the attempt in flight). A later repeat's warm-up is one
+    attempt at repeat 1's size: repeat 1's own attempt there (`first`, its record). A search: the longest attempt
+    of the warm-ups of `like`, the run's records of the same cell but for the attention. Compiling cold varies:
+    both are stretched by COLD_SPREAD. None where nothing is known."""
+    if first is not None:
+        at_size = [a["seconds"] for a in _warmup_attempts(first) if a.get("batch_size") == first.get("batch_size")]
+        if at_size:
+            return max(at_size) * COLD_SPREAD + JOB_START_S
+    seconds = [a["seconds"] for r in like for a in _warmup_attempts(r, ("ok", "oom"))]
+    return max(seconds) * COLD_SPREAD + JOB_START_S if seconds else None
+
+
+def read_records(paths: Collection[str | os.PathLike]) -> list[dict]:
+    """The JSON records at `paths` that can be read (one being written, or left broken, is passed over)."""
+    out = []
+    for p in paths:
+        try:
+            record = json.loads(Path(p).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def cell_records(run_results: str | os.PathLike, cell: Mapping, any_attn: bool = False) -> list[Path]:
+    """The record files (cell.json, repeat-K.json) of `cell` in a run's results folder; with `any_attn`, those
+    of every cell that differs from it in the attention only (itself included)."""
+    folder = cell_path({**cell, "attn": "*"} if any_attn else cell)
+    return sorted(p for p in Path(run_results, "cells").glob(f"{folder}/*.json")
+                  if p.name == "cell.json" or p.name.startswith("repeat-"))

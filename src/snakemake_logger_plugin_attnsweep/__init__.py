@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attnsweep.report.report_path import snakemake_command
+from attnsweep.sweep import DEADLINE_ENV, NOT_STARTED
 from attnsweep.vocabulary import MODELS
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
@@ -55,6 +56,11 @@ NOISE = (
 # How Snakemake's report of a job ends when the job was stopped by SIGTERM (a part's deadline: `timeout` signals the
 # whole process group), not failed: such a job leaves no output, and the same command runs it again.
 SIGTERM_DEATH = "died with <Signals.SIGTERM: 15>"
+# Snakemake's closing lines when a job failed (with keep-going), not shown where every "failed" job was held back
+# for the deadline: none failed.
+# The check every cell and warm-up job runs first (workflow/scripts/): in the command a failed job's exception quotes.
+START_CHECK = "start-before-deadline.sh"
+AFTER_FAILURES = ("Exiting because a job execution failed", "At least one job did not complete successfully")
 # Outputs worth a line when they are made: the run's summary, tables, figures and report headline.
 SHOWN_RULES = {"summary", "tables", "figures", "headline"}
 
@@ -82,6 +88,19 @@ def _message(record: logging.LogRecord) -> str:
         return str(record.getMessage())
     except Exception:  # a record whose arguments do not format: not the one looked for
         return ""
+
+
+def not_started(logs: list[str]) -> Optional[str]:
+    """The first line of a job's log where the job was held back for the deadline (ATTNSWEEP_DEADLINE), else None."""
+    for log in logs:
+        try:
+            with open(log.split(" (")[0]) as f:
+                line = f.readline().strip()
+        except OSError:
+            continue
+        if line.startswith(NOT_STARTED):
+            return line
+    return None
 
 
 def cell_outcome(path: Path) -> str:
@@ -119,6 +138,10 @@ class LogHandler(LogHandlerBase):
         self.interrupted = False
         # Snakemake reports a job's exception before the job's error: set by a SIGTERM death, read by the job's error.
         self.stopped_by_sigterm = False
+        # Jobs held back as they would end after ATTNSWEEP_DEADLINE: counted, and said once at the end.
+        self.held_back: list[str] = []
+        self.failed = 0
+        self.job_exception: Optional[logging.LogRecord] = None
         self.snakemake = snakemake_command(sys.argv[0])
 
     # What Snakemake asks of a handler.
@@ -170,6 +193,7 @@ class LogHandler(LogHandlerBase):
         elif event == LogEvent.JOB_INFO:
             self.first_job = self.first_job or time.monotonic()
             self.jobs[record.jobid] = {"rule": record.rule_name, "output": list(record.output or []),
+                                       "log": list(getattr(record, "log", None) or []),
                                        "wildcards": dict(record.wildcards or {}), "start": time.monotonic()}
         elif event == LogEvent.JOB_FINISHED:
             self.job_finished(self.jobs.get(record.job_id))
@@ -177,7 +201,19 @@ class LogHandler(LogHandlerBase):
             # Ctrl-C also stops the cell in progress; Snakemake reports that as a failed job and a failed workflow,
             # with the cell's KeyboardInterrupt traceback. It is neither: the one line at the start says what happened.
             return
+        elif event == LogEvent.ERROR and START_CHECK in _message(record):
+            # A job's exception, reported before the job's error: shown with it, unless the job was held back.
+            self.job_exception = record
+        elif event == LogEvent.JOB_ERROR and (held := self.held_back_job(getattr(record, "jobid", None))):
+            self.held_back.append(held)
+            self.job_exception = None
+        elif self.held_back and not self.failed and _message(record).startswith(AFTER_FAILURES):
+            return  # every failed job was held back: none failed
         elif event == LogEvent.JOB_ERROR:
+            self.failed += 1
+            if self.job_exception is not None:
+                self.snakemake_line(self.job_exception)
+                self.job_exception = None
             job = self.jobs.get(getattr(record, "jobid", None))
             stopped, self.stopped_by_sigterm = self.stopped_by_sigterm, False
             if job and job["rule"] in CELL_RULES:
@@ -198,6 +234,14 @@ class LogHandler(LogHandlerBase):
             self.plain_info(str(record.getMessage() if record.msg is not None else ""))
         else:
             self.snakemake_line(record)
+
+    def held_back_job(self, jobid: Any) -> Optional[str]:
+        """'warmup small 4096 fa2 compiled: expected to take ...' for a job held back for the deadline, else None."""
+        job = self.jobs.get(jobid)
+        line = job and not_started(job["log"])
+        if not line:
+            return None
+        return f"{job['rule']} {self.cell_label(job)}: {line[len(NOT_STARTED):].lstrip(': ')}"
 
     def plain_info(self, message: str) -> None:
         if message.startswith("Complete log(s):"):
@@ -269,6 +313,9 @@ class LogHandler(LogHandlerBase):
         if self.cells_total:
             statuses = ", ".join(f"{n} {s}" for s, n in self.counts.items())
             self.write(f"attnsweep: {self.cells_done} of {self.cells_total} cells in {took} ({statuses})")
+        if self.held_back:
+            self.write(f"attnsweep: {len(self.held_back)} jobs not started, as each would have ended after "
+                       f"{DEADLINE_ENV} (the first: {self.held_back[0]}); the same command runs them")
         if self.results:
             r = self.results
             self.write(f"Results are in {r}/:\n"

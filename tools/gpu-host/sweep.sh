@@ -44,7 +44,11 @@ TZ=UTC timeout $((deadline - SECONDS)) nvidia-smi --query-gpu="$(gpu_fields)" --
 sampler=$!
 # Output goes to a file, not a pipe: a cell process that outlives a stopped snakemake would hold a pipe open.
 # Every core and GPU of the host: warm-ups compile on the cores while each GPU measures one cell (README).
-timeout -k 10 -s TERM $((deadline - SECONDS - 30)) snakemake "$@" --cores "$(nproc)" \
+# Snakemake is stopped 30 s before the part's end (for the packing); a job expected to end after that does not start
+# (ATTNSWEEP_DEADLINE, README), so the part ends early instead of spending its last minutes on a job it would cut off.
+stop_s=$((deadline - SECONDS - 30))
+export ATTNSWEEP_DEADLINE=$(($(date +%s) + stop_s))
+timeout -k 10 -s TERM "$stop_s" snakemake "$@" --cores "$(nproc)" \
     --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
 code=$?
 kill "$sampler" 2>/dev/null
@@ -56,7 +60,8 @@ wait "$sampler" 2>/dev/null
 full=$(find .snakemake/log -name '*.snakemake.log' -newermt "@${start%.*}" -printf '%T@ %p\n' 2>/dev/null |
     sort -n | tail -n 1 | cut -d' ' -f2-)
 [ -z "$full" ] || gzip -c "$full" >"results/$run/snakemake-$stamp.full.log.gz"
-echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped)"
+echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped;" \
+    "1 = a job failed, or jobs were held back as they would end after the deadline: the lines above say which)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
 echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
 # Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh); a snakemake

@@ -54,11 +54,14 @@ if not AGGREGATE_ONLY and WARMUP:
         threads: WARMUP_THREADS
         resources:
             gpu=PLAN.warmup_gpus(),
+            expected_s=expected_warmup_s,
         params:
             options=cell_options,
             first=batch_from_option,
             search_log=search_log,
+            start_check=START_BEFORE_DEADLINE,
         shell:
+            "bash {params.start_check:q} {resources.expected_s} > {log:q} 2>&1 && "
             "python -m attnsweep warmup {params.options} {params.first} --cache {output.cache:q} "
             "--search-log {params.search_log:q} --out {output.json:q} > {log:q} 2>&1"
 
@@ -114,14 +117,17 @@ if not AGGREGATE_ONLY:
         threads: CELL_THREADS
         resources:
             gpu=1 if DEVICE == "cuda" else 0,
+            expected_s=expected_timed_s,
         params:
             options=cell_options,
             stage=stage_options,
+            start_check=START_BEFORE_DEADLINE,
         message:
             CELL_MESSAGE
         # Exit 0 for ok/oom/unsupported/diverged (results); nonzero is a crash, which fails this job and keeps its
-        # log.
+        # log, or 3: not started, as it would end after ATTNSWEEP_DEADLINE (the log says so).
         shell:
+            "bash {params.start_check:q} {resources.expected_s} > {log:q} 2>&1 && "
             "python -m attnsweep cell {params.options} {params.stage} --out {output.json:q} > {log:q} 2>&1"
 
     # Repeats 2, 3, ... of a cell: the same job, with a warm-up of their own (cold: at repeat 1's batch size).

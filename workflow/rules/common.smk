@@ -5,6 +5,7 @@ before any job starts. Nothing here starts torch or a GPU unless resuming a run 
 """
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -24,6 +25,8 @@ try:
     GPUS = gpuslots.visible_gpus(config_value=config.get("gpus"))
     # What the user gave on the command line or in overlay files wins over the cpu_demo section.
     PLAN = sweep.plan_run(config, workflow.config_settings.overwrite_config, GPUS)
+    # A deadline for the jobs (ATTNSWEEP_DEADLINE), checked here: a bad value stops the run before any job.
+    DEADLINE = sweep.read_deadline()
     # The GPUs' model and memory (nvidia-smi, once): the cap must fit, and bounds the warm-ups a GPU takes.
     GPU_MEMORY = None
     if PLAN.device == "cuda" and not PLAN.aggregate_only:
@@ -139,6 +142,44 @@ def rerun_input(wildcards) -> str:
     return rerun_file(record_path(wildcards))
 
 
+def expected_timed_s(wildcards, input) -> int:
+    """Resource expected_s of a timed job (a cell or a later repeat): the seconds it is expected to take, from the
+    cell's other records and its warm-up (sweep.timed_job_s); 0 where unknown or no deadline is set. Snakemake
+    evaluates it when the job is about to start, so the warm-up it follows is there to read.
+    """
+    if DEADLINE is None:
+        return 0
+    cell = dict(PARAMSPACE.instance(wildcards))
+    warmup = sweep.read_records([input.warmup]) if input.get("warmup") else []
+    batch = warmup[0].get("batch_size") if warmup else None
+    others = sweep.read_records(sweep.cell_records(RESULTS, cell))
+    if batch is None:  # a cold job (no warm-up stage): at repeat 1's size, or searched
+        batch = next((r.get("batch_size") for r in others), None)
+    expected = sweep.timed_job_s(
+        batch, warmup[0] if warmup else None, others, PLAN.settings["steps"]
+    )
+    return round(expected or 0)
+
+
+def expected_warmup_s(wildcards, input) -> int:
+    """Resource expected_s of a warm-up job (sweep.warmup_job_s): from repeat 1's record for a later repeat, else
+    from the warm-ups of the cells that differ from this one in the attention only; 0 where unknown or no deadline
+    is set."""
+    if DEADLINE is None:
+        return 0
+    first = sweep.read_records([input.first]) if input.get("first") else []
+    like = (
+        []
+        if first
+        else sweep.cell_records(
+            RESULTS, dict(PARAMSPACE.instance(wildcards)), any_attn=True
+        )
+    )
+    return round(
+        sweep.warmup_job_s(first[0] if first else None, sweep.read_records(like)) or 0
+    )
+
+
 def stamp_text(wildcards) -> str:
     stamp = STAMPS[f"{wildcards.kind}-{wildcards.digest}"]
     return json.dumps(stamp, indent=1, sort_keys=True)
@@ -148,6 +189,9 @@ def stamp_text(wildcards) -> str:
 shell.prefix(
     f'set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; '
 )
+# Run before each cell and warm-up job: it does not start where it would end after ATTNSWEEP_DEADLINE. A param:
+# relative to the working directory, so that a copy of the checkout elsewhere is not a change of params.
+START_BEFORE_DEADLINE = os.path.relpath(ROOT / "workflow/scripts/start-before-deadline.sh")
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
 # Records of other code or settings than a cell would run with now (what a cell records: the package its jobs

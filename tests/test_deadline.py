@@ -1,0 +1,122 @@
+"""A sweep's deadline (ATTNSWEEP_DEADLINE): what a job is expected to take, and the check run before it (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from attnsweep import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK = ROOT / "workflow/scripts/start-before-deadline.sh"
+CELL = {"model": "small", "seq_len": 2048, "attn": "fa2", "mode": "compiled", "kv_heads": 12, "precision": "fp16",
+        "optimizer": "adamw", "harness": "native"}
+
+
+def attempt(batch: int, seconds: float, outcome: str = "ok", stage: str = "warmup") -> dict:
+    return {"batch_size": batch, "outcome": outcome, "seconds": seconds, "detail": None, "stage": stage}
+
+
+# A warm-up as `attnsweep warmup` writes it: a search at 64 out of memory, then 48 fitted (10 steps, 25 s cold).
+WARMUP = {"status": "ok", "batch_size": 48, "first_step_s": 25.0, "steps": 10,
+          "batch_attempts": [attempt(64, 12.0, "oom"), attempt(48, 29.5)]}
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_no_deadline_where_unset_or_empty(value) -> None:
+    assert sweep.read_deadline({}) is None
+    assert sweep.read_deadline({"ATTNSWEEP_DEADLINE": value}) is None
+
+
+def test_a_deadline_is_seconds_since_the_epoch_and_anything_else_is_refused() -> None:
+    assert sweep.read_deadline({"ATTNSWEEP_DEADLINE": "1796160000.5"}) == 1796160000.5
+    for bad in ("in ten minutes", "nan", "inf", "-5", "0"):
+        with pytest.raises(sweep.SweepError, match=r"ATTNSWEEP_DEADLINE=.* is not a time in seconds since the epoch"):
+            sweep.read_deadline({"ATTNSWEEP_DEADLINE": bad})
+
+
+def test_a_timed_job_expects_its_other_repeats_time_at_the_same_size() -> None:
+    others = [{"status": "ok", "batch_size": 48, "duration_s": 80.0},
+              {"status": "ok", "batch_size": 48, "duration_s": 84.0},
+              {"status": "ok", "batch_size": 32, "duration_s": 300.0},  # another size: not this job's time
+              {"status": "oom", "batch_size": 48, "duration_s": 3.0}]
+    assert sweep.timed_job_s(48, WARMUP, others, 125) == pytest.approx(84.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S)
+
+
+def test_a_first_timed_job_expects_its_warmups_pace_at_its_size() -> None:
+    # 4.5 s for the 9 steps after the cold first one: 0.5 s a step; the warm first step at most 10 + 0.2 x 25 s.
+    expected = 15.0 + 124 * 0.5 + sweep.JOB_START_S
+    assert sweep.timed_job_s(48, WARMUP, [], 125) == pytest.approx(expected)
+    # A run of 6 steps warms up with 6: 4.5 s over 5 steps.
+    assert sweep.timed_job_s(48, {**WARMUP, "batch_attempts": [attempt(48, 29.5)]}, [], 6) == pytest.approx(
+        15.0 + 5 * 0.9 + sweep.JOB_START_S)
+    # An eager cell's first step is short: it bounds the warm one.
+    eager = {**WARMUP, "first_step_s": 1.0, "batch_attempts": [attempt(48, 5.5)]}
+    assert sweep.timed_job_s(48, eager, [], 125) == pytest.approx(1.0 + 124 * 0.5 + sweep.JOB_START_S)
+
+
+@pytest.mark.parametrize("warmup", [None, {**WARMUP, "status": "oom"}, {**WARMUP, "first_step_s": None},
+                                    {**WARMUP, "batch_attempts": [attempt(64, 12.0, "oom")]}])
+def test_a_timed_job_with_nothing_to_go_by_expects_nothing(warmup) -> None:
+    assert sweep.timed_job_s(48, warmup, [], 125) is None
+
+
+def test_a_later_repeats_warmup_expects_repeat_1s_attempt_at_its_size_stretched() -> None:
+    first = {"status": "ok", "batch_size": 48,
+             "batch_attempts": [attempt(64, 90.0, "oom"), attempt(48, 40.0), attempt(48, 120.0, stage="timed")]}
+    assert sweep.warmup_job_s(first, []) == pytest.approx(40.0 * sweep.COLD_SPREAD + sweep.JOB_START_S)
+
+
+def test_a_search_expects_the_longest_attempt_of_the_cells_that_differ_in_the_attention() -> None:
+    like = [{"batch_attempts": [attempt(64, 30.0), attempt(64, 95.0, stage="timed")]},
+            {"batch_attempts": [attempt(64, 50.0, "oom"), attempt(40, 45.0)]},
+            {"batch_attempts": [attempt(64, 2.0, "unsupported")]}]
+    assert sweep.warmup_job_s(None, like) == pytest.approx(50.0 * sweep.COLD_SPREAD + sweep.JOB_START_S)
+    assert sweep.warmup_job_s(None, []) is None
+
+
+def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> None:
+    for attn in ("fa2", "sdpa", "naive"):
+        folder = tmp_path / "cells" / sweep.cell_path({**CELL, "attn": attn})
+        folder.mkdir(parents=True)
+        for name in ("cell.json", "repeat-2.json", "notes.json"):
+            (folder / name).write_text(json.dumps({"attn": attn}))
+    other_mode = tmp_path / "cells" / sweep.cell_path({**CELL, "mode": "eager"})
+    other_mode.mkdir(parents=True)
+    (other_mode / "cell.json").write_text("{}")
+    own = sweep.cell_records(tmp_path, CELL)
+    assert [p.name for p in own] == ["cell.json", "repeat-2.json"]
+    like = sweep.cell_records(tmp_path, CELL, any_attn=True)
+    assert len(like) == 6 and other_mode / "cell.json" not in like
+    (own[1]).write_text('{"half a rec')  # a record being written, or broken: passed over
+    assert sweep.read_records(own) == [{"attn": "fa2"}]
+
+
+def check(expected_s: int, deadline: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ATTNSWEEP_DEADLINE"}
+    if deadline is not None:
+        env["ATTNSWEEP_DEADLINE"] = deadline
+    return subprocess.run(["bash", str(CHECK), str(expected_s)], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_check_lets_a_job_start_without_a_deadline_or_before_it() -> None:
+    for deadline in (None, ""):
+        done = check(10**6, deadline)
+        assert done.returncode == 0 and done.stdout == ""
+    done = check(60, f"{time.time() + 120:.3f}")
+    assert done.returncode == 0 and done.stdout == ""
+
+
+def test_the_check_holds_back_a_job_that_would_end_after_the_deadline() -> None:
+    done = check(60, f"{time.time() + 30:.3f}")
+    assert done.returncode == 3
+    assert done.stdout.startswith(sweep.NOT_STARTED + ": expected to take about 60 s, ")
+    left = int(done.stdout.split(", ")[1].split()[0])
+    assert 25 <= left <= 30
+    past = check(0, str(int(time.time()) - 5))  # nothing known, and the deadline has passed
+    assert past.returncode == 3 and "expected to take about 0 s, -" in past.stdout
