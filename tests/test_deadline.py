@@ -87,12 +87,16 @@ def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> No
         for name in ("cell.json", "repeat-2.json", "notes.json"):
             (folder / name).write_text(json.dumps({"attn": attn}))
     other_mode = tmp_path / "cells" / sweep.cell_path({**CELL, "mode": "eager"})
-    other_mode.mkdir(parents=True)
-    (other_mode / "cell.json").write_text("{}")
+    other_seq = tmp_path / "cells" / sweep.cell_path({**CELL, "seq_len": 512})
+    for folder in (other_mode, other_seq):
+        folder.mkdir(parents=True)
+        (folder / "cell.json").write_text("{}")
     own = sweep.cell_records(tmp_path, CELL)
     assert [p.name for p in own] == ["cell.json", "repeat-2.json"]
-    like = sweep.cell_records(tmp_path, CELL, any_attn=True)
-    assert len(like) == 6 and other_mode / "cell.json" not in like
+    like = sweep.cell_records(tmp_path, CELL, any_of=["attn"])
+    assert len(like) == 6 and other_mode / "cell.json" not in like and other_seq / "cell.json" not in like
+    wider = sweep.cell_records(tmp_path, CELL, any_of=["attn", "seq_len"])
+    assert len(wider) == 7 and other_seq / "cell.json" in wider and other_mode / "cell.json" not in wider
     (own[1]).write_text('{"half a rec')  # a record being written, or broken: passed over
     assert sweep.read_records(own) == [{"attn": "fa2"}]
 

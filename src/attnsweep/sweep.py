@@ -586,8 +586,9 @@ def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None
     """The seconds a warm-up job is expected to take, or its search's first attempt (each finished attempt is kept
     in the search log, so a search cut off loses only the attempt in flight). A later repeat's warm-up is one
     attempt at repeat 1's size: repeat 1's own attempt there (`first`, its record). A search: the longest attempt
-    of the warm-ups of `like`, the run's records of the same cell but for the attention. Compiling cold varies:
-    both are stretched by COLD_SPREAD. None where nothing is known."""
+    of the warm-ups of `like`, records of cells like it (the run's of the same cell but for the attention, else of
+    the same model and mode). Compiling cold varies: both are stretched by COLD_SPREAD. None where nothing is
+    known."""
     if first is not None:
         at_size = [a["seconds"] for a in _warmup_attempts(first) if a.get("batch_size") == first.get("batch_size")]
         if at_size:
@@ -609,9 +610,9 @@ def read_records(paths: Collection[str | os.PathLike]) -> list[dict]:
     return out
 
 
-def cell_records(run_results: str | os.PathLike, cell: Mapping, any_attn: bool = False) -> list[Path]:
-    """The record files (cell.json, repeat-K.json) of `cell` in a run's results folder; with `any_attn`, those
-    of every cell that differs from it in the attention only (itself included)."""
-    folder = cell_path({**cell, "attn": "*"} if any_attn else cell)
+def cell_records(run_results: str | os.PathLike, cell: Mapping, any_of: Collection[str] = ()) -> list[Path]:
+    """The record files (cell.json, repeat-K.json) of `cell` in a run's results folder; with axes `any_of`, those
+    of every cell that differs from it in those axes only (itself included)."""
+    folder = cell_path({**cell, **{axis: "*" for axis in any_of}})
     return sorted(p for p in Path(run_results, "cells").glob(f"{folder}/*.json")
                   if p.name == "cell.json" or p.name.startswith("repeat-"))

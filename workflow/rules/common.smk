@@ -163,21 +163,18 @@ def expected_timed_s(wildcards, input) -> int:
 
 def expected_warmup_s(wildcards, input) -> int:
     """Resource expected_s of a warm-up job (sweep.warmup_job_s): from repeat 1's record for a later repeat, else
-    from the warm-ups of the cells that differ from this one in the attention only; 0 where unknown or no deadline
-    is set."""
+    from the warm-ups of the cells that differ from this one in the attention only, else in the attention and the
+    context; 0 where unknown or no deadline is set."""
     if DEADLINE is None:
         return 0
     first = sweep.read_records([input.first]) if input.get("first") else []
-    like = (
-        []
-        if first
-        else sweep.cell_records(
-            RESULTS, dict(PARAMSPACE.instance(wildcards)), any_attn=True
-        )
+    if first:
+        return round(sweep.warmup_job_s(first[0], []) or 0)
+    cell = dict(PARAMSPACE.instance(wildcards))
+    like = sweep.cell_records(RESULTS, cell, any_of=["attn"]) or sweep.cell_records(
+        RESULTS, cell, any_of=["attn", "seq_len"]
     )
-    return round(
-        sweep.warmup_job_s(first[0] if first else None, sweep.read_records(like)) or 0
-    )
+    return round(sweep.warmup_job_s(None, sweep.read_records(like)) or 0)
 
 
 def stamp_text(wildcards) -> str:
