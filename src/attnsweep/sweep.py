@@ -566,7 +566,8 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
     training steps with a cold compilation for the first: the timed job's first step, which loads what that one
     compiled, and `steps` - 1 steps at the attempt's mean pace after it (which includes its process's start and the
-    first steps' extra work: over by 1.2-3x on an H200, more for eager cells). None where neither is known."""
+    first steps' extra work: over by 1.1-4.8x, median 1.6x, on an H200: results/h200-parts.md). None where neither
+    is known."""
     same = [r["duration_s"] for r in records
             if r.get("status") == "ok" and r.get("batch_size") == batch_size and r.get("duration_s")]
     if same:
