@@ -202,8 +202,10 @@ class LogHandler(LogHandlerBase):
             # with the cell's KeyboardInterrupt traceback. It is neither: the one line at the start says what happened.
             return
         elif event == LogEvent.ERROR and START_CHECK in _message(record):
-            # A job's exception, reported before the job's error: shown with it, unless the job was held back.
+            # A job's exception, reported before the job's error: shown with it, unless the job was held back or
+            # stopped by SIGTERM (then the job's line says so, without the report).
             self.job_exception = record
+            self.stopped_by_sigterm = SIGTERM_DEATH in _message(record)
         elif event == LogEvent.JOB_ERROR and (held := self.held_back_job(getattr(record, "jobid", None))):
             self.held_back.append(held)
             self.job_exception = None
@@ -211,11 +213,11 @@ class LogHandler(LogHandlerBase):
             return  # every failed job was held back: none failed
         elif event == LogEvent.JOB_ERROR:
             self.failed += 1
-            if self.job_exception is not None:
-                self.snakemake_line(self.job_exception)
-                self.job_exception = None
             job = self.jobs.get(getattr(record, "jobid", None))
             stopped, self.stopped_by_sigterm = self.stopped_by_sigterm, False
+            if self.job_exception is not None and not stopped:
+                self.snakemake_line(self.job_exception)
+            self.job_exception = None
             if job and job["rule"] in CELL_RULES:
                 self.cells_done += 1
                 status = "stopped" if stopped else "error"
