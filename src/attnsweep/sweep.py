@@ -530,9 +530,10 @@ NOT_STARTED = "attnsweep: not started"
 # A job's time besides its cell process's `duration_s`: Snakemake starting it, the interpreter and its imports
 # (1-3 s between a timed job's wall time and its record's duration on an H200, results/h200/benchmarks/).
 JOB_START_S = 5.0
-# A timed job measured again at the same size takes what it took (two repeats on one H200: within 5%, most within 2%).
+# A timed job measured again at the same size takes what it took: repeat 2's took 0.85-1.05 times repeat 1's in the
+# 32 cells of results/h200 with both.
 REPEAT_SPREAD = 1.05
-# Compiling cold differs more: a later repeat's warm-up took 0.6 to 1.4 times repeat 1's on the same H200.
+# Compiling cold differs more: there, repeat 2's warm-up attempt took 0.52-1.38 times repeat 1's at the same size.
 COLD_SPREAD = 1.5
 # A timed job's first step loads the warm-up's compiled code: on an H200 it took 0.1-0.4 of the cold one, at most
 # 10 s (GPT-2 large, naive, 2048: 9.6 s after 81 s cold); bounded above by 10 s plus a fifth of the cold one.
