@@ -188,7 +188,9 @@ shell.prefix(
 )
 # Run before each cell and warm-up job: it does not start where it would end after ATTNSWEEP_DEADLINE. A param:
 # relative to the working directory, so that a copy of the checkout elsewhere is not a change of params.
-START_BEFORE_DEADLINE = os.path.relpath(ROOT / "workflow/scripts/start-before-deadline.sh")
+START_BEFORE_DEADLINE = os.path.relpath(
+    ROOT / "workflow/scripts/start-before-deadline.sh"
+)
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
 # Records of other code or settings than a cell would run with now (what a cell records: the package its jobs
