@@ -99,6 +99,8 @@ def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> No
     assert len(wider) == 7 and other_seq / "cell.json" in wider and other_mode / "cell.json" not in wider
     (own[1]).write_text('{"half a rec')  # a record being written, or broken: passed over
     assert sweep.read_records(own) == [{"attn": "fa2"}]
+    (own[1]).write_text('{"attn": "fa2", "repeat": 2}')  # written again: read again
+    assert sweep.read_records(own) == [{"attn": "fa2"}, {"attn": "fa2", "repeat": 2}]
 
 
 def check(expected_s: int, deadline: str | None) -> subprocess.CompletedProcess:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gc
-import os
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -19,10 +19,9 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def _cpu_s_of(pid: int) -> float:
-    """A process's user + system CPU seconds so far, from /proc/<pid>/stat (fields 14 and 15, after the name)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """A process's user + system CPU seconds so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 # Both are counted in 10 ms ticks by the kernel, per CPU: a few ticks of difference between two counts of one time.

@@ -7,6 +7,7 @@ tests/test_sweep.py calls them directly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -535,8 +536,9 @@ JOB_START_S = 5.0
 REPEAT_SPREAD = 1.05
 # Compiling cold differs more: there, repeat 2's warm-up attempt took 0.52-1.38 times repeat 1's at the same size.
 COLD_SPREAD = 1.5
-# A timed job's first step loads the warm-up's compiled code: on an H200 it took 0.1-0.4 of the cold one, at most
-# 10 s (GPT-2 large, naive, 2048: 9.6 s after 81 s cold); bounded above by 10 s plus a fifth of the cold one.
+# A timed job's first step loads the warm-up's compiled code: on an H200 it took 0.09-0.36 of the cold one, at most
+# 10 s (GPT-2 large, naive, 2048: 9.6 s after 81 s cold), and about as long as it for an eager cell (nothing to
+# compile); bounded above by the cold one and by 10 s plus a fifth of it.
 WARM_FIRST_STEP_S, WARM_FIRST_STEP_SHARE = 10.0, 0.2
 
 
@@ -567,7 +569,7 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
     training steps with a cold compilation for the first: the timed job's first step, which loads what that one
     compiled, and `steps` - 1 steps at the attempt's mean pace after it (which includes its process's start and the
-    first steps' extra work: over by 1.1-4.8x, median 1.6x, on an H200: results/h200-parts.md). None where neither
+    first steps' extra work: over by 1.1-4.8x, median 1.7x, on an H200: results/h200-parts.md). None where neither
     is known."""
     same = [r["duration_s"] for r in records
             if r.get("status") == "ok" and r.get("batch_size") == batch_size and r.get("duration_s")]
@@ -599,15 +601,27 @@ def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None
     return max(seconds) * COLD_SPREAD + JOB_START_S if seconds else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _record_at(path: str, mtime_ns: int, size: int) -> dict | None:
+    """A record as the file of that time and size holds it (the cache's key: a record written again is read again)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_records(paths: Collection[str | os.PathLike]) -> list[dict]:
-    """The JSON records at `paths` that can be read (one being written, or left broken, is passed over)."""
+    """The JSON records at `paths` that can be read (one being written, or left broken, is passed over). Each file
+    is read once while it is unchanged: Snakemake asks every ready job what it expects (hundreds at a sweep's
+    start), and the jobs of one model read the same records. The records returned are shared: not to be changed."""
     out = []
     for p in paths:
         try:
-            record = json.loads(Path(p).read_text())
-        except (OSError, ValueError):
+            stat = os.stat(p)
+        except OSError:
             continue
-        if isinstance(record, dict):
+        if (record := _record_at(os.fspath(p), stat.st_mtime_ns, stat.st_size)) is not None:
             out.append(record)
     return out
 
