@@ -100,8 +100,9 @@ def test_unpack_refuses_a_tarball_from_a_call_that_began_before_the_last_unpack(
     """Two calls in a row, the second sent before the first's tarball was unpacked: the second tarball lacks the first
     call's records. Unpacking it after the first would delete them; unpack refuses and names one, and --replace
     replaces anyway. A record of other code the tarball lacks (the host deletes a stale record when it starts
-    measuring it again) is no reason to refuse."""
+    measuring it again) is no reason to refuse, though the tarball holds other records of that code unchanged."""
     (checkout / "results/replay/cells/stale.json").write_text(record("old"))
+    (checkout / "results/replay/cells/stale-too.json").write_text(record("old"))
     run(checkout, *GIT, "add", "results")
     run(checkout, *GIT, "commit", "-qm", "a stale record")
     run(checkout, "bash", str(SCRIPT), "slim", "replay")

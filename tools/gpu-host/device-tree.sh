@@ -62,9 +62,16 @@ import json, pathlib, sys, tarfile
 def code(data):
     return json.loads(data).get("env", {}).get("code", {}).get("source_sha256")
 
+# The code the call measured with: that of the records it brought (new or changed here), and of its newest record
+# (a call that measured nothing). A record of other code it lacks was deleted by the host as stale when its job
+# began, while the other stale records of that code stayed in the tarball unchanged.
 with tarfile.open(sys.argv[1]) as tgz:
-    records = {m.name: m for m in tgz.getmembers() if m.isfile() and "/cells/" in m.name and m.name.endswith(".json")}
-    measured = {code(tgz.extractfile(m).read()) for m in records.values()} - {None}
+    members = [m for m in tgz.getmembers() if m.isfile() and "/cells/" in m.name and m.name.endswith(".json")]
+    records = {m.name: tgz.extractfile(m).read() for m in members}
+brought = [data for name, data in records.items()
+           if not pathlib.Path(name).is_file() or pathlib.Path(name).read_bytes() != data]
+newest = max(records.values(), key=lambda data: str(json.loads(data).get("finished_at") or ""), default=None)
+measured = {code(data) for data in [*brought, *([newest] if newest else [])]} - {None}
 for run in sys.argv[2:]:
     for path in sorted(pathlib.Path("results", run, "cells").rglob("*.json")):
         if path.as_posix() not in records and code(path.read_bytes()) in measured:
