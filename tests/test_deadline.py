@@ -80,6 +80,22 @@ def test_a_search_expects_the_longest_attempt_of_the_cells_that_differ_in_the_at
     assert sweep.warmup_job_s(None, []) is None
 
 
+def test_a_warmup_expects_its_timed_job_too() -> None:
+    """Repeat 1's record gives a later repeat's timed job; a search's, the longest of the cells like it; the
+    warm-up's own estimate alone where no timed job is known, and nothing where the warm-up's is not."""
+    first = {"status": "ok", "batch_size": 48, "duration_s": 100.0, "batch_attempts": [attempt(48, 40.0)]}
+    warmup, timed = 40.0 * sweep.COLD_SPREAD + sweep.JOB_START_S, 100.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S
+    assert sweep.warmup_then_timed_s(first, []) == pytest.approx(warmup + timed)
+    like = [{"status": "ok", "duration_s": 60.0, "batch_attempts": [attempt(64, 30.0)]},
+            {"status": "ok", "duration_s": 90.0, "batch_attempts": [attempt(40, 20.0)]},
+            {"status": "oom", "duration_s": 500.0, "batch_attempts": [attempt(64, 5.0, "oom")]}]
+    assert sweep.warmup_then_timed_s(None, like) == pytest.approx(
+        30.0 * sweep.COLD_SPREAD + 90.0 * sweep.REPEAT_SPREAD + 2 * sweep.JOB_START_S)
+    no_timed = [{"status": "oom", "batch_attempts": [attempt(64, 30.0, "oom")]}]
+    assert sweep.warmup_then_timed_s(None, no_timed) == pytest.approx(sweep.warmup_job_s(None, no_timed))
+    assert sweep.warmup_then_timed_s(None, []) is None
+
+
 def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> None:
     for attn in ("fa2", "sdpa", "naive"):
         folder = tmp_path / "cells" / sweep.cell_path({**CELL, "attn": attn})

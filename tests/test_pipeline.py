@@ -366,8 +366,8 @@ def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
 @pytest.mark.slow
 def test_jobs_that_would_end_after_the_deadline_do_not_start(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ATTNSWEEP_DEADLINE two seconds away, no later repeat's warm-up starts: each is expected to take its
-    repeat 1's warm-up attempt and more (sweep.warmup_job_s). The sweep ends at once, says why, makes no record and
-    leaves no failure behind: the same command without the deadline measures them."""
+    repeat 1's warm-up attempt and timed job, and more (sweep.warmup_then_timed_s). The sweep ends at once, says why,
+    makes no record and leaves no failure behind: the same command without the deadline measures them."""
     edit_config(repo, repeats=2)
     monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 2))
     began = time.monotonic()
@@ -392,10 +392,22 @@ def test_jobs_that_would_end_after_the_deadline_do_not_start(repo: Path, monkeyp
     monkeypatch.delenv("ATTNSWEEP_DEADLINE")
     # (The rerun markers were made, and stay until a run succeeds, as after a stopped part.)
     assert planned(repo) == {"warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
-    # Ten minutes away, the warm-ups start; a timed job expects its repeat 1's time and more (sweep.timed_job_s),
-    # here made 10,000 s: none starts, and their warm-ups stay for the next run.
+    # Repeat 1's timed jobs made 10,000 s: ten minutes away, a warm-up does not start either, as its timed job
+    # could not follow (10,505 s with the stretch, and the warm-up's own seconds).
     for p in cell_paths(repo):
         p.write_text(json.dumps({**json.loads(p.read_text()), "duration_s": 10_000}))
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 600))
+    out = snakemake(repo, "--cores", "2", check=False).stderr
+    assert f"attnsweep: {TINY_CELLS} jobs not started" in out, out
+    held = re.search(r"\(the first: warmup tiny .*\(repeat 2\): expected to take about (\d+) s, \d+ s left", out)
+    assert held and int(held.group(1)) > 10505, out
+    assert planned(repo) == {"warmup": TINY_CELLS, "cell_repeat": TINY_CELLS, **AGGREGATION}
+    # Warm-ups made without the deadline (as targets, so kept): each timed job expects its repeat 1's time and more
+    # (sweep.timed_job_s): none starts, and their warm-ups stay for the next run.
+    monkeypatch.delenv("ATTNSWEEP_DEADLINE")
+    warmups = [str((p.parent / "r2/warmup.json").relative_to(repo)).replace("/cells/", "/warmup/", 1)
+               for p in cell_paths(repo)]
+    snakemake(repo, "--cores", "2", *warmups)
     monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 600))
     out = snakemake(repo, "--cores", "2", check=False).stderr
     assert f"attnsweep: {TINY_CELLS} jobs not started" in out, out

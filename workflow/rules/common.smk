@@ -162,19 +162,20 @@ def expected_timed_s(wildcards, input) -> int:
 
 
 def expected_warmup_s(wildcards, input) -> int:
-    """Resource expected_s of a warm-up job (sweep.warmup_job_s): from repeat 1's record for a later repeat, else
-    from the warm-ups of the cells that differ from this one in the attention only, else in the attention and the
-    context; 0 where unknown or no deadline is set."""
+    """Resource expected_s of a warm-up job: the warm-up and the timed job after it (sweep.warmup_then_timed_s),
+    from repeat 1's record for a later repeat, else from the records of the cells that differ from this one in the
+    attention only, else in the attention and the context; 0 where unknown or no deadline is set.
+    """
     if DEADLINE is None:
         return 0
     first = sweep.read_records([input.first]) if input.get("first") else []
     if first:
-        return round(sweep.warmup_job_s(first[0], []) or 0)
+        return round(sweep.warmup_then_timed_s(first[0], []) or 0)
     cell = dict(PARAMSPACE.instance(wildcards))
     like = sweep.cell_records(RESULTS, cell, any_of=["attn"]) or sweep.cell_records(
         RESULTS, cell, any_of=["attn", "seq_len"]
     )
-    return round(sweep.warmup_job_s(None, sweep.read_records(like)) or 0)
+    return round(sweep.warmup_then_timed_s(None, sweep.read_records(like)) or 0)
 
 
 def stamp_text(wildcards) -> str:
