@@ -425,3 +425,54 @@ def test_sweep_sh_gives_the_sweep_its_stop_as_the_jobs_deadline(tmp_path: Path) 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert began + 30 - 2 <= int((repo / "deadline").read_text()) <= time.time() + 30
+
+
+def full_log(*events: tuple[str, str]) -> str:
+    """A Snakemake full log as sweep.sh keeps it: (time, the lines logged at it) in order."""
+    return "".join(f"[Wed Dec  2 01:{t} 2026]\n{lines}" for t, lines in events)
+
+
+def warmup_job(jobid: int, attn: str, repeat: int) -> str:
+    return (f"localrule warmup:\n    jobid: {jobid}\n    wildcards: model=small, seq_len=256, attn={attn}, "
+            f"mode=compiled, repeat={repeat}\n    threads: 2\n")
+
+
+def timed_job(jobid: int, attn: str, repeat: int) -> str:
+    record = "cell.json" if repeat == 1 else f"repeat-{repeat}.json"
+    return (f"Job {jobid}: cell model=small seq_len=256 attn={attn} mode=compiled\n"
+            f"Reason: Missing output files: results/r/cells/model~small/.../{record}; Input files updated by another "
+            f"job: results/r/warmup/model~small/.../r{repeat}/warmup.json\n")
+
+
+def failed(jobid: int, rule: str, log: str) -> str:
+    bar = "=" * 80
+    return f"Error in rule {rule}:\n    message: None\n    jobid: {jobid}\nLogfile x.log:\n{bar}\n{log}\n{bar}\n"
+
+
+def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> None:
+    """From a part's full log: a timed job and the warm-up it followed; repeat 2's warm-up, whose timed job the
+    deadline held back; a warm-up held back; and, in a part stopped at its end, a timed job cut off."""
+    report = load_report()
+    run = tmp_path / "r"
+    run.mkdir()
+    held = "attnsweep: not started: expected to take about 90 s, 40 s left before ATTNSWEEP_DEADLINE"
+    first = full_log(("00:00", warmup_job(1, "sdpa", 1)), ("00:30", "Finished jobid: 1 (Rule: warmup)\n"),
+                     ("00:30", timed_job(2, "sdpa", 1)), ("01:40", "Finished jobid: 2 (Rule: cell)\n"),
+                     ("01:40", warmup_job(3, "sdpa", 2)), ("02:00", "Finished jobid: 3 (Rule: warmup)\n"),
+                     ("02:00", timed_job(4, "sdpa", 2)), ("02:00", failed(4, "cell_repeat", held)),
+                     ("02:00", warmup_job(5, "fa2", 1)), ("02:01", failed(5, "warmup", held)))
+    second = full_log(("10:00", warmup_job(1, "fa2", 1)), ("10:45", "Finished jobid: 1 (Rule: warmup)\n"),
+                      ("10:45", timed_job(2, "fa2", 1)), ("11:05", failed(2, "cell", "attnsweep: timed run")))
+    for stamp, text, wall in (("20261202T010000", first, 130.5), ("20261202T011000", second, 70.0)):
+        with gzip.open(run / f"snakemake-{stamp}.full.log.gz", "wt") as f:
+            f.write(text)
+        (run / f"wall-{stamp}.txt").write_text(f"exit 1 wall_s {wall}\n")
+    one, two = report.parts(run)
+    assert one == {"run": "r", "part (UTC)": "2026-12-02 01:00", "wall s": 130.5, "timed jobs": 1, "timed s": 70.0,
+                   "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
+                   "cut off": 0, "cut off s": 0.0, "held back": 2}
+    assert (two["timed jobs"], two["warm-ups left"], two["warm-ups left s"], two["cut off"], two["cut off s"],
+            two["held back"]) == (0, 1, 45.0, 1, 20.0, 0)
+    report.parts_table([str(run)])
+    out = capsys.readouterr().out
+    assert "| all   | 2 parts" in out and "snakemake" not in out

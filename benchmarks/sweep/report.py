@@ -8,6 +8,8 @@
                                                            # against the step's wall time, by how host-bound a cell is
     python benchmarks/sweep/report.py --windows RUN [RUN ...]  # earlier blocks of steps against the measured window:
                                                                 # would fewer steps have measured the same?
+    python benchmarks/sweep/report.py --parts RUN [RUN ...]  # each part's wall time by what its GPU jobs did, from
+                                                              # Snakemake's full logs (snakemake-*.full.log.gz)
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time), the sweep's wall time (wall*.txt) and the
@@ -17,9 +19,12 @@ GPUs' clocks, temperature and power sampled through each part (gpu-*.csv, tools/
 from __future__ import annotations
 
 import csv
+import datetime
+import gzip
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnsweep.report.aggregate import block_tokens_per_sec, gpu_busy, kernel_us, pre_window_change, summarize
+from attnsweep.sweep import NOT_STARTED
 from attnsweep.vocabulary import AXES
 
 
@@ -506,6 +512,99 @@ GPU_COLUMNS_TEXT = (
 )
 
 
+# Snakemake's full log of a part (tools/gpu-host/sweep.sh keeps it as snakemake-STAMP.full.log.gz): a job's start is
+# the time line before its header (`localrule warmup:` and its `wildcards:`; `Job N: cell ...` and its `Reason:`,
+# whose paths name the repeat), its end `Finished jobid: N (Rule: ...)`; a job held back at the deadline logs
+# sweep.NOT_STARTED.
+_TIME = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+_GPU_RULES = ("warmup", "cell", "cell_repeat")
+
+
+def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | None]:
+    """{jobid: {rule, cell, repeat, start, end}} of a full log's GPU jobs, the jobs held back, and the log's last
+    time."""
+    jobs: dict[str, dict] = {}
+    held, now, header, failing, failed = 0, None, None, False, None
+    for line in text.splitlines():
+        if failing and line.strip().startswith("jobid:"):  # it ended: stopped, crashed, or held back (its log says)
+            failed = jobs.get(line.split()[-1])
+            if failed is not None:
+                failed["failed"] = now
+            failing = False
+        elif line.startswith("Error in rule "):
+            failing = True
+        elif m := _TIME.match(line):
+            now = datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+        elif line in ("localrule warmup:", "rule warmup:"):
+            header = {"rule": "warmup", "start": now, "end": None}
+        elif header is not None and header["rule"] == "warmup" and line.strip().startswith("jobid:"):
+            jobs[line.split()[-1]] = header
+        elif header is not None and header["rule"] == "warmup" and line.strip().startswith("wildcards:"):
+            fields = dict(f.strip().split("=", 1) for f in line.strip()[len("wildcards:"):].split(","))
+            header["repeat"] = int(fields.pop("repeat", 1))
+            header["cell"] = tuple(sorted(fields.items()))
+            header = None
+        elif m := re.match(r"Job (\d+): cell (.*)$", line):
+            header = jobs[m.group(1)] = {"rule": "cell", "start": now, "end": None,
+                                         "cell": tuple(sorted(tuple(f.split("=", 1)) for f in m.group(2).split())),
+                                         "repeat": 1}
+        elif header is not None and header["rule"] == "cell" and line.startswith("Reason:"):
+            if m := re.search(r"/r(\d+)/warmup|/repeat-(\d+)\.(?:json|txt)", line):
+                header["repeat"] = int(m.group(1) or m.group(2))
+            header = None
+        elif m := re.match(r"Finished jobid: (\d+) \(Rule: (\w+)\)", line):
+            if m.group(1) in jobs and m.group(2) in _GPU_RULES:
+                jobs[m.group(1)]["end"] = now
+        elif line.startswith(NOT_STARTED):
+            held += 1
+            if failed is not None:
+                failed["held"] = True
+    return jobs, held, now
+
+
+def parts(run: Path) -> list[dict]:
+    """Each part of `run` with a full log: its wall time (wall-STAMP.txt) and, in seconds between the log's time
+    lines (whole seconds), its timed jobs, the warm-ups whose timed job ran in the part, the warm-ups whose timed job
+    did not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU
+    jobs the part's stop cut off, and how many jobs the deadline held back."""
+    out = []
+    for log in sorted(run.glob("snakemake-*.full.log.gz")):
+        stamp = log.name[len("snakemake-"):-len(".full.log.gz")]
+        jobs, held, last = _part_jobs(gzip.open(log, "rt").read())
+        wall = run / f"wall-{stamp}.txt"
+        wall_s = float(wall.read_text().split("wall_s")[1]) if wall.is_file() else math.nan
+        timed = [j for j in jobs.values() if j["rule"] == "cell" and j["end"]]
+        ran = {(j["cell"], j["repeat"]) for j in timed}
+        warmups = [j for j in jobs.values() if j["rule"] == "warmup" and j["end"]]
+        used = [j for j in warmups if (j["cell"], j["repeat"]) in ran]
+        left = [j for j in warmups if (j["cell"], j["repeat"]) not in ran]
+        # Stopped at the part's end (or crashed): the time it ran until then.
+        cut = [j for j in jobs.values() if not j["end"] and not j.get("held") and j["start"]]
+        for j in cut:
+            j["end"] = j.get("failed") or last
+
+        def seconds(js: list[dict]) -> float:
+            return sum((j["end"] - j["start"]).total_seconds() for j in js)
+
+        began = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%S")
+        out.append({"run": run.name, "part (UTC)": f"{began:%Y-%m-%d %H:%M}",
+                    "wall s": wall_s, "timed jobs": len(timed), "timed s": seconds(timed),
+                    "warm-ups used": len(used), "warm-ups used s": seconds(used),
+                    "warm-ups left": len(left), "warm-ups left s": seconds(left),
+                    "cut off": len(cut), "cut off s": seconds(cut), "held back": held})
+    return out
+
+
+def parts_table(runs: list[str]) -> None:
+    rows = [row for run in runs for row in parts(Path(run))]
+    if not rows:
+        sys.exit("no part of these runs has a full log (snakemake-*.full.log.gz, tools/gpu-host/sweep.sh)")
+    df = pd.DataFrame(rows)
+    total = df.drop(columns=["run", "part (UTC)"]).sum()
+    df.loc[len(df)] = {"run": "all", "part (UTC)": f"{len(rows)} parts", **total.to_dict()}
+    print(df.to_markdown(index=False, floatfmt=",.0f"))
+
+
 def main(runs: list[str]) -> None:
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
     sampled = df["GPU samples"].notna().any()
@@ -540,6 +639,8 @@ if __name__ == "__main__":
         compare(sys.argv[2:])
     elif sys.argv[1:2] == ["--windows"]:
         windows(sys.argv[2:])
+    elif sys.argv[1:2] == ["--parts"]:
+        parts_table(sys.argv[2:])
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
         equal(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--hosts"] and len(sys.argv) == 4:
