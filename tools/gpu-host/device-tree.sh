@@ -11,9 +11,9 @@
 # device-tree. Its first commit, the removal, is never replayed. unpack replaces each run folder the tarball holds, so
 # what the host deleted (a code stamp replaced by the sweep) is deleted here too; a plain `tar xzf` would keep it, and
 # the next call would send it back. It refuses a tarball that lacks a cell record the checkout holds of the code the
-# tarball's records were measured with: that call began from an older tree (sent before the previous call's tarball
-# was unpacked), and replacing would lose the record. Records of other code may go (the host deletes a stale record
-# when it starts measuring it again). --replace replaces anyway.
+# call measured with (that of the records it brought, and of its newest): that call began from an older tree (sent
+# before the previous call's tarball was unpacked), and replacing would lose the record. Records of other code may go
+# (the host deletes a stale record when it starts measuring it again). --replace replaces anyway.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 state=.git/device-tree-from
