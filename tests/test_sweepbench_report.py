@@ -467,12 +467,12 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
         with gzip.open(run / f"snakemake-{stamp}.full.log.gz", "wt") as f:
             f.write(text)
         (run / f"wall-{stamp}.txt").write_text(f"exit 1 wall_s {wall}\n")
-    one, two = report.parts(run)
+    one, two = report.part_split(run)
     assert one == {"run": "r", "part (UTC)": "2026-12-02 01:00", "wall s": 130.5, "timed jobs": 1, "timed s": 70.0,
                    "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
                    "cut off": 0, "cut off s": 0.0, "held back": 2}
     assert (two["timed jobs"], two["warm-ups left"], two["warm-ups left s"], two["cut off"], two["cut off s"],
             two["held back"]) == (0, 1, 45.0, 1, 20.0, 0)
-    report.parts_table([str(run)])
+    report.part_split_table([str(run)])
     out = capsys.readouterr().out
     assert "| all   | 2 parts" in out and "snakemake" not in out

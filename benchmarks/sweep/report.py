@@ -562,17 +562,17 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
     return jobs, held, now
 
 
-def parts(run: Path) -> list[dict]:
-    """Each part of `run` with a full log: its wall time (wall-STAMP.txt) and, in seconds between the log's time
-    lines (whole seconds), its timed jobs, the warm-ups whose timed job ran in the part, the warm-ups whose timed job
-    did not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU
-    jobs the part's stop cut off, and how many jobs the deadline held back."""
+def part_split(run: Path) -> list[dict]:
+    """Each part of `run` (_parts) with a full log: its wall time and, in seconds between the log's time lines
+    (whole seconds), its timed jobs, the warm-ups whose timed job ran in the part, the warm-ups whose timed job did
+    not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU jobs
+    the part's stop cut off, and how many jobs the deadline held back."""
     out = []
-    for log in sorted(run.glob("snakemake-*.full.log.gz")):
-        stamp = log.name[len("snakemake-"):-len(".full.log.gz")]
+    for began, wall_s in _parts(run):
+        log = run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz"
+        if not log.is_file():
+            continue
         jobs, held, last = _part_jobs(gzip.open(log, "rt").read())
-        wall = run / f"wall-{stamp}.txt"
-        wall_s = float(wall.read_text().split("wall_s")[1]) if wall.is_file() else math.nan
         timed = [j for j in jobs.values() if j["rule"] == "cell" and j["end"]]
         ran = {(j["cell"], j["repeat"]) for j in timed}
         warmups = [j for j in jobs.values() if j["rule"] == "warmup" and j["end"]]
@@ -586,7 +586,6 @@ def parts(run: Path) -> list[dict]:
         def seconds(js: list[dict]) -> float:
             return sum((j["end"] - j["start"]).total_seconds() for j in js)
 
-        began = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%S")
         out.append({"run": run.name, "part (UTC)": f"{began:%Y-%m-%d %H:%M}",
                     "wall s": wall_s, "timed jobs": len(timed), "timed s": seconds(timed),
                     "warm-ups used": len(used), "warm-ups used s": seconds(used),
@@ -595,8 +594,8 @@ def parts(run: Path) -> list[dict]:
     return out
 
 
-def parts_table(runs: list[str]) -> None:
-    rows = [row for run in runs for row in parts(Path(run))]
+def part_split_table(runs: list[str]) -> None:
+    rows = [row for run in runs for row in part_split(Path(run))]
     if not rows:
         sys.exit("no part of these runs has a full log (snakemake-*.full.log.gz, tools/gpu-host/sweep.sh)")
     df = pd.DataFrame(rows)
@@ -640,7 +639,7 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--windows"]:
         windows(sys.argv[2:])
     elif sys.argv[1:2] == ["--parts"]:
-        parts_table(sys.argv[2:])
+        part_split_table(sys.argv[2:])
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
         equal(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--hosts"] and len(sys.argv) == 4:

@@ -563,6 +563,13 @@ def _warmup_attempts(record: Mapping, outcomes: Collection[str] = ("ok",)) -> li
             if a.get("stage") == "warmup" and a.get("outcome") in outcomes and a.get("seconds") is not None]
 
 
+def _measured_again_s(records: Sequence[Mapping]) -> float | None:
+    """A timed job that measures what one of `records` measured: the longest that ran, stretched as a repeat's
+    time is; None where none ran."""
+    seconds = [r["duration_s"] for r in records if r.get("status") == "ok" and r.get("duration_s")]
+    return max(seconds) * REPEAT_SPREAD + JOB_START_S if seconds else None
+
+
 def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequence[Mapping],
                 steps: int) -> float | None:
     """The seconds a cell's timed job at `batch_size` is expected to take: the longest of the cell's other
@@ -571,10 +578,8 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     compiled, and `steps` - 1 steps at the attempt's mean pace after it (which includes its process's start and the
     first steps' extra work: over by 1.1-4.8x, median 1.7x, on an H200: results/h200-parts.md). None where neither
     is known."""
-    same = [r["duration_s"] for r in records
-            if r.get("status") == "ok" and r.get("batch_size") == batch_size and r.get("duration_s")]
-    if same:
-        return max(same) * REPEAT_SPREAD + JOB_START_S
+    if (again := _measured_again_s([r for r in records if r.get("batch_size") == batch_size])) is not None:
+        return again
     if not warmup or warmup.get("status") != "ok" or not warmup.get("first_step_s"):
         return None
     attempts = [a for a in _warmup_attempts(warmup) if a["batch_size"] == batch_size]
@@ -608,14 +613,12 @@ def warmup_then_timed_s(first: Mapping | None, like: Sequence[Mapping]) -> float
     follow: held back at a deadline, the timed job leaves its warm-up to the host's next sweep, which a host not kept
     (a session's last part) never runs; and a warm-up held back instead runs as early in the next one. On
     results/h200's records this came to 0.96-1.78 times what the two jobs took for a later repeat (median 1.32), and
-    0.78-1.80 for a search (median 1.32; shorter where the search tried more sizes than those of the cells like it).
-    None where the warm-up's is unknown; the warm-up's alone where the timed job's is."""
+    0.78-1.80 for a search (median 1.32; short where the search ran three or four attempts, as its estimate is one
+    attempt stretched). None where the warm-up's is unknown; the warm-up's alone where the timed job's is."""
     warmup = warmup_job_s(first, like)
     if warmup is None:
         return None
-    records = [first] if first is not None else like
-    seconds = [r["duration_s"] for r in records if r.get("status") == "ok" and r.get("duration_s")]
-    return warmup + (max(seconds) * REPEAT_SPREAD + JOB_START_S if seconds else 0.0)
+    return warmup + (_measured_again_s([first] if first is not None else like) or 0.0)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -59,8 +59,8 @@ unpack)
         lost=$(python3 - "$tgz" "${runs[@]}" <<'PY'
 import json, pathlib, sys, tarfile
 
-def code(data):
-    return json.loads(data).get("env", {}).get("code", {}).get("source_sha256")
+def code(record):
+    return record.get("env", {}).get("code", {}).get("source_sha256")
 
 # The code the call measured with: that of the records it brought (new or changed here), and of its newest record
 # (a call that measured nothing). A record of other code it lacks was deleted by the host as stale when its job
@@ -68,13 +68,14 @@ def code(data):
 with tarfile.open(sys.argv[1]) as tgz:
     members = [m for m in tgz.getmembers() if m.isfile() and "/cells/" in m.name and m.name.endswith(".json")]
     records = {m.name: tgz.extractfile(m).read() for m in members}
-brought = [data for name, data in records.items()
+parsed = {name: json.loads(data) for name, data in records.items()}
+brought = [name for name, data in records.items()
            if not pathlib.Path(name).is_file() or pathlib.Path(name).read_bytes() != data]
-newest = max(records.values(), key=lambda data: str(json.loads(data).get("finished_at") or ""), default=None)
-measured = {code(data) for data in [*brought, *([newest] if newest else [])]} - {None}
+newest = max(parsed, key=lambda name: str(parsed[name].get("finished_at") or ""), default=None)
+measured = {code(parsed[name]) for name in [*brought, *([newest] if newest else [])]} - {None}
 for run in sys.argv[2:]:
     for path in sorted(pathlib.Path("results", run, "cells").rglob("*.json")):
-        if path.as_posix() not in records and code(path.read_bytes()) in measured:
+        if path.as_posix() not in records and code(json.loads(path.read_bytes())) in measured:
             print(path)
 PY
         )
