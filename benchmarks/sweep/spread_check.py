@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnsweep.report.aggregate import floored_spread, range_pct, spreads_overlap
+
 # Shares of the profiled step the GPU was busy: where a step is host-bound, its tokens/s scatters between GPUs.
 REGIME_BINS, REGIME_LABELS = (0.0, 0.8, 0.9, 1.01), ("under 80%", "80-90%", "90% or more")
 PAIR_KEYS = ["env_id", "model", "seq_len", "mode", "kv_heads", "precision", "optimizer", "harness"]
@@ -31,8 +33,7 @@ def ranges(summary: pd.DataFrame) -> pd.DataFrame:
     """The measured cells with at least two repeats: their range in percent of the median, regime, and whether the
     repeats ran on two GPUs or more (`across`)."""
     df = summary[(summary["status"] == "ok") & (summary["repeats"].fillna(0) >= 2)].copy()
-    tps = df["tokens_per_sec"].astype(float)
-    df["range_pct"] = 100.0 * (df["tokens_per_sec_max"] - df["tokens_per_sec_min"]) / tps
+    df["range_pct"] = range_pct(df)
     df["regime"] = pd.cut(df["gpu_busy"], REGIME_BINS, labels=REGIME_LABELS, right=False)
     df["across"] = df["gpus"] >= 2
     return df
@@ -46,11 +47,9 @@ def regime_floors(df: pd.DataFrame) -> pd.DataFrame:
 
 def floored(df: pd.DataFrame, floor_pct: pd.Series) -> pd.DataFrame:
     """`df` with spread_low/high: each cell's own range (min to max of its repeats), floored at ±half `floor_pct`
-    (percent of the median; the range alone where it is null)."""
-    tps = df["tokens_per_sec"].astype(float)
-    half = (floor_pct.astype(float) / 200.0 * tps).fillna(0.0)
-    return df.assign(spread_low=pd.concat([df["tokens_per_sec_min"], tps - half], axis=1).min(axis=1),
-                     spread_high=pd.concat([df["tokens_per_sec_max"], tps + half], axis=1).max(axis=1))
+    (percent of the median; the range alone where it is null), as the tables widen a cell (aggregate.add_spread)."""
+    low, high = floored_spread(df, floor_pct)
+    return df.assign(spread_low=low, spread_high=high)
 
 
 def verdicts(df: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +62,8 @@ def verdicts(df: pd.DataFrame) -> pd.DataFrame:
             **{k: pair[k] for k in PAIR_KEYS},
             "reference": ref,
             "diff_pct": 100.0 * (pair["tokens_per_sec"] / pair["tokens_per_sec_ref"] - 1.0),
-            "tie": (pair["spread_low"] <= pair["spread_high_ref"]) & (pair["spread_low_ref"] <= pair["spread_high"]),
+            "tie": spreads_overlap(pair["spread_low"], pair["spread_high"], pair["spread_low_ref"],
+                                   pair["spread_high_ref"]),
         }))
     return pd.concat(out, ignore_index=True)
 

@@ -290,14 +290,31 @@ def add_spread(df: pd.DataFrame) -> pd.DataFrame:
     and a run whose cells each stayed on one GPU says nothing about the GPUs' differences).
     """
     df = df.copy()
-    tps = df["tokens_per_sec"].astype(float)
-    rng = 100.0 * (df["tokens_per_sec_max"].astype(float) - df["tokens_per_sec_min"].astype(float)) / tps
-    across = (df["gpus"] >= 2) & (df["repeats"] >= 2) & tps.notna()
-    df["between_gpu_pct"] = rng.where(across).groupby(df["env_id"]).transform("median")
-    half = (df["between_gpu_pct"] / 200.0 * tps).where(df["gpus"] == 1)
-    df["spread_low"] = pd.concat([df["tokens_per_sec_min"].astype(float), tps - half], axis=1).min(axis=1)
-    df["spread_high"] = pd.concat([df["tokens_per_sec_max"].astype(float), tps + half], axis=1).max(axis=1)
+    across = (df["gpus"] >= 2) & (df["repeats"] >= 2) & df["tokens_per_sec"].notna()
+    df["between_gpu_pct"] = range_pct(df).where(across).groupby(df["env_id"]).transform("median")
+    df["spread_low"], df["spread_high"] = floored_spread(df, df["between_gpu_pct"].where(df["gpus"] == 1))
     return df
+
+
+def range_pct(df: pd.DataFrame) -> pd.Series:
+    """Each cell's range over its repeats (max - min tokens/s), in percent of its median."""
+    tps = df["tokens_per_sec"].astype(float)
+    return 100.0 * (df["tokens_per_sec_max"].astype(float) - df["tokens_per_sec_min"].astype(float)) / tps
+
+
+def floored_spread(df: pd.DataFrame, floor_pct: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(low, high): each cell's range over its repeats, widened to at least ±half `floor_pct` (percent of its
+    median tokens/s) around the median; the range alone where `floor_pct` is null."""
+    tps = df["tokens_per_sec"].astype(float)
+    half = floor_pct.astype(float) / 200.0 * tps
+    low = pd.concat([df["tokens_per_sec_min"].astype(float), tps - half], axis=1).min(axis=1)
+    high = pd.concat([df["tokens_per_sec_max"].astype(float), tps + half], axis=1).max(axis=1)
+    return low, high
+
+
+def spreads_overlap(low: pd.Series, high: pd.Series, ref_low: pd.Series, ref_high: pd.Series) -> pd.Series:
+    """Whether two spreads overlap: a difference inside both is a tie, not a lead."""
+    return (low <= ref_high) & (ref_low <= high)
 
 
 def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
@@ -450,7 +467,7 @@ def _tie(df: pd.DataFrame, ref: Callable[[str], pd.Series], applies: pd.Series) 
     low, high = df["spread_low"].astype(float), df["spread_high"].astype(float)
     ref_low, ref_high = ref("spread_low").astype(float), ref("spread_high").astype(float)
     known = (df["repeats"].fillna(0) >= 2) & (ref("repeats").fillna(0) >= 2)
-    tie = (low <= ref_high) & (ref_low <= high)
+    tie = spreads_overlap(low, high, ref_low, ref_high)
     return tie.where(known & applies & ref("tokens_per_sec").notna() & df["tokens_per_sec"].notna())
 
 
