@@ -10,6 +10,8 @@
                                                                 # would fewer steps have measured the same?
     python benchmarks/sweep/report.py --parts RUN [RUN ...]  # each part's wall time by what its GPU jobs did, from
                                                               # Snakemake's full logs (snakemake-*.full.log.gz)
+    python benchmarks/sweep/report.py --progress RUN [SINCE]  # where a run in parts stands, and what its parts from
+                                                               # SINCE (UTC, e.g. 2026-12-02T04:00) measured
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time), the sweep's wall time (wall*.txt) and the
@@ -27,6 +29,7 @@ import math
 import re
 import statistics
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -604,6 +607,104 @@ def part_split_table(runs: list[str]) -> None:
     print(df.to_markdown(index=False, floatfmt=",.0f"))
 
 
+def _label(cell: Mapping) -> str:
+    """A cell in the words the notes use: `medium 1024 sdpa_flash`, `eager` added where it is not compiled."""
+    mode = "" if cell["mode"] == "compiled" else f" {cell['mode']}"
+    return f"{cell['model']} {cell['seq_len']} {cell['attn']}{mode}"
+
+
+def _spread_line(spreads: list[float]) -> str:
+    if not spreads:
+        return "none"
+    return (f"{len(spreads)} cells, {min(spreads):.1f}-{max(spreads):.1f}%, "
+            f"median {statistics.median(spreads):.1f}%")
+
+
+def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
+    """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, rebuilt after
+    each part): the records by cell code; at the newest record's code, the measurements, the cells with every
+    repeat, the cells left (the summary's `missing` rows: not measured, or measured by other code) and the
+    measurements left; the ranges of cells whose repeats ran back to back on one GPU and on several (max - min in
+    percent of the median, as the tables' spreads). With `since`: each part from then on, what it measured, and the
+    GPU's conditions in those windows (window_gpu)."""
+    records = []
+    for path in sorted(run.glob("cells/**/*.json")):
+        rec = json.loads(path.read_text())
+        records.append({"cell": path.parent, "repeat": _repeat_number(path), "rec": rec,
+                        "code": str(rec["env"]["code"]["source_sha256"])[:8],
+                        "finished": pd.Timestamp(rec["finished_at"])})
+    if not records:
+        return f"{run}: no records"
+    code = max(records, key=lambda r: r["finished"])["code"]
+    current = [r for r in records if r["code"] == code]
+    by_cell: dict[Path, list[dict]] = {}
+    for r in current:
+        by_cell.setdefault(r["cell"], []).append(r)
+    repeats = max(r["repeat"] for r in records)
+    complete = {c: rs for c, rs in by_cell.items() if len(rs) >= repeats}
+    summary = pd.read_csv(run / "summary.csv")
+    missing = summary[summary["status"] == "missing"]
+    left = len(missing) * repeats + sum(repeats - len(rs) for c, rs in by_cell.items() if c not in complete)
+    codes = pd.Series([r["code"] for r in records]).value_counts()
+    lines = [f"## {run.name}", "",
+             f"Records by cell code: {', '.join(f'{c} {n}' for c, n in codes.items())}. At {code} (the newest "
+             f"record's): {len(current)} measurements, {len(complete)} cells with all {repeats} repeats; "
+             f"{len(summary)} cells in the grid, {len(missing)} left (not measured, or by other code), "
+             f"{left} measurements left.", ""]
+    if len(missing):
+        left_by = missing.groupby(["model", "mode", "attn"], sort=False).size().rename("cells left").reset_index()
+        lines += [left_by.to_markdown(index=False), ""]
+    one_gpu, across = [], []
+    for rs in complete.values():
+        tps = [r["rec"]["tokens_per_sec"] for r in rs]
+        if None in tps:
+            continue
+        gpus = {((r["rec"].get("env") or {}).get("gpu") or {}).get("uuid") for r in rs}
+        (one_gpu if len(gpus) == 1 else across).append(100 * (max(tps) - min(tps)) / statistics.median(tps))
+    lines += [f"Range of a cell's repeats (max - min, percent of the median), repeats on one GPU: "
+              f"{_spread_line(one_gpu)}; on several: {_spread_line(across)}.", ""]
+    if since is None:
+        return "\n".join(lines)
+    samples = gpu_samples(run)
+    table = []
+    for began, wall in [p for p in _parts(run) if p[0] >= since]:
+        end = began + pd.Timedelta(seconds=wall)
+        done = [r for r in current if began <= r["finished"] <= end]
+        done.sort(key=lambda r: r["finished"])
+        cells: dict[str, list[int]] = {}
+        for r in done:
+            cells.setdefault(_label(r["rec"]["cell"]), []).append(r["repeat"])
+        what = ", ".join(f"{name} {'both' if len(reps) == repeats > 1 else 'repeat ' + '+'.join(map(str, reps))}"
+                         for name, reps in cells.items())
+        table.append({"part (UTC)": f"{began:%Y-%m-%d %H:%M}", "wall s": wall, "measurements": len(done),
+                      "cells": what or "-"})
+    new = [r for r in current if r["finished"] >= since]
+    lines += [f"Since {since:%Y-%m-%d %H:%M} UTC: {len(new)} measurements.", ""]
+    if table:
+        lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=",.0f"), ""]
+    windows = pd.DataFrame([{**window_gpu(r["rec"], samples),
+                             "GPU": ((r["rec"].get("env") or {}).get("gpu") or {}).get("uuid")} for r in new])
+    sampled = windows[windows["GPU samples"].fillna(0) > 0] if len(windows) else windows
+    if len(sampled):
+        gpus = ", ".join(f"{str(g)[:12]} {n}" for g, n in sampled["GPU"].value_counts().items())
+        events = "; ".join(f"{e} {n}" for e, n in sampled["clock events"].value_counts(dropna=False).items())
+        lines.append(f"Their {len(sampled)} sampled windows (GPUs: {gpus}): clock events {events}; power "
+                     f"{sampled['power W'].min():.0f}-{sampled['power W'].max():.0f} W, SM "
+                     f"{sampled['SM MHz'].min():,.0f}-{sampled['SM MHz'].max():,.0f} MHz (a window's mean), "
+                     f"at most {sampled['max temp C'].min():.0f}-{sampled['max temp C'].max():.0f} C.")
+    else:
+        lines.append("No GPU samples in their windows.")
+    finished = [rs for rs in complete.values() if max(r["finished"] for r in rs) >= since]
+    one = []
+    for rs in finished:
+        gpus = {((r["rec"].get("env") or {}).get("gpu") or {}).get("uuid") for r in rs}
+        tps = [r["rec"]["tokens_per_sec"] for r in rs]
+        if len(gpus) == 1 and None not in tps:
+            one.append(100 * (max(tps) - min(tps)) / statistics.median(tps))
+    lines += ["", f"Cells completed since then, repeats on one GPU: {_spread_line(one)}."]
+    return "\n".join(lines)
+
+
 def main(runs: list[str]) -> None:
     df = pd.DataFrame([r for run in runs for r in rows(Path(run))])
     sampled = df["GPU samples"].notna().any()
@@ -630,7 +731,8 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    paths = sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"]) else sys.argv[1:]
+    paths = (sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"])
+             else sys.argv[2:3] if sys.argv[1:2] == ["--progress"] else sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in paths
                                                                   if not a.startswith("--")):
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
@@ -640,6 +742,8 @@ if __name__ == "__main__":
         windows(sys.argv[2:])
     elif sys.argv[1:2] == ["--parts"]:
         part_split_table(sys.argv[2:])
+    elif sys.argv[1:2] == ["--progress"] and len(sys.argv) in (3, 4):
+        print(progress_text(Path(sys.argv[2]), *(pd.Timestamp(t, tz="UTC") for t in sys.argv[3:])))
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
         equal(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--hosts"] and len(sys.argv) == 4:
