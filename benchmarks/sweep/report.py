@@ -620,6 +620,19 @@ def _spread_line(spreads: list[float]) -> str:
             f"median {statistics.median(spreads):.1f}%")
 
 
+def _uuid(rec: Mapping) -> str | None:
+    return ((rec.get("env") or {}).get("gpu") or {}).get("uuid")
+
+
+def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
+    """A cell's repeats (progress_text's records): their range in percent of their median, as aggregate.range_pct
+    gives it from a summary, and whether they all ran on one GPU; None where one has no tokens/s."""
+    tps = [r["rec"]["tokens_per_sec"] for r in records]
+    if None in tps:
+        return None
+    return 100 * (max(tps) - min(tps)) / statistics.median(tps), len({_uuid(r["rec"]) for r in records}) == 1
+
+
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, rebuilt after
     each part): the records by cell code; at the newest record's code, the measurements, the cells with every
@@ -654,13 +667,9 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     if len(missing):
         left_by = missing.groupby(["model", "mode", "attn"], sort=False).size().rename("cells left").reset_index()
         lines += [left_by.to_markdown(index=False), ""]
-    one_gpu, across = [], []
-    for rs in complete.values():
-        tps = [r["rec"]["tokens_per_sec"] for r in rs]
-        if None in tps:
-            continue
-        gpus = {((r["rec"].get("env") or {}).get("gpu") or {}).get("uuid") for r in rs}
-        (one_gpu if len(gpus) == 1 else across).append(100 * (max(tps) - min(tps)) / statistics.median(tps))
+    ranges = {c: _repeat_range(rs) for c, rs in complete.items()}
+    one_gpu = [pct for pct, one in filter(None, ranges.values()) if one]
+    across = [pct for pct, one in filter(None, ranges.values()) if not one]
     lines += [f"Range of a cell's repeats (max - min, percent of the median), repeats on one GPU: "
               f"{_spread_line(one_gpu)}; on several: {_spread_line(across)}.", ""]
     if since is None:
@@ -683,7 +692,7 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     if table:
         lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=",.0f"), ""]
     windows = pd.DataFrame([{**window_gpu(r["rec"], samples),
-                             "GPU": ((r["rec"].get("env") or {}).get("gpu") or {}).get("uuid")} for r in new])
+                             "GPU": _uuid(r["rec"])} for r in new])
     sampled = windows[windows["GPU samples"].fillna(0) > 0] if len(windows) else windows
     if len(sampled):
         gpus = ", ".join(f"{str(g)[:12]} {n}" for g, n in sampled["GPU"].value_counts().items())
@@ -694,13 +703,8 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
                      f"at most {sampled['max temp C'].min():.0f}-{sampled['max temp C'].max():.0f} C.")
     else:
         lines.append("No GPU samples in their windows.")
-    finished = [rs for rs in complete.values() if max(r["finished"] for r in rs) >= since]
-    one = []
-    for rs in finished:
-        gpus = {((r["rec"].get("env") or {}).get("gpu") or {}).get("uuid") for r in rs}
-        tps = [r["rec"]["tokens_per_sec"] for r in rs]
-        if len(gpus) == 1 and None not in tps:
-            one.append(100 * (max(tps) - min(tps)) / statistics.median(tps))
+    one = [ranges[c][0] for c, rs in complete.items()
+           if max(r["finished"] for r in rs) >= since and ranges[c] is not None and ranges[c][1]]
     lines += ["", f"Cells completed since then, repeats on one GPU: {_spread_line(one)}."]
     return "\n".join(lines)
 

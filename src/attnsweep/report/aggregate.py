@@ -282,9 +282,9 @@ def add_spread(df: pd.DataFrame) -> pd.DataFrame:
     """Each cell's spread (`spread_low`, `spread_high`), what ties are judged on: the range of its repeats, widened
     where they all ran on one GPU to at least ±half the environment's between-GPU spread (`between_gpu_pct`).
 
-    Two GPUs of one kind do not run at one speed: on the H200s lent for this project, a GPU-bound cell's repeats on
-    two GPUs differed by a median 1.7% (up to 3.4%), repeats back to back on one GPU by a median 0.4% (the whole-GPU
-    run, 14 and 39 cells). A range measured on one GPU leaves that
+    Two GPUs of one kind do not run at one speed: on the H200s lent for this project, a cell's repeats on two GPUs
+    differed by a median 1.7% (up to 3.4%), repeats back to back on one GPU by a median 0.4% (the whole-GPU run's
+    14 and 39 cells, mostly GPU-bound). A range measured on one GPU leaves that
     out, and the cell it is compared with may have run on another; a cell whose repeats ran on two GPUs has its own
     measure of it, and keeps its range. `between_gpu_pct` is the median range, in percent of the median, of the
     cells whose repeats ran on two GPUs or more (null where there is none: the ranges are then compared as they are,
