@@ -452,7 +452,9 @@ def failed(jobid: int, rule: str, log: str) -> str:
 
 def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> None:
     """From a part's full log: a timed job and the warm-up it followed; repeat 2's warm-up, whose timed job the
-    deadline held back; a warm-up held back; and, in a part stopped at its end, a timed job cut off."""
+    deadline held back; a warm-up held back; the GPU idle from the last GPU job's end to the deadline the first
+    held-back job's log gives (02:00 + 40 s); and, in a part stopped at its end (nothing held back, no idle known),
+    a timed job cut off."""
     report = load_report()
     run = tmp_path / "r"
     run.mkdir()
@@ -471,9 +473,9 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
     one, two = report.part_split(run)
     assert one == {"run": "r", "part (UTC)": "2026-12-02 01:00", "wall s": 130.5, "timed jobs": 1, "timed s": 70.0,
                    "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
-                   "cut off": 0, "cut off s": 0.0, "held back": 2}
+                   "cut off": 0, "cut off s": 0.0, "held back": 2, "idle before deadline s": 40.0}
     assert (two["timed jobs"], two["warm-ups left"], two["warm-ups left s"], two["cut off"], two["cut off s"],
-            two["held back"]) == (0, 1, 45.0, 1, 20.0, 0)
+            two["held back"], two["idle before deadline s"]) == (0, 1, 45.0, 1, 20.0, 0, None)
     report.part_split_table([str(run)])
     out = capsys.readouterr().out
     assert "| all   | 2 parts" in out and "snakemake" not in out

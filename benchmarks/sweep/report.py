@@ -521,13 +521,16 @@ GPU_COLUMNS_TEXT = (
 # sweep.NOT_STARTED.
 _TIME = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _GPU_RULES = ("warmup", "cell", "cell_repeat")
+# A held-back job's log (workflow/scripts/start-before-deadline.sh): "..., N s left before ATTNSWEEP_DEADLINE".
+_LEFT = re.compile(r"(-?\d+) s left before ATTNSWEEP_DEADLINE")
 
 
-def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | None]:
-    """{jobid: {rule, cell, repeat, start, end}} of a full log's GPU jobs, the jobs held back, and the log's last
-    time."""
+def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | None, datetime.datetime | None]:
+    """{jobid: {rule, cell, repeat, start, end}} of a full log's GPU jobs, the jobs held back, the log's last time,
+    and the jobs' deadline (ATTNSWEEP_DEADLINE) as the first held-back job's log gives it (the seconds it says were
+    left, after the time line before it); None where no job was held back."""
     jobs: dict[str, dict] = {}
-    held, now, header, failing, failed = 0, None, None, False, None
+    held, now, header, failing, failed, deadline = 0, None, None, False, None, None
     for line in text.splitlines():
         if failing and line.strip().startswith("jobid:"):  # it ended: stopped, crashed, or held back (its log says)
             failed = jobs.get(line.split()[-1])
@@ -562,20 +565,24 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
             held += 1
             if failed is not None:
                 failed["held"] = True
-    return jobs, held, now
+            if deadline is None and now is not None and (m := _LEFT.search(line)):
+                deadline = now + datetime.timedelta(seconds=int(m.group(1)))
+    return jobs, held, now, deadline
 
 
 def part_split(run: Path) -> list[dict]:
     """Each part of `run` (_parts) with a full log: its wall time and, in seconds between the log's time lines
     (whole seconds), its timed jobs, the warm-ups whose timed job ran in the part, the warm-ups whose timed job did
     not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU jobs
-    the part's stop cut off, and how many jobs the deadline held back."""
+    the part's stop cut off, how many jobs the deadline held back, and the seconds from the part's last GPU job's
+    end to the jobs' deadline, when no job was expected to fit and the GPU stood idle (blank where none was held
+    back; the part's wall time goes on past the deadline by sweep.sh's margin for the packing)."""
     out = []
     for began, wall_s in _parts(run):
         log = run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz"
         if not log.is_file():
             continue
-        jobs, held, last = _part_jobs(gzip.open(log, "rt").read())
+        jobs, held, last, deadline = _part_jobs(gzip.open(log, "rt").read())
         timed = [j for j in jobs.values() if j["rule"] == "cell" and j["end"]]
         ran = {(j["cell"], j["repeat"]) for j in timed}
         warmups = [j for j in jobs.values() if j["rule"] == "warmup" and j["end"]]
@@ -589,11 +596,15 @@ def part_split(run: Path) -> list[dict]:
         def seconds(js: list[dict]) -> float:
             return sum((j["end"] - j["start"]).total_seconds() for j in js)
 
+        ends = [j["end"] for j in jobs.values() if j["end"]]
+        idle = None if deadline is None or not ends else max(0.0, (deadline - max(ends)).total_seconds())
+
         out.append({"run": run.name, "part (UTC)": f"{began:%Y-%m-%d %H:%M}",
                     "wall s": wall_s, "timed jobs": len(timed), "timed s": seconds(timed),
                     "warm-ups used": len(used), "warm-ups used s": seconds(used),
                     "warm-ups left": len(left), "warm-ups left s": seconds(left),
-                    "cut off": len(cut), "cut off s": seconds(cut), "held back": held})
+                    "cut off": len(cut), "cut off s": seconds(cut), "held back": held,
+                    "idle before deadline s": idle})
     return out
 
 
@@ -604,7 +615,8 @@ def part_split_table(runs: list[str]) -> None:
     df = pd.DataFrame(rows)
     total = df.drop(columns=["run", "part (UTC)"]).sum()
     df.loc[len(df)] = {"run": "all", "part (UTC)": f"{len(rows)} parts", **total.to_dict()}
-    print(df.to_markdown(index=False, floatfmt=",.0f"))
+    # A part with nothing held back has no known deadline: blank, not nan.
+    print(df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=",.0f", missingval=""))
 
 
 def _label(cell: Mapping) -> str:
