@@ -428,6 +428,26 @@ def test_sweep_sh_gives_the_sweep_its_stop_as_the_jobs_deadline(tmp_path: Path) 
     assert began + 30 - 2 <= int((repo / "deadline").read_text()) <= time.time() + 30
 
 
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+def test_sweep_sh_packs_no_log_of_a_job_the_deadline_held_back(tmp_path: Path) -> None:
+    """A held-back job's log is its one "not started" line: not packed. A job that ran keeps its log, one whose
+    later lines say more (a log that merely mentions the words) too."""
+    repo, out, env = fake_gpu_host(tmp_path)
+    logs = repo / "results/part/logs/cells"
+    for name, text in (("held", "attnsweep: not started: expected to take about 86 s, 83 s left before "
+                                "ATTNSWEEP_DEADLINE\n"),
+                       ("ran", "attnsweep: small 256 sdpa compiled: ok\n"),
+                       ("more", "attnsweep: not started: expected to take about 9 s, 8 s left\nthen it ran\n")):
+        (logs / name).mkdir(parents=True)
+        (logs / name / "cell.log").write_text(text)
+    done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(out / "part.tgz") as tgz:
+        packed = {n for n in tgz.getnames() if n.endswith("cell.log")}
+    assert packed == {"results/part/logs/cells/ran/cell.log", "results/part/logs/cells/more/cell.log"}
+
+
 def full_log(*events: tuple[str, str]) -> str:
     """A Snakemake full log as sweep.sh keeps it: (time, the lines logged at it) in order."""
     return "".join(f"[Wed Dec  2 01:{t} 2026]\n{lines}" for t, lines in events)

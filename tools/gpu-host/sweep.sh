@@ -69,6 +69,12 @@ echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results
 # the same words.
 case $code in 124 | 137) pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null ;; esac
 tail -n 40 "$log"  # one line per finished cell, then where the results are
+# A job the deadline held back leaves a log of one line, why it did not start (workflow/scripts/
+# start-before-deadline.sh), and nothing else; once the part is over that says nothing about its cell (whose missing
+# record says it is not measured), so it is not packed: the results keep the logs of jobs that ran.
+find "results/$run/logs" -name '*.log' -size -2k -type f 2>/dev/null | while IFS= read -r f; do
+    [ "$(wc -l <"$f")" -le 1 ] && grep -q '^attnsweep: not started' "$f" && rm -f -- "$f"
+done
 # The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
 # go with the cells.
 tar czf "$OUT/$run.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
