@@ -273,15 +273,26 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     return title + _by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
 
 
-def _per_record_table(column: str, fmt: Callable[[float], str]) -> Callable[[pd.DataFrame], str]:
-    """Every implementation side by side: one column of the summary (a number per cell), formatted."""
+def _is_ok(row: pd.Series) -> bool:
+    return row["status"] == "ok"
+
+
+def _per_record_table(column: str, fmt: Callable[[float], str],
+                      extra: tuple[str, Callable[[float], str]] | None = None,
+                      shown: Callable[[pd.Series], bool] = _is_ok) -> Callable[[pd.DataFrame], str]:
+    """Every implementation side by side: one column of the summary (a number per cell), formatted, and after it
+    the `extra` (column, format) where the cell has a value there; a cell not `shown` (by default, any not ok) shows
+    its status instead."""
 
     def table(df: pd.DataFrame) -> str:
         def cell(row: pd.Series | None) -> str:
-            if row is None or row["status"] != "ok":
+            if row is None or not shown(row):
                 return tokens_text(row)
             value = row.get(column)
-            return DASH if value is None or pd.isna(value) else fmt(value)
+            if value is None or pd.isna(value):
+                return DASH
+            more = None if extra is None else row.get(extra[0])
+            return fmt(value) + ("" if more is None or pd.isna(more) else extra[1](more))
 
         return _side_by_side(df, cell, setup=False)
 
@@ -303,33 +314,13 @@ kernel_table = _per_record_table("kernel_ns_per_token", lambda v: f"{v:,.0f}")
 settled_table = _per_record_table("pre_window_change", lambda v: f"{100 * v:+.1f}%")
 
 
-def mfu_table(df: pd.DataFrame) -> str:
-    """Every implementation side by side: MFU by nanoGPT's formula, and by causal attention's work in brackets."""
-
-    def cell(row: pd.Series | None) -> str:
-        if row is None or row["status"] != "ok":
-            return tokens_text(row)
-        full, causal = row.get("mfu_nanogpt"), row.get("mfu_causal")
-        if full is None or pd.isna(full):
-            return DASH
-        return f"{100 * full:.1f}%" + ("" if causal is None or pd.isna(causal) else f" ({100 * causal:.1f}%)")
-
-    return _side_by_side(df, cell, setup=False)
-
-
-def time_table(df: pd.DataFrame) -> str:
-    """Every implementation side by side: the seconds its timed jobs held their GPU, + its warm-up jobs' seconds,
-    summed over the cell's repeats."""
-
-    def cell(row: pd.Series | None) -> str:
-        if row is None or row["status"] == "missing":
-            return tokens_text(row)
-        timed, warm = row.get("timed_s_total"), row.get("warmup_s_total")
-        if timed is None or pd.isna(timed):
-            return DASH
-        return f"{timed:,.0f}" + ("" if warm is None or pd.isna(warm) else f" + {warm:,.0f}")
-
-    return _side_by_side(df, cell, setup=False)
+# MFU by nanoGPT's formula, and by causal attention's work in brackets.
+mfu_table = _per_record_table("mfu_nanogpt", lambda v: f"{100 * v:.1f}%",
+                              ("mfu_causal", lambda v: f" ({100 * v:.1f}%)"))
+# The seconds a cell's timed jobs held their GPU, + its warm-up jobs' seconds, summed over its repeats (an oom cell's
+# too: its jobs took GPU time).
+time_table = _per_record_table("timed_s_total", lambda v: f"{v:,.0f}", ("warmup_s_total", lambda v: f" + {v:,.0f}"),
+                               shown=lambda row: row["status"] != "missing")
 
 
 def time_totals(df: pd.DataFrame) -> str:
