@@ -34,7 +34,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnsweep.report.aggregate import block_tokens_per_sec, gpu_busy, kernel_us, pre_window_change, summarize
+from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, kernel_us, pre_window_change, range_pct,
+                                       summarize)
 from attnsweep.sweep import NOT_STARTED
 from attnsweep.vocabulary import AXES
 
@@ -119,12 +120,16 @@ def clock_events(mask: int) -> str:
     return ", ".join(names + ([hex(rest)] if rest else [])) or "none"
 
 
+def _uuid(rec: Mapping) -> str | None:
+    return ((rec.get("env") or {}).get("gpu") or {}).get("uuid")
+
+
 def window_gpu(rec: dict, samples: pd.DataFrame) -> dict:
     """The GPU's conditions in a record's measured window, from its GPU's samples (by UUID) within SAMPLE_SLACK_S of
     the window: mean SM clock, highest temperature, mean power, every clock-event reason seen (the samples' bitmasks
     OR-ed) and the number of samples. Blank for a record without its window or GPU (older code) or a run without
     samples; a window that no sample fell near has 0 samples and the rest blank."""
-    window, uuid = _window(rec), ((rec.get("env") or {}).get("gpu") or {}).get("uuid")
+    window, uuid = _window(rec), _uuid(rec)
     blank = dict.fromkeys(GPU_COLUMNS)
     if window is None or not uuid or samples.empty:
         return blank
@@ -632,17 +637,15 @@ def _spread_line(spreads: list[float]) -> str:
             f"median {statistics.median(spreads):.1f}%")
 
 
-def _uuid(rec: Mapping) -> str | None:
-    return ((rec.get("env") or {}).get("gpu") or {}).get("uuid")
-
-
 def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
-    """A cell's repeats (progress_text's records): their range in percent of their median, as aggregate.range_pct
-    gives it from a summary, and whether they all ran on one GPU; None where one has no tokens/s."""
+    """A cell's repeats (progress_text's records): their range in percent of their median (aggregate.range_pct, as
+    the tables' spreads), and whether they all ran on one GPU; None where one has no tokens/s."""
     tps = [r["rec"]["tokens_per_sec"] for r in records]
     if None in tps:
         return None
-    return 100 * (max(tps) - min(tps)) / statistics.median(tps), len({_uuid(r["rec"]) for r in records}) == 1
+    cell = pd.DataFrame({"tokens_per_sec": [statistics.median(tps)], "tokens_per_sec_min": [min(tps)],
+                         "tokens_per_sec_max": [max(tps)]})
+    return float(range_pct(cell).iloc[0]), len({_uuid(r["rec"]) for r in records}) == 1
 
 
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:

@@ -71,7 +71,8 @@ case $code in 124 | 137) pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( ce
 tail -n 40 "$log"  # one line per finished cell, then where the results are
 # A job the deadline held back leaves a log of one line, why it did not start (workflow/scripts/
 # start-before-deadline.sh), and nothing else; once the part is over that says nothing about its cell (whose missing
-# record says it is not measured), so it is not packed: the results keep the logs of jobs that ran.
+# record says it is not measured), so it is removed before the packing: the results keep the logs of jobs that ran.
+# The line is start-before-deadline.sh's (attnsweep.sweep.NOT_STARTED).
 find "results/$run/logs" -name '*.log' -size -2k -type f 2>/dev/null | while IFS= read -r f; do
     [ "$(wc -l <"$f")" -le 1 ] && grep -q '^attnsweep: not started' "$f" && rm -f -- "$f"
 done
