@@ -317,7 +317,13 @@ def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
     model = repo / "src/attnsweep/model.py"
     original = model.read_text()
     model.write_text(original + "# an edit\n")
+    old = {p.name for p in (repo / "results/tiny/stamps").glob("cells-*.json")}
     snakemake(repo, "--until", "code_stamp")
+    # One cells stamp and its log are left, the log naming the stamp it replaced.
+    (stamp,) = (repo / "results/tiny/stamps").glob("cells-*.json")
+    (log,) = (repo / "results/tiny/logs/stamps").glob("cells-*.log")
+    assert stamp.name not in old and log.stem == stamp.stem
+    assert {Path(line).name for line in log.read_text().split()} == old
     model.write_text(original)
     shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
     assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}

@@ -15,10 +15,13 @@ rule code_stamp:
         "../../envs/attnsweep.yaml"
     params:
         text=stamp_text,
-    # Stamps of other code go: reverting to that code later must rerun its cells, not find its old stamp.
+    # Stamps of other code go: reverting to that code later must rerun its cells, not find its old stamp. Their logs
+    # go with them (this one lists the stamps it removed).
     shell:
         "find $(dirname {output:q}) -name '{wildcards.kind}-*.json' "
         "! -name '{wildcards.kind}-{wildcards.digest}.json' -print -delete > {log:q} 2>&1; "
+        "find $(dirname {log:q}) -name '{wildcards.kind}-*.log' "
+        "! -name '{wildcards.kind}-{wildcards.digest}.log' -delete >> {log:q} 2>&1; "
         "printf '%s\\n' {params.text:q} > {output:q}"
 
 
