@@ -470,6 +470,20 @@ def failed(jobid: int, rule: str, log: str) -> str:
     return f"Error in rule {rule}:\n    message: None\n    jobid: {jobid}\nLogfile x.log:\n{bar}\n{log}\n{bar}\n"
 
 
+def held_back_line(tmp_path: Path, expected_s: int, left_s: int) -> str:
+    """The line a held-back job's log holds, as the sweep's check before each job writes it (with a clock that
+    reads 1,000,000 s since the epoch), so that report.py is tested on the line the pipeline writes."""
+    clock = tmp_path / "clock"
+    clock.mkdir()
+    (clock / "date").write_text("#!/bin/sh\necho 1000000\n")
+    (clock / "date").chmod(0o755)
+    env = {**os.environ, "PATH": f"{clock}:{os.environ['PATH']}", "ATTNSWEEP_DEADLINE": str(1_000_000 + left_s)}
+    check = subprocess.run(["bash", str(ROOT / "workflow/scripts/start-before-deadline.sh"), str(expected_s)],
+                           env=env, capture_output=True, text=True)
+    assert check.returncode == 3, check
+    return check.stdout.strip()
+
+
 def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> None:
     """From a part's full log: a timed job and the warm-up it followed; repeat 2's warm-up, whose timed job the
     deadline held back; a warm-up held back; the GPU idle from the last GPU job's end to the deadline the first
@@ -478,7 +492,7 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
     report = load_report()
     run = tmp_path / "r"
     run.mkdir()
-    held = "attnsweep: not started: expected to take about 90 s, 40 s left before ATTNSWEEP_DEADLINE"
+    held = held_back_line(tmp_path, expected_s=90, left_s=40)
     first = full_log(("00:00", warmup_job(1, "sdpa", 1)), ("00:30", "Finished jobid: 1 (Rule: warmup)\n"),
                      ("00:30", timed_job(2, "sdpa", 1)), ("01:40", "Finished jobid: 2 (Rule: cell)\n"),
                      ("01:40", warmup_job(3, "sdpa", 2)), ("02:00", "Finished jobid: 3 (Rule: warmup)\n"),
