@@ -35,7 +35,7 @@ def test_no_deadline_where_unset_or_empty(value) -> None:
 
 def test_a_deadline_is_seconds_since_the_epoch_and_anything_else_is_refused() -> None:
     assert sweep.read_deadline({"ATTNSWEEP_DEADLINE": "1796160000.5"}) == 1796160000.5
-    for bad in ("in ten minutes", "nan", "inf", "-5", "0"):
+    for bad in ("in ten minutes", "nan", "inf", "-5", "0", "1.796e9", "1_796_160_000", "0x6b0f6a00"):
         with pytest.raises(sweep.SweepError, match=r"ATTNSWEEP_DEADLINE=.* is not a time in seconds since the epoch"):
             sweep.read_deadline({"ATTNSWEEP_DEADLINE": bad})
 

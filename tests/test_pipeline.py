@@ -305,6 +305,15 @@ def test_nothing_to_do_after_a_sweep(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_where_a_sweep_runs_its_jobs_is_not_a_change(repo: Path) -> None:
+    """The GPUs a sweep uses, how many warm-ups share one and the preloaded interpreter are how jobs are scheduled,
+    not what they measure: other values (a host of other GPUs, a warm host's kept Snakemake metadata) rerun nothing,
+    as in a fresh clone. Snakemake would rerun every cell for a change of the jobs' params (its default trigger), and
+    at a deadline it removes a record before its job is held back."""
+    assert planned(repo, "--config", "gpus=[sim0,sim1]", "preload=false", "window_turns=false") == {}
+
+
+@pytest.mark.slow
 def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
     with open(repo / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -548,10 +549,9 @@ def read_deadline(environ: Mapping[str, str] = os.environ) -> float | None:
     value = environ.get(DEADLINE_ENV, "").strip()
     if not value:
         return None
-    try:
-        deadline = float(value)
-    except ValueError:
-        deadline = math.nan
+    # Plain digits only: the check before each job (workflow/scripts/start-before-deadline.sh) does integer
+    # arithmetic in the shell on the value less its fraction, which `float` spellings such as 1.8e9 or 1_800 break.
+    deadline = float(value) if re.fullmatch(r"[0-9]+(\.[0-9]*)?", value) else math.nan
     if not math.isfinite(deadline) or deadline <= 0:
         raise SweepError(f"{DEADLINE_ENV}={value!r} is not a time in seconds since the epoch "
                          "(e.g. $(date -d '+50 min' +%s))")
