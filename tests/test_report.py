@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from attnsweep.report import atomic_output
 from attnsweep.report.compare import comparison_figure, comparison_markdown
 from attnsweep.report.aggregate import (
     MODE_ORDER, gpu_busy, kernel_ns_per_token, read_summary, summarize, table_names, write_summary,
@@ -276,6 +278,49 @@ def test_figures_show_scale_spread_and_what_did_not_run(tmp_path: Path) -> None:
     assert "flex: unsupported" in [t.get_text() for t in speedup.get_legend().get_texts()]
 
 
+def test_a_panel_without_any_value_is_kept_and_says_why(tmp_path: Path) -> None:
+    """GPT-2 medium without its naive baseline has no speedup: its panel stays, naming what it holds, instead of
+    the figure leaving the model out without a word."""
+    paths = [make_cell(tmp_path, attn=attn, seq_len=64, tokens_per_sec=tps) for attn, tps in (("naive", 1e3),
+                                                                                             ("sdpa", 2e3))]
+    paths.append(make_cell(tmp_path, attn="sdpa", seq_len=64, tokens_per_sec=500.0, model="medium"))
+    paths.append(make_cell(tmp_path, attn="sdpa", seq_len=64, tokens_per_sec=400.0, model="medium", mode="eager"))
+    out = tmp_path / "summary.csv"
+    write_summary(paths, out)
+    figures = write_figures(out, {n: tmp_path / f"{n}.png" for n in ("throughput", "speedup")})
+    throughput = figures["throughput"].axes
+    assert len(throughput) == 4
+    assert [t.get_text() for t in throughput[2].texts] == ["small, eager: not in this run's grid"]
+    # No speedup in eager mode at all (no eager baseline): one line below the panels, not a row of empty ones.
+    small, medium = figures["speedup"].axes
+    assert small.get_lines() and not medium.get_lines()
+    assert [t.get_text() for t in medium.texts] == ["no data for medium, compiled\nsdpa: ok, none computable"]
+    title, note = figures["speedup"].texts
+    assert title.get_text().startswith("Speedup")
+    assert note.get_text() == "eager: no value for any model (sdpa: ok, none computable)"
+
+
+def test_report_outputs_are_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    """An aggregation stopped mid-write keeps the old file; a killed writer's temporary file is removed by the next;
+    the new file is as readable as one written with open()."""
+    out = tmp_path / "summary.csv"
+    out.write_text("old\n")
+    left = tmp_path / ".summary.csv.k1ll3d.tmp.csv"
+    left.write_text("half")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(out) as tmp:
+            tmp.write_text("ne")
+            raise KeyboardInterrupt
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+    with atomic_output(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".csv"  # matplotlib reads the format from the suffix
+        tmp.write_text("new\n")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.read_text() == "new\n" and out.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
 def test_report_path_must_be_a_folder_of_this_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results" / "cpu-demo").mkdir(parents=True)
@@ -496,6 +541,21 @@ def test_a_repeat_without_its_cell_or_of_another_run_is_refused(tmp_path: Path) 
     other.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="another run"):
         summarize([fa2], run="r", repeats=[other])
+    # Repeat 2 on another torch (another GPU of the same kind is the same environment): refused, even where the
+    # run allows cells of several environments, since one cell's median cannot be of two.
+    for allow_mixed_env in (False, True):
+        elsewhere = add_repeat(fa2, 2, 140.0)
+        rec = json.loads(elsewhere.read_text())
+        rec["env"]["torch"] = "9.9.9"
+        elsewhere.write_text(json.dumps(rec))
+        with pytest.raises(ValueError, match=r"another environment than their cell's first record:\n.*repeat-2\.json: "
+                                             r".*torch 9\.9\.9.*; its cell\.json: "):
+            summarize([fa2], run="r", repeats=[elsewhere], allow_mixed_env=allow_mixed_env)
+    same = add_repeat(fa2, 2, 140.0)
+    rec = json.loads(same.read_text())
+    rec["env"]["gpu"] = {"uuid": "GPU-other"}
+    same.write_text(json.dumps(rec))
+    assert summarize([fa2], run="r", repeats=[same])["tokens_per_sec"].iloc[0] == 120.0
 
 
 def test_with_repeats_the_headline_ties_are_overlapping_ranges(tmp_path: Path) -> None:

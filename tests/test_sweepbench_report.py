@@ -414,6 +414,21 @@ def test_sweep_sh_removes_the_lock_a_stopped_call_left_without_snakemake_unlock(
 
 
 @pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+@pytest.mark.parametrize(("sweep_gpus", "count"), [(None, 1), ("2,3", 2), ("5", 1)])
+def test_sweep_sh_gives_snakemake_the_sweeps_own_gpus(tmp_path: Path, sweep_gpus, count) -> None:
+    """The `gpu` resource is the host's GPUs (one, from the stand-in `nvidia-smi -L`), or the GPUs SWEEP_GPUS
+    lists where two sweeps share the host (two-sweeps.sh): more than its own would let a sweep hold GPUs it has not."""
+    repo, _, env = fake_gpu_host(tmp_path)
+    if sweep_gpus:
+        env["SWEEP_GPUS"] = sweep_gpus
+    done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (call,) = (repo / "snakemake.calls").read_text().splitlines()
+    assert call.endswith(f"--resources gpu={count}"), call
+
+
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
 def test_sweep_sh_gives_the_sweep_its_stop_as_the_jobs_deadline(tmp_path: Path) -> None:
     """The jobs see ATTNSWEEP_DEADLINE at the time snakemake is stopped (SECONDS less 30 s for the packing, from
     the part's start), so none starts that would be cut off."""

@@ -48,8 +48,12 @@ sampler=$!
 # (ATTNSWEEP_DEADLINE, README), so the part ends early instead of spending its last minutes on a job it would cut off.
 stop_s=$((deadline - SECONDS - 30))
 export ATTNSWEEP_DEADLINE=$(($(date +%s) + stop_s))
-timeout -k 10 -s TERM "$stop_s" snakemake "$@" --cores "$(nproc)" \
-    --resources gpu="$(nvidia-smi -L | grep -c '^GPU')" >>"$log" 2>&1
+# The `gpu` resource is how many GPUs this sweep's jobs may hold at once: the host's, or those of SWEEP_GPUS (a
+# comma-separated list, as two-sweeps.sh gives each of its sweeps with `gpus=[...]`). More than the sweep has would
+# let an uncapped warm-up take a GPU turn that a finished warm-up's timed job should have (RunPlan.warmup_gpus).
+if [ -n "${SWEEP_GPUS:-}" ]; then gpu_count=$(awk -F, '{print NF}' <<<"$SWEEP_GPUS"); else
+    gpu_count=$(nvidia-smi -L | grep -c '^GPU'); fi
+timeout -k 10 -s TERM "$stop_s" snakemake "$@" --cores "$(nproc)" --resources gpu="$gpu_count" >>"$log" 2>&1
 code=$?
 kill "$sampler" 2>/dev/null
 wait "$sampler" 2>/dev/null

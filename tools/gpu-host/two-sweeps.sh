@@ -29,7 +29,10 @@ mkdir -p "results/$run_a/.gpulocks" "$copy/results/$run_b"
 rm -rf "$copy/results/$run_b/.gpulocks"
 ln -s "$PWD/results/$run_a/.gpulocks" "$copy/results/$run_b/.gpulocks"
 left=$((deadline - SECONDS))
-taskset -c "$cores_a" bash tools/gpu-host/sweep.sh "$left" "${args_a[@]}" "gpus=[$gpus_a]" >"$OUT/$run_a.out" 2>&1 &
-(cd "$copy" && taskset -c "$cores_b" bash tools/gpu-host/sweep.sh "$left" "$@" "gpus=[$gpus_b]") >"$OUT/$run_b.out" 2>&1 &
+# SWEEP_GPUS: each sweep's `gpu` resource is its own GPUs, not the host's (sweep.sh).
+SWEEP_GPUS=$gpus_a taskset -c "$cores_a" bash tools/gpu-host/sweep.sh "$left" "${args_a[@]}" "gpus=[$gpus_a]" \
+    >"$OUT/$run_a.out" 2>&1 &
+(cd "$copy" && SWEEP_GPUS=$gpus_b taskset -c "$cores_b" bash tools/gpu-host/sweep.sh "$left" "$@" "gpus=[$gpus_b]") \
+    >"$OUT/$run_b.out" 2>&1 &
 wait
 tail -n 15 "$OUT/$run_a.out" "$OUT/$run_b.out"

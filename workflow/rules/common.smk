@@ -236,7 +236,7 @@ if (
 ):
     from attnsweep.report.aggregate import kept_cells_conflict
 
-    kept = [c for c in CELLS if Path(c).exists()]
+    kept = [c for c in CELLS + REPEATS if Path(c).exists()]
     if conflict := kept_cells_conflict(kept, DEVICE, RESULTS):
         raise WorkflowError(conflict)
 

@@ -21,7 +21,7 @@ from ..cellio import load_cell
 from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
 from ..sweep import cell_axes, environment_of
 from ..vocabulary import AXES, ATTENTION, COMPILED_MODES, CUDAGRAPH_MODES, MODELS, MODES
-from . import log
+from . import atomic_output, log
 
 # Cells that differ only in the attention implementation: the unit of every speedup and difference.
 SAME_SETUP = ("env_id", "model", "seq_len", "mode", "precision", "optimizer", "kv_heads", "harness")
@@ -233,6 +233,15 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     if strays := sorted(set(by_folder) - folders):
         listing = "\n".join(f"  {s}" for s in strays)
         raise ValueError(f"repeats of cells that have no first record (cell.json):\n{listing}")
+    # One cell's repeats in two environments cannot be one median; allow_mixed_env tables whole cells apart, so
+    # such a cell is refused either way.
+    first_env = dict(zip((Path(c).parent.as_posix() for c in df["cell_path"]), df["env_id"]))
+    mixed = [f"  {folder}/repeat-{n}.json: {env}; its cell.json: {first_env[folder]}"
+             for folder, later in by_folder.items() for n, record in later
+             if (env := env_id(_flatten([record]).iloc[0])) != first_env[folder]]
+    if mixed:
+        listing = "\n".join(sorted(mixed))
+        raise ValueError(f"repeats measured in another environment than their cell's first record:\n{listing}")
     all_values, counts, lows, highs, medians, gpus = [], [], [], [], [], []
     folded: dict[str, list] = {column: [] for column in PER_RECORD}
     firsts = {column: df[column] if column in df else pd.Series(None, index=df.index, dtype=float)
@@ -542,7 +551,8 @@ def write_summary(
     run: str | None = None, missing: Iterable[str | os.PathLike] = (), repeats: Iterable[str | os.PathLike] = (),
 ) -> None:
     df = summarize(paths, allow_mixed_env=allow_mixed_env, run=run, missing=missing, repeats=repeats)
-    df.to_csv(out, index=False)
+    with atomic_output(out) as tmp:
+        df.to_csv(tmp, index=False)
     log.info("wrote %s: %d rows, %s", out, len(df), df["status"].value_counts().to_dict())
 
 

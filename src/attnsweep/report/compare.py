@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..vocabulary import AXES
-from . import log
+from . import atomic_output, log
 from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
 from .figures import panel_figure
 from .tables import DASH, batch_text, render_table, row_keys, tie_marked, tokens_text
@@ -167,7 +167,7 @@ def write_comparison(summary: str | os.PathLike, other_summary: str | os.PathLik
                      out: Mapping[str, str | os.PathLike], here_name: str, other_name: str) -> None:
     """out: {"table": path, "figure": path} (comparison_paths)."""
     here, other = read_summary(summary), read_summary(other_summary)
-    with open(out["table"], "w") as f:
-        f.write(comparison_markdown(here, other, here_name, other_name))
+    with atomic_output(out["table"]) as tmp:
+        tmp.write_text(comparison_markdown(here, other, here_name, other_name))
     log.info("wrote %s", out["table"])
     plt.close(comparison_figure(here, other, here_name, other_name, out["figure"]))

@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from matplotlib.lines import Line2D  # noqa: E402
 
-from . import log  # noqa: E402
+from . import atomic_output, log  # noqa: E402
 from .aggregate import (  # noqa: E402,F401
     BASELINE, HEADLINE, MODE_ORDER, REFERENCES, figure_names, has_repeats, read_summary,
 )
@@ -67,7 +67,8 @@ def _empty(ax: plt.Axes, text: str) -> None:
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     log.info("wrote %s", path)
 
@@ -121,8 +122,9 @@ def panel_figure(
 
     Cells without a value stay in the data as NaN, so an OOM in the middle of a line is a gap, not a straight
     segment across it. An implementation without any value in a panel is a legend entry naming its status.
-    spread: error bars, relative to the cell's tokens/s and applied to the value: with repeats in the run, the range
-    of the cell's repeats (none for a cell measured once); without, the window's slowest and fastest step (the
+    spread: error bars, relative to the cell's tokens/s and applied to the value: with repeats in the run, the cell's
+    spread (spread_low/high: its repeats' range, widened to the run's between-GPU spread where its repeats all ran on
+    one GPU, so also for a cell measured once); without, the window's slowest and fastest step (the
     per-step spread, not a run-to-run one). The title says which. reference: a horizontal line there (1 for a
     speedup); without one, the axis starts at zero, so the height of a line is its size.
     """
@@ -130,9 +132,17 @@ def panel_figure(
     if not include_baseline:
         df = df[df["attn"] != BASELINE]
     has_value = df.groupby(["mode", "model", "attn"])["value"].transform("count") > 0
-    # What ran nowhere in its panel (e.g. flex on the CPU: unsupported): named, not left out without a word.
+    # What ran nowhere in its panel (e.g. flex on the CPU: unsupported; a speedup without its baseline: ok, but none
+    # computable): named, not left out without a word. Every model of the run keeps its column; a mode without any
+    # value (eager speedups where the grid has no eager baseline) is said below the panels instead of a row of them.
     absent = df[~has_value].groupby(["mode", "model", "attn"], sort=False)["status"].agg(
-        lambda s: "/".join(sorted(set(s.astype(str)))))
+        lambda s: "/".join(sorted({"ok, none computable" if v == "ok" else v for v in s.astype(str)})))
+    valued = set(df.loc[has_value, "mode"])
+    modes = [m for m in MODE_ORDER if m in valued] or ["compiled"]
+    valueless = [f"{m}: no value for any model ({', '.join(sorted({f'{a}: {s}' for (_, a), s in absent[m].items()}))})"
+                 for m in MODE_ORDER if m in set(df["mode"]) - valued]
+    models = list(pd.unique(df["model"])) or ["-"]
+    in_grid = set(zip(df["mode"], df["model"]))
     df = df[has_value]
     repeated = has_repeats(df)
     low_high = (("spread_low", "spread_high") if repeated
@@ -145,8 +155,6 @@ def panel_figure(
                   else " (error bars: the window's slowest to fastest step)")
     else:
         spread = False
-    modes = [m for m in MODE_ORDER if m in set(df["mode"])] or ["compiled"]
-    models = list(pd.unique(df["model"])) or ["-"]
     fig, axes = plt.subplots(len(modes), len(models), figsize=(4.2 * len(models), 3.4 * len(modes)),
                              squeeze=False)
     if df.empty:
@@ -162,7 +170,8 @@ def panel_figure(
         missing = [f"{attn}: {status}" for (m, mo, attn), status in absent.items() if m == mode and mo == model]
         if panel.empty:
             if not df.empty:
-                _empty(ax, "\n".join([f"no data for {model}, {mode}", *missing]))
+                _empty(ax, "\n".join([f"no data for {model}, {mode}", *missing]) if (mode, model) in in_grid
+                       else f"{model}, {mode}: not in this run's grid")
             continue
         for label, line in panel.groupby("label", sort=False):
             style = dict(fmt=styles[line["variant"].iloc[0]], marker="o", color=colours[line["attn"].iloc[0]],
@@ -184,6 +193,8 @@ def panel_figure(
         handles += [Line2D([], [], linestyle="none", marker="x", color="grey") for _ in missing]
         ax.legend(handles, labels + missing, fontsize="x-small")
     fig.suptitle(title)
+    if valueless:
+        fig.text(0.5, 0, "\n".join(valueless), ha="center", va="top", fontsize="small")
     fig.tight_layout()
     _save(fig, path)
     return fig

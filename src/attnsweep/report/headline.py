@@ -12,12 +12,11 @@ those beside it: its "fastest" is only the fastest so far.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from . import log
+from . import atomic_output, log
 from .aggregate import MODE_ORDER, has_repeats, read_summary, table_names
 
 SETUP = ("kv_heads", "precision", "optimizer", "harness", "env_id")
@@ -133,5 +132,6 @@ def render_headline(df: pd.DataFrame, results: str) -> str:
 
 
 def write_headline(summary: str | os.PathLike, out: str | os.PathLike, results: str) -> None:
-    Path(out).write_text(render_headline(read_summary(summary), results))
+    with atomic_output(out) as tmp:
+        tmp.write_text(render_headline(read_summary(summary), results))
     log.info("wrote %s", out)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from .. import flops
-from . import log
+from . import atomic_output, log
 from ..vocabulary import CUDAGRAPH_MODES
 from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, has_repeats,
                         is_grouped, read_summary, table_names)
@@ -408,6 +408,6 @@ def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) 
     that mode is in the summary (it says so)."""
     texts = render_tables(read_summary(summary), list(out))
     for name, path in out.items():
-        with open(path, "w") as f:
-            f.write(texts[name])
+        with atomic_output(path) as tmp:
+            tmp.write_text(texts[name])
         log.info("wrote %s", path)
