@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, kernel_us, pre_window_change, range_pct,
-                                       summarize)
+from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
+                                       range_pct, summarize)
 from attnsweep.sweep import NOT_STARTED
 from attnsweep.vocabulary import AXES
 
@@ -120,16 +120,12 @@ def clock_events(mask: int) -> str:
     return ", ".join(names + ([hex(rest)] if rest else [])) or "none"
 
 
-def _uuid(rec: Mapping) -> str | None:
-    return ((rec.get("env") or {}).get("gpu") or {}).get("uuid")
-
-
 def window_gpu(rec: dict, samples: pd.DataFrame) -> dict:
     """The GPU's conditions in a record's measured window, from its GPU's samples (by UUID) within SAMPLE_SLACK_S of
     the window: mean SM clock, highest temperature, mean power, every clock-event reason seen (the samples' bitmasks
     OR-ed) and the number of samples. Blank for a record without its window or GPU (older code) or a run without
     samples; a window that no sample fell near has 0 samples and the rest blank."""
-    window, uuid = _window(rec), _uuid(rec)
+    window, uuid = _window(rec), gpu_uuid(rec)
     blank = dict.fromkeys(GPU_COLUMNS)
     if window is None or not uuid or samples.empty:
         return blank
@@ -645,7 +641,7 @@ def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
         return None
     cell = pd.DataFrame({"tokens_per_sec": [statistics.median(tps)], "tokens_per_sec_min": [min(tps)],
                          "tokens_per_sec_max": [max(tps)]})
-    return float(range_pct(cell).iloc[0]), len({_uuid(r["rec"]) for r in records}) == 1
+    return float(range_pct(cell).iloc[0]), len({gpu_uuid(r["rec"]) for r in records}) == 1
 
 
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
@@ -707,7 +703,7 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     if table:
         lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=",.0f"), ""]
     windows = pd.DataFrame([{**window_gpu(r["rec"], samples),
-                             "GPU": _uuid(r["rec"])} for r in new])
+                             "GPU": gpu_uuid(r["rec"])} for r in new])
     sampled = windows[windows["GPU samples"].fillna(0) > 0] if len(windows) else windows
     if len(sampled):
         gpus = ", ".join(f"{str(g)[:12]} {n}" for g, n in sampled["GPU"].value_counts().items())

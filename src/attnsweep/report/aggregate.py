@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +66,11 @@ def figure_names(grid: dict, device: str) -> list[str]:
     if device != "cpu":
         names.append("memory")
     return names
+
+
+def gpu_uuid(record: Mapping) -> str | None:
+    """The UUID of the GPU a record ran on (None: not recorded, e.g. on a CPU or by older code)."""
+    return ((record.get("env") or {}).get("gpu") or {}).get("uuid")
 
 
 def env_id(row: pd.Series) -> str:
@@ -262,8 +267,7 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
                   *(r["tokens_per_sec"] if r["status"] == "ok" else None for _, r in later)]
         ok = [v for v in values if v is not None] if status == "ok" else []
         uuids = [] if status != "ok" else [
-            first_gpu.iloc[i], *(((r.get("env") or {}).get("gpu") or {}).get("uuid") for _, r in later
-                                 if r["status"] == "ok")]
+            first_gpu.iloc[i], *(gpu_uuid(r) for _, r in later if r["status"] == "ok")]
         gpus.append(len({u for u in uuids if isinstance(u, str)}))
         all_values.append(json.dumps(values))
         counts.append(len(ok))
