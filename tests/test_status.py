@@ -111,6 +111,33 @@ def test_a_record_of_other_code_is_stale_with_its_code_named(repo: Path) -> None
 
 
 @pytest.mark.slow
+def test_a_record_of_other_settings_is_stale_with_the_setting_named(repo: Path) -> None:
+    results = repo / "results" / "tiny"
+    record = json.loads((results / CELLS[0]).read_text())
+    steps = record["cell"]["steps"]
+    record["cell"]["steps"] = steps + 1
+    (results / CELLS[0]).write_text(json.dumps(record))
+    st = status.collect(results, repo, [str(repo / OVERLAY)])
+    assert st.plan is not None, st.plan_note
+    why = f"a record of other cell settings (measured with steps {steps + 1}, now {steps})"
+    assert st.plan.stale == {CELLS[0]: why}
+
+
+@pytest.mark.slow
+def test_a_current_record_whose_job_runs_anyway_says_snakemakes_reason(repo: Path) -> None:
+    """Every record's job has a rerun marker as input, so a marker is planned whenever the job runs, also for a record
+    of this code and settings (e.g. one Snakemake saw left incomplete): then its reason is Snakemake's, not "other
+    settings". Rows as `snakemake --summary` gives them."""
+    results = repo / "results" / "tiny"
+    record = f"results/tiny/{CELLS[0].as_posix()}"
+    marker = record.replace("/cells/", "/.rerun/", 1).removesuffix(".json") + ".txt"
+    rows = [[marker, "-", "rerun", "-", "missing", "update pending"],
+            [record, "-", "cell", "-", "incomplete", "update pending"]]
+    plan, _ = status.plan_cells(results, repo, rows)
+    assert plan.stale == {CELLS[0]: "Snakemake: incomplete"}
+
+
+@pytest.mark.slow
 def test_repeats_are_planned_and_traced_to_their_cells_row(repo: Path) -> None:
     results = repo / "results" / "tiny"
     first, *others = CELLS

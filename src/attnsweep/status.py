@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .cellio import load_cell
 from .codestamp import cell_code_files, source_hash
-from .sweep import cell_axes, dig, environment_of
+from .sweep import cell_axes, dig, environment_of, stale_reason
 
 PLAN_TIMEOUT_S = 600
 # The environment (sweep.ENV_FIELDS, what makes two cells comparable), and where the code that ran came from.
@@ -241,10 +241,14 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
         old = ", ".join(p.name for p in sorted((results / "stamps").glob("cells-*.json"))) or "none"
         plan.stamp_change = (f"the cell code stamp would become {Path(new_stamp).name}: code or cell settings "
                              f"changed since this folder's {old}")
-    # Records the workflow found of other code or settings than a cell would run with now: their rerun markers.
+    # Records whose rerun marker is planned: those the workflow found of other code or settings than a cell would
+    # run with now, and any other whose job runs anyway (the marker is an input of every record's job).
     marked = {(root / r[0].replace("/.rerun/", "/cells/", 1)).with_suffix(".json").resolve()
               for r in rows if r[2] == "rerun" and r[-1] == "update pending"}
     code_now = source_hash() if marked else None  # hashing the package: once, and only if needed
+    # The cell settings a cell runs with now: the run's cells stamp's, where no new stamp is pending.
+    stamps = sorted((results / "stamps").glob("cells-*.json"))
+    settings = json.loads(stamps[0].read_text()).get("settings") if len(stamps) == 1 and not new_stamp else None
     elsewhere = set()
     for out, _date, rule, *_, why, todo in rows:
         path = (root / out).resolve()
@@ -262,8 +266,8 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
             plan.missing.append(rel)
         elif new_stamp:
             plan.stale[rel] = "code stamp changes"
-        elif path in marked:
-            plan.stale[rel] = _other_code(path, code_now)
+        elif path in marked and (reason := _stale_record(path, code_now, settings)):
+            plan.stale[rel] = reason
         elif why != "ok":
             plan.stale[rel] = f"Snakemake: {why}"
         else:
@@ -275,16 +279,20 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
     return plan, note
 
 
-def _other_code(record: Path, now: str) -> str:
-    """Why a record the workflow measures again is stale, as its code hash tells against `now` (the code a cell runs
-    now); else its cell settings differ."""
+def _stale_record(record: Path, now: str, settings: dict | None) -> str | None:
+    """Why a record whose rerun is planned is stale: its code hash against `now` (the code a cell runs now), then its
+    cell settings against `settings` (the run's cells stamp's; None: not known). None where it is of this code and
+    these settings: its job runs for a reason of Snakemake's own, which the caller gives."""
     try:
         code = str(dig(json.loads(record.read_text()), ("env", "code", "source_sha256")))
     except (OSError, ValueError):
         code = "unreadable"
     if code != now:
         return f"a record of other code (its code {code[:12]}, now {now[:12]})"
-    return "a record of other cell settings"
+    if settings is None:
+        return "a record of other cell settings"
+    reason = stale_reason(record, now, settings)
+    return f"a record of other cell settings ({reason})" if reason else None
 
 
 def collect(results: Path, root: Path, configfiles: Sequence[str] = (), config: Sequence[str] = ()) -> Status:
