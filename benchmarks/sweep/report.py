@@ -400,7 +400,8 @@ def _ok_records(run: Path) -> dict[tuple, list[dict]]:
 
 
 # How host-bound a cell is: the GPU's busy share of a measured step (aggregate.gpu_busy), in these bins.
-BUSY_BINS = ((0.0, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, 1.01))
+# The last is open: a profiled step can show a little more kernel time than its wall time (up to 1.04 seen).
+BUSY_BINS = ((0.0, 0.6), (0.6, 0.8), (0.8, 0.9), (0.9, math.inf))
 
 
 def hosts(one: str, two: str) -> None:
