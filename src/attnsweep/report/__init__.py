@@ -33,7 +33,6 @@ def logged(path: str | os.PathLike) -> Iterator[None]:
         handler.close()
 
 
-
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary file beside `path` for the block to write, renamed onto `path` only once the block has ended
