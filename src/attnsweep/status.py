@@ -246,9 +246,10 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
     marked = {(root / r[0].replace("/.rerun/", "/cells/", 1)).with_suffix(".json").resolve()
               for r in rows if r[2] == "rerun" and r[-1] == "update pending"}
     code_now = source_hash() if marked else None  # hashing the package: once, and only if needed
-    # The cell settings a cell runs with now: the run's cells stamp's, where no new stamp is pending.
-    stamps = sorted((results / "stamps").glob("cells-*.json"))
-    settings = json.loads(stamps[0].read_text()).get("settings") if len(stamps) == 1 and not new_stamp else None
+    # The cell settings a cell runs with now: the run's cells stamp's, where no new stamp is pending (read only if
+    # a marker is planned).
+    stamps = sorted((results / "stamps").glob("cells-*.json")) if marked and not new_stamp else []
+    settings = json.loads(stamps[0].read_text()).get("settings") if len(stamps) == 1 else None
     elsewhere = set()
     for out, _date, rule, *_, why, todo in rows:
         path = (root / out).resolve()

@@ -234,16 +234,16 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
         if run is not None and (record["cell"]["run"] or "") != run:
             raise ValueError(f"cell records from another run than {run!r}:\n  {p}")
         by_folder.setdefault(p.parent.as_posix(), []).append((int(p.stem.split("-")[1]), record))
-    folders = {Path(c).parent.as_posix() for c in df["cell_path"]}
-    if strays := sorted(set(by_folder) - folders):
+    first_env = dict(zip((Path(c).parent.as_posix() for c in df["cell_path"]), df["env_id"]))  # by cell folder
+    if strays := sorted(set(by_folder) - set(first_env)):
         listing = "\n".join(f"  {s}" for s in strays)
         raise ValueError(f"repeats of cells that have no first record (cell.json):\n{listing}")
     # One cell's repeats in two environments cannot be one median; allow_mixed_env tables whole cells apart, so
     # such a cell is refused either way.
-    first_env = dict(zip((Path(c).parent.as_posix() for c in df["cell_path"]), df["env_id"]))
+    repeats = [(folder, n, record) for folder, later in by_folder.items() for n, record in later]
+    envs = _flatten([record for *_, record in repeats]).apply(env_id, axis=1) if repeats else []
     mixed = [f"  {folder}/repeat-{n}.json: {env}; its cell.json: {first_env[folder]}"
-             for folder, later in by_folder.items() for n, record in later
-             if (env := env_id(_flatten([record]).iloc[0])) != first_env[folder]]
+             for (folder, n, _), env in zip(repeats, envs) if env != first_env[folder]]
     if mixed:
         listing = "\n".join(sorted(mixed))
         raise ValueError(f"repeats measured in another environment than their cell's first record:\n{listing}")

@@ -66,6 +66,11 @@ def _empty(ax: plt.Axes, text: str) -> None:
     ax.set_axis_off()
 
 
+def _named(absent: pd.Series) -> list[str]:
+    """"attn: status" for each implementation (the index's last level) without a value."""
+    return [f"{key[-1] if isinstance(key, tuple) else key}: {status}" for key, status in absent.items()]
+
+
 def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -137,12 +142,13 @@ def panel_figure(
     # value (eager speedups where the grid has no eager baseline) is said below the panels instead of a row of them.
     absent = df[~has_value].groupby(["mode", "model", "attn"], sort=False)["status"].agg(
         lambda s: "/".join(sorted({"ok, none computable" if v == "ok" else v for v in s.astype(str)})))
+    in_grid = set(zip(df["mode"], df["model"]))
     valued = set(df.loc[has_value, "mode"])
     modes = [m for m in MODE_ORDER if m in valued] or ["compiled"]
-    valueless = [f"{m}: no value for any model ({', '.join(sorted({f'{a}: {s}' for (_, a), s in absent[m].items()}))})"
-                 for m in MODE_ORDER if m in set(df["mode"]) - valued]
+    unvalued = {mode for mode, _ in in_grid} - valued
+    valueless = [f"{m}: no value for any model ({', '.join(sorted(set(_named(absent[m]))))})"
+                 for m in MODE_ORDER if m in unvalued]
     models = list(pd.unique(df["model"])) or ["-"]
-    in_grid = set(zip(df["mode"], df["model"]))
     df = df[has_value]
     repeated = has_repeats(df)
     low_high = (("spread_low", "spread_high") if repeated
@@ -167,7 +173,7 @@ def panel_figure(
     for (i, mode), (j, model) in ((im, jm) for im in enumerate(modes) for jm in enumerate(models)):
         ax = axes[i][j]
         panel = df[(df["mode"] == mode) & (df["model"] == model)]
-        missing = [f"{attn}: {status}" for (m, mo, attn), status in absent.items() if m == mode and mo == model]
+        missing = _named(absent[mode][model]) if (mode, model) in absent.index.droplevel("attn") else []
         if panel.empty:
             if not df.empty:
                 _empty(ax, "\n".join([f"no data for {model}, {mode}", *missing]) if (mode, model) in in_grid
