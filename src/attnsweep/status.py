@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .cellio import load_cell
 from .codestamp import cell_code_files, source_hash
-from .sweep import cell_axes, dig, environment_of, stale_reason
+from .sweep import cell_axes, dig, environment_of, record_stale_reason
 
 PLAN_TIMEOUT_S = 600
 # The environment (sweep.ENV_FIELDS, what makes two cells comparable), and where the code that ran came from.
@@ -285,14 +285,15 @@ def _stale_record(record: Path, now: str, settings: dict | None) -> str | None:
     cell settings against `settings` (the run's cells stamp's; None: not known). None where it is of this code and
     these settings: its job runs for a reason of Snakemake's own, which the caller gives."""
     try:
-        code = str(dig(json.loads(record.read_text()), ("env", "code", "source_sha256")))
+        data = json.loads(record.read_text())
+        code = str(dig(data, ("env", "code", "source_sha256")))
     except (OSError, ValueError):
-        code = "unreadable"
+        data, code = {}, "unreadable"
     if code != now:
         return f"a record of other code (its code {code[:12]}, now {now[:12]})"
     if settings is None:
         return "a record of other cell settings"
-    reason = stale_reason(record, now, settings)
+    reason = record_stale_reason(data, now, settings)
     return f"a record of other cell settings ({reason})" if reason else None
 
 

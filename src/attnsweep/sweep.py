@@ -461,6 +461,11 @@ def stale_reason(record_path: str | os.PathLike[str], source_sha256: str, settin
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return f"unreadable ({e})"
+    return record_stale_reason(record, source_sha256, settings)
+
+
+def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping) -> str | None:
+    """stale_reason of a record already read."""
     code = dig(record, ("env", "code", "source_sha256"))
     if code != source_sha256:
         return f"measured by other code (source {str(code)[:12]}, now {source_sha256[:12]})"
