@@ -104,7 +104,7 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
     if prior is not None:
         if settings["batch"]["policy"] != "search":
             raise SweepError(f"{name('batch.prior_run')}: only for batch policy search (this run's is "
-                             f"{settings['batch']['policy']}: nothing is searched)")
+                             f"{settings['batch']['policy']})")
         if prior == settings["run"]:
             raise SweepError(f"{name('batch.prior_run')}: {prior!r} is this run; name another run whose records "
                              "give each cell's peak memory")
