@@ -60,7 +60,7 @@ def test_this_process_cpu_time_is_its_own_and_part_of_the_host_busy_time():
     spent, wall = time.process_time() - cpu0, time.perf_counter() - t0
     cond = probe.stop()
     assert cond["own_cpu_s"] == pytest.approx(spent, abs=0.02)
-    assert cond["wall_s"] >= wall
+    assert cond["wall_s"] >= round(wall, 4)  # the record keeps 0.1 ms; rounding keeps the order of the two walls
     assert cond["host"]["busy_cpu_s"] >= cond["own_cpu_s"] - TICKS_S
 
 
@@ -96,7 +96,7 @@ def test_the_count_ends_before_the_host_is_given_back():
     probe.chain_end(lambda: seen.append((probe.stop(), time.perf_counter() - probe._t0)))()
     time.sleep(0.3)  # whatever runs after the window is not counted
     cond = probe.stop()
-    assert seen[0][0] == cond and 0.05 <= cond["wall_s"] <= seen[0][1]
+    assert seen[0][0] == cond and 0.05 <= cond["wall_s"] <= round(seen[0][1], 4)
     assert cond["end_unix_s"] - cond["start_unix_s"] == pytest.approx(cond["wall_s"], abs=1e-3)
     assert cond["start_unix_s"] <= time.time() - 0.3  # on the host's clock: windows of several jobs compare
 
