@@ -114,8 +114,9 @@ def test_the_cell_record_carries_its_windows_conditions(tmp_path):
     assert rc == 0
     rec = cellio.load_cell(out)  # validated against the schema
     cond = rec["window_conditions"]
-    # The probe spans the window's steps (and the harness's return): at least their wall time.
-    assert cond["wall_s"] >= rec["harness_extra"]["window_wall_s"] * 0.99
+    # The probe spans the window's steps (and the harness's hooks around them): at least their wall time. The record
+    # keeps the probe's to 0.1 ms and the harness's whole; rounded alike, the order of the two stays.
+    assert cond["wall_s"] >= round(rec["harness_extra"]["window_wall_s"], 4)
     assert cond["wall_s"] < rec["phases_s"]["train"]
     assert cond["own_cpu_s"] > 0 and cond["gc"]["collections"] is not None
     assert list(rec).index("window_conditions") == list(rec).index("phases_s") + 1
