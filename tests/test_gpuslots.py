@@ -357,9 +357,11 @@ def test_sigkill_of_the_timed_job_lets_its_workers_go_on_and_frees_its_slot(jobs
     section = timed.started()
     time.sleep(0.1)
     assert is_stopped(worker.pid)
+    # Taken before the kill: once the job is gone (reaped just below) its guard may let the workers go on at any
+    # moment, and a tick of theirs could then come before a time taken after the kill.
+    killed = time.monotonic()
     timed.proc.kill()
     timed.proc.wait()
-    killed = time.monotonic()
     for path in worker.tick_files():
         assert not ticks_inside(read_ticks(path), {**section, "end": killed})
     # The timed slot died with the job (and the turnstile: see below).
