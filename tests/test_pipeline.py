@@ -31,6 +31,7 @@ from attnsweep.codestamp import source_hash
 from attnsweep.searchlog import FROM_LOG
 from attnsweep.status import check_summary, read_cells
 from attnsweep.vocabulary import AXES
+from sweep_freeze import freeze, reap, thaw
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -679,10 +680,18 @@ def running_cell(repo: Path) -> Path | None:
 def test_killed_sweep_resumes_with_missing_cells_only(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path)
     proc = start(repo)
-    # Kill the whole sweep (Snakemake and the cell it runs) while the second cell trains.
-    wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None)
+    # Kill the whole sweep (Snakemake and the cell it runs) while the second cell trains. Its processes are stopped
+    # first and the cell looked at again (sweep_freeze): one seen running may have written its record since, and a
+    # kill sent at once could come just after that (then the next cell is waited for).
+    while True:
+        wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None)
+        frozen = freeze(repo)
+        if running_cell(repo) is not None:
+            break
+        thaw(frozen)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    reap(frozen)
     done = {p.relative_to(repo).as_posix() for p in cell_paths(repo)}
     interrupted = running_cell(repo)
     assert interrupted is not None and 1 <= len(done) < TINY_CELLS
