@@ -40,7 +40,7 @@ def _stopped_or_gone(p: psutil.Process) -> bool:
         return True
 
 
-def _gone(p: psutil.Process) -> bool:
+def dead(p: psutil.Process) -> bool:
     try:
         return p.status() == psutil.STATUS_ZOMBIE  # killed, not yet reaped by whoever adopted it
     except psutil.NoSuchProcess:
@@ -80,7 +80,7 @@ def reap(processes: list[psutil.Process], timeout: float = 30) -> None:
     its job dies), and kill any still there after `timeout`, so that nothing of the killed sweep stays stopped, or
     goes on."""
     deadline = time.monotonic() + timeout
-    while not all(_gone(p) for p in processes) and time.monotonic() < deadline:
+    while not all(dead(p) for p in processes) and time.monotonic() < deadline:
         time.sleep(0.05)
     for p in processes:
         try:

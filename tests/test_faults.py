@@ -32,7 +32,7 @@ from attnsweep.codestamp import source_hash
 from attnsweep.model import MODEL_CONFIGS
 from attnsweep.report.aggregate import summarize
 from attnsweep.vocabulary import AXES
-from sweep_freeze import freeze, reap, thaw
+from sweep_freeze import dead, freeze, reap, thaw
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,13 +107,6 @@ def wait_for(condition: Callable[[], object], timeout: float = 120) -> object:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return result
-
-
-def dead(p: psutil.Process) -> bool:
-    try:
-        return p.status() == psutil.STATUS_ZOMBIE  # killed, not yet reaped by whoever adopted it
-    except psutil.NoSuchProcess:
-        return True
 
 
 def running_cell(sweep: psutil.Process, repo: Path) -> tuple[psutil.Process, Path] | None:
