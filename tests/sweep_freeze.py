@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 def _attnsweep_processes(folder: Path) -> list[psutil.Process]:
@@ -87,3 +91,15 @@ def reap(processes: list[psutil.Process], timeout: float = 30) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def freeze_mid_cell(folder: Path, find: Callable[[], T], still_mid_cell: Callable[[T], bool]) -> tuple[T, list]:
+    """`find()` (which waits for a cell mid-way), then the sweep's processes stopped, and the cell looked at again:
+    where `still_mid_cell` says it finished meanwhile, they go on and the next cell is waited for. Returns what `find`
+    gave and the stopped processes, for `reap` after the kill."""
+    while True:
+        found = find()
+        frozen = freeze(folder)
+        if still_mid_cell(found):
+            return found, frozen
+        thaw(frozen)

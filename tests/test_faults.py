@@ -32,7 +32,7 @@ from attnsweep.codestamp import source_hash
 from attnsweep.model import MODEL_CONFIGS
 from attnsweep.report.aggregate import summarize
 from attnsweep.vocabulary import AXES
-from sweep_freeze import dead, freeze, reap, thaw
+from sweep_freeze import dead, freeze_mid_cell, reap
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,12 +291,9 @@ def test_sigkilled_sweep_resumes_without_rerunning_or_inventing_cells(tmp_path: 
     # Kill while a cell trains and at least one other is done. The cells' processes are stopped first and the cell
     # looked at again (sweep_freeze): one seen training may have written its record since, and a kill sent at once
     # could come just after that (then the next cell is waited for).
-    while True:
-        victim, victim_out = cell_in_training(sweep, repo, tmp_path / "first.log", after_one_done=True)
-        frozen = freeze(repo)
-        if not victim_out.exists():
-            break
-        thaw(frozen)
+    (victim, victim_out), frozen = freeze_mid_cell(
+        repo, lambda: cell_in_training(sweep, repo, tmp_path / "first.log", after_one_done=True),
+        lambda found: not found[1].exists())
     done = records(repo)
     mtimes = {p: (repo / p).stat().st_mtime_ns for p in done}
     os.killpg(sweep.pid, signal.SIGKILL)  # Snakemake and its jobs, as a lost terminal or the OOM killer would

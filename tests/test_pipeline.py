@@ -31,7 +31,7 @@ from attnsweep.codestamp import source_hash
 from attnsweep.searchlog import FROM_LOG
 from attnsweep.status import check_summary, read_cells
 from attnsweep.vocabulary import AXES
-from sweep_freeze import freeze, reap, thaw
+from sweep_freeze import freeze_mid_cell, reap
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -683,12 +683,9 @@ def test_killed_sweep_resumes_with_missing_cells_only(tmp_path: Path) -> None:
     # Kill the whole sweep (Snakemake and the cell it runs) while the second cell trains. Its processes are stopped
     # first and the cell looked at again (sweep_freeze): one seen running may have written its record since, and a
     # kill sent at once could come just after that (then the next cell is waited for).
-    while True:
-        wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None)
-        frozen = freeze(repo)
-        if running_cell(repo) is not None:
-            break
-        thaw(frozen)
+    _, frozen = freeze_mid_cell(
+        repo, lambda: wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None),
+        lambda _: running_cell(repo) is not None)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     reap(frozen)

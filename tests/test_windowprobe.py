@@ -39,9 +39,9 @@ def test_another_process_busy_in_the_window_is_counted_as_others_cpu_time():
         probe.start()
         got0 = _cpu_s_of(busy.pid)  # read inside the window: the other's time between the reads is in the window
         # This process idles while the other one spins, until the other has had 0.5 s of CPU (or a minute went by):
-        # a shared CI host has given a spinning process a third of a core or less (f1ab7deb), so a fixed 0.8 s could
-        # leave it below the 0.1 s it must have had for the count to mean anything. A read every 0.2 s costs this
-        # process far less than its 0.2 s bound below.
+        # a shared host may give a spinning process a third of a core or less, so a fixed sleep could leave it below
+        # the 0.1 s it must have had for the count to mean anything. A read every 0.2 s costs this process far less
+        # than its 0.2 s bound below.
         deadline = time.monotonic() + 60
         while (got := _cpu_s_of(busy.pid) - got0) < 0.5 and time.monotonic() < deadline:
             time.sleep(0.2)
