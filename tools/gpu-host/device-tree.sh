@@ -22,16 +22,16 @@ state=.git/device-tree-from
 case "${1:-}" in
 slim)
     shift
-    resumed=() read=()
+    resumed=() reads=()
     while [ $# -gt 0 ] && [ "$1" != --reads ]; do resumed+=("$1"); shift; done
-    [ $# -eq 0 ] || { shift; read=("$@"); }
+    [ $# -eq 0 ] || { shift; reads=("$@"); }
     [ ${#resumed[@]} -gt 0 ] || { echo "device-tree.sh slim: name the runs the calls resume (results/RUN)" >&2; exit 2; }
     [ ! -e "$state" ] || { echo "device-tree.sh: already slim (from $(cat "$state")); run 'back' first" >&2; exit 1; }
     [ -z "$(git status --porcelain)" ] || { echo "device-tree.sh: commit or stash first (the tree is not clean)" >&2; exit 1; }
     for run in "${resumed[@]}"; do
         [ -d "results/$run" ] || echo "device-tree.sh: results/$run does not exist yet (a new run)" >&2
     done
-    for run in "${read[@]}"; do
+    for run in "${reads[@]}"; do
         [ -f "results/$run/summary.csv" ] || { echo "device-tree.sh slim: results/$run/summary.csv does not exist" \
             "(a run read with --reads is one measured before)" >&2; exit 2; }
     done
@@ -40,16 +40,16 @@ slim)
     trap 'echo "device-tree.sh: failed on branch device-tree; git switch $(cat "$state") && git branch -D device-tree && rm $state" >&2' ERR
     for dir in results/*/; do
         name=$(basename "$dir")
-        [[ " ${resumed[*]} ${read[*]} " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
+        [[ " ${resumed[*]} ${reads[*]} " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
     done
     # The kept runs' HTML reports are large and no call reads them.
     for run in "${resumed[@]}"; do git rm -q --ignore-unmatch -- "results/$run/report.html"; done
     # A run only read: its records (a search's first attempt, batch.prior_run) and its summary (compare_with).
-    for run in "${read[@]}"; do
+    for run in "${reads[@]}"; do
         git ls-files -z -- "results/$run" | grep -zEv "^results/$run/(summary\.csv|cells/.*\.json)$" |
             xargs -0 -r git rm -q --
     done
-    git commit -q -m "device tree: only the results of ${resumed[*]}${read[*]:+, and what is read of ${read[*]}} (never merged)"
+    git commit -q -m "device tree: only the results of ${resumed[*]}${reads[*]:+, and what is read of ${reads[*]}} (never merged)"
     git rev-parse HEAD >>"$state"
     "$0" size
     ;;
