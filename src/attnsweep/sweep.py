@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -575,25 +576,54 @@ def _measured_again_s(records: Sequence[Mapping]) -> float | None:
     return max(seconds) * REPEAT_SPREAD + JOB_START_S if seconds else None
 
 
+def _warm_steps(warmup: Mapping, steps: int) -> int:
+    return min(int(warmup.get("steps") or 0), steps)  # a run of fewer steps warms up with as many
+
+
+def _tail_overhead_s(record: Mapping, steps: int) -> float | None:
+    """In a measured record, the seconds its warm-up's attempt at the record's size spent after the cold first step
+    beyond that many steps at the timed window's pace (the attempt's profiled step, its memory readings, its
+    process ending): what `timed_job_s` takes off a warm-up's pace. None where the record does not tell."""
+    warmup, times = record.get("warmup") or {}, record.get("step_times_s") or []
+    attempts = [a for a in _warmup_attempts(record) if a["batch_size"] == record.get("batch_size")]
+    warm_steps = _warm_steps(warmup, steps)
+    if record.get("status") != "ok" or not attempts or not warmup.get("first_step_s") or warm_steps < 2 \
+            or len(times) < 2:
+        return None
+    pace = statistics.median(times[1:])
+    return attempts[-1]["seconds"] - warmup["first_step_s"] - (warm_steps - 1) * pace
+
+
 def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequence[Mapping],
-                steps: int) -> float | None:
+                steps: int, like: Sequence[Mapping] = ()) -> float | None:
     """The seconds a cell's timed job at `batch_size` is expected to take: the longest of the cell's other
     records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
     training steps with a cold compilation for the first: the timed job's first step, which loads what that one
-    compiled, and `steps` - 1 steps at the attempt's mean pace after it (which includes its process's start and the
-    first steps' extra work: over by 1.1-4.8x, median 1.7x, on an H200: results/h200-parts.md). None where neither
-    is known."""
+    compiled, and `steps` - 1 steps at the attempt's mean pace after it. None where neither is known.
+
+    That pace includes the attempt's work besides its steps (its profiled step, its process ending), which 124
+    steps multiply. `like`, the run's records of cells of the same model that differ in the attention or the context,
+    tell it apart: the least such work any of them shows is taken off the pace, and the longest first step any of
+    them loaded from its warm-up, stretched by COLD_SPREAD, bounds the first step (without them: WARM_FIRST_STEP_S
+    plus a share of the cold one). On results/h200's 168 compiled records, each estimated from the records of the
+    other cells, this came to 1.14-4.5 times the timed job's wall time (median 1.42; 1.31-4.8, median 1.99, without
+    `like`): short cells are over most, their first step and start being most of their time."""
     if (again := _measured_again_s([r for r in records if r.get("batch_size") == batch_size])) is not None:
         return again
     if not warmup or warmup.get("status") != "ok" or not warmup.get("first_step_s"):
         return None
     attempts = [a for a in _warmup_attempts(warmup) if a["batch_size"] == batch_size]
-    warm_steps = min(int(warmup.get("steps") or 0), steps)  # a run of fewer steps warms up with as many
+    warm_steps = _warm_steps(warmup, steps)
     if not attempts or warm_steps < 2:
         return None
     cold = float(warmup["first_step_s"])
-    pace = max(0.0, attempts[-1]["seconds"] - cold) / (warm_steps - 1)
-    return min(cold, WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold) + (steps - 1) * pace + JOB_START_S
+    overheads = [s for r in like if (s := _tail_overhead_s(r, steps)) is not None]
+    loaded = [float(r["compile"]["first_step_s"]) for r in like
+              if r.get("status") == "ok" and (r.get("compile") or {}).get("first_step_s")]
+    tail = max(0.0, attempts[-1]["seconds"] - cold)
+    pace = max(0.0, tail - max(0.0, min(overheads, default=0.0))) / (warm_steps - 1)
+    first = max(loaded) * COLD_SPREAD if loaded else WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold
+    return min(cold, first) + (steps - 1) * pace + JOB_START_S
 
 
 def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None:
