@@ -119,6 +119,8 @@ def cell_paths(repo: Path, run: str = "tiny") -> list[Path]:
 
 
 AGGREGATION = {"summary": 1, "tables": 1, "figures": 1, "headline": 1, "all": 1}
+# A run from nothing: the code stamp, every cell (its rerun trigger, warm-up and timed job), the aggregation.
+EVERYTHING = {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 # ---- the workflow itself ----------------------------------------------------------------------------------------
@@ -318,7 +320,7 @@ def test_where_a_sweep_runs_its_jobs_is_not_a_change(repo: Path) -> None:
 def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
     with open(repo / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == EVERYTHING
 
 
 @pytest.mark.slow
@@ -336,7 +338,7 @@ def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
     assert {Path(line).name for line in log.read_text().split()} == old
     model.write_text(original)
     shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == EVERYTHING
 
 
 @pytest.mark.slow
@@ -504,7 +506,7 @@ def test_a_prior_run_gives_each_searched_cell_its_record_there(tmp_path: Path) -
 @pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == EVERYTHING
 
 
 @pytest.mark.slow
