@@ -145,8 +145,8 @@ def rerun_input(wildcards) -> str:
 def expected_timed_s(wildcards, input) -> int:
     """Resource expected_s of a timed job (a cell or a later repeat): the seconds it is expected to take, from the
     cell's other records and its warm-up, read against the records of the same model (sweep.timed_job_s); 0 where
-    unknown or no deadline is set. Snakemake
-    evaluates it when the job is about to start, so the warm-up it follows is there to read.
+    unknown or no deadline is set. Snakemake evaluates it when the job is about to start, so the warm-up it follows
+    is there to read.
     """
     if DEADLINE is None:
         return 0
