@@ -12,6 +12,8 @@
                                                               # Snakemake's full logs (snakemake-*.full.log.gz)
     python benchmarks/sweep/report.py --progress RUN [SINCE]  # where a run in parts stands, and what its parts from
                                                                # SINCE (UTC, e.g. 2026-12-02T04:00) measured
+    python benchmarks/sweep/report.py --estimates RUN  # the deadline's estimate of each timed job against its
+                                                        # wall time (sweep.timed_job_s)
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time), the sweep's wall time (wall*.txt) and the
@@ -36,6 +38,7 @@ import pandas as pd
 
 from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
                                        range_pct, summarize)
+from attnsweep import sweep
 from attnsweep.sweep import NOT_STARTED
 from attnsweep.vocabulary import AXES
 
@@ -749,9 +752,45 @@ def main(runs: list[str]) -> None:
     print(df.to_markdown(index=False, floatfmt=",.1f"))
 
 
+
+def estimate_ratios(run: Path) -> list[dict]:
+    """Each compiled record of `run` with a warm-up, estimated as the workflow would before its timed job
+    (sweep.timed_job_s from its warm-up's attempt, as for a cell not yet measured: against the records of the run's
+    other cells of its model, `like`, and without them), over the job's wall time in Snakemake's benchmark."""
+    rows = []
+    for path in sorted(run.glob("cells/**/*.json")):
+        if path.name != "cell.json" and not path.name.startswith("repeat-"):
+            continue
+        record = json.loads(path.read_text())
+        warmup, cell = record.get("warmup") or {}, record["cell"]
+        took = _job_seconds(run / "benchmarks" / path.relative_to(run).with_suffix(".tsv"))
+        if record.get("status") != "ok" or cell["mode"] != "compiled" or not warmup.get("first_step_s") or not took:
+            continue
+        own = set(sweep.cell_records(run, cell))
+        like = sweep.read_records([p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"])
+                                   if p not in own])
+        as_written = {"status": "ok", "first_step_s": warmup["first_step_s"], "steps": warmup["steps"],
+                      "batch_attempts": record["batch_attempts"]}
+        with_like = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"], like)
+        alone = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"])
+        if with_like is not None and alone is not None:
+            rows.append({"record": f"{_label(cell)} {path.stem}", "like": with_like / took, "alone": alone / took})
+    return rows
+
+
+def estimates_text(run: Path) -> str:
+    """estimate_ratios' ranges: what the deadline's timed-job estimate comes to against the jobs' wall time."""
+    rows = pd.DataFrame(estimate_ratios(run))
+    if rows.empty:
+        return f"{run}: no compiled record with a warm-up and a benchmark"
+    return "\n".join(f"{name}: {len(rows)} records, {rows[col].min():.2f}-{rows[col].max():.2f} times the job's wall "
+                     f"time, median {rows[col].median():.2f}"
+                     for col, name in (("like", "with the run's other cells of the model"),
+                                       ("alone", "from the warm-up alone")))
+
 if __name__ == "__main__":
     paths = (sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"])
-             else sys.argv[2:3] if sys.argv[1:2] == ["--progress"] else sys.argv[1:])
+             else sys.argv[2:3] if sys.argv[1:2] in (["--progress"], ["--estimates"]) else sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in paths
                                                                   if not a.startswith("--")):
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
@@ -761,6 +800,8 @@ if __name__ == "__main__":
         windows(sys.argv[2:])
     elif sys.argv[1:2] == ["--parts"]:
         part_split_table(sys.argv[2:])
+    elif sys.argv[1:2] == ["--estimates"] and len(sys.argv) == 3:
+        print(estimates_text(Path(sys.argv[2])))
     elif sys.argv[1:2] == ["--progress"] and len(sys.argv) in (3, 4):
         print(progress_text(Path(sys.argv[2]), *(pd.Timestamp(t, tz="UTC") for t in sys.argv[3:])))
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
