@@ -39,7 +39,6 @@ import pandas as pd
 from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
                                        range_pct, summarize)
 from attnsweep import sweep
-from attnsweep.sweep import NOT_STARTED
 from attnsweep.vocabulary import AXES
 
 
@@ -566,7 +565,7 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
         elif m := re.match(r"Finished jobid: (\d+) \(Rule: (\w+)\)", line):
             if m.group(1) in jobs and m.group(2) in _GPU_RULES:
                 jobs[m.group(1)]["end"] = now
-        elif line.startswith(NOT_STARTED):
+        elif line.startswith(sweep.NOT_STARTED):
             held += 1
             if failed is not None:
                 failed["held"] = True
@@ -752,7 +751,6 @@ def main(runs: list[str]) -> None:
     print(df.to_markdown(index=False, floatfmt=",.1f"))
 
 
-
 def estimate_ratios(run: Path) -> list[dict]:
     """Each compiled record of `run` with a warm-up, estimated as the workflow would before its timed job
     (sweep.timed_job_s from its warm-up's attempt, as for a cell not yet measured: against the records of the run's
@@ -787,6 +785,7 @@ def estimates_text(run: Path) -> str:
                      f"time, median {rows[col].median():.2f}"
                      for col, name in (("like", "with the run's other cells of the model"),
                                        ("alone", "from the warm-up alone")))
+
 
 if __name__ == "__main__":
     paths = (sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"])
