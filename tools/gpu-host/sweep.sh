@@ -5,6 +5,9 @@
 # SECONDS minus a margin for packing, stops it and every cell process it left, then packs results/RUN into
 # $OUT/RUN.tgz. The cell in flight at the deadline leaves nothing (cells are written atomically), so the next call,
 # with the same arguments, runs it again with every other missing cell: only missing cells run.
+# Through the part, $OUT/RUN.tgz is also packed after each new cell record: a call stopped from outside before its
+# end (the device tool stops a command at its time limit and returns what $OUT holds) still brings back every cell
+# it finished.
 set -uo pipefail
 deadline=$((SECONDS + $1)) run=$2
 shift 2
@@ -53,10 +56,38 @@ export ATTNSWEEP_DEADLINE=$(($(date +%s) + stop_s))
 # let an uncapped warm-up take a GPU turn that a finished warm-up's timed job should have (RunPlan.warmup_gpus).
 if [ -n "${SWEEP_GPUS:-}" ]; then gpu_count=$(awk -F, '{print NF}' <<<"$SWEEP_GPUS"); else
     gpu_count=$(nvidia-smi -L | grep -c '^GPU'); fi
+# pack NAME: results/RUN into $OUT/RUN.tgz, written under a temporary NAME in $OUT and renamed over it, so that
+# $OUT/RUN.tgz is whole whenever the part is stopped. The warm-ups' compile caches stay (large, and used up); their
+# logs and benchmarks (logs/warmup/, benchmarks/warmup/) go with the cells. tar's status 1 (a file, such as the
+# progress log, changed while it was read) still leaves a whole archive.
+pack() {
+    tar czf "$OUT/.$run.$1.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
+        --exclude="results/$run/.rerun" "results/$run"
+    [ $? -le 1 ] && mv -f "$OUT/.$run.$1.tgz" "$OUT/$run.tgz"
+}
+records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' 2>/dev/null | wc -l; }
+# The snapshots: every 10 s, if the run holds more cell records than at the last look, a wall file up to now (report.py
+# reads a part as [start, start + wall]; the part's end replaces it) and the packing. At the lowest priority: gzip
+# takes one core for about a second, and the warm-ups' compiles use the others.
+# Stopped (TERM) when snakemake ends, before the part's own wall file and packing: a packing in progress finishes
+# first (the trap runs once the foreground command returns; `wait` returns at once), so no snapshot replaces them.
+(
+    trap 'exit 0' TERM
+    renice -n 19 -p "$BASHPID" >/dev/null
+    seen=$(records)
+    while sleep 10 & wait $!; do
+        now=$(records)
+        [ "$now" -gt "$seen" ] || continue
+        seen=$now
+        echo "exit running wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
+        pack snapshot
+    done
+) &
+snapshots=$!
 timeout -k 10 -s TERM "$stop_s" snakemake "$@" --cores "$(nproc)" --resources gpu="$gpu_count" >>"$log" 2>&1
 code=$?
-kill "$sampler" 2>/dev/null
-wait "$sampler" 2>/dev/null
+kill "$sampler" "$snapshots" 2>/dev/null
+wait "$sampler" "$snapshots" 2>/dev/null
 [ -s "results/$run/gpu-$stamp.err" ] || rm -f "results/$run/gpu-$stamp.err"
 # Snakemake's own full log of the part (which job started when, with its wildcards), beside the progress log's one
 # line per finished cell: it tells what a part spent its time on (a part's first job, the job its deadline cut off).
@@ -80,7 +111,4 @@ tail -n 40 "$log"  # one line per finished cell, then where the results are
 find "results/$run/logs" -name '*.log' -size -2k -type f 2>/dev/null | while IFS= read -r f; do
     [ "$(wc -l <"$f")" -le 1 ] && grep -q '^attnsweep: not started' "$f" && rm -f -- "$f"
 done
-# The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
-# go with the cells.
-tar czf "$OUT/$run.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
-    --exclude="results/$run/.rerun" "results/$run"
+pack final
