@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,16 @@ SNAKEMAKE_LONG = """#!/bin/bash
 mkdir -p results/demo/cells
 for c in a b; do echo '{}' >results/demo/cells/.$c; mv results/demo/cells/.$c results/demo/cells/$c.json; sleep 1; done
 echo "2 of 3 steps done"
+sleep 100
+"""
+# A sweep that measures a stale record again: removed when its cell starts, written anew when it ends.
+SNAKEMAKE_REPLACE = """#!/bin/bash
+mkdir -p results/demo/cells
+echo '{"code": "old"}' >results/demo/cells/a.json
+sleep 12
+rm results/demo/cells/a.json
+sleep 12
+echo '{"code": "new"}' >results/demo/cells/.a && mv results/demo/cells/.a results/demo/cells/a.json
 sleep 100
 """
 SNAKEMAKE_SHORT = """#!/bin/bash
@@ -60,22 +71,34 @@ def wall_line(files: dict[str, bytes]) -> str:
     return wall.decode()
 
 
-def test_a_part_stopped_from_outside_still_leaves_the_records_it_finished_in_out(tmp_path: Path) -> None:
-    repo, env = checkout(tmp_path, SNAKEMAKE_LONG)
+def stopped_once(repo: Path, env: dict[str, str], packed: Callable[[dict[str, bytes]], bool]) -> dict[str, bytes]:
+    """Run a part until $OUT/demo.tgz holds what `packed` looks for (60 s at most), then kill it as the device tool
+    stops a call at its time limit; what $OUT/demo.tgz holds then."""
     tgz = Path(env["OUT"]) / "demo.tgz"
     part = subprocess.Popen(["bash", "tools/gpu-host/sweep.sh", "120", "demo"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (tgz.exists() and "results/demo/cells/b.json" in members(tgz)):
+        while time.monotonic() < deadline and not (tgz.exists() and packed(members(tgz))):
             time.sleep(0.5)
     finally:
-        os.killpg(part.pid, signal.SIGKILL)  # as the device tool stops a call at its time limit
+        os.killpg(part.pid, signal.SIGKILL)
         part.wait()
-    files = members(tgz)
+    assert part.returncode == -signal.SIGKILL  # stopped from outside, not at its own end
+    return members(tgz)
+
+
+def test_a_part_stopped_from_outside_still_leaves_the_records_it_finished_in_out(tmp_path: Path) -> None:
+    repo, env = checkout(tmp_path, SNAKEMAKE_LONG)
+    files = stopped_once(repo, env, lambda files: "results/demo/cells/b.json" in files)
     assert {"results/demo/cells/a.json", "results/demo/cells/b.json"} <= files.keys()
     assert wall_line(files).startswith("exit running wall_s ")  # the part so far, as report.py reads it
-    assert part.returncode == -signal.SIGKILL  # stopped from outside, not at its own end
+
+
+def test_a_record_measured_again_is_packed_although_the_count_of_records_is_the_same(tmp_path: Path) -> None:
+    repo, env = checkout(tmp_path, SNAKEMAKE_REPLACE)
+    files = stopped_once(repo, env, lambda files: b"new" in files.get("results/demo/cells/a.json", b""))
+    assert files["results/demo/cells/a.json"] == b'{"code": "new"}\n'
 
 
 def test_a_part_that_ends_leaves_its_own_packing_only(tmp_path: Path) -> None:

@@ -77,7 +77,8 @@ records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' 2
     seen=$(records)
     while sleep 10 & wait $!; do
         now=$(records)
-        [ "$now" -gt "$seen" ] || continue
+        # Fewer is a stale record the sweep removed to measure it again: its new record is a new one.
+        [ "$now" -gt "$seen" ] || { seen=$now; continue; }
         seen=$now
         echo "exit running wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
         pack snapshot
