@@ -65,10 +65,14 @@ pack() {
         --exclude="results/$run/.rerun" "results/$run"
     [ $? -le 1 ] && mv -f "$OUT/.$run.$1.tgz" "$OUT/$run.tgz"
 }
-records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' 2>/dev/null | wc -l; }
-# The snapshots: every 10 s, if the run holds more cell records than at the last look, a wall file up to now (report.py
-# reads a part as [start, start + wall]; the part's end replaces it) and the packing. At the lowest priority: gzip
-# takes one core for about a second, and the warm-ups' compiles use the others.
+# wall STATUS: this part's wall file (one per part, as benchmarks/sweep/report.py reads it), up to now.
+wall() { echo "exit $1 wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"; }
+# The run's cell records as a checksum of their names and times: any record written, replaced or removed changes it.
+records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' -printf '%p %T@\n' 2>/dev/null |
+    sort | cksum; }
+# The snapshots: every 10 s, if the run's records changed since the last look, a wall file up to now (report.py reads
+# a part as [start, start + wall]; the part's end replaces it) and the packing. At the lowest priority: gzip takes one
+# core for under a second (0.4 s for results/h200's 25 MB), and the warm-ups' compiles use the others.
 # Stopped (TERM) when snakemake ends, before the part's own wall file and packing: a packing in progress finishes
 # first (the trap runs once the foreground command returns; `wait` returns at once), so no snapshot replaces them.
 (
@@ -77,10 +81,9 @@ records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' 2
     seen=$(records)
     while sleep 10 & wait $!; do
         now=$(records)
-        # Fewer is a stale record the sweep removed to measure it again: its new record is a new one.
-        [ "$now" -gt "$seen" ] || { seen=$now; continue; }
+        [ "$now" != "$seen" ] || continue
         seen=$now
-        echo "exit running wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
+        wall running
         pack snapshot
     done
 ) &
@@ -99,7 +102,7 @@ full=$(find .snakemake/log -name '*.snakemake.log' -newermt "@${start%.*}" -prin
 echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped;" \
     "1 = a job failed, or jobs were held back as they would end after the deadline: the lines above say which)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
-echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
+wall "$code"
 # Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh); a snakemake
 # killed (137) could stop none of them. Anchored at the interpreter: the command line that called this script may hold
 # the same words.
