@@ -431,6 +431,22 @@ def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
     assert "3 cells, 8 timed jobs: 1,040 s in all (130.0 s a job; on a GPU, the time each held its GPU)" in out["all"].read_text()
 
 
+def test_a_cell_measured_once_in_a_run_with_repeats_is_not_judged(tmp_path: Path) -> None:
+    """A run in parts: `fa2` has its repeat 1 only, 0.2% from `sdpa_flash`. Its difference is neither a tie nor a
+    lead, and the legend says so, since the bare number beside tie-marked ones reads as a lead."""
+    fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=99_800.0)
+    flash = make_cell(tmp_path, attn="sdpa_flash", mode="compiled", seq_len=1024, tokens_per_sec=100_000.0)
+    repeats = [add_repeat(flash, 2, 100_100.0)]
+    df = summarize([fa2, flash], repeats=repeats)
+    assert pd.isna(row(df, "fa2")["tie_vs_sdpa_flash"])
+    out = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    write_summary([fa2, flash], tmp_path / "summary.csv", repeats=repeats)
+    write_tables(tmp_path / "summary.csv", out)
+    text = out["compiled"].read_text()
+    assert "-0.2%" in text and "-0.2% tie" not in text
+    assert "one with a cell measured once (tok/s without ±) is not judged, tie or lead" in text
+
+
 def test_with_repeats_the_figures_draw_their_range_and_ties_open(tmp_path: Path) -> None:
     """Error bars from the repeats' range (not the window's steps); a tie an open marker, a lead a filled one."""
     fa2 = cell_with_spread(tmp_path, "fa2", 1024, 100.0, 0.5, 1.5)  # a window spread the bars must not show

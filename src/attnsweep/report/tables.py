@@ -41,7 +41,8 @@ LEGEND = (
 REPEATS_LEGEND = (
     "With repeats: tok/s is the median of a cell's repeats, ±half its spread in percent: the repeats' range, "
     "widened where they all ran on one GPU to the run's between-GPU spread (summary.csv: between_gpu_pct); a "
-    "difference marked tie lies inside both cells' spreads."
+    "difference marked tie lies inside both cells' spreads; one with a cell measured once (tok/s without ±) is not "
+    "judged, tie or lead."
 )
 
 
