@@ -1,0 +1,45 @@
+"""Rewrite each committed run's markdown tables where the table code now renders its summary.csv otherwise.
+
+A run's tables are the table code's rendering of its summary.csv (tests/test_committed_results.py checks every
+committed run). tools/rerender.sh rebuilds the runs the pipeline can rebuild from their records; the others (the
+sweep benchmark's, the equality checks') have no config that would, so after a change to the table code this
+rewrites their tables from the summary alone. Comparisons (tables/vs-OTHER.md) need both runs and are left to
+rerender.sh.
+
+    python tools/rerender_tables.py [-n] [RESULTS]    # RESULTS: results/ by default; -n: only say what is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from attnsweep.report import atomic_output
+from attnsweep.report.aggregate import read_summary
+from attnsweep.report.tables import render_tables
+
+
+def stale_tables(run: Path) -> dict[Path, str]:
+    """{table path: its text as rendered now} of `run`'s committed tables that differ from it."""
+    tables = {p.stem: p for p in sorted((run / "tables").glob("*.md")) if not p.stem.startswith("vs-")}
+    texts = render_tables(read_summary(run / "summary.csv"), list(tables))
+    return {path: texts[name] for name, path in tables.items() if path.read_text() != texts[name]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--dry-run", action="store_true", help="say which tables are stale, write nothing")
+    parser.add_argument("results", nargs="?", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    for summary in sorted(args.results.glob("*/summary.csv")):
+        stale = stale_tables(summary.parent)
+        for path, text in [] if args.dry_run else stale.items():
+            with atomic_output(path) as tmp:
+                tmp.write_text(text)
+        names = ", ".join(p.name for p in stale)
+        verb = "stale" if args.dry_run else "rewritten"
+        print(f"{summary.parent.name}: {f'{names} {verb}' if stale else 'tables as rendered'}")
+
+
+if __name__ == "__main__":
+    main()
