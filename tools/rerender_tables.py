@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnsweep.report import atomic_output
 from attnsweep.report.aggregate import read_summary
-from attnsweep.report.tables import render_tables
+from attnsweep.report.tables import render_tables, write_tables
 
 
-def stale_tables(run: Path) -> dict[Path, str]:
-    """{table path: its text as rendered now} of `run`'s committed tables that differ from it."""
+def stale_tables(run: Path) -> dict[str, Path]:
+    """{table name: path} of `run`'s committed tables that differ from what the table code renders now."""
     tables = {p.stem: p for p in sorted((run / "tables").glob("*.md")) if not p.stem.startswith("vs-")}
     texts = render_tables(read_summary(run / "summary.csv"), list(tables))
-    return {path: texts[name] for name, path in tables.items() if path.read_text() != texts[name]}
+    return {name: path for name, path in tables.items() if path.read_text() != texts[name]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,10 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for summary in sorted(args.results.glob("*/summary.csv")):
         stale = stale_tables(summary.parent)
-        for path, text in [] if args.dry_run else stale.items():
-            with atomic_output(path) as tmp:
-                tmp.write_text(text)
-        names = ", ".join(p.name for p in stale)
+        if stale and not args.dry_run:
+            write_tables(summary, stale)
+        names = ", ".join(p.name for p in stale.values())
         verb = "stale" if args.dry_run else "rewritten"
         print(f"{summary.parent.name}: {f'{names} {verb}' if stale else 'tables as rendered'}")
 
