@@ -624,8 +624,8 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     out = tmp_path / "summary.csv"
     df.to_csv(out, index=False)
     names = table_names(df["mode"])
-    assert names == ["compiled", "compiled_cudagraphs", "eager", "all"]
-    assert table_names(["eager"]) == ["compiled", "eager", "all"]  # the study's two tables, always
+    assert names == ["compiled", "compiled_cudagraphs", "eager", "study", "all"]
+    assert table_names(["eager"]) == ["compiled", "eager", "study", "all"]  # the study's two tables, always
     tables = {n: tmp_path / f"{n}.md" for n in names}
     write_tables(out, tables)
     text = tables["compiled_cudagraphs"].read_text()
@@ -653,7 +653,7 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     assert [ax.get_title() for ax in figures["throughput"].axes] == [
         "small, compiled", "small, compiled_cudagraphs", "small, eager"]
     text = render_headline(df, "results/x")
-    assert "``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``all.md``" in text
+    assert "``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``study.md``, ``all.md``" in text
 
 
 def test_attentions_share_of_the_step_is_tabled_per_implementation(tmp_path: Path) -> None:

@@ -32,3 +32,16 @@ def test_a_stale_table_is_named_then_rewritten_and_a_comparison_left(tmp_path: P
     assert compiled.read_text() == rendered
     assert (run / "tables" / "vs-other.md").read_text() == "a comparison, not this script's\n"
     assert run_script(str(run.parent)) == "r: tables as rendered\n"
+
+
+def test_a_table_new_to_the_code_is_written_for_a_run_that_lacks_it(tmp_path: Path) -> None:
+    run = tmp_path / "results" / "r"
+    shutil.copytree(REPO / "results" / "h200-eq-cold", run, ignore=shutil.ignore_patterns("cells", "logs"))
+    study = run / "tables" / "study.md"
+    rendered = study.read_text()
+    study.unlink()
+
+    assert run_script("-n", str(run.parent)) == "r: study.md stale\n"
+    assert not study.exists()
+    assert run_script(str(run.parent)) == "r: study.md rewritten\n"
+    assert study.read_text() == rendered

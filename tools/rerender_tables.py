@@ -1,4 +1,5 @@
-"""Rewrite each committed run's markdown tables where the table code now renders its summary.csv otherwise.
+"""Rewrite each committed run's markdown tables where the table code now renders its summary.csv otherwise, and
+write those it now makes and the run lacks (a table new to the code).
 
 A run's tables are the table code's rendering of its summary.csv (tests/test_committed_results.py checks every
 committed run). tools/rerender.sh rebuilds the runs the pipeline can rebuild from their records; the others (the
@@ -14,15 +15,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnsweep.report.aggregate import read_summary
+from attnsweep.report.aggregate import read_summary, table_names
 from attnsweep.report.tables import render_tables, write_tables
 
 
 def stale_tables(run: Path) -> dict[str, Path]:
-    """{table name: path} of `run`'s committed tables that differ from what the table code renders now."""
+    """{table name: path} of `run`'s tables that differ from what the table code renders now: its committed ones
+    and those the code makes of its summary (aggregate.table_names), missing ones included."""
+    df = read_summary(run / "summary.csv")
     tables = {p.stem: p for p in sorted((run / "tables").glob("*.md")) if not p.stem.startswith("vs-")}
-    texts = render_tables(read_summary(run / "summary.csv"), list(tables))
-    return {name: path for name, path in tables.items() if path.read_text() != texts[name]}
+    tables |= {name: run / "tables" / f"{name}.md" for name in table_names(df["mode"]) if name not in tables}
+    texts = render_tables(df, list(tables))
+    return {name: path for name, path in tables.items() if not path.is_file() or path.read_text() != texts[name]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Markdown tables from summary.csv: the study's layout per mode (compiled.md, eager.md, and compiled_cudagraphs.md
-where the grid has that mode) and every implementation side by side (all.md).
+where the grid has that mode), the study's findings beside the run's (study.md, report.findings) and every
+implementation side by side (all.md).
 
 The study's layout: one row per model and context; the baseline's batch and tokens/s; for each flash
 implementation its batch, tokens/s and speedup over the baseline; then FlashAttention-2 minus PyTorch's
@@ -20,6 +21,7 @@ from . import atomic_output, log
 from ..vocabulary import CUDAGRAPH_MODES
 from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, has_repeats,
                         is_grouped, read_summary, table_names)
+from .findings import study_markdown
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
@@ -398,10 +400,12 @@ def all_markdown(df: pd.DataFrame) -> str:
 
 
 def render_tables(df: pd.DataFrame, names: list[str] | None = None) -> dict[str, str]:
-    """{name: markdown} of each table in `names` (a mode's, or 'all'; by default aggregate.table_names of the
-    summary's modes: compiled, eager, any other mode present, all), from a summary as read_summary returns it."""
+    """{name: markdown} of each table in `names` (a mode's, 'study' or 'all'; by default aggregate.table_names of the
+    summary's modes: compiled, eager, any other mode present, study, all), from a summary as read_summary returns
+    it."""
     names = table_names(df["mode"]) if names is None else names
-    return {name: all_markdown(df) if name == "all" else mode_markdown(df, name) for name in names}
+    special = {"all": all_markdown, "study": study_markdown}
+    return {name: special[name](df) if name in special else mode_markdown(df, name) for name in names}
 
 
 def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
