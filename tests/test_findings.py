@@ -55,6 +55,9 @@ def test_ties_leads_and_trails_are_counted_as_the_tables_judge_them(tmp_path: Pa
     assert "`sdpa_flash` − `naive`: +101.0% (1024) (1 context); naive out of memory at 2048" \
         in finding(df, 1, "1024, 1536, 2048")
     assert "`fa2` − `sdpa_flash`: −9.7% (1024) (1 context); 0 ties, 0 leads, 1 trail" in finding(df, 4, "1024")
+    # What the graph breaks cost, compiled: fa2_graphbreak against its one-graph twin.
+    assert finding(df, 4, "1024, 1536, 2048") == (
+        "`fa2_graphbreak` − `fa2`: −21.1% (1024) to −18.1% (1536) (2 contexts); 0 ties, 0 leads, 2 trails")
     text = study_markdown(df)
     assert text.startswith("# The 2023 study's findings beside this run")
     assert "within about ±1.5%" in text and "a cell measured once is not judged" in text
