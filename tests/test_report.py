@@ -653,7 +653,8 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     assert [ax.get_title() for ax in figures["throughput"].axes] == [
         "small, compiled", "small, compiled_cudagraphs", "small, eager"]
     text = render_headline(df, "results/x")
-    assert "``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``study.md``, ``all.md``" in text
+    assert ("``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``study.md``, "
+            "``all.md``") in text
 
 
 def test_attentions_share_of_the_step_is_tabled_per_implementation(tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ PyTorch's flash attention (`sdpa_flash` here) with FlashAttention-2, whose every
 compiled graph (`fa2_graphbreak` here; today's flash-attn compiles into one graph: `fa2`, so the two set side by side
 show what the breaks cost), and both with standard attention (`naive`). For each of its findings this gives what
 the run measured in the same comparison: the range of the differences over the cells where both ran, and, in a run
-with repeats, how many are ties (inside both cells' spreads, as the tables mark them), leads and trails. Every number comes from summary.csv's columns
-(`speedup_vs_naive`, `diff_vs_sdpa_flash_pct`, `tie_vs_sdpa_flash`, `graphbreak_over_one_graph`, `tie_graphbreak`,
-`status`): nothing here is judged anew.
+with repeats, how many are ties (inside both cells' spreads, as the tables mark them), leads and trails. Every
+number comes from summary.csv's columns (`speedup_vs_naive`, `diff_vs_sdpa_flash_pct`, `tie_vs_sdpa_flash`,
+`graphbreak_over_one_graph`, `tie_graphbreak`, `status`): nothing here is judged anew.
 """
 
 from __future__ import annotations
