@@ -169,7 +169,7 @@ def study_markdown(df: pd.DataFrame) -> str:
         "highest over the contexts where both ran. The study's FlashAttention-2 broke the compiled graph at every "
         "attention layer: `fa2_graphbreak` is that condition, `fa2` today's flash-attn in one graph. "
         + ("Tie, lead, trail: as the tables judge a difference with repeats (a tie lies inside both cells' "
-           "spreads: summary.csv's tie_vs_sdpa_flash); a cell measured once is not judged."
+           "spreads: summary.csv's tie_vs_sdpa_flash and tie_graphbreak); a cell measured once is not judged."
            if repeated else "With one run a cell, no difference is told apart from run-to-run spread.")
     )
     return title + found.to_markdown(index=False) + f"\n\n{legend}\n"
