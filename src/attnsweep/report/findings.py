@@ -172,4 +172,5 @@ def study_markdown(df: pd.DataFrame) -> str:
            "spreads: summary.csv's tie_vs_sdpa_flash and tie_graphbreak); a cell measured once is not judged."
            if repeated else "With one run a cell, no difference is told apart from run-to-run spread.")
     )
-    return title + found.to_markdown(index=False) + f"\n\n{legend}\n"
+    # Text as written: a lone context ("1024") is not a number to right-align.
+    return title + found.to_markdown(index=False, disable_numparse=True) + f"\n\n{legend}\n"
