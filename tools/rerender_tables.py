@@ -16,17 +16,18 @@ import argparse
 from pathlib import Path
 
 from attnsweep.report.aggregate import read_summary, table_names
-from attnsweep.report.tables import render_tables, write_tables
+from attnsweep.report.tables import render_tables, write_rendered
 
 
-def stale_tables(run: Path) -> dict[str, Path]:
-    """{table name: path} of `run`'s tables that differ from what the table code renders now: its committed ones
-    and those the code makes of its summary (aggregate.table_names), missing ones included."""
+def stale_tables(run: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """{table name: path} of `run`'s tables that differ from what the table code renders now (its committed ones
+    and those the code makes of its summary, aggregate.table_names, missing ones included), and the texts rendered."""
     df = read_summary(run / "summary.csv")
     tables = {p.stem: p for p in sorted((run / "tables").glob("*.md")) if not p.stem.startswith("vs-")}
     tables |= {name: run / "tables" / f"{name}.md" for name in table_names(df["mode"]) if name not in tables}
     texts = render_tables(df, list(tables))
-    return {name: path for name, path in tables.items() if not path.is_file() or path.read_text() != texts[name]}
+    stale = {name: path for name, path in tables.items() if not path.is_file() or path.read_text() != texts[name]}
+    return stale, texts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", nargs="?", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     for summary in sorted(args.results.glob("*/summary.csv")):
-        stale = stale_tables(summary.parent)
+        stale, texts = stale_tables(summary.parent)
         if stale and not args.dry_run:
-            write_tables(summary, stale)
+            write_rendered(texts, stale)
         names = ", ".join(p.name for p in stale.values())
         verb = "stale" if args.dry_run else "rewritten"
         print(f"{summary.parent.name}: {f'{names} {verb}' if stale else 'tables as rendered'}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .aggregate import BASELINE, GRAPH_BREAK_SUFFIX, has_repeats, is_grouped
+from .aggregate import BASELINE, GRAPH_BREAK_SUFFIX, SAME_SETUP, has_repeats, is_grouped
 
 REFERENCE = "sdpa_flash"
 # The study's FlashAttention-2 (with its graph breaks), then today's, compared with REFERENCE.
@@ -26,7 +26,8 @@ FA2S = ("fa2_graphbreak", "fa2")
 FLASH = ("sdpa_flash", "sdpa")
 # The study tied FlashAttention-2 to PyTorch's up to this context and saw it lead beyond.
 SHORT_CONTEXT_MAX = 1536
-SETUP = ("env_id", "precision", "optimizer", "harness")
+# What else tells two cells apart (aggregate's): the rows are per model, mode and context already, and multi-head only.
+SETUP = tuple(k for k in SAME_SETUP if k not in ("model", "seq_len", "mode", "kv_heads"))
 STATUS_TEXT = {"oom": "out of memory", "missing": "not run yet"}
 
 
@@ -130,7 +131,7 @@ def study_findings(df: pd.DataFrame) -> pd.DataFrame:
     """One row per finding, model and setup present in `df` (a summary as read_summary returns it): the finding's
     number, what the study said, and what this run measured in the same comparison. Grouped and multi-query cells
     are left out: the study measured multi-head attention only."""
-    df = df[~is_grouped(df)] if len(df) else df
+    df = df[~is_grouped(df)]
     repeated = has_repeats(df)
     # A setup that differs between models (8-bit AdamW for large) is the model's; one that varies within a model
     # splits its rows.

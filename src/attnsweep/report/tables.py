@@ -411,7 +411,11 @@ def render_tables(df: pd.DataFrame, names: list[str] | None = None) -> dict[str,
 def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
     """out: {table name: path}, the names of aggregate.table_names: a mode's table is written even when no cell of
     that mode is in the summary (it says so)."""
-    texts = render_tables(read_summary(summary), list(out))
+    write_rendered(render_tables(read_summary(summary), list(out)), out)
+
+
+def write_rendered(texts: dict[str, str], out: dict[str, str | os.PathLike]) -> None:
+    """Each table of `out` ({name: path}) from `texts` ({name: markdown}, render_tables'), replaced whole."""
     for name, path in out.items():
         with atomic_output(path) as tmp:
             tmp.write_text(texts[name])
