@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from attnsweep.vocabulary import AXES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -590,3 +592,66 @@ def test_on_the_whole_gpu_runs_records_no_timed_job_is_expected_shorter_than_it_
     shortest = min(rows, key=lambda r: r["like"])
     assert shortest["like"] > 1.0, f"expected shorter than it took: {shortest}"
     assert statistics.median(r["like"] for r in rows) < statistics.median(r["alone"] for r in rows)
+
+
+def _bench(path: Path, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\th:m:s\n{seconds}\t0:00:00\n")
+
+
+def cost_cell(run: Path, axes: dict, repeats: list[tuple[str, str, float]], cap: float | None,
+              code: str = "c0de" * 16) -> Path:
+    """A cell's records (one per repeat: the GPU, the start, its timed job's seconds; its warm-up took half) and
+    their Snakemake benchmarks; returns the cell's folder below cells/."""
+    rel = Path("/".join(f"{a}~{axes[a]}" for a in AXES))
+    for n, (uuid, started, seconds) in enumerate(repeats, 1):
+        name = "cell" if n == 1 else f"repeat-{n}"
+        path = run / "cells" / rel / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cell": {**axes, "memory_cap_gib": cap}, "status": "ok", "batch_size": 8,
+                                    "started_at": started, "env": {"code": {"source_sha256": code},
+                                                                   "gpu": {"uuid": uuid}}}))
+        _bench(run / "benchmarks/cells" / rel / f"{name}.tsv", seconds)
+        _bench(run / "benchmarks/warmup" / rel / f"r{n}" / "warmup.tsv", seconds / 2)
+    return rel
+
+
+def test_cost_gives_each_cells_gpu_time_and_the_sweeps_rest(tmp_path: Path) -> None:
+    """Without a cap a cell's GPU time is its warm-ups' and timed jobs'; under one only the timed jobs' (the
+    warm-ups ran beside them). The search attempts counted are those of the records' code. The sweeps' GPU time is
+    each part's wall time times the GPUs its records ran on; the rest is what no kept job accounts for."""
+    report = load_report()
+    run = tmp_path / "r"
+    base = {"model": "small", "seq_len": 1024, "mode": "compiled", "kv_heads": 12, "precision": "fp16",
+            "optimizer": "adamw", "harness": "native"}
+    rel = cost_cell(run, {**base, "attn": "sdpa"}, [("GPU-a", "2026-12-01T10:01:00+00:00", 40.0),
+                                                     ("GPU-a", "2026-12-01T10:03:00+00:00", 30.0)], cap=None)
+    cost_cell(run, {**base, "seq_len": 512, "attn": "fa2"}, [("GPU-a", "2026-12-02T04:01:00+00:00", 10.0),
+                                                             ("GPU-b", "2026-12-02T04:02:00+00:00", 20.0)], cap=12.0)
+    search = run / "searches" / rel / "r1.jsonl"
+    search.parent.mkdir(parents=True)
+    search.write_text("".join(json.dumps({"batch_size": b, "key": {"code": c}, "outcome": o, "seconds": s}) + "\n"
+                              for b, c, o, s in [(16, "0ld" * 20, "oom", 9.0), (16, "c0de" * 16, "oom", 7.0),
+                                                 (8, "c0de" * 16, "ok", 11.0)]))
+    (run / "wall-20261201T100000.txt").write_text("exit 1 wall_s 500\n")
+    (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
+    df = report.cell_costs(run)
+    assert list(df["seq_len"]) == [512, 1024] and "kv_heads" not in df  # by context; an axis that never varies: out
+    capped, alone = df.iloc[0], df.iloc[1]
+    assert capped["GPU s"] == 30.0 and capped["warm-up jobs s"] == 15.0
+    assert alone["GPU s"] == 105.0 and alone["timed jobs s"] == 70.0
+    assert alone["search attempts"] == 2 and alone["search s"] == 18.0
+    text = report.cost_text([str(run)])
+    # 500 s on one GPU, 300 s on two: 1,100 GPU s, less 135 s of the cells'.
+    assert "2 sweeps of 800 s of wall time (0.22 h), 1,100 GPU s (0.31 GPU h)" in text
+    assert "the cells' GPU s 135 (33.8 s a measurement), rest 965 s (88%)" in text
+    assert "warm-ups beside the timed jobs for the capped cells, alone for the others" in text
+
+
+def test_the_committed_gpu_time_page_is_the_scripts_output_for_the_runs_it_lists() -> None:
+    """results/gpu-time.md is `report.py --cost`'s output for the runs it has a section of (tools/rerender.sh
+    rewrites it after each session's parts): no page left behind the records."""
+    page = (ROOT / "results/gpu-time.md").read_text()
+    runs = [str(ROOT / "results" / line[3:]) for line in page.splitlines() if line.startswith("## ")]
+    assert [Path(r).name for r in runs] == ["h200-study-12gib", "h200"]
+    assert load_report().cost_text(runs) + "\n" == page

@@ -41,3 +41,11 @@ render h200 no --configfile config/study-12gib.yaml config/whole-gpu.yaml \
 # benchmark's, the equality checks'), after a change to the table code.
 echo "== tables of every run"
 "${PYTHON:-.venv/bin/python}" tools/rerender_tables.py "${dry[@]}"
+# The H200 runs' GPU time, per cell and in total (benchmarks/sweep/report.py --cost), from their records, benchmarks
+# and wall files: rewritten after each session's parts, as the tables are.
+echo "== results/gpu-time.md"
+gpu_time=$(PYTHONPATH=src "${PYTHON:-.venv/bin/python}" benchmarks/sweep/report.py --cost results/h200-study-12gib \
+    results/h200)
+if [ "$gpu_time" = "$(cat results/gpu-time.md 2>/dev/null)" ]; then echo "results/gpu-time.md: as rendered"
+elif [ ${#dry[@]} -gt 0 ]; then echo "results/gpu-time.md: would be rewritten"
+else printf '%s\n' "$gpu_time" >results/gpu-time.md && echo "results/gpu-time.md: rewritten"; fi

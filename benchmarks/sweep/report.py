@@ -14,6 +14,8 @@
                                                                # SINCE (UTC, e.g. 2026-12-02T04:00) measured
     python benchmarks/sweep/report.py --estimates RUN  # the deadline's estimate of each timed job against its
                                                         # wall time (sweep.timed_job_s)
+    python benchmarks/sweep/report.py --cost RUN [RUN ...]  # the sweep's GPU time per cell and in total, from
+                                                             # its jobs' benchmarks and its parts' wall times
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time), the sweep's wall time (wall*.txt) and the
@@ -39,7 +41,7 @@ import pandas as pd
 from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
                                        range_pct, summarize)
 from attnsweep import sweep
-from attnsweep.vocabulary import AXES
+from attnsweep.vocabulary import ATTENTION, AXES, MODELS, MODES
 
 
 def _job_seconds(tsv: Path) -> float | None:
@@ -751,6 +753,119 @@ def main(runs: list[str]) -> None:
     print(df.to_markdown(index=False, floatfmt=",.1f"))
 
 
+def _search_attempts(run: Path, rel: Path, code: str | None) -> tuple[int, float]:
+    """How many batch-search attempts the cell's search logs (searches/CELL/rN.jsonl) hold of `code`, and their
+    seconds (the warm-up jobs' time includes them)."""
+    count, seconds = 0, 0.0
+    for log in sorted((run / "searches" / rel).glob("r*.jsonl")):
+        for line in log.read_text().splitlines():
+            attempt = json.loads(line)
+            if line.strip() and (attempt.get("key") or {}).get("code") == code:
+                count, seconds = count + 1, seconds + float(attempt.get("seconds") or 0.0)
+    return count, seconds
+
+
+def cell_costs(run: Path) -> pd.DataFrame:
+    """Per cell of `run` (each folder under cells/ with a record): its measurements, its batch, and the wall time of
+    its jobs by Snakemake's benchmarks (benchmarks/{warmup,cells}/CELL/): every repeat's warm-up job, batch-search
+    attempts included, and timed job; its GPU time, both where its warm-ups held the GPU alone (no memory cap), the
+    timed jobs alone where they ran beside other jobs (a cap). A job run again (a warm-up redone on a fresh host
+    after the part that ran it held its timed job back; a cell measured twice) keeps only its last benchmark;
+    cost_text counts what ran before in the run's rest."""
+    out = []
+    for folder in sorted({p.parent for p in run.glob("cells/**/*.json")}):
+        records = sorted(p for p in folder.glob("*.json") if p.name == "cell.json" or p.name.startswith("repeat-"))
+        if not records:
+            continue
+        rel = folder.relative_to(run / "cells")
+        recs = [json.loads(p.read_text()) for p in records]
+        code = ((recs[0].get("env") or {}).get("code") or {}).get("source_sha256")
+        warm = [s for p in records if (s := _job_seconds(run / "benchmarks/warmup" / rel / f"r{_repeat_number(p)}"
+                                                         / "warmup.tsv")
+                                       or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv")
+                                           if _repeat_number(p) == 1 else None)) is not None]
+        timed = [s for p in records if (s := _job_seconds(run / "benchmarks/cells" / rel / f"{p.stem}.tsv"))
+                 is not None]
+        attempts, attempts_s = _search_attempts(run, rel, code)
+        statuses = sorted({r["status"] for r in recs})
+        # Under a cap a warm-up compiles beside other jobs (two per GPU, stopped in timed windows): its wall time is
+        # not the GPU's. Without one it holds its GPU alone.
+        capped = any((r.get("cell") or {}).get("memory_cap_gib") for r in recs)
+        out.append({**sweep.cell_axes(rel), "measurements": len(recs), "status": ", ".join(statuses),
+                    "batch": ", ".join(sorted({str(r.get("batch_size")) for r in recs})),
+                    "search attempts": attempts, "search s": attempts_s,
+                    "warm-up jobs s": sum(warm), "timed jobs s": sum(timed),
+                    "GPU s": sum(timed) + (0.0 if capped else sum(warm)), "capped": capped,
+                    "code": (code or "not recorded")[:8]})
+    df = pd.DataFrame(out)
+    if df.empty:
+        return df
+    df["seq_len"] = df["seq_len"].astype(int)
+    order = {axis: {v: i for i, v in enumerate(values)}
+             for axis, values in (("model", MODELS), ("mode", MODES), ("attn", ATTENTION))}
+    df = df.sort_values(["model", "mode", "seq_len", "attn"],
+                        key=lambda c: c.map(order[c.name]) if c.name in order else c, ignore_index=True)
+    # An axis that never varies within a model says nothing here (GPT-2 large's 20 heads, its 8-bit AdamW).
+    same = [a for a in AXES
+            if a not in ("model", "seq_len", "attn", "mode") and df.groupby("model")[a].nunique().max() == 1]
+    return df.drop(columns=same)
+
+
+def _part_gpus(run: Path) -> list[tuple[float, int]]:
+    """(wall s, GPUs) of each of the run's sweeps: a part's GPUs are those its records ran on (at least one)."""
+    parts = _parts(run)
+    if not parts:
+        return [(w, 1) for w in _walls(run)]
+    records = [json.loads(p.read_text()) for p in run.glob("cells/**/*.json")]
+    out = []
+    for start, wall in parts:
+        end = start + pd.Timedelta(seconds=wall)
+        gpus = {str(((r.get("env") or {}).get("gpu") or {}).get("uuid")) for r in records
+                if start <= pd.Timestamp(r["started_at"]) <= end}
+        out.append((wall, max(1, len(gpus))))
+    return out
+
+
+def cost_text(runs: list[str]) -> str:
+    """The sweep's GPU time, per cell and in total, for each run: cell_costs' table, its sums by model, and the
+    run's sweeps' GPU time against them."""
+    out = ["# GPU time, per cell and in total", "",
+           "Made by `python benchmarks/sweep/report.py --cost RUN...` from each run's Snakemake benchmarks "
+           "(`benchmarks/`: each job's wall time), its batch-search logs (`searches/`) and its sweeps' wall times "
+           "(`wall*.txt`). `warm-up jobs s`: every repeat's warm-up job, its search's attempts included "
+           "(`search s` of them, at the code of the cell's records); `timed jobs s`: every repeat's timed job, "
+           "its process's start, compilation from the warm-up's cache, steps and profiled step. `GPU s`: both, "
+           "where a warm-up holds its GPU alone (no memory cap); the timed jobs alone where warm-ups compile beside "
+           "them under a cap (two per GPU, stopped during each measured window), their time shared. `rest`: the "
+           "sweeps' GPU time (wall time times the GPUs a part's records ran on) less the cells' GPU s: each part's "
+           "start and packing, warm-ups under a cap while no timed job ran, jobs run again (a warm-up redone on a "
+           "fresh host after its timed job was held back at a part's end; a cell measured twice: only a job's last "
+           "benchmark is kept), jobs cut off at a part's end, a GPU idle before a deadline, and records of earlier "
+           "code since measured again."]
+    for run in map(Path, runs):
+        df = cell_costs(run)
+        if df.empty:
+            out += ["", f"## {run.name}", "", "No cell records."]
+            continue
+        sweeps = _part_gpus(run)
+        wall, gpu_s, used = sum(w for w, _ in sweeps), sum(w * g for w, g in sweeps), df["GPU s"].sum()
+        by_model = df.groupby("model", sort=False).agg(
+            cells=("measurements", "size"), measurements=("measurements", "sum"),
+            **{c: (c, "sum") for c in ("search attempts", "warm-up jobs s", "timed jobs s", "GPU s")}).reset_index()
+        by_model["GPU s a measurement"] = by_model["GPU s"] / by_model["measurements"]
+        cap = ("warm-ups beside the timed jobs (a memory cap)" if df["capped"].all() else
+               "warm-ups holding the GPU alone (no memory cap)" if not df["capped"].any() else
+               "warm-ups beside the timed jobs for the capped cells, alone for the others")
+        out += ["", f"## {run.name}", "",
+                f"{len(df)} cells, {df['measurements'].sum()} measurements, {cap}; {len(sweeps)} sweeps of "
+                f"{wall:,.0f} s of wall time ({wall / 3600:.2f} h), {gpu_s:,.0f} GPU s ({gpu_s / 3600:.2f} GPU h); "
+                f"the cells' GPU s {used:,.0f} ({used / df['measurements'].sum():,.1f} s a measurement), rest "
+                f"{gpu_s - used:,.0f} s ({100 * (gpu_s - used) / gpu_s:.0f}%).", "",
+                by_model.to_markdown(index=False, floatfmt=",.0f"), "",
+                df.drop(columns="capped").to_markdown(index=False, floatfmt=",.0f")]
+    return "\n".join(out)
+
+
 def estimate_ratios(run: Path) -> list[dict]:
     """Each compiled record of `run` with a warm-up, estimated as the workflow would before its timed job
     (sweep.timed_job_s from its warm-up's attempt, as for a cell not yet measured: against the records of the run's
@@ -799,6 +914,8 @@ if __name__ == "__main__":
         windows(sys.argv[2:])
     elif sys.argv[1:2] == ["--parts"]:
         part_split_table(sys.argv[2:])
+    elif sys.argv[1:2] == ["--cost"] and len(sys.argv) > 2:
+        print(cost_text(sys.argv[2:]))
     elif sys.argv[1:2] == ["--estimates"] and len(sys.argv) == 3:
         print(estimates_text(Path(sys.argv[2])))
     elif sys.argv[1:2] == ["--progress"] and len(sys.argv) in (3, 4):
