@@ -466,6 +466,32 @@ def test_sweep_sh_packs_no_log_of_a_job_the_deadline_held_back(tmp_path: Path) -
     assert packed == {"results/part/logs/cells/ran/cell.log", "results/part/logs/cells/more/cell.log"}
 
 
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+def test_sweep_sh_refuses_a_checkout_without_the_hosts_last_part(tmp_path: Path) -> None:
+    """A part leaves its stamp on the host, not in its tarball. A call on that host whose checkout lacks the part's
+    wall file (sent before the part's tarball was unpacked) stops before snakemake; one that has it sweeps."""
+    repo, out, env = fake_gpu_host(tmp_path)
+
+    def sweep() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
+                              capture_output=True, text=True, timeout=60)
+
+    assert sweep().returncode == 0
+    stamp = (repo / "results/part/.last-part").read_text().strip()
+    wall = repo / f"results/part/wall-{stamp}.txt"
+    assert wall.is_file()
+    with tarfile.open(out / "part.tgz") as tgz:
+        assert f"results/part/wall-{stamp}.txt" in tgz.getnames()
+        assert not [n for n in tgz.getnames() if n.endswith(".last-part")]
+    wall.unlink()  # the checkout of a call sent before that part came back
+    refused = sweep()
+    assert refused.returncode == 3 and f"results/part/wall-{stamp}.txt) is not in the checkout" in refused.stderr
+    assert len((repo / "snakemake.calls").read_text().splitlines()) == 1
+    wall.write_text("exit 0 wall_s 40\n")  # unpacked
+    assert sweep().returncode == 0
+    assert len((repo / "snakemake.calls").read_text().splitlines()) == 2
+
+
 def full_log(*events: tuple[str, str]) -> str:
     """A Snakemake full log as sweep.sh keeps it: (time, the lines logged at it) in order."""
     return "".join(f"[Wed Dec  2 01:{t} 2026]\n{lines}" for t, lines in events)

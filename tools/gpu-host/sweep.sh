@@ -11,6 +11,17 @@
 set -uo pipefail
 deadline=$((SECONDS + $1)) run=$2
 shift 2
+# A call sent before the previous call's tarball was unpacked into the checkout begins from an older tree: on a host
+# kept warm it would measure again what the last part measured, and its tarball would lack that part's records. Each
+# part leaves its stamp on the host in an ignored file (results/RUN/.last-part: kept between calls on a warm host,
+# not packed); a checkout without that part's wall file is refused before anything runs. `rm` the file in the
+# command to sweep from an older tree on purpose.
+last_part=results/$run/.last-part
+if [ -s "$last_part" ] && [ ! -e "results/$run/wall-$(cat "$last_part").txt" ]; then
+    echo "sweep.sh: this host's last part of $run (results/$run/wall-$(cat "$last_part").txt) is not in the" \
+        "checkout: unpack its tarball (tools/gpu-host/device-tree.sh unpack), then call again" >&2
+    exit 3
+fi
 source tools/gpu-host/setup.sh || exit 1
 mkdir -p "results/$run"
 # The part's start: its log's and wall file's name (report.py reads the part as [start, start + wall]).
@@ -62,7 +73,7 @@ if [ -n "${SWEEP_GPUS:-}" ]; then gpu_count=$(awk -F, '{print NF}' <<<"$SWEEP_GP
 # progress log, changed while it was read) still leaves a whole archive.
 pack() {
     tar czf "$OUT/.$run.$1.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
-        --exclude="results/$run/.rerun" "results/$run"
+        --exclude="results/$run/.rerun" --exclude="$last_part" "results/$run"
     [ $? -le 1 ] && mv -f "$OUT/.$run.$1.tgz" "$OUT/$run.tgz"
 }
 # wall STATUS: this part's wall file (one per part, as benchmarks/sweep/report.py reads it), up to now.
@@ -116,3 +127,4 @@ find "results/$run/logs" -name '*.log' -size -2k -type f 2>/dev/null | while IFS
     [ "$(wc -l <"$f")" -le 1 ] && grep -q '^attnsweep: not started' "$f" && rm -f -- "$f"
 done
 pack final
+echo "$stamp" >"$last_part"
