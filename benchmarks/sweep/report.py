@@ -758,9 +758,8 @@ def _search_attempts(run: Path, rel: Path, code: str | None) -> tuple[int, float
     seconds (the warm-up jobs' time includes them)."""
     count, seconds = 0, 0.0
     for log in sorted((run / "searches" / rel).glob("r*.jsonl")):
-        for line in log.read_text().splitlines():
-            attempt = json.loads(line)
-            if line.strip() and (attempt.get("key") or {}).get("code") == code:
+        for attempt in (json.loads(line) for line in log.read_text().splitlines() if line.strip()):
+            if (attempt.get("key") or {}).get("code") == code:
                 count, seconds = count + 1, seconds + float(attempt.get("seconds") or 0.0)
     return count, seconds
 
@@ -812,11 +811,13 @@ def cell_costs(run: Path) -> pd.DataFrame:
 
 
 def _part_gpus(run: Path) -> list[tuple[float, int]]:
-    """(wall s, GPUs) of each of the run's sweeps: a part's GPUs are those its records ran on (at least one)."""
+    """(wall s, GPUs) of each of the run's sweeps: a part's GPUs are those its records ran on (at least one; the
+    records of a cell measured twice, superseded/, among them)."""
     parts = _parts(run)
     if not parts:
         return [(w, 1) for w in _walls(run)]
-    records = [json.loads(p.read_text()) for p in run.glob("cells/**/*.json")]
+    records = [json.loads(p.read_text())
+               for p in [*run.glob("cells/**/*.json"), *run.glob("superseded/cells/**/*.json")]]
     out = []
     for start, wall in parts:
         end = start + pd.Timedelta(seconds=wall)
