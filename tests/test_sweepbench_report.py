@@ -592,6 +592,10 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
     (run / "wall-20261202T041000.txt").write_text("exit 1 wall_s 200\n")
     gpu_csv(run)
+    for attn, timed in (("a", 100.0), ("b", 200.0)):  # the complete cells' jobs: each warm-up half its timed job
+        for repeat, name in ((1, "cell"), (2, "repeat-2")):
+            _bench(run / "benchmarks/cells" / attn / f"{name}.tsv", timed)
+            _bench(run / "benchmarks/warmup" / attn / f"r{repeat}" / "warmup.tsv", timed / 2)
     pd.DataFrame({**PROGRESS_CELL, "mode": ["compiled", "compiled", "eager", "compiled", "compiled"],
                   "attn": ["a", "b", "e", "old", "naive"],
                   "status": ["missing", "ok", "missing", "missing", "missing"]}).to_csv(run / "summary.csv",
@@ -600,6 +604,10 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     assert "Records by cell code: c0dec0de 5, 0ld0ld0l 1." in text
     assert "5 measurements, 2 cells with all 2 repeats; 5 cells in the grid, 2 left" in text
     assert "5 measurements left" in text  # `old` and `naive` x 2, and e's repeat 2
+    # The four compiled ones at the median of a's 150 s and b's 300 s a measurement; the rest of the sweeps' 1,000 s
+    # is 10%; nothing eager is complete.
+    assert ("about 900 s (15 min) of jobs, 1,000 s (17 min) with the run's rest so far (10% of its sweeps' GPU "
+            "time); 1 with nothing like them measured.") in text
     assert "| small   | compiled | old    |            1 |" in text and "| eager" not in text
     assert "repeats on one GPU: 1 cells, 2.0-2.0%, median 2.0%; on several: 1 cells, 5.1-5.1%" in text
     assert "| 2026-12-02 04:00 |      300 |              2 | small 1024 b both" in text

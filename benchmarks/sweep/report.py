@@ -649,6 +649,35 @@ def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
     return float(range_pct(cell).iloc[0]), len({gpu_uuid(r["rec"]) for r in records}) == 1
 
 
+def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str:
+    """What the measurements left (`todo`: cells, each with the repeats it lacks) should cost: each at the median
+    GPU s a measurement (cell_costs) of the run's cells measured with every repeat at `code` of the same model, mode
+    and context, else of the same model and mode; then with the share of the sweeps' GPU time that went to no kept
+    job so far (cost_text's rest: starts, packing, held-back warm-ups, idle ends). An extrapolation from the run's
+    own cells, not a measurement; a cell's later repeat, which needs no batch search, costs less than the mean."""
+    every = cell_costs(run)
+    costs = every[(every["code"] == code) & (every["measurements"] >= repeats)]
+    per = costs["GPU s"] / costs["measurements"]
+    total, unknown = 0.0, 0
+    for cell in todo:
+        same = (costs["model"] == cell["model"]) & (costs["mode"] == cell["mode"])
+        near = per[same & (costs["seq_len"] == int(cell["seq_len"]))]
+        pool = near if len(near) else per[same]
+        if len(pool):
+            total += float(pool.median()) * cell["left"]
+        else:
+            unknown += cell["left"]
+    gpu_s = sum(w * g for w, g in _part_gpus(run))
+    rest = min(max(1 - every["GPU s"].sum() / gpu_s, 0.0), 0.9) if gpu_s else 0.0
+    with_rest = total / (1 - rest)
+    nothing_like = f"; {unknown} with nothing like them measured" if unknown else ""
+    return (f"GPU time for the {sum(c['left'] for c in todo)} measurements left, at the median GPU s a measurement "
+            f"of this code's complete cells of the same model, mode and context (else model and mode; "
+            f"`--cost`): about {total:,.0f} s ({total / 60:,.0f} min) of jobs, {with_rest:,.0f} s "
+            f"({with_rest / 60:,.0f} min) with the run's rest so far ({100 * rest:.0f}% of its sweeps' GPU "
+            f"time){nothing_like}.")
+
+
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, whose rows
     are the run's grid): the records by cell code; at the newest record's code, the measurements, the cells with
@@ -686,6 +715,10 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     if len(missing):
         left_by = missing.groupby(["model", "mode", "attn"], sort=False).size().rename("cells left").reset_index()
         lines += [left_by.to_markdown(index=False), ""]
+    if left:
+        partial = [dict(rs[0]["rec"]["cell"], left=repeats - len(rs)) for c, rs in by_cell.items() if c not in complete]
+        todo = [dict(row, left=repeats) for row in missing.to_dict("records")] + partial
+        lines += [_time_left_line(run, code, repeats, todo), ""]
     ranges = {c: _repeat_range(rs) for c, rs in complete.items()}
     one_gpu = [pct for pct, one in filter(None, ranges.values()) if one]
     across = [pct for pct, one in filter(None, ranges.values()) if not one]
@@ -790,7 +823,9 @@ def cell_costs(run: Path) -> pd.DataFrame:
         # Under a cap a warm-up compiles beside other jobs (two per GPU, stopped in timed windows): its wall time is
         # not the GPU's. Without one it holds its GPU alone.
         capped = any((r.get("cell") or {}).get("memory_cap_gib") for r in recs)
-        out.append({**sweep.cell_axes(rel), "measurements": len(recs), "status": ", ".join(statuses),
+        own = recs[0].get("cell") or {}
+        axes = {**sweep.cell_axes(rel), **{a: own[a] for a in AXES if own.get(a) is not None}}
+        out.append({**axes, "measurements": len(recs), "status": ", ".join(statuses),
                     "batch": ", ".join(sorted({str(r.get("batch_size")) for r in recs})),
                     "search attempts": attempts, "search s": attempts_s,
                     "warm-up jobs s": sum(warm), "timed jobs s": sum(timed),
@@ -822,7 +857,7 @@ def _part_gpus(run: Path) -> list[tuple[float, int]]:
     for start, wall in parts:
         end = start + pd.Timedelta(seconds=wall)
         gpus = {str(((r.get("env") or {}).get("gpu") or {}).get("uuid")) for r in records
-                if start <= pd.Timestamp(r["started_at"]) <= end}
+                if r.get("started_at") and start <= pd.Timestamp(r["started_at"]) <= end}
         out.append((wall, max(1, len(gpus))))
     return out
 
