@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnsweep.vocabulary import AXES
+from attnsweep.sweep import cell_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -637,14 +637,15 @@ def cost_cell(run: Path, axes: dict, repeats: list[tuple[str, str, float]], cap:
               code: str = "c0de" * 16) -> Path:
     """A cell's records (one per repeat: the GPU, the start, its timed job's seconds; its warm-up took half) and
     their Snakemake benchmarks; returns the cell's folder below cells/."""
-    rel = Path("/".join(f"{a}~{axes[a]}" for a in AXES))
+    rel = Path(cell_path(axes))
     for n, (uuid, started, seconds) in enumerate(repeats, 1):
         name = "cell" if n == 1 else f"repeat-{n}"
         path = run / "cells" / rel / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        ended = datetime.fromtimestamp(datetime.fromisoformat(started).timestamp() + seconds, UTC).isoformat()
         path.write_text(json.dumps({"cell": {**axes, "memory_cap_gib": cap}, "status": "ok", "batch_size": 8,
-                                    "started_at": started, "env": {"code": {"source_sha256": code},
-                                                                   "gpu": {"uuid": uuid}}}))
+                                    "started_at": started, "finished_at": ended, "duration_s": seconds,
+                                    "env": {"code": {"source_sha256": code}, "gpu": {"uuid": uuid}}}))
         _bench(run / "benchmarks/cells" / rel / f"{name}.tsv", seconds)
         _bench(run / "benchmarks/warmup" / rel / f"r{n}" / "warmup.tsv", seconds / 2)
     return rel

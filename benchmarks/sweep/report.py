@@ -50,6 +50,13 @@ def _job_seconds(tsv: Path) -> float | None:
     return float(next(csv.DictReader(tsv.open(), delimiter="\t"))["s"])
 
 
+def _warmup_job_seconds(run: Path, rel: Path, repeat: int) -> float | None:
+    """A repeat's warm-up job's wall time: a run of several repeats keeps each repeat's benchmark in rN/, a run of
+    one beside the cell."""
+    return (_job_seconds(run / "benchmarks/warmup" / rel / f"r{repeat}" / "warmup.tsv")
+            or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv") if repeat == 1 else None))
+
+
 def _repeat_number(record: Path) -> int:
     """1 for cell.json, N for repeat-N.json (the pipeline's names for a cell's repeats)."""
     return 1 if record.stem == "cell" else int(record.stem.split("-")[1])
@@ -158,9 +165,7 @@ def rows(run: Path) -> list[dict]:
         extra = rec.get("harness_extra") or {}
         cond = rec.get("window_conditions") or {}
         job = _job_seconds(run / "benchmarks/cells" / rel / f"{cell.stem}.tsv")
-        # A run of several repeats keeps each repeat's warm-up benchmark in rN/, a run of one beside the cell.
-        warm = (_job_seconds(run / "benchmarks/warmup" / rel / f"r{repeat}" / "warmup.tsv")
-                or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv") if repeat == 1 else None))
+        warm = _warmup_job_seconds(run, rel, repeat)
         first = comp.get("first_step_s")
         out.append({
             "run": run.name, "model": rec["cell"]["model"], "context": rec["cell"]["seq_len"], "attn": rec["cell"]["attn"],
@@ -253,7 +258,7 @@ def occupancy(run: Path) -> list[dict]:
         out = []
         for i, (start, wall) in enumerate(parts, 1):
             end = start + pd.Timedelta(seconds=wall)
-            inside = [r for r in records if start <= pd.Timestamp(r["started_at"]) <= end]
+            inside = [r for r in records if r.get("started_at") and start <= pd.Timestamp(r["started_at"]) <= end]
             out += _occupancy(f"{run.name} part {i}", inside, wall) if inside else []
         return out
     walls = _walls(run)
@@ -667,7 +672,7 @@ def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str
             total += float(pool.median()) * cell["left"]
         else:
             unknown += cell["left"]
-    gpu_s = sum(w * g for w, g in _part_gpus(run))
+    gpu_s = _sweeps_gpu_s(run)[2]
     rest = min(max(1 - every["GPU s"].sum() / gpu_s, 0.0), 0.9) if gpu_s else 0.0
     with_rest = total / (1 - rest)
     nothing_like = f"; {unknown} with nothing like them measured" if unknown else ""
@@ -791,7 +796,11 @@ def _search_attempts(run: Path, rel: Path, code: str | None) -> tuple[int, float
     seconds (the warm-up jobs' time includes them)."""
     count, seconds = 0, 0.0
     for log in sorted((run / "searches" / rel).glob("r*.jsonl")):
-        for attempt in (json.loads(line) for line in log.read_text().splitlines() if line.strip()):
+        for line in log.read_text().splitlines():
+            try:
+                attempt = json.loads(line)
+            except ValueError:  # a write cut short when its process was killed, skipped as SearchLog.known does
+                continue
             if (attempt.get("key") or {}).get("code") == code:
                 count, seconds = count + 1, seconds + float(attempt.get("seconds") or 0.0)
     return count, seconds
@@ -812,10 +821,7 @@ def cell_costs(run: Path) -> pd.DataFrame:
         rel = folder.relative_to(run / "cells")
         recs = [json.loads(p.read_text()) for p in records]
         code = ((recs[0].get("env") or {}).get("code") or {}).get("source_sha256")
-        warm = [s for p in records if (s := _job_seconds(run / "benchmarks/warmup" / rel / f"r{_repeat_number(p)}"
-                                                         / "warmup.tsv")
-                                       or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv")
-                                           if _repeat_number(p) == 1 else None)) is not None]
+        warm = [s for p in records if (s := _warmup_job_seconds(run, rel, _repeat_number(p))) is not None]
         timed = [s for p in records if (s := _job_seconds(run / "benchmarks/cells" / rel / f"{p.stem}.tsv"))
                  is not None]
         attempts, attempts_s = _search_attempts(run, rel, code)
@@ -845,21 +851,16 @@ def cell_costs(run: Path) -> pd.DataFrame:
     return df.drop(columns=same)
 
 
-def _part_gpus(run: Path) -> list[tuple[float, int]]:
-    """(wall s, GPUs) of each of the run's sweeps: a part's GPUs are those its records ran on (at least one; the
-    records of a cell measured twice, superseded/, among them)."""
+def _sweeps_gpu_s(run: Path) -> tuple[int, float, float]:
+    """The run's sweeps: how many, their wall time, and their GPU time: each one's wall time times the GPUs its timed
+    jobs ran on (occupancy's rows of it; at least one)."""
+    gpus: dict[str, int] = {}
+    for row in occupancy(run):
+        gpus[row["run"]] = gpus.get(row["run"], 0) + 1
     parts = _parts(run)
-    if not parts:
-        return [(w, 1) for w in _walls(run)]
-    records = [json.loads(p.read_text())
-               for p in [*run.glob("cells/**/*.json"), *run.glob("superseded/cells/**/*.json")]]
-    out = []
-    for start, wall in parts:
-        end = start + pd.Timedelta(seconds=wall)
-        gpus = {str(((r.get("env") or {}).get("gpu") or {}).get("uuid")) for r in records
-                if r.get("started_at") and start <= pd.Timestamp(r["started_at"]) <= end}
-        out.append((wall, max(1, len(gpus))))
-    return out
+    walls = ([(w, gpus.get(f"{run.name} part {i}", 1)) for i, (_, w) in enumerate(parts, 1)] if parts else
+             [(w, gpus.get(run.name, 1)) for w in _walls(run)])
+    return len(walls), sum(w for w, _ in walls), sum(w * g for w, g in walls)
 
 
 def cost_text(runs: list[str]) -> str:
@@ -883,8 +884,8 @@ def cost_text(runs: list[str]) -> str:
         if df.empty:
             out += ["", f"## {run.name}", "", "No cell records."]
             continue
-        sweeps = _part_gpus(run)
-        wall, gpu_s, used = sum(w for w, _ in sweeps), sum(w * g for w, g in sweeps), df["GPU s"].sum()
+        sweeps, wall, gpu_s = _sweeps_gpu_s(run)
+        used = df["GPU s"].sum()
         by_model = df.groupby("model", sort=False).agg(
             cells=("measurements", "size"), measurements=("measurements", "sum"),
             **{c: (c, "sum") for c in ("search attempts", "warm-up jobs s", "timed jobs s", "GPU s")}).reset_index()
@@ -893,7 +894,7 @@ def cost_text(runs: list[str]) -> str:
                "warm-ups holding the GPU alone (no memory cap)" if not df["capped"].any() else
                "warm-ups beside the timed jobs for the capped cells, alone for the others")
         out += ["", f"## {run.name}", "",
-                f"{len(df)} cells, {df['measurements'].sum()} measurements, {cap}; {len(sweeps)} sweeps of "
+                f"{len(df)} cells, {df['measurements'].sum()} measurements, {cap}; {sweeps} sweeps of "
                 f"{wall:,.0f} s of wall time ({wall / 3600:.2f} h), {gpu_s:,.0f} GPU s ({gpu_s / 3600:.2f} GPU h); "
                 f"the cells' GPU s {used:,.0f} ({used / df['measurements'].sum():,.1f} s a measurement), rest "
                 f"{gpu_s - used:,.0f} s ({100 * (gpu_s - used) / gpu_s:.0f}%).", "",

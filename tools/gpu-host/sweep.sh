@@ -17,9 +17,10 @@ shift 2
 # not packed); a checkout without that part's wall file is refused before anything runs. `rm` the file in the
 # command to sweep from an older tree on purpose.
 last_part=results/$run/.last-part
-if [ -s "$last_part" ] && [ ! -e "results/$run/wall-$(cat "$last_part").txt" ]; then
-    echo "sweep.sh: this host's last part of $run (results/$run/wall-$(cat "$last_part").txt) is not in the" \
-        "checkout: unpack its tarball (tools/gpu-host/device-tree.sh unpack), then call again" >&2
+last_wall=results/$run/wall-$(cat "$last_part" 2>/dev/null).txt
+if [ -s "$last_part" ] && [ ! -e "$last_wall" ]; then
+    echo "sweep.sh: this host's last part of $run ($last_wall) is not in the checkout: unpack its tarball" \
+        "(tools/gpu-host/device-tree.sh unpack), then call again" >&2
     exit 3
 fi
 source tools/gpu-host/setup.sh || exit 1
