@@ -95,11 +95,9 @@ def test_a_killed_job_takes_its_child_down(tmp_path: Path) -> None:
     # after the fork: a job killed before that leaves its child running, a race the server's own setpgid of the
     # child would close. Not fixed yet, as preload.py is cell code and the replay's records name its hash.)
     wait_for(lambda: os.getpgid(child) == child, timeout=30)
-    # And once the job has read the server's reply (the child's pid), which it does at once but, on a loaded machine,
-    # not always before the lines above are seen: a job killed with the reply unread resets its connection instead
-    # of closing it, and this server's recv raises on a reset and goes down without killing the child (CI, on a
-    # loaded 2-core machine: the child ran on as an orphan). Fixed in cell code waiting in patches/ (the server takes
-    # a reset for the job's end), whose test kills a job with the reply unread on purpose.
+    # And once the job has read the server's reply (the child's pid), which a loaded machine can delay past the
+    # lines above: a job killed with it unread resets its connection, which this server does not survive
+    # (patches/README.md).
     time.sleep(2)
     job.send_signal(signal.SIGKILL)
     job.wait()
