@@ -204,10 +204,10 @@ def test_front_page_tables_quote_the_h200_runs(run: str, index: int):
             assert row[f"fa2 − {ref}"].replace("−", "-") == f"{fa2[f'diff_vs_{ref}_pct']:+.1f}%{tie}", (row, ref)
 
 
-def test_results_page_study_table_quotes_the_replay():
-    """The results page's table of the study replay (medians of the per-step tokens/s, with their spread)."""
+def test_history_page_table_quotes_the_h100_replay():
+    """The history page's table of the H100 replay (medians of the per-step tokens/s, with their spread)."""
     summary = read_summary(RESULTS / "h100-study-12gib" / "summary.csv")
-    rows = _markdown_table((RESULTS / "README.md").read_text(), "| context | batch | sdpa | sdpa_flash | fa2 |")
+    rows = _markdown_table((RESULTS / "history.md").read_text(), "| context | batch | sdpa | sdpa_flash | fa2 |")
     assert rows
     quoted = 0
     for row in rows:
