@@ -165,11 +165,6 @@ def _markdown_tables(text: str, header_start: str) -> list[list[dict[str, str]]]
     return tables
 
 
-def _markdown_table(text: str, header_start: str) -> list[dict[str, str]]:
-    """The rows of the first markdown table whose header line starts with `header_start`."""
-    return _markdown_tables(text, header_start)[0]
-
-
 def _cell(summary: pd.DataFrame, **axes) -> pd.Series:
     sel = summary
     for axis, value in axes.items():
@@ -207,7 +202,7 @@ def test_front_page_tables_quote_the_h200_runs(run: str, index: int):
 def test_history_page_table_quotes_the_h100_replay():
     """The history page's table of the H100 replay (medians of the per-step tokens/s, with their spread)."""
     summary = read_summary(RESULTS / "h100-study-12gib" / "summary.csv")
-    rows = _markdown_table((RESULTS / "history.md").read_text(), "| context | batch | sdpa | sdpa_flash | fa2 |")
+    rows = _markdown_tables((RESULTS / "history.md").read_text(), "| context | batch | sdpa | sdpa_flash | fa2 |")[0]
     assert rows
     quoted = 0
     for row in rows:
