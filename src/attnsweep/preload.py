@@ -352,6 +352,12 @@ def _fork(conn: socket.socket, closing: list) -> int | None:
         return None
     if pid == 0:
         _child(conn, request, fds, closing)
+    # The child's own group from the fork on, not from when the child gets to its setpgid: a job killed before then
+    # still takes the whole group down. Both set it and either may come first; the other finds it set already.
+    try:
+        os.setpgid(pid, pid)
+    except (ProcessLookupError, PermissionError):  # gone already, or past an exec (EACCES) after its own setpgid
+        pass
     for fd in fds:
         os.close(fd)
     print(f"{time.strftime('%H:%M:%S')} pid {pid}: {request['entry']} {' '.join(request['argv'])}", flush=True)
@@ -363,10 +369,13 @@ def _fork(conn: socket.socket, closing: list) -> int | None:
 
 
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    # The child alone where no group has its id (neither setpgid took): killpg's ESRCH must not leave it running.
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _reply_exit(conn: socket.socket, status: int, selector: selectors.BaseSelector) -> None:
