@@ -110,9 +110,9 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
     earlier = log.known() if log else {}
     plan = spec.batch_plan
     record.batch_note = plan.note
-    known = prior_peaks(prior)
-    if known and batching.predicts(plan.candidates, budget):
-        (b, peak), = known.items()
+    prior_line = prior_peaks(prior)
+    if prior_line and batching.predicts(plan.candidates, budget):
+        (b, peak), = prior_line.items()
         record.batch_note += (f"; first attempt placed by run {prior['cell'].get('run')}'s peak at batch size {b} "
                               f"({peak / 2**30:.2f} GiB)")
 
@@ -137,7 +137,7 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
         return batching.Probe(fits, peak)
 
     search = batching.top_first_search if plan.top_first else batching.predictive_search_largest
-    answer, _ = search(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes, prior=known)
+    answer, _ = search(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes, prior=prior_line)
     return answer, results
 
 
