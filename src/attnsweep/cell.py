@@ -278,8 +278,8 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
-    def done(status: str, reason: str | None, batch: int | None = None, first: float | None = None) -> Warmup:
-        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first,
+    def done(status: str, reason: str | None, batch: int | None = None, first_step_s: float | None = None) -> Warmup:
+        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first_step_s,
                       seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"])
 
     reason = unsupported_reason(spec, device)
@@ -306,10 +306,10 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
             what = "ran out of memory" if res.outcome == "oom" else "failed"
             return done("error", f"batch size {answer}, which fitted in an earlier warm-up of this cell, {what} in "
                         f"this one: {res.detail}")
-    first = res.measurement.compile["first_step_s"] if res.measurement else None
+    first_step_s = res.measurement.compile["first_step_s"] if res.measurement else None
     if res.outcome == "diverged":
-        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first)
-    return done("ok", None, answer, first)
+        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first_step_s)
+    return done("ok", None, answer, first_step_s)
 
 
 def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hooks: StepHooks = StepHooks(),
