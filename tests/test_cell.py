@@ -556,6 +556,35 @@ def test_a_later_repeats_timed_run_out_of_memory_feeds_nothing_back(monkeypatch,
     assert not log.exists() and forgotten == []
 
 
+def test_a_timed_run_feeds_back_by_the_warm_ups_searched_flag_not_its_note(monkeypatch, tmp_path):
+    """Whether a timed run that does not fit is entered in the search log follows the warm-up's `searched`, kept in
+    its file, not the wording of its batch_note; a warm-up file without the flag feeds nothing back."""
+    import dataclasses
+
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import Warmup, shared_batch_note, timed_cell, warm_up
+
+    _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    searched = warm_up(spec, tmp_path / "r1")
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": searched.batch_size}
+    repeat = warm_up(spec, tmp_path / "r2", record_1)
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    reworded = dataclasses.replace(searched, batch_note=shared_batch_note(searched.batch_size))
+    rec = timed_cell(spec, reworded, tmp_path / "r1", search_log=tmp_path / "r1.jsonl")
+    assert "entered in the search log" in rec["reason"] and (tmp_path / "r1.jsonl").exists()
+    reworded = dataclasses.replace(repeat, batch_note=searched.batch_note)
+    rec = timed_cell(spec, reworded, tmp_path / "r2", search_log=tmp_path / "r2.jsonl")
+    assert "search log" not in rec["reason"] and not (tmp_path / "r2.jsonl").exists()
+
+    assert searched.searched and not repeat.searched
+    searched.write(tmp_path / "w.json")
+    assert Warmup.read(tmp_path / "w.json") == searched
+    unflagged = {k: v for k, v in json.loads((tmp_path / "w.json").read_text()).items() if k != "searched"}
+    (tmp_path / "w.json").write_text(json.dumps(unflagged))
+    assert not Warmup.read(tmp_path / "w.json").searched
+
+
 def test_the_cell_command_removes_the_warm_up_a_timed_run_could_not_fit(monkeypatch, tmp_path, capsys):
     """Through the commands the sweep runs: the timed job exits with an error, its record says why, the warm-up's
     JSON is gone (so Snakemake runs that warm-up again) and the search log holds the size as out of memory."""

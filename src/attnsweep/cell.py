@@ -150,6 +150,11 @@ def _oom_reason(spec: CellSpec) -> str:
 SHARED_STATUSES = ("ok", "diverged", "oom")
 
 
+def _shares_repeat_1(first: dict | None) -> bool:
+    """Whether a later repeat takes its batch size (or status) from repeat 1's record `first` instead of searching."""
+    return (first or {}).get("status") in SHARED_STATUSES
+
+
 def shared_batch_note(batch_size: int) -> str:
     return (f"repeat 1's batch size, {batch_size} (the repeats of a cell share it; repeat 1's record says how it was "
             "chosen)")
@@ -172,7 +177,7 @@ def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Att
     one attempt at repeat 1's size, since repeats at different sizes (a search near the memory's edge can give them)
     would not measure the same thing, and a cell that did not fit is not tried again; else the search's answer.
     Raises _Ended with the cell's status where there is none."""
-    if (first or {}).get("status") not in SHARED_STATUSES:
+    if not _shares_repeat_1(first):
         answer, results = _search(spec, record, attempt, stage, budget, prior, log)
         if answer is None:
             raise _Ended("oom", _oom_reason(spec))
@@ -242,6 +247,10 @@ class Warmup:
     steps: int = WARMUP_STEPS
     seconds: float = 0.0
     gpu: dict | None = None  # which of the host's GPUs it ran on (env.gpu of a record)
+    # Whether batch_size is its own search's answer, which its timed run feeds back to the search log where it does
+    # not fit; not repeat 1's size, which a later repeat must keep. A warm-up file without it reads as False: such a
+    # timed run then only ends `error`.
+    searched: bool = False
 
     def write(self, path: str | os.PathLike) -> None:
         from .cellio import write_json_atomic
@@ -280,7 +289,8 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
 
     def done(status: str, reason: str | None, batch: int | None = None, first_step_s: float | None = None) -> Warmup:
         return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first_step_s,
-                      seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"])
+                      seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"],
+                      searched=not _shares_repeat_1(first))
 
     reason = unsupported_reason(spec, device)
     if reason:
@@ -341,8 +351,7 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hoo
     if res.outcome in ("oom", "error"):
         what = "ran out of memory" if res.outcome == "oom" else "failed"
         reason = f"the timed run at batch size {warmup.batch_size}, which fitted in the warm-up, {what}: {res.detail}"
-        searched = warmup.batch_note != shared_batch_note(warmup.batch_size)
-        log = _search_log(spec, record, _budget(spec, device), search_log) if searched else None
+        log = _search_log(spec, record, _budget(spec, device), search_log) if warmup.searched else None
         if res.outcome == "oom" and log:
             log.add(warmup.batch_size, "oom", None, res.seconds)
             if forget_warmup:
