@@ -247,9 +247,10 @@ class Warmup:
     steps: int = WARMUP_STEPS
     seconds: float = 0.0
     gpu: dict | None = None  # which of the host's GPUs it ran on (env.gpu of a record)
-    # Whether batch_size is its own search's answer, which its timed run feeds back to the search log where it does
-    # not fit; not repeat 1's size, which a later repeat must keep. A warm-up file without it reads as False: such a
-    # timed run then only ends `error`.
+    # Whether batch_size is the answer of its own search over the plan's sizes, which its timed run feeds back to the
+    # search log where it does not fit, for the next warm-up to search below it. Not the plan's only size (`fixed`,
+    # the study's), with nothing below it to search, nor repeat 1's, which a later repeat must keep. A warm-up file
+    # without it reads as False: such a timed run then only ends `error`.
     searched: bool = False
 
     def write(self, path: str | os.PathLike) -> None:
@@ -290,7 +291,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     def done(status: str, reason: str | None, batch: int | None = None, first_step_s: float | None = None) -> Warmup:
         return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first_step_s,
                       seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"],
-                      searched=not _shares_repeat_1(first))
+                      searched=len(spec.batch_plan.candidates) > 1 and not _shares_repeat_1(first))
 
     reason = unsupported_reason(spec, device)
     if reason:
