@@ -149,8 +149,6 @@ def test_a_prior_peak_saves_attempts_and_a_wrong_one_keeps_the_answer(kind):
 # prior (results/h200-study-12gib): the budget, the static floor, the prior's peak and the peak measured at batch 40.
 H200_BYTES, MEDIUM_FLOOR = 150_109_880_320, 5_152_210_944
 MEDIUM_3072_PRIOR, MEDIUM_3072_AT_40 = {2: 10_703_451_648}, 126_390_825_984
-
-
 MEDIUM_3072_PER_SAMPLE = (MEDIUM_3072_AT_40 - MEDIUM_3072_PRIOR[2]) / 38
 
 
@@ -175,18 +173,19 @@ def test_a_prior_places_its_first_attempt_with_a_margin_for_its_per_sample_memor
 
 
 def test_after_a_prior_placed_attempt_does_not_fit_the_prior_places_the_next_below_it():
-    """A prior further off than its margin (per-sample memory 30% low) still puts the first attempt at 48, which does
-    not fit. Its line drawn through 48 at the budget puts the next at 40, the answer, proved by the two attempts;
-    bisection would go to 6 first, for a line of the search's own (an attempt more, each compiling from cold)."""
+    """A prior further off than its margin (the H200's per-sample memory 1.3 times its line's) still puts the first
+    attempt at 48, which does not fit. Its line drawn through 48 at the budget puts the next at 40, the answer, proved
+    by the two attempts; bisection would go to 6 first, for a line of the search's own (an attempt more, each
+    compiling from cold)."""
     answer, tried = predictive_search_largest(step_down(64), _medium_3072(), H200_BYTES, static_bytes=MEDIUM_FLOOR,
                                               prior=_understated_prior(1 / 1.3))
     assert answer == 40 and tried == [48, 40]
 
 
 def test_a_prior_far_off_costs_two_attempts_too_high_then_the_search_bisects():
-    """Per-sample memory 4 times too low: the first attempt (64) and the one its line places after it (48) do not
-    fit; after MAX_OVERESTIMATES such attempts the prior is dropped, the search bisects (6) and then follows its own
-    line (40). The answer is the binary search's."""
+    """The H200's per-sample memory 4 times the prior line's: the first attempt (64) and the one its line places
+    after it (48) do not fit; after MAX_OVERESTIMATES such attempts the prior is dropped, the search bisects (6) and
+    then follows its own line (40). The answer is the binary search's."""
     ladder, probe = step_down(64), _medium_3072()
     answer, tried = predictive_search_largest(ladder, probe, H200_BYTES, static_bytes=MEDIUM_FLOOR,
                                               prior=_understated_prior(0.25))

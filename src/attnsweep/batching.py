@@ -270,8 +270,8 @@ def top_first_search(
     return answer, [candidates[0], *tried]
 
 
-def _prior_largest(prior: Mapping[int, int], usable_bytes: float, static_bytes: int, *, failed: int | None = None,
-                   budget_bytes: int = 0) -> float:
+def _prior_largest(prior: Mapping[int, int], usable_bytes: float, static_bytes: int, *, failed: int | None,
+                   budget_bytes: int) -> float:
     """The batch at which the prior's line reaches `usable_bytes`, with its per-sample memory PRIOR_SLOPE_MARGIN
     larger (the line turned about the prior's largest batch).
 
