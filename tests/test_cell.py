@@ -556,6 +556,60 @@ def test_a_later_repeats_timed_run_out_of_memory_feeds_nothing_back(monkeypatch,
     assert not log.exists() and forgotten == []
 
 
+def test_a_timed_run_feeds_back_by_the_warm_ups_searched_flag_not_its_note(monkeypatch, tmp_path):
+    """Whether a timed run that does not fit is entered in the search log follows the warm-up's `searched`, kept in
+    its file, not the wording of its batch_note; a warm-up file without the flag feeds nothing back."""
+    import dataclasses
+
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import Warmup, shared_batch_note, timed_cell, warm_up
+
+    _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    searched = warm_up(spec, tmp_path / "r1")
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": searched.batch_size}
+    repeat = warm_up(spec, tmp_path / "r2", record_1)
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    reworded = dataclasses.replace(searched, batch_note=shared_batch_note(searched.batch_size))
+    rec = timed_cell(spec, reworded, tmp_path / "r1", search_log=tmp_path / "r1.jsonl")
+    assert "entered in the search log" in rec["reason"] and (tmp_path / "r1.jsonl").exists()
+    reworded = dataclasses.replace(repeat, batch_note=searched.batch_note)
+    rec = timed_cell(spec, reworded, tmp_path / "r2", search_log=tmp_path / "r2.jsonl")
+    assert "search log" not in rec["reason"] and not (tmp_path / "r2.jsonl").exists()
+
+    assert searched.searched and not repeat.searched
+    searched.write(tmp_path / "w.json")
+    assert Warmup.read(tmp_path / "w.json") == searched
+    unflagged = {k: v for k, v in json.loads((tmp_path / "w.json").read_text()).items() if k != "searched"}
+    (tmp_path / "w.json").write_text(json.dumps(unflagged))
+    assert not Warmup.read(tmp_path / "w.json").searched
+
+
+@pytest.mark.parametrize("policy", ["fixed", "study"])
+def test_a_fixed_or_study_batch_the_timed_run_cannot_fit_is_an_error_not_a_searched_size(monkeypatch, tmp_path,
+                                                                                         policy):
+    """A batch size the plan gives (`fixed`, or the study's for a cell it ran) was not searched: a timed run that does
+    not fit it ends `error` saying so, and nothing goes to the search log (a next warm-up has nothing below it to
+    search, and would take the timed run's out-of-memory for a stopped warm-up's attempt)."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import timed_cell, warm_up
+
+    tried: list[int] = []
+    monkeypatch.setattr(cell_mod, "run_attempt", lambda spec, b, device, **kw: tried.append(b) or AttemptResult("ok"))
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    spec = (CellSpec(attn="sdpa", mode="eager", **TINY) if policy == "fixed" else
+            CellSpec(model="medium", attn="sdpa", mode="eager", seq_len=256, precision="fp32", device="cpu",
+                     batch_policy="study"))
+    log, forgotten = tmp_path / "r1.jsonl", []
+    warm = warm_up(spec, tmp_path / "w", search_log=log)
+    assert warm.status == "ok" and tried == [warm.batch_size] == [{"fixed": 2, "study": 24}[policy]]
+    rec = timed_cell(spec, warm, tmp_path / "w", search_log=log, forget_warmup=lambda: forgotten.append(True))
+    assert rec["status"] == "error" and rec["reason"] == (f"the timed run at batch size {warm.batch_size}, which "
+                                                          "fitted in the warm-up, ran out of memory: simulated")
+    assert forgotten == [] and len(log.read_text().splitlines()) == 1  # the warm-up's attempt only
+    assert not warm.searched
+
+
 def test_the_cell_command_removes_the_warm_up_a_timed_run_could_not_fit(monkeypatch, tmp_path, capsys):
     """Through the commands the sweep runs: the timed job exits with an error, its record says why, the warm-up's
     JSON is gone (so Snakemake runs that warm-up again) and the search log holds the size as out of memory."""

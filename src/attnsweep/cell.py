@@ -110,9 +110,9 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
     earlier = log.known() if log else {}
     plan = spec.batch_plan
     record.batch_note = plan.note
-    known = prior_peaks(prior)
-    if known and batching.predicts(plan.candidates, budget):
-        (b, peak), = known.items()
+    prior_line = prior_peaks(prior)
+    if prior_line and batching.predicts(plan.candidates, budget):
+        (b, peak), = prior_line.items()
         record.batch_note += (f"; first attempt placed by run {prior['cell'].get('run')}'s peak at batch size {b} "
                               f"({peak / 2**30:.2f} GiB)")
 
@@ -137,7 +137,7 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
         return batching.Probe(fits, peak)
 
     search = batching.top_first_search if plan.top_first else batching.predictive_search_largest
-    answer, _ = search(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes, prior=known)
+    answer, _ = search(plan.candidates, probe, budget, static_bytes=spec.static_floor_bytes, prior=prior_line)
     return answer, results
 
 
@@ -148,6 +148,11 @@ def _oom_reason(spec: CellSpec) -> str:
 
 # A cell's repeat 1 ended so (its record's status): repeats 2, 3, ... take its batch size, or its status, unsearched.
 SHARED_STATUSES = ("ok", "diverged", "oom")
+
+
+def _shares_repeat_1(first: dict | None) -> bool:
+    """Whether a later repeat takes its batch size (or status) from repeat 1's record `first` instead of searching."""
+    return (first or {}).get("status") in SHARED_STATUSES
 
 
 def shared_batch_note(batch_size: int) -> str:
@@ -172,7 +177,7 @@ def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Att
     one attempt at repeat 1's size, since repeats at different sizes (a search near the memory's edge can give them)
     would not measure the same thing, and a cell that did not fit is not tried again; else the search's answer.
     Raises _Ended with the cell's status where there is none."""
-    if (first or {}).get("status") not in SHARED_STATUSES:
+    if not _shares_repeat_1(first):
         answer, results = _search(spec, record, attempt, stage, budget, prior, log)
         if answer is None:
             raise _Ended("oom", _oom_reason(spec))
@@ -242,6 +247,11 @@ class Warmup:
     steps: int = WARMUP_STEPS
     seconds: float = 0.0
     gpu: dict | None = None  # which of the host's GPUs it ran on (env.gpu of a record)
+    # Whether batch_size is the answer of its own search over the plan's sizes, which its timed run feeds back to the
+    # search log where it does not fit, for the next warm-up to search below it. Not the plan's only size (`fixed`,
+    # the study's), with nothing below it to search, nor repeat 1's, which a later repeat must keep. A warm-up file
+    # without it reads as False: such a timed run then only ends `error`.
+    searched: bool = False
 
     def write(self, path: str | os.PathLike) -> None:
         from .cellio import write_json_atomic
@@ -278,9 +288,10 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
-    def done(status: str, reason: str | None, batch: int | None = None, first: float | None = None) -> Warmup:
-        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first,
-                      seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"])
+    def done(status: str, reason: str | None, batch: int | None = None, first_step_s: float | None = None) -> Warmup:
+        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first_step_s,
+                      seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"],
+                      searched=len(spec.batch_plan.candidates) > 1 and not _shares_repeat_1(first))
 
     reason = unsupported_reason(spec, device)
     if reason:
@@ -306,10 +317,10 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
             what = "ran out of memory" if res.outcome == "oom" else "failed"
             return done("error", f"batch size {answer}, which fitted in an earlier warm-up of this cell, {what} in "
                         f"this one: {res.detail}")
-    first = res.measurement.compile["first_step_s"] if res.measurement else None
+    first_step_s = res.measurement.compile["first_step_s"] if res.measurement else None
     if res.outcome == "diverged":
-        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first)
-    return done("ok", None, answer, first)
+        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first_step_s)
+    return done("ok", None, answer, first_step_s)
 
 
 def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hooks: StepHooks = StepHooks(),
@@ -341,8 +352,7 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hoo
     if res.outcome in ("oom", "error"):
         what = "ran out of memory" if res.outcome == "oom" else "failed"
         reason = f"the timed run at batch size {warmup.batch_size}, which fitted in the warm-up, {what}: {res.detail}"
-        searched = warmup.batch_note != shared_batch_note(warmup.batch_size)
-        log = _search_log(spec, record, _budget(spec, device), search_log) if searched else None
+        log = _search_log(spec, record, _budget(spec, device), search_log) if warmup.searched else None
         if res.outcome == "oom" and log:
             log.add(warmup.batch_size, "oom", None, res.seconds)
             if forget_warmup:
