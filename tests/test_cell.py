@@ -664,3 +664,38 @@ def test_the_tokens_policy_measures_tokens_over_context_sequences_in_one_attempt
     assert rec["cell"]["batch_policy"] == "tokens" and rec["cell"]["batch_tokens"] == 300
     # Other policies' records keep their cell block as it was (no batch_tokens key).
     assert "batch_tokens" not in CellSpec(model="tiny", attn="sdpa", mode="eager", seq_len=64).record()
+
+
+def test_a_warm_up_keeps_its_step_times_through_its_file_into_the_timed_record(tmp_path):
+    """A warm-up keeps each step's seconds at its batch size, the cold first one included (a sweep's deadline takes
+    the timed job's pace from them); its file gives them back, and the timed record's `warmup` carries them."""
+    from attnsweep.cell import STEP_DIGITS, WARMUP_STEPS, Warmup, timed_cell, warm_up
+
+    spec = CellSpec(attn="sdpa", mode="eager", **{**TINY, "profile": False})
+    warm = warm_up(spec, tmp_path / "cache")
+    times = warm.step_times_s
+    assert warm.status == "ok" and len(times) == WARMUP_STEPS  # 10 of the cell's 12 steps
+    assert all(t > 0 and t == round(t, STEP_DIGITS) for t in times)
+    warm.write(tmp_path / "warmup.json")
+    assert Warmup.read(tmp_path / "warmup.json").step_times_s == times
+    rec = timed_cell(spec, warm, tmp_path / "cache")
+    assert rec["status"] == "ok" and rec["warmup"]["step_times_s"] == times
+    cellio.validate_cell(rec)
+
+
+def test_a_warm_ups_step_times_are_optional_seconds(tmp_path):
+    """Records and warm-up files without the warm-up's step times (older ones) stay valid; where present, the schema
+    takes them as a list of seconds."""
+    from attnsweep.cell import Warmup
+
+    rec = json.loads((Path(__file__).parent / "data" / "cell_ok.json").read_text())
+    older = {"seconds": 28.0, "steps": 10, "first_step_s": 25.0, "gpu": None}
+    for warmup in (older, {**older, "step_times_s": None}, {**older, "step_times_s": [25.0, 0.31, 0.3]}):
+        cellio.validate_cell({**rec, "warmup": warmup})
+    for bad in (["fast"], [0.3, -0.1], 0.3):
+        with pytest.raises(ValueError, match="not a valid cell record at warmup/step_times_s"):
+            cellio.validate_cell({**rec, "warmup": {**older, "step_times_s": bad}})
+    (tmp_path / "warmup.json").write_text(json.dumps({
+        "status": "ok", "reason": None, "batch_size": 8, "batch_note": None, "batch_attempts": [],
+        "first_step_s": 25.0, "steps": 10, "seconds": 28.0, "gpu": None}))
+    assert Warmup.read(tmp_path / "warmup.json").step_times_s is None

@@ -32,6 +32,8 @@ from .vocabulary import AXES
 
 # Enough steps for every compilation a cell goes through: some implementations compile a second graph at step 3.
 WARMUP_STEPS = 10
+# A warm-up's step times are kept to 0.1 ms: ample for a pace, beside steps of 28 ms and more on an H200.
+STEP_DIGITS = 4
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -252,6 +254,9 @@ class Warmup:
     # the study's), with nothing below it to search, nor repeat 1's, which a later repeat must keep. A warm-up file
     # without it reads as False: such a timed run then only ends `error`.
     searched: bool = False
+    # Each step's seconds in the attempt at batch_size, the cold first one included (None in older warm-ups): the
+    # steps after the first run at the timed job's pace, once their own extra work is past (sweep.timed_job_s).
+    step_times_s: list[float] | None = None
 
     def write(self, path: str | os.PathLike) -> None:
         from .cellio import write_json_atomic
@@ -288,10 +293,13 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
-    def done(status: str, reason: str | None, batch: int | None = None, first_step_s: float | None = None) -> Warmup:
-        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts, first_step_s,
-                      seconds=round(time.perf_counter() - t0, 3), gpu=record.env["gpu"],
-                      searched=len(spec.batch_plan.candidates) > 1 and not _shares_repeat_1(first))
+    def done(status: str, reason: str | None, batch: int | None = None, res: AttemptResult | None = None) -> Warmup:
+        m = res.measurement if res else None
+        return Warmup(status, reason, batch, record.batch_note, record.batch_attempts,
+                      m.compile["first_step_s"] if m else None, seconds=round(time.perf_counter() - t0, 3),
+                      gpu=record.env["gpu"],
+                      searched=len(spec.batch_plan.candidates) > 1 and not _shares_repeat_1(first),
+                      step_times_s=[round(t, STEP_DIGITS) for t in m.step_times_s] if m else None)
 
     reason = unsupported_reason(spec, device)
     if reason:
@@ -317,10 +325,9 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
             what = "ran out of memory" if res.outcome == "oom" else "failed"
             return done("error", f"batch size {answer}, which fitted in an earlier warm-up of this cell, {what} in "
                         f"this one: {res.detail}")
-    first_step_s = res.measurement.compile["first_step_s"] if res.measurement else None
     if res.outcome == "diverged":
-        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, first_step_s)
-    return done("ok", None, answer, first_step_s)
+        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, res)
+    return done("ok", None, answer, res)
 
 
 def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hooks: StepHooks = StepHooks(),
@@ -339,7 +346,7 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hoo
     record.batch_note = warmup.batch_note
     record.batch_attempts = list(warmup.batch_attempts)
     record.warmup = {"seconds": warmup.seconds, "steps": warmup.steps, "first_step_s": warmup.first_step_s,
-                     "gpu": warmup.gpu}
+                     "gpu": warmup.gpu, "step_times_s": warmup.step_times_s}
     if warmup.status != "ok":
         if warmup.status == "unsupported":
             # Support is asked again here, where nothing is compiled: a cell moved to another machine says why.

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -546,6 +547,20 @@ COLD_SPREAD = 1.5
 # 10 s (GPT-2 large, naive, 2048: 9.6 s after 81 s cold), and about as long as it for an eager cell (nothing to
 # compile); bounded above by the cold one and by 10 s plus a fifth of it.
 WARM_FIRST_STEP_S, WARM_FIRST_STEP_SHARE = 10.0, 0.2
+# The timed job's later steps go at its warm-up's steady pace: the median of the warm-up's steps from the third on.
+# The first is the cold compilation, the second still does work once (CUDA graph trees record there), and some
+# implementations compile a second graph at the third; of the eight from the third, the median passes over up to
+# three slow ones (autotuning, a warm-up stopped while a timed job's window holds its GPU), where a mean would carry
+# them and the median of the last half (five) passes over two.
+STEADY_FROM_STEP = 3
+# That pace stretched: a timed job's steps before its window share the GPU with warm-ups (in results/h200 they took
+# up to 1.54 times their median pace times their number: steps of 17-18 s among steps of 0.5 s), and its setup and
+# profiled step (0.5-3.5 s) have only JOB_START_S's margin. Over results/h200's 174 timed jobs after a warm-up, with
+# their own steps 3-10 standing in for their warm-ups' (not kept then), their wall needed a stretch of at most 1.26
+# (median 1.0); 1.3 covers them, at 1.03-2.9 times their wall (median 1.5; the mean pace gave 1.1-4.8, median 1.9).
+# Leaning long is the cheaper error: a job wrongly held back costs seconds of the sweep's end, one cut off all its
+# work.
+STEADY_SPREAD = 1.3
 
 
 def read_deadline(environ: Mapping[str, str] = os.environ) -> float | None:
@@ -580,20 +595,27 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     """The seconds a cell's timed job at `batch_size` is expected to take: the longest of the cell's other
     records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
     training steps with a cold compilation for the first: the timed job's first step, which loads what that one
-    compiled, and `steps` - 1 steps at the attempt's mean pace after it (which includes its process's start and the
+    compiled (WARM_FIRST_STEP_S, _SHARE), JOB_START_S, and `steps` - 1 steps after it, at the warm-up's steady pace
+    (the median of its `step_times_s` from STEADY_FROM_STEP on, stretched by STEADY_SPREAD), or, for a warm-up
+    without step times, at its attempt's mean pace after the first step (which includes its process's start and the
     first steps' extra work: over by 1.1-4.8x, median 1.7x, on an H200: results/h200-parts.md). None where neither
     is known."""
     if (again := _measured_again_s([r for r in records if r.get("batch_size") == batch_size])) is not None:
         return again
     if not warmup or warmup.get("status") != "ok" or not warmup.get("first_step_s"):
         return None
+    cold = float(warmup["first_step_s"])
+    first = min(cold, WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold)
+    # The step times are those of the warm-up's attempt at its own batch size.
+    times = warmup.get("step_times_s") if warmup.get("batch_size") == batch_size else None
+    if steady := (times or [])[STEADY_FROM_STEP - 1:]:
+        return first + (steps - 1) * statistics.median(steady) * STEADY_SPREAD + JOB_START_S
     attempts = [a for a in _warmup_attempts(warmup) if a["batch_size"] == batch_size]
     warm_steps = min(int(warmup.get("steps") or 0), steps)  # a run of fewer steps warms up with as many
     if not attempts or warm_steps < 2:
         return None
-    cold = float(warmup["first_step_s"])
     pace = max(0.0, attempts[-1]["seconds"] - cold) / (warm_steps - 1)
-    return min(cold, WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold) + (steps - 1) * pace + JOB_START_S
+    return first + (steps - 1) * pace + JOB_START_S
 
 
 def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None:
