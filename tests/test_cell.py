@@ -683,6 +683,33 @@ def test_a_warm_up_keeps_its_step_times_through_its_file_into_the_timed_record(t
     cellio.validate_cell(rec)
 
 
+def test_a_warm_up_of_a_cell_with_fewer_steps_says_how_many_it_ran(tmp_path):
+    """A cell of 8 steps warms up with 8, not WARMUP_STEPS: its file, a file read back and the timed record say 8,
+    and the timed job's expected seconds take the warm-up's pace over those 8."""
+    from attnsweep import sweep
+    from attnsweep.cell import WARMUP_STEPS, Warmup
+
+    assert WARMUP_STEPS > 8
+    cell = ["--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--precision", "fp32",
+            "--batch-size", "2", "--device", "cpu", "--steps", "8", "--window", "4", "--no-profile"]
+    warmup, cache, out = (tmp_path / n for n in ("w.json", "cache", "cell.json"))
+    assert cli_main(["warmup", *cell, "--cache", str(cache), "--out", str(warmup)]) == 0
+    written = json.loads(warmup.read_text())
+    assert written["status"] == "ok" and written["steps"] == len(written["step_times_s"]) == 8
+    assert cli_main(["cell", *cell, "--warmup", str(warmup), "--cache", str(cache), "--out", str(out)]) == 0
+    assert cellio.load_cell(out)["warmup"]["steps"] == 8
+
+    (tmp_path / "miscounted.json").write_text(json.dumps({**written, "steps": WARMUP_STEPS}))
+    assert Warmup.read(tmp_path / "miscounted.json").steps == 8
+    # Without step times, the pace is the attempt's seconds after the cold first step over the 7 steps after it.
+    untimed = {**written, "step_times_s": None}
+    attempt_s = written["batch_attempts"][-1]["seconds"]
+    cold = written["first_step_s"]
+    first = min(cold, sweep.WARM_FIRST_STEP_S + sweep.WARM_FIRST_STEP_SHARE * cold)
+    assert sweep.timed_job_s(2, untimed, [], 8) == pytest.approx(
+        first + 7 * max(0.0, attempt_s - cold) / 7 + sweep.JOB_START_S)
+
+
 def test_a_warm_ups_step_times_are_optional_seconds(tmp_path):
     """Records and warm-up files without the warm-up's step times (older ones) stay valid; where present, the schema
     takes them as a list of seconds."""

@@ -246,7 +246,8 @@ class Warmup:
     batch_note: str | None
     batch_attempts: list[dict] = field(default_factory=list)
     first_step_s: float | None = None  # the cold compilation: the warm-up attempt's first step
-    steps: int = WARMUP_STEPS
+    # The training steps its attempt at batch_size ran: min(WARMUP_STEPS, the cell's steps), 0 where none ran there.
+    steps: int = 0
     seconds: float = 0.0
     gpu: dict | None = None  # which of the host's GPUs it ran on (env.gpu of a record)
     # Whether batch_size is the answer of its own search over the plan's sizes, which its timed run feeds back to the
@@ -265,7 +266,11 @@ class Warmup:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Warmup:
-        return cls(**json.loads(Path(path).read_text()))
+        fields = json.loads(Path(path).read_text())
+        if fields.get("step_times_s") is not None:
+            # The step times count the steps that ran, whatever the file's `steps` says.
+            fields["steps"] = len(fields["step_times_s"])
+        return cls(**fields)
 
 
 def _search_log(spec: CellSpec, record: CellRecord, budget: int | None,
@@ -296,7 +301,8 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     def done(status: str, reason: str | None, batch: int | None = None, res: AttemptResult | None = None) -> Warmup:
         m = res.measurement if res else None
         return Warmup(status, reason, batch, record.batch_note, record.batch_attempts,
-                      m.compile["first_step_s"] if m else None, seconds=round(time.perf_counter() - t0, 3),
+                      m.compile["first_step_s"] if m else None, steps=len(m.step_times_s) if m else 0,
+                      seconds=round(time.perf_counter() - t0, 3),
                       gpu=record.env["gpu"],
                       searched=len(spec.batch_plan.candidates) > 1 and not _shares_repeat_1(first),
                       step_times_s=[round(t, STEP_DIGITS) for t in m.step_times_s] if m else None)
@@ -305,9 +311,10 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     if reason:
         return done("unsupported", reason)
     isolate = _isolate(spec, device)
+    steps = min(WARMUP_STEPS, spec.steps)
 
     def attempt(b: int) -> AttemptResult:
-        return run_attempt(spec, b, device, isolate=isolate, steps=min(WARMUP_STEPS, spec.steps), cache_dir=cache_dir)
+        return run_attempt(spec, b, device, isolate=isolate, steps=steps, cache_dir=cache_dir)
 
     budget = _budget(spec, device)
     log = _search_log(spec, record, budget, search_log)
@@ -326,7 +333,7 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
             return done("error", f"batch size {answer}, which fitted in an earlier warm-up of this cell, {what} in "
                         f"this one: {res.detail}")
     if res.outcome == "diverged":
-        return done("diverged", f"{res.detail} (in the warm-up's {WARMUP_STEPS} steps)", answer, res)
+        return done("diverged", f"{res.detail} (in the warm-up's {steps} steps)", answer, res)
     return done("ok", None, answer, res)
 
 
