@@ -356,6 +356,22 @@ def test_a_jobs_output_loses_the_temporaries_killed_writers_left(tmp_path):
     assert cellio.remove_stale_temporaries(tmp_path / "missing" / "cell.json") == []
 
 
+def test_a_temporary_its_writer_never_finished_is_what_the_next_job_removes(tmp_path):
+    """The record's writer (no suffix) and the report's (the output's suffix) make their temporaries with one helper:
+    the cleanup's pattern finds each, and only the one of its own output and suffix."""
+    import os
+
+    for out, suffix in ((tmp_path / "cell.json", ""), (tmp_path / "speedup.png", ".png")):
+        # A writer killed mid-block never leaves it; kept referenced, as a dropped block removes its temporary.
+        block = cellio.atomic_temporary(out, suffix)
+        fd, tmp = block.__enter__()
+        os.close(fd)
+        assert tmp.name.startswith(f".{out.name}.") and tmp.name.endswith(f".tmp{suffix}")
+        assert cellio.remove_stale_temporaries(out, ".other") == []
+        assert cellio.remove_stale_temporaries(out, suffix) == [tmp] and not tmp.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_gives_the_file_the_usual_permissions(tmp_path):
     """Not mkstemp's private 0600: a result is readable wherever a file written with open() would be."""
     import os
