@@ -302,7 +302,8 @@ def test_a_prior_record_places_the_first_attempt_and_the_answer_stays_the_search
 def test_batch_prior_is_refused_beside_a_warm_up_and_must_be_a_record(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
-                  "--warmup", "w.json", "--cache", "c", "--batch-prior", "cell.json", "--out", str(tmp_path / "o.json")])
+                  "--warmup", "w.json", "--cache", "c", "--batch-prior", "cell.json",
+                  "--out", str(tmp_path / "o.json")])
     assert "--batch-prior is for a search" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit):

@@ -49,7 +49,8 @@ def test_a_timed_job_expects_its_other_repeats_time_at_the_same_size() -> None:
 
 
 def test_a_first_timed_job_expects_its_warmups_pace_at_its_size() -> None:
-    # A warm-up without step times: 4.5 s for the 9 steps after the cold first one: 0.5 s a step; the warm first step at most 10 + 0.2 x 25 s.
+    # A warm-up without step times: 4.5 s for the 9 steps after the cold first one: 0.5 s a step; the warm first
+    # step at most 10 + 0.2 x 25 s.
     expected = 15.0 + 124 * 0.5 + sweep.JOB_START_S
     assert sweep.timed_job_s(48, WARMUP, [], 125) == pytest.approx(expected)
     # A run of 6 steps warms up with 6: 4.5 s over 5 steps.

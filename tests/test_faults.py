@@ -230,7 +230,8 @@ def test_pipeline_refuses_a_memory_cap_larger_than_the_gpu_before_any_job(tmp_pa
         '#!/bin/sh\ncase "$*" in *-L*) echo "GPU 0: Fake GPU (UUID: GPU-0)";; *) echo "Fake GPU, 16384";; esac\n'
     )
     (fake / "nvidia-smi").chmod(0o755)
-    proc = snakemake(repo, "-n", check=False, env=job_env(PATH=f"{BIN}{os.pathsep}{fake}{os.pathsep}{os.environ['PATH']}"))
+    path = os.pathsep.join([str(BIN), str(fake), os.environ["PATH"]])
+    proc = snakemake(repo, "-n", check=False, env=job_env(PATH=path))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "memory_cap_gib: 24 GiB exceeds the 16.0 GiB of Fake GPU" in output, output
     assert "Job stats" not in output and not (repo / "results").exists()

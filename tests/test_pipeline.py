@@ -317,7 +317,8 @@ def test_where_a_sweep_runs_its_jobs_is_not_a_change(repo: Path) -> None:
 def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
     with open(repo / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
+                             **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -335,7 +336,8 @@ def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
     assert {Path(line).name for line in log.read_text().split()} == old
     model.write_text(original)
     shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
+                             **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -503,7 +505,8 @@ def test_a_prior_run_gives_each_searched_cell_its_record_there(tmp_path: Path) -
 @pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
+                             **AGGREGATION}
 
 
 @pytest.mark.slow
@@ -645,7 +648,8 @@ def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path:
     assert planned(clone) == {"code_stamp": 1, **AGGREGATION}
     with open(clone / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(clone) == {"code_stamp": 2, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(clone) == {"code_stamp": 2, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
+                              **AGGREGATION}
 
 
 # ---- crashes and kills ------------------------------------------------------------------------------------------

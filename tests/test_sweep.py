@@ -143,7 +143,8 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
                                            "--preload", "results/study/.preload"]
     assert gpu.threads(16) == (2, 2) and gpu.threads(1) == (1, 1)
     cpu = sweep.plan_run(config(), {}, gpus=[])
-    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks", "--preload", "results/cpu-demo/.preload"]
+    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks",
+                                   "--preload", "results/cpu-demo/.preload"]
     fresh = sweep.plan_run(config(preload=False), {}, gpus=[])
     assert fresh.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks"]
     assert cpu.threads(2) == (2, 2)  # a CPU cell trains on every core: nothing runs beside it
@@ -222,11 +223,11 @@ def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:
 
 
 def test_repeats_beyond_the_first_sit_beside_its_record() -> None:
-    cells = ["results/r/cells/model~small/seq_len~1024/cell.json", "results/r/cells/model~medium/seq_len~1024/cell.json"]
+    small, medium = "results/r/cells/model~small/seq_len~1024", "results/r/cells/model~medium/seq_len~1024"
+    cells = [f"{small}/cell.json", f"{medium}/cell.json"]
     assert sweep.repeat_paths(cells, 1) == []
     assert sweep.repeat_paths(cells, 3) == [
-        "results/r/cells/model~small/seq_len~1024/repeat-2.json", "results/r/cells/model~small/seq_len~1024/repeat-3.json",
-        "results/r/cells/model~medium/seq_len~1024/repeat-2.json", "results/r/cells/model~medium/seq_len~1024/repeat-3.json",
+        f"{small}/repeat-2.json", f"{small}/repeat-3.json", f"{medium}/repeat-2.json", f"{medium}/repeat-3.json",
     ]
     assert config()["repeats"] == 1  # the schema's default
 

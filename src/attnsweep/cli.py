@@ -91,7 +91,8 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="batch size for the fixed policy")
     p.add_argument("--batch-start", type=_positive_int, default=64, help="starting size for search (default: 64)")
     p.add_argument("--batch-tokens", type=_positive_int,
-                   help="tokens a step for the tokens policy: batch size tokens // seq-len, or the largest below that fits")
+                   help="tokens a step for the tokens policy: batch size tokens // seq-len, or the largest below "
+                        "that fits")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: 125 on a GPU, 20 on the CPU)")
     p.add_argument("--window", type=_positive_int, default=None,

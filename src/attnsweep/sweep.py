@@ -1,4 +1,5 @@
-"""The sweep's definition: from a config to the settings of one run, its grid of cells, the path of each cell and what makes two cells' environments the same.
+"""The sweep's definition: from a config to the settings of one run, its grid of cells, the path of each cell and
+what makes two cells' environments the same.
 
 Pure functions of the config and of the package's files, with no torch and no GPU: common.smk calls them while
 Snakemake reads the workflow, the status command and the aggregation call them on a results folder, and
@@ -379,7 +380,8 @@ class RunPlan:
         return cell, min(self.settings["warmup"]["threads"], cores)
 
     def banner(self) -> str:
-        demo = " -- no CUDA GPU found, so this is the CPU DEMO (the cpu_demo section of the config)" if self.cpu_demo else ""
+        demo = (" -- no CUDA GPU found, so this is the CPU DEMO (the cpu_demo section of the config)"
+                if self.cpu_demo else "")
         return f"attnsweep: {len(self.grid)} cells on {self.device} -> {self.results}/{demo}"
 
 
