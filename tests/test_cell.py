@@ -299,6 +299,62 @@ def test_a_prior_record_places_the_first_attempt_and_the_answer_stays_the_search
         warm_up(spec, tmp_path / "other", prior={**prior, "cell": {**prior["cell"], "seq_len": 64}})
 
 
+def test_a_peer_within_the_same_memory_places_the_first_attempt_before_another_run_s(monkeypatch, tmp_path):
+    """A record of the cell with another attention of the same memory kind, measured within the same memory, places
+    the first attempt ahead of another run's record (a line from near the budget has less to extrapolate); one
+    measured within other memory is passed over; one of another cell, or of attention whose memory grows otherwise
+    (naive's with the square of the context), is refused before anything runs."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import warm_up
+
+    budget = 12 * 2**30
+    monkeypatch.setattr(cell_mod, "_budget", lambda spec, device: budget)
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    prior = {"cell": {**spec.record(), "run": "capped"}, "status": "ok", "reason": None, "batch_size": 2,
+             "peak_memory_bytes": 2**30}
+    by_prior = warm_up(spec, tmp_path / "prior", prior=prior)
+    assert tried[0] == 16  # the capped run's line, from batch 2, reaches the budget far above the answer
+    peer = {"cell": {**spec.record(), "attn": "sdpa_flash", "run": "here"}, "status": "ok", "reason": None,
+            "batch_size": 8, "peak_memory_bytes": 10 * 2**30, "env": {"gpu_memory_bytes": budget}}
+    tried.clear()
+    placed = warm_up(spec, tmp_path / "peer", prior=prior, peers=[peer])
+    assert tried[0] == 8 and placed.batch_size == by_prior.batch_size == 8 and len(tried) < 4
+    assert "first attempt placed by run here's sdpa_flash peak at batch size 8 (10.00 GiB)" in placed.batch_note
+    tried.clear()
+    elsewhere = {**peer, "env": {"gpu_memory_bytes": 80 * 2**30}}
+    assert "capped's peak" in warm_up(spec, tmp_path / "elsewhere", prior=prior, peers=[elsewhere]).batch_note
+    assert tried[0] == 16
+    with pytest.raises(CellInputError, match="the peer record of 'sdpa_flash' given is of another cell: seq_len 64"):
+        warm_up(spec, tmp_path / "other", peers=[{**peer, "cell": {**peer["cell"], "seq_len": 64}}])
+    with pytest.raises(CellInputError, match="'naive' given is of attention whose memory grows with the square of "
+                       "the context, where sdpa's grows linearly"):
+        run_cell(spec, peers=[{**peer, "cell": {**peer["cell"], "attn": "naive"}}])
+    # Of several peers, the one whose peak came nearest the budget; without a budget (the CPU), the prior as given.
+    lower = {**peer, "batch_size": 4, "peak_memory_bytes": 6 * 2**30}
+    assert cell_mod.placing_record(prior, [lower, peer], budget) is peer
+    assert cell_mod.placing_record(prior, [lower, peer], None) is prior
+
+
+def test_batch_peers_not_measured_yet_are_passed_over_and_refused_beside_a_warm_up(monkeypatch, tmp_path, capsys):
+    tried = _counting_attempts(monkeypatch)
+    out = tmp_path / "w.json"
+    args = ["warmup", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--device", "cpu",
+            "--batch-policy", "search", "--batch-start", "16", "--steps", "4", "--window", "2", "--no-profile",
+            "--cache", str(tmp_path / "c"), "--out", str(out)]
+    assert cli_main([*args, "--batch-peers", str(tmp_path / "not-yet.json")]) == 0
+    assert json.loads(out.read_text())["status"] == "ok" and tried
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        cli_main([*args, "--batch-peers", str(tmp_path / "not-yet.json"), str(tmp_path / "bad.json")])
+    assert f"--batch-peers {tmp_path / 'bad.json'}:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
+                  "--warmup", "w.json", "--cache", "c", "--batch-peers", "cell.json",
+                  "--out", str(tmp_path / "o.json")])
+    assert "--batch-peers is for a search" in capsys.readouterr().err
+
+
 def test_batch_prior_is_refused_beside_a_warm_up_and_must_be_a_record(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",

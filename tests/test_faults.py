@@ -538,7 +538,8 @@ def test_cli_says_which_file_it_cannot_write_and_why(tmp_path: Path, capsys) -> 
 
 def test_cli_full_disk_message(tmp_path: Path, monkeypatch, capsys) -> None:
     # The measurement is canned (the template record): this is about the write, not the training.
-    monkeypatch.setattr("attnsweep.cell.run_cell", lambda spec, first=None, prior=None: copy.deepcopy(TEMPLATE))
+    monkeypatch.setattr("attnsweep.cell.run_cell",
+                        lambda spec, first=None, prior=None, peers=(): copy.deepcopy(TEMPLATE))
     monkeypatch.setattr(cellio.os, "replace", no_space)
     out = tmp_path / "cells" / "cell.json"
     rc = cli_main(["cell", "--model", "tiny", "--attn", "naive", "--seq-len", "16", "--batch-size", "1",

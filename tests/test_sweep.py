@@ -282,6 +282,24 @@ def test_a_prior_run_places_each_searched_cells_first_attempt(tmp_path: Path, mo
         sweep.validate_config({**cfg, "batch": {**cfg["batch"], "prior_run": "../elsewhere"}}, SCHEMA)
 
 
+def test_a_searched_cell_s_peers_are_the_grid_s_other_attention_of_its_memory_kind(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """peer_records: where this run keeps the cell's records with the grid's other attention whose memory grows as
+    its does (linear: the flash implementations; quadratic: naive), measured or not; none but for a search."""
+    monkeypatch.chdir(tmp_path)
+    cfg = overlay("study-12gib.yaml", "whole-gpu.yaml")
+    plan = sweep.plan_run(cfg, {}, gpus=["0"])
+    cell = {"model": "large", "seq_len": 2048, "attn": "fa2", "mode": "compiled", "kv_heads": 20,
+            "precision": "fp16", "optimizer": "adamw8bit", "harness": "native"}
+    peers = plan.peer_records(cell)
+    assert [sweep.cell_axes(p)["attn"] for p in peers] == ["sdpa", "sdpa_flash", "fa2_graphbreak"]
+    assert all(p == f"results/{plan.run}/cells/{sweep.cell_path({**cell, 'attn': a})}/cell.json"
+               for p, a in zip(peers, ["sdpa", "sdpa_flash", "fa2_graphbreak"]))
+    assert plan.peer_records({**cell, "attn": "naive"}) == []  # the grid's only attention of its kind
+    study = sweep.plan_run({**cfg, "batch": {"policy": "study"}}, {}, gpus=["0"])
+    assert study.peer_records(cell) == []
+
+
 def test_a_run_is_compared_only_with_another_run_that_has_a_summary(tmp_path: Path, monkeypatch) -> None:
     """compare_with: refused before any job where the other run is this one or has no summary.csv here; not a cell
     setting (a comparison added later leaves every record current)."""

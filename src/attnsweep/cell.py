@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from .provenance import environment
 from .record import CellRecord
 from .spec import CellInputError, CellSpec
 from .training import StepHooks, mode_unsupported_reason, optimizer_unsupported_reason, torch_dtype
-from .vocabulary import AXES
+from .vocabulary import AXES, memory_kind
 
 # Enough steps for every compilation a cell goes through: some implementations compile a second graph at step 3.
 WARMUP_STEPS = 10
@@ -94,7 +94,8 @@ def _budget(spec: CellSpec, device: torch.device) -> int | None:
 
 
 def prior_peaks(prior: dict | None) -> dict[int, int] | None:
-    """{batch size: peak bytes} of another run's record of the cell (`--batch-prior`), where it ran (status ok)."""
+    """{batch size: peak bytes} of a record that places a search's first attempt (placing_record), where it ran
+    (status ok)."""
     if not prior or prior.get("status") != "ok" or not prior.get("peak_memory_bytes") or not prior.get("batch_size"):
         return None
     return {int(prior["batch_size"]): int(prior["peak_memory_bytes"])}
@@ -105,9 +106,9 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
             log: searchlog.SearchLog | None = None) -> tuple[int | None, dict[int, AttemptResult]]:
     """The largest batch of the cell's plan that fits, every attempt recorded; raises _Ended on an error.
     Peak memory at the sizes tried predicts the next to try (batching.predictive_search_largest): the answer is the
-    ladder's, in fewer compiled attempts. `prior`: another run's record of the cell, whose peak places the first
-    attempt (the note says so). `log`: the cell's search log (searchlog.py): a size an earlier, stopped warm-up
-    tried is taken from it, not run; every size run is added to it."""
+    ladder's, in fewer compiled attempts. `prior`: the record whose peak places the first attempt (placing_record:
+    another run's of the cell, or a peer's; the note says which). `log`: the cell's search log (searchlog.py): a
+    size an earlier, stopped warm-up tried is taken from it, not run; every size run is added to it."""
     results: dict[int, AttemptResult] = {}
     earlier = log.known() if log else {}
     plan = spec.batch_plan
@@ -115,8 +116,10 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
     prior_line = prior_peaks(prior)
     if prior_line and batching.predicts(plan.candidates, budget):
         (b, peak), = prior_line.items()
-        record.batch_note += (f"; first attempt placed by run {prior['cell'].get('run')}'s peak at batch size {b} "
-                              f"({peak / 2**30:.2f} GiB)")
+        whose = prior["cell"].get("attn")
+        whose = "" if whose == spec.attn else f"{whose} "  # a peer's: the implementation it measured
+        record.batch_note += (f"; first attempt placed by run {prior['cell'].get('run')}'s {whose}peak at batch size "
+                              f"{b} ({peak / 2**30:.2f} GiB)")
 
     def probe(b: int) -> batching.Probe:
         if b in earlier:
@@ -162,14 +165,46 @@ def shared_batch_note(batch_size: int) -> str:
             "chosen)")
 
 
+def _differing_axes(spec: CellSpec, record: dict, axes: Sequence[str] = AXES) -> list[str]:
+    mine = spec.record()
+    return [f"{a} {record['cell'].get(a)!r} (not {mine[a]!r})" for a in axes if record["cell"].get(a) != mine[a]]
+
+
 def check_same_cell(spec: CellSpec, record: dict | None, what: str = "the repeat-1 record") -> None:
     """A record given with the cell (repeat 1's for a later repeat, or another run's as a prior) must be of the same
     cell (CellInputError, before anything runs)."""
-    if record is None:
-        return
-    mine = spec.record()
-    if differ := [f"{a} {record['cell'].get(a)!r} (not {mine[a]!r})" for a in AXES if record["cell"].get(a) != mine[a]]:
+    if record is not None and (differ := _differing_axes(spec, record)):
         raise CellInputError(f"{what} given is of another cell: {', '.join(differ)}")
+
+
+_GROWS = {"quadratic": "with the square of the context", "linear": "linearly with the context"}
+
+
+def check_peers(spec: CellSpec, peers: Sequence[dict]) -> None:
+    """A peer (`--batch-peers`) must be this cell but for its attention, one whose memory grows with the context as
+    this one's does (vocabulary.memory_kind): CellInputError, before anything runs."""
+    for peer in peers:
+        attn = peer["cell"].get("attn")
+        if differ := _differing_axes(spec, peer, [a for a in AXES if a != "attn"]):
+            raise CellInputError(f"the peer record of {attn!r} given is of another cell: {', '.join(differ)}")
+        if attn not in (None, spec.attn) and memory_kind(attn) != memory_kind(spec.attn):
+            raise CellInputError(f"the peer record of {attn!r} given is of attention whose memory grows "
+                                 f"{_GROWS[memory_kind(attn)]}, where {spec.attn}'s grows "
+                                 f"{_GROWS[memory_kind(spec.attn)]}")
+
+
+def record_budget(record: dict) -> int | None:
+    """The memory a record's batch had to fit in: its cap, else its GPU's (as _budget); None where unknown."""
+    cap = record["cell"].get("memory_cap_gib")
+    return int(cap * 2**30) if cap is not None else record.get("env", {}).get("gpu_memory_bytes")
+
+
+def placing_record(prior: dict | None, peers: Sequence[dict], budget: int | None) -> dict | None:
+    """The record whose peak places a search's first attempt: of the peers that ran within the same memory
+    (`budget`), the one whose peak came nearest to it, the least to extrapolate; else `prior`, another run's record
+    of the cell (measured under another cap, its line has further to go)."""
+    same = [p for p in peers if budget is not None and prior_peaks(p) and record_budget(p) == budget]
+    return max(same, key=lambda p: p["peak_memory_bytes"], default=None) or prior
 
 
 def _find_batch(spec: CellSpec, record: CellRecord, attempt: Callable[[int], AttemptResult], stage: str | None,
@@ -212,21 +247,25 @@ def _isolate(spec: CellSpec, device: torch.device) -> bool:
     return spec.isolate == "process" or (spec.isolate == "auto" and device.type == "cuda")
 
 
-def run_cell(spec: CellSpec, first: dict | None = None, prior: dict | None = None) -> dict:
+def run_cell(spec: CellSpec, first: dict | None = None, prior: dict | None = None,
+             peers: Sequence[dict] = ()) -> dict:
     """Measure one cell in one go, every attempt compiling from cold; return its record (schemas/cell.schema.json).
     `first`: repeat 1's record, for a later repeat (its batch size, unsearched). `prior`: another run's record of
-    the cell, for the search's first attempt. Raises CellInputError on bad input."""
+    the cell, and `peers`: records of the cell with other attention (check_peers), for the search's first attempt
+    (placing_record). Raises CellInputError on bad input."""
     t0 = time.perf_counter()
     check_same_cell(spec, first)
     check_same_cell(spec, prior, "the prior record")
+    check_peers(spec, peers)
     device, record = _start(spec)
     reason = unsupported_reason(spec, device)
     if reason:
         return record.finish("unsupported", reason, time.perf_counter() - t0)
     isolate = _isolate(spec, device)
+    budget = _budget(spec, device)
     try:
         answer, results = _find_batch(spec, record, lambda b: run_attempt(spec, b, device, isolate=isolate), None,
-                                      _budget(spec, device), first, prior)
+                                      budget, first, placing_record(prior, peers, budget))
     except _Ended as e:
         return record.finish(e.status, e.reason, time.perf_counter() - t0)
     res = results[answer]
@@ -284,17 +323,20 @@ def _search_log(spec: CellSpec, record: CellRecord, budget: int | None,
 
 
 def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = None,
-            prior: dict | None = None, search_log: str | os.PathLike | None = None) -> Warmup:
+            prior: dict | None = None, search_log: str | os.PathLike | None = None,
+            peers: Sequence[dict] = ()) -> Warmup:
     """Find the cell's batch size and fill its compile cache at that size with a few steps of training.
 
     `first`: the record of the cell's repeat 1, for repeats 2, 3, ...: they measure at its batch size (repeats at
     different sizes would not measure the same thing, as a search near the memory's edge can give), with one attempt
     instead of a search, and a cell that did not fit is not tried again. `prior`: another run's record of the cell,
-    whose peak memory places the search's first attempt. `search_log`: where the search keeps its attempts for a
+    and `peers`: records of the cell with other attention (check_peers), whose peak memory places the search's first
+    attempt (placing_record). `search_log`: where the search keeps its attempts for a
     later warm-up of the cell, if this one is stopped (searchlog.py)."""
     t0 = time.perf_counter()
     check_same_cell(spec, first)
     check_same_cell(spec, prior, "the prior record")
+    check_peers(spec, peers)
     device, record = _start(spec)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
 
@@ -319,7 +361,8 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
     budget = _budget(spec, device)
     log = _search_log(spec, record, budget, search_log)
     try:
-        answer, results = _find_batch(spec, record, attempt, "warmup", budget, first, prior, log)
+        answer, results = _find_batch(spec, record, attempt, "warmup", budget, first,
+                                      placing_record(prior, peers, budget), log)
     except _Ended as e:
         return done(e.status, e.reason)
     res = results[answer]

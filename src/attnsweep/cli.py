@@ -52,6 +52,11 @@ def _add_batch_prior(p: argparse.ArgumentParser) -> None:
                    help="another run's record of the same cell (e.g. under a memory cap): the batch search's first "
                    "attempt goes where its peak memory predicts the largest batch that fits; the answer is the "
                    "search's own, proved by its attempts")
+    p.add_argument("--batch-peers", nargs="+", default=[], metavar="CELL_JSON",
+                   help="records of the same cell with other attention whose memory grows alike (e.g. this run's "
+                   "other implementations): those there when the job starts, and measured within the same memory, "
+                   "place the first attempt instead of --batch-prior (the one whose peak came nearest the memory); a "
+                   "path with no record yet is passed over")
 
 
 def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, option: str = "batch_from") -> dict | None:
@@ -65,6 +70,21 @@ def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, opti
         return load_cell(path)
     except (OSError, ValueError) as e:
         parser.error(f"--{option.replace('_', '-')} {path}: {e}")
+
+
+def _read_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    """The records named by --batch-peers that are there now (a peer not measured yet is passed over), read."""
+    from .cellio import load_cell
+
+    peers = []
+    for path in args.batch_peers:
+        if not Path(path).is_file():
+            continue
+        try:
+            peers.append(load_cell(path))
+        except (OSError, ValueError) as e:
+            parser.error(f"--batch-peers {path}: {e}")
+    return peers
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -273,8 +293,10 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--batch-from is for a cold repeat: with --warmup, the warm-up has taken repeat 1's batch size")
     if args.search_log is not None and args.warmup is None:
         parser.error("--search-log goes with --warmup (the warm-up's search, which a timed run can correct)")
-    if args.warmup is not None and args.batch_prior is not None:
-        parser.error("--batch-prior is for a search: with --warmup, the warm-up has found the batch size")
+    for option in ("batch_prior", "batch_peers"):
+        if args.warmup is not None and getattr(args, option):
+            parser.error(f"--{option.replace('_', '-')} is for a search: with --warmup, the warm-up has found the "
+                         "batch size")
     first = _read_record(args, parser)
     prior = _read_record(args, parser, "batch_prior")
     if args.cache is not None:
@@ -287,7 +309,8 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if args.warmup is None:
                 if slot is not None:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
-                record = run_cell(spec, first, prior)
+                # Read once the GPU is ours: a peer measured while this job waited for it is there now.
+                record = run_cell(spec, first, prior, _read_peers(args, parser))
             else:
                 record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack, args.window_turns),
                                     args.search_log, lambda: Path(args.warmup).unlink(missing_ok=True))
@@ -331,8 +354,9 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         spec = _spec(args, parser)
         first = _read_record(args, parser)
         prior = _read_record(args, parser, "batch_prior")
+        peers = _read_peers(args, parser)  # read once this job holds its slot: a peer measured meanwhile is there
         try:
-            result = warm_up(spec, args.cache, first, prior, args.search_log)
+            result = warm_up(spec, args.cache, first, prior, args.search_log, peers)
         except CellInputError as e:
             parser.error(str(e))
     result.write(args.out)

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from . import gpuslots
-from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem
+from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem, memory_kind
 
 
 
@@ -339,6 +339,16 @@ class RunPlan:
         prior = self.settings["batch"].get("prior_run")
         path = f"{results_dir(prior)}/cells/{cell_path(cell)}/cell.json" if prior else None
         return path if path and Path(path).is_file() else None
+
+    def peer_records(self, cell: Mapping) -> list[str]:
+        """Where this run keeps the records of `cell` with the grid's other attention of the same memory kind
+        (vocabulary.memory_kind), for a search's first attempt: the job reads those there when it starts. Empty but
+        for batch policy search."""
+        if self.settings["batch"]["policy"] != "search":
+            return []
+        kind = memory_kind(str(cell["attn"]))
+        return [f"{self.results}/cells/{cell_path({**cell, 'attn': attn})}/cell.json"
+                for attn in dict.fromkeys(self.grid["attn"]) if attn != cell["attn"] and memory_kind(attn) == kind]
 
     def job_options(self, gpus: Sequence[str], gpu_bytes: int | None = None, slots: bool = True) -> list[str]:
         """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs and, where
