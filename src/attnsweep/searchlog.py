@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REUSED = ("ok", "oom")
-# An attempt taken from the log, in the record's batch_attempts (its seconds: the earlier attempt's).
-FROM_LOG = "from the search log: an earlier warm-up of this cell ran it and was stopped before it ended"
+# An attempt taken from the log, in the record's batch_attempts (its seconds: the earlier attempt's). Two jobs write
+# the log: a warm-up, each attempt of its search, and a timed run that ran out of memory at the size its warm-up
+# fitted (cell.timed_cell), whose next warm-up then searches below it.
+FROM_LOG = ("from the search log: an earlier job of this cell ran it (a warm-up stopped before it ended, or a timed "
+            "run that ran out of memory at the size its warm-up fitted)")
 
 
 @dataclass(frozen=True)
