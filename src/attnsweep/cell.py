@@ -88,9 +88,11 @@ def _budget(spec: CellSpec, device: torch.device) -> int | None:
     """The memory a batch must fit in: the cap, or the GPU's; None on the CPU (no prediction there)."""
     if device.type != "cuda":
         return None
-    if spec.memory_cap_gib is not None:
-        return int(spec.memory_cap_gib * 2**30)
-    return torch.cuda.get_device_properties(device).total_memory
+    return _capped(spec.memory_cap_gib, torch.cuda.get_device_properties(device).total_memory)
+
+
+def _capped(cap_gib: float | None, gpu_bytes: int | None) -> int | None:
+    return int(cap_gib * 2**30) if cap_gib is not None else gpu_bytes
 
 
 def prior_peaks(prior: dict | None) -> dict[int, int] | None:
@@ -116,8 +118,8 @@ def _search(spec: CellSpec, record: CellRecord, attempt: Callable[[int], Attempt
     prior_line = prior_peaks(prior)
     if prior_line and batching.predicts(plan.candidates, budget):
         (b, peak), = prior_line.items()
-        whose = prior["cell"].get("attn")
-        whose = "" if whose == spec.attn else f"{whose} "  # a peer's: the implementation it measured
+        attn = prior["cell"].get("attn")
+        whose = "" if attn == spec.attn else f"{attn} "  # a peer's: the implementation it measured
         record.batch_note += (f"; first attempt placed by run {prior['cell'].get('run')}'s {whose}peak at batch size "
                               f"{b} ({peak / 2**30:.2f} GiB)")
 
@@ -195,8 +197,7 @@ def check_peers(spec: CellSpec, peers: Sequence[dict]) -> None:
 
 def record_budget(record: dict) -> int | None:
     """The memory a record's batch had to fit in: its cap, else its GPU's (as _budget); None where unknown."""
-    cap = record["cell"].get("memory_cap_gib")
-    return int(cap * 2**30) if cap is not None else record.get("env", {}).get("gpu_memory_bytes")
+    return _capped(record["cell"].get("memory_cap_gib"), record.get("env", {}).get("gpu_memory_bytes"))
 
 
 def placing_record(prior: dict | None, peers: Sequence[dict], budget: int | None) -> dict | None:

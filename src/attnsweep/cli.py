@@ -59,11 +59,8 @@ def _add_batch_prior(p: argparse.ArgumentParser) -> None:
                    "path with no record yet is passed over")
 
 
-def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, option: str = "batch_from") -> dict | None:
-    """The record named by --batch-from (repeat 1's) or --batch-prior (another run's), read and checked, or None."""
-    path = getattr(args, option)
-    if path is None:
-        return None
+def _load_record(path: str, option: str, parser: argparse.ArgumentParser) -> dict:
+    """The record at `path`, read and checked; a parser error naming `option` where it cannot be."""
     from .cellio import load_cell
 
     try:
@@ -72,19 +69,15 @@ def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, opti
         parser.error(f"--{option.replace('_', '-')} {path}: {e}")
 
 
+def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, option: str = "batch_from") -> dict | None:
+    """The record named by --batch-from (repeat 1's) or --batch-prior (another run's), read and checked, or None."""
+    path = getattr(args, option)
+    return None if path is None else _load_record(path, option, parser)
+
+
 def _read_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
     """The records named by --batch-peers that are there now (a peer not measured yet is passed over), read."""
-    from .cellio import load_cell
-
-    peers = []
-    for path in args.batch_peers:
-        if not Path(path).is_file():
-            continue
-        try:
-            peers.append(load_cell(path))
-        except (OSError, ValueError) as e:
-            parser.error(f"--batch-peers {path}: {e}")
-    return peers
+    return [_load_record(path, "batch_peers", parser) for path in args.batch_peers if Path(path).is_file()]
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
