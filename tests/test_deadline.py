@@ -78,6 +78,68 @@ def test_a_first_timed_job_expects_its_warmups_steady_pace_where_it_kept_its_ste
     assert sweep.timed_job_s(48, steady, [], 125) < mean_pace
 
 
+def measured(steps_s: list[float], tail_s: float, loaded_s: float, batch: int = 64) -> dict:
+    """A measured record of a cell like the one estimated: its warm-up (10 steps, 30 s cold) spent `tail_s` after
+    its first step, and its timed job loaded the first step in `loaded_s`."""
+    return {"status": "ok", "batch_size": batch, "step_times_s": steps_s,
+            "warmup": {"steps": 10, "first_step_s": 30.0}, "compile": {"first_step_s": loaded_s},
+            "batch_attempts": [attempt(batch, 30.0 + tail_s), attempt(batch, 99.0, stage="timed")]}
+
+
+def test_the_records_of_cells_like_it_take_the_warmups_other_work_off_its_pace() -> None:
+    # Steps of 0.2 s: 9 of them are 1.8 s, so the first record's warm-up spent 2.0 s on other work, the second 3.2 s.
+    like = [measured([4.0] + [0.2] * 124, 3.8, 4.0), measured([3.0] + [0.2] * 124, 5.0, 6.0, batch=32),
+            {"status": "oom", "batch_size": 64, "warmup": {"steps": 10, "first_step_s": 1.0},
+             "batch_attempts": [attempt(64, 1.5)], "compile": {"first_step_s": 90.0}}]  # tells nothing
+    # WARMUP's 4.5 s after its first step less the least other work (2.0 s): 2.5 s over 9 steps; the first step
+    # at most the longest loaded (6.0 s) stretched as cold compiling is.
+    expected = 6.0 * sweep.COLD_SPREAD + 124 * 2.5 / 9 + sweep.JOB_START_S
+    assert sweep.timed_job_s(48, WARMUP, [], 125, like) == pytest.approx(expected)
+    assert sweep.timed_job_s(48, WARMUP, [], 125, like) < sweep.timed_job_s(48, WARMUP, [], 125)
+    # Other work longer than this warm-up's whole tail leaves no pace to take off, and a cold first step shorter
+    # than the bound stays the bound.
+    busy = [measured([1.0] + [0.2] * 124, 9.0, 0.5)]
+    assert sweep.timed_job_s(48, {**WARMUP, "first_step_s": 0.5, "batch_attempts": [attempt(48, 5.0)]}, [], 125,
+                             busy) == pytest.approx(0.5 + sweep.JOB_START_S)
+    # A warm-up that kept its step times goes by its steady pace, whatever the run's records say.
+    steady = {**WARMUP, "step_times_s": [25.0, 1.5] + [0.25] * 8}
+    assert sweep.timed_job_s(48, steady, [], 125, like) == sweep.timed_job_s(48, steady, [], 125)
+    # A cell's own other repeats at the size still come first.
+    again = [{"status": "ok", "batch_size": 48, "duration_s": 80.0}]
+    assert sweep.timed_job_s(48, WARMUP, again, 125, like) == pytest.approx(80.0 * sweep.REPEAT_SPREAD
+                                                                            + sweep.JOB_START_S)
+
+
+def test_on_the_whole_gpu_runs_records_no_timed_job_is_expected_shorter_than_it_took() -> None:
+    """Each compiled record of results/h200 with a warm-up, estimated as the workflow would before its timed job
+    (its warm-up's attempt, read against the records of the run's other cells of its model), against the job's
+    wall time in Snakemake's benchmark: a job expected short is started where it cannot end, and is cut off."""
+    run = ROOT / "results/h200"
+    checked, ratios = 0, []
+    for path in sorted((run / "cells").rglob("*.json")):
+        if path.name != "cell.json" and not path.name.startswith("repeat-"):
+            continue
+        record = json.loads(path.read_text())
+        warmup, cell = record.get("warmup") or {}, record["cell"]
+        bench = run / "benchmarks" / path.relative_to(run).with_suffix(".tsv")
+        if record.get("status") != "ok" or cell["mode"] != "compiled" or not warmup.get("first_step_s") \
+                or not bench.exists():
+            continue
+        own = set(sweep.cell_records(run, cell))
+        like = sweep.read_records([p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"])
+                                   if p not in own])
+        as_written = {"status": "ok", "first_step_s": warmup["first_step_s"], "steps": warmup["steps"],
+                      "batch_attempts": record["batch_attempts"]}
+        expected = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"], like)
+        if expected is None:
+            continue
+        took = float(bench.read_text().splitlines()[1].split("\t")[0])
+        ratios.append((expected / took, path.parent.name))
+        checked += 1
+    assert checked >= 150, f"only {checked} records to check: has results/h200 moved?"
+    assert min(ratios)[0] > 1.0, f"expected shorter than it took: {min(ratios)}"
+
+
 @pytest.mark.parametrize("warmup", [None, {**WARMUP, "status": "oom"}, {**WARMUP, "first_step_s": None},
                                     {**WARMUP, "batch_attempts": [attempt(64, 12.0, "oom")]}])
 def test_a_timed_job_with_nothing_to_go_by_expects_nothing(warmup) -> None:

@@ -52,6 +52,27 @@ def test_slim_keeps_only_the_named_runs_and_back_replays_their_commits(checkout:
     assert run(checkout, "git", "status", "--porcelain").stdout.strip() == "?? results/replay/cells/d.json"
 
 
+def test_slim_keeps_of_a_run_only_read_its_summary_and_records(checkout: Path) -> None:
+    """--reads: of a run the resumed one reads (its batch.prior_run, its compare_with), only summary.csv and the cell
+    records go to the host; back restores the rest; a run with no summary is refused before anything changes."""
+    prior = {"results/prior/summary.csv": "model\n", "results/prior/cells/m~x/cell.json": "{}",
+             "results/prior/logs/cells/m~x/cell.log": "log", "results/prior/tables/all.md": "table"}
+    for rel, text in prior.items():
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text(text)
+    run(checkout, *GIT, "add", ".")
+    run(checkout, *GIT, "commit", "-qm", "a prior run")
+    refused = run(checkout, "bash", str(SCRIPT), "slim", "replay", "--reads", "old", check=False)
+    assert refused.returncode == 2 and "results/old/summary.csv does not exist" in refused.stderr
+    assert not (checkout / ".git/device-tree-from").exists()
+    run(checkout, "bash", str(SCRIPT), "slim", "replay", "--reads", "prior")
+    kept = sorted(p.relative_to(checkout).as_posix() for p in (checkout / "results/prior").rglob("*") if p.is_file())
+    assert kept == ["results/prior/cells/m~x/cell.json", "results/prior/summary.csv"]
+    assert (checkout / "results/replay/cells/b.json").exists() and not (checkout / "results/old").exists()
+    run(checkout, "bash", str(SCRIPT), "back")
+    assert all((checkout / rel).read_text() == text for rel, text in prior.items())
+
+
 def test_slim_refuses_a_tree_with_changes_and_back_refuses_when_not_slim(checkout: Path) -> None:
     (checkout / "src/x.py").write_text("changed")
     slim = run(checkout, "bash", str(SCRIPT), "slim", "replay", check=False)

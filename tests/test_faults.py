@@ -32,6 +32,7 @@ from attnsweep.codestamp import source_hash
 from attnsweep.model import MODEL_CONFIGS
 from attnsweep.report.aggregate import summarize
 from attnsweep.vocabulary import AXES
+from sweep_freeze import dead, freeze_mid_cell, reap
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,13 +107,6 @@ def wait_for(condition: Callable[[], object], timeout: float = 120) -> object:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return result
-
-
-def dead(p: psutil.Process) -> bool:
-    try:
-        return p.status() == psutil.STATUS_ZOMBIE  # killed, not yet reaped by whoever adopted it
-    except psutil.NoSuchProcess:
-        return True
 
 
 def running_cell(sweep: psutil.Process, repo: Path) -> tuple[psutil.Process, Path] | None:
@@ -295,13 +289,18 @@ def test_sigkilled_sweep_resumes_without_rerunning_or_inventing_cells(tmp_path: 
     # More steps than the other tests: the cells must still be training when the kill comes.
     repo = copy_workflow(tmp_path / "repo", {**TINY, "steps": 40})
     sweep = start_sweep(repo, tmp_path / "first.log")
-    # Kill while a cell trains and at least one other is done.
-    victim, victim_out = cell_in_training(sweep, repo, tmp_path / "first.log", after_one_done=True)
+    # Kill while a cell trains and at least one other is done. The cells' processes are stopped first and the cell
+    # looked at again (sweep_freeze): one seen training may have written its record since, and a kill sent at once
+    # could come just after that (then the next cell is waited for).
+    (victim, victim_out), frozen = freeze_mid_cell(
+        repo, lambda: cell_in_training(sweep, repo, tmp_path / "first.log", after_one_done=True),
+        lambda found: not found[1].exists())
     done = records(repo)
     mtimes = {p: (repo / p).stat().st_mtime_ns for p in done}
     os.killpg(sweep.pid, signal.SIGKILL)  # Snakemake and its jobs, as a lost terminal or the OOM killer would
     sweep.wait()
     assert wait_for(lambda: dead(victim), timeout=10), "the cell of a killed sweep must die with it"
+    reap(frozen)
     assert 1 <= len(done) < len(TINY_CELLS) and set(done) < set(TINY_CELLS)
     assert not victim_out.exists()
 

@@ -65,7 +65,7 @@ with gpu_worker(lock_dir, device) as waited:
     tick(out, depth)
 """
 
-# argv: mode lock_dir gpus(comma-separated) hold_s out_file
+# argv: mode lock_dir gpus(comma-separated) hold out_file
 #   claim:     the section is the timed claim itself
 #   exclusive: claim a timed slot, the section is slot.exclusive()
 #   window:    claim a timed slot, the section is slot.quiet() inside slot.exclusive() (a measured window)
@@ -73,12 +73,13 @@ with gpu_worker(lock_dir, device) as waited:
 #   stoppable-window: as a timed job does it: stoppable(), then a window inside exclusive()
 #   overlap-window: as a timed job does it with window_turns false: stoppable(), exclusive(), leave_stoppable(),
 #                   0.5 s of steps, then a window that does not wait for others
-# Writes <out>.start when the section begins and <out> at its end; a negative hold_s holds until killed.
+# Writes <out>.claiming just before it claims, <out>.start when the section begins and <out> at its end. The section
+# lasts hold seconds; a negative hold holds until killed, and hold "release" until the file <out>.release exists.
 TIMED = r"""
 import json, os, sys, time
 from pathlib import Path
 from attnsweep.gpuslots import claim_timed
-mode, lock_dir, gpus, hold, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), float(sys.argv[4]), sys.argv[5]
+mode, lock_dir, gpus, hold, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4], sys.argv[5]
 
 def put(path, record):
     Path(path + ".tmp").write_text(json.dumps(record))
@@ -88,10 +89,15 @@ def section(slot):
     record = dict(gpu=slot.gpu, device=slot.device_id, claim_wait=slot.wait_s, paused=slot.paused,
                   quieted=slot.quieted, start=time.monotonic())
     put(out + ".start", record)
-    time.sleep(hold if hold >= 0 else 1000)
+    if hold == "release":
+        while not os.path.exists(out + ".release"):
+            time.sleep(0.005)
+    else:
+        time.sleep(float(hold) if float(hold) >= 0 else 1000)
     record["end"] = time.monotonic()
     return record
 
+put(out + ".claiming", dict(pid=os.getpid()))
 with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
     if mode in ("start", "stoppable-window"):
         slot.stoppable()
@@ -121,6 +127,13 @@ with claim_timed(lock_dir, gpus, poll_s=0.01) as slot:
             record = section(slot)
 put(out, record)
 """
+
+
+# A timed job's hold until the test releases it (Timed.release).
+RELEASE = "release"
+# How long a test waits, once a timed job has said it claims, before letting a GPU go: the job's claim has begun by
+# then unless the job stalled that long between two statements.
+CLAIMING_S = 0.3
 
 
 def read_ticks(path: Path) -> list[float]:
@@ -192,9 +205,17 @@ class Timed:
     def __init__(self, proc: subprocess.Popen, out: Path) -> None:
         self.proc, self.out = proc, out
 
+    def claiming(self) -> None:
+        """Wait until the job is about to claim (its process has started and imported everything)."""
+        wait_until(lambda: Path(f"{self.out}.claiming").exists(), what=f"{self.out.name} claiming")
+
     def started(self) -> dict:
         wait_until(lambda: Path(f"{self.out}.start").exists(), what=f"{self.out.name} section")
         return json.loads(Path(f"{self.out}.start").read_text())
+
+    def release(self) -> None:
+        """End a section held with hold RELEASE."""
+        Path(f"{self.out}.release").touch()
 
     def result(self, timeout: float = 30.0) -> dict:
         assert self.proc.wait(timeout=timeout) == 0
@@ -219,7 +240,7 @@ class Jobs:
         ticks = self.dir / f"worker{len(self.procs)}.ticks"
         return Worker(self._popen([WORKER, str(self.locks), device, str(ticks), str(depth)]), ticks, depth)
 
-    def timed(self, gpus: str, hold: float, mode: str = "exclusive") -> Timed:
+    def timed(self, gpus: str, hold: float | str, mode: str = "exclusive") -> Timed:
         out = self.dir / f"timed{len(self.procs)}.json"
         return Timed(self._popen([TIMED, mode, str(self.locks), gpus, str(hold), str(out)]), out)
 
@@ -253,12 +274,19 @@ def assert_paused_not_killed(path: Path, sections: list[dict]) -> None:
 
 
 def test_two_gpus_two_timed_jobs_get_different_gpus_and_a_third_waits(jobs: Jobs) -> None:
-    first = jobs.timed("0,1", hold=0.6, mode="claim")
-    second = jobs.timed("0,1", hold=0.6, mode="claim")
+    # The first two hold their GPUs until released, and the first is released only once the third claims: however
+    # slowly each process starts, both GPUs are held at once, and the third waits for one.
+    first = jobs.timed("0,1", hold=RELEASE, mode="claim")
+    second = jobs.timed("0,1", hold=RELEASE, mode="claim")
     first.started()
     second.started()
     third = jobs.timed("0,1", hold=0.0, mode="claim")
-    a, b, c = first.result(), second.result(), third.result()
+    third.claiming()
+    time.sleep(CLAIMING_S)
+    first.release()
+    a, c = first.result(), third.result()
+    second.release()
+    b = second.result()
     assert {a["gpu"], b["gpu"]} == {0, 1}
     assert {a["device"], b["device"]} == {"0", "1"}
     previous = a if a["gpu"] == c["gpu"] else b
@@ -267,12 +295,19 @@ def test_two_gpus_two_timed_jobs_get_different_gpus_and_a_third_waits(jobs: Jobs
 
 
 def test_one_gpu_is_a_mutex_for_timed_jobs(jobs: Jobs) -> None:
-    timed = [jobs.timed("0", hold=0.1, mode="claim") for _ in range(4)]
+    # The GPU is this test's until all four claim: they then take it in turn, however far apart their processes start
+    # (four Pythons started at once on a busy 2-core host need not begin their claims within the 0.1 s that would
+    # leave the last one waiting 0.2 s for the others).
+    with claim_timed(jobs.locks, ["0"]):
+        timed = [jobs.timed("0", hold=0.1, mode="claim") for _ in range(4)]
+        for t in timed:
+            t.claiming()
+        time.sleep(CLAIMING_S)
     records = [t.result() for t in timed]
     assert all(r["gpu"] == 0 for r in records)
     for a in records:
         assert not [b for b in records if b is not a and a["start"] < b["end"] and b["start"] < a["end"]]
-    assert max(r["claim_wait"] for r in records) > 0.2  # the last one waited for three others
+    assert max(r["claim_wait"] for r in records) > 0.2  # the last one waited for this test and three others
 
 
 def test_exclusive_sections_pause_the_workers_of_their_gpu_only(jobs: Jobs) -> None:
@@ -322,9 +357,11 @@ def test_sigkill_of_the_timed_job_lets_its_workers_go_on_and_frees_its_slot(jobs
     section = timed.started()
     time.sleep(0.1)
     assert is_stopped(worker.pid)
+    # Taken before the kill: once the job is gone (reaped just below) its guard may let the workers go on at any
+    # moment, and a tick of theirs could then come before a time taken after the kill.
+    killed = time.monotonic()
     timed.proc.kill()
     timed.proc.wait()
-    killed = time.monotonic()
     for path in worker.tick_files():
         assert not ticks_inside(read_ticks(path), {**section, "end": killed})
     # The timed slot died with the job (and the turnstile: see below).

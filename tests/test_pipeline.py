@@ -31,6 +31,7 @@ from attnsweep.codestamp import source_hash
 from attnsweep.searchlog import FROM_LOG
 from attnsweep.status import check_summary, read_cells
 from attnsweep.vocabulary import AXES
+from sweep_freeze import freeze_mid_cell, reap
 from workflow_copy import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +119,8 @@ def cell_paths(repo: Path, run: str = "tiny") -> list[Path]:
 
 
 AGGREGATION = {"summary": 1, "tables": 1, "figures": 1, "headline": 1, "all": 1}
+# A run from nothing: the code stamp, every cell (its rerun trigger, warm-up and timed job), the aggregation.
+EVERYTHING = {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
 
 
 # ---- the workflow itself ----------------------------------------------------------------------------------------
@@ -317,8 +320,7 @@ def test_where_a_sweep_runs_its_jobs_is_not_a_change(repo: Path) -> None:
 def test_editing_cell_code_reruns_every_cell(repo: Path) -> None:
     with open(repo / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
-                             **AGGREGATION}
+    assert planned(repo) == EVERYTHING
 
 
 @pytest.mark.slow
@@ -336,8 +338,7 @@ def test_reverting_cell_code_reruns_every_cell(repo: Path) -> None:
     assert {Path(line).name for line in log.read_text().split()} == old
     model.write_text(original)
     shutil.rmtree(repo / ".snakemake")  # as in a fresh clone: only the files decide
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
-                             **AGGREGATION}
+    assert planned(repo) == EVERYTHING
 
 
 @pytest.mark.slow
@@ -529,8 +530,7 @@ def test_a_searching_job_is_given_where_its_peers_records_are(tmp_path: Path) ->
 @pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
-    assert planned(repo) == {"code_stamp": 1, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
-                             **AGGREGATION}
+    assert planned(repo) == EVERYTHING
 
 
 @pytest.mark.slow
@@ -707,10 +707,15 @@ def running_cell(repo: Path) -> Path | None:
 def test_killed_sweep_resumes_with_missing_cells_only(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path)
     proc = start(repo)
-    # Kill the whole sweep (Snakemake and the cell it runs) while the second cell trains.
-    wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None)
+    # Kill the whole sweep (Snakemake and the cell it runs) while the second cell trains. Its processes are stopped
+    # first and the cell looked at again (sweep_freeze): one seen running may have written its record since, and a
+    # kill sent at once could come just after that (then the next cell is waited for).
+    _, frozen = freeze_mid_cell(
+        repo, lambda: wait_for(lambda: len(cell_paths(repo)) >= 1 and running_cell(repo) is not None),
+        lambda _: running_cell(repo) is not None)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    reap(frozen)
     done = {p.relative_to(repo).as_posix() for p in cell_paths(repo)}
     interrupted = running_cell(repo)
     assert interrupted is not None and 1 <= len(done) < TINY_CELLS

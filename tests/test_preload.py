@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,13 @@ def attnsweep(args: list[str], cwd: Path, env: dict | None = None, **kw) -> subp
     environ = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "attnsweep", *args], cwd=cwd, env=environ, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def preload_folder(tmp_path: Path) -> Path:
+    """The server's folder, named anew for each run: a server is found by its folder's path, and one that an earlier
+    run with the same --basetemp left idle (for ATTNSWEEP_PRELOAD_IDLE_S) would serve this run's jobs, logging into
+    its own run's folder, now gone."""
+    return tmp_path / f"preload-{uuid.uuid4().hex[:12]}"
 
 
 def server_log(folder: Path) -> str:
@@ -48,7 +56,7 @@ TINY = ["--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32
 
 
 def test_a_cell_runs_in_a_forked_child_with_the_jobs_folder_streams_and_exit_code(tmp_path: Path) -> None:
-    folder = tmp_path / "preload"
+    folder = preload_folder(tmp_path)
     job = attnsweep(["cell", *TINY, "--out", "cell.json", "--preload", str(folder)], cwd=tmp_path,
                     env={"ATTNSWEEP_TEST_MARK": "job-1"})
     out, err = job.communicate(timeout=300)
@@ -85,7 +93,7 @@ def test_the_child_takes_the_jobs_environment_and_a_changed_import_setting_gets_
 
 
 def test_a_killed_job_takes_its_child_down(tmp_path: Path) -> None:
-    folder = tmp_path / "preload"
+    folder = preload_folder(tmp_path)
     long = [a if a != "4" else "100000" for a in TINY]  # steps: runs until killed
     job = attnsweep(["cell", *long, "--out", "cell.json", "--preload", str(folder)], cwd=tmp_path)
     wait_for(lambda: " pid " in server_log(folder), timeout=120)
@@ -152,7 +160,7 @@ def test_a_child_that_leads_no_group_is_killed_by_itself() -> None:
 def test_no_server_means_the_job_runs_in_its_own_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(sys, "executable", "/bin/false")  # the server cannot start
-    assert preload.run("cli", ["status"], tmp_path / "preload") is None
+    assert preload.run("cli", ["status"], preload_folder(tmp_path)) is None
     assert "did not start" in capsys.readouterr().err
 
 

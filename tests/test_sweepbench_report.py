@@ -531,21 +531,27 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
     assert "| all   | 2 parts" in out and "snakemake" not in out
 
 
+PROGRESS_CELL = {"model": "small", "seq_len": 1024, "kv_heads": 12, "precision": "fp16", "optimizer": "adamw",
+                 "harness": "native"}
+
+
 def progress_record(run: Path, attn: str, repeat: int, tokens: float, finished: str, uuid: str = "GPU-x",
                     code: str = "c0de" * 16, window: tuple[float, float] | None = None) -> None:
     path = run / "cells" / attn / ("cell.json" if repeat == 1 else f"repeat-{repeat}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     conditions = {"start_unix_s": window[0], "end_unix_s": window[1]} if window else None
     path.write_text(json.dumps({
-        "cell": {"model": "small", "seq_len": 1024, "attn": attn, "mode": "compiled" if attn != "e" else "eager"},
+        "cell": {**PROGRESS_CELL, "attn": attn, "mode": "compiled" if attn != "e" else "eager"},
         "status": "ok", "tokens_per_sec": tokens, "finished_at": finished, "window_conditions": conditions,
         "env": {"code": {"source_sha256": code}, "gpu": {"uuid": uuid}}}))
 
 
 def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: Path) -> None:
     """Counts at the newest record's code (a record of other code is not counted, and its cell is left), the
-    measurements left (missing cells times the repeats, and a cell's missing repeat), the parts from `since` on with
-    their cells, the sampled windows' clocks, and the repeats' ranges on one GPU and on two."""
+    measurements left (the grid's cells without a record times the repeats, and a cell's missing repeat), the parts
+    from `since` on with their cells, the sampled windows' clocks, and the repeats' ranges on one GPU and on two.
+    The grid is summary.csv's rows; what is left comes from the records, so a summary not rebuilt since the last
+    part (here it still has `e` and `a` missing) counts the same."""
     report = load_report()
     run = tmp_path / "r"
     progress_record(run, "a", 1, 100.0, "2026-12-01T10:01:00+00:00")
@@ -558,13 +564,15 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
     (run / "wall-20261202T041000.txt").write_text("exit 1 wall_s 200\n")
     gpu_csv(run)
-    pd.DataFrame({"model": "small", "mode": ["compiled", "compiled", "eager", "compiled", "compiled"],
+    pd.DataFrame({**PROGRESS_CELL, "mode": ["compiled", "compiled", "eager", "compiled", "compiled"],
                   "attn": ["a", "b", "e", "old", "naive"],
-                  "status": ["ok", "ok", "missing", "missing", "missing"]}).to_csv(run / "summary.csv", index=False)
+                  "status": ["missing", "ok", "missing", "missing", "missing"]}).to_csv(run / "summary.csv",
+                                                                                   index=False)
     text = report.progress_text(run, pd.Timestamp("2026-12-02T04:00", tz="UTC"))
     assert "Records by cell code: c0dec0de 5, 0ld0ld0l 1." in text
-    assert "5 measurements, 2 cells with all 2 repeats; 5 cells in the grid, 3 left" in text
-    assert "7 measurements left" in text  # 3 missing cells x 2, and e's repeat 2
+    assert "5 measurements, 2 cells with all 2 repeats; 5 cells in the grid, 2 left" in text
+    assert "5 measurements left" in text  # `old` and `naive` x 2, and e's repeat 2
+    assert "| small   | compiled | old    |            1 |" in text and "| eager" not in text
     assert "repeats on one GPU: 1 cells, 2.0-2.0%, median 2.0%; on several: 1 cells, 5.1-5.1%" in text
     assert "| 2026-12-02 04:00 |      300 |              2 | small 1024 b both" in text
     assert "| 2026-12-02 04:10 |      200 |              1 | small 1024 e eager repeat 1" in text

@@ -646,10 +646,11 @@ def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
 
 
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
-    """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, rebuilt after
-    each part): the records by cell code; at the newest record's code, the measurements, the cells with every
-    repeat, the cells left (the summary's `missing` rows: not measured, or measured by other code) and the
-    measurements left; the ranges of cells whose repeats ran back to back on one GPU and on several (max - min in
+    """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, whose rows
+    are the run's grid): the records by cell code; at the newest record's code, the measurements, the cells with
+    every repeat, the cells left (the grid's cells with no record of that code: not measured, or measured by other
+    code; from the records, so a summary not rebuilt since the last part still gives the grid) and the measurements
+    left; the ranges of cells whose repeats ran back to back on one GPU and on several (max - min in
     percent of the median, as the tables' spreads). With `since`: each part from then on, what it measured, and the
     GPU's conditions in those windows (window_gpu)."""
     records = []
@@ -668,7 +669,9 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     repeats = max(r["repeat"] for r in records)
     complete = {c: rs for c, rs in by_cell.items() if len(rs) >= repeats}
     summary = pd.read_csv(run / "summary.csv")
-    missing = summary[summary["status"] == "missing"]
+    measured = {tuple(str(r["rec"]["cell"][axis]) for axis in AXES) for r in current}
+    missing = summary[[tuple(str(v) for v in row) not in measured
+                       for row in summary[list(AXES)].itertuples(index=False)]]
     left = len(missing) * repeats + sum(repeats - len(rs) for c, rs in by_cell.items() if c not in complete)
     codes = pd.Series([r["code"] for r in records]).value_counts()
     lines = [f"## {run.name}", "",

@@ -286,9 +286,9 @@ def _stale_record(record: Path, now: str, settings: dict | None) -> str | None:
     these settings: its job runs for a reason of Snakemake's own, which the caller gives."""
     try:
         data = json.loads(record.read_text())
-        code = str(dig(data, ("env", "code", "source_sha256")))
     except (OSError, ValueError):
-        data, code = {}, "unreadable"
+        data = None
+    code = "unreadable" if data is None else str(dig(data, ("env", "code", "source_sha256")))
     if code != now:
         return f"a record of other code (its code {code[:12]}, now {now[:12]})"
     if settings is None:

@@ -106,7 +106,7 @@ def check_settings(settings: Mapping, name: Callable[[str], str] = _plain) -> No
     if prior is not None:
         if settings["batch"]["policy"] != "search":
             raise SweepError(f"{name('batch.prior_run')}: only for batch policy search (this run's is "
-                             f"{settings['batch']['policy']}: nothing is searched)")
+                             f"{settings['batch']['policy']})")
         if prior == settings["run"]:
             raise SweepError(f"{name('batch.prior_run')}: {prior!r} is this run; name another run whose records "
                              "give each cell's peak memory")
@@ -602,16 +602,41 @@ def _measured_again_s(records: Sequence[Mapping]) -> float | None:
     return max(seconds) * REPEAT_SPREAD + JOB_START_S if seconds else None
 
 
+def _warm_steps(warmup: Mapping, steps: int) -> int:
+    return min(int(warmup.get("steps") or 0), steps)  # a run of fewer steps warms up with as many
+
+
+def _tail_overhead_s(record: Mapping, steps: int) -> float | None:
+    """In a measured record, the seconds its warm-up's attempt at the record's size spent after the cold first step
+    beyond that many steps at the timed window's pace (the attempt's profiled step, its memory readings, its
+    process ending): what `timed_job_s` takes off a warm-up's pace. None where the record does not tell."""
+    warmup, times = record.get("warmup") or {}, record.get("step_times_s") or []
+    attempts = [a for a in _warmup_attempts(record) if a["batch_size"] == record.get("batch_size")]
+    warm_steps = _warm_steps(warmup, steps)
+    if record.get("status") != "ok" or not attempts or not warmup.get("first_step_s") or warm_steps < 2 \
+            or len(times) < 2:
+        return None
+    pace = statistics.median(times[1:])
+    return attempts[-1]["seconds"] - warmup["first_step_s"] - (warm_steps - 1) * pace
+
+
 def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequence[Mapping],
-                steps: int) -> float | None:
+                steps: int, like: Sequence[Mapping] = ()) -> float | None:
     """The seconds a cell's timed job at `batch_size` is expected to take: the longest of the cell's other
     records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
     training steps with a cold compilation for the first: the timed job's first step, which loads what that one
     compiled (WARM_FIRST_STEP_S, _SHARE), JOB_START_S, and `steps` - 1 steps after it, at the warm-up's steady pace
-    (the median of its `step_times_s` from STEADY_FROM_STEP on, stretched by STEADY_SPREAD), or, for a warm-up
-    without step times, at its attempt's mean pace after the first step (which includes its process's start and the
-    first steps' extra work: over by 1.1-4.8x, median 1.7x, on an H200: results/h200-parts.md). None where neither
-    is known."""
+    (the median of its `step_times_s` from STEADY_FROM_STEP on, stretched by STEADY_SPREAD). None where neither is
+    known.
+
+    A warm-up without step times (records before they were kept) gives its attempt's mean pace after the first step,
+    which includes the attempt's work besides its steps (its profiled step, its process ending), which 124 steps
+    multiply. `like`, the run's records of cells of the same model that differ in the attention or the context,
+    tell it apart: the least such work any of them shows is taken off the pace, and the longest first step any of
+    them loaded from its warm-up, stretched by COLD_SPREAD, bounds the first step. On results/h200's 168 compiled
+    records, each estimated from the records of the other cells, this came to 1.14-4.5 times the timed job's wall
+    time (median 1.42; 1.31-4.8, median 1.99, without `like`): short cells are over most, their first step and start
+    being most of their time."""
     if (again := _measured_again_s([r for r in records if r.get("batch_size") == batch_size])) is not None:
         return again
     if not warmup or warmup.get("status") != "ok" or not warmup.get("first_step_s"):
@@ -623,11 +648,16 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     if steady := (times or [])[STEADY_FROM_STEP - 1:]:
         return first + (steps - 1) * statistics.median(steady) * STEADY_SPREAD + JOB_START_S
     attempts = [a for a in _warmup_attempts(warmup) if a["batch_size"] == batch_size]
-    warm_steps = min(int(warmup.get("steps") or 0), steps)  # a run of fewer steps warms up with as many
+    warm_steps = _warm_steps(warmup, steps)
     if not attempts or warm_steps < 2:
         return None
-    pace = max(0.0, attempts[-1]["seconds"] - cold) / (warm_steps - 1)
-    return first + (steps - 1) * pace + JOB_START_S
+    overheads = [s for r in like if (s := _tail_overhead_s(r, steps)) is not None]
+    loaded = [float(r["compile"]["first_step_s"]) for r in like
+              if r.get("status") == "ok" and (r.get("compile") or {}).get("first_step_s")]
+    tail = max(0.0, attempts[-1]["seconds"] - cold)
+    pace = max(0.0, tail - max(0.0, min(overheads, default=0.0))) / (warm_steps - 1)
+    bound = max(loaded) * COLD_SPREAD if loaded else WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold
+    return min(cold, bound) + (steps - 1) * pace + JOB_START_S
 
 
 def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None:

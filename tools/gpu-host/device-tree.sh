@@ -2,7 +2,9 @@
 # The device tool sends the checkout (tracked and untracked-not-ignored files) and what `carry` names, 64 MiB at most.
 # The committed results outgrow that beside `.gpuwheels/` (41 MB): this puts the checkout on a local branch that holds
 # only the results folders a call resumes, and back again afterwards.
-#   tools/gpu-host/device-tree.sh slim RUN [RUN ...]  # from a clean tree: branch device-tree, other runs' folders removed
+#   tools/gpu-host/device-tree.sh slim RUN [RUN ...] [--reads RUN ...]  # from a clean tree: branch device-tree,
+#       other runs' folders removed; of a run after --reads (one the calls' run reads: its batch.prior_run, its
+#       compare_with) only what is read, its summary.csv and its cell records
 #   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
 #   tools/gpu-host/device-tree.sh unpack [--replace] TGZ MESSAGE  # a call's tarball (sweep.sh's), committed
 #   tools/gpu-host/device-tree.sh back               # to the branch before, with what was committed or unpacked since
@@ -20,20 +22,34 @@ state=.git/device-tree-from
 case "${1:-}" in
 slim)
     shift
-    [ $# -gt 0 ] || { echo "device-tree.sh slim: name the runs the calls resume (results/RUN)" >&2; exit 2; }
+    resumed=() reads=()
+    while [ $# -gt 0 ] && [ "$1" != --reads ]; do resumed+=("$1"); shift; done
+    [ $# -eq 0 ] || { shift; reads=("$@"); }
+    [ ${#resumed[@]} -gt 0 ] || { echo "device-tree.sh slim: name the runs the calls resume (results/RUN)" >&2; exit 2; }
     [ ! -e "$state" ] || { echo "device-tree.sh: already slim (from $(cat "$state")); run 'back' first" >&2; exit 1; }
     [ -z "$(git status --porcelain)" ] || { echo "device-tree.sh: commit or stash first (the tree is not clean)" >&2; exit 1; }
-    for run in "$@"; do [ -d "results/$run" ] || echo "device-tree.sh: results/$run does not exist yet (a new run)" >&2; done
+    for run in "${resumed[@]}"; do
+        [ -d "results/$run" ] || echo "device-tree.sh: results/$run does not exist yet (a new run)" >&2
+    done
+    for run in "${reads[@]}"; do
+        [ -f "results/$run/summary.csv" ] || { echo "device-tree.sh slim: results/$run/summary.csv does not exist" \
+            "(a run read with --reads is one measured before)" >&2; exit 2; }
+    done
     git symbolic-ref --short HEAD >"$state"
     git switch -q -c device-tree
     trap 'echo "device-tree.sh: failed on branch device-tree; git switch $(cat "$state") && git branch -D device-tree && rm $state" >&2' ERR
     for dir in results/*/; do
         name=$(basename "$dir")
-        [[ " $* " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
+        [[ " ${resumed[*]} ${reads[*]} " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
     done
     # The kept runs' HTML reports are large and no call reads them.
-    for run in "$@"; do git rm -q --ignore-unmatch -- "results/$run/report.html"; done
-    git commit -q -m "device tree: only the results of $* (never merged)"
+    for run in "${resumed[@]}"; do git rm -q --ignore-unmatch -- "results/$run/report.html"; done
+    # A run only read: its records (a search's first attempt, batch.prior_run) and its summary (compare_with).
+    for run in "${reads[@]}"; do
+        git ls-files -z -- "results/$run" | grep -zEv "^results/$run/(summary\.csv|cells/.*\.json)$" |
+            xargs -0 -r git rm -q --
+    done
+    git commit -q -m "device tree: only the results of ${resumed[*]}${reads[*]:+, and what is read of ${reads[*]}} (never merged)"
     git rev-parse HEAD >>"$state"
     "$0" size
     ;;
@@ -107,7 +123,7 @@ back)
     git status --short | head -n 5
     ;;
 *)
-    sed -n 2,16p "$0" >&2
+    sed -n 2,18p "$0" >&2
     exit 2
     ;;
 esac

@@ -150,7 +150,8 @@ def rerun_input(wildcards) -> str:
 
 def expected_timed_s(wildcards, input) -> int:
     """Resource expected_s of a timed job (a cell or a later repeat): the seconds it is expected to take, from the
-    cell's other records and its warm-up (sweep.timed_job_s); 0 where unknown or no deadline is set. Snakemake
+    cell's other records and its warm-up, read against the records of the same model (sweep.timed_job_s); 0 where
+    unknown or no deadline is set. Snakemake
     evaluates it when the job is about to start, so the warm-up it follows is there to read.
     """
     if DEADLINE is None:
@@ -161,8 +162,11 @@ def expected_timed_s(wildcards, input) -> int:
     others = sweep.read_records(sweep.cell_records(RESULTS, cell))
     if batch is None:  # a cold job (no warm-up stage): at repeat 1's size, or searched
         batch = next((r.get("batch_size") for r in others), None)
+    like = sweep.read_records(
+        sweep.cell_records(RESULTS, cell, any_of=["attn", "seq_len"])
+    )
     expected = sweep.timed_job_s(
-        batch, warmup[0] if warmup else None, others, PLAN.settings["steps"]
+        batch, warmup[0] if warmup else None, others, PLAN.settings["steps"], like
     )
     return round(expected or 0)
 

@@ -143,6 +143,7 @@ def panel_figure(
     absent = df[~has_value].groupby(["mode", "model", "attn"], sort=False)["status"].agg(
         lambda s: "/".join(sorted({"ok, none computable" if v == "ok" else v for v in s.astype(str)})))
     in_grid = set(zip(df["mode"], df["model"]))
+    absent_panels = set(absent.index.droplevel("attn"))
     valued = set(df.loc[has_value, "mode"])
     modes = [m for m in MODE_ORDER if m in valued] or ["compiled"]
     unvalued = {mode for mode, _ in in_grid} - valued
@@ -173,7 +174,7 @@ def panel_figure(
     for (i, mode), (j, model) in ((im, jm) for im in enumerate(modes) for jm in enumerate(models)):
         ax = axes[i][j]
         panel = df[(df["mode"] == mode) & (df["model"] == model)]
-        missing = _named(absent[mode][model]) if (mode, model) in absent.index.droplevel("attn") else []
+        missing = _named(absent[mode][model]) if (mode, model) in absent_panels else []
         if panel.empty:
             if not df.empty:
                 _empty(ax, "\n".join([f"no data for {model}, {mode}", *missing]) if (mode, model) in in_grid
