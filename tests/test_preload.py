@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -143,6 +145,53 @@ def test_a_job_killed_before_its_child_makes_its_own_group_still_takes_the_child
     finally:
         if child is not None and not gone(child):
             os.kill(child, signal.SIGKILL)
+        server.kill()
+        server.wait()
+
+
+def _held_request(sock_path: Path, tmp_path: Path) -> socket.socket:
+    """A job's request to a held server (HELD_SERVER), sent as preload.run sends it, its streams /dev/null."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(str(sock_path))
+    request = {"entry": "cli", "argv": ["status"], "env": dict(os.environ), "cwd": str(tmp_path),
+               "affinity": sorted(os.sched_getaffinity(0)), "nice": os.nice(0), "umask": 0o022,
+               "socket": str(sock_path)}
+    streams = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+    try:
+        preload._send(conn, request, streams)
+    finally:
+        for fd in streams:
+            os.close(fd)
+    return conn
+
+
+def test_a_job_killed_with_the_servers_reply_unread_still_takes_its_child_down(tmp_path: Path) -> None:
+    # A Unix socket closed with data still queued for it resets the connection instead of ending it: the server's
+    # next read of it raises instead of returning nothing. A job killed after the server sent it its child's pid and
+    # before it read it (on a loaded machine, any job killed early) leaves its connection so.
+    sock, log = tmp_path / "s.sock", tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-c", HELD_SERVER, str(sock)], stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    children: list[int] = []
+    try:
+        wait_for(sock.exists, timeout=60)
+        for kept_reply_unread in (True, False):
+            conn = _held_request(sock, tmp_path)
+            assert select.select([conn], [], [], 60)[0], "no reply from the server"  # the pid, queued for the job
+            if not kept_reply_unread:
+                conn.recv(4096)
+            wait_for(lambda: log.read_text().count(" pid ") == len(children) + 1, timeout=30)
+            children.append(int(log.read_text().split(" pid ")[-1].split(":")[0]))
+            assert not gone(children[-1])
+            conn.close()  # the job, killed
+            wait_for(lambda: gone(children[-1]), timeout=20)
+            assert server.poll() is None, log.read_text()  # and the server serves the next job
+    finally:
+        for child in children:
+            if not gone(child):
+                os.kill(child, signal.SIGKILL)
         server.kill()
         server.wait()
 

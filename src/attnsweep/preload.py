@@ -306,7 +306,7 @@ def serve(path: str | os.PathLike[str], idle_s: float | None = None) -> None:
                     if pid is not None:
                         children[pid] = conn
                         selector.register(conn, selectors.EVENT_READ, pid)
-                elif not key.fileobj.recv(1):  # the job is gone (killed): so is its command
+                elif _ended(key.fileobj):  # the job is gone (killed): so is its command
                     selector.unregister(key.fileobj)
                     _kill_group(key.data)
             while children:
@@ -321,9 +321,21 @@ def serve(path: str | os.PathLike[str], idle_s: float | None = None) -> None:
             elif time.monotonic() - last > idle_s or not _still_ours(path, inode):
                 return
     finally:
+        # Left by an error in the loop above, children would run on with no server to end them when their jobs go.
+        for pid in children:
+            _kill_group(pid)
         if _still_ours(path, inode):
             path.unlink()
         listener.close()
+
+
+def _ended(conn: socket.socket) -> bool:
+    """Whether a job's connection has ended: its end, or a reset, which a job killed with the server's reply still
+    unread leaves instead (a Unix socket closed with data queued for it resets the connection)."""
+    try:
+        return not conn.recv(1)
+    except OSError:
+        return True
 
 
 def _fork(conn: socket.socket, closing: list) -> int | None:
