@@ -177,7 +177,8 @@ def test_the_cuda_graph_mode_gets_its_cells_table_and_figure(tmp_path: Path) -> 
     assert sorted(c["mode"] for c in parse_cells(out)) == ["compiled_cudagraphs"] * 2 + ["eager"] * 2
     assert "/mode~compiled_cudagraphs/" in out
     # The study's two tables as always, and the mode's own; its fa2-vs-sdpa figure.
-    for path in ("tables/compiled.md", "tables/compiled_cudagraphs.md", "tables/eager.md", "tables/all.md",
+    for path in ("tables/compiled.md", "tables/compiled_cudagraphs.md", "tables/eager.md", "tables/study.md",
+                 "tables/all.md",
                  "figures/fa2_vs_sdpa_compiled_cudagraphs.png", "figures/fa2_vs_sdpa_eager.png"):
         assert f"results/tiny/{path}" in out, path
     assert "figures/fa2_vs_sdpa_compiled.png" not in out

@@ -432,6 +432,22 @@ def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
             in out["all"].read_text())
 
 
+def test_a_cell_measured_once_in_a_run_with_repeats_is_not_judged(tmp_path: Path) -> None:
+    """A run in parts: `fa2` has its repeat 1 only, 0.2% from `sdpa_flash`. Its difference is neither a tie nor a
+    lead, and the legend says so, since the bare number beside tie-marked ones reads as a lead."""
+    fa2 = make_cell(tmp_path, attn="fa2", mode="compiled", seq_len=1024, tokens_per_sec=99_800.0)
+    flash = make_cell(tmp_path, attn="sdpa_flash", mode="compiled", seq_len=1024, tokens_per_sec=100_000.0)
+    repeats = [add_repeat(flash, 2, 100_100.0)]
+    df = summarize([fa2, flash], repeats=repeats)
+    assert pd.isna(row(df, "fa2")["tie_vs_sdpa_flash"])
+    out = {n: tmp_path / f"{n}.md" for n in ("compiled", "eager", "all")}
+    write_summary([fa2, flash], tmp_path / "summary.csv", repeats=repeats)
+    write_tables(tmp_path / "summary.csv", out)
+    text = out["compiled"].read_text()
+    assert "-0.2%" in text and "-0.2% tie" not in text
+    assert "one with a cell measured once (tok/s without ±) is not judged, tie or lead" in text
+
+
 def test_with_repeats_the_figures_draw_their_range_and_ties_open(tmp_path: Path) -> None:
     """Error bars from the repeats' range (not the window's steps); a tie an open marker, a lead a filled one."""
     fa2 = cell_with_spread(tmp_path, "fa2", 1024, 100.0, 0.5, 1.5)  # a window spread the bars must not show
@@ -610,8 +626,8 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     out = tmp_path / "summary.csv"
     df.to_csv(out, index=False)
     names = table_names(df["mode"])
-    assert names == ["compiled", "compiled_cudagraphs", "eager", "all"]
-    assert table_names(["eager"]) == ["compiled", "eager", "all"]  # the study's two tables, always
+    assert names == ["compiled", "compiled_cudagraphs", "eager", "study", "all"]
+    assert table_names(["eager"]) == ["compiled", "eager", "study", "all"]  # the study's two tables, always
     tables = {n: tmp_path / f"{n}.md" for n in names}
     write_tables(out, tables)
     text = tables["compiled_cudagraphs"].read_text()
@@ -639,7 +655,8 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     assert [ax.get_title() for ax in figures["throughput"].axes] == [
         "small, compiled", "small, compiled_cudagraphs", "small, eager"]
     text = render_headline(df, "results/x")
-    assert "``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``all.md``" in text
+    assert ("``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``study.md``, "
+            "``all.md``") in text
 
 
 def test_attentions_share_of_the_step_is_tabled_per_implementation(tmp_path: Path) -> None:

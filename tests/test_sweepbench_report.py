@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from attnsweep.sweep import cell_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -464,6 +467,32 @@ def test_sweep_sh_packs_no_log_of_a_job_the_deadline_held_back(tmp_path: Path) -
     assert packed == {"results/part/logs/cells/ran/cell.log", "results/part/logs/cells/more/cell.log"}
 
 
+@pytest.mark.skipif(not shutil.which("timeout") or not shutil.which("tar"), reason="needs timeout, tar")
+def test_sweep_sh_refuses_a_checkout_without_the_hosts_last_part(tmp_path: Path) -> None:
+    """A part leaves its stamp on the host, not in its tarball. A call on that host whose checkout lacks the part's
+    wall file (sent before the part's tarball was unpacked) stops before snakemake; one that has it sweeps."""
+    repo, out, env = fake_gpu_host(tmp_path)
+
+    def sweep() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "part"], cwd=repo, env=env, check=False,
+                              capture_output=True, text=True, timeout=60)
+
+    assert sweep().returncode == 0
+    stamp = (repo / "results/part/.last-part").read_text().strip()
+    wall = repo / f"results/part/wall-{stamp}.txt"
+    assert wall.is_file()
+    with tarfile.open(out / "part.tgz") as tgz:
+        assert f"results/part/wall-{stamp}.txt" in tgz.getnames()
+        assert not [n for n in tgz.getnames() if n.endswith(".last-part")]
+    wall.unlink()  # the checkout of a call sent before that part came back
+    refused = sweep()
+    assert refused.returncode == 3 and f"results/part/wall-{stamp}.txt) is not in the checkout" in refused.stderr
+    assert len((repo / "snakemake.calls").read_text().splitlines()) == 1
+    wall.write_text("exit 0 wall_s 40\n")  # unpacked
+    assert sweep().returncode == 0
+    assert len((repo / "snakemake.calls").read_text().splitlines()) == 2
+
+
 def full_log(*events: tuple[str, str]) -> str:
     """A Snakemake full log as sweep.sh keeps it: (time, the lines logged at it) in order."""
     return "".join(f"[Wed Dec  2 01:{t} 2026]\n{lines}" for t, lines in events)
@@ -564,6 +593,10 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
     (run / "wall-20261202T041000.txt").write_text("exit 1 wall_s 200\n")
     gpu_csv(run)
+    for attn, timed in (("a", 100.0), ("b", 200.0)):  # the complete cells' jobs: each warm-up half its timed job
+        for repeat, name in ((1, "cell"), (2, "repeat-2")):
+            _bench(run / "benchmarks/cells" / attn / f"{name}.tsv", timed)
+            _bench(run / "benchmarks/warmup" / attn / f"r{repeat}" / "warmup.tsv", timed / 2)
     pd.DataFrame({**PROGRESS_CELL, "mode": ["compiled", "compiled", "eager", "compiled", "compiled"],
                   "attn": ["a", "b", "e", "old", "naive"],
                   "status": ["missing", "ok", "missing", "missing", "missing"]}).to_csv(run / "summary.csv",
@@ -572,6 +605,10 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     assert "Records by cell code: c0dec0de 5, 0ld0ld0l 1." in text
     assert "5 measurements, 2 cells with all 2 repeats; 5 cells in the grid, 2 left" in text
     assert "5 measurements left" in text  # `old` and `naive` x 2, and e's repeat 2
+    # The four compiled ones at the median of a's 150 s and b's 300 s a measurement; the rest of the sweeps' 1,000 s
+    # is 10%; nothing eager is complete.
+    assert ("about 900 s (15 min) of jobs, 1,000 s (17 min) with the run's rest so far (10% of its sweeps' GPU "
+            "time); 1 with nothing like them measured.") in text
     assert "| small   | compiled | old    |            1 |" in text and "| eager" not in text
     assert "repeats on one GPU: 1 cells, 2.0-2.0%, median 2.0%; on several: 1 cells, 5.1-5.1%" in text
     assert "| 2026-12-02 04:00 |      300 |              2 | small 1024 b both" in text
@@ -579,3 +616,78 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     assert "2026-12-01 10:00" not in text and "Since 2026-12-02 04:00 UTC: 3 measurements." in text
     assert "Their 1 sampled windows (GPUs: GPU-x 1): clock events SW power cap, SW thermal slowdown 1" in text
     assert "Cells completed since then, repeats on one GPU: none." in text
+
+
+def test_on_the_whole_gpu_runs_records_no_timed_job_is_expected_shorter_than_it_took() -> None:
+    """The deadline's estimate of each committed timed job of results/h200, made as for a cell not yet measured
+    (sweep.timed_job_s), against the job's wall time: a job expected short is started where it cannot end, and is
+    cut off. The run's other cells of the model bring the estimate closer to the wall time than the warm-up alone."""
+    rows = load_report().estimate_ratios(ROOT / "results/h200")
+    assert len(rows) >= 150, f"only {len(rows)} records to check: has results/h200 moved?"
+    shortest = min(rows, key=lambda r: r["like"])
+    assert shortest["like"] > 1.0, f"expected shorter than it took: {shortest}"
+    assert statistics.median(r["like"] for r in rows) < statistics.median(r["alone"] for r in rows)
+
+
+def _bench(path: Path, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\th:m:s\n{seconds}\t0:00:00\n")
+
+
+def cost_cell(run: Path, axes: dict, repeats: list[tuple[str, str, float]], cap: float | None,
+              code: str = "c0de" * 16) -> Path:
+    """A cell's records (one per repeat: the GPU, the start, its timed job's seconds; its warm-up took half) and
+    their Snakemake benchmarks; returns the cell's folder below cells/."""
+    rel = Path(cell_path(axes))
+    for n, (uuid, started, seconds) in enumerate(repeats, 1):
+        name = "cell" if n == 1 else f"repeat-{n}"
+        path = run / "cells" / rel / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ended = datetime.fromtimestamp(datetime.fromisoformat(started).timestamp() + seconds, UTC).isoformat()
+        path.write_text(json.dumps({"cell": {**axes, "memory_cap_gib": cap}, "status": "ok", "batch_size": 8,
+                                    "started_at": started, "finished_at": ended, "duration_s": seconds,
+                                    "env": {"code": {"source_sha256": code}, "gpu": {"uuid": uuid}}}))
+        _bench(run / "benchmarks/cells" / rel / f"{name}.tsv", seconds)
+        _bench(run / "benchmarks/warmup" / rel / f"r{n}" / "warmup.tsv", seconds / 2)
+    return rel
+
+
+def test_cost_gives_each_cells_gpu_time_and_the_sweeps_rest(tmp_path: Path) -> None:
+    """Without a cap a cell's GPU time is its warm-ups' and timed jobs'; under one only the timed jobs' (the
+    warm-ups ran beside them). The search attempts counted are those of the records' code. The sweeps' GPU time is
+    each part's wall time times the GPUs its records ran on; the rest is what no kept job accounts for."""
+    report = load_report()
+    run = tmp_path / "r"
+    base = {"model": "small", "seq_len": 1024, "mode": "compiled", "kv_heads": 12, "precision": "fp16",
+            "optimizer": "adamw", "harness": "native"}
+    rel = cost_cell(run, {**base, "attn": "sdpa"}, [("GPU-a", "2026-12-01T10:01:00+00:00", 40.0),
+                                                     ("GPU-a", "2026-12-01T10:03:00+00:00", 30.0)], cap=None)
+    cost_cell(run, {**base, "seq_len": 512, "attn": "fa2"}, [("GPU-a", "2026-12-02T04:01:00+00:00", 10.0),
+                                                             ("GPU-b", "2026-12-02T04:02:00+00:00", 20.0)], cap=12.0)
+    search = run / "searches" / rel / "r1.jsonl"
+    search.parent.mkdir(parents=True)
+    search.write_text("".join(json.dumps({"batch_size": b, "key": {"code": c}, "outcome": o, "seconds": s}) + "\n"
+                              for b, c, o, s in [(16, "0ld" * 20, "oom", 9.0), (16, "c0de" * 16, "oom", 7.0),
+                                                 (8, "c0de" * 16, "ok", 11.0)]))
+    (run / "wall-20261201T100000.txt").write_text("exit 1 wall_s 500\n")
+    (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
+    df = report.cell_costs(run)
+    assert list(df["seq_len"]) == [512, 1024] and "kv_heads" not in df  # by context; an axis that never varies: out
+    capped, alone = df.iloc[0], df.iloc[1]
+    assert capped["GPU s"] == 30.0 and capped["warm-up jobs s"] == 15.0
+    assert alone["GPU s"] == 105.0 and alone["timed jobs s"] == 70.0
+    assert alone["search attempts"] == 2 and alone["search s"] == 18.0
+    text = report.cost_text([str(run)])
+    # 500 s on one GPU, 300 s on two: 1,100 GPU s, less 135 s of the cells'.
+    assert "2 sweeps of 800 s of wall time (0.22 h), 1,100 GPU s (0.31 GPU h)" in text
+    assert "the cells' GPU s 135 (33.8 s a measurement), rest 965 s (88%)" in text
+    assert "warm-ups beside the timed jobs for the capped cells, alone for the others" in text
+
+
+def test_the_committed_gpu_time_page_is_the_scripts_output_for_the_runs_it_lists() -> None:
+    """results/gpu-time.md is `report.py --cost`'s output for the runs it has a section of (tools/rerender.sh
+    rewrites it after each session's parts): no page left behind the records."""
+    page = (ROOT / "results/gpu-time.md").read_text()
+    runs = [str(ROOT / "results" / line[3:]) for line in page.splitlines() if line.startswith("## ")]
+    assert [Path(r).name for r in runs] == ["h200-study-12gib", "h200"]
+    assert load_report().cost_text(runs) + "\n" == page

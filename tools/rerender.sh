@@ -3,8 +3,9 @@
 # (`aggregate_only`): summary.csv, tables, figures, headline, comparisons (`compare_with`) and report stamps; with
 # --report, also the HTML reports of the runs that commit one. Needed after a change to the report code
 # (src/attnsweep/report/, workflow/scripts/), which renames every run's report stamp, and after new records come
-# into a run in parts. In order: a run set beside another (compare_with) comes after that other.
-#   bash tools/rerender.sh [--report] [-n]    # -n: Snakemake's dry run of each (what would be rendered)
+# into a run in parts. In order: a run set beside another (compare_with) comes after that other. Last, every
+# committed run's tables are rewritten where the table code now renders its summary.csv otherwise.
+#   bash tools/rerender.sh [--report] [-n]    # -n: a dry run of each (what would be rendered or rewritten)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 snakemake=${SNAKEMAKE:-.venv/bin/snakemake}
@@ -36,3 +37,15 @@ render h200-study-12gib-1gpu no --configfile config/study-12gib.yaml \
 render h200 no --configfile config/study-12gib.yaml config/whole-gpu.yaml \
     --config run=h200 repeats=2 'batch={prior_run: h200-study-12gib}' 'compare_with=[h200-study-12gib]' \
     aggregate_only=True allow_missing=True
+# Every committed run's tables from its summary.csv alone: for the runs no render above rebuilds (the sweep
+# benchmark's, the equality checks'), after a change to the table code.
+echo "== tables of every run"
+"${PYTHON:-.venv/bin/python}" tools/rerender_tables.py "${dry[@]}"
+# The H200 runs' GPU time, per cell and in total (benchmarks/sweep/report.py --cost), from their records, benchmarks
+# and wall files: rewritten after each session's parts, as the tables are.
+echo "== results/gpu-time.md"
+gpu_time=$(PYTHONPATH=src "${PYTHON:-.venv/bin/python}" benchmarks/sweep/report.py --cost results/h200-study-12gib \
+    results/h200)
+if [ "$gpu_time" = "$(cat results/gpu-time.md 2>/dev/null)" ]; then echo "results/gpu-time.md: as rendered"
+elif [ ${#dry[@]} -gt 0 ]; then echo "results/gpu-time.md: would be rewritten"
+else printf '%s\n' "$gpu_time" >results/gpu-time.md && echo "results/gpu-time.md: rewritten"; fi

@@ -12,6 +12,10 @@
                                                               # Snakemake's full logs (snakemake-*.full.log.gz)
     python benchmarks/sweep/report.py --progress RUN [SINCE]  # where a run in parts stands, and what its parts from
                                                                # SINCE (UTC, e.g. 2026-12-02T04:00) measured
+    python benchmarks/sweep/report.py --estimates RUN  # the deadline's estimate of each timed job against its
+                                                        # wall time (sweep.timed_job_s)
+    python benchmarks/sweep/report.py --cost RUN [RUN ...]  # the sweep's GPU time per cell and in total, from
+                                                             # its jobs' benchmarks and its parts' wall times
 
 Reads, per run, every cell record (results/RUN/cells/.../cell.json), Snakemake's benchmark of its jobs
 (results/RUN/benchmarks/{cells,warmup}/.../*.tsv: the job's wall time), the sweep's wall time (wall*.txt) and the
@@ -36,14 +40,21 @@ import pandas as pd
 
 from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
                                        range_pct, summarize)
-from attnsweep.sweep import NOT_STARTED
-from attnsweep.vocabulary import AXES
+from attnsweep import sweep
+from attnsweep.vocabulary import ATTENTION, AXES, MODELS, MODES
 
 
 def _job_seconds(tsv: Path) -> float | None:
     if not tsv.is_file():
         return None
     return float(next(csv.DictReader(tsv.open(), delimiter="\t"))["s"])
+
+
+def _warmup_job_seconds(run: Path, rel: Path, repeat: int) -> float | None:
+    """A repeat's warm-up job's wall time: a run of several repeats keeps each repeat's benchmark in rN/, a run of
+    one beside the cell."""
+    return (_job_seconds(run / "benchmarks/warmup" / rel / f"r{repeat}" / "warmup.tsv")
+            or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv") if repeat == 1 else None))
 
 
 def _repeat_number(record: Path) -> int:
@@ -154,9 +165,7 @@ def rows(run: Path) -> list[dict]:
         extra = rec.get("harness_extra") or {}
         cond = rec.get("window_conditions") or {}
         job = _job_seconds(run / "benchmarks/cells" / rel / f"{cell.stem}.tsv")
-        # A run of several repeats keeps each repeat's warm-up benchmark in rN/, a run of one beside the cell.
-        warm = (_job_seconds(run / "benchmarks/warmup" / rel / f"r{repeat}" / "warmup.tsv")
-                or (_job_seconds(run / "benchmarks/warmup" / rel / "warmup.tsv") if repeat == 1 else None))
+        warm = _warmup_job_seconds(run, rel, repeat)
         first = comp.get("first_step_s")
         out.append({
             "run": run.name, "model": rec["cell"]["model"], "context": rec["cell"]["seq_len"], "attn": rec["cell"]["attn"],
@@ -249,7 +258,7 @@ def occupancy(run: Path) -> list[dict]:
         out = []
         for i, (start, wall) in enumerate(parts, 1):
             end = start + pd.Timedelta(seconds=wall)
-            inside = [r for r in records if start <= pd.Timestamp(r["started_at"]) <= end]
+            inside = [r for r in records if r.get("started_at") and start <= pd.Timestamp(r["started_at"]) <= end]
             out += _occupancy(f"{run.name} part {i}", inside, wall) if inside else []
         return out
     walls = _walls(run)
@@ -563,7 +572,7 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
         elif m := re.match(r"Finished jobid: (\d+) \(Rule: (\w+)\)", line):
             if m.group(1) in jobs and m.group(2) in _GPU_RULES:
                 jobs[m.group(1)]["end"] = now
-        elif line.startswith(NOT_STARTED):
+        elif line.startswith(sweep.NOT_STARTED):
             held += 1
             if failed is not None:
                 failed["held"] = True
@@ -645,6 +654,35 @@ def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
     return float(range_pct(cell).iloc[0]), len({gpu_uuid(r["rec"]) for r in records}) == 1
 
 
+def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str:
+    """What the measurements left (`todo`: cells, each with the repeats it lacks) should cost: each at the median
+    GPU s a measurement (cell_costs) of the run's cells measured with every repeat at `code` of the same model, mode
+    and context, else of the same model and mode; then with the share of the sweeps' GPU time that went to no kept
+    job so far (cost_text's rest: starts, packing, held-back warm-ups, idle ends). An extrapolation from the run's
+    own cells, not a measurement; a cell's later repeat, which needs no batch search, costs less than the mean."""
+    every = cell_costs(run)
+    costs = every[(every["code"] == code) & (every["measurements"] >= repeats)]
+    per = costs["GPU s"] / costs["measurements"]
+    total, unknown = 0.0, 0
+    for cell in todo:
+        same = (costs["model"] == cell["model"]) & (costs["mode"] == cell["mode"])
+        near = per[same & (costs["seq_len"] == int(cell["seq_len"]))]
+        pool = near if len(near) else per[same]
+        if len(pool):
+            total += float(pool.median()) * cell["left"]
+        else:
+            unknown += cell["left"]
+    gpu_s = _sweeps_gpu_s(run)[2]
+    rest = min(max(1 - every["GPU s"].sum() / gpu_s, 0.0), 0.9) if gpu_s else 0.0
+    with_rest = total / (1 - rest)
+    nothing_like = f"; {unknown} with nothing like them measured" if unknown else ""
+    return (f"GPU time for the {sum(c['left'] for c in todo)} measurements left, at the median GPU s a measurement "
+            f"of this code's complete cells of the same model, mode and context (else model and mode; "
+            f"`--cost`): about {total:,.0f} s ({total / 60:,.0f} min) of jobs, {with_rest:,.0f} s "
+            f"({with_rest / 60:,.0f} min) with the run's rest so far ({100 * rest:.0f}% of its sweeps' GPU "
+            f"time){nothing_like}.")
+
+
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, whose rows
     are the run's grid): the records by cell code; at the newest record's code, the measurements, the cells with
@@ -682,6 +720,10 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     if len(missing):
         left_by = missing.groupby(["model", "mode", "attn"], sort=False).size().rename("cells left").reset_index()
         lines += [left_by.to_markdown(index=False), ""]
+    if left:
+        partial = [dict(rs[0]["rec"]["cell"], left=repeats - len(rs)) for c, rs in by_cell.items() if c not in complete]
+        todo = [dict(row, left=repeats) for row in missing.to_dict("records")] + partial
+        lines += [_time_left_line(run, code, repeats, todo), ""]
     ranges = {c: _repeat_range(rs) for c, rs in complete.items()}
     one_gpu = [pct for pct, one in filter(None, ranges.values()) if one]
     across = [pct for pct, one in filter(None, ranges.values()) if not one]
@@ -749,9 +791,157 @@ def main(runs: list[str]) -> None:
     print(df.to_markdown(index=False, floatfmt=",.1f"))
 
 
+def _search_attempts(run: Path, rel: Path, code: str | None) -> tuple[int, float]:
+    """How many batch-search attempts the cell's search logs (searches/CELL/rN.jsonl) hold of `code`, and their
+    seconds (the warm-up jobs' time includes them)."""
+    count, seconds = 0, 0.0
+    for log in sorted((run / "searches" / rel).glob("r*.jsonl")):
+        for line in log.read_text().splitlines():
+            try:
+                attempt = json.loads(line)
+            except ValueError:  # a write cut short when its process was killed, skipped as SearchLog.known does
+                continue
+            if (attempt.get("key") or {}).get("code") == code:
+                count, seconds = count + 1, seconds + float(attempt.get("seconds") or 0.0)
+    return count, seconds
+
+
+def cell_costs(run: Path) -> pd.DataFrame:
+    """Per cell of `run` (each folder under cells/ with a record): its measurements, its batch, and the wall time of
+    its jobs by Snakemake's benchmarks (benchmarks/{warmup,cells}/CELL/): every repeat's warm-up job, batch-search
+    attempts included, and timed job; its GPU time, both where its warm-ups held the GPU alone (no memory cap), the
+    timed jobs alone where they ran beside other jobs (a cap). A job run again (a warm-up redone on a fresh host
+    after the part that ran it held its timed job back; a cell measured twice) keeps only its last benchmark;
+    cost_text counts what ran before in the run's rest."""
+    out = []
+    for folder in sorted({p.parent for p in run.glob("cells/**/*.json")}):
+        records = sorted(p for p in folder.glob("*.json") if p.name == "cell.json" or p.name.startswith("repeat-"))
+        if not records:
+            continue
+        rel = folder.relative_to(run / "cells")
+        recs = [json.loads(p.read_text()) for p in records]
+        code = ((recs[0].get("env") or {}).get("code") or {}).get("source_sha256")
+        warm = [s for p in records if (s := _warmup_job_seconds(run, rel, _repeat_number(p))) is not None]
+        timed = [s for p in records if (s := _job_seconds(run / "benchmarks/cells" / rel / f"{p.stem}.tsv"))
+                 is not None]
+        attempts, attempts_s = _search_attempts(run, rel, code)
+        statuses = sorted({r["status"] for r in recs})
+        # Under a cap a warm-up compiles beside other jobs (two per GPU, stopped in timed windows): its wall time is
+        # not the GPU's. Without one it holds its GPU alone.
+        capped = any((r.get("cell") or {}).get("memory_cap_gib") for r in recs)
+        own = recs[0].get("cell") or {}
+        axes = {**sweep.cell_axes(rel), **{a: own[a] for a in AXES if own.get(a) is not None}}
+        out.append({**axes, "measurements": len(recs), "status": ", ".join(statuses),
+                    "batch": ", ".join(sorted({str(r.get("batch_size")) for r in recs})),
+                    "search attempts": attempts, "search s": attempts_s,
+                    "warm-up jobs s": sum(warm), "timed jobs s": sum(timed),
+                    "GPU s": sum(timed) + (0.0 if capped else sum(warm)), "capped": capped,
+                    "code": (code or "not recorded")[:8]})
+    df = pd.DataFrame(out)
+    if df.empty:
+        return df
+    df["seq_len"] = df["seq_len"].astype(int)
+    order = {axis: {v: i for i, v in enumerate(values)}
+             for axis, values in (("model", MODELS), ("mode", MODES), ("attn", ATTENTION))}
+    df = df.sort_values(["model", "mode", "seq_len", "attn"],
+                        key=lambda c: c.map(order[c.name]) if c.name in order else c, ignore_index=True)
+    # An axis that never varies within a model says nothing here (GPT-2 large's 20 heads, its 8-bit AdamW).
+    same = [a for a in AXES
+            if a not in ("model", "seq_len", "attn", "mode") and df.groupby("model")[a].nunique().max() == 1]
+    return df.drop(columns=same)
+
+
+def _sweeps_gpu_s(run: Path) -> tuple[int, float, float]:
+    """The run's sweeps: how many, their wall time, and their GPU time: each one's wall time times the GPUs its timed
+    jobs ran on (occupancy's rows of it; at least one)."""
+    gpus: dict[str, int] = {}
+    for row in occupancy(run):
+        gpus[row["run"]] = gpus.get(row["run"], 0) + 1
+    parts = _parts(run)
+    walls = ([(w, gpus.get(f"{run.name} part {i}", 1)) for i, (_, w) in enumerate(parts, 1)] if parts else
+             [(w, gpus.get(run.name, 1)) for w in _walls(run)])
+    return len(walls), sum(w for w, _ in walls), sum(w * g for w, g in walls)
+
+
+def cost_text(runs: list[str]) -> str:
+    """The sweep's GPU time, per cell and in total, for each run: cell_costs' table, its sums by model, and the
+    run's sweeps' GPU time against them."""
+    out = ["# GPU time, per cell and in total", "",
+           "Made by `python benchmarks/sweep/report.py --cost RUN...` from each run's Snakemake benchmarks "
+           "(`benchmarks/`: each job's wall time), its batch-search logs (`searches/`) and its sweeps' wall times "
+           "(`wall*.txt`). `warm-up jobs s`: every repeat's warm-up job, its search's attempts included "
+           "(`search s` of them, at the code of the cell's records); `timed jobs s`: every repeat's timed job, "
+           "its process's start, compilation from the warm-up's cache, steps and profiled step. `GPU s`: both, "
+           "where a warm-up holds its GPU alone (no memory cap); the timed jobs alone where warm-ups compile beside "
+           "them under a cap (two per GPU, stopped during each measured window), their time shared. `rest`: the "
+           "sweeps' GPU time (wall time times the GPUs a part's records ran on) less the cells' GPU s: each part's "
+           "start and packing, warm-ups under a cap while no timed job ran, jobs run again (a warm-up redone on a "
+           "fresh host after its timed job was held back at a part's end; a cell measured twice: only a job's last "
+           "benchmark is kept), jobs cut off at a part's end, a GPU idle before a deadline, and records of earlier "
+           "code since measured again."]
+    for run in map(Path, runs):
+        df = cell_costs(run)
+        if df.empty:
+            out += ["", f"## {run.name}", "", "No cell records."]
+            continue
+        sweeps, wall, gpu_s = _sweeps_gpu_s(run)
+        used = df["GPU s"].sum()
+        by_model = df.groupby("model", sort=False).agg(
+            cells=("measurements", "size"), measurements=("measurements", "sum"),
+            **{c: (c, "sum") for c in ("search attempts", "warm-up jobs s", "timed jobs s", "GPU s")}).reset_index()
+        by_model["GPU s a measurement"] = by_model["GPU s"] / by_model["measurements"]
+        cap = ("warm-ups beside the timed jobs (a memory cap)" if df["capped"].all() else
+               "warm-ups holding the GPU alone (no memory cap)" if not df["capped"].any() else
+               "warm-ups beside the timed jobs for the capped cells, alone for the others")
+        out += ["", f"## {run.name}", "",
+                f"{len(df)} cells, {df['measurements'].sum()} measurements, {cap}; {sweeps} sweeps of "
+                f"{wall:,.0f} s of wall time ({wall / 3600:.2f} h), {gpu_s:,.0f} GPU s ({gpu_s / 3600:.2f} GPU h); "
+                f"the cells' GPU s {used:,.0f} ({used / df['measurements'].sum():,.1f} s a measurement), rest "
+                f"{gpu_s - used:,.0f} s ({100 * (gpu_s - used) / gpu_s:.0f}%).", "",
+                by_model.to_markdown(index=False, floatfmt=",.0f"), "",
+                df.drop(columns="capped").to_markdown(index=False, floatfmt=",.0f")]
+    return "\n".join(out)
+
+
+def estimate_ratios(run: Path) -> list[dict]:
+    """Each compiled record of `run` with a warm-up, estimated as the workflow would before its timed job
+    (sweep.timed_job_s from its warm-up's attempt, as for a cell not yet measured: against the records of the run's
+    other cells of its model, `like`, and without them), over the job's wall time in Snakemake's benchmark."""
+    rows = []
+    for path in sorted(run.glob("cells/**/*.json")):
+        if path.name != "cell.json" and not path.name.startswith("repeat-"):
+            continue
+        record = json.loads(path.read_text())
+        warmup, cell = record.get("warmup") or {}, record["cell"]
+        took = _job_seconds(run / "benchmarks" / path.relative_to(run).with_suffix(".tsv"))
+        if record.get("status") != "ok" or cell["mode"] != "compiled" or not warmup.get("first_step_s") or not took:
+            continue
+        own = set(sweep.cell_records(run, cell))
+        like = sweep.read_records([p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"])
+                                   if p not in own])
+        as_written = {"status": "ok", "first_step_s": warmup["first_step_s"], "steps": warmup["steps"],
+                      "batch_attempts": record["batch_attempts"]}
+        with_like = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"], like)
+        alone = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"])
+        if with_like is not None and alone is not None:
+            rows.append({"record": f"{_label(cell)} {path.stem}", "like": with_like / took, "alone": alone / took})
+    return rows
+
+
+def estimates_text(run: Path) -> str:
+    """estimate_ratios' ranges: what the deadline's timed-job estimate comes to against the jobs' wall time."""
+    rows = pd.DataFrame(estimate_ratios(run))
+    if rows.empty:
+        return f"{run}: no compiled record with a warm-up and a benchmark"
+    return "\n".join(f"{name}: {len(rows)} records, {rows[col].min():.2f}-{rows[col].max():.2f} times the job's wall "
+                     f"time, median {rows[col].median():.2f}"
+                     for col, name in (("like", "with the run's other cells of the model"),
+                                       ("alone", "from the warm-up alone")))
+
+
 if __name__ == "__main__":
     paths = (sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"])
-             else sys.argv[2:3] if sys.argv[1:2] == ["--progress"] else sys.argv[1:])
+             else sys.argv[2:3] if sys.argv[1:2] in (["--progress"], ["--estimates"]) else sys.argv[1:])
     if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in paths
                                                                   if not a.startswith("--")):
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
@@ -761,6 +951,10 @@ if __name__ == "__main__":
         windows(sys.argv[2:])
     elif sys.argv[1:2] == ["--parts"]:
         part_split_table(sys.argv[2:])
+    elif sys.argv[1:2] == ["--cost"] and len(sys.argv) > 2:
+        print(cost_text(sys.argv[2:]))
+    elif sys.argv[1:2] == ["--estimates"] and len(sys.argv) == 3:
+        print(estimates_text(Path(sys.argv[2])))
     elif sys.argv[1:2] == ["--progress"] and len(sys.argv) in (3, 4):
         print(progress_text(Path(sys.argv[2]), *(pd.Timestamp(t, tz="UTC") for t in sys.argv[3:])))
     elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:

@@ -5,9 +5,24 @@
 # SECONDS minus a margin for packing, stops it and every cell process it left, then packs results/RUN into
 # $OUT/RUN.tgz. The cell in flight at the deadline leaves nothing (cells are written atomically), so the next call,
 # with the same arguments, runs it again with every other missing cell: only missing cells run.
+# Through the part, $OUT/RUN.tgz is also packed after each new cell record: a call stopped from outside before its
+# end (the device tool stops a command at its time limit and returns what $OUT holds) still brings back every cell
+# it finished.
 set -uo pipefail
 deadline=$((SECONDS + $1)) run=$2
 shift 2
+# A call sent before the previous call's tarball was unpacked into the checkout begins from an older tree: on a host
+# kept warm it would measure again what the last part measured, and its tarball would lack that part's records. Each
+# part leaves its stamp on the host in an ignored file (results/RUN/.last-part: kept between calls on a warm host,
+# not packed); a checkout without that part's wall file is refused before anything runs. `rm` the file in the
+# command to sweep from an older tree on purpose.
+last_part=results/$run/.last-part
+last_wall=results/$run/wall-$(cat "$last_part" 2>/dev/null).txt
+if [ -s "$last_part" ] && [ ! -e "$last_wall" ]; then
+    echo "sweep.sh: this host's last part of $run ($last_wall) is not in the checkout: unpack its tarball" \
+        "(tools/gpu-host/device-tree.sh unpack), then call again" >&2
+    exit 3
+fi
 source tools/gpu-host/setup.sh || exit 1
 mkdir -p "results/$run"
 # The part's start: its log's and wall file's name (report.py reads the part as [start, start + wall]).
@@ -53,10 +68,42 @@ export ATTNSWEEP_DEADLINE=$(($(date +%s) + stop_s))
 # let an uncapped warm-up take a GPU turn that a finished warm-up's timed job should have (RunPlan.warmup_gpus).
 if [ -n "${SWEEP_GPUS:-}" ]; then gpu_count=$(awk -F, '{print NF}' <<<"$SWEEP_GPUS"); else
     gpu_count=$(nvidia-smi -L | grep -c '^GPU'); fi
+# pack NAME: results/RUN into $OUT/RUN.tgz, written under a temporary NAME in $OUT and renamed over it, so that
+# $OUT/RUN.tgz is whole whenever the part is stopped. The warm-ups' compile caches stay (large, and used up); their
+# logs and benchmarks (logs/warmup/, benchmarks/warmup/) go with the cells. tar's status 1 (a file, such as the
+# progress log, changed while it was read) still leaves a whole archive.
+pack() {
+    tar czf "$OUT/.$run.$1.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
+        --exclude="results/$run/.rerun" --exclude="$last_part" "results/$run"
+    [ $? -le 1 ] && mv -f "$OUT/.$run.$1.tgz" "$OUT/$run.tgz"
+}
+# wall STATUS: this part's wall file (one per part, as benchmarks/sweep/report.py reads it), up to now.
+wall() { echo "exit $1 wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"; }
+# The run's cell records as a checksum of their names and times: any record written, replaced or removed changes it.
+records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' -printf '%p %T@\n' 2>/dev/null |
+    sort | cksum; }
+# The snapshots: every 10 s, if the run's records changed since the last look, a wall file up to now (report.py reads
+# a part as [start, start + wall]; the part's end replaces it) and the packing. At the lowest priority: gzip takes one
+# core for under a second (0.4 s for results/h200's 25 MB), and the warm-ups' compiles use the others.
+# Stopped (TERM) when snakemake ends, before the part's own wall file and packing: a packing in progress finishes
+# first (the trap runs once the foreground command returns; `wait` returns at once), so no snapshot replaces them.
+(
+    trap 'exit 0' TERM
+    renice -n 19 -p "$BASHPID" >/dev/null
+    seen=$(records)
+    while sleep 10 & wait $!; do
+        now=$(records)
+        [ "$now" != "$seen" ] || continue
+        seen=$now
+        wall running
+        pack snapshot
+    done
+) &
+snapshots=$!
 timeout -k 10 -s TERM "$stop_s" snakemake "$@" --cores "$(nproc)" --resources gpu="$gpu_count" >>"$log" 2>&1
 code=$?
-kill "$sampler" 2>/dev/null
-wait "$sampler" 2>/dev/null
+kill "$sampler" "$snapshots" 2>/dev/null
+wait "$sampler" "$snapshots" 2>/dev/null
 [ -s "results/$run/gpu-$stamp.err" ] || rm -f "results/$run/gpu-$stamp.err"
 # Snakemake's own full log of the part (which job started when, with its wildcards), beside the progress log's one
 # line per finished cell: it tells what a part spent its time on (a part's first job, the job its deadline cut off).
@@ -67,7 +114,7 @@ full=$(find .snakemake/log -name '*.snakemake.log' -newermt "@${start%.*}" -prin
 echo "snakemake exit: $code (124 = stopped at the deadline; 137 = killed 10 s after that, when it had not stopped;" \
     "1 = a job failed, or jobs were held back as they would end after the deadline: the lines above say which)"
 # This part's wall time, as benchmarks/sweep/report.py reads it (one file per part).
-echo "exit $code wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" >"results/$run/wall-$stamp.txt"
+wall "$code"
 # Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh); a snakemake
 # killed (137) could stop none of them. Anchored at the interpreter: the command line that called this script may hold
 # the same words.
@@ -80,7 +127,5 @@ tail -n 40 "$log"  # one line per finished cell, then where the results are
 find "results/$run/logs" -name '*.log' -size -2k -type f 2>/dev/null | while IFS= read -r f; do
     [ "$(wc -l <"$f")" -le 1 ] && grep -q '^attnsweep: not started' "$f" && rm -f -- "$f"
 done
-# The warm-ups' compile caches stay (large, and used up); their logs and benchmarks (logs/warmup/, benchmarks/warmup/)
-# go with the cells.
-tar czf "$OUT/$run.tgz" --exclude="results/$run/warmup" --exclude="results/$run/.gpulocks" \
-    --exclude="results/$run/.rerun" "results/$run"
+pack final
+echo "$stamp" >"$last_part"

@@ -151,8 +151,8 @@ def rerun_input(wildcards) -> str:
 def expected_timed_s(wildcards, input) -> int:
     """Resource expected_s of a timed job (a cell or a later repeat): the seconds it is expected to take, from the
     cell's other records and its warm-up, read against the records of the same model (sweep.timed_job_s); 0 where
-    unknown or no deadline is set. Snakemake
-    evaluates it when the job is about to start, so the warm-up it follows is there to read.
+    unknown or no deadline is set. Snakemake evaluates it when the job is about to start, so the warm-up it follows
+    is there to read.
     """
     if DEADLINE is None:
         return 0
@@ -251,7 +251,7 @@ if (
         raise WorkflowError(conflict)
 
 SUMMARY, HEADLINE_FILE = sweep.summary_path(RUN), f"{RESULTS}/headline.rst"
-# The study's compiled and eager tables, a table for any other mode of the grid, and all.md.
+# The study's compiled and eager tables, a table for any other mode of the grid, study.md and all.md.
 TABLES = {
     t: f"{RESULTS}/tables/{t}.md" for t in table_names(PLAN.settings["grid"]["mode"])
 }

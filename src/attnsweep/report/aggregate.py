@@ -45,9 +45,10 @@ GRAPH_BREAK_SUFFIX = "_graphbreak"
 
 
 def table_names(modes: Iterable[str]) -> list[str]:
-    """The markdown tables of a run whose grid has `modes`: one per mode, in MODE_ORDER, and `all`."""
+    """The markdown tables of a run whose grid has `modes`: one per mode, in MODE_ORDER, the study's findings beside
+    the run's (`study`), and `all`."""
     modes = set(modes)
-    return [*(m for m in MODE_ORDER if m in STUDY_MODES or m in modes), "all"]
+    return [*(m for m in MODE_ORDER if m in STUDY_MODES or m in modes), "study", "all"]
 
 
 def figure_names(grid: dict, device: str) -> list[str]:

@@ -145,8 +145,9 @@ def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str,
     parts.append(
         "Each run's tokens/s is the median of its repeats, ±half its spread, as in its own tables; here / "
         f"{other_name}: the ratio of the medians. − ref %: the difference over the reference implementation's "
-        "tokens/s in that run, tie where it lies inside both cells' spreads in that run. OOM, unsupported, not run "
-        "yet: that run's status of the cell; –: not computable."
+        "tokens/s in that run, tie where it lies inside both cells' spreads in that run (not judged where either "
+        "cell was measured once there). OOM, unsupported, not run yet: that run's status of the cell; –: not "
+        "computable."
     )
     return title + "\n\n".join(parts) + "\n"
 

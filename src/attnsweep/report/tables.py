@@ -1,5 +1,6 @@
 """Markdown tables from summary.csv: the study's layout per mode (compiled.md, eager.md, and compiled_cudagraphs.md
-where the grid has that mode) and every implementation side by side (all.md).
+where the grid has that mode), the study's findings beside the run's (study.md, report.findings) and every
+implementation side by side (all.md).
 
 The study's layout: one row per model and context; the baseline's batch and tokens/s; for each flash
 implementation its batch, tokens/s and speedup over the baseline; then FlashAttention-2 minus PyTorch's
@@ -20,6 +21,7 @@ from . import atomic_output, log
 from ..vocabulary import CUDAGRAPH_MODES
 from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, has_repeats,
                         is_grouped, read_summary, table_names)
+from .findings import study_markdown
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
@@ -42,7 +44,8 @@ LEGEND = (
 REPEATS_LEGEND = (
     "With repeats: tok/s is the median of a cell's repeats, ±half its spread in percent: the repeats' range, "
     "widened where they all ran on one GPU to the run's between-GPU spread (summary.csv: between_gpu_pct); a "
-    "difference marked tie lies inside both cells' spreads."
+    "difference marked tie lies inside both cells' spreads; one with a cell measured once (tok/s without ±) is not "
+    "judged, tie or lead."
 )
 
 
@@ -398,16 +401,22 @@ def all_markdown(df: pd.DataFrame) -> str:
 
 
 def render_tables(df: pd.DataFrame, names: list[str] | None = None) -> dict[str, str]:
-    """{name: markdown} of each table in `names` (a mode's, or 'all'; by default aggregate.table_names of the
-    summary's modes: compiled, eager, any other mode present, all), from a summary as read_summary returns it."""
+    """{name: markdown} of each table in `names` (a mode's, 'study' or 'all'; by default aggregate.table_names of the
+    summary's modes: compiled, eager, any other mode present, study, all), from a summary as read_summary returns
+    it."""
     names = table_names(df["mode"]) if names is None else names
-    return {name: all_markdown(df) if name == "all" else mode_markdown(df, name) for name in names}
+    special = {"all": all_markdown, "study": study_markdown}
+    return {name: special[name](df) if name in special else mode_markdown(df, name) for name in names}
 
 
 def write_tables(summary: str | os.PathLike, out: dict[str, str | os.PathLike]) -> None:
     """out: {table name: path}, the names of aggregate.table_names: a mode's table is written even when no cell of
     that mode is in the summary (it says so)."""
-    texts = render_tables(read_summary(summary), list(out))
+    write_rendered(render_tables(read_summary(summary), list(out)), out)
+
+
+def write_rendered(texts: dict[str, str], out: dict[str, str | os.PathLike]) -> None:
+    """Each table of `out` ({name: path}) from `texts` ({name: markdown}, render_tables'), replaced whole."""
     for name, path in out.items():
         with atomic_output(path) as tmp:
             tmp.write_text(texts[name])
