@@ -712,7 +712,7 @@ def test_a_search_log_for_a_timed_cell_needs_its_warm_up(capsys):
 
 
 def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_path):
-    from attnsweep.searchlog import Known, SearchLog
+    from attnsweep.searchlog import Known, SearchLog, entries
 
     log = SearchLog(tmp_path / "s.jsonl", {"code": "a", "budget_bytes": 1})
     log.add(8, "ok", 100, 3.0)
@@ -721,9 +721,11 @@ def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_p
     SearchLog(log.path, {"code": "b", "budget_bytes": 1}).add(32, "ok", 200, 4.0)
     log.add(8, "oom", None, 5.0)
     with open(log.path, "a") as f:
-        f.write('{"key": {"code": "a", "budget_by')  # a write cut short by a kill
+        f.write('7\n{"key": {"code": "a", "budget_by')  # not an entry; a write cut short by a kill
     assert log.known() == {8: Known("oom", None, 5.0), 16: Known("oom", None, 2.0)}
     assert SearchLog(tmp_path / "none.jsonl", {}).known() == {}
+    assert [e["batch_size"] for e in entries(log.path)] == [8, 16, 4, 32, 8]  # every whole entry, any key
+    assert entries(tmp_path / "none.jsonl") == []
 
 
 def test_the_tokens_policy_measures_tokens_over_context_sequences_in_one_attempt(tmp_path):
