@@ -123,12 +123,19 @@ preload.serve(sys.argv[1], idle_s=60)
 """
 
 
-def test_a_job_killed_before_its_child_makes_its_own_group_still_takes_the_child_down(tmp_path: Path) -> None:
+def _held_server(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """A HELD_SERVER serving on a socket in `tmp_path`: the server's process, its socket and its log."""
     sock, log = tmp_path / "s.sock", tmp_path / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
     with open(log, "wb") as out:
         server = subprocess.Popen([sys.executable, "-c", HELD_SERVER, str(sock)], stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                  stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(SRC)},
+                                  start_new_session=True)
+    return server, sock, log
+
+
+def test_a_job_killed_before_its_child_makes_its_own_group_still_takes_the_child_down(tmp_path: Path) -> None:
+    server, sock, log = _held_server(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
     child = None
     try:
         wait_for(sock.exists, timeout=60)
@@ -169,11 +176,7 @@ def test_a_job_killed_with_the_servers_reply_unread_still_takes_its_child_down(t
     # A Unix socket closed with data still queued for it resets the connection instead of ending it: the server's
     # next read of it raises instead of returning nothing. A job killed after the server sent it its child's pid and
     # before it read it (on a loaded machine, any job killed early) leaves its connection so.
-    sock, log = tmp_path / "s.sock", tmp_path / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-c", HELD_SERVER, str(sock)], stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server, sock, log = _held_server(tmp_path)
     children: list[int] = []
     try:
         wait_for(sock.exists, timeout=60)
