@@ -156,16 +156,13 @@ def test_a_job_killed_before_its_child_makes_its_own_group_still_takes_the_child
         server.wait()
 
 
-def _held_request(sock_path: Path, tmp_path: Path) -> socket.socket:
-    """A job's request to a held server (HELD_SERVER), sent as preload.run sends it, its streams /dev/null."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.connect(str(sock_path))
-    request = {"entry": "cli", "argv": ["status"], "env": dict(os.environ), "cwd": str(tmp_path),
-               "affinity": sorted(os.sched_getaffinity(0)), "nice": os.nice(0), "umask": 0o022,
-               "socket": str(sock_path)}
+def _held_request(sock_path: Path) -> socket.socket:
+    """A job's request to a held server (HELD_SERVER), as preload.run sends it, its streams /dev/null."""
+    conn = preload._connect(sock_path)
+    assert conn is not None
     streams = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
     try:
-        preload._send(conn, request, streams)
+        preload._send(conn, preload._request("cli", ["status"], sock_path), streams)
     finally:
         for fd in streams:
             os.close(fd)
@@ -181,7 +178,7 @@ def test_a_job_killed_with_the_servers_reply_unread_still_takes_its_child_down(t
     try:
         wait_for(sock.exists, timeout=60)
         for kept_reply_unread in (True, False):
-            conn = _held_request(sock, tmp_path)
+            conn = _held_request(sock)
             assert select.select([conn], [], [], 60)[0], "no reply from the server"  # the pid, queued for the job
             if not kept_reply_unread:
                 conn.recv(4096)

@@ -165,10 +165,7 @@ def run(entry: str, argv: list[str], folder: str | os.PathLike[str] | None = Non
               file=sys.stderr, flush=True)
         return None
     with sock:
-        request = {"entry": entry, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
-                   "affinity": sorted(os.sched_getaffinity(0)), "nice": os.nice(0), "umask": _umask(),
-                   "socket": str(path)}
-        _send(sock, request, [0, 1, 2])
+        _send(sock, _request(entry, argv, path), [0, 1, 2])
         try:
             reply, _ = _recv(sock)
             while "exit" not in reply:
@@ -179,6 +176,13 @@ def run(entry: str, argv: list[str], folder: str | os.PathLike[str] | None = Non
     if "error" in reply:
         print(f"attnsweep: {reply['error']}", file=sys.stderr, flush=True)
     return int(reply["exit"])
+
+
+def _request(entry: str, argv: list[str], path: Path) -> dict:
+    """What a child takes from the job that asks for it: the command, and this process's environment, folder, CPUs,
+    priority and umask (its standard streams go beside it as file descriptors); `path`: the server's socket."""
+    return {"entry": entry, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
+            "affinity": sorted(os.sched_getaffinity(0)), "nice": os.nice(0), "umask": _umask(), "socket": str(path)}
 
 
 def _umask() -> int:
