@@ -134,8 +134,8 @@ def test_a_static_floor_saves_attempts_and_keeps_the_answer(kind):
 def test_a_prior_peak_saves_attempts_and_a_wrong_one_keeps_the_answer(kind):
     """A peak of the same cell from another run (e.g. the capped replay's, at its preset batch) places the first
     attempt near the boundary. Mean attempts on the ladder from 64 with the static floor, without / with a prior /
-    with a prior half or twice the true peak: linear 3.15 / 2.20 / 2.82 / 3.03, overhead 3.03 / 2.12 / 2.80 / 2.92,
-    curved 2.94 / 1.99 / 2.74 / 2.81, stepped 3.38 / 2.32 / 3.08 / 3.16 (the binary search: 4.00; every answer
+    with a prior half or twice the true peak: linear 3.15 / 2.30 / 2.98 / 3.04, overhead 3.03 / 2.22 / 2.86 / 2.93,
+    curved 2.94 / 2.02 / 2.82 / 2.81, stepped 3.38 / 2.26 / 3.08 / 3.16 (the binary search: 4.00; every answer
     checked equal to the binary search's in _compare)."""
     floor_only = _mean(_compare(kind, floor=True), 1, (64,))
     with_prior = _mean(_compare(kind, floor=True, prior=1.0), 1, (64,))
@@ -143,6 +143,54 @@ def test_a_prior_peak_saves_attempts_and_a_wrong_one_keeps_the_answer(kind):
     message = f"{kind}: {floor_only:.2f} / {with_prior:.2f} / {halved:.2f} / {doubled:.2f}"
     assert with_prior < floor_only - 0.8, message
     assert max(halved, doubled) <= floor_only + 0.05, message  # misled by 2x, still no worse than without it
+
+
+# GPT-2 medium, context 3072, compiled, fa2, on a whole H200 (results/h200) with the 12 GiB replay's record as the
+# prior (results/h200-study-12gib): the budget, the static floor, the prior's peak and the peak measured at batch 40.
+H200_BYTES, MEDIUM_FLOOR = 150_109_880_320, 5_152_210_944
+MEDIUM_3072_PRIOR, MEDIUM_3072_AT_40 = {2: 10_703_451_648}, 126_390_825_984
+MEDIUM_3072_PER_SAMPLE = (MEDIUM_3072_AT_40 - MEDIUM_3072_PRIOR[2]) / 38
+
+
+def _medium_3072() -> Callable[[int], Probe]:
+    """Memory linear in the batch through the prior's peak and the one measured at 40; 48 does not fit (it ran out of
+    memory there)."""
+    return _probe_of(lambda b: MEDIUM_3072_PRIOR[2] + (b - 2) * MEDIUM_3072_PER_SAMPLE, H200_BYTES)
+
+
+def _understated_prior(factor: float) -> dict[int, int]:
+    """A prior at batch 2 whose line (through the static floor) has `factor` times the per-sample memory."""
+    return {2: int(MEDIUM_FLOOR + 2 * MEDIUM_3072_PER_SAMPLE * factor)}
+
+
+def test_a_prior_places_its_first_attempt_with_a_margin_for_its_per_sample_memory():
+    """The prior's line, extrapolated from batch 2 to the budget, put the first attempt at 48, which ran out of memory
+    (its per-sample memory 9% below the H200's); with the prior's margin it goes to 40, the answer, and the one
+    attempt above proves it."""
+    answer, tried = predictive_search_largest(step_down(64), _medium_3072(), H200_BYTES, static_bytes=MEDIUM_FLOOR,
+                                              prior=MEDIUM_3072_PRIOR)
+    assert answer == 40 and tried == [40, 48]
+
+
+def test_after_a_prior_placed_attempt_does_not_fit_the_prior_places_the_next_below_it():
+    """A prior further off than its margin (the H200's per-sample memory 1.3 times its line's) still puts the first
+    attempt at 48, which does not fit. Its line drawn through 48 at the budget puts the next at 40, the answer, proved
+    by the two attempts; bisection would go to 6 first, for a line of the search's own (an attempt more, each
+    compiling from cold)."""
+    answer, tried = predictive_search_largest(step_down(64), _medium_3072(), H200_BYTES, static_bytes=MEDIUM_FLOOR,
+                                              prior=_understated_prior(1 / 1.3))
+    assert answer == 40 and tried == [48, 40]
+
+
+def test_a_prior_far_off_costs_two_attempts_too_high_then_the_search_bisects():
+    """The H200's per-sample memory 4 times the prior line's: the first attempt (64) and the one its line places
+    after it (48) do not fit; after MAX_OVERESTIMATES such attempts the prior is dropped, the search bisects (6) and
+    then follows its own line (40). The answer is the binary search's."""
+    ladder, probe = step_down(64), _medium_3072()
+    answer, tried = predictive_search_largest(ladder, probe, H200_BYTES, static_bytes=MEDIUM_FLOOR,
+                                              prior=_understated_prior(0.25))
+    assert batching.MAX_OVERESTIMATES == 2 and tried == [64, 48, 6, 40]
+    assert answer == binary_search_largest(ladder, lambda b: probe(b).fits)[0] == 40
 
 
 def test_the_static_floor_is_below_what_training_holds() -> None:

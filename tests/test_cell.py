@@ -299,10 +299,67 @@ def test_a_prior_record_places_the_first_attempt_and_the_answer_stays_the_search
         warm_up(spec, tmp_path / "other", prior={**prior, "cell": {**prior["cell"], "seq_len": 64}})
 
 
+def test_a_peer_within_the_same_memory_places_the_first_attempt_before_another_run_s(monkeypatch, tmp_path):
+    """A record of the cell with another attention of the same memory kind, measured within the same memory, places
+    the first attempt ahead of another run's record (a line from near the budget has less to extrapolate); one
+    measured within other memory is passed over; one of another cell, or of attention whose memory grows otherwise
+    (naive's with the square of the context), is refused before anything runs."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import warm_up
+
+    budget = 12 * 2**30
+    monkeypatch.setattr(cell_mod, "_budget", lambda spec, device: budget)
+    tried = _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    prior = {"cell": {**spec.record(), "run": "capped"}, "status": "ok", "reason": None, "batch_size": 2,
+             "peak_memory_bytes": 2**30}
+    by_prior = warm_up(spec, tmp_path / "prior", prior=prior)
+    assert tried[0] == 16  # the capped run's line, from batch 2, reaches the budget far above the answer
+    peer = {"cell": {**spec.record(), "attn": "sdpa_flash", "run": "here"}, "status": "ok", "reason": None,
+            "batch_size": 8, "peak_memory_bytes": 10 * 2**30, "env": {"gpu_memory_bytes": budget}}
+    tried.clear()
+    placed = warm_up(spec, tmp_path / "peer", prior=prior, peers=[peer])
+    assert tried[0] == 8 and placed.batch_size == by_prior.batch_size == 8 and len(tried) < 4
+    assert "first attempt placed by run here's sdpa_flash peak at batch size 8 (10.00 GiB)" in placed.batch_note
+    tried.clear()
+    elsewhere = {**peer, "env": {"gpu_memory_bytes": 80 * 2**30}}
+    assert "capped's peak" in warm_up(spec, tmp_path / "elsewhere", prior=prior, peers=[elsewhere]).batch_note
+    assert tried[0] == 16
+    with pytest.raises(CellInputError, match="the peer record of 'sdpa_flash' given is of another cell: seq_len 64"):
+        warm_up(spec, tmp_path / "other", peers=[{**peer, "cell": {**peer["cell"], "seq_len": 64}}])
+    with pytest.raises(CellInputError, match="'naive' given is of attention whose memory grows with the square of "
+                       "the context, where sdpa's grows linearly"):
+        run_cell(spec, peers=[{**peer, "cell": {**peer["cell"], "attn": "naive"}}])
+    # Of several peers, the one whose peak came nearest the budget; without a budget (the CPU), the prior as given.
+    lower = {**peer, "batch_size": 4, "peak_memory_bytes": 6 * 2**30}
+    assert cell_mod.placing_record(prior, [lower, peer], budget) is peer
+    assert cell_mod.placing_record(prior, [lower, peer], None) is prior
+
+
+def test_batch_peers_not_measured_yet_are_passed_over_and_refused_beside_a_warm_up(monkeypatch, tmp_path, capsys):
+    tried = _counting_attempts(monkeypatch)
+    out = tmp_path / "w.json"
+    args = ["warmup", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--device", "cpu",
+            "--batch-policy", "search", "--batch-start", "16", "--steps", "4", "--window", "2", "--no-profile",
+            "--cache", str(tmp_path / "c"), "--out", str(out)]
+    assert cli_main([*args, "--batch-peers", str(tmp_path / "not-yet.json")]) == 0
+    assert json.loads(out.read_text())["status"] == "ok" and tried
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        cli_main([*args, "--batch-peers", str(tmp_path / "not-yet.json"), str(tmp_path / "bad.json")])
+    assert f"--batch-peers {tmp_path / 'bad.json'}:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
+                  "--warmup", "w.json", "--cache", "c", "--batch-peers", "cell.json",
+                  "--out", str(tmp_path / "o.json")])
+    assert "--batch-peers is for a search" in capsys.readouterr().err
+
+
 def test_batch_prior_is_refused_beside_a_warm_up_and_must_be_a_record(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",
-                  "--warmup", "w.json", "--cache", "c", "--batch-prior", "cell.json", "--out", str(tmp_path / "o.json")])
+                  "--warmup", "w.json", "--cache", "c", "--batch-prior", "cell.json",
+                  "--out", str(tmp_path / "o.json")])
     assert "--batch-prior is for a search" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit):
@@ -354,6 +411,22 @@ def test_a_jobs_output_loses_the_temporaries_killed_writers_left(tmp_path):
     assert cellio.remove_stale_temporaries(path) == sorted(stale)
     assert not any(t.exists() for t in stale) and other.exists()
     assert cellio.remove_stale_temporaries(tmp_path / "missing" / "cell.json") == []
+
+
+def test_a_temporary_its_writer_never_finished_is_what_the_next_job_removes(tmp_path):
+    """The record's writer (no suffix) and the report's (the output's suffix) make their temporaries with one helper:
+    the cleanup's pattern finds each, and only the one of its own output and suffix."""
+    import os
+
+    for out, suffix in ((tmp_path / "cell.json", ""), (tmp_path / "speedup.png", ".png")):
+        # A writer killed mid-block never leaves it; kept referenced, as a dropped block removes its temporary.
+        block = cellio.atomic_temporary(out, suffix)
+        fd, tmp = block.__enter__()
+        os.close(fd)
+        assert tmp.name.startswith(f".{out.name}.") and tmp.name.endswith(f".tmp{suffix}")
+        assert cellio.remove_stale_temporaries(out, ".other") == []
+        assert cellio.remove_stale_temporaries(out, suffix) == [tmp] and not tmp.exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_write_gives_the_file_the_usual_permissions(tmp_path):
@@ -556,6 +629,60 @@ def test_a_later_repeats_timed_run_out_of_memory_feeds_nothing_back(monkeypatch,
     assert not log.exists() and forgotten == []
 
 
+def test_a_timed_run_feeds_back_by_the_warm_ups_searched_flag_not_its_note(monkeypatch, tmp_path):
+    """Whether a timed run that does not fit is entered in the search log follows the warm-up's `searched`, kept in
+    its file, not the wording of its batch_note; a warm-up file without the flag feeds nothing back."""
+    import dataclasses
+
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import Warmup, shared_batch_note, timed_cell, warm_up
+
+    _counting_attempts(monkeypatch)
+    spec = _search_spec()
+    searched = warm_up(spec, tmp_path / "r1")
+    record_1 = {"cell": spec.record(), "status": "ok", "reason": None, "batch_size": searched.batch_size}
+    repeat = warm_up(spec, tmp_path / "r2", record_1)
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    reworded = dataclasses.replace(searched, batch_note=shared_batch_note(searched.batch_size))
+    rec = timed_cell(spec, reworded, tmp_path / "r1", search_log=tmp_path / "r1.jsonl")
+    assert "entered in the search log" in rec["reason"] and (tmp_path / "r1.jsonl").exists()
+    reworded = dataclasses.replace(repeat, batch_note=searched.batch_note)
+    rec = timed_cell(spec, reworded, tmp_path / "r2", search_log=tmp_path / "r2.jsonl")
+    assert "search log" not in rec["reason"] and not (tmp_path / "r2.jsonl").exists()
+
+    assert searched.searched and not repeat.searched
+    searched.write(tmp_path / "w.json")
+    assert Warmup.read(tmp_path / "w.json") == searched
+    unflagged = {k: v for k, v in json.loads((tmp_path / "w.json").read_text()).items() if k != "searched"}
+    (tmp_path / "w.json").write_text(json.dumps(unflagged))
+    assert not Warmup.read(tmp_path / "w.json").searched
+
+
+@pytest.mark.parametrize("policy", ["fixed", "study"])
+def test_a_fixed_or_study_batch_the_timed_run_cannot_fit_is_an_error_not_a_searched_size(monkeypatch, tmp_path,
+                                                                                         policy):
+    """A batch size the plan gives (`fixed`, or the study's for a cell it ran) was not searched: a timed run that does
+    not fit it ends `error` saying so, and nothing goes to the search log (a next warm-up has nothing below it to
+    search, and would take the timed run's out-of-memory for a stopped warm-up's attempt)."""
+    import attnsweep.cell as cell_mod
+    from attnsweep.cell import timed_cell, warm_up
+
+    tried: list[int] = []
+    monkeypatch.setattr(cell_mod, "run_attempt", lambda spec, b, device, **kw: tried.append(b) or AttemptResult("ok"))
+    monkeypatch.setattr(cell_mod, "measure", lambda spec, b, device, **kw: AttemptResult("oom", "simulated"))
+    spec = (CellSpec(attn="sdpa", mode="eager", **TINY) if policy == "fixed" else
+            CellSpec(model="medium", attn="sdpa", mode="eager", seq_len=256, precision="fp32", device="cpu",
+                     batch_policy="study"))
+    log, forgotten = tmp_path / "r1.jsonl", []
+    warm = warm_up(spec, tmp_path / "w", search_log=log)
+    assert warm.status == "ok" and tried == [warm.batch_size] == [{"fixed": 2, "study": 24}[policy]]
+    rec = timed_cell(spec, warm, tmp_path / "w", search_log=log, forget_warmup=lambda: forgotten.append(True))
+    assert rec["status"] == "error" and rec["reason"] == (f"the timed run at batch size {warm.batch_size}, which "
+                                                          "fitted in the warm-up, ran out of memory: simulated")
+    assert forgotten == [] and len(log.read_text().splitlines()) == 1  # the warm-up's attempt only
+    assert not warm.searched
+
+
 def test_the_cell_command_removes_the_warm_up_a_timed_run_could_not_fit(monkeypatch, tmp_path, capsys):
     """Through the commands the sweep runs: the timed job exits with an error, its record says why, the warm-up's
     JSON is gone (so Snakemake runs that warm-up again) and the search log holds the size as out of memory."""
@@ -585,7 +712,7 @@ def test_a_search_log_for_a_timed_cell_needs_its_warm_up(capsys):
 
 
 def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_path):
-    from attnsweep.searchlog import Known, SearchLog
+    from attnsweep.searchlog import Known, SearchLog, entries
 
     log = SearchLog(tmp_path / "s.jsonl", {"code": "a", "budget_bytes": 1})
     log.add(8, "ok", 100, 3.0)
@@ -594,9 +721,11 @@ def test_a_search_log_skips_a_cut_line_and_other_keys_and_keeps_the_latest(tmp_p
     SearchLog(log.path, {"code": "b", "budget_bytes": 1}).add(32, "ok", 200, 4.0)
     log.add(8, "oom", None, 5.0)
     with open(log.path, "a") as f:
-        f.write('{"key": {"code": "a", "budget_by')  # a write cut short by a kill
+        f.write('7\n{"key": {"code": "a", "budget_by')  # not an entry; a write cut short by a kill
     assert log.known() == {8: Known("oom", None, 5.0), 16: Known("oom", None, 2.0)}
     assert SearchLog(tmp_path / "none.jsonl", {}).known() == {}
+    assert [e["batch_size"] for e in entries(log.path)] == [8, 16, 4, 32, 8]  # every whole entry, any key
+    assert entries(tmp_path / "none.jsonl") == []
 
 
 def test_the_tokens_policy_measures_tokens_over_context_sequences_in_one_attempt(tmp_path):
@@ -610,3 +739,65 @@ def test_the_tokens_policy_measures_tokens_over_context_sequences_in_one_attempt
     assert rec["cell"]["batch_policy"] == "tokens" and rec["cell"]["batch_tokens"] == 300
     # Other policies' records keep their cell block as it was (no batch_tokens key).
     assert "batch_tokens" not in CellSpec(model="tiny", attn="sdpa", mode="eager", seq_len=64).record()
+
+
+def test_a_warm_up_keeps_its_step_times_through_its_file_into_the_timed_record(tmp_path):
+    """A warm-up keeps each step's seconds at its batch size, the cold first one included (a sweep's deadline takes
+    the timed job's pace from them); its file gives them back, and the timed record's `warmup` carries them."""
+    from attnsweep.cell import STEP_DIGITS, WARMUP_STEPS, Warmup, timed_cell, warm_up
+
+    spec = CellSpec(attn="sdpa", mode="eager", **{**TINY, "profile": False})
+    warm = warm_up(spec, tmp_path / "cache")
+    times = warm.step_times_s
+    assert warm.status == "ok" and len(times) == WARMUP_STEPS  # 10 of the cell's 12 steps
+    assert all(t > 0 and t == round(t, STEP_DIGITS) for t in times)
+    warm.write(tmp_path / "warmup.json")
+    assert Warmup.read(tmp_path / "warmup.json").step_times_s == times
+    rec = timed_cell(spec, warm, tmp_path / "cache")
+    assert rec["status"] == "ok" and rec["warmup"]["step_times_s"] == times
+    cellio.validate_cell(rec)
+
+
+def test_a_warm_up_of_a_cell_with_fewer_steps_says_how_many_it_ran(tmp_path):
+    """A cell of 8 steps warms up with 8, not WARMUP_STEPS: its file, a file read back and the timed record say 8,
+    and the timed job's expected seconds take the warm-up's pace over those 8."""
+    from attnsweep import sweep
+    from attnsweep.cell import WARMUP_STEPS, Warmup
+
+    assert WARMUP_STEPS > 8
+    cell = ["--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--precision", "fp32",
+            "--batch-size", "2", "--device", "cpu", "--steps", "8", "--window", "4", "--no-profile"]
+    warmup, cache, out = (tmp_path / n for n in ("w.json", "cache", "cell.json"))
+    assert cli_main(["warmup", *cell, "--cache", str(cache), "--out", str(warmup)]) == 0
+    written = json.loads(warmup.read_text())
+    assert written["status"] == "ok" and written["steps"] == len(written["step_times_s"]) == 8
+    assert cli_main(["cell", *cell, "--warmup", str(warmup), "--cache", str(cache), "--out", str(out)]) == 0
+    assert cellio.load_cell(out)["warmup"]["steps"] == 8
+
+    (tmp_path / "miscounted.json").write_text(json.dumps({**written, "steps": WARMUP_STEPS}))
+    assert Warmup.read(tmp_path / "miscounted.json").steps == 8
+    # Without step times, the pace is the attempt's seconds after the cold first step over the 7 steps after it.
+    untimed = {**written, "step_times_s": None}
+    attempt_s = written["batch_attempts"][-1]["seconds"]
+    cold = written["first_step_s"]
+    first = min(cold, sweep.WARM_FIRST_STEP_S + sweep.WARM_FIRST_STEP_SHARE * cold)
+    assert sweep.timed_job_s(2, untimed, [], 8) == pytest.approx(
+        first + 7 * max(0.0, attempt_s - cold) / 7 + sweep.JOB_START_S)
+
+
+def test_a_warm_ups_step_times_are_optional_seconds(tmp_path):
+    """Records and warm-up files without the warm-up's step times (older ones) stay valid; where present, the schema
+    takes them as a list of seconds."""
+    from attnsweep.cell import Warmup
+
+    rec = json.loads((Path(__file__).parent / "data" / "cell_ok.json").read_text())
+    older = {"seconds": 28.0, "steps": 10, "first_step_s": 25.0, "gpu": None}
+    for warmup in (older, {**older, "step_times_s": None}, {**older, "step_times_s": [25.0, 0.31, 0.3]}):
+        cellio.validate_cell({**rec, "warmup": warmup})
+    for bad in (["fast"], [0.3, -0.1], 0.3):
+        with pytest.raises(ValueError, match="not a valid cell record at warmup/step_times_s"):
+            cellio.validate_cell({**rec, "warmup": {**older, "step_times_s": bad}})
+    (tmp_path / "warmup.json").write_text(json.dumps({
+        "status": "ok", "reason": None, "batch_size": 8, "batch_note": None, "batch_attempts": [],
+        "first_step_s": 25.0, "steps": 10, "seconds": 28.0, "gpu": None}))
+    assert Warmup.read(tmp_path / "warmup.json").step_times_s is None

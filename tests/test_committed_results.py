@@ -105,7 +105,8 @@ def test_summary_is_rebuilt_from_the_committed_cells(run, monkeypatch):
     stale_repeats = {str(p) for p in committed_cells(run, "repeat-*.json")
                      if str(p) not in with_stale_first and code(p) != code(p.with_name("cell.json"))}
     left_out = stale_firsts | stale_repeats | with_stale_first
-    tabled = {code(p) for p in [*committed_cells(run), *committed_cells(run, "repeat-*.json")] if str(p) not in left_out}
+    tabled = {code(p) for p in [*committed_cells(run), *committed_cells(run, "repeat-*.json")]
+              if str(p) not in left_out}
     assert all(code(Path(p)) not in tabled for p in stale_firsts | stale_repeats), run
     present = [p for p in committed_cells(run) if str(p) not in left_out]
     monkeypatch.chdir(REPO)  # cell_path in a summary is relative to the repository root, where the pipeline runs

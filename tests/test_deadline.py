@@ -49,7 +49,8 @@ def test_a_timed_job_expects_its_other_repeats_time_at_the_same_size() -> None:
 
 
 def test_a_first_timed_job_expects_its_warmups_pace_at_its_size() -> None:
-    # 4.5 s for the 9 steps after the cold first one: 0.5 s a step; the warm first step at most 10 + 0.2 x 25 s.
+    # A warm-up without step times: 4.5 s for the 9 steps after the cold first one: 0.5 s a step; the warm first
+    # step at most 10 + 0.2 x 25 s.
     expected = 15.0 + 124 * 0.5 + sweep.JOB_START_S
     assert sweep.timed_job_s(48, WARMUP, [], 125) == pytest.approx(expected)
     # A run of 6 steps warms up with 6: 4.5 s over 5 steps.
@@ -58,6 +59,23 @@ def test_a_first_timed_job_expects_its_warmups_pace_at_its_size() -> None:
     # An eager cell's first step is short: it bounds the warm one.
     eager = {**WARMUP, "first_step_s": 1.0, "batch_attempts": [attempt(48, 5.5)]}
     assert sweep.timed_job_s(48, eager, [], 125) == pytest.approx(1.0 + 124 * 0.5 + sweep.JOB_START_S)
+
+
+def test_a_first_timed_job_expects_its_warmups_steady_pace_where_it_kept_its_step_times() -> None:
+    # The second step's extra work and the third's are left out: the median of steps 3-10 is 0.25 s, stretched.
+    times = [25.0, 1.5, 0.6, 0.25, 0.25, 0.26, 0.25, 0.24, 0.25, 0.25]
+    steady = {**WARMUP, "step_times_s": times}
+    assert sweep.timed_job_s(48, steady, [], 125) == pytest.approx(
+        15.0 + 124 * 0.25 * sweep.STEADY_SPREAD + sweep.JOB_START_S)
+    # A run of 6 steps warms up with 6: the median of steps 3-6.
+    assert sweep.timed_job_s(48, {**WARMUP, "step_times_s": times[:6]}, [], 6) == pytest.approx(
+        15.0 + 5 * 0.255 * sweep.STEADY_SPREAD + sweep.JOB_START_S)
+    # Without step times from the third on, or at another size than the warm-up's, the attempt's mean pace.
+    mean_pace = 15.0 + 124 * 0.5 + sweep.JOB_START_S
+    for warmup in ({**WARMUP, "step_times_s": None}, {**WARMUP, "step_times_s": times[:2]},
+                   {**steady, "batch_size": 64}):
+        assert sweep.timed_job_s(48, warmup, [], 125) == pytest.approx(mean_pace)
+    assert sweep.timed_job_s(48, steady, [], 125) < mean_pace
 
 
 def measured(steps_s: list[float], tail_s: float, loaded_s: float, batch: int = 64) -> dict:
@@ -83,6 +101,9 @@ def test_the_records_of_cells_like_it_take_the_warmups_other_work_off_its_pace()
     busy = [measured([1.0] + [0.2] * 124, 9.0, 0.5)]
     assert sweep.timed_job_s(48, {**WARMUP, "first_step_s": 0.5, "batch_attempts": [attempt(48, 5.0)]}, [], 125,
                              busy) == pytest.approx(0.5 + sweep.JOB_START_S)
+    # A warm-up that kept its step times goes by its steady pace, whatever the run's records say.
+    steady = {**WARMUP, "step_times_s": [25.0, 1.5] + [0.25] * 8}
+    assert sweep.timed_job_s(48, steady, [], 125, like) == sweep.timed_job_s(48, steady, [], 125)
     # A cell's own other repeats at the size still come first.
     again = [{"status": "ok", "batch_size": 48, "duration_s": 80.0}]
     assert sweep.timed_job_s(48, WARMUP, again, 125, like) == pytest.approx(80.0 * sweep.REPEAT_SPREAD

@@ -224,7 +224,8 @@ def test_pipeline_refuses_a_memory_cap_larger_than_the_gpu_before_any_job(tmp_pa
         '#!/bin/sh\ncase "$*" in *-L*) echo "GPU 0: Fake GPU (UUID: GPU-0)";; *) echo "Fake GPU, 16384";; esac\n'
     )
     (fake / "nvidia-smi").chmod(0o755)
-    proc = snakemake(repo, "-n", check=False, env=job_env(PATH=f"{BIN}{os.pathsep}{fake}{os.pathsep}{os.environ['PATH']}"))
+    path = os.pathsep.join([str(BIN), str(fake), os.environ["PATH"]])
+    proc = snakemake(repo, "-n", check=False, env=job_env(PATH=path))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "memory_cap_gib: 24 GiB exceeds the 16.0 GiB of Fake GPU" in output, output
     assert "Job stats" not in output and not (repo / "results").exists()
@@ -536,7 +537,8 @@ def test_cli_says_which_file_it_cannot_write_and_why(tmp_path: Path, capsys) -> 
 
 def test_cli_full_disk_message(tmp_path: Path, monkeypatch, capsys) -> None:
     # The measurement is canned (the template record): this is about the write, not the training.
-    monkeypatch.setattr("attnsweep.cell.run_cell", lambda spec, first=None, prior=None: copy.deepcopy(TEMPLATE))
+    monkeypatch.setattr("attnsweep.cell.run_cell",
+                        lambda spec, first=None, prior=None, peers=(): copy.deepcopy(TEMPLATE))
     monkeypatch.setattr(cellio.os, "replace", no_space)
     out = tmp_path / "cells" / "cell.json"
     rc = cli_main(["cell", "--model", "tiny", "--attn", "naive", "--seq-len", "16", "--batch-size", "1",

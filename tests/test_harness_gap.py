@@ -1,4 +1,5 @@
-"""tools/harness_gap.py on the CPU: the window is found where the script assumes, and the host probe's records come out."""
+"""tools/harness_gap.py on the CPU: the window is found where the script assumes, and the host probe's records come
+out."""
 
 from __future__ import annotations
 

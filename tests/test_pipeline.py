@@ -505,6 +505,30 @@ def test_a_prior_run_gives_each_searched_cell_its_record_there(tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_a_searching_job_is_given_where_its_peers_records_are(tmp_path: Path) -> None:
+    """batch policy search: a repeat-1 job is given the paths of the cell's records with the grid's other attention
+    of its memory kind (`--batch-peers`, read by the job when it starts), a later repeat only repeat 1's record."""
+    config = copy.deepcopy(TINY)
+    config["grid"].update(seq_len=[32], attn=["naive", "sdpa", "sdpa_math"], mode=["eager"])
+    repo = copy_repo(tmp_path, config)
+    edit_config(repo, repeats=2, batch={"policy": "search", "start": 8})
+    out = snakemake(repo, "-n", "-p").stdout
+    warmups = {line for line in out.splitlines() if "python -m attnsweep warmup" in line}
+    assert len(warmups) == 6, out  # three cells, two repeats
+
+    def peers(attn: str) -> list[str]:
+        line, = [w for w in warmups if f"--attn {attn} " in w and "--batch-from" not in w]
+        named = line.split("--batch-peers", 1)[1].split(" --", 1)[0] if "--batch-peers" in line else ""
+        return re.findall(r"attn~(\w+)/", named)
+
+    # naive and SDPA's math backend keep the scores (memory with the square of the context); sdpa on a GPU does not.
+    assert peers("naive") == ["sdpa_math"] and peers("sdpa_math") == ["naive"] and peers("sdpa") == []
+    assert sum("--batch-peers" in w for w in warmups) == 2
+    snakemake(repo, "--cores", "2")  # the jobs take the option as the workflow writes it (on the CPU: no budget)
+    assert [load_cell(c)["status"] for c in cell_paths(repo)] == ["ok"] * 3
+
+
+@pytest.mark.slow
 def test_changing_steps_reruns_every_cell(repo: Path) -> None:
     edit_config(repo, steps=7)
     assert planned(repo) == EVERYTHING
@@ -649,7 +673,8 @@ def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path:
     assert planned(clone) == {"code_stamp": 1, **AGGREGATION}
     with open(clone / "src/attnsweep/model.py", "a") as f:
         f.write("# an edit\n")
-    assert planned(clone) == {"code_stamp": 2, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS, **AGGREGATION}
+    assert planned(clone) == {"code_stamp": 2, "rerun": TINY_CELLS, "warmup": TINY_CELLS, "cell": TINY_CELLS,
+                              **AGGREGATION}
 
 
 # ---- crashes and kills ------------------------------------------------------------------------------------------

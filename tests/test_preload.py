@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +43,14 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended: a zombie its parent has yet to reap counts as ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 TINY = ["--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--steps", "4", "--window", "2",
@@ -91,26 +101,109 @@ def test_a_killed_job_takes_its_child_down(tmp_path: Path) -> None:
     wait_for(lambda: " pid " in server_log(folder), timeout=120)
     child = int(server_log(folder).split(" pid ")[1].split(":")[0])
     os.kill(child, 0)  # running
-    # Killed once the child leads its own process group, which the server kills. (The child sets it itself, just
-    # after the fork: a job killed before that leaves its child running, a race the server's own setpgid of the
-    # child would close. Not fixed yet, as preload.py is cell code and the replay's records name its hash.)
-    wait_for(lambda: os.getpgid(child) == child, timeout=30)
-    # And once the job has read the server's reply (the child's pid), which a loaded machine can delay past the
-    # lines above: a job killed with it unread resets its connection, which this server does not survive
-    # (patches/README.md).
-    time.sleep(2)
     job.send_signal(signal.SIGKILL)
     job.wait()
-
-    def gone() -> bool:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return True
-        return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
-
-    wait_for(gone, timeout=30)
+    wait_for(lambda: gone(child), timeout=30)
     assert not (tmp_path / "cell.json").exists()
+
+
+# A server whose children stop where they start, before their own setpgid: the window between the fork and the
+# child's setpgid, held open. Nothing is preloaded, as the race is in the fork, not in the imports.
+HELD_SERVER = """
+import os, sys, time
+from attnsweep import preload
+
+def held(*args):
+    time.sleep(600)
+    os._exit(1)
+
+preload._preload = lambda: None
+preload._child = held
+preload.serve(sys.argv[1], idle_s=60)
+"""
+
+
+def _held_server(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """A HELD_SERVER serving on a socket in `tmp_path`: the server's process, its socket and its log."""
+    sock, log = tmp_path / "s.sock", tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-c", HELD_SERVER, str(sock)], stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(SRC)},
+                                  start_new_session=True)
+    return server, sock, log
+
+
+def test_a_job_killed_before_its_child_makes_its_own_group_still_takes_the_child_down(tmp_path: Path) -> None:
+    server, sock, log = _held_server(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    child = None
+    try:
+        wait_for(sock.exists, timeout=60)
+        job = subprocess.Popen([sys.executable, "-c", "from attnsweep import preload; preload.run('cli', ['status'])"],
+                               env={**env, preload.SOCKET_ENV: str(sock)}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: " pid " in log.read_text(), timeout=60)
+        child = int(log.read_text().split(" pid ")[1].split(":")[0])
+        assert not gone(child)
+        assert os.getpgid(child) == child  # set by the server: the held child never gets to its own
+        job.kill()
+        job.wait()
+        wait_for(lambda: gone(child), timeout=20)
+    finally:
+        if child is not None and not gone(child):
+            os.kill(child, signal.SIGKILL)
+        server.kill()
+        server.wait()
+
+
+def _held_request(sock_path: Path) -> socket.socket:
+    """A job's request to a held server (HELD_SERVER), as preload.run sends it, its streams /dev/null."""
+    conn = preload._connect(sock_path)
+    assert conn is not None
+    streams = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+    try:
+        preload._send(conn, preload._request("cli", ["status"], sock_path), streams)
+    finally:
+        for fd in streams:
+            os.close(fd)
+    return conn
+
+
+def test_a_job_killed_with_the_servers_reply_unread_still_takes_its_child_down(tmp_path: Path) -> None:
+    # A Unix socket closed with data still queued for it resets the connection instead of ending it: the server's
+    # next read of it raises instead of returning nothing. A job killed after the server sent it its child's pid and
+    # before it read it (on a loaded machine, any job killed early) leaves its connection so.
+    server, sock, log = _held_server(tmp_path)
+    children: list[int] = []
+    try:
+        wait_for(sock.exists, timeout=60)
+        for kept_reply_unread in (True, False):
+            conn = _held_request(sock)
+            assert select.select([conn], [], [], 60)[0], "no reply from the server"  # the pid, queued for the job
+            if not kept_reply_unread:
+                conn.recv(4096)
+            wait_for(lambda: log.read_text().count(" pid ") == len(children) + 1, timeout=30)
+            children.append(int(log.read_text().split(" pid ")[-1].split(":")[0]))
+            assert not gone(children[-1])
+            conn.close()  # the job, killed
+            wait_for(lambda: gone(children[-1]), timeout=20)
+            assert server.poll() is None, log.read_text()  # and the server serves the next job
+    finally:
+        for child in children:
+            if not gone(child):
+                os.kill(child, signal.SIGKILL)
+        server.kill()
+        server.wait()
+
+
+def test_a_child_that_leads_no_group_is_killed_by_itself() -> None:
+    proc = subprocess.Popen(["sleep", "600"])  # in the test's process group: no group has its id
+    try:
+        preload._kill_group(proc.pid)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_no_server_means_the_job_runs_in_its_own_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -428,7 +428,8 @@ def test_repeats_give_the_median_their_range_and_ties(tmp_path: Path) -> None:
     assert "110 ±9.1%" in text and "median of a cell's repeats" in text
     # What each cell cost: every repeat's timed job (the template's duration_s is 130 s), the failed one included.
     assert (r["timed_s_total"], row(df, "sdpa")["timed_s_total"]) == (4 * 130.0, 2 * 130.0)
-    assert "3 cells, 8 timed jobs: 1,040 s in all (130.0 s a job; on a GPU, the time each held its GPU)" in out["all"].read_text()
+    assert ("3 cells, 8 timed jobs: 1,040 s in all (130.0 s a job; on a GPU, the time each held its GPU)"
+            in out["all"].read_text())
 
 
 def test_a_cell_measured_once_in_a_run_with_repeats_is_not_judged(tmp_path: Path) -> None:
@@ -531,7 +532,8 @@ def test_gpu_time_adds_the_warm_up_jobs_of_every_repeat(tmp_path: Path) -> None:
     df = summarize([fa2], repeats=[second])
     assert (row(df, "fa2")["timed_s_total"], row(df, "fa2")["warmup_s_total"]) == (22.0, 75.0)
     text = all_markdown(df)
-    assert "1 cell, 2 timed jobs: 22 s in all (11.0 s a job; on a GPU, the time each held its GPU); warm-up jobs 75 s" in text
+    assert ("1 cell, 2 timed jobs: 22 s in all (11.0 s a job; on a GPU, the time each held its GPU); "
+            "warm-up jobs 75 s") in text
     assert "| 22 + 75 |" in text.split("## Job time")[1].replace("  ", " ")
 
 
@@ -771,7 +773,10 @@ def test_a_graph_breaks_cost_and_grouped_heads_are_compared_with_their_twins(tmp
         (path.parent / "repeat-2.json").write_text(json.dumps(rec))
         repeats.append(path.parent / "repeat-2.json")
     df = summarize(cells, repeats=repeats)
-    row = lambda attn, mode, kv=12: df[(df["attn"] == attn) & (df["mode"] == mode) & (df["kv_heads"] == kv)].iloc[0]  # noqa: E731
+
+    def row(attn: str, mode: str, kv: int = 12) -> pd.Series:
+        return df[(df["attn"] == attn) & (df["mode"] == mode) & (df["kv_heads"] == kv)].iloc[0]
+
     assert row("fa2_graphbreak", "compiled")["graphbreak_over_one_graph"] == pytest.approx(81 / 101)
     assert row("fa2_graphbreak", "compiled")["tie_graphbreak"] == False  # noqa: E712
     assert row("fa2_graphbreak", "compiled_cudagraphs")["graphbreak_over_one_graph"] == pytest.approx(109.5 / 111)

@@ -143,7 +143,8 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
                                            "--preload", "results/study/.preload"]
     assert gpu.threads(16) == (2, 2) and gpu.threads(1) == (1, 1)
     cpu = sweep.plan_run(config(), {}, gpus=[])
-    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks", "--preload", "results/cpu-demo/.preload"]
+    assert cpu.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks",
+                                   "--preload", "results/cpu-demo/.preload"]
     fresh = sweep.plan_run(config(preload=False), {}, gpus=[])
     assert fresh.job_options([]) == ["--gpu-locks", "results/cpu-demo/.gpulocks"]
     assert cpu.threads(2) == (2, 2)  # a CPU cell trains on every core: nothing runs beside it
@@ -222,11 +223,11 @@ def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:
 
 
 def test_repeats_beyond_the_first_sit_beside_its_record() -> None:
-    cells = ["results/r/cells/model~small/seq_len~1024/cell.json", "results/r/cells/model~medium/seq_len~1024/cell.json"]
+    small, medium = "results/r/cells/model~small/seq_len~1024", "results/r/cells/model~medium/seq_len~1024"
+    cells = [f"{small}/cell.json", f"{medium}/cell.json"]
     assert sweep.repeat_paths(cells, 1) == []
     assert sweep.repeat_paths(cells, 3) == [
-        "results/r/cells/model~small/seq_len~1024/repeat-2.json", "results/r/cells/model~small/seq_len~1024/repeat-3.json",
-        "results/r/cells/model~medium/seq_len~1024/repeat-2.json", "results/r/cells/model~medium/seq_len~1024/repeat-3.json",
+        f"{small}/repeat-2.json", f"{small}/repeat-3.json", f"{medium}/repeat-2.json", f"{medium}/repeat-3.json",
     ]
     assert config()["repeats"] == 1  # the schema's default
 
@@ -279,6 +280,24 @@ def test_a_prior_run_places_each_searched_cells_first_attempt(tmp_path: Path, mo
         sweep.plan_run({**cfg, "run": "capped"}, {}, gpus=["0"])
     with pytest.raises(sweep.SweepError, match="prior_run"):
         sweep.validate_config({**cfg, "batch": {**cfg["batch"], "prior_run": "../elsewhere"}}, SCHEMA)
+
+
+def test_a_searched_cell_s_peers_are_the_grid_s_other_attention_of_its_memory_kind(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """peer_records: where this run keeps the cell's records with the grid's other attention whose memory grows as
+    its does (linear: the flash implementations; quadratic: naive), measured or not; none but for a search."""
+    monkeypatch.chdir(tmp_path)
+    cfg = overlay("study-12gib.yaml", "whole-gpu.yaml")
+    plan = sweep.plan_run(cfg, {}, gpus=["0"])
+    cell = {"model": "large", "seq_len": 2048, "attn": "fa2", "mode": "compiled", "kv_heads": 20,
+            "precision": "fp16", "optimizer": "adamw8bit", "harness": "native"}
+    peers = plan.peer_records(cell)
+    assert [sweep.cell_axes(p)["attn"] for p in peers] == ["sdpa", "sdpa_flash", "fa2_graphbreak"]
+    assert all(p == f"results/{plan.run}/cells/{sweep.cell_path({**cell, 'attn': a})}/cell.json"
+               for p, a in zip(peers, ["sdpa", "sdpa_flash", "fa2_graphbreak"]))
+    assert plan.peer_records({**cell, "attn": "naive"}) == []  # the grid's only attention of its kind
+    study = sweep.plan_run({**cfg, "batch": {"policy": "study"}}, {}, gpus=["0"])
+    assert study.peer_records(cell) == []
 
 
 def test_a_run_is_compared_only_with_another_run_that_has_a_summary(tmp_path: Path, monkeypatch) -> None:

@@ -98,7 +98,8 @@ def test_the_spread_between_two_sweeps_is_read_against_the_repeats_own() -> None
     assert 10 < off["B vs A mean %"] < 11.5 and off["its std error %"] < 1
     # Every cell's repeats 4% apart and centred 1% above its single value: each cell inside its spread, and the
     # same 1% over all cells, which the mean shift shows with no error (every cell's shift is the same).
-    shift = report.spread_between([([100.0 * k], [100.0 * k * 1.01 / 1.02, 100.0 * k * 1.01 * 1.02]) for k in (1, 2, 3)])
+    shift = report.spread_between([([100.0 * k], [100.0 * k * 1.01 / 1.02, 100.0 * k * 1.01 * 1.02])
+                                   for k in (1, 2, 3)])
     assert shift["variance ratio"] < 1 and shift["within"] == 3
     assert abs(shift["B vs A mean %"] - 1) < 1e-9 and shift["its std error %"] < 1e-9
     # Repeats on both sides pool into the spread; equal means, no difference.

@@ -42,8 +42,9 @@ def checkout(tmp_path: Path) -> Path:
 
 
 def two_sweeps(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(repo.parent / "out"), "TMPDIR": str(repo.parent)}
     return subprocess.run(["bash", "tools/gpu-host/two-sweeps.sh", "60", *args], cwd=repo, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(repo.parent / "out"), "TMPDIR": str(repo.parent)})
+                          text=True, env=env)
 
 
 def test_the_second_sweep_runs_patched_code_in_a_copy_sharing_the_first_ones_gpu_locks(checkout: Path) -> None:
@@ -53,7 +54,8 @@ def test_the_second_sweep_runs_patched_code_in_a_copy_sharing_the_first_ones_gpu
     out = checkout.parent / "out"
     a, b = (out / "replay.out").read_text(), (out / "whole.out").read_text()
     assert f"cwd {checkout}\n" in a and "args replay --config run=replay gpus=[0]" in a and "code old" in a
-    assert f"cwd {checkout.parent}/two-sweeps-b" in b and "args whole --config run=whole gpus=[1]" in b and "code new" in b
+    assert (f"cwd {checkout.parent}/two-sweeps-b" in b and "args whole --config run=whole gpus=[1]" in b
+            and "code new" in b)
     assert f"locks {checkout}/results/replay/.gpulocks" in b
     assert (out / "setup.txt").read_text() == "setup\n"  # once, before both
     assert (checkout / "src/code.txt").read_text() == "old\n"  # the checkout's code is not patched

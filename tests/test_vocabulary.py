@@ -10,7 +10,8 @@ import yaml
 
 from attnsweep import attention, cli, model
 from attnsweep.vocabulary import (AXES, BATCH_POLICIES, CHOICES, COMPILED_MODES, CUDAGRAPH_MODES, DEVICES, MODELS,
-                                  MODES, STATUSES, ATTEMPT_OUTCOMES, TORCH_COMPILE_MODES, kv_heads_problem)
+                                  MODES, QUADRATIC_MEMORY, STATUSES, ATTEMPT_OUTCOMES, TORCH_COMPILE_MODES,
+                                  kv_heads_problem, memory_kind)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
@@ -48,6 +49,8 @@ def test_cell_schema_enums_are_the_vocabulary() -> None:
 
 def test_attention_registry_and_models_are_the_vocabulary() -> None:
     assert tuple(attention.names()) == CHOICES["attn"]
+    assert set(QUADRATIC_MEMORY) < set(CHOICES["attn"])  # the kinds name attention the registry has
+    assert {memory_kind(a) for a in CHOICES["attn"]} == {"quadratic", "linear"}
     assert list(model.MODEL_CONFIGS) == list(MODELS)
     for name, shape in MODELS.items():
         cfg = model.MODEL_CONFIGS[name]

@@ -40,7 +40,7 @@ import pandas as pd
 
 from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
                                        range_pct, summarize)
-from attnsweep import sweep
+from attnsweep import searchlog, sweep
 from attnsweep.vocabulary import ATTENTION, AXES, MODELS, MODES
 
 
@@ -796,11 +796,7 @@ def _search_attempts(run: Path, rel: Path, code: str | None) -> tuple[int, float
     seconds (the warm-up jobs' time includes them)."""
     count, seconds = 0, 0.0
     for log in sorted((run / "searches" / rel).glob("r*.jsonl")):
-        for line in log.read_text().splitlines():
-            try:
-                attempt = json.loads(line)
-            except ValueError:  # a write cut short when its process was killed, skipped as SearchLog.known does
-                continue
+        for attempt in searchlog.entries(log):
             if (attempt.get("key") or {}).get("code") == code:
                 count, seconds = count + 1, seconds + float(attempt.get("seconds") or 0.0)
     return count, seconds

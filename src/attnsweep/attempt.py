@@ -138,7 +138,8 @@ def compiler_processes(allowed: bool):
     core, a few seconds before the measured window. On the GPU host the timed jobs' windows had about one other core
     busy (window_conditions: 0.7-1.4 s of other processes' CPU a second of window in a one-GPU sweep; under 0.1 s in
     the cold path, whose pool had long been idle), which this accounts for. The number of compile threads is not part
-    of the compile caches' keys (Inductor's config leaves `compile_threads` out of them): the cache is hit either way."""
+    of the compile caches' keys (Inductor's config leaves `compile_threads` out of them): the cache is hit either
+    way."""
     if allowed:
         yield
         return

@@ -17,10 +17,10 @@ the smallest candidate fits:
   tests/test_batching.py). Given a lower bound of the batch-independent memory (`static_bytes`, from the parameter
   count and the optimizer: `static_floor_bytes`), one attempt that fits already draws the line: 2.9-3.4 (by memory
   model, simulated). Given another run's peak for the cell (`prior`, e.g. the capped replay's at its preset batch),
-  the first attempt already goes where the line predicts: 2.0-2.3 (tests/test_batching.py). Without a budget, or
-  with at most five candidates, it is the binary search, attempt for attempt. An attempt that neither fits nor runs
-  out of memory is the caller's to raise from `probe`; the search calls `probe` once per batch size it returns in the
-  tried list, in that order.
+  the first attempt already goes where the line predicts, with a margin for the other run (PRIOR_SLOPE_MARGIN):
+  2.0-2.3 (tests/test_batching.py). Without a budget, or with at most five candidates, it is the binary search,
+  attempt for attempt. An attempt that neither fits nor runs out of memory is the caller's to raise from `probe`; the
+  search calls `probe` once per batch size it returns in the tried list, in that order.
 
 Why the prediction cannot change the answer: the search keeps the largest candidate seen to fit and the smallest seen
 not to, and stops only when they are neighbours on the list (or nothing above the fitting one is left, or nothing
@@ -174,8 +174,17 @@ def static_floor_bytes(params: int, optimizer: str) -> int:
 # range makes a wrong prediction about as likely on either side, and a wrong prediction costs one attempt, never the
 # answer; with 0-8% of simulated overhead, margins of 2-5% give mean attempt counts within about 0.05 of each other.
 PREDICTION_MARGIN = 0.03
+# A prior's line is drawn from another run's peak (another cap, host or software), mostly at a small batch far from
+# the boundary here, so an error in its per-sample memory grows with the distance it is extrapolated: its per-sample
+# memory is taken this much larger. On a whole H200 searched from the 12 GiB replay's peaks (results/h200, 88 cells),
+# the per-sample memory at the answer was 1.00-1.02 times the prior line's for GPT-2 small, 1.06-1.24 for medium
+# (most below 1.15) and 1.3-1.5 for large. Replayed on those cells, this margin cuts the first attempts that ran out
+# of memory from 16 to 3 (all attempts: 128 to 117, and to 113 with the next attempt placed below a failed one,
+# `_prior_largest`); where the prior is exact it costs up to 0.1 attempt a cell (simulated, tests/test_batching.py).
+PRIOR_SLOPE_MARGIN = 0.15
 # After this many attempts that the line predicted to fit but did not (memory not linear in the batch: a step, strong
-# curvature), the rest of the search bisects, so a misleading fit costs a bounded number of attempts.
+# curvature; a prior far off), the search stops predicting from that line and bisects (until it has a line of its
+# own, after a prior's), so a misleading fit costs a bounded number of attempts.
 MAX_OVERESTIMATES = 2
 # With up to five candidates bisection needs at most three attempts, which two points for a line and one
 # confirmation cannot beat.
@@ -198,9 +207,11 @@ def predictive_search_largest(
     `static_bytes`: a lower bound of the memory that does not grow with the batch (`static_floor_bytes`); with it the
     first attempt that fits already gives a line, where without it a second one is needed.
     `prior`: peak bytes by batch size measured for the same cell elsewhere (e.g. a run under a memory cap); it places
-    the first attempt where a line through it reaches the budget, instead of at a small batch. The search's own
-    peaks replace it from the first attempt that fits, and an attempt it put too high counts as a wrong prediction:
-    a misleading prior costs attempts, never the answer (which attempts on both sides still prove).
+    the first attempt where a line through it reaches the budget (its per-sample memory PRIOR_SLOPE_MARGIN larger),
+    instead of at a small batch. Where that attempt does not fit, the prior's line, drawn through it at the budget,
+    places the next one below it (`_prior_largest`). The search's own peaks replace the prior from the first attempt
+    that fits, and an attempt it put too high counts as a wrong prediction (MAX_OVERESTIMATES): a misleading prior
+    costs attempts, never the answer (which attempts on both sides still prove).
     """
     if not predicts(candidates, budget_bytes):
         return binary_search_largest(candidates, lambda b: probe(b).fits)
@@ -211,17 +222,24 @@ def predictive_search_largest(
     lo, hi = -1, len(asc)
     peaks: dict[int, int] = {}
     tried: list[int] = []
-    overestimates = 0
+    # Wrong predictions by each line, bounded apart: a prior's misses say nothing about the search's own line.
+    overestimates = {"prior": 0, "own": 0}
     while hi - lo > 1:
         predicted_fit = False
+        line = "own" if peaks else "prior" if prior else None
         if not tried and not prior:
             # The second smallest: small enough to fit almost always (a point for the line), and where only the
             # smallest fits it is already one of the two attempts that prove the answer.
             j = min(1, len(asc) - 1)
-        elif tried and (not peaks or overestimates >= MAX_OVERESTIMATES):
+        elif tried and (line is None or overestimates[line] >= MAX_OVERESTIMATES):
             j = (lo + hi) // 2
         else:
-            largest = _predicted_largest(peaks or prior, budget_bytes * (1 - margin), static_bytes)
+            usable = budget_bytes * (1 - margin)
+            if peaks:
+                largest = _predicted_largest(peaks, usable, static_bytes)
+            else:
+                failed = asc[hi] if hi < len(asc) else None
+                largest = _prior_largest(prior, usable, static_bytes, failed=failed, budget_bytes=budget_bytes)
             j = max((i for i in range(lo + 1, hi) if asc[i] <= largest), default=lo)
             predicted_fit = j > lo
             if not predicted_fit:
@@ -234,7 +252,8 @@ def predictive_search_largest(
                 peaks[asc[j]] = result.peak_bytes
         else:
             hi = j
-            overestimates += int(predicted_fit)
+            if predicted_fit:
+                overestimates[line] += 1
     return (asc[lo] if lo >= 0 else None), tried
 
 
@@ -249,6 +268,22 @@ def top_first_search(
         return (candidates[0] if top.fits else None), [candidates[0]]
     answer, tried = predictive_search_largest(candidates[1:], probe, budget_bytes, **kwargs)
     return answer, [candidates[0], *tried]
+
+
+def _prior_largest(prior: Mapping[int, int], usable_bytes: float, static_bytes: int, *, failed: int | None,
+                   budget_bytes: int) -> float:
+    """The batch at which the prior's line reaches `usable_bytes`, with its per-sample memory PRIOR_SLOPE_MARGIN
+    larger (the line turned about the prior's largest batch).
+
+    `failed`: the smallest batch known not to fit, where the prior placed an attempt too high. The line then goes from
+    the prior's largest batch through `failed` at `budget_bytes`: about the least per-sample memory that explains the
+    failure, so the next attempt goes just below it, where a prior a little off puts the answer, instead of to the
+    small batch a bisection would try.
+    """
+    top = max(prior)
+    line = {**prior, failed: budget_bytes} if failed is not None and failed > top else prior
+    largest = _predicted_largest(line, usable_bytes, static_bytes)
+    return top + (largest - top) / (1 + PRIOR_SLOPE_MARGIN) if largest > top else largest
 
 
 def _predicted_largest(peaks: Mapping[int, int], usable_bytes: float, static_bytes: int = 0) -> float:

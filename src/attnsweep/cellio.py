@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,31 +53,41 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader sees all or nothing."""
+@contextmanager
+def atomic_temporary(path: str | os.PathLike, suffix: str = "") -> Iterator[tuple[int, Path]]:
+    """A temporary file beside `path`, `.NAME.XXXX.tmp` + `suffix`, renamed onto `path` once the block has ended
+    without an error and removed if it raises: a reader of `path` sees the old file or the new one, never part of one.
+    Yields the temporary's descriptor, open for writing, which the block closes, and its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); a result is as readable as any file written with open().
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove what writers of `path` killed mid-write left (write_json_atomic's `.NAME.*.tmp`): called by the job
-    that owns `path` before it writes (a workflow runs one job per output), so a sweep killed with SIGKILL leaves no
-    temporary behind once the cell is measured again. Returns the removed files."""
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a reader sees all or nothing."""
     path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_temporary(path) as (fd, _), os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=False, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_stale_temporaries(path: str | os.PathLike, suffix: str = "") -> list[Path]:
+    """Remove what writers of `path` killed mid-write left: atomic_temporary's `.NAME.*.tmp` + `suffix` (no suffix
+    for write_json_atomic's). Called by the job that owns `path` before it writes (a workflow runs one job per
+    output), so a sweep killed with SIGKILL leaves no temporary behind once the cell is measured again. Returns the
+    removed files."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp{suffix}")) if path.parent.is_dir() else []
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

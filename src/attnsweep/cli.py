@@ -52,19 +52,32 @@ def _add_batch_prior(p: argparse.ArgumentParser) -> None:
                    help="another run's record of the same cell (e.g. under a memory cap): the batch search's first "
                    "attempt goes where its peak memory predicts the largest batch that fits; the answer is the "
                    "search's own, proved by its attempts")
+    p.add_argument("--batch-peers", nargs="+", default=[], metavar="CELL_JSON",
+                   help="records of the same cell with other attention whose memory grows alike (e.g. this run's "
+                   "other implementations): those there when the job starts, and measured within the same memory, "
+                   "place the first attempt instead of --batch-prior (the one whose peak came nearest the memory); a "
+                   "path with no record yet is passed over")
 
 
-def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, option: str = "batch_from") -> dict | None:
-    """The record named by --batch-from (repeat 1's) or --batch-prior (another run's), read and checked, or None."""
-    path = getattr(args, option)
-    if path is None:
-        return None
+def _load_record(path: str, option: str, parser: argparse.ArgumentParser) -> dict:
+    """The record at `path`, read and checked; a parser error naming `option` where it cannot be."""
     from .cellio import load_cell
 
     try:
         return load_cell(path)
     except (OSError, ValueError) as e:
         parser.error(f"--{option.replace('_', '-')} {path}: {e}")
+
+
+def _read_record(args: argparse.Namespace, parser: argparse.ArgumentParser, option: str = "batch_from") -> dict | None:
+    """The record named by --batch-from (repeat 1's) or --batch-prior (another run's), read and checked, or None."""
+    path = getattr(args, option)
+    return None if path is None else _load_record(path, option, parser)
+
+
+def _read_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    """The records named by --batch-peers that are there now (a peer not measured yet is passed over), read."""
+    return [_load_record(path, "batch_peers", parser) for path in args.batch_peers if Path(path).is_file()]
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -91,7 +104,8 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="batch size for the fixed policy")
     p.add_argument("--batch-start", type=_positive_int, default=64, help="starting size for search (default: 64)")
     p.add_argument("--batch-tokens", type=_positive_int,
-                   help="tokens a step for the tokens policy: batch size tokens // seq-len, or the largest below that fits")
+                   help="tokens a step for the tokens policy: batch size tokens // seq-len, or the largest below "
+                        "that fits")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default: 125 on a GPU, 20 on the CPU)")
     p.add_argument("--window", type=_positive_int, default=None,
@@ -272,8 +286,10 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--batch-from is for a cold repeat: with --warmup, the warm-up has taken repeat 1's batch size")
     if args.search_log is not None and args.warmup is None:
         parser.error("--search-log goes with --warmup (the warm-up's search, which a timed run can correct)")
-    if args.warmup is not None and args.batch_prior is not None:
-        parser.error("--batch-prior is for a search: with --warmup, the warm-up has found the batch size")
+    for option in ("batch_prior", "batch_peers"):
+        if args.warmup is not None and getattr(args, option):
+            parser.error(f"--{option.replace('_', '-')} is for a search: with --warmup, the warm-up has found the "
+                         "batch size")
     first = _read_record(args, parser)
     prior = _read_record(args, parser, "batch_prior")
     if args.cache is not None:
@@ -286,7 +302,8 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if args.warmup is None:
                 if slot is not None:
                     stack.enter_context(slot.exclusive())  # every attempt compiles here: the GPU is ours throughout
-                record = run_cell(spec, first, prior)
+                # Read once the GPU is ours: a peer measured while this job waited for it is there now.
+                record = run_cell(spec, first, prior, _read_peers(args, parser))
             else:
                 record = timed_cell(spec, Warmup.read(args.warmup), args.cache, _hooks(slot, stack, args.window_turns),
                                     args.search_log, lambda: Path(args.warmup).unlink(missing_ok=True))
@@ -330,8 +347,9 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         spec = _spec(args, parser)
         first = _read_record(args, parser)
         prior = _read_record(args, parser, "batch_prior")
+        peers = _read_peers(args, parser)  # read once this job holds its slot: a peer measured meanwhile is there
         try:
-            result = warm_up(spec, args.cache, first, prior, args.search_log)
+            result = warm_up(spec, args.cache, first, prior, args.search_log, peers)
         except CellInputError as e:
             parser.error(str(e))
     result.write(args.out)

@@ -2,10 +2,11 @@
 
 The study trained with Composer (`precision='amp_fp16'`, `max_duration='125ba'`, `SpeedMonitor(window_size=25)`,
 `compile_config={'fullgraph': True}` or none for eager). `train_composer` runs the same model, data, optimizer and
-precision as `native_harness.train_native` through a Composer `Trainer`, and reports the tokens/s SpeedMonitor logged at the
-last batch: tokens of the last `window` batches over the wall-clock time Composer measured for them. The compile
-mode with CUDA graphs runs here too: its compile_config adds mode='reduce-overhead' (training.compile_options, as the
-native loop compiles), and a callback marks each batch's start for the CUDA graph trees, as the native step does.
+precision as `native_harness.train_native` through a Composer `Trainer`, and reports the tokens/s SpeedMonitor logged
+at the last batch: tokens of the last `window` batches over the wall-clock time Composer measured for them. The
+compile mode with CUDA graphs runs here too: its compile_config adds mode='reduce-overhead'
+(training.compile_options, as the native loop compiles), and a callback marks each batch's start for the CUDA graph
+trees, as the native step does.
 
 Composer is optional. It is imported only inside the functions here, so the package imports and the native harness
 runs without it; `composer_unsupported_reason` says why a composer cell cannot run (not installed, or a precision

@@ -165,10 +165,7 @@ def run(entry: str, argv: list[str], folder: str | os.PathLike[str] | None = Non
               file=sys.stderr, flush=True)
         return None
     with sock:
-        request = {"entry": entry, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
-                   "affinity": sorted(os.sched_getaffinity(0)), "nice": os.nice(0), "umask": _umask(),
-                   "socket": str(path)}
-        _send(sock, request, [0, 1, 2])
+        _send(sock, _request(entry, argv, path), [0, 1, 2])
         try:
             reply, _ = _recv(sock)
             while "exit" not in reply:
@@ -179,6 +176,13 @@ def run(entry: str, argv: list[str], folder: str | os.PathLike[str] | None = Non
     if "error" in reply:
         print(f"attnsweep: {reply['error']}", file=sys.stderr, flush=True)
     return int(reply["exit"])
+
+
+def _request(entry: str, argv: list[str], path: Path) -> dict:
+    """What a child takes from the job that asks for it: the command, and this process's environment, folder, CPUs,
+    priority and umask (its standard streams go beside it as file descriptors); `path`: the server's socket."""
+    return {"entry": entry, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
+            "affinity": sorted(os.sched_getaffinity(0)), "nice": os.nice(0), "umask": _umask(), "socket": str(path)}
 
 
 def _umask() -> int:
@@ -306,7 +310,7 @@ def serve(path: str | os.PathLike[str], idle_s: float | None = None) -> None:
                     if pid is not None:
                         children[pid] = conn
                         selector.register(conn, selectors.EVENT_READ, pid)
-                elif not key.fileobj.recv(1):  # the job is gone (killed): so is its command
+                elif _ended(key.fileobj):  # the job is gone (killed): so is its command
                     selector.unregister(key.fileobj)
                     _kill_group(key.data)
             while children:
@@ -321,9 +325,21 @@ def serve(path: str | os.PathLike[str], idle_s: float | None = None) -> None:
             elif time.monotonic() - last > idle_s or not _still_ours(path, inode):
                 return
     finally:
+        # Left by an error in the loop above, children would run on with no server to end them when their jobs go.
+        for pid in children:
+            _kill_group(pid)
         if _still_ours(path, inode):
             path.unlink()
         listener.close()
+
+
+def _ended(conn: socket.socket) -> bool:
+    """Whether a job's connection has ended: its end, or a reset, which a job killed with the server's reply still
+    unread leaves instead (a Unix socket closed with data queued for it resets the connection)."""
+    try:
+        return not conn.recv(1)
+    except OSError:
+        return True
 
 
 def _fork(conn: socket.socket, closing: list) -> int | None:
@@ -352,6 +368,12 @@ def _fork(conn: socket.socket, closing: list) -> int | None:
         return None
     if pid == 0:
         _child(conn, request, fds, closing)
+    # The child's own group from the fork on, not from when the child gets to its setpgid: a job killed before then
+    # still takes the whole group down. Both set it and either may come first; the other finds it set already.
+    try:
+        os.setpgid(pid, pid)
+    except (ProcessLookupError, PermissionError):  # gone already, or past an exec (EACCES) after its own setpgid
+        pass
     for fd in fds:
         os.close(fd)
     print(f"{time.strftime('%H:%M:%S')} pid {pid}: {request['entry']} {' '.join(request['argv'])}", flush=True)
@@ -363,10 +385,13 @@ def _fork(conn: socket.socket, closing: list) -> int | None:
 
 
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    # The child alone where no group has its id (neither setpgid took): killpg's ESRCH must not leave it running.
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _reply_exit(conn: socket.socket, status: int, selector: selectors.BaseSelector) -> None:

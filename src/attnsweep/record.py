@@ -93,8 +93,8 @@ class CellRecord:
         d = dataclasses.asdict(self)
         order = ["schema_version", "status", "reason", "cell", "batch_size", "batch_note", "batch_attempts",
                  "tokens_per_sec", "tokens_per_sec_stats", "step_times_s", "params", "model_config", "attention",
-                 "peak_memory_bytes", "compile", "loss", "mfu", "kernels", "harness_extra", "phases_s", "window_conditions", "warmup",
-                 "env", "started_at", "finished_at", "duration_s"]
+                 "peak_memory_bytes", "compile", "loss", "mfu", "kernels", "harness_extra", "phases_s",
+                 "window_conditions", "warmup", "env", "started_at", "finished_at", "duration_s"]
         d["schema_version"] = SCHEMA_VERSION
         if d["warmup"] is None:
             d.pop("warmup")

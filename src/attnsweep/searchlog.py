@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REUSED = ("ok", "oom")
-# An attempt taken from the log, in the record's batch_attempts (its seconds: the earlier attempt's).
-FROM_LOG = "from the search log: an earlier warm-up of this cell ran it and was stopped before it ended"
+# An attempt taken from the log, in the record's batch_attempts (its seconds: the earlier attempt's). Two jobs write
+# the log: a warm-up, each attempt of its search, and a timed run that ran out of memory at the size its warm-up
+# fitted (cell.timed_cell), whose next warm-up then searches below it.
+FROM_LOG = ("from the search log: an earlier job of this cell ran it (a warm-up stopped before it ended, or a timed "
+            "run that ran out of memory at the size its warm-up fitted)")
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,10 @@ class SearchLog:
         self.key = json.loads(json.dumps(dict(key), sort_keys=True))  # as it reads back from the file
 
     def known(self) -> dict[int, Known]:
-        """{batch size: what an earlier attempt under this key found}; the latest entry for a size wins. A line
-        that does not parse (a write cut short when its process was killed) is skipped."""
+        """{batch size: what an earlier attempt under this key found}; the latest entry for a size wins."""
         found: dict[int, Known] = {}
-        if not self.path.exists():
-            return found
-        for line in self.path.read_text().splitlines():
+        for entry in entries(self.path):
             try:
-                entry = json.loads(line)
                 if entry.get("key") != self.key or entry["outcome"] not in REUSED:
                     continue
                 found[int(entry["batch_size"])] = Known(entry["outcome"], entry.get("peak_bytes"),
@@ -67,3 +66,20 @@ class SearchLog:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def entries(path: str | os.PathLike) -> list[dict]:
+    """Every entry of the search log at `path`, in order (none where there is no log). A line that does not parse
+    as an object (a write cut short when its process was killed) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out

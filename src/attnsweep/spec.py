@@ -46,7 +46,8 @@ class CellSpec:
         choices = {**CHOICES, "batch_policy": BATCH_POLICIES, "device": DEVICES, "isolate": ISOLATION}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise CellInputError(f"--{key.replace('_', '-')}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+                raise CellInputError(
+                    f"--{key.replace('_', '-')}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         for key in ("seq_len", "steps", "window"):
             if getattr(self, key) < 1:
                 raise CellInputError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(self, key)}")

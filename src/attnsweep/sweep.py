@@ -1,4 +1,5 @@
-"""The sweep's definition: from a config to the settings of one run, its grid of cells, the path of each cell and what makes two cells' environments the same.
+"""The sweep's definition: from a config to the settings of one run, its grid of cells, the path of each cell and
+what makes two cells' environments the same.
 
 Pure functions of the config and of the package's files, with no torch and no GPU: common.smk calls them while
 Snakemake reads the workflow, the status command and the aggregation call them on a results folder, and
@@ -23,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from . import gpuslots
-from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem
+from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem, memory_kind
 
 
 
@@ -339,6 +340,16 @@ class RunPlan:
         path = f"{results_dir(prior)}/cells/{cell_path(cell)}/cell.json" if prior else None
         return path if path and Path(path).is_file() else None
 
+    def peer_records(self, cell: Mapping) -> list[str]:
+        """Where this run keeps the records of `cell` with the grid's other attention of the same memory kind
+        (vocabulary.memory_kind), for a search's first attempt: the job reads those there when it starts. Empty but
+        for batch policy search."""
+        if self.settings["batch"]["policy"] != "search":
+            return []
+        kind = memory_kind(str(cell["attn"]))
+        return [f"{self.results}/cells/{cell_path({**cell, 'attn': attn})}/cell.json"
+                for attn in dict.fromkeys(self.grid["attn"]) if attn != cell["attn"] and memory_kind(attn) == kind]
+
     def job_options(self, gpus: Sequence[str], gpu_bytes: int | None = None, slots: bool = True) -> list[str]:
         """Where each job takes its GPU (gpuslots): the run's lock folder, and on a GPU the sweep's GPUs and, where
         its memory (`gpu_bytes`) and the cap are known, how many warm-ups fit on one beside its timed job; none
@@ -379,7 +390,8 @@ class RunPlan:
         return cell, min(self.settings["warmup"]["threads"], cores)
 
     def banner(self) -> str:
-        demo = " -- no CUDA GPU found, so this is the CPU DEMO (the cpu_demo section of the config)" if self.cpu_demo else ""
+        demo = (" -- no CUDA GPU found, so this is the CPU DEMO (the cpu_demo section of the config)"
+                if self.cpu_demo else "")
         return f"attnsweep: {len(self.grid)} cells on {self.device} -> {self.results}/{demo}"
 
 
@@ -547,6 +559,20 @@ COLD_SPREAD = 1.5
 # 10 s (GPT-2 large, naive, 2048: 9.6 s after 81 s cold), and about as long as it for an eager cell (nothing to
 # compile); bounded above by the cold one and by 10 s plus a fifth of it.
 WARM_FIRST_STEP_S, WARM_FIRST_STEP_SHARE = 10.0, 0.2
+# The timed job's later steps go at its warm-up's steady pace: the median of the warm-up's steps from the third on.
+# The first is the cold compilation, the second still does work once (CUDA graph trees record there), and some
+# implementations compile a second graph at the third; of the eight from the third, the median passes over up to
+# three slow ones (autotuning, a warm-up stopped while a timed job's window holds its GPU), where a mean would carry
+# them and the median of the last half (five) passes over two.
+STEADY_FROM_STEP = 3
+# That pace stretched: a timed job's steps before its window share the GPU with warm-ups (in results/h200 they took
+# up to 1.54 times their median pace times their number: steps of 17-18 s among steps of 0.5 s), and its setup and
+# profiled step (0.5-3.5 s) have only JOB_START_S's margin. Over results/h200's 174 timed jobs after a warm-up, with
+# their own steps 3-10 standing in for their warm-ups' (not kept then), their wall needed a stretch of at most 1.26
+# (median 1.0); 1.3 covers them, at 1.03-2.9 times their wall (median 1.5; the mean pace gave 1.1-4.8, median 1.9).
+# Leaning long is the cheaper error: a job wrongly held back costs seconds of the sweep's end, one cut off all its
+# work.
+STEADY_SPREAD = 1.3
 
 
 def read_deadline(environ: Mapping[str, str] = os.environ) -> float | None:
@@ -599,31 +625,39 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     """The seconds a cell's timed job at `batch_size` is expected to take: the longest of the cell's other
     records at that size (its other repeats), else from its warm-up, whose attempt at that size ran `warmup.steps`
     training steps with a cold compilation for the first: the timed job's first step, which loads what that one
-    compiled, and `steps` - 1 steps at the attempt's mean pace after it. None where neither is known.
+    compiled (WARM_FIRST_STEP_S, _SHARE), JOB_START_S, and `steps` - 1 steps after it, at the warm-up's steady pace
+    (the median of its `step_times_s` from STEADY_FROM_STEP on, stretched by STEADY_SPREAD). None where neither is
+    known.
 
-    That pace includes the attempt's work besides its steps (its profiled step, its process ending), which 124
-    steps multiply. `like`, the run's records of cells of the same model that differ in the attention or the context,
+    A warm-up without step times (records before they were kept) gives its attempt's mean pace after the first step,
+    which includes the attempt's work besides its steps (its profiled step, its process ending), which 124 steps
+    multiply. `like`, the run's records of cells of the same model that differ in the attention or the context,
     tell it apart: the least such work any of them shows is taken off the pace, and the longest first step any of
-    them loaded from its warm-up, stretched by COLD_SPREAD, bounds the first step (without them: WARM_FIRST_STEP_S
-    plus a share of the cold one). On results/h200's 168 compiled records, each estimated from the records of the
-    other cells, this came to 1.14-4.5 times the timed job's wall time (median 1.42; 1.31-4.8, median 1.99, without
-    `like`): short cells are over most, their first step and start being most of their time."""
+    them loaded from its warm-up, stretched by COLD_SPREAD, bounds the first step. On results/h200's 168 compiled
+    records, each estimated from the records of the other cells, this came to 1.14-4.5 times the timed job's wall
+    time (median 1.42; 1.31-4.8, median 1.99, without `like`): short cells are over most, their first step and start
+    being most of their time."""
     if (again := _measured_again_s([r for r in records if r.get("batch_size") == batch_size])) is not None:
         return again
     if not warmup or warmup.get("status") != "ok" or not warmup.get("first_step_s"):
         return None
+    cold = float(warmup["first_step_s"])
+    first = min(cold, WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold)
+    # The step times are those of the warm-up's attempt at its own batch size.
+    times = warmup.get("step_times_s") if warmup.get("batch_size") == batch_size else None
+    if steady := (times or [])[STEADY_FROM_STEP - 1:]:
+        return first + (steps - 1) * statistics.median(steady) * STEADY_SPREAD + JOB_START_S
     attempts = [a for a in _warmup_attempts(warmup) if a["batch_size"] == batch_size]
     warm_steps = _warm_steps(warmup, steps)
     if not attempts or warm_steps < 2:
         return None
-    cold = float(warmup["first_step_s"])
     overheads = [s for r in like if (s := _tail_overhead_s(r, steps)) is not None]
     loaded = [float(r["compile"]["first_step_s"]) for r in like
               if r.get("status") == "ok" and (r.get("compile") or {}).get("first_step_s")]
     tail = max(0.0, attempts[-1]["seconds"] - cold)
     pace = max(0.0, tail - max(0.0, min(overheads, default=0.0))) / (warm_steps - 1)
-    first = max(loaded) * COLD_SPREAD if loaded else WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold
-    return min(cold, first) + (steps - 1) * pace + JOB_START_S
+    bound = max(loaded) * COLD_SPREAD if loaded else WARM_FIRST_STEP_S + WARM_FIRST_STEP_SHARE * cold
+    return min(cold, bound) + (steps - 1) * pace + JOB_START_S
 
 
 def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None:

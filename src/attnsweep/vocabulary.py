@@ -33,6 +33,10 @@ ATTENTION: tuple[str, ...] = (
     "naive", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "fa2", "fa2_graphbreak", "flex", "fa4",
     "fa4_graphbreak", "sdpa_fa4",
 )
+# Attention that keeps the context-by-context scores for the backward: its memory grows with the square of the
+# context, where the others' grows linearly. A batch search places its first attempt from the peak of another
+# attention of the same kind only (cell.placing_record).
+QUADRATIC_MEMORY: tuple[str, ...] = ("naive", "sdpa_math")
 # Mode -> torch.compile's own `mode` argument (None: eager, no torch.compile). torch.compile's default mode launches
 # every kernel from the host; "reduce-overhead" records each compiled forward and backward region as a CUDA graph
 # (CUDA graph trees) and replays it with one launch: what a single CUDA graph saves over the default.
@@ -73,3 +77,8 @@ def kv_heads_problem(model: str, kv_heads: int | None) -> str | None:
     if kv_heads < 1 or n_head % kv_heads:
         return f"kv_heads ({kv_heads}) must be >= 1 and divide the {n_head} heads of model {model!r}"
     return None
+
+
+def memory_kind(attn: str) -> str:
+    """How an attention's memory grows with the context: "quadratic" (QUADRATIC_MEMORY) or "linear"."""
+    return "quadratic" if attn in QUADRATIC_MEMORY else "linear"

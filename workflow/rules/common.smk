@@ -75,13 +75,19 @@ def first_repeat(wildcards):
 
 def batch_from_option(wildcards, input) -> str:
     """Repeat 1's record for a later repeat's warm-up or cold job (its input `first`); for repeat 1, which
-    searches, its record in batch.prior_run if any (not an input: a search runs without one).
+    searches, its record in batch.prior_run if any and where this run keeps its peers' (not inputs: a search runs
+    without them, and reads the peers measured by the time it starts).
     """
     first = input.get("first")
     if first:
         return f"--batch-from {shlex.quote(first)}"
-    prior = PLAN.prior_record(PARAMSPACE.instance(wildcards))
-    return f"--batch-prior {shlex.quote(prior)}" if prior else ""
+    cell = PARAMSPACE.instance(wildcards)
+    prior = PLAN.prior_record(cell)
+    peers = PLAN.peer_records(cell)
+    return shlex.join(
+        (["--batch-prior", prior] if prior else [])
+        + (["--batch-peers", *peers] if peers else [])
+    )
 
 
 def repeat_of(wildcards) -> int:

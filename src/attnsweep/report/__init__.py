@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..cellio import atomic_temporary, remove_stale_temporaries
 
 log = logging.getLogger("attnsweep.report")
 
@@ -38,18 +39,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary file beside `path` for the block to write, renamed onto `path` only once the block has ended
     without an error: an aggregation stopped mid-write (a sweep's deadline stops the whole process group) leaves the
     old file or the new one, never part of one, in results that are committed and copied between machines. What a
-    killed writer left (`.NAME.*.tmp.EXT`) goes first: one job writes each output."""
+    killed writer left (`.NAME.*.tmp.EXT`) goes first: one job writes each output. The temporary keeps the output's
+    suffix, from which matplotlib takes the format."""
     path = Path(path)
-    for left in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
-        left.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        mask = os.umask(0)  # mkstemp makes the file private (0600); reading the umask means setting it
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    remove_stale_temporaries(path, path.suffix)
+    with atomic_temporary(path, path.suffix) as (fd, tmp):
+        os.close(fd)  # the block writes by path
+        yield tmp

@@ -75,7 +75,8 @@ def gpu_uuid(record: Mapping) -> str | None:
 
 
 def env_id(row: pd.Series) -> str:
-    """A readable key for the environment of one cell, e.g. 'NVIDIA H100 | torch 2.9.0 | flash-attn 2.8.3 | cuda 12.8'."""
+    """A readable key for the environment of one cell,
+    e.g. 'NVIDIA H100 | torch 2.9.0 | flash-attn 2.8.3 | cuda 12.8'."""
 
     def get(field: str) -> str:
         value = row.get(ENV_FIELDS[field])
@@ -511,7 +512,8 @@ MISSING_REASON = "not measured yet (a sweep run in parts)"
 
 
 def missing_rows(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """One `missing` row per cell path not measured yet, its axes read from the path (`.../model~small/.../cell.json`)."""
+    """One `missing` row per cell path not measured yet, its axes read from the path
+    (`.../model~small/.../cell.json`)."""
     rows = []
     for p in paths:
         parts = cell_axes(p)

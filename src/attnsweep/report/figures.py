@@ -1,9 +1,9 @@
 """Figures from summary.csv (matplotlib, Agg): the study's headline and the curves behind it.
 
-- fa2_vs_sdpa_{compiled,compiled_cudagraphs,eager}: FlashAttention-2's percent difference to PyTorch's FlashAttention against context,
-  one colour per model, solid against `sdpa` (SDPA's default dispatch, the study's) and dashed against
-  `sdpa_flash` (SDPA forced to its flash backend); with repeats, an open marker is a tie (the difference lies inside
-  both cells' spreads, as the tables mark it).
+- fa2_vs_sdpa_{compiled,compiled_cudagraphs,eager}: FlashAttention-2's percent difference to PyTorch's
+  FlashAttention against context, one colour per model, solid against `sdpa` (SDPA's default dispatch, the study's)
+  and dashed against `sdpa_flash` (SDPA forced to its flash backend); with repeats, an open marker is a tie (the
+  difference lies inside both cells' spreads, as the tables mark it).
 - speedup, throughput: one panel per mode (rows) and model (columns), one line per implementation, with error bars:
   with repeats, a cell's spread (its repeats' range, widened for the GPUs' differences: aggregate.add_spread);
   without, the window's slowest to fastest step. The title says which. memory: the same panels, no error bars.

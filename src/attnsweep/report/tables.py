@@ -33,7 +33,8 @@ STATUS_MARK = {
 DASH = "–"
 LEGEND = (
     "OOM: out of memory at every batch size tried. unsupported: the implementation cannot run in this setup (the "
-    f"reason is in summary.csv). not run yet: a cell of a sweep run in parts, not measured so far. {DASH}: not computable (a cell it depends on has no throughput). "
+    "reason is in summary.csv). not run yet: a cell of a sweep run in parts, not measured so far. "
+    f"{DASH}: not computable (a cell it depends on has no throughput). "
     "Blank: not in the grid. Speedup = tokens/s over the naive baseline of the same row. "
     f"{HEADLINE} − ref %: the difference over the reference's tokens/s; {HEADLINE} − ref % of {HEADLINE}: over "
     f"{HEADLINE}'s own, the 2023 study's Percent convention."
