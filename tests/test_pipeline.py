@@ -639,10 +639,32 @@ def test_records_of_other_code_left_by_a_stopped_part_are_measured_again(repo: P
     assert {"results/tiny/cells/" + "/".join(f"{a}~{c[a]}" for a in AXES) + "/cell.json"
             for c in planned_cells(repo)} == stale
     out = snakemake(repo, "--cores", "2").stderr
-    assert "3 records of other code or settings are measured again" in out, out
+    assert "3 records of other code, settings or packages are measured again" in out, out
     current = {load_cell(p)["env"]["code"]["source_sha256"] for p in cell_paths(repo)}
     assert current == {source_hash()} and {load_cell(p)["cell"]["steps"] for p in cell_paths(repo)} == {6}
     assert not (repo / "results/tiny/.rerun").exists()  # the markers go once their jobs have run
+    assert planned(repo) == {}
+
+
+@pytest.mark.slow
+def test_an_unsupported_record_is_measured_again_once_its_packages_changed(repo: Path) -> None:
+    """A cell found unsupported where a package was missing (flash-attn-4, say) runs again when the sweep is resumed
+    where the packages differ; an unsupported record made with this machine's packages stays."""
+    paths = cell_paths(repo)
+    changed, same = paths[0], paths[1]
+    for path, torch_version in ((changed, "0.0.0"), (same, None)):
+        record = json.loads(path.read_text())
+        record["status"], record["reason"] = "unsupported", "needs a package that was not installed"
+        if torch_version:
+            record["env"]["versions"]["torch"] = torch_version
+        path.write_text(json.dumps(record))
+    shutil.rmtree(repo / ".snakemake")
+    assert {"results/tiny/cells/" + "/".join(f"{a}~{c[a]}" for a in AXES) + "/cell.json"
+            for c in planned_cells(repo)} == {changed.relative_to(repo).as_posix()}
+    out = snakemake(repo, "--cores", "2").stderr
+    assert "1 records of other code, settings or packages are measured again" in out, out
+    assert "unsupported with torch 0.0.0, now" in out, out
+    assert load_cell(changed)["status"] == "ok" and load_cell(same)["status"] == "unsupported"
     assert planned(repo) == {}
 
 

@@ -202,6 +202,36 @@ def test_a_record_is_stale_when_other_code_or_settings_measured_it(tmp_path: Pat
                                SETTINGS).keys() == {str(tmp_path / "torn.json")}
 
 
+def _with_versions(path: str, **versions: str | None) -> str:
+    record = json.loads(Path(path).read_text())
+    record["env"]["versions"] = {"torch": "2.11.0", "flash-attn-4": None, **versions}
+    Path(path).write_text(json.dumps(record))
+    return path
+
+
+def test_an_unsupported_record_is_asked_again_where_its_packages_changed(tmp_path: Path) -> None:
+    """Whether a cell can run at all depends on what is installed where it runs: a cell found unsupported without
+    flash-attn-4 is measured again once it is installed; an ok record is a result of its environment and stays."""
+    now = {"torch": "2.11.0", "flash-attn-4": "4.0.0b18", "numpy": "2.3.0"}
+    without = _with_versions(_record(tmp_path / "u.json", status="unsupported"))
+    assert sweep.stale_reason(without, "a" * 64, SETTINGS) is None  # not asked: aggregating, say
+    assert sweep.stale_reason(without, "a" * 64, SETTINGS, now) == (
+        "unsupported with flash-attn-4 not installed, now 4.0.0b18")
+    assert sweep.stale_reason(without, "a" * 64, SETTINGS, {**now, "flash-attn-4": None}) is None
+    # Removed since, or another version: asked again too.
+    assert sweep.stale_reason(_with_versions(_record(tmp_path / "v.json", status="unsupported"),
+                                             **{"flash-attn-4": "4.0.0b36"}), "a" * 64, SETTINGS, now) == (
+        "unsupported with flash-attn-4 4.0.0b36, now 4.0.0b18")
+    # A package that decides nothing about support (numpy; the record has none) is not compared.
+    assert sweep.stale_reason(_with_versions(_record(tmp_path / "w.json", status="unsupported"),
+                                             **{"flash-attn-4": "4.0.0b18"}), "a" * 64, SETTINGS, now) is None
+    ok = _with_versions(_record(tmp_path / "ok.json"))
+    assert sweep.stale_reason(ok, "a" * 64, SETTINGS, now) is None
+    # Other code comes first.
+    assert sweep.stale_reason(without, "b" * 64, SETTINGS, now).startswith("measured by other code")
+    assert sweep.stale_records([without, ok], "a" * 64, SETTINGS, now).keys() == {without}
+
+
 def test_a_partial_aggregation_leaves_stale_records_out(tmp_path: Path) -> None:
     cells = [_record(tmp_path / "a" / "cell.json"), _record(tmp_path / "b" / "cell.json", source="b" * 64),
              str(tmp_path / "c" / "cell.json")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import socket
@@ -13,28 +12,12 @@ from pathlib import Path
 
 from .codestamp import source_hash
 from .gpuslots import WINDOWS_ENV
+from .packages import versions
 from .preload import CHILD_ENV
 
 import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Distributions whose versions decide a throughput number (import names differ; metadata names are used).
-_VERSIONED = ("torch", "triton", "flash-attn", "flash-attn-4", "bitsandbytes", "mosaicml", "numpy", "snakemake")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-@lru_cache(maxsize=1)
-def versions() -> dict[str, str | None]:
-    """The versions of _VERSIONED, read once per process (and once per preloaded interpreter)."""
-    return {d: _version(d) for d in _VERSIONED}
-
-
 @lru_cache(maxsize=1)
 def code_version() -> dict:
     """`git describe` where the package runs from a checkout, and always the source hash."""

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from .cellio import load_cell
 from .codestamp import cell_code_files, source_hash
-from .sweep import cell_axes, dig, environment_of, record_stale_reason
+from .packages import versions
+from .sweep import cell_axes, dig, environment_of, record_stale_reason, unsupported_by_other_packages
 
 PLAN_TIMEOUT_S = 600
 # The environment (sweep.ENV_FIELDS, what makes two cells comparable), and where the code that ran came from.
@@ -282,8 +283,9 @@ def plan_cells(results: Path, root: Path, rows: list[list[str]]) -> tuple[Plan, 
 
 def _stale_record(record: Path, now: str, settings: dict | None) -> str | None:
     """Why a record whose rerun is planned is stale: its code hash against `now` (the code a cell runs now), then its
-    cell settings against `settings` (the run's cells stamp's; None: not known). None where it is of this code and
-    these settings: its job runs for a reason of Snakemake's own, which the caller gives."""
+    cell settings against `settings` (the run's cells stamp's; None: not known), then an `unsupported` record's
+    packages against this machine's. None where none differs: its job runs for a reason of Snakemake's own, which the
+    caller gives."""
     try:
         data = json.loads(record.read_text())
     except (OSError, ValueError):
@@ -293,8 +295,11 @@ def _stale_record(record: Path, now: str, settings: dict | None) -> str | None:
         return f"a record of other code (its code {code[:12]}, now {now[:12]})"
     if settings is None:
         return "a record of other cell settings"
-    reason = record_stale_reason(data, now, settings)
-    return f"a record of other cell settings ({reason})" if reason else None
+    if reason := record_stale_reason(data, now, settings):
+        return f"a record of other cell settings ({reason})"
+    if data.get("status") == "unsupported" and (reason := unsupported_by_other_packages(data, versions())):
+        return f"a record of other packages ({reason})"
+    return None
 
 
 def collect(results: Path, root: Path, configfiles: Sequence[str] = (), config: Sequence[str] = ()) -> Status:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from . import gpuslots
+from .packages import DECIDE_SUPPORT
 from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem, memory_kind
 
 
@@ -427,9 +428,10 @@ def split_present(cells: Sequence[str], allow_missing: bool,
     return present, sorted(set(cells) - set(present))
 
 
-def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping) -> dict[str, str]:
+def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping,
+                  installed: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """{path: why} of the records among `paths` that are present and stale (stale_reason)."""
-    return {p: why for p in paths if (why := stale_reason(p, source_sha256, settings))}
+    return {p: why for p in paths if (why := stale_reason(p, source_sha256, settings, installed))}
 
 
 def stale_to_leave_out(paths: Sequence[str], stale: Collection[str]) -> set[str]:
@@ -458,10 +460,12 @@ def records_digest(paths: Sequence[str]) -> str:
 _UNRECORDED_SETTINGS = {"batch_start"}
 
 
-def stale_reason(record_path: str | os.PathLike[str], source_sha256: str, settings: Mapping) -> str | None:
+def stale_reason(record_path: str | os.PathLike[str], source_sha256: str, settings: Mapping,
+                 installed: Mapping[str, str | None] | None = None) -> str | None:
     """Why the cell record at `record_path` is not of the code (`source_sha256`, codestamp.source_hash) and cell
-    `settings` (cell_settings) a cell would run with now; None where it is, or where there is no record (a missing
-    one runs anyway).
+    `settings` (cell_settings) a cell would run with now, or is `unsupported` by packages other than `installed`
+    ({distribution: version or None}, packages.versions(); None: not asked); None where it is, or where there is no
+    record (a missing one runs anyway).
 
     The cells stamp alone does not tell: Snakemake reruns a record whose inputs changed only where its metadata of
     that record is (the machine that measured it), and a new stamp reruns every cell only in the first part of a
@@ -474,10 +478,11 @@ def stale_reason(record_path: str | os.PathLike[str], source_sha256: str, settin
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return f"unreadable ({e})"
-    return record_stale_reason(record, source_sha256, settings)
+    return record_stale_reason(record, source_sha256, settings, installed)
 
 
-def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping) -> str | None:
+def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping,
+                        installed: Mapping[str, str | None] | None = None) -> str | None:
     """stale_reason of a record already read."""
     code = dig(record, ("env", "code", "source_sha256"))
     if code != source_sha256:
@@ -492,6 +497,21 @@ def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping) 
             continue
         if not _same_setting(then, now):
             return f"measured with {key} {then!r}, now {now!r}"
+    if installed is not None and record.get("status") == "unsupported":
+        return unsupported_by_other_packages(record, installed)
+    return None
+
+
+def unsupported_by_other_packages(record: Mapping, installed: Mapping[str, str | None]) -> str | None:
+    """Why an `unsupported` record may not hold with the packages `installed` now, or None. Whether a cell can run
+    at all is asked where it would run, and the answer depends on what is installed there (a module that did not
+    import, a version check): a record made without flash-attn-4, say, is asked again once it is installed, where an
+    `ok` record measured with other versions is a result of its environment and stays."""
+    then = dig(record, ("env", "versions")) or {}
+    for dist in DECIDE_SUPPORT:
+        if dist in installed and then.get(dist) != installed[dist]:
+            was, now = then.get(dist) or "not installed", installed[dist] or "not installed"
+            return f"unsupported with {dist} {was}, now {now}"
     return None
 
 

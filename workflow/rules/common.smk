@@ -14,7 +14,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
-from attnsweep import cluster, codestamp, gpuslots, sweep
+from attnsweep import cluster, codestamp, gpuslots, packages, sweep
 from attnsweep.report.aggregate import figure_names, table_names
 from attnsweep.report.compare import comparison_paths, summary_digests
 from attnsweep.vocabulary import AXES
@@ -205,9 +205,13 @@ START_BEFORE_DEADLINE = os.path.relpath(
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
 # Records of other code or settings than a cell would run with now (what a cell records: the package its jobs
-# import), which their jobs measure again: Snakemake's metadata of them may be on another machine.
+# import), which their jobs measure again: Snakemake's metadata of them may be on another machine. Measuring, an
+# `unsupported` record made with other packages than this machine's is asked again (a package installed since).
 STALE = sweep.stale_records(
-    CELLS + REPEATS, codestamp.source_hash(), PLAN.cell_settings
+    CELLS + REPEATS,
+    codestamp.source_hash(),
+    PLAN.cell_settings,
+    None if AGGREGATE_ONLY else packages.versions(),
 )
 # A sweep run in parts (allow_missing): the cells present are aggregated, the others listed as not measured yet.
 LEFT_OUT = sweep.stale_to_leave_out(CELLS + REPEATS, STALE)
@@ -282,7 +286,7 @@ print(PLAN.banner(), file=sys.stderr)
 if STALE and not AGGREGATE_ONLY:
     first, why = next(iter(STALE.items()))
     print(
-        f"attnsweep: {len(STALE)} records of other code or settings are measured again, "
+        f"attnsweep: {len(STALE)} records of other code, settings or packages are measured again, "
         f"e.g. {first}: {why}",
         file=sys.stderr,
     )
