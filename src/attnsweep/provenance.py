@@ -18,6 +18,8 @@ from .preload import CHILD_ENV
 import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 @lru_cache(maxsize=1)
 def code_version() -> dict:
     """`git describe` where the package runs from a checkout, and always the source hash."""
