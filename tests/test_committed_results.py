@@ -188,7 +188,9 @@ def test_front_page_tables_quote_the_h200_runs(run: str, index: int):
     for row in rows:
         at = {"model": row["model"], "seq_len": int(row["context"]), "mode": "compiled"}
         common, *others = row["batch"].split(" (")
-        batch_of = dict(re.fullmatch(r"`(\w+)`: (\d+)\)?", o).groups() for o in others)
+        matches = [re.fullmatch(r"`(\w+)`: (\d+)\)?", o) for o in others]
+        assert all(matches), f"batch cell {row['batch']!r}: not 'N' or 'N (`attn`: M)'"
+        batch_of = dict(m.groups() for m in matches)
         for attn in ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak"):
             c = _cell(summary, attn=attn, **at)
             assert c["repeats"] == 2 and batch_of.get(attn, common) == f"{c['batch_size']:.0f}", (row, attn)
