@@ -297,7 +297,7 @@ def _stale_record(record: Path, now: str, settings: dict | None) -> str | None:
         return "a record of other cell settings"
     if reason := record_stale_reason(data, now, settings):
         return f"a record of other cell settings ({reason})"
-    if data.get("status") == "unsupported" and (reason := unsupported_by_other_packages(data, versions())):
+    if reason := unsupported_by_other_packages(data, versions()):
         return f"a record of other packages ({reason})"
     return None
 

@@ -497,16 +497,17 @@ def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping,
             continue
         if not _same_setting(then, now):
             return f"measured with {key} {then!r}, now {now!r}"
-    if installed is not None and record.get("status") == "unsupported":
-        return unsupported_by_other_packages(record, installed)
-    return None
+    return None if installed is None else unsupported_by_other_packages(record, installed)
 
 
 def unsupported_by_other_packages(record: Mapping, installed: Mapping[str, str | None]) -> str | None:
-    """Why an `unsupported` record may not hold with the packages `installed` now, or None. Whether a cell can run
-    at all is asked where it would run, and the answer depends on what is installed there (a module that did not
-    import, a version check): a record made without flash-attn-4, say, is asked again once it is installed, where an
-    `ok` record measured with other versions is a result of its environment and stays."""
+    """Why a record, where it is `unsupported`, may not hold with the packages `installed` now; None for a record of
+    any other status. Whether a cell can run at all is asked where it would run, and the answer depends on what is
+    installed there (a module that did not import, a version check): a record made without flash-attn-4, say, is
+    asked again once it is installed, where an `ok` record measured with other versions is a result of its
+    environment and stays."""
+    if record.get("status") != "unsupported":
+        return None
     then = dig(record, ("env", "versions")) or {}
     for dist in DECIDE_SUPPORT:
         if dist in installed and then.get(dist) != installed[dist]:
