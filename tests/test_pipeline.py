@@ -453,6 +453,34 @@ def test_a_sweep_measures_the_first_cells_first_and_each_cells_repeats_together(
     assert all(a[:2] == b[:2] for a, b in zip(order[::2], order[1::2])), order
 
 
+def job_priorities(out: str) -> list[tuple[str, dict, int]]:
+    """(rule, wildcards, priority) of each job a dry run lists (Snakemake prints no priority line for 0)."""
+    jobs = []
+    for block in re.split(r"^\[.*\]$", out, flags=re.M)[1:]:
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        priority = re.search(r"^\s+priority: (-?\d+)$", block, re.M)
+        if rule and wildcards:
+            jobs.append((rule.group(1), dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")),
+                         int(priority.group(1)) if priority else 0))
+    return jobs
+
+
+def test_a_records_marker_runs_before_every_warm_up(tmp_path: Path) -> None:
+    """A timed job needs its record's marker (rule rerun): the marker takes the timed job's priority, above every
+    warm-up's, so that warm-ups filling the cores never hold a warmed-up cell back (at 0 a marker waited for the
+    last warm-up to start)."""
+    repo = copy_repo(tmp_path, {**TINY, "repeats": 2, "first": [{"seq_len": 64, "attn": "sdpa"}]})
+    jobs = job_priorities(snakemake(repo, "-n").stdout)
+    markers = {(w["seq_len"], w["attn"], w["record"]): p for rule, w, p in jobs if rule == "rerun"}
+    warmups = [p for rule, _, p in jobs if rule == "warmup"]
+    assert len(markers) == len(warmups) == 2 * TINY_CELLS, jobs
+    assert min(markers.values()) > max(warmups), (markers, warmups)
+    # In the order of their records' jobs: the cell `first` names, and a later repeat before a new cell.
+    assert markers[("64", "sdpa", "cell")] > markers[("32", "sdpa", "cell")]
+    assert markers[("32", "sdpa", "repeat-2")] > markers[("64", "sdpa", "cell")]
+
+
 @pytest.mark.slow
 def test_cold_repeats_measure_at_repeat_1s_batch_size(tmp_path: Path) -> None:
     """Without the warm-up stage a later repeat's job reads repeat 1's record (`--batch-from`), as its warm-up does."""

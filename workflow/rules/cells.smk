@@ -83,6 +83,7 @@ if not AGGREGATE_ONLY:
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
             record=r"cell|repeat-[0-9]+",
+        priority: rerun_priority
         conda:
             "../../envs/attnsweep.yaml"
         shell:

@@ -105,6 +105,16 @@ def timed_priority(wildcards) -> int:
     return PLAN.priority(dict(wildcards.items()), repeat_of(wildcards), timed=True)
 
 
+def rerun_priority(wildcards) -> int:
+    """A record's marker (rule rerun) takes its record's job's priority, above every warm-up: a marker left at 0
+    waits until no warm-up is left to start, as the warm-ups keep the cores busy, and a cell whose warm-up is done
+    cannot start its timed job without it (on the H200: 30 warm-ups done, no cell measured, in a 9-minute part).
+    """
+    record = wildcards.record
+    repeat = 1 if record == "cell" else int(record.removeprefix("repeat-"))
+    return PLAN.priority(dict(wildcards.items()), repeat, timed=True)
+
+
 def search_log(wildcards) -> str:
     """A repeat's search log: not an output, it outlives a warm-up stopped in its search (a sweep's deadline), whose
     attempts the next warm-up of the cell takes from it instead of running them again, and a timed job enters there
