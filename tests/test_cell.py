@@ -704,6 +704,35 @@ def test_the_cell_command_removes_the_warm_up_a_timed_run_could_not_fit(monkeypa
     assert (last["batch_size"], last["outcome"]) == (8, "oom")
 
 
+def test_a_warm_up_made_without_a_package_the_timed_job_has_is_not_the_cells_verdict(monkeypatch, tmp_path,
+                                                                                     capsys):
+    """A warm-up that found the cell unsupported (a module that did not import where it ran) is asked again by the
+    timed job: where the cell runs there, nothing is recorded and the warm-up is removed, so that the sweep warms
+    the cell up again; where it still does not run, the record says why in the timed job's own words."""
+    import attnsweep.cell as cell_mod
+
+    cell = ["--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "32", "--precision", "fp32",
+            "--device", "cpu", "--steps", "4", "--window", "2", "--no-profile"]
+    warmup, cache, out = tmp_path / "w.json", tmp_path / "cache", tmp_path / "cell.json"
+    timed = ["cell", *cell, "--warmup", str(warmup), "--cache", str(cache), "--out", str(out)]
+    supported = cell_mod.unsupported_reason
+    monkeypatch.setattr(cell_mod, "unsupported_reason", lambda spec, device: "needs the module 'x' (then)")
+    assert cli_main(["warmup", *cell, "--cache", str(cache), "--out", str(warmup)]) == 0
+    assert json.loads(warmup.read_text())["status"] == "unsupported"
+    monkeypatch.setattr(cell_mod, "unsupported_reason", supported)
+    assert cli_main(timed) == 4
+    assert not out.exists() and not warmup.exists()
+    said = capsys.readouterr().err
+    assert "not measured: the warm-up found the cell unsupported (needs the module 'x' (then))" in said
+    # Still unsupported where the timed job runs: recorded, with the reason found there.
+    monkeypatch.setattr(cell_mod, "unsupported_reason", lambda spec, device: "needs the module 'x' (then)")
+    assert cli_main(["warmup", *cell, "--cache", str(cache), "--out", str(warmup)]) == 0
+    monkeypatch.setattr(cell_mod, "unsupported_reason", lambda spec, device: "needs the module 'x' (now)")
+    assert cli_main(timed) == 0
+    rec = cellio.load_cell(out)
+    assert (rec["status"], rec["reason"]) == ("unsupported", "needs the module 'x' (now)")
+
+
 def test_a_search_log_for_a_timed_cell_needs_its_warm_up(capsys):
     with pytest.raises(SystemExit):
         cli_main(["cell", "--model", "tiny", "--attn", "sdpa", "--seq-len", "32", "--device", "cpu",

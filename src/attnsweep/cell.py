@@ -76,6 +76,12 @@ def _progress(message: str) -> None:
     print(f"attnsweep: {message}", file=sys.stderr, flush=True)
 
 
+class StaleWarmup(RuntimeError):
+    """A warm-up found the cell unsupported and the timed job, asking again, finds that it runs: the warm-up was
+    made where other packages were installed (a module that did not import then), so its verdict is not the cell's.
+    """
+
+
 class _Ended(Exception):
     """The cell ends without a batch size to measure at: its status and the reason."""
 
@@ -401,8 +407,15 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hoo
     if warmup.status != "ok":
         if warmup.status == "unsupported":
             # Support is asked again here, where nothing is compiled: a cell moved to another machine says why.
-            return record.finish("unsupported", unsupported_reason(spec, device) or warmup.reason,
-                                 time.perf_counter() - t0)
+            reason = unsupported_reason(spec, device)
+            if reason is None:
+                if forget_warmup:
+                    forget_warmup()
+                raise StaleWarmup(f"the warm-up found the cell unsupported ({warmup.reason}), but it runs here: "
+                                  "that warm-up was made with other packages installed. Nothing is recorded"
+                                  + (" and the warm-up is removed: the next sweep warms the cell up again"
+                                     if forget_warmup else ""))
+            return record.finish("unsupported", reason, time.perf_counter() - t0)
         return record.finish(warmup.status, warmup.reason, time.perf_counter() - t0)
     _progress(f"timed run at batch size {warmup.batch_size}, {spec.steps} steps")
     res = measure(spec, warmup.batch_size, device, cache_dir=cache_dir, hooks=hooks, compiler_pool=False)

@@ -16,6 +16,8 @@ from .vocabulary import (ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, ISOLATIO
 
 EXIT_ERROR = 1  # the cell crashed (its JSON, status error, is written), or its JSON could not be written
 EXIT_USAGE = 2  # bad input; nothing is written
+# (3: not started, as it would end after ATTNSWEEP_DEADLINE: workflow/scripts/start-before-deadline.sh)
+EXIT_STALE_WARMUP = 4  # the warm-up it was given is not the cell's (cell.StaleWarmup); nothing is written
 # Without a GPU a cell trains on the CPU: defaults that finish in seconds there (the GPU's are the study's).
 CPU_DEFAULTS = {"precision": "fp32", "batch_size": 4, "steps": 20, "window": 10}
 GPU_DEFAULTS = {"precision": "fp16", "batch_size": None, "steps": 125, "window": 25}
@@ -277,7 +279,7 @@ def _use_kernel_cache(cache: str) -> None:
 
 
 def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .cell import Warmup, run_cell, timed_cell
+    from .cell import StaleWarmup, Warmup, run_cell, timed_cell
     from .spec import CellInputError
 
     if (args.warmup is None) != (args.cache is None):
@@ -309,6 +311,9 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                     args.search_log, lambda: Path(args.warmup).unlink(missing_ok=True))
         except CellInputError as e:
             parser.error(str(e))
+        except StaleWarmup as e:
+            print(f"{args.out}: not measured: {e}", file=sys.stderr)
+            return EXIT_STALE_WARMUP
     rc = _write(args.out, record, "cell")
     if rc:
         return rc

@@ -129,7 +129,8 @@ if not AGGREGATE_ONLY:
         message:
             CELL_MESSAGE
         # Exit 0 for ok/oom/unsupported/diverged (results); nonzero is a crash, which fails this job and keeps its
-        # log, or 3: not started, as it would end after ATTNSWEEP_DEADLINE (the log says so).
+        # log, or 3: not started, as it would end after ATTNSWEEP_DEADLINE, or 4: its warm-up was made with other
+        # packages and is removed, to be made again (the log says which).
         shell:
             "bash {params.start_check:q} {resources.expected_s} > {log:q} 2>&1 && "
             "python -m attnsweep cell {params.options} {params.stage} --out {output.json:q} > {log:q} 2>&1"
