@@ -618,6 +618,14 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     assert "Cells completed since then, repeats on one GPU: none." in text
 
 
+def test_progress_without_a_summary_says_how_to_build_it(tmp_path: Path) -> None:
+    """A run whose parts all ended at their deadline has records and no summary.csv, which gives the grid."""
+    run = tmp_path / "r"
+    progress_record(run, "a", 1, 100.0, "2026-12-01T10:01:00+00:00")
+    with pytest.raises(SystemExit, match=r"r/summary.csv does not exist: it gives the grid.*aggregate_only=True"):
+        load_report().progress_text(run)
+
+
 def test_on_the_whole_gpu_runs_records_no_timed_job_is_expected_shorter_than_it_took() -> None:
     """The deadline's estimate of each committed timed job of results/h200, made as for a cell not yet measured
     (sweep.timed_job_s), against the job's wall time: a job expected short is started where it cannot end, and is

@@ -706,6 +706,10 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
         by_cell.setdefault(r["cell"], []).append(r)
     repeats = max(r["repeat"] for r in records)
     complete = {c: rs for c, rs in by_cell.items() if len(rs) >= repeats}
+    if not (run / "summary.csv").is_file():
+        # The grid is the summary's rows: the records alone do not say which cells are left.
+        raise SystemExit(f"{run}/summary.csv does not exist: it gives the grid. Build it from the records with the "
+                         "run's sweep command and `aggregate_only=True allow_missing=True` (measures nothing)")
     summary = pd.read_csv(run / "summary.csv")
     measured = {tuple(str(r["rec"]["cell"][axis]) for axis in AXES) for r in current}
     missing = summary[[tuple(str(v) for v in row) not in measured
