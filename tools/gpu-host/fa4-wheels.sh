@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # FlashAttention-4 (the fa4, fa4_graphbreak and sdpa_fa4 attention entries) for the GPU host, which has no network,
-# in parts small enough for one device call each (the ignored folder .fa4wheels/ at the checkout's root):
+# in one part small enough for a device call (the ignored folder .fa4wheels/ at the checkout's root):
 #   tools/gpu-host/fa4-wheels.sh download   on a machine with the package index: the wheels into .fa4wheels/wheels/,
-#                                            then one tar of them split into .fa4wheels/parts/ (40 MiB a part)
-#   tools/gpu-host/fa4-wheels.sh install    on the host, once every part has been carried there: reassembles and
-#                                            unpacks the wheels, checks them, installs them with .gpuwheels/ (setup.sh)
-#                                            and imports flash-attn-4
-# Carry one part per call (`carry: [.fa4wheels/parts/fa4-wheels.tar.part-00]`, then -01, ...): ignored files stay
-# on a warm host between calls (one that follows within its 30 s). What travels in a call, the checkout (about 20 MiB)
-# and what it carries, is at most 64 MiB: each 40 MiB part travels alone, and .gpuwheels/ (41 MiB) in the call after
-# them that runs `install`. The wheels' checksums travel inside the tar, so a missing or damaged part fails the
-# check. After `install`, every `source tools/gpu-host/setup.sh` installs them again with the rest.
+#                                            each stored uncompressed, then one tar of them, xz-compressed, in
+#                                            .fa4wheels/parts/ (split at 58 MiB; it is one part, 55 MiB)
+#   tools/gpu-host/fa4-wheels.sh install    on the host, once the parts have been carried there: unpacks the wheels,
+#                                            checks them, installs them with .gpuwheels/ (setup.sh) and imports
+#                                            flash-attn-4
+# The wheels as published are 83 MB (zip-compressed, 79 MB of them nvidia-cutlass-dsl's CUDA 13 library): two calls'
+# worth beside the checkout. Stored uncompressed and compressed together with xz they are 55 MiB, one call's: the
+# part travels in the call after the one that carried .gpuwheels/ (41 MiB; ignored files stay on a warm host between
+# calls, one that follows within its 30 s), and that call runs `install` before its sweep. A stored wheel is the same
+# wheel (its RECORD lists each file's content hash, not how it was compressed). The wheels' checksums (of the stored
+# wheels) travel inside the tar, so a missing or damaged part fails the check. After `install`, every `source
+# tools/gpu-host/setup.sh` installs them again with the rest.
 #
 # flash-attn-4 4.0.0b18 is the newest release whose _flash_attn_fwd returns (out, lse), the two values torch 2.11's
 # FA4 route (torch/nn/attention/_fa4.py) unpacks; 4.0.0b19 and later return more and break that route. It has the
@@ -38,16 +41,29 @@ download)
     "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$dir/wheels" "${wheels[@]}"
+    for wheel in "$dir"/wheels/*.whl; do
+        "${PYTHON:-python3}" -c 'import sys, zipfile
+src, dst = sys.argv[1], sys.argv[1] + ".stored"
+with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+    for info in zin.infolist():
+        data = zin.read(info)  # before the entry is marked stored: it is read as it was compressed
+        info.compress_type = zipfile.ZIP_STORED
+        zout.writestr(info, data)' "$wheel"
+        mv "$wheel.stored" "$wheel"
+    done
     (cd "$dir/wheels" && sha256sum -- *.whl >SHA256SUMS)
-    # Wheels are compressed already: a plain tar.
-    tar -cf - -C "$dir" wheels | split -b 40M -d -a 2 - "$dir/parts/fa4-wheels.tar.part-"
+    tar -cf - -C "$dir" wheels | xz -9 -T0 | split -b 58M -d -a 2 - "$dir/parts/fa4-wheels.tar.xz.part-"
     du -b "$dir/wheels"/*.whl
     ls -l "$dir/parts"
     ;;
 install)
-    if compgen -G "$dir/parts/fa4-wheels.tar.part-*" >/dev/null; then
+    if compgen -G "$dir/parts/fa4-wheels.tar.xz.part-*" >/dev/null; then
         rm -rf "$dir/wheels"
-        cat "$dir"/parts/fa4-wheels.tar.part-* | tar -xf - -C "$dir"
+        # Python's lzma where the host has no xz.
+        if command -v xz >/dev/null; then unxz=(xz -d); else
+            unxz=(python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)')
+        fi
+        cat "$dir"/parts/fa4-wheels.tar.xz.part-* | "${unxz[@]}" | tar -xf - -C "$dir"
     fi
     (cd "$dir/wheels" && sha256sum --quiet -c SHA256SUMS)
     # shellcheck source=tools/gpu-host/setup.sh

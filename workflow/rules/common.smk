@@ -106,9 +106,10 @@ def timed_priority(wildcards) -> int:
 
 
 def rerun_priority(wildcards) -> int:
-    """A record's marker (rule rerun) takes its record's job's priority, above every warm-up: a marker left at 0
-    waits until no warm-up is left to start, as the warm-ups keep the cores busy, and a cell whose warm-up is done
-    cannot start its timed job without it (on the H200: 24 warm-ups done, no cell measured, in a 9-minute part).
+    """The priority of a record's marker (the rerun rule's job) is its record's job's, above every warm-up. A
+    marker left at 0 waits until no warm-up is left to start, as the warm-ups keep the cores busy, and a cell whose
+    warm-up is done cannot start its timed job without it (on the H200, 24 warm-ups done and no cell measured in a
+    9-minute part).
     """
     record = wildcards.record
     repeat = 1 if record == "cell" else int(record.removeprefix("repeat-"))
