@@ -3,12 +3,12 @@
 # in one part small enough for a device call (the ignored folder .fa4wheels/ at the checkout's root):
 #   tools/gpu-host/fa4-wheels.sh download   on a machine with the package index: the wheels into .fa4wheels/wheels/,
 #                                            each stored uncompressed, then one tar of them, xz-compressed, in
-#                                            .fa4wheels/parts/ (split at 58 MiB; it is one part, 55 MiB)
+#                                            .fa4wheels/parts/ (split at 58 MiB; it is one part, 53 MiB)
 #   tools/gpu-host/fa4-wheels.sh install    on the host, once the parts have been carried there: unpacks the wheels,
 #                                            checks them, installs them with .gpuwheels/ (setup.sh) and imports
 #                                            flash-attn-4
 # The wheels as published are 83 MB (zip-compressed, 79 MB of them nvidia-cutlass-dsl's CUDA 13 library): two calls'
-# worth beside the checkout. Stored uncompressed and compressed together with xz they are 55 MiB, one call's: the
+# worth beside the checkout. Stored uncompressed and compressed together with xz they are 53 MiB, one call's: the
 # part travels in the call after the one that carried .gpuwheels/ (41 MiB; ignored files stay on a warm host between
 # calls, one that follows within its 30 s), and that call runs `install` before its sweep. A stored wheel is the same
 # wheel (its RECORD lists each file's content hash, not how it was compressed). The wheels' checksums (of the stored
