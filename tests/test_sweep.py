@@ -260,6 +260,8 @@ def test_repeats_beyond_the_first_sit_beside_its_record() -> None:
         f"{small}/repeat-2.json", f"{small}/repeat-3.json", f"{medium}/repeat-2.json", f"{medium}/repeat-3.json",
     ]
     assert config()["repeats"] == 1  # the schema's default
+    # And each record's file name gives its repeat back.
+    assert [sweep.record_repeat(Path(p).stem) for p in cells[:1] + sweep.repeat_paths(cells[:1], 3)] == [1, 2, 3]
 
 
 def overlay(*names: str) -> dict:

@@ -59,7 +59,7 @@ def _warmup_job_seconds(run: Path, rel: Path, repeat: int) -> float | None:
 
 def _repeat_number(record: Path) -> int:
     """1 for cell.json, N for repeat-N.json (the pipeline's names for a cell's repeats)."""
-    return 1 if record.stem == "cell" else int(record.stem.split("-")[1])
+    return sweep.record_repeat(record.stem)
 
 
 # The GPU's conditions in each measured window, from the samples tools/gpu-host/sweep.sh takes once a second through

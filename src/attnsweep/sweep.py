@@ -418,6 +418,11 @@ def repeat_paths(cells: Sequence[str], repeats: int) -> list[str]:
     return [str(Path(c).with_name(f"repeat-{r}.json")) for c in cells for r in range(2, repeats + 1)]
 
 
+def record_repeat(stem: str) -> int:
+    """The repeat a record's file name (without `.json`) is of: 1 for `cell`, N for `repeat-N` (repeat_paths)."""
+    return 1 if stem == "cell" else int(stem.removeprefix("repeat-"))
+
+
 def split_present(cells: Sequence[str], allow_missing: bool,
                   stale: Collection[str] = ()) -> tuple[list[str], list[str]]:
     """(cells to aggregate, cells listed as not measured yet): with allow_missing, only the cell files present and

@@ -111,8 +111,7 @@ def rerun_priority(wildcards) -> int:
     warm-up is done cannot start its timed job without it (on the H200, 24 warm-ups done and no cell measured in a
     9-minute part).
     """
-    record = wildcards.record
-    repeat = 1 if record == "cell" else int(record.removeprefix("repeat-"))
+    repeat = sweep.record_repeat(wildcards.record)
     return PLAN.priority(dict(wildcards.items()), repeat, timed=True)
 
 
