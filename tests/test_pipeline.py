@@ -696,6 +696,40 @@ def test_an_unsupported_record_is_measured_again_once_its_packages_changed(repo:
     assert planned(repo) == {}
 
 
+@pytest.mark.slow
+def test_later_repeats_and_their_kept_warm_ups_follow_a_first_record_measured_again(repo: Path) -> None:
+    """Repeats measure at their cell's first record's batch size. Where that record is measured again, so are they,
+    after it; and a warm-up of theirs kept on a warm host from an earlier part, made from the old record, is made
+    again rather than measured after."""
+    edit_config(repo, repeats=2)
+    # An earlier part that made the repeats' warm-ups and stopped (kept on a warm host: --notemp).
+    snakemake(repo, "--cores", "2", "--until", "warmup", "--notemp")
+    kept = sorted((repo / "results/tiny/warmup").rglob("r2/warmup.json"))
+    assert len(kept) == TINY_CELLS
+    first = cell_paths(repo)[0]
+    record = json.loads(first.read_text())
+    record["status"], record["reason"] = "unsupported", "needs a package that was not installed"
+    record["env"]["versions"]["torch"] = "0.0.0"
+    first.write_text(json.dumps(record))
+    out = snakemake(repo, "-n").stdout
+    assert planned(repo) == {"rerun": 1 + TINY_CELLS, "warmup": 2, "cell": 1, "cell_repeat": TINY_CELLS,
+                             **AGGREGATION}, out
+    cell = first.parent.relative_to(repo / "results/tiny/cells").as_posix()
+    remade = re.findall(r"output: results/tiny/warmup/(\S+)/warmup.json", out)
+    assert sorted(remade) == [f"{cell}/r1", f"{cell}/r2"], out
+    snakemake(repo, "--cores", "2")
+    assert load_cell(first)["status"] == "ok" and load_cell(first.with_name("repeat-2.json"))["status"] == "ok"
+    # Both repeats measured now: the first record measured again takes its repeat with it.
+    record = json.loads(first.read_text())
+    record["env"]["code"]["source_sha256"] = "0" * 64
+    first.write_text(json.dumps(record))
+    shutil.rmtree(repo / ".snakemake")
+    assert planned(repo) == {"rerun": 2, "warmup": 2, "cell": 1, "cell_repeat": 1, **AGGREGATION}
+    # So in one stage, cold, where no warm-up stands between the repeat and the first record.
+    edit_config(repo, warmup__enabled=False)
+    assert planned(repo) == {"rerun": 2, "cell": 1, "cell_repeat": 1, **AGGREGATION}
+
+
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
     def git(*args: str, cwd: Path = repo) -> str:
         return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout

@@ -239,9 +239,13 @@ def test_a_partial_aggregation_leaves_stale_records_out(tmp_path: Path) -> None:
     assert left_out == {cells[1]}
     assert sweep.split_present(cells, allow_missing=True, stale=left_out) == ([cells[0]], [cells[1], cells[2]])
     assert sweep.split_present(cells, allow_missing=False, stale=left_out) == (cells, [])
-    # A later repeat leaves with its cell's first record, whose batch size it was measured at.
-    repeat = _record(tmp_path / "b" / "repeat-2.json")
-    assert sweep.stale_to_leave_out([*cells, repeat], {cells[1]: "measured by other code"}) == {cells[1], repeat}
+    # A later repeat of the current code is stale with its cell's first record, whose batch size it was measured
+    # at (it is measured again after it), and leaves with it; a missing one is not a stale record.
+    repeat, other = _record(tmp_path / "b" / "repeat-2.json"), _record(tmp_path / "a" / "repeat-2.json")
+    paths = [*cells, repeat, other, str(tmp_path / "b" / "repeat-3.json")]
+    stale = sweep.stale_records(paths, "a" * 64, SETTINGS)
+    assert stale[repeat].startswith("measured at the batch size of its cell's first record") and len(stale) == 2
+    assert sweep.stale_to_leave_out(paths, stale) == {cells[1], repeat}
 
 
 def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:

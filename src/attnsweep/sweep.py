@@ -435,21 +435,26 @@ def split_present(cells: Sequence[str], allow_missing: bool,
 
 def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping,
                   installed: Mapping[str, str | None] | None = None) -> dict[str, str]:
-    """{path: why} of the records among `paths` that are present and stale (stale_reason)."""
-    return {p: why for p in paths if (why := stale_reason(p, source_sha256, settings, installed))}
+    """{path: why} of the records among `paths` that are present and stale (stale_reason), and the later repeats of
+    a cell whose first record is: they were measured at its batch size, and are measured again after it (a kept
+    warm-up of theirs goes with them: rule warmup's input `rerun`)."""
+    stale = {p: why for p in paths if (why := stale_reason(p, source_sha256, settings, installed))}
+    firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
+    for p in paths:
+        if p not in stale and str(Path(p).parent) in firsts and Path(p).exists():
+            stale[p] = "measured at the batch size of its cell's first record (cell.json), which is measured again"
+    return stale
 
 
 def stale_to_leave_out(paths: Sequence[str], stale: Collection[str]) -> set[str]:
     """The records among `paths` that a partial aggregation leaves out, as not measured yet: in a run being resumed
-    at the current code and settings, the `stale` ones (stale_records), which wait for their rerun like missing ones,
-    and a later repeat with its cell's first record (it was measured at that record's batch size, and is measured
-    again after it). A run none of whose records is current (one kept as history, whose records may span code
-    versions that changed nothing they ran) is tabled as it is."""
+    at the current code and settings, the `stale` ones (stale_records: with a stale first record, its cell's later
+    repeats), which wait for their rerun like missing ones. A run none of whose records is current (one kept as
+    history, whose records may span code versions that changed nothing they ran) is tabled as it is."""
     present = [p for p in paths if Path(p).exists()]
     if all(p in stale for p in present):
         return set()
-    firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
-    return set(stale) | {p for p in present if str(Path(p).parent) in firsts}
+    return set(stale)
 
 
 def records_digest(paths: Sequence[str]) -> str:

@@ -33,6 +33,8 @@ if not AGGREGATE_ONLY and WARMUP:
             stamp=ancient(CELL_STAMP),
             # Repeats 2, 3, ...: repeat 1's record, whose batch size they share (nothing for repeat 1).
             first=first_repeat,
+            # A kept warm-up of a record measured again is made again (common.smk).
+            rerun=stale_markers,
         output:
             # temp: the cache is the cell's alone and is removed once its timed job has used it.
             json=temp(

@@ -158,6 +158,21 @@ def rerun_input(wildcards) -> str:
     return rerun_file(record_path(wildcards))
 
 
+def stale_markers(wildcards) -> list[str]:
+    """A warm-up's inputs that make a kept one (from an earlier part on a warm host) be made again: the markers of
+    its record and of its cell's first record, where stale (STALE). Its record measured again was found unsupported
+    with other packages, say; the first record measured again gives the later repeats their batch size, also to a
+    repeat not measured yet. Never any other record's: a warm-up kept for a missing record is what its timed job
+    measures after.
+    """
+    first = f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/cell.json"
+    return [
+        rerun_file(r)
+        for r in dict.fromkeys([first, record_path(wildcards)])
+        if r in STALE
+    ]
+
+
 def expected_timed_s(wildcards, input) -> int:
     """Resource expected_s of a timed job (a cell or a later repeat): the seconds it is expected to take, from the
     cell's other records and its warm-up, read against the records of the same model (sweep.timed_job_s); 0 where
