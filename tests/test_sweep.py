@@ -235,7 +235,7 @@ def test_an_unsupported_record_is_asked_again_where_its_packages_changed(tmp_pat
 def test_a_partial_aggregation_leaves_stale_records_out(tmp_path: Path) -> None:
     cells = [_record(tmp_path / "a" / "cell.json"), _record(tmp_path / "b" / "cell.json", source="b" * 64),
              str(tmp_path / "c" / "cell.json")]
-    left_out = sweep.stale_to_leave_out(cells, sweep.stale_records(cells, "a" * 64, SETTINGS))
+    left_out = sweep.stale_to_leave_out(cells, sweep.stale_records(cells, "a" * 64, SETTINGS), SETTINGS)
     assert left_out == {cells[1]}
     assert sweep.split_present(cells, allow_missing=True, stale=left_out) == ([cells[0]], [cells[1], cells[2]])
     assert sweep.split_present(cells, allow_missing=False, stale=left_out) == (cells, [])
@@ -245,7 +245,7 @@ def test_a_partial_aggregation_leaves_stale_records_out(tmp_path: Path) -> None:
     paths = [*cells, repeat, other, str(tmp_path / "b" / "repeat-3.json")]
     stale = sweep.stale_records(paths, "a" * 64, SETTINGS)
     assert stale[repeat].startswith("measured at the batch size of its cell's first record") and len(stale) == 2
-    assert sweep.stale_to_leave_out(paths, stale) == {cells[1], repeat}
+    assert sweep.stale_to_leave_out(paths, stale, SETTINGS) == {cells[1], repeat}
 
 
 def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:
@@ -253,7 +253,27 @@ def test_a_run_kept_as_history_is_tabled_as_it_is(tmp_path: Path) -> None:
     its cells ran) keeps all its records."""
     records = [_record(tmp_path / "a" / "cell.json", source="o" * 64),
                _record(tmp_path / "b" / "cell.json", source="n" * 64)]
-    assert sweep.stale_to_leave_out(records, sweep.stale_records(records, "c" * 64, SETTINGS)) == set()
+    assert sweep.stale_to_leave_out(records, sweep.stale_records(records, "c" * 64, SETTINGS), SETTINGS) == set()
+
+
+def test_a_history_run_leaves_out_the_records_of_other_settings(tmp_path: Path) -> None:
+    """Records of other code are tabled in a run kept as history, but where some have the run's settings, not those
+    measured with others (other steps: the tables' settings line would be wrong for them), nor their later repeats."""
+    kept = _record(tmp_path / "a" / "cell.json", source="o" * 64)
+    steps = _record(tmp_path / "b" / "cell.json", source="o" * 64, steps=50)
+    repeat = _record(tmp_path / "b" / "repeat-2.json", source="o" * 64, steps=50)
+    torn = tmp_path / "c" / "cell.json"
+    torn.parent.mkdir()
+    torn.write_text('{"status": "o')
+    # (A repeat with the run's settings whose first record has others: a case the pipeline does not make.)
+    odd = _record(tmp_path / "b" / "repeat-3.json", source="o" * 64)
+    records = [kept, steps, repeat, odd, str(torn)]
+    stale = sweep.stale_records(records, "c" * 64, SETTINGS)
+    assert stale[steps].startswith("measured by other code")  # its code is asked first
+    assert sweep.other_settings(json.loads(Path(steps).read_text()), SETTINGS) == "measured with steps 50, now 125"
+    assert sweep.stale_to_leave_out(records, stale, SETTINGS) == {steps, repeat, odd, str(torn)}
+    # None of them with the run's settings: the config is not theirs, and they are tabled as they are.
+    assert sweep.stale_to_leave_out(records[1:3], stale, SETTINGS) == set()
 
 
 def test_repeats_beyond_the_first_sit_beside_its_record() -> None:

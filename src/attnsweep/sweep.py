@@ -446,15 +446,22 @@ def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping,
     return stale
 
 
-def stale_to_leave_out(paths: Sequence[str], stale: Collection[str]) -> set[str]:
+def stale_to_leave_out(paths: Sequence[str], stale: Collection[str], settings: Mapping) -> set[str]:
     """The records among `paths` that a partial aggregation leaves out, as not measured yet: in a run being resumed
     at the current code and settings, the `stale` ones (stale_records: with a stale first record, its cell's later
     repeats), which wait for their rerun like missing ones. A run none of whose records is current (one kept as
-    history, whose records may span code versions that changed nothing they ran) is tabled as it is."""
+    history, whose records may span code versions that changed nothing they ran) is tabled as it is, but where some
+    of its records have the run's cell `settings` and others not (other_settings), the others and their cells' later
+    repeats are left out: they measured something else (other steps, another token batch) than the tables' settings
+    line says. None with the run's settings: the config is not the one they ran with, and they are tabled as before."""
     present = [p for p in paths if Path(p).exists()]
-    if all(p in stale for p in present):
+    if not all(p in stale for p in present):
+        return set(stale)
+    other = {p for p in present if not (r := read_records([p])) or other_settings(r[0], settings)}
+    if other == set(present):
         return set()
-    return set(stale)
+    firsts = {str(Path(p).parent) for p in other if Path(p).name == "cell.json"}
+    return other | {p for p in present if str(Path(p).parent) in firsts}
 
 
 def records_digest(paths: Sequence[str]) -> str:
@@ -497,6 +504,13 @@ def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping,
     code = dig(record, ("env", "code", "source_sha256"))
     if code != source_sha256:
         return f"measured by other code (source {str(code)[:12]}, now {source_sha256[:12]})"
+    if why := other_settings(record, settings):
+        return why
+    return None if installed is None else unsupported_by_other_packages(record, installed)
+
+
+def other_settings(record: Mapping, settings: Mapping) -> str | None:
+    """Which of the cell `settings` (cell_settings) the record was measured with otherwise, in words; None if none."""
     cell = record.get("cell") if isinstance(record.get("cell"), dict) else {}
     for key, now in settings.items():
         if key in _UNRECORDED_SETTINGS:
@@ -507,7 +521,7 @@ def record_stale_reason(record: Mapping, source_sha256: str, settings: Mapping,
             continue
         if not _same_setting(then, now):
             return f"measured with {key} {then!r}, now {now!r}"
-    return None if installed is None else unsupported_by_other_packages(record, installed)
+    return None
 
 
 def unsupported_by_other_packages(record: Mapping, installed: Mapping[str, str | None]) -> str | None:

@@ -239,7 +239,7 @@ STALE = sweep.stale_records(
     None if AGGREGATE_ONLY else packages.versions(),
 )
 # A sweep run in parts (allow_missing): the cells present are aggregated, the others listed as not measured yet.
-LEFT_OUT = sweep.stale_to_leave_out(CELLS + REPEATS, STALE)
+LEFT_OUT = sweep.stale_to_leave_out(CELLS + REPEATS, STALE, PLAN.cell_settings)
 PRESENT_CELLS, MISSING_CELLS = sweep.split_present(
     CELLS, config["allow_missing"], LEFT_OUT
 )
