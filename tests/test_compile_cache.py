@@ -1,12 +1,15 @@
-"""A cell's own compile cache (attempt.compile_cache): what a timed job finds there from its warm-up."""
+"""A cell's own compile cache (attempt.compile_cache): what a timed job finds there from its warm-up; and when a
+compiling warm-up takes its run seat (attempt._run_seat)."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from attnsweep import attempt
@@ -104,3 +107,106 @@ def test_the_timed_stage_measures_without_compiler_processes_and_the_warm_up_wit
     cell.timed_cell(spec, dataclasses.replace(warm, status="ok", batch_size=2), tmp_path / "cache")
     assert seen["timed"] == 1
     assert seen["warm-up"] != 1 or os.cpu_count() == 1, seen
+
+
+def test_compiler_processes_with_compile_seats_share_the_cores(monkeypatch) -> None:
+    from torch._inductor import config
+
+    monkeypatch.setenv(attempt.COMPILE_THREADS_ENV, "3")
+    with attempt.compiler_processes(True):
+        assert config.compile_threads == 3
+    with attempt.compiler_processes(False):
+        assert config.compile_threads == 1
+
+
+# A compiled forward and backward in the cell's compile cache, printing the compile-end callbacks' triggers seen by
+# the end of the forward and by the end of the backward.
+FORWARD_THEN_BACKWARD = r"""
+import json, sys
+import torch
+from torch._dynamo.callback import callback_handler
+from attnsweep.attempt import compile_cache
+
+triggers = []
+callback_handler.register_end_callback(lambda args: triggers.append(args.callback_trigger.name))
+with compile_cache(sys.argv[1]):
+    x = torch.randn(16, requires_grad=True)
+    y = torch.compile(lambda x: (x * 2.0).sin().sum())(x)
+    forward = list(triggers)
+    y.backward()
+print(json.dumps({"forward": forward, "all": triggers}))
+"""
+
+
+def test_the_backward_is_compiled_before_the_compiled_code_first_runs(tmp_path: Path) -> None:
+    # By default AOTAutograd compiles the backward at the first backward (a LAZY_BACKWARD compilation), when the
+    # forward's activations are on the GPU: a warm-up would then compile holding its run seat.
+    out = subprocess.run([sys.executable, "-c", FORWARD_THEN_BACKWARD, str(tmp_path)], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"forward": ["DYNAMO"], "all": ["DYNAMO"]}, seen
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+# A warm-up worker's steps under attempt._run_seat: prints when its compilation ended (a callback registered before
+# the seat's) and when its compiled code has run.
+RUN_SEAT = r"""
+import sys
+import torch
+from torch._dynamo.callback import callback_handler
+from attnsweep.attempt import _run_seat, compile_cache
+
+compiled = sys.argv[2] == "compiled"
+callback_handler.register_end_callback(lambda args: print("compiled", flush=True))
+print("ready", flush=True)
+with compile_cache(sys.argv[1]), _run_seat(compiled):
+    print("started", flush=True)
+    x = torch.randn(16, requires_grad=True)
+    f = torch.compile(lambda x: (x * 2.0).sin().sum()) if compiled else (lambda x: (x * 2.0).sin().sum())
+    f(x).backward()
+    print("ran", flush=True)
+"""
+
+
+def _lines(proc: subprocess.Popen) -> list[str]:
+    """The lines the process prints, read in a thread (appended as they come)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.strip() for line in proc.stdout), daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: list[str], line: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while line not in lines:
+        assert proc.poll() is None or line in lines, f"exited {proc.returncode} before {line!r}: {lines}"
+        assert time.monotonic() < deadline, f"no {line!r} within {timeout} s: {lines}"
+        time.sleep(0.05)
+
+
+def test_a_compiling_warm_up_takes_its_run_seat_once_compiled_and_an_eager_one_at_once(tmp_path: Path) -> None:
+    import time
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    env = {**_env(), attempt.RUN_SEATS_ENV: "1", attempt.WORKER_ENV[0]: str(locks), attempt.WORKER_ENV[1]: "0"}
+    for mode, waits_after in (("compiled", ["ready", "started", "compiled"]), ("eager", ["ready"])):
+        seat = os.open(locks / "gpu-0.warmup-0", os.O_CREAT | os.O_RDWR)
+        fcntl.flock(seat, fcntl.LOCK_EX)  # the GPU's one run seat, taken by another warm-up
+        proc = subprocess.Popen([sys.executable, "-c", RUN_SEAT, str(tmp_path / mode), mode], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            lines = _lines(proc)
+            _wait_for(lines, waits_after[-1], proc)
+            time.sleep(2)
+            assert lines == waits_after and proc.poll() is None, lines  # compiled (or not begun), waiting
+            os.close(seat)
+            assert proc.wait(timeout=300) == 0
+            assert lines == [*waits_after, "ran"] if mode == "compiled" else ["ready", "started", "ran"], lines
+        finally:
+            proc.kill()

@@ -474,7 +474,8 @@ def test_timed_jobs_and_an_uncapped_warmups_attempts_register_among_the_timed_sl
 
     monkeypatch.setattr(gpuslots, "visible_gpus", lambda config_value=None: ["0"])
     monkeypatch.setattr(cli.os, "environ", dict(os.environ))
-    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=None, warmups_per_gpu=None)
+    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=None, warmups_per_gpu=None,
+                              compile_seats=0)
     with contextlib.ExitStack() as stack:
         slot = cli._claim(args, stack, "warmup")
         assert isinstance(slot, gpuslots.TimedSlot)  # the GPU to itself for its batch search
@@ -639,10 +640,77 @@ def test_a_capped_warmup_job_claims_its_gpu_with_the_bound_for_its_cap(tmp_path:
     options = sweep.plan_run(config(), {}, gpus=["0"]).job_options(["0"], 143771 * 2**20)
     per_gpu = int(options[options.index("--warmups-per-gpu") + 1])
     args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=12.0,
-                              warmups_per_gpu=per_gpu)
+                              warmups_per_gpu=per_gpu, compile_seats=0)
     with contextlib.ExitStack() as stack:
         cli._claim(args, stack, "warmup")
     assert seen == {"gpus": ["0"], "per_gpu": 9}
+
+
+def test_compile_seats_where_the_cap_leaves_room_for_one_running_warm_up_only(tmp_path: Path) -> None:
+    gib = 2**30
+    h200 = 143771 * 2**20  # nvidia-smi's MiB
+    # A 45 GiB cap: two warm-ups of 46 GiB beside the timed job's, or one running and 8 compiling at 6 GiB each.
+    assert gpuslots.warmups_per_gpu(h200, 45 * gib) == 2
+    assert gpuslots.warmup_seats(h200, 45 * gib) == (1, 8)
+    assert gpuslots.warmup_seats(h200, 45 * gib, compile_seats=5) == (1, 5)
+    assert gpuslots.warmup_seats(h200, 45 * gib, compile_seats=0) == (2, 0)
+    assert gpuslots.warmup_seats(h200, 45 * gib, compile_seats=3) == (2, 0)  # fewer than twice the plain seats
+    # A 12 GiB cap: nine whole seats already, more than eight compiling would add.
+    assert gpuslots.warmup_seats(h200, 12 * gib) == (9, 0)
+    assert gpuslots.warmup_seats(None, 45 * gib) == (None, 0)
+    assert gpuslots.warmup_seats(90 * gib, 45 * gib) == (1, 0)  # no room beside two processes
+    locks = tmp_path / "locks"
+    with claim_warmup(locks, ["0"], per_gpu=2, seat="compile") as a, claim_warmup(locks, ["0"], per_gpu=2,
+                                                                                  seat="compile") as b:
+        assert a.held and b.held
+        with pytest.raises(TimeoutError):
+            claim_warmup(locks, ["0"], per_gpu=2, seat="compile", timeout_s=0.3)
+        with claim_warmup(locks, ["0"], per_gpu=1, timeout_s=0.3) as whole:  # other files than the compile seats
+            assert whole.held
+    assert held(locks / "gpu-0.compile-0") is False
+
+
+def test_a_run_seat_is_taken_when_asked_and_waits_for_a_free_one(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    with gpuslots.run_seat(locks, "0", 1) as take:
+        assert held(locks / "gpu-0.warmup-0") is False  # not before it is asked for
+        assert take() >= 0 and held(locks / "gpu-0.warmup-0")
+        assert take() == 0  # once
+        waited: list[float] = []
+        with gpuslots.run_seat(locks, "0", 1) as other:
+            thread = threading.Thread(target=lambda: waited.append(other()), daemon=True)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # the GPU's one run seat is taken
+        # (the other's block ended: its wait goes on in the thread until the seat is free)
+    thread.join(5)
+    assert waited and waited[0] >= 0.4 and not thread.is_alive()
+
+
+def test_a_warm_up_job_with_compile_seats_claims_one_and_tells_its_workers(tmp_path: Path, monkeypatch) -> None:
+    import argparse
+    import contextlib
+
+    from attnsweep import attempt, cli
+
+    seen = {}
+
+    def fake_claim(lock_dir, gpus, *, per_gpu=None, seat="warmup"):
+        seen.update(per_gpu=per_gpu, seat=seat)
+        return claim_warmup(lock_dir, gpus)
+
+    monkeypatch.setattr(gpuslots, "visible_gpus", lambda config_value=None: ["0", "1"])
+    monkeypatch.setattr(gpuslots, "claim_warmup", fake_claim)
+    monkeypatch.setattr(cli.os, "environ", dict(os.environ))
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(32)))
+    args = argparse.Namespace(gpu_locks=str(tmp_path / "locks"), gpus=None, memory_cap_gib=45.0,
+                              warmups_per_gpu=1, compile_seats=8)
+    with contextlib.ExitStack() as stack:
+        cli._claim(args, stack, "warmup")
+    assert seen == {"per_gpu": 8, "seat": "compile"}
+    # Its workers take one of the GPU's run seats; 32 cores shared by 8 compiling warm-ups on each of 2 GPUs.
+    assert cli.os.environ[attempt.RUN_SEATS_ENV] == "1" and cli.os.environ[attempt.COMPILE_THREADS_ENV] == "2"
 
 
 def test_a_killed_warmup_frees_its_seat(tmp_path: Path) -> None:

@@ -159,6 +159,21 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
     assert gpu.job_options(["0", "1"], slots=False) == ["--preload", "results/study/.preload"]
 
 
+def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_path: Path) -> None:
+    """On an H200 (nvidia-smi's 143,771 MiB) under a 45 GiB cap, 8 warm-ups compile while one runs its steps beside
+    the timed job; an eager grid, where no warm-up compiles, and `compile_seats: 0` keep two whole seats."""
+    h200 = 143771 * 2**20
+
+    def seats(**changes) -> list[str]:
+        options = sweep.plan_run(config(memory_cap_gib=45, **changes), {}, gpus=["0"]).job_options(["0"], h200)
+        return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+
+    assert seats() == ["--warmups-per-gpu", "1", "--compile-seats", "8"]
+    assert seats(**{"warmup.compile_seats": 4}) == ["--warmups-per-gpu", "1", "--compile-seats", "4"]
+    assert seats(**{"warmup.compile_seats": 0}) == ["--warmups-per-gpu", "2"]
+    assert seats(**{"grid.mode": ["eager"]}) == ["--warmups-per-gpu", "2"]
+
+
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:
     cells = [str(tmp_path / name / "cell.json") for name in ("a", "b", "c")]
     (tmp_path / "b").mkdir()

@@ -89,7 +89,7 @@ def harness(name: str) -> Harness:
 def compile_cache(cache_dir: str | os.PathLike | None):
     """The cell's own compile cache: a fresh private one (a cold compilation), or the folder its warm-up filled.
     Never shared between cells: the FX-graph cache's key misses SDPA's backend choice (docs/protocol.md, Pitfalls)."""
-    with _cacheable_autograd_functions():
+    with _cacheable_autograd_functions(), _backward_compiled_with_forward():
         if cache_dir is None:
             with private_compile_cache():
                 yield
@@ -115,8 +115,51 @@ def _cacheable_autograd_functions():
         yield
 
 
+@contextlib.contextmanager
+def _backward_compiled_with_forward():
+    """AOTAutograd compiles the backward with the forward, before the compiled code first runs, not at the first
+    backward (its default, lazily): so a warm-up has compiled everything before it needs its memory (run_seat). The
+    graphs and so the kernels are the same either way (Inductor's FX-graph cache hits across the two), but the
+    setting is in AOTAutograd's cache key: every run sets it, so a timed job loads what its warm-up compiled."""
+    from torch._functorch import config
+
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        yield
+        return
+    with config.patch(force_non_lazy_backward_lowering=True):
+        yield
+
+
 # Set by `attnsweep warmup` for the processes that run its GPU work (gpuslots.gpu_worker).
 WORKER_ENV = ("ATTNSWEEP_GPU_LOCKS", "ATTNSWEEP_GPU_DEVICE")
+# Set by `attnsweep warmup` with compile seats (gpuslots.warmup_seats): how many run seats its GPU has, which its
+# processes take once compiled, and the compiler processes each may start.
+RUN_SEATS_ENV, COMPILE_THREADS_ENV = "ATTNSWEEP_RUN_SEATS", "ATTNSWEEP_COMPILE_THREADS"
+
+
+@contextlib.contextmanager
+def _run_seat(compiled: bool):
+    """With compile seats, a warm-up's run seat (gpuslots.run_seat), taken at the end of its first compilation
+    (Dynamo's end-of-compile callback, which runs before the compiled code does), or at once in eager mode or where
+    this torch has no such callback; nothing otherwise."""
+    seats, (lock_dir, device_id) = os.environ.get(RUN_SEATS_ENV), (os.environ.get(k) for k in WORKER_ENV)
+    if not (seats and lock_dir and device_id):
+        yield
+        return
+    from torch._dynamo.callback import callback_handler
+
+    from .gpuslots import run_seat
+
+    with run_seat(lock_dir, device_id, int(seats)) as take:
+        if not compiled or not hasattr(callback_handler, "register_end_callback"):
+            take()
+            yield
+            return
+        callback = callback_handler.register_end_callback(lambda _args: take())
+        try:
+            yield
+        finally:
+            callback_handler.remove_end_callback(callback)
 
 
 def _as_warmup_worker() -> contextlib.AbstractContextManager:
@@ -139,13 +182,15 @@ def compiler_processes(allowed: bool):
     busy (window_conditions: 0.7-1.4 s of other processes' CPU a second of window in a one-GPU sweep; under 0.1 s in
     the cold path, whose pool had long been idle), which this accounts for. The number of compile threads is not part
     of the compile caches' keys (Inductor's config leaves `compile_threads` out of them): the cache is hit either
-    way."""
-    if allowed:
+    way. With compile seats a warm-up's pool has the processes its job was given (COMPILE_THREADS_ENV): many
+    compile at once, and a pool of one per core each would fill the host's memory."""
+    threads = os.environ.get(COMPILE_THREADS_ENV) if allowed else "1"
+    if not threads:
         yield
         return
     from torch._inductor import config
 
-    with config.patch(compile_threads=1):
+    with config.patch(compile_threads=int(threads)):
         yield
 
 
@@ -157,7 +202,7 @@ def measure(
     `compiler_pool` False, without Inductor's compiler processes (a timed job, whose cache its warm-up filled)."""
     t0 = time.perf_counter()
     with (compile_cache(cache_dir), compiler_processes(compiler_pool), _as_warmup_worker(),
-          attention.backend_scope(spec.attn)):
+          _run_seat(spec.mode in COMPILED_MODES), attention.backend_scope(spec.attn)):
         result = _measure(spec, batch_size, device, steps or spec.steps, hooks)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

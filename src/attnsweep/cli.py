@@ -135,7 +135,12 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
                    "cells still starting (default: windows take turns and stop every other timed cell)")
     p.add_argument("--warmups-per-gpu", type=int, default=None, metavar="N",
                    help="with --gpu-locks: at most N warm-ups on a GPU at once (a sweep passes as many as fit beside "
-                   "its timed job under the memory cap; default: no bound)")
+                   "its timed job under the memory cap; default: no bound); with --compile-seats, at most N running "
+                   "their compiled steps")
+    p.add_argument("--compile-seats", type=int, default=0, metavar="N",
+                   help="with --gpu-locks and --warmups-per-gpu: at most N warm-ups compiling on a GPU at once, each "
+                   "taking one of the --warmups-per-gpu seats once compiled (gpuslots.warmup_seats; default 0: a "
+                   "warm-up holds its seat throughout)")
 
 
 def _add_parsers(sub) -> None:
@@ -207,6 +212,15 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
         slot.stoppable()  # until its window (or first step): other GPUs' windows stop it
         os.environ[gpuslots.WINDOWS_ENV] = "in turn" if args.window_turns else "overlapping"
+    elif args.compile_seats and args.warmups_per_gpu:
+        slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=args.compile_seats,
+                                                         seat="compile"))
+        from .attempt import COMPILE_THREADS_ENV, RUN_SEATS_ENV
+
+        # Its workers take a run seat once compiled; the host's cores are shared by every GPU's compiling warm-ups.
+        cores = len(os.sched_getaffinity(0))
+        os.environ[RUN_SEATS_ENV] = str(args.warmups_per_gpu)
+        os.environ[COMPILE_THREADS_ENV] = str(max(2, cores // (args.compile_seats * len(gpus))))
     else:
         slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=args.warmups_per_gpu))
     if slot.device_id != "cpu":

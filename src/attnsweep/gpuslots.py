@@ -43,6 +43,11 @@ Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on fir
 ``workers/<pid>``
     one file per registered worker, locked by it while it lives (a file nobody locks is a dead worker's, removed by
     the next exclusive phase).
+``warmup-<i>``, ``compile-<i>``
+    a capped warm-up's seats (:func:`warmup_seats`), each locked by its holder: a whole process's memory for the
+    warm-up job, or, with compile seats, one compiling job's each (:func:`claim_warmup`) and the run seats its
+    workers take once compiled (:func:`run_seat`). A worker waits for a run seat holding only what a compile seat
+    counts, and a run seat's holder waits for nothing but a timed job's window: no cycle.
 
 Files of the host (``host.<name>``):
 
@@ -97,7 +102,7 @@ from types import TracebackType
 from typing import Self
 
 __all__ = ["TIMED_WORKERS", "WINDOWS_ENV", "TimedSlot", "WarmupSlot", "claim_timed", "claim_warmup", "gpu_memory",
-           "gpu_worker", "visible_gpus", "warmups_per_gpu"]
+           "gpu_worker", "run_seat", "visible_gpus", "warmup_seats", "warmups_per_gpu"]
 
 POLL_S = 0.05
 # The pseudo-device whose workers are timed slots outside their measured window (TimedSlot.stoppable): every window
@@ -547,14 +552,43 @@ def warmups_per_gpu(gpu_bytes: int | None, cap_bytes: int | None) -> int | None:
     return max(1, (gpu_bytes - process) // process)
 
 
+# What a compiling warm-up holds on its GPU before its compiled code first runs (warmup_seats): the CUDA context, the
+# model's weights and the token batches (GPT-2 large's fp32 weights are 3 GiB); activations and optimizer state come
+# with its first step, under a run seat.
+COMPILE_SEAT_BYTES = 6 * 2**30
+# Compile seats per GPU at most: each compiling process takes a core or two and a few GiB of host memory.
+MAX_COMPILE_SEATS = 8
+
+
+def warmup_seats(gpu_bytes: int | None, cap_bytes: int | None,
+                 compile_seats: int | None = None) -> tuple[int | None, int]:
+    """(run seats, compile seats) of a GPU's warm-ups beside its timed job.
+
+    A capped warm-up's process may use its cap only once its compiled code runs; compiling (most of a warm-up's
+    attempt: 36 of 41 s for GPT-2 small on the H200) it holds its weights and batches. With compile seats, any of
+    them may compile at once, each counted at COMPILE_SEAT_BYTES, and one process at a time runs steps, in the one
+    run seat a full process fits in beside the timed job's: the timed job + one run seat + the compile seats fit on
+    the GPU. Used where at least twice as many compile as the plain seats of warmups_per_gpu allow; otherwise (run
+    seats, 0): each warm-up holds a whole process's seat throughout, as before. `compile_seats`: at most that many
+    (0: none; None: as many as fit, up to MAX_COMPILE_SEATS)."""
+    plain = warmups_per_gpu(gpu_bytes, cap_bytes)
+    if plain is None or compile_seats == 0:
+        return plain, 0
+    room = gpu_bytes - 2 * (cap_bytes + CONTEXT_BYTES)  # what the timed job and one run seat leave
+    fit = min(MAX_COMPILE_SEATS if compile_seats is None else compile_seats, max(0, room) // COMPILE_SEAT_BYTES)
+    return (1, fit) if fit >= 2 * plain else (plain, 0)
+
+
 def claim_warmup(lock_dir: str | os.PathLike[str], gpus: Sequence[str | int], *, per_gpu: int | None = None,
-                 poll_s: float = POLL_S, timeout_s: float | None = None) -> WarmupSlot:
+                 seat: str = "warmup", poll_s: float = POLL_S, timeout_s: float | None = None) -> WarmupSlot:
     """Choose the GPU of ``gpus`` for a warm-up: one with no timed job if there is one (spread by pid among equals).
 
     The processes that run a warm-up's GPU work register with :func:`gpu_worker`, and a timed job stops them while it
     measures. With ``per_gpu`` (:func:`warmups_per_gpu`) at most that many warm-ups hold a GPU at once, each one of
     its ``per_gpu`` seat locks (released by the kernel if the job dies); a warm-up waits (polling) for a free seat.
-    Use as ``with claim_warmup(d, gpus) as slot:``; ``slot.wait_s`` is the time waited.
+    ``seat``: which seats, ``warmup`` (a whole process's) or ``compile`` (warmup_seats: its workers then take a run
+    seat, :func:`run_seat`, before their compiled code runs). Use as ``with claim_warmup(d, gpus) as slot:``;
+    ``slot.wait_s`` is the time waited.
     """
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -567,13 +601,41 @@ def claim_warmup(lock_dir: str | os.PathLike[str], gpus: Sequence[str | int], *,
         for index in free + [i for i in order if i not in free]:
             if per_gpu is None:
                 return WarmupSlot(lock_dir, index, devices[index], [], time.monotonic() - started)
-            for seat in range(per_gpu):
-                fd = _open(lock_dir, devices[index], f"warmup-{seat}")
+            for i in range(per_gpu):
+                fd = _open(lock_dir, devices[index], f"{seat}-{i}")
                 if _try_lock(fd, fcntl.LOCK_EX):
                     return WarmupSlot(lock_dir, index, devices[index], [fd], time.monotonic() - started)
                 os.close(fd)
         _check_timeout(started, timeout_s, "warm-up")
         time.sleep(poll_s)
+
+
+@contextmanager
+def run_seat(lock_dir: str | os.PathLike[str], device_id: str, seats: int,
+             poll_s: float = POLL_S) -> Iterator[Callable[[], float]]:
+    """A compiling warm-up worker's run seat on GPU `device_id` (one of `seats`, warmup_seats), taken when the block
+    calls what it yields (once its code is compiled: the call waits for a free seat and returns the seconds waited;
+    later calls return 0) and held to the block's end; released by the kernel if the process dies."""
+    lock_dir = Path(lock_dir)
+    fds: list[int] = []
+
+    def take() -> float:
+        started = time.monotonic()
+        while not fds:
+            for i in range(seats):
+                fd = _open(lock_dir, device_id, f"warmup-{i}")
+                if _try_lock(fd, fcntl.LOCK_EX):
+                    fds.append(fd)
+                    return time.monotonic() - started
+                os.close(fd)
+            time.sleep(poll_s)
+        return 0.0
+
+    try:
+        yield take
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _split(value: str) -> list[str]:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import gpuslots
 from .packages import DECIDE_SUPPORT
-from .vocabulary import AXES, CHOICES, MODELS, kv_heads_problem, memory_kind
+from .vocabulary import AXES, CHOICES, COMPILED_MODES, MODELS, kv_heads_problem, memory_kind
 
 
 
@@ -360,10 +360,14 @@ class RunPlan:
         # On the CPU, GPUs the config names are simulated: each job takes one, as on a host of that many GPUs.
         named = gpus and self.device == "cpu" and self.settings.get("gpus") is not None
         cap = self.settings["memory_cap_gib"]
-        per_gpu = gpuslots.warmups_per_gpu(gpu_bytes, cap and int(cap * 2**30)) if on_gpu else None
+        # Compile seats only where warm-ups compile: in an eager grid each would wait for the one run seat at once.
+        compiling = self.settings["warmup"]["compile_seats"] if set(self.grid["mode"]) & set(COMPILED_MODES) else 0
+        per_gpu, compile_seats = (gpuslots.warmup_seats(gpu_bytes, cap and int(cap * 2**30), compiling) if on_gpu
+                                  else (None, 0))
         slot_options = ["--gpu-locks", f"{self.results}/.gpulocks",
                         *(["--gpus", ",".join(gpus)] if on_gpu or named else []),
                         *(["--warmups-per-gpu", str(per_gpu)] if per_gpu else []),
+                        *(["--compile-seats", str(compile_seats)] if compile_seats else []),
                         *([] if self.settings["window_turns"] else ["--no-window-turns"])]
         return [*(slot_options if slots else []),
                 *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
