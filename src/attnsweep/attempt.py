@@ -155,7 +155,7 @@ def _run_seat(compiled: bool):
             take()
             yield
             return
-        callback = callback_handler.register_end_callback(lambda _args: take())
+        callback = callback_handler.register_end_callback(lambda *_: take())  # (older torch: no arguments)
         try:
             yield
         finally:
