@@ -152,61 +152,51 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-# A warm-up worker's steps under attempt._run_seat: prints when its compilation ended (a callback registered before
-# the seat's) and when its compiled code has run.
-RUN_SEAT = r"""
-import sys
-import torch
-from torch._dynamo.callback import callback_handler
-from attnsweep.attempt import _run_seat, compile_cache
+def _attempt(tmp_path: Path, mode: str, env: dict[str, str]) -> tuple[subprocess.Popen, Path, Path]:
+    """A warm-up's attempt at a tiny cell in its own process (`python -m attnsweep.attempt`), as a sweep's warm-up
+    runs one: (the process, its result file, the cell's compile cache)."""
+    from attnsweep.spec import CellSpec
 
-compiled = sys.argv[2] == "compiled"
-callback_handler.register_end_callback(lambda args: print("compiled", flush=True))
-print("ready", flush=True)
-with compile_cache(sys.argv[1]), _run_seat(compiled):
-    print("started", flush=True)
-    x = torch.randn(16, requires_grad=True)
-    f = torch.compile(lambda x: (x * 2.0).sin().sum()) if compiled else (lambda x: (x * 2.0).sin().sum())
-    f(x).backward()
-    print("ran", flush=True)
-"""
+    spec = CellSpec(model="tiny", attn="sdpa", mode=mode, seq_len=32, precision="fp32", steps=4, window=2,
+                    device="cpu", batch_size=2, profile=False)
+    folder = tmp_path / mode
+    folder.mkdir()
+    args, out, cache = folder / "args.json", folder / "result.json", folder / "cache"
+    args.write_text(json.dumps({"spec": spec.as_json(), "batch_size": 2, "device": "cpu", "steps": 4,
+                                "cache_dir": str(cache)}))
+    proc = subprocess.Popen([sys.executable, "-m", "attnsweep.attempt", str(args), str(out)], env=env)
+    return proc, out, cache
 
 
-def _lines(proc: subprocess.Popen) -> list[str]:
-    """The lines the process prints, read in a thread (appended as they come)."""
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(line.strip() for line in proc.stdout), daemon=True).start()
-    return lines
-
-
-def _wait_for(lines: list[str], line: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while line not in lines:
-        assert proc.poll() is None or line in lines, f"exited {proc.returncode} before {line!r}: {lines}"
-        assert time.monotonic() < deadline, f"no {line!r} within {timeout} s: {lines}"
-        time.sleep(0.05)
+def _compiled(cache: Path) -> bool:
+    """Whether AOTAutograd has saved the forward and backward it compiled into the cache (both compiled by then)."""
+    folder = cache / "inductor" / "aotautograd"
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
 def test_a_compiling_warm_up_takes_its_run_seat_once_compiled_and_an_eager_one_at_once(tmp_path: Path) -> None:
+    """With compile seats (gpuslots.warmup_seats), an attempt compiles while another warm-up holds the GPU's one
+    run seat, and runs its compiled code only once it has the seat; an eager one waits for it before anything."""
     import time
 
     locks = tmp_path / "locks"
     locks.mkdir()
     env = {**_env(), attempt.RUN_SEATS_ENV: "1", attempt.WORKER_ENV[0]: str(locks), attempt.WORKER_ENV[1]: "0"}
-    for mode, waits_after in (("compiled", ["ready", "started", "compiled"]), ("eager", ["ready"])):
+    for mode in ("compiled", "eager"):
         seat = os.open(locks / "gpu-0.warmup-0", os.O_CREAT | os.O_RDWR)
-        fcntl.flock(seat, fcntl.LOCK_EX)  # the GPU's one run seat, taken by another warm-up
-        proc = subprocess.Popen([sys.executable, "-c", RUN_SEAT, str(tmp_path / mode), mode], env=env,
-                                stdout=subprocess.PIPE, text=True)
+        fcntl.flock(seat, fcntl.LOCK_EX)  # the GPU's one run seat, held by another warm-up
+        proc, out, cache = _attempt(tmp_path, mode, env)
         try:
-            lines = _lines(proc)
-            _wait_for(lines, waits_after[-1], proc)
-            time.sleep(2)
-            assert lines == waits_after and proc.poll() is None, lines  # compiled (or not begun), waiting
+            deadline = time.monotonic() + 240
+            while mode == "compiled" and not _compiled(cache):
+                assert proc.poll() is None, f"exited {proc.returncode} without its run seat"
+                assert time.monotonic() < deadline, "not compiled within 240 s"
+                time.sleep(0.1)
+            time.sleep(5)
+            assert proc.poll() is None and not out.exists(), mode  # compiled (or not begun): waiting for the seat
             os.close(seat)
             assert proc.wait(timeout=300) == 0
-            assert lines == [*waits_after, "ran"] if mode == "compiled" else ["ready", "started", "ran"], lines
+            result = json.loads(out.read_text())
+            assert result["outcome"] == "ok", result
         finally:
             proc.kill()

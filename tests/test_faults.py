@@ -91,9 +91,16 @@ def jobs_run(output: str, rule: str) -> int:
 
 
 def cell_files(repo: Path) -> dict[str, bytes]:
-    """Every JSON under the run's cells/ (temporaries included: a leftover must show up), path -> bytes."""
+    """Every JSON under the run's cells/ (temporaries included: a leftover must show up), path -> bytes. Read while
+    a sweep may run: a temporary renamed into its record between the listing and the reading is passed over."""
     root = repo / "results" / "tiny" / "cells"
-    return {p.relative_to(repo).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = {}
+    for p in sorted(root.rglob("*")):
+        try:
+            files[p.relative_to(repo).as_posix()] = p.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+    return files
 
 
 def records(repo: Path) -> dict[str, bytes]:

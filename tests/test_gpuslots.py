@@ -673,19 +673,21 @@ def test_compile_seats_where_the_cap_leaves_room_for_one_running_warm_up_only(tm
 def test_a_run_seat_is_taken_when_asked_and_waits_for_a_free_one(tmp_path: Path) -> None:
     locks = tmp_path / "locks"
     locks.mkdir()
-    with gpuslots.run_seat(locks, "0", 1) as take:
-        assert held(locks / "gpu-0.warmup-0") is False  # not before it is asked for
-        assert take() >= 0 and held(locks / "gpu-0.warmup-0")
-        assert take() == 0  # once
-        waited: list[float] = []
-        with gpuslots.run_seat(locks, "0", 1) as other:
+    seat = locks / "gpu-0.warmup-0"
+    waited: list[float] = []
+    with gpuslots.run_seat(locks, "0", 1) as other:
+        with gpuslots.run_seat(locks, "0", 1) as take:
+            assert held(seat) is False  # not before it is asked for
+            assert take() >= 0 and held(seat)
+            assert take() == 0  # once
             thread = threading.Thread(target=lambda: waited.append(other()), daemon=True)
             thread.start()
             thread.join(0.5)
             assert thread.is_alive()  # the GPU's one run seat is taken
-        # (the other's block ended: its wait goes on in the thread until the seat is free)
-    thread.join(5)
-    assert waited and waited[0] >= 0.4 and not thread.is_alive()
+        thread.join(5)  # given back at the block's end: the other takes it
+        assert waited and waited[0] >= 0.4 and held(seat)
+    assert held(seat) is False
+    assert other() == 0 and held(seat) is False  # asked after its block (a callback left behind): nothing taken
 
 
 def test_a_warm_up_job_with_compile_seats_claims_one_and_tells_its_workers(tmp_path: Path, monkeypatch) -> None:

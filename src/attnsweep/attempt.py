@@ -139,27 +139,21 @@ RUN_SEATS_ENV, COMPILE_THREADS_ENV = "ATTNSWEEP_RUN_SEATS", "ATTNSWEEP_COMPILE_T
 
 @contextlib.contextmanager
 def _run_seat(compiled: bool):
-    """With compile seats, a warm-up's run seat (gpuslots.run_seat), taken at the end of its first compilation
-    (Dynamo's end-of-compile callback, which runs before the compiled code does), or at once in eager mode or where
-    this torch has no such callback; nothing otherwise."""
+    """With compile seats, a warm-up's run seat (gpuslots.run_seat): taken at once in eager mode; compiled, yields
+    what takes it, for the harness to call at the end of the model's first compilation (StepHooks.compiled). Yields
+    None otherwise."""
     seats, (lock_dir, device_id) = os.environ.get(RUN_SEATS_ENV), (os.environ.get(k) for k in WORKER_ENV)
     if not (seats and lock_dir and device_id):
-        yield
+        yield None
         return
-    from torch._dynamo.callback import callback_handler
-
     from .gpuslots import run_seat
 
     with run_seat(lock_dir, device_id, int(seats)) as take:
-        if not compiled or not hasattr(callback_handler, "register_end_callback"):
+        if not compiled:
             take()
-            yield
-            return
-        callback = callback_handler.register_end_callback(lambda *_: take())  # (older torch: no arguments)
-        try:
-            yield
-        finally:
-            callback_handler.remove_end_callback(callback)
+            yield None
+        else:
+            yield take
 
 
 def _as_warmup_worker() -> contextlib.AbstractContextManager:
@@ -202,7 +196,9 @@ def measure(
     `compiler_pool` False, without Inductor's compiler processes (a timed job, whose cache its warm-up filled)."""
     t0 = time.perf_counter()
     with (compile_cache(cache_dir), compiler_processes(compiler_pool), _as_warmup_worker(),
-          _run_seat(spec.mode in COMPILED_MODES), attention.backend_scope(spec.attn)):
+          _run_seat(spec.mode in COMPILED_MODES) as compiled, attention.backend_scope(spec.attn)):
+        if compiled is not None:
+            hooks = dataclasses.replace(hooks, compiled=compiled)
         result = _measure(spec, batch_size, device, steps or spec.steps, hooks)
     result.seconds = round(time.perf_counter() - t0, 3)
     return result

@@ -259,7 +259,7 @@ def train_composer(
     watch = training.CudagraphWatch() if cudagraphs else None
     cudagraph_stats = None
 
-    training.reset_graph_counters()
+    training.reset_graph_counters(spec.hooks.compiled)
     if spec.device.type == "cuda":
         torch.cuda.synchronize(spec.device)
         torch.cuda.reset_peak_memory_stats(spec.device)

@@ -618,10 +618,11 @@ def run_seat(lock_dir: str | os.PathLike[str], device_id: str, seats: int,
     later calls return 0) and held to the block's end; released by the kernel if the process dies."""
     lock_dir = Path(lock_dir)
     fds: list[int] = []
+    ended: list[bool] = []
 
     def take() -> float:
         started = time.monotonic()
-        while not fds:
+        while not fds and not ended:  # (a call after the block, from a callback left registered, takes nothing)
             for i in range(seats):
                 fd = _open(lock_dir, device_id, f"warmup-{i}")
                 if _try_lock(fd, fcntl.LOCK_EX):
@@ -634,6 +635,7 @@ def run_seat(lock_dir: str | os.PathLike[str], device_id: str, seats: int,
     try:
         yield take
     finally:
+        ended.append(True)
         for fd in fds:
             os.close(fd)
 

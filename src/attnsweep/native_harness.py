@@ -38,7 +38,7 @@ def train_native(
     t_start = time.perf_counter()
     model.train()
     optimizer = make_optimizer(model, spec.optimizer)
-    reset_graph_counters()
+    reset_graph_counters(spec.hooks.compiled)
     forward = compile_model(model, spec.mode, spec.fullgraph)
     cudagraphs = spec.mode in CUDAGRAPH_MODES
     step = TrainStep(forward, optimizer, spec.precision, spec.device.type, cudagraphs=cudagraphs)

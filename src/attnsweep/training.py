@@ -46,6 +46,9 @@ class StepHooks:
     after_first_step: Callable[[], None] | None = None
     before_window: Callable[[], None] | None = None
     after_window: Callable[[], None] | None = None
+    # A warm-up's: at the end of the model's first compilation, before its compiled code runs (its run seat,
+    # gpuslots.run_seat); registered by reset_graph_counters, whose reset of Dynamo drops callbacks.
+    compiled: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,11 +240,22 @@ def private_compile_cache(prefix: str = "attnsweep-inductor-") -> Iterator[str]:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def reset_graph_counters() -> None:
-    """Forget what Dynamo compiled before, so the next compile's graphs and breaks are counted alone."""
+def reset_graph_counters(on_compiled: Callable[[], None] | None = None) -> None:
+    """Forget what Dynamo compiled before, so the next compile's graphs and breaks are counted alone; and call
+    `on_compiled` at the end of each compilation from here on (Dynamo's end-of-compile callback, which runs before
+    the compiled code does), or at once where this torch has no such callback."""
     import torch._dynamo
 
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # which drops every end-of-compile callback
+    if on_compiled is not None:
+        try:
+            from torch._dynamo.callback import callback_handler
+        except ImportError:
+            callback_handler = None
+        if callback_handler is None or not hasattr(callback_handler, "register_end_callback"):
+            on_compiled()
+        else:
+            callback_handler.register_end_callback(lambda *_: on_compiled())  # (older torch: no arguments)
     torch._dynamo.utils.counters.clear()
     # The CUDA graph trees are process-wide: forget an earlier run's graphs, so that a count is this run's alone
     # (recent torch's reset does this too; older ones only through the compiled backend's own reset). Never imported,
