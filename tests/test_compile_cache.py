@@ -185,18 +185,27 @@ def test_a_compiling_warm_up_takes_its_run_seat_once_compiled_and_an_eager_one_a
     for mode in ("compiled", "eager"):
         seat = os.open(locks / "gpu-0.warmup-0", os.O_CREAT | os.O_RDWR)
         fcntl.flock(seat, fcntl.LOCK_EX)  # the GPU's one run seat, held by another warm-up
+        started = time.monotonic()
         proc, out, cache = _attempt(tmp_path, mode, env)
         try:
-            deadline = time.monotonic() + 240
+            deadline = started + 240
             while mode == "compiled" and not _compiled(cache):
                 assert proc.poll() is None, f"exited {proc.returncode} without its run seat"
                 assert time.monotonic() < deadline, "not compiled within 240 s"
                 time.sleep(0.1)
+            compiled_after = time.monotonic() - started
             time.sleep(5)
             assert proc.poll() is None and not out.exists(), mode  # compiled (or not begun): waiting for the seat
+            if mode == "compiled":
+                time.sleep(7)  # a wait longer than the process's start: in its first step it would show
             os.close(seat)
             assert proc.wait(timeout=300) == 0
             result = json.loads(out.read_text())
             assert result["outcome"] == "ok", result
+            if mode == "compiled":
+                # The wait is kept beside the first step's time, not in it: the cold compilation is the compiler's.
+                compile_ = result["measurement"]["compile"]
+                assert compile_["run_seat_wait_s"] >= 11.5, compile_
+                assert compile_["first_step_s"] < compiled_after + 2, (compile_, compiled_after)
         finally:
             proc.kill()

@@ -304,6 +304,9 @@ class Warmup:
     # Each step's seconds in the attempt at batch_size, the cold first one included (None in older warm-ups): the
     # steps after the first run at the timed job's pace, once their own extra work is past (sweep.timed_job_s).
     step_times_s: list[float] | None = None
+    # With compile seats (gpuslots.warmup_seats): the seconds its attempt at batch_size waited for the run seat
+    # between its compilation and its first run, taken out of first_step_s and its first step time (None: none).
+    run_seat_wait_s: float | None = None
 
     def write(self, path: str | os.PathLike) -> None:
         from .cellio import write_json_atomic
@@ -354,7 +357,8 @@ def warm_up(spec: CellSpec, cache_dir: str | os.PathLike, first: dict | None = N
                       seconds=round(time.perf_counter() - t0, 3),
                       gpu=record.env["gpu"],
                       searched=len(spec.batch_plan.candidates) > 1 and not _shares_repeat_1(first),
-                      step_times_s=[round(t, STEP_DIGITS) for t in m.step_times_s] if m else None)
+                      step_times_s=[round(t, STEP_DIGITS) for t in m.step_times_s] if m else None,
+                      run_seat_wait_s=m.compile.get("run_seat_wait_s") if m else None)
 
     reason = unsupported_reason(spec, device)
     if reason:
@@ -403,7 +407,8 @@ def timed_cell(spec: CellSpec, warmup: Warmup, cache_dir: str | os.PathLike, hoo
     record.batch_note = warmup.batch_note
     record.batch_attempts = list(warmup.batch_attempts)
     record.warmup = {"seconds": warmup.seconds, "steps": warmup.steps, "first_step_s": warmup.first_step_s,
-                     "gpu": warmup.gpu, "step_times_s": warmup.step_times_s}
+                     "gpu": warmup.gpu, "step_times_s": warmup.step_times_s,
+                     **({"run_seat_wait_s": warmup.run_seat_wait_s} if warmup.run_seat_wait_s is not None else {})}
     if warmup.status != "ok":
         if warmup.status == "unsupported":
             # Support is asked again here, where nothing is compiled: a cell moved to another machine says why.
