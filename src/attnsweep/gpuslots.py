@@ -47,7 +47,7 @@ Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on fir
     a capped warm-up's seats (:func:`warmup_seats`), each locked by its holder: a whole process's memory for the
     warm-up job, or, with compile seats, one compiling job's each (:func:`claim_warmup`) and the run seats its
     workers take once compiled (:func:`run_seat`). A worker waits for a run seat holding only what a compile seat
-    counts, and a run seat's holder waits for nothing but a timed job's window: no cycle.
+    counts, and a run seat's holder waits for no seat (a timed job may stop it, and waits for no warm-up): no cycle.
 
 Files of the host (``host.<name>``):
 
