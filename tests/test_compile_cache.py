@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from attnsweep import attempt
@@ -46,8 +45,13 @@ with compile_cache(sys.argv[1]), compiler_processes(sys.argv[2] == "pool"):
 """
 
 
+def _env() -> dict[str, str]:
+    """This environment, with the package's source importable in a child process."""
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def compile_once(cache: Path, pool: bool = True) -> dict:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = _env()
     # Two compile threads at least for the pool's side, whatever the machine: the threads must differ between runs.
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "2"
     out = subprocess.run([sys.executable, "-c", COMPILE_ONCE, str(cache), "pool" if pool else "none"], env=env,
@@ -146,10 +150,6 @@ def test_the_backward_is_compiled_before_the_compiled_code_first_runs(tmp_path: 
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen == {"forward": ["DYNAMO"], "all": ["DYNAMO"]}, seen
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def _attempt(tmp_path: Path, mode: str, env: dict[str, str]) -> tuple[subprocess.Popen, Path, Path]:

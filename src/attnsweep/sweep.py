@@ -443,11 +443,15 @@ def stale_records(paths: Sequence[str], source_sha256: str, settings: Mapping,
     a cell whose first record is: they were measured at its batch size, and are measured again after it (a kept
     warm-up of theirs goes with them: rule warmup's input `rerun`)."""
     stale = {p: why for p in paths if (why := stale_reason(p, source_sha256, settings, installed))}
-    firsts = {str(Path(p).parent) for p in stale if Path(p).name == "cell.json"}
-    for p in paths:
-        if p not in stale and str(Path(p).parent) in firsts and Path(p).exists():
-            stale[p] = "measured at the batch size of its cell's first record (cell.json), which is measured again"
+    for p in _later_repeats(paths, stale) - stale.keys():
+        stale[p] = "measured at the batch size of its cell's first record (cell.json), which is measured again"
     return stale
+
+
+def _later_repeats(paths: Sequence[str], records: Collection[str]) -> set[str]:
+    """The records among `paths` that are present and of a cell whose first record (`cell.json`) is in `records`."""
+    firsts = {str(Path(p).parent) for p in records if Path(p).name == "cell.json"}
+    return {p for p in paths if str(Path(p).parent) in firsts and Path(p).exists()}
 
 
 def stale_to_leave_out(paths: Sequence[str], stale: Collection[str], settings: Mapping) -> set[str]:
@@ -464,8 +468,7 @@ def stale_to_leave_out(paths: Sequence[str], stale: Collection[str], settings: M
     other = {p for p in present if not (r := read_records([p])) or other_settings(r[0], settings)}
     if other == set(present):
         return set()
-    firsts = {str(Path(p).parent) for p in other if Path(p).name == "cell.json"}
-    return other | {p for p in present if str(Path(p).parent) in firsts}
+    return other | _later_repeats(present, other)
 
 
 def records_digest(paths: Sequence[str]) -> str:

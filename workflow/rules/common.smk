@@ -64,13 +64,16 @@ def cell_options(wildcards) -> str:
     )
 
 
+def first_record(wildcards) -> str:
+    """The cell's first record (repeat 1's), beside which its later repeats' records lie."""
+    return f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/cell.json"
+
+
 def first_repeat(wildcards):
     """Repeat 1's record for a warm-up of repeat 2, 3, ...: repeats share its batch size (none for repeat 1)."""
     if wildcards.repeat == "1":
         return []
-    return ancient(
-        f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/cell.json"
-    )
+    return ancient(first_record(wildcards))
 
 
 def batch_from_option(wildcards, input) -> str:
@@ -135,10 +138,10 @@ def stage_options(wildcards, input) -> str:
 
 def record_path(wildcards) -> str:
     """The record a cell or repeat job writes (repeat 1 is cell.json)."""
-    name = (
-        "cell" if wildcards.get("repeat", "1") == "1" else f"repeat-{wildcards.repeat}"
-    )
-    return f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/{name}.json"
+    first = first_record(wildcards)
+    if wildcards.get("repeat", "1") == "1":
+        return first
+    return str(Path(first).with_name(f"repeat-{wildcards.repeat}.json"))
 
 
 def rerun_file(record: str) -> str:
@@ -165,10 +168,9 @@ def stale_markers(wildcards) -> list[str]:
     repeat not measured yet. Never any other record's: a warm-up kept for a missing record is what its timed job
     measures after.
     """
-    first = f"{RESULTS}/cells/{sweep.cell_path(dict(wildcards.items()))}/cell.json"
     return [
         rerun_file(r)
-        for r in dict.fromkeys([first, record_path(wildcards)])
+        for r in dict.fromkeys([first_record(wildcards), record_path(wildcards)])
         if r in STALE
     ]
 
