@@ -626,8 +626,8 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     out = tmp_path / "summary.csv"
     df.to_csv(out, index=False)
     names = table_names(df["mode"])
-    assert names == ["compiled", "compiled_cudagraphs", "eager", "study", "all"]
-    assert table_names(["eager"]) == ["compiled", "eager", "study", "all"]  # the study's two tables, always
+    assert names == ["compiled", "compiled_cudagraphs", "eager", "study", "answers", "all"]
+    assert table_names(["eager"]) == ["compiled", "eager", "study", "answers", "all"]  # the study's two, always
     tables = {n: tmp_path / f"{n}.md" for n in names}
     write_tables(out, tables)
     text = tables["compiled_cudagraphs"].read_text()
@@ -640,7 +640,7 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
     for heading in ("## compiled over eager", "## compiled_cudagraphs over eager",
                     "## compiled_cudagraphs over compiled", "## compiled_cudagraphs: median of the per-step"):
         assert heading in wide, heading
-    gain = wide.split("## compiled_cudagraphs over compiled (tokens/s ratio)")[1]
+    gain = wide.split("## compiled_cudagraphs over compiled (tokens/s ratio; tie: their spreads overlap")[1]
     assert markdown_rows(gain)[0][2:] == ["1.10×", "1.20×", "1.10×"]  # naive, sdpa, fa2
     # A table asked for by the grid but without cells says so (its cells excluded, say).
     assert "No compiled_cudagraphs cells" in render_tables(df[df["mode"] != "compiled_cudagraphs"],
@@ -656,7 +656,7 @@ def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> 
         "small, compiled", "small, compiled_cudagraphs", "small, eager"]
     text = render_headline(df, "results/x")
     assert ("``results/x/tables/compiled.md``, ``compiled_cudagraphs.md``, ``eager.md``, ``study.md``, "
-            "``all.md``") in text
+            "``answers.md``, ``all.md``") in text
 
 
 def test_attentions_share_of_the_step_is_tabled_per_implementation(tmp_path: Path) -> None:

@@ -46,9 +46,9 @@ GRAPH_BREAK_SUFFIX = "_graphbreak"
 
 def table_names(modes: Iterable[str]) -> list[str]:
     """The markdown tables of a run whose grid has `modes`: one per mode, in MODE_ORDER, the study's findings beside
-    the run's (`study`), and `all`."""
+    the run's (`study`), what the run answers (`answers`), and `all`."""
     modes = set(modes)
-    return [*(m for m in MODE_ORDER if m in STUDY_MODES or m in modes), "study", "all"]
+    return [*(m for m in MODE_ORDER if m in STUDY_MODES or m in modes), "study", "answers", "all"]
 
 
 def figure_names(grid: dict, device: str) -> list[str]:
@@ -427,8 +427,8 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     and sdpa_flash.
 
     compiled_over_eager is on the rows of every compiled mode (each over the eager cell of the same setup);
-    cudagraphs_over_compiled on the rows of a mode with CUDA graphs (over `compiled`), and only in a summary that has
-    such rows: a run without them keeps the columns it always had.
+    cudagraphs_over_compiled on the rows of a mode with CUDA graphs (over `compiled`), with its tie (tie_cudagraphs),
+    and only in a summary that has such rows: a run without them keeps the columns it always had.
     Only cells with status ok have a tokens_per_sec, so any comparison with an OOM/unsupported cell is NaN (blank).
     On the fa2 rows, diff_vs_sdpa_* and diff_vs_sdpa_flash_* are the study's headline numbers.
     """
@@ -440,8 +440,9 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
     df["compiled_over_eager"] = (tps / eager).where(df["mode"].isin(COMPILED_MODES))
     with_graphs = df["mode"].isin(CUDAGRAPH_MODES)
     if with_graphs.any():
-        plain = _reference(df, other_mode, df["mode"] == PLAIN_COMPILED)
-        df["cudagraphs_over_compiled"] = (tps / plain).where(with_graphs)
+        plain = lambda c: _reference(df, other_mode, df["mode"] == PLAIN_COMPILED, c)  # noqa: E731
+        df["cudagraphs_over_compiled"] = (tps / plain("tokens_per_sec")).where(with_graphs)
+        df["tie_cudagraphs"] = _tie(df, plain, with_graphs)
     for ref in REFERENCES:
         is_ref = df["attn"] == ref
         ref_tps = _reference(df, SAME_SETUP, is_ref)
@@ -547,7 +548,7 @@ def summarize(
     first = [*AXES, "status", "reason", "batch_size", "tokens_per_sec", "repeats", "tokens_per_sec_min",
              "tokens_per_sec_max", "gpus", "spread_low", "spread_high", "between_gpu_pct", "speedup_vs_naive",
              "compiled_over_eager",
-             *(["cudagraphs_over_compiled"] if "cudagraphs_over_compiled" in df else []),
+             *(["cudagraphs_over_compiled", "tie_cudagraphs"] if "cudagraphs_over_compiled" in df else []),
              *(f"diff_vs_{r}_{u}" for r in REFERENCES for u in ("tok_s", "pct", "pct_of_self")),
              *(f"tie_vs_{r}" for r in REFERENCES), "env_id", "cell_path"]
     return df[first + [c for c in df.columns if c not in first]]

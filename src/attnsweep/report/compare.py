@@ -22,7 +22,8 @@ from ..vocabulary import AXES
 from . import atomic_output, log
 from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
 from .figures import panel_figure
-from .tables import DASH, batch_text, render_table, row_keys, tie_marked, tokens_text
+from .markdown import DASH, tokens_text
+from .tables import batch_text, render_table, row_keys, tie_marked
 
 # What a record says about how it was measured, as summary.csv names the columns: the lines above the table.
 CONDITIONS = (

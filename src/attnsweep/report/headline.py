@@ -28,7 +28,9 @@ def _listing(values) -> str:
 
 def fastest(df: pd.DataFrame) -> pd.DataFrame:
     """One row per setup, model, context and mode with an ok cell: the fastest implementation, its tokens/s, the
-    others within its spread (`ties`), and the implementations of that row not measured yet (`not_run_yet`)."""
+    others within its spread (`ties`), the implementations of that row not measured yet (`not_run_yet`), the
+    fastest's index in `df` (`row`), and the fastest beyond its spread (`runner_up`, `runner_up_tokens_per_sec`;
+    None and NaN where every other is tied or there is none)."""
     ok = df[df["status"] == "ok"]
     keys = [k for k in ("model", "seq_len", "mode", *SETUP) if k in ok.columns]
     pending = {key: _listing(group["attn"]) for key, group in df[df["status"] == "missing"].groupby(keys, sort=False)}
@@ -37,14 +39,19 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values("tokens_per_sec", ascending=False)
         best, others = group.iloc[0], group.iloc[1:]
         if best.get("repeats", 1) >= 2:
-            ties = others[(others["repeats"] >= 2) & (others["spread_high"] >= best["spread_low"])]
+            judged = others[others["repeats"] >= 2]  # a cell measured once is neither tied nor beyond
+            ties = judged[judged["spread_high"] >= best["spread_low"]]
         else:
             floor = best.get("tokens_per_sec_stats.min")
             floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
+            judged = others
             ties = others[others["tokens_per_sec"] >= floor]
+        beyond = judged.drop(index=ties.index)
         rows.append({**dict(zip(keys, key)), "fastest": best["attn"], "tokens_per_sec": best["tokens_per_sec"],
                      "ties": ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})" for r in ties.itertuples()),
-                     "not_run_yet": pending.get(key, "")})
+                     "not_run_yet": pending.get(key, ""), "row": best.name,
+                     "runner_up": beyond["attn"].iloc[0] if len(beyond) else None,
+                     "runner_up_tokens_per_sec": beyond["tokens_per_sec"].iloc[0] if len(beyond) else float("nan")})
     out = pd.DataFrame(rows)
     if out.empty:
         return out

@@ -1,6 +1,6 @@
 """Markdown tables from summary.csv: the study's layout per mode (compiled.md, eager.md, and compiled_cudagraphs.md
-where the grid has that mode), the study's findings beside the run's (study.md, report.findings) and every
-implementation side by side (all.md).
+where the grid has that mode), the study's findings beside the run's (study.md, report.findings), what the run
+answers (answers.md, report.answers) and every implementation side by side (all.md).
 
 The study's layout: one row per model and context; the baseline's batch and tokens/s; for each flash
 implementation its batch, tokens/s and speedup over the baseline; then FlashAttention-2 minus PyTorch's
@@ -21,16 +21,14 @@ from . import atomic_output, log
 from ..vocabulary import CUDAGRAPH_MODES
 from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAIN_COMPILED, REFERENCES, has_repeats,
                         is_grouped, read_summary, table_names)
+from .answers import answers_markdown
 from .findings import study_markdown
+from .markdown import DASH, by_environment, fmt, tokens_text, with_tie
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
 # Setup keys that may vary within a table; shown as columns when they do.
 SETUP = ("precision", "optimizer", "kv_heads", "harness")
-STATUS_MARK = {
-    "oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error", "missing": "not run yet",
-}
-DASH = "–"
 LEGEND = (
     "OOM: out of memory at every batch size tried. unsupported: the implementation cannot run in this setup (the "
     "reason is in summary.csv). not run yet: a cell of a sweep run in parts, not measured so far. "
@@ -55,37 +53,17 @@ def _legend(df: pd.DataFrame) -> str:
     return f"{LEGEND} {REPEATS_LEGEND}" if repeated else LEGEND
 
 
-def _fmt(value, spec: str) -> str:
-    return DASH if pd.isna(value) else format(value, spec)
-
-
-def tokens_text(row: pd.Series | None) -> str:
-    if row is None:
-        return ""
-    if row["status"] != "ok":
-        return STATUS_MARK.get(row["status"], row["status"])
-    text = _fmt(row["tokens_per_sec"], ",.0f")
-    if _repeated(row):  # the median of the repeats, and half their spread (aggregate.add_spread) in percent of it
-        half = 50.0 * (row["spread_high"] - row["spread_low"]) / row["tokens_per_sec"]
-        text += f" ±{half:.1f}%"
-    return text
-
-
-def _repeated(row: pd.Series) -> bool:
-    return bool(row.get("repeats", 1) >= 2)
-
-
 def batch_text(row: pd.Series | None) -> str:
     if row is None:
         return ""
-    return DASH if row["status"] != "ok" else _fmt(row["batch_size"], ".0f")
+    return DASH if row["status"] != "ok" else fmt(row["batch_size"], ".0f")
 
 
 def _derived(spec: str, suffix: str = "") -> Callable[[pd.Series | None, str], str]:
     def cell(row: pd.Series | None, column: str) -> str:
         if row is None:
             return ""
-        text = _fmt(row[column], spec)
+        text = fmt(row[column], spec)
         return text if text == DASH else text + suffix
 
     return cell
@@ -96,15 +74,9 @@ _diff_tok = _derived("+,.0f")
 _diff_pct = _derived("+.1f", "%")
 
 
-def _with_tie(text: str, row: pd.Series | None, tie: str) -> str:
-    """`text`, and "tie" where the row's `tie` column says both cells' repeats overlap (inside the spread)."""
-    value = None if row is None else row.get(tie)
-    return f"{text} tie" if value is True or value == 1.0 else text
-
-
 def tie_marked(row: pd.Series | None, ref: str) -> str:
     """The difference in percent, and "tie" where both cells' repeats overlap (the difference is inside the spread)."""
-    return _with_tie(_diff_pct(row, f"diff_vs_{ref}_pct"), row, f"tie_vs_{ref}")
+    return with_tie(_diff_pct(row, f"diff_vs_{ref}_pct"), row, f"tie_vs_{ref}")
 
 
 def row_keys(df: pd.DataFrame) -> list[str]:
@@ -195,7 +167,7 @@ def steady_table(df: pd.DataFrame) -> str:
         if row is None or row["status"] != "ok":
             return tokens_text(row)
         median, mean, std = (row[f"tokens_per_sec_stats.{k}"] for k in ("median", "mean", "std"))
-        return f"{_fmt(median, ',.0f')} (±{_fmt(100 * std / mean, '.1f')}%)"
+        return f"{fmt(median, ',.0f')} (±{fmt(100 * std / mean, '.1f')}%)"
 
     return _side_by_side(df, cell, setup=False)
 
@@ -203,7 +175,7 @@ def steady_table(df: pd.DataFrame) -> str:
 def _ratio_tie_marked(column: str, tie: str) -> Callable[[pd.Series | None], str]:
     """A ratio column as "0.85×", and "tie" where the row's `tie` column says the two lie inside each other's range."""
 
-    return lambda row: _with_tie("" if row is None else _speedup(row, column), row, tie)
+    return lambda row: with_tie("" if row is None else _speedup(row, column), row, tie)
 
 
 def break_table(df: pd.DataFrame) -> str:
@@ -225,7 +197,12 @@ def gain_table(df: pd.DataFrame, mode: str, base: str, column: str) -> str:
     pair = ["model", "seq_len", "attn", *SETUP]
     other = df.loc[df["mode"] == base, pair].drop_duplicates()
     rows = df[df["mode"] == mode].merge(other, on=pair)
-    return _side_by_side(rows, lambda r: _speedup(r, column), setup=False)
+    tie = GAIN_TIES.get(column, "")
+    return _side_by_side(rows, lambda r: with_tie(_speedup(r, column), r, tie), setup=False)
+
+
+# The ties of the ratios between modes that summary.csv judges (aggregate.add_comparisons).
+GAIN_TIES = {"cudagraphs_over_compiled": "tie_cudagraphs"}
 
 
 def _gains(modes: set[str]) -> list[tuple[str, str, str]]:
@@ -242,14 +219,6 @@ def render_table(df: pd.DataFrame, keys: list[str], table: pd.DataFrame, setup: 
     markdown = table.to_markdown(index=False, colalign=align)
     line = _settings_line(df, keys) if setup else ""
     return f"{line}\n\n{markdown}" if line else markdown
-
-
-def _by_environment(df: pd.DataFrame, render: Callable[[pd.DataFrame], str], level: str) -> str:
-    """One section per environment when cells from several were allowed to mix; the environment is named once."""
-    envs = list(pd.unique(df["env_id"]))
-    if len(envs) == 1:
-        return f"Environment: {envs[0]}.\n\n" + render(df)
-    return "\n\n".join(f"{level} Environment: {env}\n\n" + render(df[df["env_id"] == env]) for env in envs)
 
 
 FELL_BACK = "compile.cudagraphs.fell_back"  # summary.csv's column of the record's field
@@ -274,7 +243,7 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     if cells.empty:
         return title + f"No {mode} cells in this run.\n"
     note = _fallback_note(cells) if mode in CUDAGRAPH_MODES else ""
-    return title + _by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
+    return title + by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
 
 
 def _is_ok(row: pd.Series) -> bool:
@@ -349,21 +318,22 @@ def _mode_sections(df: pd.DataFrame, by_mode: dict[str, pd.DataFrame], column: s
     """One section per mode, `## {mode}: {title}`, where some cell has a value in `column`; none where none has."""
     if column not in df or not df[column].notna().any():
         return []
-    return [f"## {mode}: {title}\n\n" + _by_environment(cells, table, "###") for mode, cells in by_mode.items()]
+    return [f"## {mode}: {title}\n\n" + by_environment(cells, table, "###") for mode, cells in by_mode.items()]
 
 
 def all_markdown(df: pd.DataFrame) -> str:
     by_mode = {m: df[df["mode"] == m] for m in MODE_ORDER if m in set(df["mode"])}
     parts = ["# Every implementation (tokens/s, batch, speedup over naive)"]
     for mode, cells in by_mode.items():
-        parts.append(f"## {mode}\n\n" + _by_environment(cells, wide_table, "###"))
+        parts.append(f"## {mode}\n\n" + by_environment(cells, wide_table, "###"))
         parts.append(
             f"## {mode}: median of the per-step tokens/s (± standard deviation over the window, % of its mean)\n\n"
-            + _by_environment(cells, steady_table, "###")
+            + by_environment(cells, steady_table, "###")
         )
     for mode, base, column in _gains(set(by_mode)):
-        parts.append(f"## {mode} over {base} (tokens/s ratio)\n\n"
-                     + _by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
+        tie = "; tie: their spreads overlap (the legend below)" if column in GAIN_TIES else ""
+        parts.append(f"## {mode} over {base} (tokens/s ratio{tie})\n\n"
+                     + by_environment(df, lambda d, m=mode, b=base, c=column: gain_table(d, m, b, c), "###"))
     parts += _mode_sections(df, by_mode, "kernels.attention_share", share_table,
                             "attention's share of the profiled step (of its kernel time on a GPU, its operators' time "
                             "on a CPU; the naive path's matmuls not counted)")
@@ -378,13 +348,13 @@ def all_markdown(df: pd.DataFrame) -> str:
     if "graphbreak_over_one_graph" in df:
         parts.append("## A graph break's cost: tokens/s of each implementation that breaks the graph at every "
                      "attention layer over its one-graph twin (`fa2_graphbreak` over `fa2`, ...), by mode; tie: "
-                     "their spreads overlap (the legend above)\n\n" + _by_environment(df, break_table, "###"))
+                     "their spreads overlap (the legend above)\n\n" + by_environment(df, break_table, "###"))
     if "kv_heads_over_full" in df:
         for mode, cells in by_mode.items():
             if is_grouped(cells).any():
                 parts.append(f"## {mode}: grouped and multi-query attention, tokens/s over the same implementation "
                              "with a key/value head per query head; tie: their spreads overlap\n\n"
-                             + _by_environment(cells, kv_table, "###"))
+                             + by_environment(cells, kv_table, "###"))
     parts += _mode_sections(df, by_mode, "mfu_nanogpt", mfu_table,
                             "MFU over the GPU's dense 16-bit peak, median over the repeats; FLOPs a token "
                             f"{flops.FORMULA}, in brackets {flops.CAUSAL_FORMULA}")
@@ -395,17 +365,17 @@ def all_markdown(df: pd.DataFrame) -> str:
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode, cells in by_mode.items():
-        parts.append(f"### {mode}\n\n" + _by_environment(cells, time_table, "####"))
+        parts.append(f"### {mode}\n\n" + by_environment(cells, time_table, "####"))
     parts.append(_legend(df))
     return "\n\n".join(parts) + "\n"
 
 
 def render_tables(df: pd.DataFrame, names: list[str] | None = None) -> dict[str, str]:
-    """{name: markdown} of each table in `names` (a mode's, 'study' or 'all'; by default aggregate.table_names of the
-    summary's modes: compiled, eager, any other mode present, study, all), from a summary as read_summary returns
-    it."""
+    """{name: markdown} of each table in `names` (a mode's, 'study', 'answers' or 'all'; by default
+    aggregate.table_names of the summary's modes: compiled, eager, any other mode present, study, answers, all), from a
+    summary as read_summary returns it."""
     names = table_names(df["mode"]) if names is None else names
-    special = {"all": all_markdown, "study": study_markdown}
+    special = {"all": all_markdown, "study": study_markdown, "answers": answers_markdown}
     return {name: special[name](df) if name in special else mode_markdown(df, name) for name in names}
 
 
