@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from attnsweep import sweep
 from attnsweep.report import atomic_output
 from attnsweep.report.compare import comparison_figure, comparison_markdown
 from attnsweep.report.aggregate import (
@@ -134,6 +135,49 @@ def test_mixed_environments_allowed_are_grouped(grid: list[Path], tmp_path: Path
     write_tables(out, tables)
     text = tables["compiled"].read_text()
     assert text.count("## Environment: ") == 2 and "NVIDIA A100-SXM4-80GB" in text
+
+
+def with_fa4(path: Path, version: str | None) -> Path:
+    """The record at `path`, as measured with flash-attn-4 `version` installed."""
+    rec = json.loads(path.read_text())
+    rec["env"]["versions"]["flash-attn-4"] = version
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_a_kernel_packages_versions_set_apart_only_the_cells_that_run_it(grid: list[Path], tmp_path: Path) -> None:
+    """flash-attn-4's version is in the environment of the fa4 family's cells alone (vocabulary.KERNEL_PACKAGES):
+    two of them that ran two versions are refused like two environments, by name, and allowed with allow_mixed_env;
+    other implementations' records, which note it where it is installed, and cells that did not run it are not."""
+    from attnsweep.report.aggregate import environment_conflict
+
+    fa4 = [with_fa4(make_cell(tmp_path / v, attn=a, seq_len=4096, mode="compiled", tokens_per_sec=t), v)
+           for a, v, t in (("fa4", "4.0.0b18", 110_000.0), ("sdpa_fa4", "4.0.0b36", 105_000.0))]
+    with_fa4(grid[1], "4.0.0b36")  # sdpa, measured where it was installed
+    assert len(summarize(grid + fa4[:1])) == len(grid) + 1
+    with pytest.raises(ValueError) as e:
+        summarize(grid + fa4)
+    msg = str(e.value)
+    assert "cells ran 2 versions of flash-attn-4" in msg and "allow_mixed_env" in msg
+    assert f"flash-attn-4 4.0.0b18 (1 cells):\n    {fa4[0].as_posix()}" in msg and fa4[1].as_posix() in msg
+    assert grid[1].as_posix() not in msg
+    assert len(summarize(grid + fa4, allow_mixed_env=True)) == len(grid) + 2
+
+    # A repeat that ran another version than its first record; an unsupported one ran none.
+    again = with_fa4(add_repeat(fa4[0], 2, 111_000.0), "4.0.0b36")
+    with pytest.raises(ValueError, match=r"repeat-2.json: flash-attn-4 4.0.0b36; its cell.json: 4.0.0b18"):
+        summarize(grid + fa4[:1], repeats=[again])
+    rec = json.loads(again.read_text())
+    rec.update(status="unsupported", reason="flash_attn.cute did not import", tokens_per_sec=None)
+    again.write_text(json.dumps(rec))
+    assert row(summarize(grid + fa4[:1], repeats=[again]), "fa4", 4096)["repeats"] == 1
+
+    # Resuming: a kept cell of the family against the version installed here, where both have one.
+    here = {**sweep.environment_of(json.loads(fa4[0].read_text())), "flash-attn-4": "4.0.0b36"}
+    assert environment_conflict([fa4[0]], here) == (
+        "flash-attn-4 4.0.0b18 (1 of 1 cells) there, 4.0.0b36 here")
+    assert environment_conflict([fa4[0]], {**here, "flash-attn-4": None}) is None  # not measured here anyway
+    assert environment_conflict([grid[1], fa4[1]], here) is None
 
 
 def test_truncated_cell_is_refused_by_name(grid: list[Path]) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from attnsweep import attention, cli, model
+from attnsweep.packages import VERSIONED
+from attnsweep.sweep import KERNEL_PACKAGES
 from attnsweep.vocabulary import (AXES, BATCH_POLICIES, CHOICES, COMPILED_MODES, CUDAGRAPH_MODES, DEVICES, MODELS,
                                   MODES, QUADRATIC_MEMORY, STATUSES, ATTEMPT_OUTCOMES, TORCH_COMPILE_MODES,
                                   kv_heads_problem, memory_kind)
@@ -51,6 +53,11 @@ def test_attention_registry_and_models_are_the_vocabulary() -> None:
     assert tuple(attention.names()) == CHOICES["attn"]
     assert set(QUADRATIC_MEMORY) < set(CHOICES["attn"])  # the kinds name attention the registry has
     assert {memory_kind(a) for a in CHOICES["attn"]} == {"quadratic", "linear"}
+    # A kernel package's family is every implementation that needs its module (flash-attn-4: flash_attn.cute), and
+    # its version is one a record notes (packages.VERSIONED).
+    assert set(KERNEL_PACKAGES) <= set(VERSIONED)
+    assert KERNEL_PACKAGES["flash-attn-4"] == tuple(
+        n for n, impl in attention.REGISTRY.items() if "flash_attn.cute" in impl.requires)
     assert list(model.MODEL_CONFIGS) == list(MODELS)
     for name, shape in MODELS.items():
         cfg = model.MODEL_CONFIGS[name]

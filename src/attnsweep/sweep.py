@@ -282,6 +282,13 @@ ENV_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# Distributions whose kernels only some implementations run (the attention registry's `requires` names their
+# modules): their version belongs to those cells' environment alone (kernel_versions). A record of any other
+# implementation notes the version too where the package happens to be installed, which changes nothing it measured.
+# flash-attn (FlashAttention-2) is in every cell's environment instead (ENV_FIELDS), as in the study's runs.
+KERNEL_PACKAGES: dict[str, tuple[str, ...]] = {"flash-attn-4": ("fa4", "fa4_graphbreak", "sdpa_fa4")}
+
+
 def dig(record: Any, keys: Sequence[str]) -> Any:
     """record[k1][k2]... or None where a level is missing."""
     for k in keys:
@@ -295,6 +302,17 @@ def environment_of(record: Mapping) -> dict[str, str | None]:
     """The ENV_FIELDS of one cell record, as text (None where the record has no value)."""
     values = {name: dig(record, keys) for name, keys in ENV_FIELDS}
     return {k: None if v is None else str(v) for k, v in values.items()}
+
+
+def kernel_versions(attn: str, status: str | None, versions: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """The versions (`versions`: a record's env.versions) of the KERNEL_PACKAGES whose kernels a record of `attn`
+    with `status` ran: two such records of other versions are of two environments, as two of ENV_FIELDS are. Empty
+    for an implementation that runs none of them, and for a record that ran nothing (`unsupported`, `missing`)."""
+    if status in ("unsupported", "missing"):
+        return {}
+    versions = versions or {}
+    return {dist: None if pd.isna(v := versions.get(dist)) else str(v)
+            for dist, attns in KERNEL_PACKAGES.items() if attn in attns}
 
 
 # ---- the run being started -------------------------------------------------------------------------------------

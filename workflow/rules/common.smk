@@ -282,7 +282,7 @@ if (
         raise WorkflowError(conflict)
 
 SUMMARY, HEADLINE_FILE = sweep.summary_path(RUN), f"{RESULTS}/headline.rst"
-# The study's compiled and eager tables, a table for any other mode of the grid, study.md and all.md.
+# The study's compiled and eager tables, a table for any other mode of the grid, study.md, answers.md and all.md.
 TABLES = {
     t: f"{RESULTS}/tables/{t}.md" for t in table_names(PLAN.settings["grid"]["mode"])
 }

@@ -19,7 +19,7 @@ import pandas as pd
 from .. import flops
 from ..cellio import load_cell
 from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
-from ..sweep import cell_axes, environment_of
+from ..sweep import KERNEL_PACKAGES, cell_axes, dig, environment_of, kernel_versions, record_repeat
 from ..vocabulary import AXES, ATTENTION, COMPILED_MODES, CUDAGRAPH_MODES, MODELS, MODES
 from . import atomic_output, log
 
@@ -235,7 +235,7 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
         record = load_cell(p)
         if run is not None and (record["cell"]["run"] or "") != run:
             raise ValueError(f"cell records from another run than {run!r}:\n  {p}")
-        by_folder.setdefault(p.parent.as_posix(), []).append((int(p.stem.split("-")[1]), record))
+        by_folder.setdefault(p.parent.as_posix(), []).append((record_repeat(p.stem), record))
     first_env = dict(zip((Path(c).parent.as_posix() for c in df["cell_path"]), df["env_id"]))  # by cell folder
     if strays := sorted(set(by_folder) - set(first_env)):
         listing = "\n".join(f"  {s}" for s in strays)
@@ -246,6 +246,14 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     envs = _flatten([record for *_, record in repeats]).apply(env_id, axis=1) if repeats else []
     mixed = [f"  {folder}/repeat-{n}.json: {env}; its cell.json: {first_env[folder]}"
              for (folder, n, _), env in zip(repeats, envs) if env != first_env[folder]]
+    # The same for the kernel package its implementation runs, where both records ran it.
+    first_kernels = dict(zip((Path(c).parent.as_posix() for c in df["cell_path"]),
+                             df.apply(_row_kernel_versions, axis=1) if len(df) else []))
+    for folder, n, record in repeats:
+        ran = kernel_versions(record["cell"]["attn"], record["status"], dig(record, ("env", "versions")))
+        first = first_kernels[folder]
+        mixed += [f"  {folder}/repeat-{n}.json: {dist} {v or _NONE}; its cell.json: {first[dist] or _NONE}"
+                  for dist, v in ran.items() if dist in first and first[dist] != v]
     if mixed:
         listing = "\n".join(sorted(mixed))
         raise ValueError(f"repeats measured in another environment than their cell's first record:\n{listing}")
@@ -333,8 +341,14 @@ def spreads_overlap(low: pd.Series, high: pd.Series, ref_low: pd.Series, ref_hig
     return (low <= ref_high) & (ref_low <= high)
 
 
+def _row_kernel_versions(row: pd.Series) -> dict[str, str | None]:
+    """sweep.kernel_versions of a summary row (its record's env.versions flattened into columns)."""
+    return kernel_versions(row["attn"], row["status"], {d: row.get(f"env.versions.{d}") for d in KERNEL_PACKAGES})
+
+
 def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
     """Refuse cells from different GPUs or software, naming what differs and the files, unless allowed."""
+    _check_kernel_packages(df, allow_mixed)
     groups = df.groupby("env_id", sort=False)["cell_path"].apply(list)
     if len(groups) <= 1:
         return
@@ -353,20 +367,44 @@ def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:
                 len(groups), listing)
 
 
+def _check_kernel_packages(df: pd.DataFrame, allow_mixed: bool) -> None:
+    """Refuse cells of one implementation family that ran two versions of its kernel package (KERNEL_PACKAGES: the
+    versions only those cells' environment holds, so env_id does not tell them apart), unless allowed."""
+    versions = df.apply(_row_kernel_versions, axis=1) if len(df) else pd.Series(dtype=object)
+    for dist in KERNEL_PACKAGES:
+        files: dict[str | None, list[str]] = {}
+        for path, ran in zip(df["cell_path"], versions):
+            if dist in ran:
+                files.setdefault(ran[dist], []).append(path)
+        if len(files) <= 1:
+            continue
+        listing = "\n".join(f"  {dist} {v or _NONE} ({len(f)} cells):\n" + "\n".join(f"    {p}" for p in f)
+                             for v, f in files.items())
+        if not allow_mixed:
+            raise ValueError(f"cells ran {len(files)} versions of {dist}; their throughputs are not comparable. "
+                             f"Rerun the odd ones out, or set allow_mixed_env: true to table them as they are.\n"
+                             f"{listing}")
+        log.warning("mixing %d versions of %s (allow_mixed_env): the tables do not tell them apart\n%s",
+                    len(files), dist, listing)
+
+
 def machine_environment(device_type: str) -> dict[str, str | None]:
-    """ENV_FIELDS as a cell measured on this machine now would record them: the cell's own provenance call."""
+    """ENV_FIELDS as a cell measured on this machine now would record them (the cell's own provenance call), and
+    the versions of the KERNEL_PACKAGES installed here (None: not installed)."""
     import torch
 
     from ..provenance import environment
 
-    return environment_of({"env": environment(torch.device(device_type), None)})
+    env = environment(torch.device(device_type), None)
+    return {**environment_of({"env": env}), **{d: env["versions"].get(d) for d in KERNEL_PACKAGES}}
 
 
 _NONE = "none"
 
 
 def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str | None]) -> str | None:
-    """How the cells at `paths` differ from the environment `here` (ENV_FIELDS), in words; None if none differs.
+    """How the cells at `paths` differ from the environment `here` (ENV_FIELDS, and the KERNEL_PACKAGES' versions
+    where a cell ran one and `here` has it installed), in words; None if none differs.
 
     Asked before a sweep measures anything: a cell measured here could not be tabled beside cells measured
     elsewhere (check_environments refuses the mix), so finding that out after the sweep would waste its GPU time.
@@ -386,6 +424,12 @@ def environment_conflict(paths: Iterable[str | os.PathLike], here: dict[str, str
             if there[name] != here[name]:
                 counts = differing.setdefault(name, {})
                 counts[there[name]] = counts.get(there[name], 0) + 1
+        # A kernel package's cells, where both ran a version of it: without it here they are not measured here.
+        ran = kernel_versions(dig(record, ("cell", "attn")), record.get("status"), dig(record, ("env", "versions")))
+        for dist, version in ran.items():
+            if version is not None and here.get(dist) is not None and version != here[dist]:
+                counts = differing.setdefault(dist, {})
+                counts[version] = counts.get(version, 0) + 1
     if not differing:
         return None
     return "; ".join(
