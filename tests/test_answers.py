@@ -9,6 +9,7 @@ import pandas as pd
 
 from attnsweep.report.aggregate import summarize
 from attnsweep.report.answers import answers_markdown, fastest_anywhere
+from attnsweep.report.tables import all_markdown
 from test_report import TEMPLATES, add_repeat, markdown_header, markdown_rows
 
 # (attn, mode, kv heads, seq_len): tokens/s of repeats 1 and 2, and the record's MFU. GPT-2 small: 12 heads.
@@ -19,6 +20,8 @@ CELLS = {
     ("sdpa", "compiled_cudagraphs", 12, 1024): (120_000.0, 121_000.0, 0.48),
     ("fa2", "compiled_cudagraphs", 12, 1024): (110_000.0, 111_000.0, 0.44),
     ("fa2_graphbreak", "compiled_cudagraphs", 12, 1024): (108_000.0, 110_000.0, 0.43),
+    ("flex", "compiled", 12, 1024): (100_000.0, 104_000.0, 0.40),  # with CUDA graphs: inside its spread
+    ("flex", "compiled_cudagraphs", 12, 1024): (103_000.0, 105_000.0, 0.41),
     ("sdpa", "eager", 12, 1024): (80_000.0, 81_000.0, 0.32),
     ("fa2", "eager", 12, 1024): (84_000.0, 85_000.0, 0.34),
     # At 4,096 eager sdpa and compiled fa2 tie at the top; fa2 with 4 and with 1 key/value head.
@@ -79,6 +82,11 @@ def test_each_question_is_answered_from_the_summarys_columns(tmp_path: Path) -> 
     assert breaks["break: compiled_cudagraphs"] == f"{109_000 / 110_500:.2f}× tie"  # 108-110k against 110-111k
     assert breaks["compiled_cudagraphs / compiled, with the breaks"] == f"{109_000 / 80_500:.2f}×"
     assert breaks["compiled_cudagraphs / compiled, one graph"] == f"{110_500 / 102_000:.2f}×"
+    # What CUDA graphs add, judged as every ratio is (tie_cudagraphs), in all.md too.
+    graphs = df.set_index(["attn", "mode"]).loc[[("flex", "compiled_cudagraphs"), ("sdpa", "compiled_cudagraphs")]]
+    assert graphs["tie_cudagraphs"].tolist() == [True, False]
+    gain = all_markdown(df).split("## compiled_cudagraphs over compiled (tokens/s ratio; tie:")[1].split("\n## ")[0]
+    assert f"{104_000 / 102_000:.2f}× tie" in gain and f"{120_500 / 101_000:.2f}× |" in gain
 
     grouped = {r["attn"]: r for r in rows_of(section(text, 3))}
     assert grouped["fa2"]["kv heads taken"] == "native"
@@ -105,11 +113,11 @@ def test_fastest_names_the_next_cell_beyond_the_spread_never_one_measured_once(t
 
 def test_a_run_in_parts_says_so_and_a_run_without_the_comparisons_says_what_it_lacks(tmp_path: Path) -> None:
     firsts, repeats = write_cells(tmp_path)
-    missing = tmp_path / "cells" / "model~small/seq_len~1024/attn~flex/mode~compiled/kv_heads~12/precision~bf16" \
+    missing = tmp_path / "cells" / "model~small/seq_len~1024/attn~sdpa_cudnn/mode~compiled/kv_heads~12/precision~bf16" \
         / "optimizer~adamw/harness~native/cell.json"
     text = answers_markdown(summarize(firsts, repeats=repeats, missing=[missing]))
-    assert "A run in parts: 1 of its 14 cells not run yet." in text
-    assert rows_of(section(text, 1))[0]["not run yet"] == "flex compiled"
+    assert "A run in parts: 1 of its 16 cells not run yet." in text
+    assert rows_of(section(text, 1))[0]["not run yet"] == "sdpa_cudnn compiled"
 
     plain = summarize([p for p in firsts if "-eager-12-1024" in str(p)])
     text = answers_markdown(plain)
