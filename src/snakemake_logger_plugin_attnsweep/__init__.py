@@ -322,7 +322,8 @@ class LogHandler(LogHandlerBase):
             r = self.results
             self.write(f"Results are in {r}/:\n"
                        f"  headline  {r}/headline.rst (the fastest implementation per context)\n"
-                       f"  tables    {r}/tables/ (compiled.md, eager.md, any other mode's, study.md, all.md)\n"
+                       f"  tables    {r}/tables/ (answers.md: the fastest implementation and mode; compiled.md, "
+                       "eager.md, any other mode's, study.md, all.md)\n"
                        f"  figures   {r}/figures/\n"
                        f"  summary   {r}/summary.csv (one row per cell)\n"
                        f"  report    {self.snakemake} --report {r}/report.html")
