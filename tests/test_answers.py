@@ -125,3 +125,36 @@ def test_a_run_in_parts_says_so_and_a_run_without_the_comparisons_says_what_it_l
     assert "No cell of this run breaks the compiled graph" in section(text, 2)
     assert "No cell of this run has fewer key/value heads than query heads." in section(text, 3)
     assert pd.notna(plain["mfu_nanogpt"]).all()
+
+
+def test_a_window_that_held_garbage_collection_is_marked_wherever_its_tokens_per_sec_is(tmp_path: Path) -> None:
+    """aggregate.window_gc_share: the window's garbage-collection seconds over its wall time, the median over the
+    repeats; from markdown.GC_NOTABLE (1%) on, the cell's tokens/s and the ratios over its twin carry it, and the
+    pages say what it means. Below it, or without the window's conditions, nothing is marked."""
+    from attnsweep.report.aggregate import window_gc_share
+
+    firsts, repeats = write_cells(tmp_path)
+    shares = {"fa2_graphbreak-compiled_cudagraphs-12-1024": (0.30, 0.34), "sdpa-compiled-12-1024": (0.02, 0.03)}
+    for path in (*firsts, *repeats):
+        if (gc := shares.get(path.parent.name)) is not None:
+            rec = json.loads(path.read_text())
+            seconds = gc[0] if path.name == "cell.json" else gc[1]
+            rec["window_conditions"] = {"wall_s": 4.0, "gc": {"collections": [22, 2, 1], "seconds": seconds}}
+            path.write_text(json.dumps(rec))
+    assert window_gc_share(json.loads(firsts[5].read_text())) == 0.075
+    assert window_gc_share({**json.loads(firsts[5].read_text()), "status": "oom"}) is None
+    assert window_gc_share(json.loads(firsts[0].read_text())) is not None  # 0.5%: counted, not marked
+    assert window_gc_share(json.loads(firsts[1].read_text())) is None  # no window conditions
+
+    df = summarize(firsts, repeats=repeats)
+    assert df.set_index(["attn", "mode"]).loc[("fa2_graphbreak", "compiled_cudagraphs"), "window_gc_share"] == 0.08
+    text = answers_markdown(df)
+    assert "gc N%: Python's garbage collector ran for N% of the cell's measured window" in text
+    (breaks,) = rows_of(section(text, 2))
+    assert breaks["break: compiled_cudagraphs"] == f"{109_000 / 110_500:.2f}× tie gc 8.0%"
+    assert breaks["compiled_cudagraphs / compiled, with the breaks"] == f"{109_000 / 80_500:.2f}× gc 8.0%"
+    assert breaks["break: compiled"] == f"{80_500 / 102_000:.2f}×"  # its window held none
+    everything = all_markdown(df)
+    assert "109,000 ±0.9% gc 8.0%" in everything and "gc N%: Python's garbage collector" in everything
+    assert "101,000 ±1.0% gc" not in everything and "101,000 ±1.0% (" in everything  # sdpa compiled: 0.5%
+    assert "gc N%" not in answers_markdown(summarize(firsts[:3], repeats=repeats[:3]))

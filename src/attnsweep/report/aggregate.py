@@ -168,9 +168,23 @@ def mfu_causal(record: dict) -> float | None:
     return round(m["value"] * causal / m["flops_per_token"], 4)
 
 
+def window_gc_share(record: dict) -> float | None:
+    """The share of the measured window's wall time that Python's garbage collector ran (the record's
+    window_conditions.gc.seconds over window_conditions.wall_s). The window's tokens/s counts those pauses; where
+    the host bounds the step (graph breaks, CUDA graphs' replay from Python), most of a pause is a step's delay, so
+    a cell with a large share may read slower than it runs between collections. None without the window's
+    conditions."""
+    conditions = record.get("window_conditions") or {}
+    seconds, wall = (conditions.get("gc") or {}).get("seconds"), conditions.get("wall_s")
+    if record.get("status") != "ok" or seconds is None or not wall:
+        return None
+    return round(seconds / wall, 4)
+
+
 # Per-record measures folded over a cell's repeats as their median (add_repeats).
 PER_RECORD = {"gpu_busy": gpu_busy, "kernel_ns_per_token": kernel_ns_per_token,
-              "pre_window_change": pre_window_change, "mfu_nanogpt": mfu_nanogpt, "mfu_causal": mfu_causal}
+              "pre_window_change": pre_window_change, "mfu_nanogpt": mfu_nanogpt, "mfu_causal": mfu_causal,
+              "window_gc_share": window_gc_share}
 
 
 def _flatten(records: list[dict]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from .. import flops
 from ..vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
 from .aggregate import GRAPH_BREAK_SUFFIX, MODE_ORDER, PLAIN_COMPILED, has_repeats, is_grouped
 from .headline import fastest
-from .markdown import DASH, STATUS_MARK, by_environment, tokens_text, with_tie
+from .markdown import DASH, GC_LEGEND, STATUS_MARK, any_gc_mark, by_environment, gc_mark, tokens_text, with_tie
 
 # What tells two rows of a section apart besides model, context, mode and implementation (the tables' SETUP).
 SETUP = ("precision", "optimizer", "harness")
@@ -34,7 +34,7 @@ def _ratio(row: pd.Series | None, column: str, tie: str) -> str:
     if row["status"] != "ok":
         return STATUS_MARK.get(row["status"], row["status"])
     value = row.get(column)
-    return DASH if value is None or pd.isna(value) else with_tie(f"{value:.2f}×", row, tie)
+    return DASH if value is None or pd.isna(value) else with_tie(f"{value:.2f}×", row, tie) + gc_mark(row)
 
 
 def _keys(df: pd.DataFrame) -> list[str]:
@@ -191,6 +191,8 @@ def answers_markdown(df: pd.DataFrame) -> str:
     ties = (", tied (their spreads overlap)" if many else
             " (with one run a cell: its tokens/s at or above the fastest's slowest window step)")
     tie = " tie: the two cells' spreads overlap." if many else " With one run a cell, no tie is told."
+    if any_gc_mark(df):
+        parts.append(f"{GC_LEGEND} A ratio marked so is of the cell with that share, over its twin.")
     for title, text, render in SECTIONS:
         text = text.format(med=med, ties=ties, tie=tie)
         parts.append(f"## {title}\n\n{text}\n\n" + by_environment(df, render, "###"))

@@ -22,7 +22,7 @@ from ..vocabulary import AXES
 from . import atomic_output, log
 from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
 from .figures import panel_figure
-from .markdown import DASH, tokens_text
+from .markdown import DASH, GC_LEGEND, any_gc_mark, tokens_text
 from .tables import batch_text, render_table, row_keys, tie_marked
 
 # What a record says about how it was measured, as summary.csv names the columns: the lines above the table.
@@ -149,6 +149,7 @@ def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str,
         "tokens/s in that run, tie where it lies inside both cells' spreads in that run (not judged where either "
         "cell was measured once there). OOM, unsupported, not run yet: that run's status of the cell; –: not "
         "computable."
+        + (f" {GC_LEGEND}" if any_gc_mark(here) or any_gc_mark(other) else "")
     )
     return title + "\n\n".join(parts) + "\n"
 

@@ -21,6 +21,24 @@ def repeated(row: pd.Series) -> bool:
     return bool(row.get("repeats", 1) >= 2)
 
 
+# From this share of a measured window spent in Python's garbage collector (aggregate.window_gc_share) on, a cell's
+# tokens/s is marked with it: a full collection of what compiling left behind costs up to 0.4 s, a tenth of a
+# window, and a repeat meets it at the same step.
+GC_NOTABLE = 0.01
+GC_LEGEND = ("gc N%: Python's garbage collector ran for N% of the cell's measured window (the median over its "
+             "repeats); its tokens/s counts those pauses.")
+
+
+def gc_mark(row: pd.Series) -> str:
+    """" gc 7.4%" where the row's window held at least GC_NOTABLE of garbage collection, else ""."""
+    share = row.get("window_gc_share")
+    return "" if share is None or pd.isna(share) or share < GC_NOTABLE else f" gc {100 * share:.1f}%"
+
+
+def any_gc_mark(df: pd.DataFrame) -> bool:
+    return "window_gc_share" in df and bool((df["window_gc_share"].astype(float) >= GC_NOTABLE).any())
+
+
 def tokens_text(row: pd.Series | None) -> str:
     if row is None:
         return ""
@@ -30,7 +48,7 @@ def tokens_text(row: pd.Series | None) -> str:
     if repeated(row):  # the median of the repeats, and half their spread (aggregate.add_spread) in percent of it
         half = 50.0 * (row["spread_high"] - row["spread_low"]) / row["tokens_per_sec"]
         text += f" ±{half:.1f}%"
-    return text
+    return text + gc_mark(row)
 
 
 def with_tie(text: str, row: pd.Series | None, tie: str) -> str:

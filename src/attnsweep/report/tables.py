@@ -23,7 +23,7 @@ from .aggregate import (BASELINE, GRAPH_BREAK_SUFFIX, HEADLINE, MODE_ORDER, PLAI
                         is_grouped, read_summary, table_names)
 from .answers import answers_markdown
 from .findings import study_markdown
-from .markdown import DASH, by_environment, fmt, tokens_text, with_tie
+from .markdown import DASH, GC_LEGEND, any_gc_mark, by_environment, fmt, tokens_text, with_tie
 
 # The implementations the study compared, in its column order.
 STUDY_IMPLS = ("sdpa", "sdpa_flash", "fa2", "fa2_graphbreak")
@@ -49,8 +49,8 @@ REPEATS_LEGEND = (
 
 def _legend(df: pd.DataFrame) -> str:
     """The legend, with the sentence on repeats where some cell was measured more than once."""
-    repeated = has_repeats(df)
-    return f"{LEGEND} {REPEATS_LEGEND}" if repeated else LEGEND
+    text = f"{LEGEND} {REPEATS_LEGEND}" if has_repeats(df) else LEGEND
+    return f"{text} {GC_LEGEND}" if any_gc_mark(df) else text
 
 
 def batch_text(row: pd.Series | None) -> str:
