@@ -888,3 +888,28 @@ def test_a_run_beside_another_cell_by_cell(tmp_path: Path) -> None:
     # Nothing in common: said so, no table.
     other = summarize([make_cell(tmp_path / "other", attn="fa2", mode="eager", seq_len=64, tokens_per_sec=1.0)])
     assert comparison_markdown(whole, other, "whole", "other").endswith("No cell of whole's grid is in other's.\n")
+
+
+def test_the_environment_line_names_the_kernel_package_its_flashattention_4_cells_ran(tmp_path: Path) -> None:
+    """flash-attn-4 is not in env_id (every cell of a run shares that, and only fa4, fa4_graphbreak and sdpa_fa4 run
+    it): each table's environment line names its version where those cells are in the table, and only there."""
+    paths = []
+    for attn, version in (("sdpa", "4.0.0b18"), ("fa4", "4.0.0b18"), ("sdpa_fa4", "4.0.0b18")):
+        path = make_cell(tmp_path, attn=attn, mode="compiled", seq_len=1024, tokens_per_sec=100_000.0)
+        rec = json.loads(path.read_text())
+        rec["env"]["versions"]["flash-attn-4"] = version
+        path.write_text(json.dumps(rec))
+        paths.append(path)
+    df = summarize(paths)
+    line = next(l for l in all_markdown(df).splitlines() if l.startswith("Environment: "))
+    assert line.endswith("; flash-attn-4 4.0.0b18 (fa4, sdpa_fa4).")
+    plain = next(l for l in all_markdown(summarize(paths[:1])).splitlines() if l.startswith("Environment: "))
+    assert "flash-attn-4" not in plain  # sdpa ran none of its kernels, though the package was installed
+    rec = json.loads(paths[1].read_text())
+    del rec["env"]["versions"]["flash-attn-4"]
+    paths[1].write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="flash-attn-4"):  # two versions among the family's cells: refused
+        summarize(paths)
+    mixed = next(l for l in all_markdown(summarize(paths, allow_mixed_env=True)).splitlines()
+                 if l.startswith("Environment: "))
+    assert mixed.endswith("; flash-attn-4 none recorded (fa4); flash-attn-4 4.0.0b18 (sdpa_fa4).")

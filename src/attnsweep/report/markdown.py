@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from ..sweep import KERNEL_PACKAGES, kernel_versions
+
 STATUS_MARK = {
     "oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error", "missing": "not run yet",
 }
@@ -57,9 +59,31 @@ def with_tie(text: str, row: pd.Series | None, tie: str) -> str:
     return f"{text} tie" if value is True or value == 1.0 else text
 
 
+def kernel_packages_text(df: pd.DataFrame) -> str:
+    """The versions of the kernel packages (sweep.KERNEL_PACKAGES) that the rows' implementations ran, e.g.
+    "flash-attn-4 4.0.0b18 (fa4, sdpa_fa4)": not in the environment key, which every cell shares, as only those
+    implementations' cells run them. "" where no row ran one."""
+    parts = []
+    for dist, attns in KERNEL_PACKAGES.items():
+        ran: dict[str, set[str]] = {}
+        for _, row in df[df["attn"].isin(attns)].iterrows():
+            version = kernel_versions(row["attn"], row["status"], {dist: row.get(f"env.versions.{dist}")})
+            if dist in version:
+                ran.setdefault(version[dist] or "none recorded", set()).add(row["attn"])
+        parts += [f"{dist} {v} ({', '.join(a for a in attns if a in used)})" for v, used in ran.items()]
+    return "; ".join(parts)
+
+
 def by_environment(df: pd.DataFrame, render: Callable[[pd.DataFrame], str], level: str) -> str:
-    """One section per environment when cells from several were allowed to mix; the environment is named once."""
+    """One section per environment when cells from several were allowed to mix; the environment is named once, with
+    the kernel packages its cells ran."""
+
+    def name(cells: pd.DataFrame, env: str) -> str:
+        kernels = kernel_packages_text(cells)
+        return f"{env}; {kernels}" if kernels else env
+
     envs = list(pd.unique(df["env_id"]))
     if len(envs) == 1:
-        return f"Environment: {envs[0]}.\n\n" + render(df)
-    return "\n\n".join(f"{level} Environment: {env}\n\n" + render(df[df["env_id"] == env]) for env in envs)
+        return f"Environment: {name(df, envs[0])}.\n\n" + render(df)
+    return "\n\n".join(f"{level} Environment: {name(df[df['env_id'] == env], env)}\n\n"
+                         + render(df[df["env_id"] == env]) for env in envs)
