@@ -209,3 +209,25 @@ def test_cells_are_listed_with_contexts_in_numeric_order(tmp_path: Path) -> None
         (folder / "cell.json").write_text(template)
     cells, _ = status.read_cells(results)
     assert [c.path.parts[2] for c in cells] == ["seq_len~64", "seq_len~512", "seq_len~1024"]
+
+
+def test_the_environments_name_the_kernel_packages_their_cells_ran(tmp_path: Path) -> None:
+    """flash-attn-4's version is no part of an environment's key (only fa4, fa4_graphbreak and sdpa_fa4 run it):
+    the environments table names it, with the implementations that ran it, beside the environment of their cells."""
+    template = json.loads((Path(__file__).parent / "data" / "cell_ok.json").read_text())
+    results = tmp_path / "results" / "fixture"
+    for i, attn in enumerate(("sdpa", "sdpa_fa4", "fa4", "fa4")):
+        versions = {**template["env"]["versions"], "flash-attn-4": "4.0.0b18"}
+        env = {**template["env"], "versions": versions}
+        record = {**template, "cell": {**template["cell"], "attn": attn}, "env": env}
+        if i == 3:
+            record["status"] = "unsupported"  # ran nothing: no kernel package
+        (results / "cells" / f"c{i}").mkdir(parents=True)
+        (results / "cells" / f"c{i}" / "cell.json").write_text(json.dumps(record))
+    cells, _ = status.read_cells(results)
+    (env,) = status.group_environments(cells)
+    assert env["cells"] == 4 and env["kernel packages"] == "flash-attn-4 4.0.0b18 (fa4, sdpa_fa4)"
+    assert status.kernels_run(json.loads((results / "cells" / "c0" / "cell.json").read_text())) == []
+    # A folder none of whose cells ran one has no such column.
+    (plain,) = status.group_environments(cells[:1])
+    assert "kernel packages" not in plain

@@ -5,7 +5,8 @@ Four questions, answered from the files and from Snakemake itself:
 1. Which cells are there, and are they valid? Every JSON under RESULTS_DIR/cells is read with the same check the
    aggregation uses (`cellio.load_cell`); a file that fails it is listed with the error.
 2. Which environment produced each? Cells are grouped by GPU model, torch, flash-attn, CUDA, cuDNN, Triton and the code
-   that ran (source hash and `git describe`, as recorded in each cell).
+   that ran (source hash and `git describe`, as recorded in each cell); beside each, the kernel packages its cells'
+   implementations ran (flash-attn-4, for fa4, fa4_graphbreak and sdpa_fa4).
 3. Can every row of summary.csv be traced to its cell file? Its `cell_path` column is checked against the folder.
 4. Which cells are missing, and which are stale against the current code and config? Snakemake decides that, so
    Snakemake is asked (`snakemake --summary`, which plans without running or locking anything) with the config the
@@ -34,7 +35,8 @@ from pathlib import Path
 from .cellio import load_cell
 from .codestamp import cell_code_files, source_hash
 from .packages import versions
-from .sweep import cell_axes, dig, environment_of, record_stale_reason, unsupported_by_other_packages
+from .sweep import (KERNEL_PACKAGES, cell_axes, dig, environment_of, kernel_versions, record_stale_reason,
+                    unsupported_by_other_packages)
 
 PLAN_TIMEOUT_S = 600
 # The environment (sweep.ENV_FIELDS, what makes two cells comparable), and where the code that ran came from.
@@ -126,6 +128,17 @@ def read_cells(results: Path) -> tuple[list[Cell], dict[Path, str]]:
 # Shown, not a difference: what a checkout said of itself (`git describe`, "-dirty" with results unpacked into it),
 # and the host's CPU (one environment's cells may come from several hosts; records before 2026-11-30 say none).
 DESCRIBED_ONLY = ("git describe", "host CPU")
+# Shown beside them: the kernel packages (sweep.KERNEL_PACKAGES) the environment's cells ran, with the implementations
+# that ran each version; only those implementations' cells run one, so it is no part of the environment's key.
+KERNELS = "kernel packages"
+FAMILY_ORDER = [attn for attns in KERNEL_PACKAGES.values() for attn in attns]
+
+
+def kernels_run(record: dict) -> list[str]:
+    """["flash-attn-4 4.0.0b18"] for a cell whose implementation ran that package's kernels, [] for one that ran
+    none."""
+    ran = kernel_versions(dig(record, ("cell", "attn")), record.get("status"), dig(record, ("env", "versions")))
+    return [f"{dist} {version or 'none recorded'}" for dist, version in ran.items()]
 
 
 def group_environments(cells: list[Cell]) -> list[dict]:
@@ -134,14 +147,21 @@ def group_environments(cells: list[Cell]) -> list[dict]:
     groups: dict[tuple, dict] = {}
     # Per environment, the values of each shown-only field, in order of appearance.
     described: dict[tuple, dict[str, dict[str, None]]] = {}
+    kernels: dict[tuple, dict[str, dict[str, None]]] = {}  # per environment: {package version: {attn: None}}
     for cell in cells:
         values = env_values(cell.record)
         key = tuple(v for k, v in values.items() if k not in DESCRIBED_ONLY)
         groups.setdefault(key, {"env": f"E{len(groups) + 1}", **values, "cells": 0})["cells"] += 1
         for name in DESCRIBED_ONLY:
             described.setdefault(key, {}).setdefault(name, {})[values[name]] = None
+        for ran in kernels_run(cell.record):
+            kernels.setdefault(key, {}).setdefault(ran, {})[cell.record["cell"]["attn"]] = None
         cell.env = groups[key]["env"]
-    return [{**row, **{name: ", ".join(described[key][name]) for name in DESCRIBED_ONLY}}
+    shown_kernels = any(kernels.values())
+    return [{**row, **{name: ", ".join(described[key][name]) for name in DESCRIBED_ONLY},
+             **({KERNELS: "; ".join(f"{ran} ({', '.join(sorted(attns, key=FAMILY_ORDER.index))})"
+                                  for ran, attns in kernels.get(key, {}).items())
+                 or "none"} if shown_kernels else {})}
             for key, row in groups.items()]
 
 
