@@ -748,20 +748,22 @@ def test_the_gpus_busy_share_of_a_step_is_computed_folded_over_repeats_and_table
 
 
 def test_the_steps_before_the_window_are_compared_with_it_and_tabled(tmp_path: Path) -> None:
-    """aggregate.pre_window_change: the `window` steps before the window (step 1 left out) against the window's
-    tokens/s; a 50-step run with window 25 compares steps 2-25, a 125-step run steps 76-100."""
+    """aggregate.pre_window_change: the `window` steps before the window (steps 1 and 2 left out) against the
+    window's tokens/s; a 50-step run with window 25 compares steps 3-25, a 125-step run steps 76-100."""
     from attnsweep.report.aggregate import pre_window_change
 
     path = make_cell(tmp_path, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
     rec = json.loads(path.read_text())
     step_s = rec["batch_size"] * 1024 / 100.0
-    # Step 1 compiles (30 s, left out); steps 2-25 take 10% longer than the window's.
-    rec["step_times_s"] = [30.0] + [1.1 * step_s] * 24 + [step_s] * 25
+    # Step 1 compiles (30 s), step 2 records CUDA graphs (15 steps' time): both left out; steps 3-25 take 10% longer
+    # than the window's.
+    rec["step_times_s"] = [30.0, 15 * step_s] + [1.1 * step_s] * 23 + [step_s] * 25
     rec["tokens_per_sec_stats"] = {**(rec.get("tokens_per_sec_stats") or {}), "n": 25}
     assert pre_window_change(rec) == pytest.approx(1 / 1.1 - 1, abs=1e-4)
     long = {**rec, "step_times_s": [30.0] + [2 * step_s] * 74 + [0.9 * step_s] * 25 + [step_s] * 25}
     assert pre_window_change(long) == pytest.approx(1 / 0.9 - 1, abs=1e-4)  # steps 76-100 only
-    assert pre_window_change({**rec, "step_times_s": [30.0, step_s, step_s]}) is None  # too few steps before
+    assert pre_window_change({**rec, "step_times_s": [30.0] + [step_s] * 5 + [step_s] * 25}) is None  # 4 before
+    assert pre_window_change({**rec, "step_times_s": [30.0] + [step_s] * 6 + [step_s] * 25}) == 0.0  # 5 before
     assert pre_window_change({**rec, "status": "oom"}) is None
     path.write_text(json.dumps(rec))
     section = all_markdown(summarize([path])).split("## compiled: the steps before the window against it")[1]

@@ -462,8 +462,8 @@ def windows(runs: list[str]) -> None:
     """Would a shorter run have measured the same? Per record, tokens/s over each earlier block of the window's length
     (steps w+1..2w, 2w+1..3w, ...; block 1, steps 1..w, holds the first step's compilation or cache load) against the
     measured window (the last w steps): what a run of 2w, 3w, ... steps would have measured in the same process, since
-    a step does not know how many follow it; and the steps just before the window (aggregate.pre_window_change: step
-    1 left out), which a run too short for a whole earlier block still has. One difference: on a host of several
+    a step does not know how many follow it; and the steps just before the window (aggregate.pre_window_change: steps
+    1 and 2 left out), which a run too short for a whole earlier block still has. One difference: on a host of several
     GPUs the earlier steps may share the CPUs with other GPUs' warm-ups (a timed job stops its own GPU's warm-ups from
     its second step, every GPU's only during its window), which slows host-bound steps. By run, steps and window, and
     how busy the GPU is in a measured step (host-bound cells scatter more), beside the spread between a cell's

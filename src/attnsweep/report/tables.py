@@ -360,8 +360,8 @@ def all_markdown(df: pd.DataFrame) -> str:
                             f"{flops.FORMULA}, in brackets {flops.CAUSAL_FORMULA}")
     parts += _mode_sections(df, by_mode, "pre_window_change", settled_table,
                             "the steps before the window against it (tokens/s of the window's length of steps before "
-                            "it, step 1 left out, over the window's, -1; median over the repeats; near 0%, the cell "
-                            "had settled before its window)")
+                            "it, steps 1 and 2 left out, over the window's, -1; median over the repeats; near 0%, the "
+                            "cell had settled before its window)")
     parts.append("## Job time: seconds of the timed jobs + of the warm-up jobs, over every repeat\n\n"
                  + time_totals(df))
     for mode, cells in by_mode.items():
