@@ -35,7 +35,7 @@ from pathlib import Path
 from .cellio import load_cell
 from .codestamp import cell_code_files, source_hash
 from .packages import versions
-from .sweep import (KERNEL_PACKAGES, cell_axes, dig, environment_of, kernel_versions, record_stale_reason,
+from .sweep import (cell_axes, dig, environment_of, kernel_packages_text, record_stale_reason,
                     unsupported_by_other_packages)
 
 PLAN_TIMEOUT_S = 600
@@ -128,17 +128,8 @@ def read_cells(results: Path) -> tuple[list[Cell], dict[Path, str]]:
 # Shown, not a difference: what a checkout said of itself (`git describe`, "-dirty" with results unpacked into it),
 # and the host's CPU (one environment's cells may come from several hosts; records before 2026-11-30 say none).
 DESCRIBED_ONLY = ("git describe", "host CPU")
-# Shown beside them: the kernel packages (sweep.KERNEL_PACKAGES) the environment's cells ran, with the implementations
-# that ran each version; only those implementations' cells run one, so it is no part of the environment's key.
+# Shown beside them: the kernel packages the environment's cells ran (sweep.kernel_packages_text).
 KERNELS = "kernel packages"
-FAMILY_ORDER = [attn for attns in KERNEL_PACKAGES.values() for attn in attns]
-
-
-def kernels_run(record: dict) -> list[str]:
-    """["flash-attn-4 4.0.0b18"] for a cell whose implementation ran that package's kernels, [] for one that ran
-    none."""
-    ran = kernel_versions(dig(record, ("cell", "attn")), record.get("status"), dig(record, ("env", "versions")))
-    return [f"{dist} {version or 'none recorded'}" for dist, version in ran.items()]
 
 
 def group_environments(cells: list[Cell]) -> list[dict]:
@@ -147,21 +138,19 @@ def group_environments(cells: list[Cell]) -> list[dict]:
     groups: dict[tuple, dict] = {}
     # Per environment, the values of each shown-only field, in order of appearance.
     described: dict[tuple, dict[str, dict[str, None]]] = {}
-    kernels: dict[tuple, dict[str, dict[str, None]]] = {}  # per environment: {package version: {attn: None}}
+    runs: dict[tuple, list[tuple]] = {}  # per environment: each cell's (attn, status, env.versions)
     for cell in cells:
         values = env_values(cell.record)
         key = tuple(v for k, v in values.items() if k not in DESCRIBED_ONLY)
         groups.setdefault(key, {"env": f"E{len(groups) + 1}", **values, "cells": 0})["cells"] += 1
         for name in DESCRIBED_ONLY:
             described.setdefault(key, {}).setdefault(name, {})[values[name]] = None
-        for ran in kernels_run(cell.record):
-            kernels.setdefault(key, {}).setdefault(ran, {})[cell.record["cell"]["attn"]] = None
+        runs.setdefault(key, []).append(
+            (cell.record["cell"]["attn"], cell.record.get("status"), dig(cell.record, ("env", "versions"))))
         cell.env = groups[key]["env"]
-    shown_kernels = any(kernels.values())
+    kernels = {key: kernel_packages_text(cells) for key, cells in runs.items()}
     return [{**row, **{name: ", ".join(described[key][name]) for name in DESCRIBED_ONLY},
-             **({KERNELS: "; ".join(f"{ran} ({', '.join(sorted(attns, key=FAMILY_ORDER.index))})"
-                                  for ran, attns in kernels.get(key, {}).items())
-                 or "none"} if shown_kernels else {})}
+             **({KERNELS: kernels[key] or "none"} if any(kernels.values()) else {})}
             for key, row in groups.items()]
 
 

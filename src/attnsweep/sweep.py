@@ -16,7 +16,7 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,6 +313,18 @@ def kernel_versions(attn: str, status: str | None, versions: Mapping[str, Any] |
     versions = versions or {}
     return {dist: None if pd.isna(v := versions.get(dist)) else str(v)
             for dist, attns in KERNEL_PACKAGES.items() if attn in attns}
+
+
+def kernel_packages_text(cells: Iterable[tuple[str, str | None, Mapping[str, Any] | None]]) -> str:
+    """The kernel packages that `cells` ((attn, status, env.versions) each) ran, each version with the implementations
+    that ran it, e.g. "flash-attn-4 4.0.0b18 (fa4, sdpa_fa4)"; "" where none ran one. A version is no part of the
+    environment that every cell of a run shares (ENV_FIELDS), as only its implementations' cells run the package."""
+    ran: dict[str, dict[str, None]] = {}
+    for attn, status, versions in cells:
+        for dist, version in kernel_versions(attn, status, versions).items():
+            ran.setdefault(f"{dist} {version or 'none recorded'}", {})[attn] = None
+    order = [attn for attns in KERNEL_PACKAGES.values() for attn in attns]
+    return "; ".join(f"{package} ({', '.join(sorted(attns, key=order.index))})" for package, attns in ran.items())
 
 
 # ---- the run being started -------------------------------------------------------------------------------------

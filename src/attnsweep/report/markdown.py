@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ..sweep import KERNEL_PACKAGES, kernel_versions
+from ..sweep import KERNEL_PACKAGES, kernel_packages_text
 
 STATUS_MARK = {
     "oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error", "missing": "not run yet",
@@ -24,8 +24,8 @@ def repeated(row: pd.Series) -> bool:
 
 
 # From this share of a measured window spent in Python's garbage collector (aggregate.window_gc_share) on, a cell's
-# tokens/s is marked with it: a full collection of what compiling left behind costs up to 0.4 s, a tenth of a
-# window, and a repeat meets it at the same step.
+# tokens/s is marked with it: a full collection took 0.27-0.37 s on the H200, up to a twelfth of a window, at the
+# same step in each repeat of a cell, so the repeats' spread does not show it.
 GC_NOTABLE = 0.01
 GC_LEGEND = ("gc N%: Python's garbage collector ran for N% of the cell's measured window (the median over its "
              "repeats); its tokens/s counts those pauses.")
@@ -59,27 +59,14 @@ def with_tie(text: str, row: pd.Series | None, tie: str) -> str:
     return f"{text} tie" if value is True or value == 1.0 else text
 
 
-def kernel_packages_text(df: pd.DataFrame) -> str:
-    """The versions of the kernel packages (sweep.KERNEL_PACKAGES) that the rows' implementations ran, e.g.
-    "flash-attn-4 4.0.0b18 (fa4, sdpa_fa4)": not in the environment key, which every cell shares, as only those
-    implementations' cells run them. "" where no row ran one."""
-    parts = []
-    for dist, attns in KERNEL_PACKAGES.items():
-        ran: dict[str, set[str]] = {}
-        for _, row in df[df["attn"].isin(attns)].iterrows():
-            version = kernel_versions(row["attn"], row["status"], {dist: row.get(f"env.versions.{dist}")})
-            if dist in version:
-                ran.setdefault(version[dist] or "none recorded", set()).add(row["attn"])
-        parts += [f"{dist} {v} ({', '.join(a for a in attns if a in used)})" for v, used in ran.items()]
-    return "; ".join(parts)
-
-
 def by_environment(df: pd.DataFrame, render: Callable[[pd.DataFrame], str], level: str) -> str:
     """One section per environment when cells from several were allowed to mix; the environment is named once, with
     the kernel packages its cells ran."""
 
     def name(cells: pd.DataFrame, env: str) -> str:
-        kernels = kernel_packages_text(cells)
+        kernels = kernel_packages_text(
+            (row["attn"], row["status"], {dist: row.get(f"env.versions.{dist}") for dist in KERNEL_PACKAGES})
+            for _, row in cells.iterrows())
         return f"{env}; {kernels}" if kernels else env
 
     envs = list(pd.unique(df["env_id"]))
