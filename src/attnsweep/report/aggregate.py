@@ -135,8 +135,9 @@ def block_tokens_per_sec(record: dict, first: int, steps: int) -> float:
 
 # Steps that do once what later steps do not, left out of pre_window_change: the first loads (or compiles) the
 # compiled code; the second records the CUDA graphs (CUDA graph trees record on a function's second call) and ends
-# lazy set-up: on the H200 (h200-modern) it took 1.3-2.3 times a window step in compiled cells and 2-24 times with
-# CUDA graphs, which alone moved those cells' steps-before-the-window by -34% to -41%.
+# lazy set-up: on the H200 (h200-modern's records) it took 1.9-24 times a window step with CUDA graphs (median 3.3),
+# which alone moved some of those cells' steps-before-the-window by -34% to -41%, and up to 2.3 times (median 1.0)
+# compiled or eager.
 ONE_TIME_STEPS = 2
 
 
