@@ -9,7 +9,7 @@ import pandas as pd
 
 from attnsweep.report.aggregate import summarize
 from attnsweep.report.answers import answers_markdown, fastest_anywhere
-from attnsweep.report.tables import all_markdown
+from attnsweep.report.tables import all_markdown, mode_markdown
 from test_report import TEMPLATES, add_repeat, markdown_header, markdown_rows
 
 # (attn, mode, kv heads, seq_len): tokens/s of repeats 1 and 2, and the record's MFU. GPT-2 small: 12 heads.
@@ -134,7 +134,8 @@ def test_a_window_that_held_garbage_collection_is_marked_wherever_its_tokens_per
     from attnsweep.report.aggregate import window_gc_share
 
     firsts, repeats = write_cells(tmp_path)
-    shares = {"fa2_graphbreak-compiled_cudagraphs-12-1024": (0.30, 0.34), "sdpa-compiled-12-1024": (0.02, 0.03)}
+    shares = {"fa2_graphbreak-compiled_cudagraphs-12-1024": (0.30, 0.34), "sdpa-compiled-12-1024": (0.02, 0.03),
+              "flex-compiled-12-1024": (0.08, 0.08)}
     for path in (*firsts, *repeats):
         if (gc := shares.get(path.parent.name)) is not None:
             rec = json.loads(path.read_text())
@@ -158,3 +159,9 @@ def test_a_window_that_held_garbage_collection_is_marked_wherever_its_tokens_per
     assert "109,000 ±0.9% gc 8.0%" in everything and "gc N%: Python's garbage collector" in everything
     assert "101,000 ±1.0% gc" not in everything and "101,000 ±1.0% (" in everything  # sdpa compiled: 0.5%
     assert "gc N%" not in answers_markdown(summarize(firsts[:3], repeats=repeats[:3]))
+    # The study's layout shows no flex column: its legend says nothing of a mark it does not show; with CUDA graphs
+    # it shows fa2_graphbreak's.
+    assert "102,000 ±2.0% gc 2.0%" in everything
+    assert "gc N%" not in mode_markdown(df, "compiled")
+    assert "109,000 ±0.9% gc 8.0%" in mode_markdown(df, "compiled_cudagraphs")
+    assert "gc N%" in mode_markdown(df, "compiled_cudagraphs")

@@ -243,7 +243,8 @@ def mode_markdown(df: pd.DataFrame, mode: str) -> str:
     if cells.empty:
         return title + f"No {mode} cells in this run.\n"
     note = _fallback_note(cells) if mode in CUDAGRAPH_MODES else ""
-    return title + by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(cells)}\n"
+    shown = cells[cells["attn"].isin([BASELINE, *STUDY_IMPLS])]  # the study's columns: the legend is theirs
+    return title + by_environment(cells, study_table, "##") + f"{note}\n\n{_legend(shown)}\n"
 
 
 def _is_ok(row: pd.Series) -> bool:
