@@ -6,7 +6,6 @@ import copy
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 

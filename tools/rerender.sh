@@ -4,7 +4,7 @@
 # --report, also the HTML reports of the runs that commit one. Needed after a change to the report code
 # (src/attnsweep/report/, workflow/scripts/), which renames every run's report stamp, and after new records come
 # into a run in parts. In order: a run set beside another (compare_with) comes after that other. Last, every
-# committed run's tables are rewritten where the table code now renders its summary.csv otherwise.
+# committed run's summary.csv and tables are rewritten where the code now makes them otherwise.
 #   bash tools/rerender.sh [--report] [-n]    # -n: a dry run of each (what would be rendered or rewritten)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -39,10 +39,11 @@ render h200 yes --configfile config/study-12gib.yaml config/whole-gpu.yaml \
     aggregate_only=True
 render h200-modern no --configfile config/modern.yaml \
     --config run=h200-modern repeats=2 aggregate_only=True allow_missing=True
-# Every committed run's tables from its summary.csv alone: for the runs no render above rebuilds (the sweep
-# benchmark's, the equality checks'), after a change to the table code.
-echo "== tables of every run"
-"${PYTHON:-.venv/bin/python}" tools/rerender_tables.py "${dry[@]}"
+# Every committed run's summary.csv from the records its rows name, then its tables from it: for the runs no render
+# above rebuilds (the sweep benchmark's, the equality checks'), after a change to the summary or table code; for the
+# others, a check that their summary is what the pipeline just made ("as built").
+echo "== summaries and tables of every run"
+"${PYTHON:-.venv/bin/python}" tools/rerender_tables.py --summaries "${dry[@]}"
 # The H200 runs' GPU time, per cell and in total (benchmarks/sweep/report.py --cost), from their records, benchmarks
 # and wall files: rewritten after each session's parts, as the tables are.
 echo "== results/gpu-time.md"

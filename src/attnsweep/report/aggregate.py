@@ -363,9 +363,15 @@ def spreads_overlap(low: pd.Series, high: pd.Series, ref_low: pd.Series, ref_hig
     return (low <= ref_high) & (ref_low <= high)
 
 
+def row_versions(row: pd.Series) -> dict[str, str | None]:
+    """The versions of the kernel packages (KERNEL_PACKAGES) in a summary row's environment: its record's
+    env.versions, flattened into columns."""
+    return {dist: row.get(f"env.versions.{dist}") for dist in KERNEL_PACKAGES}
+
+
 def _row_kernel_versions(row: pd.Series) -> dict[str, str | None]:
     """sweep.kernel_versions of a summary row (its record's env.versions flattened into columns)."""
-    return kernel_versions(row["attn"], row["status"], {d: row.get(f"env.versions.{d}") for d in KERNEL_PACKAGES})
+    return kernel_versions(row["attn"], row["status"], row_versions(row))
 
 
 def check_environments(df: pd.DataFrame, allow_mixed: bool) -> None:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ..sweep import KERNEL_PACKAGES, kernel_packages_text
+from ..sweep import kernel_packages_text
+from .aggregate import row_versions
 
 STATUS_MARK = {
     "oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error", "missing": "not run yet",
@@ -38,7 +39,8 @@ def gc_mark(row: pd.Series) -> str:
 
 
 def any_gc_mark(df: pd.DataFrame) -> bool:
-    return "window_gc_share" in df and bool((df["window_gc_share"].astype(float) >= GC_NOTABLE).any())
+    """Whether any row of `df` is marked (gc_mark), so its table needs GC_LEGEND."""
+    return any(gc_mark(row) for _, row in df.iterrows())
 
 
 def tokens_text(row: pd.Series | None) -> str:
@@ -64,9 +66,7 @@ def by_environment(df: pd.DataFrame, render: Callable[[pd.DataFrame], str], leve
     the kernel packages its cells ran."""
 
     def name(cells: pd.DataFrame, env: str) -> str:
-        kernels = kernel_packages_text(
-            (row["attn"], row["status"], {dist: row.get(f"env.versions.{dist}") for dist in KERNEL_PACKAGES})
-            for _, row in cells.iterrows())
+        kernels = kernel_packages_text((row["attn"], row["status"], row_versions(row)) for _, row in cells.iterrows())
         return f"{env}; {kernels}" if kernels else env
 
     envs = list(pd.unique(df["env_id"]))

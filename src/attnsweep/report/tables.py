@@ -105,8 +105,8 @@ def _pivot(df: pd.DataFrame, keys: list[str], columns: dict[str, tuple[str, Call
     for key, group in df.groupby(keys, sort=False):
         by_attn = {r["attn"]: r for _, r in group.iterrows()}
         line = dict(zip(keys, key))
-        for name, (attn, fmt) in columns.items():
-            line[name] = fmt(by_attn.get(attn))
+        for name, (attn, text) in columns.items():
+            line[name] = text(by_attn.get(attn))
         out.append(line)
     return pd.DataFrame(out).rename(columns={"seq_len": "context"})
 
