@@ -661,6 +661,14 @@ def test_records_of_other_code_left_by_a_stopped_part_are_measured_again(repo: P
     summary = pd.read_csv(repo / "results/tiny/summary.csv")
     assert set(summary.loc[summary["status"] == "missing", "cell_path"]) == stale
     assert (summary["status"] == "ok").sum() == 1
+    # `attnsweep status` tells them from cells not measured at all, and from a record the summary lost.
+    lines = check_summary(repo / "results/tiny", repo, read_cells(repo / "results/tiny")[0])
+    assert lines[0] == f"summary.csv: {TINY_CELLS} rows, 3 of them cells not measured yet (3 beside a record left " \
+                       "out as stale)", lines
+    left_out = {line.split(": ")[-1] for line in lines if line.startswith("left out as stale")}
+    assert {"results/tiny/" + p for p in left_out} == stale, lines
+    assert any("of code 00000000:" in line for line in lines), lines
+    assert not any("without" in line or line.startswith("not measured yet") for line in lines), lines
     shutil.rmtree(repo / ".snakemake")
     # (code_stamp: the aggregate_only run's report stamp named the records it tabled; measuring names none.)
     assert planned(repo) == {"code_stamp": 1, "rerun": 3, "warmup": 3, "cell": 3, **AGGREGATION}

@@ -207,15 +207,23 @@ def check_summary(results: Path, root: Path, cells: list[Cell]) -> list[str]:
     not_yet = sorted((root / p).resolve() for p in df.loc[missing, "cell_path"].astype(str))
     # A repeat (repeat-K.json) is folded into the row of its cell (cell.json in its folder).
     on_disk = {(results / c.path).resolve().with_name("cell.json") for c in cells}
+    # A missing row beside a first record: the aggregation left the record out as stale (sweep.stale_to_leave_out),
+    # and the run measures the cell again when it resumes.
+    codes = {(results / c.path).resolve(): dig(c.record, ("env", "code", "source_sha256")) for c in cells}
     here = results.resolve()
 
     def show(p: Path) -> str:
         return p.relative_to(here).as_posix() if p.is_relative_to(here) else str(p)
 
-    lines = [f"summary.csv: {len(df)} rows" + (f", {len(not_yet)} of them cells not measured yet" if not_yet else "")]
-    lines += [f"not measured yet (row of status missing): {show(p)}" for p in not_yet]
+    stale = [p for p in not_yet if p in on_disk]
+    lines = [f"summary.csv: {len(df)} rows" + (f", {len(not_yet)} of them cells not measured yet" if not_yet else "")
+             + (f" ({len(stale)} beside a record left out as stale)" if stale else "")]
+    lines += [f"not measured yet (row of status missing): {show(p)}" for p in not_yet if p not in on_disk]
+    lines += [f"left out as stale (row of status missing beside its record, of code {(codes.get(p) or '?')[:8]}: "
+              f"other code, settings or packages than the run's; measured again when it resumes): {show(p)}"
+              for p in stale]
     lines += [f"row without its cell file: {show(p)}" for p in sorted(p for p in listed if not p.is_file())]
-    lines += [f"cell without a row: {show(p)}" for p in sorted(on_disk - listed)]
+    lines += [f"cell without a row: {show(p)}" for p in sorted(on_disk - listed - set(not_yet))]
     if len(listed) != int((~missing).sum()):
         lines.append(f"{int((~missing).sum()) - len(listed)} rows name a cell file another row names too")
     if len(lines) == 1:
