@@ -699,3 +699,46 @@ def test_the_committed_gpu_time_page_is_the_scripts_output_for_the_runs_it_lists
     runs = [str(ROOT / "results" / line[3:]) for line in page.splitlines() if line.startswith("## ")]
     assert [Path(r).name for r in runs] == ["h200-study-12gib", "h200"]
     assert load_report().cost_text(runs) + "\n" == page
+
+
+def checked(attn: str, mode: str, repeat: int = 1, status: str = "ok", **fields: object) -> dict:
+    """One of progress_text's records for checks_text: a record of `attn` in `mode` with `fields`."""
+    clean = {"compile": {"caches": {"fx_graph": {"hit": 2}, "aot_autograd": {"hit": 1}},
+                         "cudagraphs": {"captured": 2, "skipped": 0, "fell_back": False}},
+             "window_conditions": {"wall_s": 2.0, "gc": {"seconds": 0.0},
+                                   "cuda_allocator": {"num_alloc_retries": 0, "num_ooms": 0}},
+             "warmup": {"run_seat_wait_s": 4.0}}
+    return {"repeat": repeat, "rec": {"cell": {**PROGRESS_CELL, "attn": attn, "mode": mode}, "status": status,
+                                      **clean, **fields}}
+
+
+def test_the_checks_of_a_part_count_what_each_measurement_should_show_and_name_those_that_do_not() -> None:
+    report = load_report()
+    clean = [checked("a", "compiled"), checked("a", "compiled_cudagraphs"), checked("e", "eager", compile=None),
+             checked("o", "eager", status="oom", compile=None, window_conditions=None, warmup=None)]
+    text = report.checks_text(clean)
+    assert text.splitlines() == [
+        "Checks of these 4 measurements (3 ok):",
+        "- compiled timed jobs that ran their warm-up's compiled code (compile caches: hits only): 2 of 2",
+        "- CUDA graphs fallen back or skipped: none (of 1 measurements with CUDA graphs)",
+        "- windows with garbage collection (1% of the window or more): none",
+        "- windows with CUDA allocator retries or out-of-memory events: none",
+        "- warm-ups' wait for the run seat: 3 warm-ups, median 4.0 s, at most 4 s (small 1024 e eager repeat 1)"]
+
+    graphs = {"captured": 1, "skipped": 1, "fell_back": True}
+    faulty = [checked("m", "compiled", 2, compile={"caches": {"fx_graph": {"hit": 1, "miss": 1}}}),
+              checked("n", "compiled", compile={"caches": None}),
+              checked("f", "compiled_cudagraphs", compile={"caches": {"fx_graph": {"hit": 1}}, "cudagraphs": graphs}),
+              checked("g", "eager", compile=None, warmup={"run_seat_wait_s": 120.0},
+                      window_conditions={"wall_s": 2.0, "gc": {"seconds": 0.1},
+                                         "cuda_allocator": {"num_alloc_retries": 3, "num_ooms": 0}})]
+    lines = report.checks_text(faulty).splitlines()
+    assert lines[1] == ("- compiled timed jobs that ran their warm-up's compiled code (compile caches: hits only): "
+                        "1 of 3; not: small 1024 m repeat 2 ({'fx_graph': {'hit': 1, 'miss': 1}}), "
+                        "small 1024 n repeat 1 (None)")
+    assert lines[2] == "- CUDA graphs fallen back or skipped: small 1024 f compiled_cudagraphs repeat 1 (of 1 " \
+                       "measurements with CUDA graphs)"
+    assert lines[3] == "- windows with garbage collection (1% of the window or more): small 1024 g eager repeat 1 5.0%"
+    assert lines[4] == "- windows with CUDA allocator retries or out-of-memory events: small 1024 g eager repeat 1"
+    assert lines[5] == ("- warm-ups' wait for the run seat: 4 warm-ups, median 4.0 s, at most 120 s "
+                        "(small 1024 g eager repeat 1)")

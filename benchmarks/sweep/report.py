@@ -11,7 +11,8 @@
     python benchmarks/sweep/report.py --parts RUN [RUN ...]  # each part's wall time by what its GPU jobs did, from
                                                               # Snakemake's full logs (snakemake-*.full.log.gz)
     python benchmarks/sweep/report.py --progress RUN [SINCE]  # where a run in parts stands, and what its parts from
-                                                               # SINCE (UTC, e.g. 2026-12-02T04:00) measured
+                                                               # SINCE (UTC, e.g. 2026-12-02T04:00) measured, with
+                                                               # the checks their records should pass
     python benchmarks/sweep/report.py --estimates RUN  # the deadline's estimate of each timed job against its
                                                         # wall time (sweep.timed_job_s)
     python benchmarks/sweep/report.py --cost RUN [RUN ...]  # the sweep's GPU time per cell and in total, from
@@ -39,9 +40,10 @@ from pathlib import Path
 import pandas as pd
 
 from attnsweep.report.aggregate import (block_tokens_per_sec, gpu_busy, gpu_uuid, kernel_us, pre_window_change,
-                                       range_pct, summarize)
+                                       range_pct, summarize, window_gc_share)
+from attnsweep.report.markdown import GC_NOTABLE
 from attnsweep import searchlog, sweep
-from attnsweep.vocabulary import ATTENTION, AXES, MODELS, MODES
+from attnsweep.vocabulary import ATTENTION, AXES, COMPILED_MODES, CUDAGRAPH_MODES, MODELS, MODES
 
 
 def _job_seconds(tsv: Path) -> float | None:
@@ -654,6 +656,53 @@ def _repeat_range(records: list[dict]) -> tuple[float, bool] | None:
     return float(range_pct(cell).iloc[0]), len({gpu_uuid(r["rec"]) for r in records}) == 1
 
 
+def _listed(labels: list[str], most: int = 8) -> str:
+    return ", ".join(labels[:most]) + (f" and {len(labels) - most} more" if len(labels) > most else "")
+
+
+def checks_text(records: list[dict]) -> str:
+    """What a part's measurements (progress_text's records) should all show, counted, with the records that do not:
+    each compiled timed job ran its warm-up's compiled code (the compile caches' counters: hits only; a miss or a
+    bypass compiled again, in the untimed first step); no CUDA graph fell back or was skipped; no window paused for
+    garbage collection (GC_NOTABLE of its wall time: the tables mark those cells) or for the CUDA allocator (a retry
+    frees cached blocks and synchronizes; an OOM); and the warm-ups' waits for the GPU's run seat (what
+    sweep.warmup_job_s counts in a warm-up's time)."""
+    ok = [r for r in records if r["rec"].get("status") == "ok"]
+
+    def label(r: dict) -> str:
+        return f"{_label(r['rec']['cell'])} repeat {r['repeat']}"
+
+    compiled = [r for r in ok if r["rec"]["cell"]["mode"] in COMPILED_MODES]
+    recompiled = [f"{label(r)} ({(r['rec'].get('compile') or {}).get('caches')})" for r in compiled
+                  if not all(set(counts) <= {"hit"} for counts in
+                             ((r["rec"].get("compile") or {}).get("caches") or {"none": {"none": 0}}).values())]
+    graphed = [r for r in ok if r["rec"]["cell"]["mode"] in CUDAGRAPH_MODES]
+    fell = [label(r) for r in graphed
+            if ((r["rec"].get("compile") or {}).get("cudagraphs") or {}).get("fell_back") is not False
+            or ((r["rec"].get("compile") or {}).get("cudagraphs") or {}).get("skipped")]
+    gc = [f"{label(r)} {100 * share:.1f}%" for r in ok
+          if (share := window_gc_share(r["rec"])) is not None and share >= GC_NOTABLE]
+    allocator = [label(r) for r in ok
+                 if any(sweep.dig(r["rec"], ("window_conditions", "cuda_allocator", key))
+                        for key in ("num_alloc_retries", "num_ooms"))]
+    waits = sorted((w, label(r)) for r in records
+                   if (w := sweep.dig(r["rec"], ("warmup", "run_seat_wait_s"))) is not None)
+    lines = [f"Checks of these {len(records)} measurements ({len(ok)} ok):",
+             f"- compiled timed jobs that ran their warm-up's compiled code (compile caches: hits only): "
+             f"{len(compiled) - len(recompiled)} of {len(compiled)}"
+             + (f"; not: {_listed(recompiled)}" if recompiled else ""),
+             f"- CUDA graphs fallen back or skipped: {_listed(fell) if fell else 'none'} (of {len(graphed)} "
+             "measurements with CUDA graphs)",
+             f"- windows with garbage collection ({100 * GC_NOTABLE:.0f}% of the window or more): "
+             f"{_listed(gc) if gc else 'none'}",
+             "- windows with CUDA allocator retries or out-of-memory events: "
+             + (_listed(allocator) if allocator else "none"),
+             "- warm-ups' wait for the run seat: " + (
+                 f"{len(waits)} warm-ups, median {statistics.median(w for w, _ in waits):.1f} s, at most "
+                 f"{waits[-1][0]:.0f} s ({waits[-1][1]})" if waits else "none recorded")]
+    return "\n".join(lines)
+
+
 def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str:
     """What the measurements left (`todo`: cells, each with the repeats it lacks) should cost: each at the median
     GPU s a measurement (cell_costs) of the run's cells measured with every repeat at `code` of the same model, mode
@@ -767,6 +816,8 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     one = [ranges[c][0] for c, rs in complete.items()
            if max(r["finished"] for r in rs) >= since and ranges[c] is not None and ranges[c][1]]
     lines += ["", f"Cells completed since then, repeats on one GPU: {_spread_line(one)}."]
+    if new:
+        lines += ["", checks_text(new)]
     return "\n".join(lines)
 
 
