@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from attnsweep import sweep
 from attnsweep.sweep import cell_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -637,6 +638,16 @@ def test_on_the_whole_gpu_runs_records_no_timed_job_is_expected_shorter_than_it_
     assert statistics.median(r["like"] for r in rows) < statistics.median(r["alone"] for r in rows)
 
 
+def test_on_the_runs_records_with_warm_up_step_times_no_timed_job_is_expected_shorter_than_it_took() -> None:
+    """results/h200-modern's records keep their warm-up's step times, from which the timed job's pace is estimated
+    (not from the attempt's seconds, which also count its wait for the GPU's run seat: up to 259 s there)."""
+    rows = load_report().estimate_ratios(ROOT / "results/h200-modern")
+    assert len(rows) >= 100, f"only {len(rows)} records to check: has results/h200-modern moved?"
+    shortest = min(rows, key=lambda r: r["like"])
+    assert shortest["like"] > 1.0, f"expected shorter than it took: {shortest}"
+    assert max(r["like"] for r in rows) < 5.0  # from the attempt's seconds: up to 123 times
+
+
 def _bench(path: Path, seconds: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"s\th:m:s\n{seconds}\t0:00:00\n")
@@ -742,3 +753,49 @@ def test_the_checks_of_a_part_count_what_each_measurement_should_show_and_name_t
     assert lines[4] == "- windows with CUDA allocator retries or out-of-memory events: small 1024 g eager repeat 1"
     assert lines[5] == ("- warm-ups' wait for the run seat: 4 warm-ups, median 4.0 s, at most 120 s "
                         "(small 1024 g eager repeat 1)")
+
+
+def estimated_record(run: Path, attn: str, repeat: int, attempt_s: float, duration_s: float, wait_s: float | None,
+                     warmup_wall_s: float, timed_wall_s: float) -> None:
+    """A compiled record made after a warm-up (its attempt at batch 8 took `attempt_s`, `wait_s` of it for the run
+    seat), with its warm-up's and timed job's Snakemake benchmarks."""
+    cell = {**PROGRESS_CELL, "attn": attn, "mode": "compiled", "steps": 50}
+    folder = Path(cell_path(cell))
+    name = "cell" if repeat == 1 else f"repeat-{repeat}"
+    path = run / "cells" / folder / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    warmup = {"first_step_s": attempt_s / 2, "steps": 10, **({} if wait_s is None else {"run_seat_wait_s": wait_s})}
+    path.write_text(json.dumps({
+        "cell": cell, "status": "ok", "batch_size": 8, "duration_s": duration_s, "warmup": warmup,
+        "batch_attempts": [{"batch_size": 8, "outcome": "ok", "seconds": attempt_s, "stage": "warmup"},
+                           {"batch_size": 8, "outcome": "ok", "seconds": duration_s, "stage": "timed"}]}))
+    _bench(run / "benchmarks/warmup" / folder / f"r{repeat}" / "warmup.tsv", warmup_wall_s)
+    _bench(run / "benchmarks/cells" / folder / f"{name}.tsv", timed_wall_s)
+
+
+def test_the_warm_up_estimates_are_read_against_both_jobs_wall_time(tmp_path: Path) -> None:
+    """A later repeat is estimated from its first record (its attempt stretched by COLD_SPREAD, its timed job by
+    REPEAT_SPREAD, each with JOB_START_S), a first repeat from the records of the cells that differ in the attention
+    only (its own left out); each over the two jobs' wall times, with the share of the warm-up's wall time it waited
+    for the run seat."""
+    report = load_report()
+    run = tmp_path / "r"
+    estimated_record(run, "a", 1, 60.0, 10.0, 6.0, warmup_wall_s=70.0, timed_wall_s=15.0)
+    estimated_record(run, "a", 2, 50.0, 11.0, 40.0, warmup_wall_s=80.0, timed_wall_s=16.0)
+    estimated_record(run, "b", 1, 100.0, 20.0, None, warmup_wall_s=110.0, timed_wall_s=25.0)
+    rows = {r["record"]: r for r in report.warmup_estimate_ratios(run)}
+    a2 = (60.0 * sweep.COLD_SPREAD + sweep.JOB_START_S) + (10.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S)
+    assert rows["small 1024 a repeat-2"] == {"record": "small 1024 a repeat-2", "first": False,
+                                              "ratio": pytest.approx(a2 / 96.0), "wait": pytest.approx(0.5)}
+    # b from a's two records: the longer attempt and the longer timed job.
+    b1 = (60.0 * sweep.COLD_SPREAD + sweep.JOB_START_S) + (11.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S)
+    assert rows["small 1024 b cell"]["ratio"] == pytest.approx(b1 / 135.0) and rows["small 1024 b cell"]["wait"] is None
+    a1 = (100.0 * sweep.COLD_SPREAD + sweep.JOB_START_S) + (20.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S)
+    assert rows["small 1024 a cell"]["ratio"] == pytest.approx(a1 / 85.0)
+    lines = report.estimates_text(run).splitlines()
+    assert lines[-2] == (f"warm-up and timed job, a first repeat, from the run's like cells: 2 records, "
+                         f"{b1 / 135.0:.2f}-{a1 / 85.0:.2f} times their wall time, median {(b1 / 135 + a1 / 85) / 2:.2f}, "
+                         f"1 under it; the warm-ups waited for the run seat a median 9% of their wall time, at most 9%")
+    assert lines[-1].startswith("warm-up and timed job, a later repeat, from its first: 1 records, ")
+    assert lines[-1].endswith("0 under it; the warm-ups waited for the run seat a median 50% of their wall time, "
+                              "at most 50%")

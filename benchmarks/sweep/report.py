@@ -14,7 +14,8 @@
                                                                # SINCE (UTC, e.g. 2026-12-02T04:00) measured, with
                                                                # the checks their records should pass
     python benchmarks/sweep/report.py --estimates RUN  # the deadline's estimate of each timed job against its
-                                                        # wall time (sweep.timed_job_s)
+                                                        # wall time (sweep.timed_job_s), and of each warm-up with
+                                                        # the timed job after it (sweep.warmup_then_timed_s)
     python benchmarks/sweep/report.py --cost RUN [RUN ...]  # the sweep's GPU time per cell and in total, from
                                                              # its jobs' benchmarks and its parts' wall times
 
@@ -970,8 +971,11 @@ def estimate_ratios(run: Path) -> list[dict]:
         own = set(sweep.cell_records(run, cell))
         like = sweep.read_records([p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"])
                                    if p not in own])
+        # The warm-up's own record as the timed job reads it: its attempt's step times at the record's batch size
+        # where the record keeps them (the attempt's seconds also count its wait for the run seat).
         as_written = {"status": "ok", "first_step_s": warmup["first_step_s"], "steps": warmup["steps"],
-                      "batch_attempts": record["batch_attempts"]}
+                      "batch_attempts": record["batch_attempts"], "batch_size": record["batch_size"],
+                      "step_times_s": warmup.get("step_times_s")}
         with_like = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"], like)
         alone = sweep.timed_job_s(record["batch_size"], as_written, [], cell["steps"])
         if with_like is not None and alone is not None:
@@ -979,15 +983,59 @@ def estimate_ratios(run: Path) -> list[dict]:
     return rows
 
 
+def warmup_estimate_ratios(run: Path) -> list[dict]:
+    """Each record of `run` made after a warm-up, its warm-up job estimated as the workflow would before starting
+    it (sweep.warmup_then_timed_s: a later repeat from its cell's first record; a first repeat from the records of
+    the cells that differ from it in the attention only, else in the attention and the context, its own left out),
+    over the warm-up job's and the timed job's wall times in Snakemake's benchmarks; with the share of the warm-up's
+    wall time it waited for the GPU's run seat (warmup.run_seat_wait_s). A first repeat's estimate here reads every
+    other cell's records, also those measured after it: more than the workflow had to go on."""
+    rows = []
+    for path in sorted(run.glob("cells/**/*.json")):
+        if path.name != "cell.json" and not path.name.startswith("repeat-"):
+            continue
+        record = json.loads(path.read_text())
+        cell, rel, repeat = record["cell"], path.parent.relative_to(run / "cells"), _repeat_number(path)
+        warmup_s = _warmup_job_seconds(run, rel, repeat)
+        timed_s = _job_seconds(run / "benchmarks" / path.relative_to(run).with_suffix(".tsv"))
+        if record.get("status") != "ok" or not record.get("warmup") or not warmup_s or not timed_s:
+            continue
+        if repeat > 1:
+            first = sweep.read_records([path.with_name("cell.json")])
+            expected = sweep.warmup_then_timed_s(first[0], []) if first else None
+        else:
+            own = set(sweep.cell_records(run, cell))
+            like = ([p for p in sweep.cell_records(run, cell, any_of=["attn"]) if p not in own]
+                    or [p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"]) if p not in own])
+            expected = sweep.warmup_then_timed_s(None, sweep.read_records(like))
+        if expected is not None:
+            wait = record["warmup"].get("run_seat_wait_s")  # recorded where warm-ups compile in compile seats
+            rows.append({"record": f"{_label(cell)} {path.stem}", "first": repeat == 1,
+                         "ratio": expected / (warmup_s + timed_s), "wait": None if wait is None else wait / warmup_s})
+    return rows
+
+
 def estimates_text(run: Path) -> str:
-    """estimate_ratios' ranges: what the deadline's timed-job estimate comes to against the jobs' wall time."""
+    """estimate_ratios' ranges: what the deadline's timed-job estimate comes to against the jobs' wall time; then
+    warmup_estimate_ratios': the estimate of a warm-up and the timed job after it, against their wall times."""
     rows = pd.DataFrame(estimate_ratios(run))
-    if rows.empty:
-        return f"{run}: no compiled record with a warm-up and a benchmark"
-    return "\n".join(f"{name}: {len(rows)} records, {rows[col].min():.2f}-{rows[col].max():.2f} times the job's wall "
-                     f"time, median {rows[col].median():.2f}"
-                     for col, name in (("like", "with the run's other cells of the model"),
-                                       ("alone", "from the warm-up alone")))
+    lines = [f"{name}: {len(rows)} records, {rows[col].min():.2f}-{rows[col].max():.2f} times the job's wall "
+             f"time, median {rows[col].median():.2f}"
+             for col, name in (("like", "with the run's other cells of the model"),
+                               ("alone", "from the warm-up alone"))] if len(rows) else [
+        f"{run}: no compiled record with a warm-up and a benchmark"]
+    warm = pd.DataFrame(warmup_estimate_ratios(run))
+    for first, name in ((True, "a first repeat, from the run's like cells"), (False, "a later repeat, from its first")):
+        part = warm[warm["first"] == first] if len(warm) else warm
+        if len(part):
+            waits = part["wait"].dropna()
+            lines.append(f"warm-up and timed job, {name}: {len(part)} records, {part['ratio'].min():.2f}-"
+                         f"{part['ratio'].max():.2f} times their wall time, median {part['ratio'].median():.2f}, "
+                         f"{int((part['ratio'] < 1).sum())} under it; " + (
+                             f"the warm-ups waited for the run seat a median {100 * waits.median():.0f}% of their "
+                             f"wall time, at most {100 * waits.max():.0f}%" if len(waits) else
+                             "no wait for a run seat recorded"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
