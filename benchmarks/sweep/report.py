@@ -35,7 +35,7 @@ import math
 import re
 import statistics
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -955,18 +955,26 @@ def cost_text(runs: list[str]) -> str:
     return "\n".join(out)
 
 
+def _timed_records(run: Path) -> Iterator[tuple[Path, dict, float]]:
+    """Each `ok` record of `run` (cell.json, repeat-K.json) whose timed job has a Snakemake benchmark: its path, the
+    record and the job's wall time."""
+    for path in sorted(run.glob("cells/**/*.json")):
+        if path.name != "cell.json" and not path.name.startswith("repeat-"):
+            continue
+        record = json.loads(path.read_text())
+        took = _job_seconds(run / "benchmarks" / path.relative_to(run).with_suffix(".tsv"))
+        if record.get("status") == "ok" and took:
+            yield path, record, took
+
+
 def estimate_ratios(run: Path) -> list[dict]:
     """Each compiled record of `run` with a warm-up, estimated as the workflow would before its timed job
     (sweep.timed_job_s from its warm-up's attempt, as for a cell not yet measured: against the records of the run's
     other cells of its model, `like`, and without them), over the job's wall time in Snakemake's benchmark."""
     rows = []
-    for path in sorted(run.glob("cells/**/*.json")):
-        if path.name != "cell.json" and not path.name.startswith("repeat-"):
-            continue
-        record = json.loads(path.read_text())
+    for path, record, took in _timed_records(run):
         warmup, cell = record.get("warmup") or {}, record["cell"]
-        took = _job_seconds(run / "benchmarks" / path.relative_to(run).with_suffix(".tsv"))
-        if record.get("status") != "ok" or cell["mode"] != "compiled" or not warmup.get("first_step_s") or not took:
+        if cell["mode"] != "compiled" or not warmup.get("first_step_s"):
             continue
         own = set(sweep.cell_records(run, cell))
         like = sweep.read_records([p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"])
@@ -991,14 +999,10 @@ def warmup_estimate_ratios(run: Path) -> list[dict]:
     wall time it waited for the GPU's run seat (warmup.run_seat_wait_s). A first repeat's estimate here reads every
     other cell's records, also those measured after it: more than the workflow had to go on."""
     rows = []
-    for path in sorted(run.glob("cells/**/*.json")):
-        if path.name != "cell.json" and not path.name.startswith("repeat-"):
-            continue
-        record = json.loads(path.read_text())
+    for path, record, timed_s in _timed_records(run):
         cell, rel, repeat = record["cell"], path.parent.relative_to(run / "cells"), _repeat_number(path)
         warmup_s = _warmup_job_seconds(run, rel, repeat)
-        timed_s = _job_seconds(run / "benchmarks" / path.relative_to(run).with_suffix(".tsv"))
-        if record.get("status") != "ok" or not record.get("warmup") or not warmup_s or not timed_s:
+        if not record.get("warmup") or not warmup_s:
             continue
         if repeat > 1:
             first = sweep.read_records([path.with_name("cell.json")])
