@@ -171,7 +171,8 @@ def rows(run: Path) -> list[dict]:
         warm = _warmup_job_seconds(run, rel, repeat)
         first = comp.get("first_step_s")
         out.append({
-            "run": run.name, "model": rec["cell"]["model"], "context": rec["cell"]["seq_len"], "attn": rec["cell"]["attn"],
+            "run": run.name, "model": rec["cell"]["model"], "context": rec["cell"]["seq_len"],
+            "attn": rec["cell"]["attn"],
             "repeat": repeat, "status": rec["status"],
             "tokens/s": rec["tokens_per_sec"],
             "job s": job, "warm-up job s": warm,
@@ -390,7 +391,8 @@ def between(one: str, two: str, code: str | None = None) -> None:
         if not x or not y:
             continue
         row = dict(zip(AXES, key))
-        row.update({Path(one).name: ", ".join(f"{v:,.0f}" for v in x), Path(two).name: ", ".join(f"{v:,.0f}" for v in y),
+        row.update({Path(one).name: ", ".join(f"{v:,.0f}" for v in x),
+                    Path(two).name: ", ".join(f"{v:,.0f}" for v in y),
                     "B median vs A median %": f"{100 * (statistics.median(y) / statistics.median(x) - 1):+.1f}"})
         out.append(row)
         if len(y) >= 2:
