@@ -35,8 +35,9 @@ def summary_inputs(summary: pd.DataFrame, root: Path) -> tuple[list[str], list[s
     its `missing` rows."""
     measured = summary.loc[summary["status"] != "missing", "cell_path"].tolist()
     code = lambda path: load_cell(root / path)["env"]["code"]["source_sha256"]  # noqa: E731
-    repeats = [(Path(first).parent / repeat.name).as_posix() for first in measured
-               for repeat in sorted((root / first).parent.glob("repeat-*.json")) if code(repeat) == code(first)]
+    firsts = {first: code(first) for first in measured}
+    repeats = [(Path(first).parent / repeat.name).as_posix() for first, first_code in firsts.items()
+               for repeat in sorted((root / first).parent.glob("repeat-*.json")) if code(repeat) == first_code]
     return measured, repeats, summary.loc[summary["status"] == "missing", "cell_path"].tolist()
 
 

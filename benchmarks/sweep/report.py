@@ -676,13 +676,13 @@ def checks_text(records: list[dict]) -> str:
         return f"{_label(r['rec']['cell'])} repeat {r['repeat']}"
 
     compiled = [r for r in ok if r["rec"]["cell"]["mode"] in COMPILED_MODES]
-    recompiled = [f"{label(r)} ({(r['rec'].get('compile') or {}).get('caches')})" for r in compiled
-                  if not all(set(counts) <= {"hit"} for counts in
-                             ((r["rec"].get("compile") or {}).get("caches") or {"none": {"none": 0}}).values())]
+    recompiled = [f"{label(r)} ({caches})" for r in compiled
+                  if not (caches := sweep.dig(r["rec"], ("compile", "caches")))
+                  or any(set(counts) - {"hit"} for counts in caches.values())]
     graphed = [r for r in ok if r["rec"]["cell"]["mode"] in CUDAGRAPH_MODES]
     fell = [label(r) for r in graphed
-            if ((r["rec"].get("compile") or {}).get("cudagraphs") or {}).get("fell_back") is not False
-            or ((r["rec"].get("compile") or {}).get("cudagraphs") or {}).get("skipped")]
+            if sweep.dig(r["rec"], ("compile", "cudagraphs", "fell_back")) is not False
+            or sweep.dig(r["rec"], ("compile", "cudagraphs", "skipped"))]
     gc = [f"{label(r)} {100 * share:.1f}%" for r in ok
           if (share := window_gc_share(r["rec"])) is not None and share >= GC_NOTABLE]
     allocator = [label(r) for r in ok
