@@ -163,6 +163,11 @@ def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> No
     assert len(like) == 6 and other_mode / "cell.json" not in like and other_seq / "cell.json" not in like
     wider = sweep.cell_records(tmp_path, CELL, any_of=["attn", "seq_len"])
     assert len(wider) == 7 and other_seq / "cell.json" in wider and other_mode / "cell.json" not in wider
+    assert sweep.like_records(tmp_path, CELL, ["attn"], ["attn", "seq_len"]) == like
+    assert set(sweep.like_records(tmp_path, CELL, ["attn"], own=False)) == set(like) - set(own)
+    lone = {**CELL, "attn": "flex", "seq_len": 1024}  # no cell differs in the attention only: the wider try answers
+    assert sweep.like_records(tmp_path, lone, ["attn"], ["attn", "seq_len"]) == wider
+    assert sweep.like_records(tmp_path, {**lone, "mode": "eager"}, ["attn"]) == []
     (own[1]).write_text('{"half a rec')  # a record being written, or broken: passed over
     assert sweep.read_records(own) == [{"attn": "fa2"}]
     (own[1]).write_text('{"attn": "fa2", "repeat": 2}')  # written again: read again

@@ -978,9 +978,7 @@ def estimate_ratios(run: Path) -> list[dict]:
         warmup, cell = record.get("warmup") or {}, record["cell"]
         if cell["mode"] != "compiled" or not warmup.get("first_step_s"):
             continue
-        own = set(sweep.cell_records(run, cell))
-        like = sweep.read_records([p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"])
-                                   if p not in own])
+        like = sweep.read_records(sweep.like_records(run, cell, ["attn", "seq_len"], own=False))
         # The warm-up's own record as the timed job reads it: its attempt's step times at the record's batch size
         # where the record keeps them (the attempt's seconds also count its wait for the run seat).
         as_written = {"status": "ok", "first_step_s": warmup["first_step_s"], "steps": warmup["steps"],
@@ -1010,9 +1008,7 @@ def warmup_estimate_ratios(run: Path) -> list[dict]:
             first = sweep.read_records([path.with_name("cell.json")])
             expected = sweep.warmup_then_timed_s(first[0], []) if first else None
         else:
-            own = set(sweep.cell_records(run, cell))
-            like = ([p for p in sweep.cell_records(run, cell, any_of=["attn"]) if p not in own]
-                    or [p for p in sweep.cell_records(run, cell, any_of=["attn", "seq_len"]) if p not in own])
+            like = sweep.like_records(run, cell, ["attn"], ["attn", "seq_len"], own=False)
             expected = sweep.warmup_then_timed_s(None, sweep.read_records(like))
         if expected is not None:
             wait = record["warmup"].get("run_seat_wait_s")  # recorded where warm-ups compile in compile seats

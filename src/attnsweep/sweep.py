@@ -803,3 +803,16 @@ def cell_records(run_results: str | os.PathLike, cell: Mapping, any_of: Collecti
     folder = cell_path({**cell, **{axis: "*" for axis in any_of}})
     return sorted(p for p in Path(run_results, "cells").glob(f"{folder}/*.json")
                   if p.name == "cell.json" or p.name.startswith("repeat-"))
+
+
+def like_records(run_results: str | os.PathLike, cell: Mapping, *tries: Collection[str],
+                 own: bool = True) -> list[Path]:
+    """The record files of the cells like `cell`: those that differ from it in the axes of the first of `tries`
+    that finds any (cell_records' any_of); `cell`'s own among them unless own=False (an estimate made afterwards,
+    of a record that is there, reads what the workflow had before it)."""
+    skip = set() if own else set(cell_records(run_results, cell))
+    for axes in tries:
+        found = [p for p in cell_records(run_results, cell, any_of=axes) if p not in skip]
+        if found:
+            return found
+    return []

@@ -189,9 +189,7 @@ def expected_timed_s(wildcards, input) -> int:
     others = sweep.read_records(sweep.cell_records(RESULTS, cell))
     if batch is None:  # a cold job (no warm-up stage): at repeat 1's size, or searched
         batch = next((r.get("batch_size") for r in others), None)
-    like = sweep.read_records(
-        sweep.cell_records(RESULTS, cell, any_of=["attn", "seq_len"])
-    )
+    like = sweep.read_records(sweep.like_records(RESULTS, cell, ["attn", "seq_len"]))
     expected = sweep.timed_job_s(
         batch, warmup[0] if warmup else None, others, PLAN.settings["steps"], like
     )
@@ -209,9 +207,7 @@ def expected_warmup_s(wildcards, input) -> int:
     if first:
         return round(sweep.warmup_then_timed_s(first[0], []) or 0)
     cell = dict(PARAMSPACE.instance(wildcards))
-    like = sweep.cell_records(RESULTS, cell, any_of=["attn"]) or sweep.cell_records(
-        RESULTS, cell, any_of=["attn", "seq_len"]
-    )
+    like = sweep.like_records(RESULTS, cell, ["attn"], ["attn", "seq_len"])
     return round(sweep.warmup_then_timed_s(None, sweep.read_records(like)) or 0)
 
 
