@@ -20,7 +20,8 @@ source tools/gpu-host/setup.sh || exit 1
 base_path=$PYTHONPATH
 candidate_path=${PYTHONPATH/"$PWD/src"/$(realpath "$candidate")}
 [ "$candidate_path" != "$base_path" ] || { echo "ab-code.sh: setup.sh did not put $PWD/src on PYTHONPATH" >&2; exit 1; }
-limit=${CELL_TIMEOUT:-150} round_s=$((2 * ${CELL_TIMEOUT:-150}))
+limit=${CELL_TIMEOUT:-150}
+round_s=$((2 * limit))
 mkdir -p "$outdir"
 for ((i = 1; i <= rounds; i++)); do
     if ((deadline - SECONDS <= round_s)); then
@@ -33,7 +34,7 @@ for ((i = 1; i <= rounds; i++)); do
         PYTHONPATH=$path timeout "$limit" python3 -m attnsweep cell "${args[@]}" --run ab-code \
             --out "$outdir/$side-$i.json" >"$outdir/$side-$i.log" 2>&1
         rc=$?
-        echo "$side-$i exit $rc: $(PYTHONPATH=$path python3 -c 'import json, sys
+        echo "$side-$i exit $rc: $(python3 -c 'import json, sys
 r = json.load(open(sys.argv[1])); w = r.get("window_conditions") or {}
 print(r["status"], "tokens/s", r.get("tokens_per_sec"), "gc", w.get("gc"), "code",
       r["env"]["code"]["source_sha256"][:8])' "$outdir/$side-$i.json" 2>&1 | tail -1)" | tee -a "$outdir/ab.txt"
