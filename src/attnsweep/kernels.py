@@ -12,6 +12,7 @@ import re
 from typing import Callable
 
 import torch
+from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile
 
 # First match wins; order matters (PyTorch's vendored flash kernels also contain "flash_fwd").
@@ -45,7 +46,7 @@ def is_attention(name: str) -> bool:
 MAX_NAME = 240
 
 
-def _device_time(evt) -> float:
+def _device_time(evt: FunctionEvent) -> float:
     # The attribute was renamed from cuda_time_total to device_time_total; read whichever this torch has.
     for attr in ("self_device_time_total", "device_time_total", "self_cuda_time_total", "cuda_time_total"):
         if hasattr(evt, attr):
