@@ -96,7 +96,7 @@ class WindowProbe:
         # Collect now and freeze what survives (the model, the optimizer, torch.compile's graphs and caches): a full
         # collection inside the window then scans only what the steps allocate, not every object the process holds.
         # Steps that run Python between CUDA graphs (graph breaks) allocate enough to trigger one in a window; unfrozen
-        # it took 0.27-0.37 s, 5.5-8.3% of a 4-5 s window. The window's own collections are still counted.
+        # it took 0.27-0.37 s, 5.5-8.3% of a 4-5 s window (h200-modern). The window's own collections are still counted.
         gc.collect()
         gc.freeze()
         self._frozen, self._holds_freeze = gc.get_freeze_count(), True
