@@ -6,6 +6,7 @@ import gc
 import subprocess
 import sys
 import time
+import weakref
 
 import psutil
 import pytest
@@ -136,3 +137,27 @@ def test_what_the_process_holds_is_frozen_for_the_window_and_unfrozen_after():
     assert cond["gc"]["frozen_objects"] >= len(held) and cond["gc"]["collections"][2] >= 1
     probe.stop()  # again: nothing more to unfreeze
     assert gc.get_freeze_count() == 0
+
+
+def test_the_window_starts_without_a_collection():
+    """start() freezes what is there, garbage too, and collects nothing (a collection before the window slowed one of
+    its steps on the GPU); the garbage goes once the window is over and the objects are unfrozen."""
+
+    class Node:
+        pass
+
+    gc.disable()  # no automatic collection between making the garbage and the window's start
+    try:
+        node = Node()
+        node.self = node
+        gone = weakref.ref(node)
+        del node
+        probe = WindowProbe(torch.device("cpu"))
+        probe.start()
+    finally:
+        gc.enable()
+    gc.collect()
+    assert gone() is not None  # frozen: not even a full collection reaches it
+    probe.stop()
+    gc.collect()
+    assert gone() is None

@@ -93,11 +93,12 @@ class WindowProbe:
         return {k: int(stats.get(k, 0)) for k in ALLOCATOR_COUNTERS}
 
     def start(self) -> None:
-        # Collect now and freeze what survives (the model, the optimizer, torch.compile's graphs and caches): a full
+        # Freeze what the process holds (the model, the optimizer, torch.compile's graphs and caches): a full
         # collection inside the window then scans only what the steps allocate, not every object the process holds.
         # Steps that run Python between CUDA graphs (graph breaks) allocate enough to trigger one in a window; unfrozen
         # it took 0.27-0.37 s, 5.5-8.3% of a 4-5 s window (h200-modern). The window's own collections are still counted.
-        gc.collect()
+        # No collection first: on an H100 one made the window's sixth step 14-21 ms slower than its median, and
+        # freezing alone did not (results/h100-ab-gcfreeze); garbage frozen with the rest is freed after unfreeze().
         gc.freeze()
         self._frozen, self._holds_freeze = gc.get_freeze_count(), True
         self._stat0, self._own0 = _proc_stat_cpu(), _own_usage()
