@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile
+
+if TYPE_CHECKING:  # for the annotation only: no import of the profiler's internals when a cell starts
+    from torch.autograd.profiler_util import FunctionEvent
 
 # First match wins; order matters (PyTorch's vendored flash kernels also contain "flash_fwd").
 BACKENDS: list[tuple[str, re.Pattern]] = [
