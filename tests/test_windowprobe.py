@@ -6,6 +6,7 @@ import gc
 import subprocess
 import sys
 import time
+import weakref
 
 import psutil
 import pytest
@@ -120,3 +121,45 @@ def test_the_cell_record_carries_its_windows_conditions(tmp_path):
     assert cond["wall_s"] < rec["phases_s"]["train"]
     assert cond["own_cpu_s"] > 0 and cond["gc"]["collections"] is not None
     assert list(rec).index("window_conditions") == list(rec).index("phases_s") + 1
+
+
+def test_what_the_process_holds_is_frozen_for_the_window_and_unfrozen_after():
+    held = [[i] for i in range(50_000)]  # the model and its compiled graphs, as far as the collector sees them
+    probe = WindowProbe(torch.device("cpu"))
+    probe.start()
+    assert gc.get_freeze_count() >= len(held)
+    cycle = [None]
+    cycle[0] = cycle  # garbage a step leaves: still collected inside the window
+    del cycle
+    assert gc.collect() >= 1
+    cond = probe.stop()
+    assert gc.get_freeze_count() == 0
+    assert cond["gc"]["frozen_objects"] >= len(held) and cond["gc"]["collections"][2] >= 1
+    probe.stop()  # again: nothing more to unfreeze
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_window_starts_without_a_collection():
+    """start() freezes what is there, garbage too, and collects nothing (a collection before the window slowed one of
+    its steps on the GPU); the garbage goes once the window is over and the objects are unfrozen."""
+
+    class Node:
+        pass
+
+    gc.disable()  # no automatic collection between making the garbage and the window's start
+    try:
+        node = Node()
+        node.self = node
+        gone = weakref.ref(node)
+        del node
+        probe = WindowProbe(torch.device("cpu"))
+        probe.start()
+    finally:
+        gc.enable()
+    try:
+        gc.collect()
+        assert gone() is not None  # frozen: not even a full collection reaches it
+    finally:
+        probe.stop()  # unfrozen whatever the assertion found: later tests see the collector as it was
+    gc.collect()
+    assert gone() is None

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def harness(name: str) -> Harness:
 
 
 @contextlib.contextmanager
-def compile_cache(cache_dir: str | os.PathLike | None):
+def compile_cache(cache_dir: str | os.PathLike | None) -> Iterator[None]:
     """The cell's own compile cache: a fresh private one (a cold compilation), or the folder its warm-up filled.
     Never shared between cells: the FX-graph cache's key misses SDPA's backend choice (docs/protocol.md, Pitfalls)."""
     with _cacheable_autograd_functions(), _backward_compiled_with_forward():
@@ -100,7 +101,7 @@ def compile_cache(cache_dir: str | os.PathLike | None):
 
 
 @contextlib.contextmanager
-def _cacheable_autograd_functions():
+def _cacheable_autograd_functions() -> Iterator[None]:
     """Let AOTAutograd's cache keep graphs that call a torch.autograd.Function (flash-attn 2's flash_attn_func is
     one). By default it bypasses them, because its key does not hash the Function's code: a timed job would then
     trace and partition forward and backward again although its warm-up compiled them. That cannot serve stale code
@@ -116,7 +117,7 @@ def _cacheable_autograd_functions():
 
 
 @contextlib.contextmanager
-def _backward_compiled_with_forward():
+def _backward_compiled_with_forward() -> Iterator[None]:
     """AOTAutograd compiles the backward with the forward, before the compiled code first runs, not at the first
     backward (its default, lazily): so a warm-up has compiled everything before it needs its memory (run_seat). The
     graphs and so the kernels are the same either way (Inductor's FX-graph cache hits across the two), but the
@@ -138,7 +139,7 @@ RUN_SEATS_ENV, COMPILE_THREADS_ENV = "ATTNSWEEP_RUN_SEATS", "ATTNSWEEP_COMPILE_T
 
 
 @contextlib.contextmanager
-def _run_seat(compiled: bool):
+def _run_seat(compiled: bool) -> Iterator[Callable[[], None] | None]:
     """With compile seats, a warm-up's run seat (gpuslots.run_seat): taken at once in eager mode; compiled, yields
     what takes it, for the harness to call at the end of the model's first compilation (StepHooks.compiled). Yields
     None otherwise."""
@@ -167,7 +168,7 @@ def _as_warmup_worker() -> contextlib.AbstractContextManager:
 
 
 @contextlib.contextmanager
-def compiler_processes(allowed: bool):
+def compiler_processes(allowed: bool) -> Iterator[None]:
     """Inductor's pool of compiler processes, or none (`allowed` False): compilation, if any, in this process.
 
     A timed job loads what its warm-up compiled, yet Inductor starts its pool at the first compilation all the same

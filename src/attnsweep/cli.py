@@ -9,8 +9,13 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import preload, status
+if TYPE_CHECKING:  # for the annotations only: the functions import these where they use them
+    from . import gpuslots
+    from .spec import CellSpec
+    from .training import StepHooks
 from .vocabulary import (ATTENTION, BATCH_POLICIES, DEVICES, HARNESSES, ISOLATION, MODELS, MODES, OPTIMIZERS,
                          PRECISIONS)
 
@@ -143,7 +148,7 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
                    "warm-up holds its seat throughout)")
 
 
-def _add_parsers(sub) -> None:
+def _add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cell", help="train GPT-2 at one grid cell and write its JSON record",
                        description="Train GPT-2 at one cell of the grid and write one JSON record (atomically). "
                        "Exit 0 for status ok/oom/unsupported/diverged, 1 for error, 2 for bad input. Example (CPU, "
@@ -173,7 +178,7 @@ def _add_parsers(sub) -> None:
     w.add_argument("--out", required=True, help="where to write the warm-up's JSON")
 
 
-def parse_spec(args: argparse.Namespace, on_gpu: bool):
+def parse_spec(args: argparse.Namespace, on_gpu: bool) -> CellSpec:
     """The CellSpec the options describe, with the device's defaults where an option was left out."""
     from .spec import CellSpec
 
@@ -194,7 +199,9 @@ def parse_spec(args: argparse.Namespace, on_gpu: bool):
     )
 
 
-def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
+def _claim(
+    args: argparse.Namespace, stack: contextlib.ExitStack, kind: str
+) -> gpuslots.TimedSlot | gpuslots.WarmupSlot | None:
     """Take a GPU slot of the sweep (before CUDA starts in this process) and make it this process's only GPU."""
     if args.gpu_locks is None:
         return None
@@ -235,7 +242,7 @@ def _claim(args: argparse.Namespace, stack: contextlib.ExitStack, kind: str):
     return slot
 
 
-def _hooks(slot, stack: contextlib.ExitStack, turns: bool = True):
+def _hooks(slot: gpuslots.TimedSlot | None, stack: contextlib.ExitStack, turns: bool = True) -> StepHooks:
     """A timed cell's GPU after its first step, and the host for its measured window (gpuslots), given back after
     the window's last step (the GPU stays the cell's to its end: its profiled step times that GPU's kernels); the GPU
     first in any case: a window entered outside the GPU's exclusive phase could wait on its own warm-ups."""
@@ -337,7 +344,7 @@ def _run_cell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_ERROR if record["status"] == "error" else 0
 
 
-def _spec(args: argparse.Namespace, parser: argparse.ArgumentParser):
+def _spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CellSpec:
     from .cell import resolve_device
     from .spec import CellInputError
 

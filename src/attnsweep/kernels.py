@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+if TYPE_CHECKING:  # for the annotation only: no import of the profiler's internals when a cell starts
+    from torch.autograd.profiler_util import FunctionEvent
 
 # First match wins; order matters (PyTorch's vendored flash kernels also contain "flash_fwd").
 BACKENDS: list[tuple[str, re.Pattern]] = [
@@ -45,7 +48,7 @@ def is_attention(name: str) -> bool:
 MAX_NAME = 240
 
 
-def _device_time(evt) -> float:
+def _device_time(evt: FunctionEvent) -> float:
     # The attribute was renamed from cuda_time_total to device_time_total; read whichever this torch has.
     for attr in ("self_device_time_total", "device_time_total", "self_cuda_time_total", "cuda_time_total"):
         if hasattr(evt, attr):
