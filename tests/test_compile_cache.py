@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from attnsweep import attempt
 
 SRC = Path(attempt.__file__).resolve().parents[1]
@@ -174,17 +176,21 @@ def _compiled(cache: Path) -> bool:
     return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
-def test_a_compiling_warm_up_takes_its_run_seat_once_compiled_and_an_eager_one_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("seats", "seat_file"), [("1", "gpu-0.warmup-0"), ("0", "gpu-0.timed")],
+                         ids=["one-run-seat", "the-timed-jobs-seat"])
+def test_a_compiling_warm_up_takes_its_run_seat_once_compiled_and_an_eager_one_at_once(
+        tmp_path: Path, seats: str, seat_file: str) -> None:
     """With compile seats (gpuslots.warmup_seats), an attempt compiles while another warm-up holds the GPU's one
-    run seat, and runs its compiled code only once it has the seat; an eager one waits for it before anything."""
+    run seat (or, with run seats 0, while a timed job holds the GPU), and runs its compiled code only once it has
+    the seat; an eager one waits for it before anything."""
     import time
 
     locks = tmp_path / "locks"
     locks.mkdir()
-    env = {**_env(), attempt.RUN_SEATS_ENV: "1", attempt.WORKER_ENV[0]: str(locks), attempt.WORKER_ENV[1]: "0"}
+    env = {**_env(), attempt.RUN_SEATS_ENV: seats, attempt.WORKER_ENV[0]: str(locks), attempt.WORKER_ENV[1]: "0"}
     for mode in ("compiled", "eager"):
-        seat = os.open(locks / "gpu-0.warmup-0", os.O_CREAT | os.O_RDWR)
-        fcntl.flock(seat, fcntl.LOCK_EX)  # the GPU's one run seat, held by another warm-up
+        seat = os.open(locks / seat_file, os.O_CREAT | os.O_RDWR)
+        fcntl.flock(seat, fcntl.LOCK_EX)  # the seat, held by another warm-up or the timed job
         started = time.monotonic()
         proc, out, cache = _attempt(tmp_path, mode, env)
         try:

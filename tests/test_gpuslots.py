@@ -658,7 +658,6 @@ def test_compile_seats_where_the_cap_leaves_room_for_one_running_warm_up_only(tm
     # A 12 GiB cap: nine whole seats already, more than eight compiling would add.
     assert gpuslots.warmup_seats(h200, 12 * gib) == (9, 0)
     assert gpuslots.warmup_seats(None, 45 * gib) == (None, 0)
-    assert gpuslots.warmup_seats(90 * gib, 45 * gib) == (1, 0)  # no room beside two processes
     locks = tmp_path / "locks"
     with claim_warmup(locks, ["0"], per_gpu=2, seat="compile") as a, claim_warmup(locks, ["0"], per_gpu=2,
                                                                                   seat="compile") as b:
@@ -668,6 +667,45 @@ def test_compile_seats_where_the_cap_leaves_room_for_one_running_warm_up_only(tm
         with claim_warmup(locks, ["0"], per_gpu=1, timeout_s=0.3) as whole:  # other files than the compile seats
             assert whole.held
     assert held(locks / "gpu-0.compile-0") is False
+
+
+def test_where_two_processes_do_not_fit_warm_ups_run_their_steps_in_the_timed_jobs_place() -> None:
+    gib = 2**30
+    h100 = 81559 * 2**20  # nvidia-smi's MiB
+    # A 45 GiB cap on an H100: the one plain seat (the least warmups_per_gpu gives) is more than fits beside the
+    # timed job; instead 5 compile at 6 GiB beside one process of 46 GiB, which is a timed job or a compiled warm-up.
+    assert gpuslots.warmups_per_gpu(h100, 45 * gib) == 1
+    assert gpuslots.warmup_seats(h100, 45 * gib) == (0, 5)
+    assert gpuslots.warmup_seats(h100, 45 * gib, compile_seats=3) == (0, 3)
+    assert gpuslots.warmup_seats(h100, 45 * gib, compile_seats=0) == (1, 0)
+    assert gpuslots.warmup_seats(h100, 45 * gib, compile_seats=1) == (1, 0)  # fewer than twice the plain seats
+    assert gpuslots.warmup_seats(58 * gib, 45 * gib) == (0, 2)
+    assert gpuslots.warmup_seats(57 * gib, 45 * gib) == (1, 0)  # one compile seat beside the process: as before
+    # Where two processes fit, the run seat beside the timed job as before (36 GiB caps: 74 of 79.6 GiB).
+    assert gpuslots.warmup_seats(h100, 36 * gib) == (1, 0)  # 5.6 GiB left: no compile seat beside both
+    assert gpuslots.warmup_seats(h100, 30 * gib) == (1, 2)
+
+
+def test_a_run_seat_of_none_is_the_timed_jobs_lock(tmp_path: Path) -> None:
+    """Run seats 0: a compiled warm-up waits for the GPU's timed job to end and holds the GPU's timed lock for its
+    steps, so that no timed job starts beside it."""
+    locks = tmp_path / "locks"
+    waited: list[float] = []
+    with claim_timed(locks, ["0"]) as timed:
+        with gpuslots.run_seat(locks, "0", 0) as take:
+            thread = threading.Thread(target=lambda: waited.append(take()), daemon=True)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # the timed job holds the GPU
+            timed.release()
+            thread.join(5)
+            assert waited and waited[0] >= 0.4 and held(locks / "gpu-0.timed")
+            with pytest.raises(TimeoutError):
+                claim_timed(locks, ["0"], timeout_s=0.3)  # no timed job beside the warm-up's steps
+            assert not (locks / "gpu-0.warmup-0").exists()  # no other seat file: the timed lock is the seat
+    assert held(locks / "gpu-0.timed") is False
+    with claim_timed(locks, ["0"], timeout_s=5) as after:
+        assert after.held
 
 
 def test_a_run_seat_is_taken_when_asked_and_waits_for_a_free_one(tmp_path: Path) -> None:
@@ -713,6 +751,25 @@ def test_a_warm_up_job_with_compile_seats_claims_one_and_tells_its_workers(tmp_p
     assert seen == {"per_gpu": 8, "seat": "compile"}
     # Its workers take one of the GPU's run seats; 32 cores shared by 8 compiling warm-ups on each of 2 GPUs.
     assert cli.os.environ[attempt.RUN_SEATS_ENV] == "1" and cli.os.environ[attempt.COMPILE_THREADS_ENV] == "2"
+    # Run seats 0 (an H100 under a 45 GiB cap): 5 compile, and each runs its steps in the timed job's place.
+    args.warmups_per_gpu, args.compile_seats = 0, 5
+    with contextlib.ExitStack() as stack:
+        cli._claim(args, stack, "warmup")
+    assert seen == {"per_gpu": 5, "seat": "compile"}
+    assert cli.os.environ[attempt.RUN_SEATS_ENV] == "0" and cli.os.environ[attempt.COMPILE_THREADS_ENV] == "3"
+
+
+@pytest.mark.parametrize("options", [["--warmups-per-gpu", "0"], ["--warmups-per-gpu", "-1", "--compile-seats", "4"]])
+def test_a_warm_up_refuses_run_seats_it_cannot_take(tmp_path: Path, options: list[str], capsys) -> None:
+    from attnsweep import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["warmup", "--model", "tiny", "--attn", "sdpa", "--mode", "eager", "--seq-len", "64", "--device",
+                  "cpu", "--gpu-locks", str(tmp_path / "locks"), "--out", str(tmp_path / "w.json"),
+                  "--cache", str(tmp_path / "cache"), *options])
+    assert exit_.value.code == 2
+    assert f"--warmups-per-gpu {options[1]}: at least 1, or 0 with --compile-seats" in capsys.readouterr().err
+    assert not (tmp_path / "w.json").exists() and not (tmp_path / "locks").exists()
 
 
 def test_a_killed_warmup_frees_its_seat(tmp_path: Path) -> None:

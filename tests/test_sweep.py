@@ -173,6 +173,15 @@ def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_
     assert seats(**{"grid.mode": ["eager"]}) == ["--warmups-per-gpu", "2"]
 
 
+
+def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_jobs_place() -> None:
+    """On an H100 (nvidia-smi's 81,559 MiB) under a 45 GiB cap, a timed job and a running warm-up do not both fit:
+    5 warm-ups compile, and each runs its steps when no timed job holds the GPU (run seats 0)."""
+    options = sweep.plan_run(config(memory_cap_gib=45), {}, gpus=["0"]).job_options(["0"], 81559 * 2**20)
+    assert options[options.index("--warmups-per-gpu"):options.index("--preload")] == [
+        "--warmups-per-gpu", "0", "--compile-seats", "5"]
+
+
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:
     cells = [str(tmp_path / name / "cell.json") for name in ("a", "b", "c")]
     (tmp_path / "b").mkdir()

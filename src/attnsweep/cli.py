@@ -141,7 +141,7 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmups-per-gpu", type=int, default=None, metavar="N",
                    help="with --gpu-locks: at most N warm-ups on a GPU at once (a sweep passes as many as fit beside "
                    "its timed job under the memory cap; default: no bound); with --compile-seats, at most N running "
-                   "their compiled steps")
+                   "their compiled steps, and 0: each runs them in the timed job's place, never beside it")
     p.add_argument("--compile-seats", type=int, default=0, metavar="N",
                    help="with --gpu-locks and --warmups-per-gpu: at most N warm-ups compiling on a GPU at once, each "
                    "taking one of the --warmups-per-gpu seats once compiled (gpuslots.warmup_seats; default 0: a "
@@ -219,7 +219,7 @@ def _claim(
         slot = stack.enter_context(gpuslots.claim_timed(args.gpu_locks, gpus))
         slot.stoppable()  # until its window (or first step): other GPUs' windows stop it
         os.environ[gpuslots.WINDOWS_ENV] = "in turn" if args.window_turns else "overlapping"
-    elif args.compile_seats and args.warmups_per_gpu:
+    elif args.compile_seats and args.warmups_per_gpu is not None:
         slot = stack.enter_context(gpuslots.claim_warmup(args.gpu_locks, gpus, per_gpu=args.compile_seats,
                                                          seat="compile"))
         from .attempt import COMPILE_THREADS_ENV, RUN_SEATS_ENV
@@ -364,6 +364,10 @@ def _run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from .cell import warm_up
     from .spec import CellInputError
 
+    if args.warmups_per_gpu is not None and (args.warmups_per_gpu < 0 or args.warmups_per_gpu == 0
+                                             and not args.compile_seats):
+        parser.error(f"--warmups-per-gpu {args.warmups_per_gpu}: at least 1, or 0 with --compile-seats (its "
+                     "compiled steps in the timed job's place)")
     _use_kernel_cache(args.cache)
     _clear_temporaries(args.out)
     with contextlib.ExitStack() as stack:

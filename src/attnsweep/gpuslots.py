@@ -48,6 +48,8 @@ Files, per GPU (``gpu-<device id>.<name>`` in the lock directory; created on fir
     warm-up job, or, with compile seats, one compiling job's each (:func:`claim_warmup`) and the run seats its
     workers take once compiled (:func:`run_seat`). A worker waits for a run seat holding only what a compile seat
     counts, and a run seat's holder waits for no seat (a timed job may stop it, and waits for no warm-up): no cycle.
+    Where no run seat fits beside the timed job (run seats 0), a compiled worker takes the GPU's ``timed`` lock for
+    its steps instead: it then waits for the timed job, which waits for no warm-up, as a timed job waits for it.
 
 Files of the host (``host.<name>``):
 
@@ -570,12 +572,21 @@ def warmup_seats(gpu_bytes: int | None, cap_bytes: int | None,
     run seat a full process fits in beside the timed job's: the timed job + one run seat + the compile seats fit on
     the GPU. Used where at least twice as many compile as the plain seats of warmups_per_gpu allow; otherwise (run
     seats, 0): each warm-up holds a whole process's seat throughout, as before. `compile_seats`: at most that many
-    (0: none; None: as many as fit, up to MAX_COMPILE_SEATS)."""
+    (0: none; None: as many as fit, up to MAX_COMPILE_SEATS).
+
+    Where two processes do not fit (a 45 GiB cap on an H100's 80 GB, whose one plain seat, the least
+    warmups_per_gpu gives, would hold the GPU through each warm-up's compilation: on the H100 the warm-ups then ran
+    one at a time, 36-40 s each, and the GPU ran timed steps 30% of a part), run seats 0: a compiled warm-up runs
+    its steps in the timed job's place (run_seat), never beside it, and the compile seats fit beside one process."""
     plain = warmups_per_gpu(gpu_bytes, cap_bytes)
     if plain is None or compile_seats == 0:
         return plain, 0
-    room = gpu_bytes - 2 * (cap_bytes + CONTEXT_BYTES)  # what the timed job and one run seat leave
-    fit = min(MAX_COMPILE_SEATS if compile_seats is None else compile_seats, max(0, room) // COMPILE_SEAT_BYTES)
+    most = MAX_COMPILE_SEATS if compile_seats is None else compile_seats
+    process = cap_bytes + CONTEXT_BYTES
+    if 2 * process > gpu_bytes:
+        fit = min(most, (gpu_bytes - process) // COMPILE_SEAT_BYTES)
+        return (0, fit) if fit >= 2 * plain else (plain, 0)
+    fit = min(most, (gpu_bytes - 2 * process) // COMPILE_SEAT_BYTES)  # what the timed job and one run seat leave
     return (1, fit) if fit >= 2 * plain else (plain, 0)
 
 
@@ -615,16 +626,18 @@ def run_seat(lock_dir: str | os.PathLike[str], device_id: str, seats: int,
              poll_s: float = POLL_S) -> Iterator[Callable[[], float]]:
     """A compiling warm-up worker's run seat on GPU `device_id` (one of `seats`, warmup_seats), taken when the block
     calls what it yields (once its code is compiled: the call waits for a free seat and returns the seconds waited;
-    later calls return 0) and held to the block's end; released by the kernel if the process dies."""
+    later calls return 0) and held to the block's end; released by the kernel if the process dies. `seats` 0: the
+    GPU's ``timed`` lock, the seat of its timed job."""
     lock_dir = Path(lock_dir)
     fds: list[int] = []
     ended: list[bool] = []
+    names = [f"warmup-{i}" for i in range(seats)] if seats else ["timed"]
 
     def take() -> float:
         started = time.monotonic()
         while not fds and not ended:  # (a call after the block, from a callback left registered, takes nothing)
-            for i in range(seats):
-                fd = _open(lock_dir, device_id, f"warmup-{i}")
+            for name in names:
+                fd = _open(lock_dir, device_id, name)
                 if _try_lock(fd, fcntl.LOCK_EX):
                     fds.append(fd)
                     return time.monotonic() - started

@@ -396,7 +396,7 @@ class RunPlan:
                                   else (None, 0))
         slot_options = ["--gpu-locks", f"{self.results}/.gpulocks",
                         *(["--gpus", ",".join(gpus)] if on_gpu or named else []),
-                        *(["--warmups-per-gpu", str(per_gpu)] if per_gpu else []),
+                        *(["--warmups-per-gpu", str(per_gpu)] if per_gpu is not None else []),
                         *(["--compile-seats", str(compile_seats)] if compile_seats else []),
                         *([] if self.settings["window_turns"] else ["--no-window-turns"])]
         return [*(slot_options if slots else []),
