@@ -669,21 +669,22 @@ def test_compile_seats_where_the_cap_leaves_room_for_one_running_warm_up_only(tm
     assert held(locks / "gpu-0.compile-0") is False
 
 
-def test_where_two_processes_do_not_fit_warm_ups_run_their_steps_in_the_timed_jobs_place() -> None:
-    gib = 2**30
-    h100 = 81559 * 2**20  # nvidia-smi's MiB
-    # A 45 GiB cap on an H100: the one plain seat (the least warmups_per_gpu gives) is more than fits beside the
-    # timed job; instead 5 compile at 6 GiB beside one process of 46 GiB, which is a timed job or a compiled warm-up.
-    assert gpuslots.warmups_per_gpu(h100, 45 * gib) == 1
-    assert gpuslots.warmup_seats(h100, 45 * gib) == (0, 5)
-    assert gpuslots.warmup_seats(h100, 45 * gib, compile_seats=3) == (0, 3)
-    assert gpuslots.warmup_seats(h100, 45 * gib, compile_seats=0) == (1, 0)
-    assert gpuslots.warmup_seats(h100, 45 * gib, compile_seats=1) == (1, 0)  # fewer than twice the plain seats
-    assert gpuslots.warmup_seats(58 * gib, 45 * gib) == (0, 2)
-    assert gpuslots.warmup_seats(57 * gib, 45 * gib) == (1, 0)  # one compile seat beside the process: as before
-    # Where two processes fit, the run seat beside the timed job as before (36 GiB caps: 74 of 79.6 GiB).
-    assert gpuslots.warmup_seats(h100, 36 * gib) == (1, 0)  # 5.6 GiB left: no compile seat beside both
-    assert gpuslots.warmup_seats(h100, 30 * gib) == (1, 2)
+H100 = 81559 * 2**20  # nvidia-smi's MiB
+
+
+# A 45 GiB cap on an H100: the one plain seat (the least warmups_per_gpu gives) is more than fits beside the timed
+# job; instead compile seats of 6 GiB beside one process of 46 GiB, which is a timed job or a compiled warm-up. Where
+# two processes fit, the run seat beside the timed job as before (36 GiB caps: 74 of 79.6 GiB, 5.6 left).
+@pytest.mark.parametrize(("gpu_bytes", "cap_gib", "most", "seats"), [
+    (H100, 45, None, (0, 5)), (H100, 45, 3, (0, 3)), (H100, 45, 0, (1, 0)),
+    (H100, 45, 1, (1, 0)),  # fewer than twice the plain seats
+    (58 * 2**30, 45, None, (0, 2)), (57 * 2**30, 45, None, (1, 0)),  # one compile seat beside the process: as before
+    (H100, 36, None, (1, 0)), (H100, 30, None, (1, 2)),
+])
+def test_where_two_processes_do_not_fit_warm_ups_run_their_steps_in_the_timed_jobs_place(
+        gpu_bytes: int, cap_gib: int, most: int | None, seats: tuple[int, int]) -> None:
+    assert gpuslots.warmups_per_gpu(gpu_bytes, cap_gib * 2**30) == 1
+    assert gpuslots.warmup_seats(gpu_bytes, cap_gib * 2**30, compile_seats=most) == seats
 
 
 def test_a_run_seat_of_none_is_the_timed_jobs_lock(tmp_path: Path) -> None:
