@@ -22,12 +22,20 @@ import contextlib
 import functools
 import math
 import time
-from typing import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from attnsweep import training
 from attnsweep.training import StepHooks, TrainResult, TrainSpec
+
+if TYPE_CHECKING:  # for the annotations only: Composer is imported where it is used, and may be absent
+    from composer.core import State
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.loggers import Logger
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 from attnsweep.vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
 
 COMPOSER_VERSION = "0.32.1"  # the release envs/install-composer.sh installs
@@ -82,8 +90,9 @@ def composer_unsupported_reason(precision: str, device_type: str) -> str | None:
 # The Composer pieces (built on first use, so that this module imports without Composer)
 
 
+# One place for every class that subclasses Composer's.
 @functools.cache
-def _composer_classes():  # noqa: C901 - one place for every class that subclasses Composer's
+def _composer_classes() -> tuple[type, type, type, type]:  # noqa: C901
     from composer.core import Callback
     from composer.loggers import LoggerDestination
     from composer.models import ComposerModel
@@ -91,37 +100,37 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
     class WrappedGPT(ComposerModel):
         """Composer's view of `model(idx, targets) -> (logits, loss)`: forward returns the outputs, loss() the loss."""
 
-        def __init__(self, model: torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, batch):
+        def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
             idx, targets = batch
             return self.model(idx, targets)
 
-        def loss(self, outputs, batch):
+        def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Batch) -> torch.Tensor:
             return outputs[1]
 
     class PoolDataset(torch.utils.data.Dataset):
         """`steps` items, each one whole pre-made device batch, cycling over the pool (no copies, no collation)."""
 
-        def __init__(self, batches, steps: int):
+        def __init__(self, batches: Sequence[Batch], steps: int) -> None:
             self.batches = batches
             self.steps = steps
 
         def __len__(self) -> int:
             return self.steps
 
-        def __getitem__(self, i: int):
+        def __getitem__(self, i: int) -> Batch:
             return self.batches[i % len(self.batches)]
 
     class MemoryLogger(LoggerDestination):
         """Keeps every metric logged, as {key: [(batch, value), ...]}."""
 
-        def __init__(self):
+        def __init__(self) -> None:
             self.metrics: dict[str, list[tuple[int | None, float]]] = {}
 
-        def log_metrics(self, metrics, step=None):
+        def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
             for key, value in metrics.items():
                 if isinstance(value, torch.Tensor):
                     value = value.item()
@@ -133,7 +142,7 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
         why)."""
 
         def __init__(self, device: torch.device, hooks: StepHooks, window_start: int, window_end: int,
-                     cudagraphs: bool = False):
+                     cudagraphs: bool = False) -> None:
             self.device = device
             self.hooks, self.window_start, self.window_end = hooks, window_start, window_end
             self.cudagraphs = cudagraphs
@@ -145,15 +154,15 @@ def _composer_classes():  # noqa: C901 - one place for every class that subclass
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
 
-        def fit_start(self, state, logger):
+        def fit_start(self, state: State, logger: Logger) -> None:
             self._sync()
             self._last = time.perf_counter()
 
-        def batch_start(self, state, logger):
+        def batch_start(self, state: State, logger: Logger) -> None:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
 
-        def batch_end(self, state, logger):
+        def batch_end(self, state: State, logger: Logger) -> None:
             self._sync()
             now = time.perf_counter()
             self.step_times_s.append(now - self._last)
@@ -185,7 +194,7 @@ def _composer_environment() -> Iterator[None]:
         yield
 
 
-def _composer_device(device: torch.device):
+def _composer_device(device: torch.device) -> DeviceCPU | DeviceGPU:
     """Composer's device object for `device`. On CUDA, Composer's DeviceGPU switches TF32 matmuls (cuBLAS and cuDNN)
     on by default; the two harnesses must run the same precision, so the process' own TF32 settings are kept."""
     from composer.devices import DeviceCPU, DeviceGPU
@@ -208,7 +217,7 @@ def _composer_device(device: torch.device):
 
 def train_composer(
     model: torch.nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: list[Batch],
     spec: TrainSpec,
     tokens_per_batch: int,
 ) -> TrainResult:
@@ -332,7 +341,8 @@ def train_composer(
     )
 
 
-def _profile_step(state_model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, spec: TrainSpec):
+def _profile_step(state_model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                  spec: TrainSpec) -> Callable[[], torch.Tensor]:
     """One more training step through the module Composer ran (compiled, if it compiled it), for kernel profiling:
     the shared training step, under the same autocast and gradient scaling."""
     step = training.TrainStep(lambda x, y: state_model((x, y)), optimizer, spec.precision, spec.device.type,
@@ -340,5 +350,5 @@ def _profile_step(state_model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return lambda: step(*batch)
 
 
-def _identity(batch):
+def _identity(batch: Batch) -> Batch:
     return batch
