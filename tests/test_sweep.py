@@ -173,7 +173,6 @@ def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_
     assert seats(**{"grid.mode": ["eager"]}) == ["--warmups-per-gpu", "2"]
 
 
-
 def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_jobs_place() -> None:
     """On an H100 (nvidia-smi's 81,559 MiB) under a 45 GiB cap, a timed job and a running warm-up do not both fit:
     5 warm-ups compile, and each runs its steps when no timed job holds the GPU (run seats 0)."""
