@@ -158,14 +158,19 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
     assert gpu.job_options(["0", "1"], slots=False) == ["--preload", "results/study/.preload"]
 
 
+def _seat_options(gpu_bytes: int, **changes) -> list[str]:
+    """The warm-up seat options a sweep under a 45 GiB cap gives its jobs on one GPU of `gpu_bytes`."""
+    options = sweep.plan_run(config(memory_cap_gib=45, **changes), {}, gpus=["0"]).job_options(["0"], gpu_bytes)
+    return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+
+
 def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_path: Path) -> None:
     """On an H200 (nvidia-smi's 143,771 MiB) under a 45 GiB cap, 8 warm-ups compile while one runs its steps beside
     the timed job; an eager grid, where no warm-up compiles, and `compile_seats: 0` keep two whole seats."""
     h200 = 143771 * 2**20
 
     def seats(**changes) -> list[str]:
-        options = sweep.plan_run(config(memory_cap_gib=45, **changes), {}, gpus=["0"]).job_options(["0"], h200)
-        return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+        return _seat_options(h200, **changes)
 
     assert seats() == ["--warmups-per-gpu", "1", "--compile-seats", "8"]
     assert seats(**{"warmup.compile_seats": 4}) == ["--warmups-per-gpu", "1", "--compile-seats", "4"]
@@ -176,9 +181,7 @@ def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_
 def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_jobs_place() -> None:
     """On an H100 (nvidia-smi's 81,559 MiB) under a 45 GiB cap, a timed job and a running warm-up do not both fit:
     5 warm-ups compile, and each runs its steps when no timed job holds the GPU (run seats 0)."""
-    options = sweep.plan_run(config(memory_cap_gib=45), {}, gpus=["0"]).job_options(["0"], 81559 * 2**20)
-    assert options[options.index("--warmups-per-gpu"):options.index("--preload")] == [
-        "--warmups-per-gpu", "0", "--compile-seats", "5"]
+    assert _seat_options(81559 * 2**20) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
 
 
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:

@@ -29,14 +29,14 @@ import torch
 
 from attnsweep import training
 from attnsweep.training import StepHooks, TrainResult, TrainSpec
+from attnsweep.vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
 
 if TYPE_CHECKING:  # for the annotations only: Composer is imported where it is used, and may be absent
     from composer.core import State
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.loggers import Logger
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-from attnsweep.vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
+Batch = tuple[torch.Tensor, torch.Tensor]  # (token ids, targets) on the device
 
 COMPOSER_VERSION = "0.32.1"  # the release envs/install-composer.sh installs
 SPEED_MONITOR_KEY = "throughput/tokens_per_sec"  # what SpeedMonitor logs once its window is full

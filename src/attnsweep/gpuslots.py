@@ -576,18 +576,17 @@ def warmup_seats(gpu_bytes: int | None, cap_bytes: int | None,
 
     Where two processes do not fit (a 45 GiB cap on an H100's 80 GB, whose one plain seat, the least
     warmups_per_gpu gives, would hold the GPU through each warm-up's compilation: on the H100 the warm-ups then ran
-    one at a time, 36-40 s each, and the GPU ran timed steps 30% of a part), run seats 0: a compiled warm-up runs
-    its steps in the timed job's place (run_seat), never beside it, and the compile seats fit beside one process."""
+    one at a time and the GPU ran timed steps 30% of a part), run seats 0: a compiled warm-up runs its steps in the
+    timed job's place (run_seat), never beside it, and the compile seats fit beside one process."""
     plain = warmups_per_gpu(gpu_bytes, cap_bytes)
     if plain is None or compile_seats == 0:
         return plain, 0
-    most = MAX_COMPILE_SEATS if compile_seats is None else compile_seats
     process = cap_bytes + CONTEXT_BYTES
-    if 2 * process > gpu_bytes:
-        fit = min(most, (gpu_bytes - process) // COMPILE_SEAT_BYTES)
-        return (0, fit) if fit >= 2 * plain else (plain, 0)
-    fit = min(most, (gpu_bytes - 2 * process) // COMPILE_SEAT_BYTES)  # what the timed job and one run seat leave
-    return (1, fit) if fit >= 2 * plain else (plain, 0)
+    run_seats = 1 if 2 * process <= gpu_bytes else 0
+    # What the timed job and the run seat, if any, leave.
+    room = gpu_bytes - (1 + run_seats) * process
+    fit = min(MAX_COMPILE_SEATS if compile_seats is None else compile_seats, room // COMPILE_SEAT_BYTES)
+    return (run_seats, fit) if fit >= 2 * plain else (plain, 0)
 
 
 def claim_warmup(lock_dir: str | os.PathLike[str], gpus: Sequence[str | int], *, per_gpu: int | None = None,
