@@ -21,6 +21,7 @@ import pytest
 
 from attnsweep import sweep
 from attnsweep.sweep import cell_path
+from test_report import add_repeat, make_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -799,3 +800,35 @@ def test_the_warm_up_estimates_are_read_against_both_jobs_wall_time(tmp_path: Pa
     assert lines[-1].startswith("warm-up and timed job, a later repeat, from its first: 1 records, ")
     assert lines[-1].endswith("0 under it; the warm-ups waited for the run seat a median 50% of their wall time, "
                               "at most 50%")
+
+
+
+def _coded(record: Path, code: str) -> Path:
+    rec = json.loads(record.read_text())
+    rec["env"]["code"]["source_sha256"] = code
+    record.write_text(json.dumps(rec))
+    return record
+
+
+def test_equal_and_between_read_a_run_at_one_code_given_as_run_at_code(tmp_path: Path, capsys) -> None:
+    """A run in parts keeps a cell's records of the code it measured with until they are measured again: RUN@CODE
+    compares only the records of that code, so a cell's stale repeat is not counted beside its new one."""
+    report = load_report()
+    assert report._run_and_code("results/r@ab12") == (Path("results/r"), "ab12")
+    assert report._run_and_code("results/r", "cd34") == (Path("results/r"), "cd34")
+    new, old = "ab" * 32, "cd" * 32
+    run, before = tmp_path / "r", tmp_path / "before"
+    first = _coded(make_cell(run, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=110.0), new)
+    _coded(add_repeat(first, 2, 100.0), old)  # a repeat of the code before, not measured again yet
+    _coded(add_repeat(_coded(make_cell(before, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=100.0),
+                             old), 2, 101.0), old)
+    report.equal(str(run), str(before))
+    assert "| 110, 100 | 100, 101 |" in capsys.readouterr().out  # the folder as it is: two codes mixed
+    report.equal(f"{run}@abab", str(before))
+    row = capsys.readouterr().out.splitlines()[2]
+    assert "| 110 " in row and "| 100, 101 " in row and "not known (fewer than 2 repeats)" in row
+    report.between(f"{run}@abab", str(before), "cdcd")  # CODE stands for a run given without its own
+    assert "| 110 " in capsys.readouterr().out.splitlines()[2]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sweep/report.py"), "--equal",
+                             f"{tmp_path}/missing@abab", str(before)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Each RUN is a run folder" in result.stderr

@@ -4,6 +4,7 @@
     python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
     python benchmarks/sweep/report.py --equal NEW_RUN OLD_RUN   # each cell's repeats in both: do the ranges overlap?
     python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # do two sweeps differ beyond the repeats' spread?
+        # (--equal and --between: a run given as RUN@CODE counts only its records of that cell code, a hash prefix)
     python benchmarks/sweep/report.py --hosts RUN_A RUN_B  # two sweeps of the same cells on other hosts: the GPU's work
                                                            # against the step's wall time, by how host-bound a cell is
     python benchmarks/sweep/report.py --windows RUN [RUN ...]  # earlier blocks of steps against the measured window:
@@ -329,16 +330,25 @@ def _repeats(run: Path, code: str | None = None) -> dict[tuple, list[float]]:
             for _, r in df.iterrows()}
 
 
+def _run_and_code(arg: str, code: str | None = None) -> tuple[Path, str | None]:
+    """A run argument, RUN or RUN@CODE: its folder and the code hash (prefix) its records are read of; `code` where
+    it names none. A run in parts holds the records of each code it measured with until they are measured again."""
+    run, at, own = arg.rpartition("@") if "@" in arg else (arg, "", "")
+    return Path(run), (own if at else code)
+
+
 def equal(new: str, old: str) -> None:
     """#13's equality check: each cell's repeats in two runs (e.g. two-stage against cold, measured in one call);
-    equal when the two ranges overlap, the run-to-run spread measured by the repeats themselves."""
-    a, b = _repeats(Path(new)), _repeats(Path(old))
+    equal when the two ranges overlap, the run-to-run spread measured by the repeats themselves. A run given as
+    RUN@CODE counts only its records of that code."""
+    (new_run, new_code), (old_run, old_code) = _run_and_code(new), _run_and_code(old)
+    a, b = _repeats(new_run, new_code), _repeats(old_run, old_code)
     out = []
     for key in sorted(set(a) & set(b)):
         x, y = a[key], b[key]
         row = dict(zip(AXES, key))
-        row.update({Path(new).name: ", ".join(f"{v:,.0f}" for v in x) or "no ok repeat",
-                    Path(old).name: ", ".join(f"{v:,.0f}" for v in y) or "no ok repeat"})
+        row.update({new_run.name: ", ".join(f"{v:,.0f}" for v in x) or "no ok repeat",
+                    old_run.name: ", ".join(f"{v:,.0f}" for v in y) or "no ok repeat"})
         if x and y:
             mx, my = statistics.median(x), statistics.median(y)
             row["medians differ %"] = f"{100 * (mx / my - 1):+.1f}"
@@ -383,16 +393,18 @@ def spread_between(pairs: list[tuple[list[float], list[float]]]) -> dict[str, fl
 
 def between(one: str, two: str, code: str | None = None) -> None:
     """Cells of sweep ONE (A) against sweep TWO (B, with repeats): per cell, and spread_between over the cells with
-    two or more repeats in B, for one-graph cells and graph-break cells apart (their spreads differ several-fold)."""
-    a, b = _repeats(Path(one), code), _repeats(Path(two), code)
+    two or more repeats in B, for one-graph cells and graph-break cells apart (their spreads differ several-fold).
+    `code`: only records of that code, in a run not given as RUN@CODE."""
+    (one_run, one_code), (two_run, two_code) = _run_and_code(one, code), _run_and_code(two, code)
+    a, b = _repeats(one_run, one_code), _repeats(two_run, two_code)
     out, groups = [], {}
     for key in sorted(set(a) & set(b)):
         x, y = a[key], b[key]
         if not x or not y:
             continue
         row = dict(zip(AXES, key))
-        row.update({Path(one).name: ", ".join(f"{v:,.0f}" for v in x),
-                    Path(two).name: ", ".join(f"{v:,.0f}" for v in y),
+        row.update({one_run.name: ", ".join(f"{v:,.0f}" for v in x),
+                    two_run.name: ", ".join(f"{v:,.0f}" for v in y),
                     "B median vs A median %": f"{100 * (statistics.median(y) / statistics.median(x) - 1):+.1f}"})
         out.append(row)
         if len(y) >= 2:
@@ -1043,8 +1055,9 @@ def estimates_text(run: Path) -> str:
 if __name__ == "__main__":
     paths = (sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"])
              else sys.argv[2:3] if sys.argv[1:2] in (["--progress"], ["--estimates"]) else sys.argv[1:])
-    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(not Path(a).is_dir() for a in paths
-                                                                  if not a.startswith("--")):
+    coded = sys.argv[1:2] in (["--equal"], ["--between"])
+    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(
+            not (_run_and_code(a)[0] if coded else Path(a)).is_dir() for a in paths if not a.startswith("--")):
         sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
     if sys.argv[1:2] == ["--compare"]:
         compare(sys.argv[2:])
