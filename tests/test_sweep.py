@@ -184,6 +184,25 @@ def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_job
     assert _seat_options(81559 * 2**20) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
 
 
+def test_the_seating_overlay_plans_four_cells_with_either_seating_on_an_h100(tmp_path: Path, monkeypatch) -> None:
+    """config/h100-seats.yaml over config/modern.yaml: four compiled cells of GPT-2 small at 4,096; on an H100, run
+    seats 0 by default and the one whole seat with `warmup: {compile_seats: 0}`, the two its runs compare."""
+    monkeypatch.chdir(tmp_path)
+    cfg = overlay("modern.yaml", "h100-seats.yaml")
+    h100 = 81559 * 2**20
+    plan = sweep.plan_run(cfg, {}, gpus=["0"])
+    assert len(plan.grid) == 4 and set(plan.grid["attn"]) == {"sdpa", "fa2", "fa2_graphbreak", "flex"}
+    assert {(m, s, k) for m, s, k in plan.grid[["model", "seq_len", "kv_heads"]].itertuples(index=False)} == {
+        ("small", 4096, 12)}
+
+    def seats(cfg: dict) -> list[str]:
+        options = sweep.plan_run(cfg, {}, gpus=["0"]).job_options(["0"], h100)
+        return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+
+    assert seats(cfg) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
+    assert seats({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}) == ["--warmups-per-gpu", "1"]
+
+
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:
     cells = [str(tmp_path / name / "cell.json") for name in ("a", "b", "c")]
     (tmp_path / "b").mkdir()
