@@ -185,15 +185,17 @@ def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_job
 
 
 def test_the_seating_overlay_plans_four_cells_with_either_seating_on_an_h100(tmp_path: Path, monkeypatch) -> None:
-    """config/h100-seats.yaml over config/modern.yaml: four compiled cells of GPT-2 small at 4,096; on an H100, run
-    seats 0 by default and the one whole seat with `warmup: {compile_seats: 0}`, the two its runs compare."""
+    """config/h100-seats.yaml over config/modern.yaml: four compiled cells of its grid; on an H100, run seats 0 by
+    default and the one whole seat with `warmup: {compile_seats: 0}`, the two its runs compare."""
     monkeypatch.chdir(tmp_path)
     cfg = overlay("modern.yaml", "h100-seats.yaml")
     h100 = 81559 * 2**20
     plan = sweep.plan_run(cfg, {}, gpus=["0"])
-    assert len(plan.grid) == 4 and set(plan.grid["attn"]) == {"sdpa", "fa2", "fa2_graphbreak", "flex"}
-    assert {(m, s, k) for m, s, k in plan.grid[["model", "seq_len", "kv_heads"]].itertuples(index=False)} == {
-        ("small", 4096, 12)}
+    cells = set(plan.grid[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
+    assert cells == {("medium", 4096, "fa2", "compiled", 16), ("medium", 4096, "sdpa_cudnn", "compiled", 16),
+                     ("small", 1024, "sdpa", "compiled", 12), ("small", 1024, "fa2_graphbreak", "compiled", 12)}
+    modern = sweep.plan_run(overlay("modern.yaml"), {}, gpus=["0"]).grid
+    assert cells <= set(modern[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
 
     def seats(cfg: dict) -> list[str]:
         options = sweep.plan_run(cfg, {}, gpus=["0"]).job_options(["0"], h100)
