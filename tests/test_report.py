@@ -639,6 +639,19 @@ def test_with_repeats_the_headline_ties_are_overlapping_ranges(tmp_path: Path) -
     assert "the repeats do not separate them" in text and "one run does not separate them" not in text
 
 
+def test_with_repeats_a_fastest_measured_once_is_not_judged(tmp_path: Path) -> None:
+    """A run in parts with repeats: the fastest cell so far has one repeat, whose window's slowest step (0.85 of its
+    tokens/s) would tie a cell 10% below; as in the tables, a cell measured once is not judged, tie or lead."""
+    fa4 = cell_with_spread(tmp_path, "fa4", 64, 1300.0, 0.85, 1.04)
+    sdpa = cell_with_spread(tmp_path, "sdpa", 64, 1180.0, 0.95, 1.02)
+    out = tmp_path / "summary.csv"
+    write_summary([fa4, sdpa], out, repeats=[add_repeat(sdpa, 2, 1170.0)])
+    best = fastest(read_summary(out))
+    assert best[["fastest", "ties", "runner_up"]].values.tolist() == [["fa4", "not judged (measured once)", None]]
+    write_summary([fa4, sdpa], out)  # one run each: the window's spread decides, and ties them
+    assert fastest(read_summary(out))["ties"].tolist() == ["sdpa (1,180)"]
+
+
 def test_three_modes_compare_cuda_graphs_with_plain_compiled(tmp_path: Path) -> None:
     """compiled_cudagraphs beside compiled and eager: its own rows, table and figure, its gain over eager and over
     plain compiled; a summary without it keeps the columns and tables it always had."""

@@ -5,8 +5,11 @@ its tables and figures are (reStructuredText, included by workflow/report/workfl
 implementation is named beside it when the two cannot be told apart, a tie, not a lead: with repeats, when their
 spreads overlap (the repeats' ranges, widened for the GPUs' differences: aggregate.add_spread; as the tables mark
 ties); with one run, when its tokens/s lies within the fastest cell's own spread (at or above the slowest step of its
-window). In a run tabled in parts (`allow_missing`), a row whose implementations are not all measured yet names
-those beside it: its "fastest" is only the fastest so far.
+window). In a run with repeats, a fastest cell measured once is not judged against the others, as the tables judge
+no difference with such a cell (its slowest step says little of another repeat: on an H100 under its power cap a
+window's steps scatter by up to 15% while its repeats agree within 1%). In a run tabled in parts (`allow_missing`),
+a row whose implementations are not all measured yet names those beside it: its "fastest" is only the fastest so
+far.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from . import atomic_output, log
 from .aggregate import MODE_ORDER, has_repeats, read_summary, table_names
 
 SETUP = ("kv_heads", "precision", "optimizer", "harness", "env_id")
+# The ties of a fastest cell measured once in a run with repeats.
+NOT_JUDGED = "not judged (measured once)"
 
 
 def _listing(values) -> str:
@@ -28,19 +33,24 @@ def _listing(values) -> str:
 
 def fastest(df: pd.DataFrame) -> pd.DataFrame:
     """One row per setup, model, context and mode with an ok cell: the fastest implementation, its tokens/s, the
-    others within its spread (`ties`), the implementations of that row not measured yet (`not_run_yet`), the
-    fastest's index in `df` (`row`), and the fastest beyond its spread (`runner_up`, `runner_up_tokens_per_sec`;
-    None and NaN where every other is tied or there is none)."""
+    others within its spread (`ties`; NOT_JUDGED for a fastest measured once in a run with repeats), the
+    implementations of that row not measured yet (`not_run_yet`), the fastest's index in `df` (`row`), and the
+    fastest beyond its spread (`runner_up`, `runner_up_tokens_per_sec`; None and NaN where every other is tied, or
+    not judged, or there is none)."""
     ok = df[df["status"] == "ok"]
+    repeated = has_repeats(ok)
     keys = [k for k in ("model", "seq_len", "mode", *SETUP) if k in ok.columns]
     pending = {key: _listing(group["attn"]) for key, group in df[df["status"] == "missing"].groupby(keys, sort=False)}
     rows = []
     for key, group in ok.groupby(keys, sort=False):
         group = group.sort_values("tokens_per_sec", ascending=False)
         best, others = group.iloc[0], group.iloc[1:]
+        once = repeated and best.get("repeats", 1) < 2
         if best.get("repeats", 1) >= 2:
             judged = others[others["repeats"] >= 2]  # a cell measured once is neither tied nor beyond
             ties = judged[judged["spread_high"] >= best["spread_low"]]
+        elif once:
+            judged = ties = others.iloc[:0]
         else:
             floor = best.get("tokens_per_sec_stats.min")
             floor = best["tokens_per_sec"] if floor is None or pd.isna(floor) else floor
@@ -48,7 +58,8 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
             ties = others[others["tokens_per_sec"] >= floor]
         beyond = judged.drop(index=ties.index)
         rows.append({**dict(zip(keys, key)), "fastest": best["attn"], "tokens_per_sec": best["tokens_per_sec"],
-                     "ties": ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})" for r in ties.itertuples()),
+                     "ties": NOT_JUDGED if once else ", ".join(f"{r.attn} ({r.tokens_per_sec:,.0f})"
+                                                               for r in ties.itertuples()),
                      "not_run_yet": pending.get(key, ""), "row": best.name,
                      "runner_up": beyond["attn"].iloc[0] if len(beyond) else None,
                      "runner_up_tokens_per_sec": beyond["tokens_per_sec"].iloc[0] if len(beyond) else float("nan")})
