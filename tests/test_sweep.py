@@ -158,10 +158,18 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
     assert gpu.job_options(["0", "1"], slots=False) == ["--preload", "results/study/.preload"]
 
 
+H100 = 81559 * 2**20  # nvidia-smi's MiB
+
+
+def _seats_of(cfg: dict, gpu_bytes: int) -> list[str]:
+    """The warm-up seat options the sweep of `cfg` gives its jobs on one GPU of `gpu_bytes`."""
+    options = sweep.plan_run(cfg, {}, gpus=["0"]).job_options(["0"], gpu_bytes)
+    return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+
+
 def _seat_options(gpu_bytes: int, **changes) -> list[str]:
     """The warm-up seat options a sweep under a 45 GiB cap gives its jobs on one GPU of `gpu_bytes`."""
-    options = sweep.plan_run(config(memory_cap_gib=45, **changes), {}, gpus=["0"]).job_options(["0"], gpu_bytes)
-    return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+    return _seats_of(config(memory_cap_gib=45, **changes), gpu_bytes)
 
 
 def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_path: Path) -> None:
@@ -181,7 +189,7 @@ def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_
 def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_jobs_place() -> None:
     """On an H100 (nvidia-smi's 81,559 MiB) under a 45 GiB cap, a timed job and a running warm-up do not both fit:
     5 warm-ups compile, and each runs its steps when no timed job holds the GPU (run seats 0)."""
-    assert _seat_options(81559 * 2**20) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
+    assert _seat_options(H100) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
 
 
 def test_the_seating_overlay_plans_four_cells_with_either_seating_on_an_h100(tmp_path: Path, monkeypatch) -> None:
@@ -189,20 +197,16 @@ def test_the_seating_overlay_plans_four_cells_with_either_seating_on_an_h100(tmp
     default and the one whole seat with `warmup: {compile_seats: 0}`, the two its runs compare."""
     monkeypatch.chdir(tmp_path)
     cfg = overlay("modern.yaml", "h100-seats.yaml")
-    h100 = 81559 * 2**20
-    plan = sweep.plan_run(cfg, {}, gpus=["0"])
-    cells = set(plan.grid[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
-    assert cells == {("medium", 4096, "fa2", "compiled", 16), ("medium", 4096, "sdpa_cudnn", "compiled", 16),
-                     ("small", 1024, "sdpa", "compiled", 12), ("small", 1024, "fa2_graphbreak", "compiled", 12)}
-    modern = sweep.plan_run(overlay("modern.yaml"), {}, gpus=["0"]).grid
-    assert cells <= set(modern[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
 
-    def seats(cfg: dict) -> list[str]:
-        options = sweep.plan_run(cfg, {}, gpus=["0"]).job_options(["0"], h100)
-        return options[options.index("--warmups-per-gpu"):options.index("--preload")]
+    def cells(cfg: dict) -> set[tuple]:
+        grid = sweep.plan_run(cfg, {}, gpus=["0"]).grid
+        return set(grid[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
 
-    assert seats(cfg) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
-    assert seats({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}) == ["--warmups-per-gpu", "1"]
+    assert cells(cfg) == {("medium", 4096, "fa2", "compiled", 16), ("medium", 4096, "sdpa_cudnn", "compiled", 16),
+                          ("small", 1024, "sdpa", "compiled", 12), ("small", 1024, "fa2_graphbreak", "compiled", 12)}
+    assert cells(cfg) <= cells(overlay("modern.yaml"))
+    assert _seats_of(cfg, H100) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
+    assert _seats_of({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}, H100) == ["--warmups-per-gpu", "1"]
 
 
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:

@@ -802,7 +802,6 @@ def test_the_warm_up_estimates_are_read_against_both_jobs_wall_time(tmp_path: Pa
                               "at most 50%")
 
 
-
 def _coded(record: Path, code: str) -> Path:
     rec = json.loads(record.read_text())
     rec["env"]["code"]["source_sha256"] = code

@@ -333,8 +333,8 @@ def _repeats(run: Path, code: str | None = None) -> dict[tuple, list[float]]:
 def _run_and_code(arg: str, code: str | None = None) -> tuple[Path, str | None]:
     """A run argument, RUN or RUN@CODE: its folder and the code hash (prefix) its records are read of; `code` where
     it names none. A run in parts holds the records of each code it measured with until they are measured again."""
-    run, at, own = arg.rpartition("@") if "@" in arg else (arg, "", "")
-    return Path(run), (own if at else code)
+    run, at, own = arg.rpartition("@")
+    return (Path(run), own) if at else (Path(arg), code)
 
 
 def equal(new: str, old: str) -> None:
