@@ -158,7 +158,7 @@ def test_jobs_take_their_gpu_through_the_runs_lock_folder_and_few_cores_on_a_gpu
     assert gpu.job_options(["0", "1"], slots=False) == ["--preload", "results/study/.preload"]
 
 
-H100 = 81559 * 2**20  # nvidia-smi's MiB
+H100, H200 = 81559 * 2**20, 143771 * 2**20  # nvidia-smi's MiB
 
 
 def _seats_of(cfg: dict, gpu_bytes: int) -> list[str]:
@@ -175,10 +175,8 @@ def _seat_options(gpu_bytes: int, **changes) -> list[str]:
 def test_warm_ups_compile_in_compile_seats_where_the_cap_leaves_one_running(tmp_path: Path) -> None:
     """On an H200 (nvidia-smi's 143,771 MiB) under a 45 GiB cap, 8 warm-ups compile while one runs its steps beside
     the timed job; an eager grid, where no warm-up compiles, and `compile_seats: 0` keep two whole seats."""
-    h200 = 143771 * 2**20
-
     def seats(**changes) -> list[str]:
-        return _seat_options(h200, **changes)
+        return _seat_options(H200, **changes)
 
     assert seats() == ["--warmups-per-gpu", "1", "--compile-seats", "8"]
     assert seats(**{"warmup.compile_seats": 4}) == ["--warmups-per-gpu", "1", "--compile-seats", "4"]
@@ -192,21 +190,36 @@ def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_job
     assert _seat_options(H100) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
 
 
+def _overlay_cells(cfg: dict) -> set[tuple]:
+    grid = sweep.plan_run(cfg, {}, gpus=["0"]).grid
+    return set(grid[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
+
+
 def test_the_seating_overlay_plans_four_cells_with_either_seating_on_an_h100(tmp_path: Path, monkeypatch) -> None:
     """config/h100-seats.yaml over config/modern.yaml: four compiled cells of its grid; on an H100, run seats 0 by
     default and the one whole seat with `warmup: {compile_seats: 0}`, the two its runs compare."""
     monkeypatch.chdir(tmp_path)
     cfg = overlay("modern.yaml", "h100-seats.yaml")
-
-    def cells(cfg: dict) -> set[tuple]:
-        grid = sweep.plan_run(cfg, {}, gpus=["0"]).grid
-        return set(grid[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
-
-    assert cells(cfg) == {("medium", 4096, "fa2", "compiled", 16), ("medium", 4096, "sdpa_cudnn", "compiled", 16),
-                          ("small", 1024, "sdpa", "compiled", 12), ("small", 1024, "fa2_graphbreak", "compiled", 12)}
-    assert cells(cfg) <= cells(overlay("modern.yaml"))
+    assert _overlay_cells(cfg) == {("medium", 4096, "fa2", "compiled", 16),
+                                   ("medium", 4096, "sdpa_cudnn", "compiled", 16),
+                                   ("small", 1024, "sdpa", "compiled", 12),
+                                   ("small", 1024, "fa2_graphbreak", "compiled", 12)}
+    assert _overlay_cells(cfg) <= _overlay_cells(overlay("modern.yaml"))
     assert _seats_of(cfg, H100) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
     assert _seats_of({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}, H100) == ["--warmups-per-gpu", "1"]
+
+
+def test_the_h200_seating_overlay_plans_four_cells_with_either_seating(tmp_path: Path, monkeypatch) -> None:
+    """config/h200-seats.yaml over config/modern.yaml: four compiled cells of its grid at 1,024; on an H200, compile
+    seats by default and two whole seats with `warmup: {compile_seats: 0}`."""
+    monkeypatch.chdir(tmp_path)
+    cfg = overlay("modern.yaml", "h200-seats.yaml")
+    assert _overlay_cells(cfg) == {("small", 1024, "sdpa", "compiled", 12), ("small", 1024, "flex", "compiled", 12),
+                                   ("medium", 1024, "sdpa", "compiled", 16),
+                                   ("medium", 1024, "sdpa_cudnn", "compiled", 16)}
+    assert _overlay_cells(cfg) <= _overlay_cells(overlay("modern.yaml"))
+    assert _seats_of(cfg, H200) == ["--warmups-per-gpu", "1", "--compile-seats", "8"]
+    assert _seats_of({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}, H200) == ["--warmups-per-gpu", "2"]
 
 
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:
