@@ -191,35 +191,35 @@ def test_on_an_h100_warm_ups_compile_beside_one_process_and_run_in_the_timed_job
 
 
 def _overlay_cells(cfg: dict) -> set[tuple]:
+    """The cells a config plans: (model, seq_len, attn, mode, kv_heads)."""
     grid = sweep.plan_run(cfg, {}, gpus=["0"]).grid
     return set(grid[["model", "seq_len", "attn", "mode", "kv_heads"]].itertuples(index=False, name=None))
 
 
-def test_the_seating_overlay_plans_four_cells_with_either_seating_on_an_h100(tmp_path: Path, monkeypatch) -> None:
-    """config/h100-seats.yaml over config/modern.yaml: four compiled cells of its grid; on an H100, run seats 0 by
-    default and the one whole seat with `warmup: {compile_seats: 0}`, the two its runs compare."""
+@pytest.mark.parametrize("name, gpu, cells, default, whole", [
+    # On an H100: run seats 0 by default, the one whole seat with compile_seats 0.
+    ("h100-seats.yaml", H100, {("medium", 4096, "fa2", "compiled", 16),
+                               ("medium", 4096, "sdpa_cudnn", "compiled", 16),
+                               ("small", 1024, "sdpa", "compiled", 12),
+                               ("small", 1024, "fa2_graphbreak", "compiled", 12)},
+     ["--warmups-per-gpu", "0", "--compile-seats", "5"], ["--warmups-per-gpu", "1"]),
+    # On an H200: compile seats beside one run seat by default, two whole seats with compile_seats 0.
+    ("h200-seats.yaml", H200, {("small", 1024, "sdpa", "compiled", 12),
+                               ("small", 1024, "flex", "compiled", 12),
+                               ("medium", 1024, "sdpa", "compiled", 16),
+                               ("medium", 1024, "sdpa_cudnn", "compiled", 16)},
+     ["--warmups-per-gpu", "1", "--compile-seats", "8"], ["--warmups-per-gpu", "2"]),
+])
+def test_a_seating_overlay_plans_four_cells_of_the_grid_with_either_seating(
+        name: str, gpu: int, cells: set, default: list[str], whole: list[str], tmp_path: Path, monkeypatch) -> None:
+    """config/h100-seats.yaml and h200-seats.yaml over config/modern.yaml: four compiled cells of its grid, and the
+    two warm-up seatings their runs compare on their GPU (the default, and `warmup: {compile_seats: 0}`)."""
     monkeypatch.chdir(tmp_path)
-    cfg = overlay("modern.yaml", "h100-seats.yaml")
-    assert _overlay_cells(cfg) == {("medium", 4096, "fa2", "compiled", 16),
-                                   ("medium", 4096, "sdpa_cudnn", "compiled", 16),
-                                   ("small", 1024, "sdpa", "compiled", 12),
-                                   ("small", 1024, "fa2_graphbreak", "compiled", 12)}
-    assert _overlay_cells(cfg) <= _overlay_cells(overlay("modern.yaml"))
-    assert _seats_of(cfg, H100) == ["--warmups-per-gpu", "0", "--compile-seats", "5"]
-    assert _seats_of({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}, H100) == ["--warmups-per-gpu", "1"]
-
-
-def test_the_h200_seating_overlay_plans_four_cells_with_either_seating(tmp_path: Path, monkeypatch) -> None:
-    """config/h200-seats.yaml over config/modern.yaml: four compiled cells of its grid at 1,024; on an H200, compile
-    seats by default and two whole seats with `warmup: {compile_seats: 0}`."""
-    monkeypatch.chdir(tmp_path)
-    cfg = overlay("modern.yaml", "h200-seats.yaml")
-    assert _overlay_cells(cfg) == {("small", 1024, "sdpa", "compiled", 12), ("small", 1024, "flex", "compiled", 12),
-                                   ("medium", 1024, "sdpa", "compiled", 16),
-                                   ("medium", 1024, "sdpa_cudnn", "compiled", 16)}
-    assert _overlay_cells(cfg) <= _overlay_cells(overlay("modern.yaml"))
-    assert _seats_of(cfg, H200) == ["--warmups-per-gpu", "1", "--compile-seats", "8"]
-    assert _seats_of({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}, H200) == ["--warmups-per-gpu", "2"]
+    cfg = overlay("modern.yaml", name)
+    assert _overlay_cells(cfg) == cells
+    assert cells <= _overlay_cells(overlay("modern.yaml"))
+    assert _seats_of(cfg, gpu) == default
+    assert _seats_of({**cfg, "warmup": {**cfg["warmup"], "compile_seats": 0}}, gpu) == whole
 
 
 def test_a_partial_aggregation_lists_the_cells_not_measured_yet(tmp_path: Path) -> None:
