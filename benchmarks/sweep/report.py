@@ -27,6 +27,7 @@ GPUs' clocks, temperature and power sampled through each part (gpu-*.csv, tools/
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import gzip
@@ -1052,30 +1053,59 @@ def estimates_text(run: Path) -> str:
     return "\n".join(lines)
 
 
+def _cli(argv: list[str]) -> None:
+    """The commands of the module's docstring: one option, or run folders for the sweep benchmark's table."""
+    parser = argparse.ArgumentParser(
+        prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each RUN is a run folder (results/RUN).")
+    command = parser.add_mutually_exclusive_group()
+    for name in ("compare", "windows", "parts", "cost"):
+        command.add_argument(f"--{name}", nargs="+", metavar="RUN")
+    command.add_argument("--estimates", metavar="RUN")
+    command.add_argument("--progress", nargs="+", metavar="ARG", help="RUN [SINCE]: SINCE in UTC, 2026-12-02T04:00")
+    command.add_argument("--equal", nargs=2, metavar=("NEW_RUN", "OLD_RUN"))
+    command.add_argument("--hosts", nargs=2, metavar=("RUN_A", "RUN_B"))
+    command.add_argument("--between", nargs="+", metavar="ARG", help="RUN_A RUN_B [CODE]")
+    parser.add_argument("runs", nargs="*", metavar="RUN")
+    args = parser.parse_args(argv)
+    chosen = next(((name, value) for name, value in vars(args).items() if name != "runs" and value), None)
+    if chosen and args.runs:
+        parser.error(f"--{chosen[0]} takes no further runs: {' '.join(args.runs)}")
+    name, value = chosen or ("", args.runs)
+    value = [value] if isinstance(value, str) else value
+    if not value:
+        parser.error("give a RUN, or one of the options")
+    counts = {"progress": (1, 2), "between": (2, 3)}
+    low, high = counts.get(name, (1, len(value)))
+    if not low <= len(value) <= high:
+        parser.error(f"--{name} takes {low} to {high} arguments, not {len(value)}")
+    folders = value[:2] if name == "between" else value[:1] if name == "progress" else value
+    for folder in folders:
+        path = _run_and_code(folder)[0] if name in ("equal", "between") else Path(folder)
+        if not path.is_dir():
+            parser.error(f"{path}: not a run folder")
+    match name:
+        case "compare":
+            compare(value)
+        case "windows":
+            windows(value)
+        case "parts":
+            part_split_table(value)
+        case "cost":
+            print(cost_text(value))
+        case "estimates":
+            print(estimates_text(Path(value[0])))
+        case "progress":
+            print(progress_text(Path(value[0]), *(pd.Timestamp(t, tz="UTC") for t in value[1:])))
+        case "equal":
+            equal(*value)
+        case "hosts":
+            hosts(*value)
+        case "between":
+            between(*value)
+        case _:
+            main(value)
+
+
 if __name__ == "__main__":
-    paths = (sys.argv[2:4] if sys.argv[1:2] in (["--between"], ["--hosts"])
-             else sys.argv[2:3] if sys.argv[1:2] in (["--progress"], ["--estimates"]) else sys.argv[1:])
-    coded = sys.argv[1:2] in (["--equal"], ["--between"])
-    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help") or any(
-            not (_run_and_code(a)[0] if coded else Path(a)).is_dir() for a in paths if not a.startswith("--")):
-        sys.exit(__doc__ + "\nEach RUN is a run folder (results/RUN).")
-    if sys.argv[1:2] == ["--compare"]:
-        compare(sys.argv[2:])
-    elif sys.argv[1:2] == ["--windows"]:
-        windows(sys.argv[2:])
-    elif sys.argv[1:2] == ["--parts"]:
-        part_split_table(sys.argv[2:])
-    elif sys.argv[1:2] == ["--cost"] and len(sys.argv) > 2:
-        print(cost_text(sys.argv[2:]))
-    elif sys.argv[1:2] == ["--estimates"] and len(sys.argv) == 3:
-        print(estimates_text(Path(sys.argv[2])))
-    elif sys.argv[1:2] == ["--progress"] and len(sys.argv) in (3, 4):
-        print(progress_text(Path(sys.argv[2]), *(pd.Timestamp(t, tz="UTC") for t in sys.argv[3:])))
-    elif sys.argv[1:2] == ["--equal"] and len(sys.argv) == 4:
-        equal(sys.argv[2], sys.argv[3])
-    elif sys.argv[1:2] == ["--hosts"] and len(sys.argv) == 4:
-        hosts(sys.argv[2], sys.argv[3])
-    elif sys.argv[1:2] == ["--between"] and len(sys.argv) in (4, 5):
-        between(sys.argv[2], sys.argv[3], *sys.argv[4:])
-    else:
-        main(sys.argv[1:])
+    _cli(sys.argv[1:])
