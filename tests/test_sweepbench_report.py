@@ -826,12 +826,13 @@ def test_equal_and_between_read_a_run_at_one_code_given_as_run_at_code(tmp_path:
     report.equal(f"{run}@abab", str(before))
     row = capsys.readouterr().out.splitlines()[2]
     assert "| 110 " in row and "| 100, 101 " in row and "not known (fewer than 2 repeats)" in row
-    report.between(f"{run}@abab", str(before), "cdcd")  # CODE stands for a run given without its own
+    report.between(f"{run}@abab", f"{before}@cdcd")
     assert "| 110 " in capsys.readouterr().out.splitlines()[2]
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sweep/report.py"), "--equal",
                              f"{tmp_path}/missing@abab", str(before)], capture_output=True, text=True)
     assert result.returncode == 2 and f"{tmp_path}/missing: not a run folder" in result.stderr
-    for args in (["--between", str(before)], ["--progress", str(before), "x", "y"], ["--equal", str(before)],
+    for args in (["--between", str(before)], ["--between", str(before), str(before), "cdcd"],
+                 ["--progress", str(before), "x", "y"], ["--equal", str(before)],
                  ["--parts", str(before), "--hosts", str(before), str(before)], []):
         result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sweep/report.py"), *args],
                                 capture_output=True, text=True)

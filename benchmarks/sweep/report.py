@@ -3,7 +3,7 @@
     python benchmarks/sweep/report.py RUN [RUN ...] > results/sweepbench.md
     python benchmarks/sweep/report.py --compare RUN [RUN ...]   # tokens/s of the same cells, run against run
     python benchmarks/sweep/report.py --equal NEW_RUN OLD_RUN   # each cell's repeats in both: do the ranges overlap?
-    python benchmarks/sweep/report.py --between RUN_A RUN_B [CODE]  # do two sweeps differ beyond the repeats' spread?
+    python benchmarks/sweep/report.py --between RUN_A RUN_B  # do two sweeps differ beyond the repeats' spread?
         # (--equal and --between: a run given as RUN@CODE counts only its records of that cell code, a hash prefix)
     python benchmarks/sweep/report.py --hosts RUN_A RUN_B  # two sweeps of the same cells on other hosts: the GPU's work
                                                            # against the step's wall time, by how host-bound a cell is
@@ -392,11 +392,11 @@ def spread_between(pairs: list[tuple[list[float], list[float]]]) -> dict[str, fl
             "within": sum(min(b) <= m <= max(b) for m, b in medians)}
 
 
-def between(one: str, two: str, code: str | None = None) -> None:
+def between(one: str, two: str) -> None:
     """Cells of sweep ONE (A) against sweep TWO (B, with repeats): per cell, and spread_between over the cells with
     two or more repeats in B, for one-graph cells and graph-break cells apart (their spreads differ several-fold).
-    `code`: only records of that code, in a run not given as RUN@CODE."""
-    (one_run, one_code), (two_run, two_code) = _run_and_code(one, code), _run_and_code(two, code)
+    A run given as RUN@CODE counts only its records of that code."""
+    (one_run, one_code), (two_run, two_code) = _run_and_code(one), _run_and_code(two)
     a, b = _repeats(one_run, one_code), _repeats(two_run, two_code)
     out, groups = [], {}
     for key in sorted(set(a) & set(b)):
@@ -1065,7 +1065,7 @@ def _cli(argv: list[str]) -> None:
     command.add_argument("--progress", nargs="+", metavar="ARG", help="RUN [SINCE]: SINCE in UTC, 2026-12-02T04:00")
     command.add_argument("--equal", nargs=2, metavar=("NEW_RUN", "OLD_RUN"))
     command.add_argument("--hosts", nargs=2, metavar=("RUN_A", "RUN_B"))
-    command.add_argument("--between", nargs="+", metavar="ARG", help="RUN_A RUN_B [CODE]")
+    command.add_argument("--between", nargs=2, metavar=("RUN_A", "RUN_B"))
     parser.add_argument("runs", nargs="*", metavar="RUN")
     args = parser.parse_args(argv)
     chosen = next(((name, value) for name, value in vars(args).items() if name != "runs" and value), None)
@@ -1075,11 +1075,11 @@ def _cli(argv: list[str]) -> None:
     value = [value] if isinstance(value, str) else value
     if not value:
         parser.error("give a RUN, or one of the options")
-    counts = {"progress": (1, 2), "between": (2, 3)}
+    counts = {"progress": (1, 2)}
     low, high = counts.get(name, (1, len(value)))
     if not low <= len(value) <= high:
         parser.error(f"--{name} takes {low} to {high} arguments, not {len(value)}")
-    folders = value[:2] if name == "between" else value[:1] if name == "progress" else value
+    folders = value[:1] if name == "progress" else value
     for folder in folders:
         path = _run_and_code(folder)[0] if name in ("equal", "between") else Path(folder)
         if not path.is_dir():
