@@ -832,8 +832,8 @@ def test_equal_and_between_read_a_run_at_one_code_given_as_run_at_code(tmp_path:
                              f"{tmp_path}/missing@abab", str(before)], capture_output=True, text=True)
     assert result.returncode == 2 and f"{tmp_path}/missing: not a run folder" in result.stderr
     for args in (["--between", str(before)], ["--between", str(before), str(before), "cdcd"],
-                 ["--progress", str(before), "x", "y"], ["--equal", str(before)],
-                 ["--parts", str(before), "--hosts", str(before), str(before)], []):
+                 ["--progress", str(before), "x", "y"], ["--progress", str(before), "yesterday"],
+                 ["--equal", str(before)], ["--parts", str(before), "--hosts", str(before), str(before)], []):
         result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sweep/report.py"), *args],
                                 capture_output=True, text=True)
         assert result.returncode == 2 and "usage: report.py" in result.stderr, args

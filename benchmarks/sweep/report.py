@@ -1075,12 +1075,15 @@ def _cli(argv: list[str]) -> None:
     value = [value] if isinstance(value, str) else value
     if not value:
         parser.error("give a RUN, or one of the options")
-    counts = {"progress": (1, 2)}
-    low, high = counts.get(name, (1, len(value)))
-    if not low <= len(value) <= high:
-        parser.error(f"--{name} takes {low} to {high} arguments, not {len(value)}")
-    folders = value[:1] if name == "progress" else value
-    for folder in folders:
+    since = []
+    if name == "progress":
+        if len(value) > 2:
+            parser.error(f"--progress takes RUN and at most SINCE, not {len(value)} arguments")
+        try:
+            since = [pd.Timestamp(t, tz="UTC") for t in value[1:]]
+        except ValueError as error:
+            parser.error(f"--progress SINCE {value[1]!r}: not a time ({error})")
+    for folder in value[:1] if name == "progress" else value:
         path = _run_and_code(folder)[0] if name in ("equal", "between") else Path(folder)
         if not path.is_dir():
             parser.error(f"{path}: not a run folder")
@@ -1096,7 +1099,7 @@ def _cli(argv: list[str]) -> None:
         case "estimates":
             print(estimates_text(Path(value[0])))
         case "progress":
-            print(progress_text(Path(value[0]), *(pd.Timestamp(t, tz="UTC") for t in value[1:])))
+            print(progress_text(Path(value[0]), *since))
         case "equal":
             equal(*value)
         case "hosts":
