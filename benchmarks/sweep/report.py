@@ -1061,7 +1061,7 @@ def _cli(argv: list[str]) -> None:
     command = parser.add_mutually_exclusive_group()
     for name in ("compare", "windows", "parts", "cost"):
         command.add_argument(f"--{name}", nargs="+", metavar="RUN")
-    command.add_argument("--estimates", metavar="RUN")
+    command.add_argument("--estimates", nargs=1, metavar="RUN")
     command.add_argument("--progress", nargs="+", metavar="ARG", help="RUN [SINCE]: SINCE in UTC, 2026-12-02T04:00")
     command.add_argument("--equal", nargs=2, metavar=("NEW_RUN", "OLD_RUN"))
     command.add_argument("--hosts", nargs=2, metavar=("RUN_A", "RUN_B"))
@@ -1072,7 +1072,6 @@ def _cli(argv: list[str]) -> None:
     if chosen and args.runs:
         parser.error(f"--{chosen[0]} takes no further runs: {' '.join(args.runs)}")
     name, value = chosen or ("", args.runs)
-    value = [value] if isinstance(value, str) else value
     if not value:
         parser.error("give a RUN, or one of the options")
     since = []
