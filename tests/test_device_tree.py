@@ -151,3 +151,29 @@ def test_unpack_refuses_a_tarball_from_a_call_that_began_before_the_last_unpack(
     run(checkout, "bash", str(SCRIPT), "unpack", "--replace", str(second), "part 2")
     assert not (checkout / "results/replay/cells/one.json").exists()
     assert (checkout / "results/replay/cells/two.json").exists()
+
+
+def test_slim_code_sends_an_earlier_commits_code_with_this_branchs_results(checkout: Path) -> None:
+    """--code REV: a run whose records are of an earlier cell code continues with that code; every file outside
+    results/ is as at REV (one REV lacks is gone, one it had is back), the kept run as on the branch, and back replays
+    only the calls' results onto the branch, whose code stays its own. An unknown REV changes nothing."""
+    earlier = run(checkout, "git", "rev-parse", "HEAD").stdout.strip()
+    (checkout / "src/x.py").write_text("newer code")
+    (checkout / "src/y.py").write_text("new module")
+    (checkout / "results/replay/cells/e.json").write_text("{}")  # measured after REV, at REV's code
+    run(checkout, *GIT, "add", ".")
+    run(checkout, *GIT, "commit", "-qm", "newer code, and a record")
+    wrong = run(checkout, "bash", str(SCRIPT), "slim", "--code", "nosuchrev", "replay", check=False)
+    assert wrong.returncode == 2 and "--code nosuchrev is not a commit" in wrong.stderr
+    assert run(checkout, "git", "symbolic-ref", "--short", "HEAD").stdout.strip() == "main"
+    run(checkout, "bash", str(SCRIPT), "slim", "--code", earlier[:8], "replay")
+    assert (checkout / "src/x.py").read_text() == "" and not (checkout / "src/y.py").exists()
+    assert (checkout / "results/replay/cells/e.json").exists() and not (checkout / "results/old").exists()
+    assert run(checkout, "git", "status", "--porcelain").stdout.strip() == ""
+    (checkout / "results/replay/cells/f.json").write_text("{}")
+    run(checkout, *GIT, "add", "results")
+    run(checkout, *GIT, "commit", "-qm", "part 1")
+    run(checkout, "bash", str(SCRIPT), "back")
+    assert (checkout / "src/x.py").read_text() == "newer code" and (checkout / "src/y.py").exists()
+    assert (checkout / "results/replay/cells/f.json").exists() and (checkout / "results/old/cells/a.json").exists()
+    assert run(checkout, "git", "log", "-1", "--format=%s").stdout.strip() == "part 1"

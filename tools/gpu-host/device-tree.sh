@@ -2,9 +2,10 @@
 # The device tool sends the checkout (tracked and untracked-not-ignored files) and what `carry` names, 64 MiB at most.
 # The committed results outgrow that beside `.gpuwheels/` (41 MB): this puts the checkout on a local branch that holds
 # only the results folders a call resumes, and back again afterwards.
-#   tools/gpu-host/device-tree.sh slim RUN [RUN ...] [--reads RUN ...]  # from a clean tree: branch device-tree,
-#       other runs' folders removed; of a run after --reads (one the calls' run reads: its batch.prior_run, its
-#       compare_with) only what is read, its summary.csv and its cell records
+#   tools/gpu-host/device-tree.sh slim [--code REV] RUN [RUN ...] [--reads RUN ...]  # from a clean tree: branch
+#       device-tree, other runs' folders removed; of a run after --reads (one the calls' run reads: its
+#       batch.prior_run, its compare_with) only what is read, its summary.csv and its cell records. --code REV: every
+#       file outside results/ (but this script) as at REV, for a run that continues at an earlier cell code
 #   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
 #   tools/gpu-host/device-tree.sh unpack [--replace] TGZ MESSAGE  # a call's tarball (sweep.sh's), committed
 #   tools/gpu-host/device-tree.sh back               # to the branch before, with what was committed or unpacked since
@@ -22,6 +23,13 @@ state=.git/device-tree-from
 case "${1:-}" in
 slim)
     shift
+    code=
+    if [ "${1:-}" = --code ]; then
+        [ $# -ge 2 ] || { echo "device-tree.sh slim: --code needs a commit" >&2; exit 2; }
+        code=$(git rev-parse -q --verify "$2^{commit}") ||
+            { echo "device-tree.sh slim: --code $2 is not a commit here" >&2; exit 2; }
+        shift 2
+    fi
     resumed=() reads=()
     while [ $# -gt 0 ] && [ "$1" != --reads ]; do resumed+=("$1"); shift; done
     [ $# -eq 0 ] || { shift; reads=("$@"); }
@@ -49,7 +57,16 @@ slim)
         git ls-files -z -- "results/$run" | grep -zEv "^results/$run/(summary\.csv|cells/.*\.json)$" |
             xargs -0 -r git rm -q --
     done
-    git commit -q -m "device tree: only the results of ${resumed[*]}${reads[*]:+, and what is read of ${reads[*]}} (never merged)"
+    if [ -n "$code" ]; then
+        # The host measures with the tree's code: a run whose records are of an earlier cell code continues there.
+        # results/ stays as on the branch before, so back replays the calls' results onto it unchanged; so does this
+        # script, which bash is still reading and which unpack and back run.
+        keep=(':(exclude)results' ':(exclude)tools/gpu-host/device-tree.sh')
+        git rm -r -q -- . "${keep[@]}"
+        git checkout "$code" -- . "${keep[@]}"
+    fi
+    git commit -q -m "device tree: only the results of ${resumed[*]}${reads[*]:+, and what is read of ${reads[*]}}${code:+, \
+the code of ${code:0:8}} (never merged)"
     git rev-parse HEAD >>"$state"
     "$0" size
     ;;
@@ -123,7 +140,7 @@ back)
     git status --short | head -n 5
     ;;
 *)
-    sed -n 2,18p "$0" >&2
+    sed -n 2,19p "$0" >&2
     exit 2
     ;;
 esac
