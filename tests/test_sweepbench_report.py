@@ -837,3 +837,22 @@ def test_equal_and_between_read_a_run_at_one_code_given_as_run_at_code(tmp_path:
         result = subprocess.run([sys.executable, str(ROOT / "benchmarks/sweep/report.py"), *args],
                                 capture_output=True, text=True)
         assert result.returncode == 2 and "usage: report.py" in result.stderr, args
+
+
+def test_progress_names_cells_that_differ_in_their_key_value_heads_apart(tmp_path: Path) -> None:
+    """Two cells of one attention and context, with 12 key/value heads and with 4, each measured once in a part:
+    two cells' repeat 1, not one cell's two repeats."""
+    report = load_report()
+    run = tmp_path / "r"
+    for kv_heads, minute in ((12, "01"), (4, "02")):
+        path = run / "cells" / f"kv{kv_heads}" / "cell.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({
+            "cell": {**PROGRESS_CELL, "attn": "b", "mode": "compiled", "kv_heads": kv_heads}, "status": "ok",
+            "tokens_per_sec": 100.0, "finished_at": f"2026-12-02T04:{minute}:00+00:00",
+            "env": {"code": {"source_sha256": "c0de" * 16}, "gpu": {"uuid": "GPU-x"}}}))
+    (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
+    pd.DataFrame({**PROGRESS_CELL, "mode": ["compiled", "compiled"], "attn": ["b", "b"], "kv_heads": [12, 4],
+                  "status": ["ok", "ok"]}).to_csv(run / "summary.csv", index=False)
+    text = report.progress_text(run, pd.Timestamp("2026-12-02T04:00", tz="UTC"))
+    assert "| small 1024 b repeat 1, small 1024 b kv_heads=4 repeat 1" in text, text

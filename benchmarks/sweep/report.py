@@ -649,9 +649,13 @@ def part_split_table(runs: list[str]) -> None:
 
 
 def _label(cell: Mapping) -> str:
-    """A cell in the words the notes use: `medium 1024 sdpa_flash`, `eager` added where it is not compiled."""
+    """A cell in the words the notes use: `medium 1024 sdpa_flash`, `eager` added where it is not compiled, and
+    `kv_heads=4` where the keys and values have fewer heads than the model's queries (as the sweep's lines say), so
+    that cells of one attention and context differing in their key/value heads are not taken for one."""
     mode = "" if cell["mode"] == "compiled" else f" {cell['mode']}"
-    return f"{cell['model']} {cell['seq_len']} {cell['attn']}{mode}"
+    shape, kv_heads = MODELS.get(cell["model"]), cell.get("kv_heads")
+    grouped = "" if kv_heads is None or shape is None or kv_heads == shape.n_head else f" kv_heads={kv_heads}"
+    return f"{cell['model']} {cell['seq_len']} {cell['attn']}{mode}{grouped}"
 
 
 def _spread_line(spreads: list[float]) -> str:
