@@ -567,12 +567,14 @@ PROGRESS_CELL = {"model": "small", "seq_len": 1024, "kv_heads": 12, "precision":
 
 
 def progress_record(run: Path, attn: str, repeat: int, tokens: float, finished: str, uuid: str = "GPU-x",
-                    code: str = "c0de" * 16, window: tuple[float, float] | None = None) -> None:
-    path = run / "cells" / attn / ("cell.json" if repeat == 1 else f"repeat-{repeat}.json")
+                    code: str = "c0de" * 16, window: tuple[float, float] | None = None,
+                    kv_heads: int = PROGRESS_CELL["kv_heads"]) -> None:
+    folder = attn if kv_heads == PROGRESS_CELL["kv_heads"] else f"{attn}-kv{kv_heads}"
+    path = run / "cells" / folder / ("cell.json" if repeat == 1 else f"repeat-{repeat}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     conditions = {"start_unix_s": window[0], "end_unix_s": window[1]} if window else None
     path.write_text(json.dumps({
-        "cell": {**PROGRESS_CELL, "attn": attn, "mode": "compiled" if attn != "e" else "eager"},
+        "cell": {**PROGRESS_CELL, "attn": attn, "mode": "compiled" if attn != "e" else "eager", "kv_heads": kv_heads},
         "status": "ok", "tokens_per_sec": tokens, "finished_at": finished, "window_conditions": conditions,
         "env": {"code": {"source_sha256": code}, "gpu": {"uuid": uuid}}}))
 
@@ -844,13 +846,8 @@ def test_progress_names_cells_that_differ_in_their_key_value_heads_apart(tmp_pat
     two cells' repeat 1, not one cell's two repeats."""
     report = load_report()
     run = tmp_path / "r"
-    for kv_heads, minute in ((12, "01"), (4, "02")):
-        path = run / "cells" / f"kv{kv_heads}" / "cell.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({
-            "cell": {**PROGRESS_CELL, "attn": "b", "mode": "compiled", "kv_heads": kv_heads}, "status": "ok",
-            "tokens_per_sec": 100.0, "finished_at": f"2026-12-02T04:{minute}:00+00:00",
-            "env": {"code": {"source_sha256": "c0de" * 16}, "gpu": {"uuid": "GPU-x"}}}))
+    progress_record(run, "b", 1, 100.0, "2026-12-02T04:01:00+00:00")
+    progress_record(run, "b", 1, 100.0, "2026-12-02T04:02:00+00:00", kv_heads=4)
     (run / "wall-20261202T040000.txt").write_text("exit 1 wall_s 300\n")
     pd.DataFrame({**PROGRESS_CELL, "mode": ["compiled", "compiled"], "attn": ["b", "b"], "kv_heads": [12, 4],
                   "status": ["ok", "ok"]}).to_csv(run / "summary.csv", index=False)
