@@ -18,7 +18,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python}"
 log="${SETUP_LOG:-$(mktemp -t install-composer.XXXXXX.log)}"
 
-if "$py" -c "import sys, composer; sys.exit(composer.__version__ != sys.argv[1])" "$COMPOSER_VERSION" >>"$log" 2>&1; then
+if "$py" -c "import sys, composer; sys.exit(composer.__version__ != sys.argv[1])" "$COMPOSER_VERSION" \
+    >>"$log" 2>&1; then
     echo "install-composer: composer $COMPOSER_VERSION already installed"
 else
     printf 'install-composer: Composer %s and its dependencies (envs/composer.txt) ... ' "$COMPOSER_VERSION"
@@ -49,7 +50,8 @@ PYEOF
 
 # pip check exits non-zero for the torch/torchvision pins we deliberately ignore, and possibly for unrelated packages
 # of the environment; fail only on a mosaicml requirement other than those two.
-problems="$("$py" -m pip check 2>&1 | grep -i '^mosaicml ' | grep -v -E 'requirement (torch|torchvision)[<>=!~ ,;]' || true)"
+problems="$("$py" -m pip check 2>&1 | grep -i '^mosaicml ' |
+    grep -v -E 'requirement (torch|torchvision)[<>=!~ ,;]' || true)"
 if [ -n "$problems" ]; then
     echo "install-composer: unmet Composer dependencies:" >&2
     echo "$problems" >&2

@@ -42,7 +42,9 @@ echo "== $(date -u '+%Y-%m-%d %H:%M:%S') envs/setup.sh" >>"$LOG"
 
 torch_index=()
 [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
-if .venv/bin/python -c "import sys, torch, torchvision; sys.exit(not (torch.__version__.split('+')[0] == sys.argv[1] and torchvision.__version__.split('+')[0] == sys.argv[2]))" \
+if .venv/bin/python -c "import sys, torch, torchvision
+same = [v.split('+')[0] for v in (torch.__version__, torchvision.__version__)] == sys.argv[1:3]
+sys.exit(not same)" \
     "${TORCH#*==}" "${TORCHVISION#*==}" >>"$LOG" 2>&1; then
     echo "setup: $TORCH and $TORCHVISION already installed"
 else
@@ -63,10 +65,12 @@ PYTHON=.venv/bin/python SETUP_LOG="$LOG" bash envs/install-composer.sh
 # Snakemake's SLURM executor (pyproject's `slurm` extra) for profiles/slurm. Its releases for Snakemake 9 ask
 # numpy>=2.4.5 (2.7+) or pandas<3 (2.6); it runs on the numpy Composer caps at <2.3, so it comes without its pins,
 # with its own two dependencies (the interfaces, pandas and pyyaml are Snakemake's and the package's already).
-if .venv/bin/python -c "import snakemake_executor_plugin_slurm, snakemake_executor_plugin_slurm_jobstep" 2>/dev/null; then
+if .venv/bin/python -c "import snakemake_executor_plugin_slurm, snakemake_executor_plugin_slurm_jobstep" \
+    2>/dev/null; then
     echo "setup: Snakemake's SLURM executor already installed"
 else
     step "Snakemake's SLURM executor (profiles/slurm)" pip install --no-deps \
-        "snakemake-executor-plugin-slurm>=2.7,<3" "snakemake-executor-plugin-slurm-jobstep>=0.6,<1" "throttler>=1.2.3,<2"
+        "snakemake-executor-plugin-slurm>=2.7,<3" "snakemake-executor-plugin-slurm-jobstep>=0.6,<1" \
+        "throttler>=1.2.3,<2"
 fi
 echo "setup: done. Run .venv/bin/snakemake --cores 1 --resources gpu=1 (or activate: source .venv/bin/activate)"

@@ -797,7 +797,8 @@ def test_the_warm_up_estimates_are_read_against_both_jobs_wall_time(tmp_path: Pa
     assert rows["small 1024 a cell"]["ratio"] == pytest.approx(a1 / 85.0)
     lines = report.estimates_text(run).splitlines()
     assert lines[-2] == (f"warm-up and timed job, a first repeat, from the run's like cells: 2 records, "
-                         f"{b1 / 135.0:.2f}-{a1 / 85.0:.2f} times their wall time, median {(b1 / 135 + a1 / 85) / 2:.2f}, "
+                         f"{b1 / 135.0:.2f}-{a1 / 85.0:.2f} times their wall time, "
+                         f"median {(b1 / 135 + a1 / 85) / 2:.2f}, "
                          f"1 under it; the warm-ups waited for the run seat a median 9% of their wall time, at most 9%")
     assert lines[-1].startswith("warm-up and timed job, a later repeat, from its first: 1 records, ")
     assert lines[-1].endswith("0 under it; the warm-ups waited for the run seat a median 50% of their wall time, "

@@ -13,7 +13,8 @@ IFS=: read -r -a overlays <<<"$4"
 shift 4
 source tools/gpu-host/setup.sh || exit 1
 n=$(nvidia-smi -L | wc -l)
-mapfile -t attns < <(python3 -c "import yaml,sys; print(*yaml.safe_load(open('${overlays[0]}'))['grid']['attn'], sep='\n')")
+mapfile -t attns < <(python3 -c \
+    "import yaml,sys; print(*yaml.safe_load(open('${overlays[0]}'))['grid']['attn'], sep='\n')")
 runs=()
 for ((i = 0; i < n; i++)); do
     dir=/tmp/gpu$i name=$run
@@ -30,7 +31,8 @@ for ((i = 0; i < n; i++)); do
     (cd "$dir" && mkdir -p "results/$name" && start=$(date +%s.%N) &&
         CUDA_VISIBLE_DEVICES=$i timeout -k 10 $((deadline - SECONDS - 20)) taskset -c $((16 * i))-$((16 * i + 15)) \
             snakemake --configfile "${overlays[@]}" part.yaml "$@" >"results/$name/snakemake-gpu$i.log" 2>&1
-        echo "gpu $i exit $? wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" | tee "results/$name/wall-gpu$i.txt") &
+        echo "gpu $i exit $? wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" |
+            tee "results/$name/wall-gpu$i.txt") &
 done
 wait
 for ((i = 0; i < n; i++)); do
@@ -39,4 +41,6 @@ for ((i = 0; i < n; i++)); do
     mkdir -p results && cp -r "/tmp/gpu$i/results/${runs[$i]}" results/ 2>/dev/null ||
         cp -rT "/tmp/gpu$i/results/${runs[$i]}" "results/${runs[$i]}"
 done
-printf '%s\n' "${runs[@]}" | sort -u | while read -r r; do rm -rf "results/$r/warmup" "results/$r/.gpulocks"; tar czf "$OUT/$r.tgz" "results/$r"; done
+printf '%s\n' "${runs[@]}" | sort -u | while read -r r; do
+    rm -rf "results/$r/warmup" "results/$r/.gpulocks"; tar czf "$OUT/$r.tgz" "results/$r"
+done

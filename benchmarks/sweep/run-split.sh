@@ -7,10 +7,12 @@
 set -uo pipefail
 deadline=$((SECONDS + $1)) run=$2
 source tools/gpu-host/setup.sh || exit 1
-nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.max.sm,power.limit,memory.total --format=csv >"$OUT/gpus.csv"
+nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.max.sm,power.limit,memory.total --format=csv \
+    >"$OUT/gpus.csv"
 halves=("naive, sdpa, sdpa_flash" "fa2, fa2_graphbreak, flex")
 for i in 0 1; do
-    rm -rf "/tmp/half$i" && mkdir -p "/tmp/half$i" && cp -r Snakefile workflow config profiles src benchmarks envs "/tmp/half$i/"
+    rm -rf "/tmp/half$i" && mkdir -p "/tmp/half$i" &&
+        cp -r Snakefile workflow config profiles src benchmarks envs "/tmp/half$i/"
     printf 'grid:\n  attn: [%s]\n' "${halves[$i]}" >"/tmp/half$i/half.yaml"
     (cd "/tmp/half$i" && start=$(date +%s.%N) &&
         CUDA_VISIBLE_DEVICES=$i timeout -k 10 $((deadline - SECONDS - 30)) taskset -c $((16 * i))-$((16 * i + 15)) \

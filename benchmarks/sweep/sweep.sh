@@ -18,7 +18,8 @@ cd "$dir" && mkdir -p "results/$run"
 part=$(ls "results/$run"/wall*.txt 2>/dev/null | wc -l)
 start=$(date +%s.%N)
 CUDA_VISIBLE_DEVICES=$gpus timeout -k 10 $((deadline - SECONDS - 15)) taskset -c "$cores" \
-    snakemake --configfile "${overlays[@]}" part.yaml "$@" >"results/$run/snakemake$([ "$part" = 0 ] || echo "-$part").log" 2>&1
+    snakemake --configfile "${overlays[@]}" part.yaml "$@" \
+        >"results/$run/snakemake$([ "$part" = 0 ] || echo "-$part").log" 2>&1
 echo "gpus $gpus cores $cores exit $? wall_s $(awk "BEGIN{print $(date +%s.%N) - $start}")" |
     tee "results/$run/wall$([ "$part" = 0 ] || echo "-$part").txt"
 nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.max.sm,power.limit,memory.total --format=csv \

@@ -21,7 +21,8 @@ node=$(hostname -s)
 
 start() {
     for exe in munged mungekey slurmctld slurmd sinfo; do
-        command -v "$exe" >/dev/null || { echo "cluster.sh: $exe not found (apt-get install slurm-wlm munge)" >&2; exit 2; }
+        command -v "$exe" >/dev/null ||
+            { echo "cluster.sh: $exe not found (apt-get install slurm-wlm munge)" >&2; exit 2; }
     done
     mkdir -p "$dir"/{munge,state,spool,log}
     chmod 700 "$dir/munge"

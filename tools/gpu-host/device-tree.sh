@@ -33,9 +33,11 @@ slim)
     resumed=() reads=()
     while [ $# -gt 0 ] && [ "$1" != --reads ]; do resumed+=("$1"); shift; done
     [ $# -eq 0 ] || { shift; reads=("$@"); }
-    [ ${#resumed[@]} -gt 0 ] || { echo "device-tree.sh slim: name the runs the calls resume (results/RUN)" >&2; exit 2; }
+    [ ${#resumed[@]} -gt 0 ] ||
+        { echo "device-tree.sh slim: name the runs the calls resume (results/RUN)" >&2; exit 2; }
     [ ! -e "$state" ] || { echo "device-tree.sh: already slim (from $(cat "$state")); run 'back' first" >&2; exit 1; }
-    [ -z "$(git status --porcelain)" ] || { echo "device-tree.sh: commit or stash first (the tree is not clean)" >&2; exit 1; }
+    [ -z "$(git status --porcelain)" ] ||
+        { echo "device-tree.sh: commit or stash first (the tree is not clean)" >&2; exit 1; }
     for run in "${resumed[@]}"; do
         [ -d "results/$run" ] || echo "device-tree.sh: results/$run does not exist yet (a new run)" >&2
     done
@@ -45,7 +47,8 @@ slim)
     done
     git symbolic-ref --short HEAD >"$state"
     git switch -q -c device-tree
-    trap 'echo "device-tree.sh: failed on branch device-tree; git switch $(cat "$state") && git branch -D device-tree && rm $state" >&2' ERR
+    trap 'echo "device-tree.sh: failed on branch device-tree;" \
+        "git switch $(cat "$state") && git branch -D device-tree && rm $state" >&2' ERR
     for dir in results/*/; do
         name=$(basename "$dir")
         [[ " ${resumed[*]} ${reads[*]} " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
@@ -65,8 +68,8 @@ slim)
         git rm -r -q -- . "${keep[@]}"
         git checkout "$code" -- . "${keep[@]}"
     fi
-    git commit -q -m "device tree: only the results of ${resumed[*]}${reads[*]:+, and what is read of ${reads[*]}}${code:+, \
-the code of ${code:0:8}} (never merged)"
+    message="device tree: only the results of ${resumed[*]}${reads[*]:+, and what is read of ${reads[*]}}"
+    git commit -q -m "$message${code:+, the code of ${code:0:8}} (never merged)"
     git rev-parse HEAD >>"$state"
     "$0" size
     ;;
@@ -128,7 +131,8 @@ PY
 back)
     [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state)" >&2; exit 1; }
     { read -r from; read -r slim; } <"$state"
-    [ "$(git symbolic-ref --short HEAD)" = device-tree ] || { echo "device-tree.sh: not on branch device-tree" >&2; exit 1; }
+    [ "$(git symbolic-ref --short HEAD)" = device-tree ] ||
+        { echo "device-tree.sh: not on branch device-tree" >&2; exit 1; }
     changed=$(git status --porcelain)
     [ -z "$changed" ] || git stash push -q -u -m device-tree
     git switch -q "$from"

@@ -61,7 +61,8 @@ install)
         rm -rf "$dir/wheels"
         # Python's lzma where the host has no xz.
         if command -v xz >/dev/null; then unxz=(xz -d); else
-            unxz=(python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)')
+            unxz=(python3 -c \
+                'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)')
         fi
         cat "$dir"/parts/fa4-wheels.tar.xz.part-* | "${unxz[@]}" | tar -xf - -C "$dir"
     fi

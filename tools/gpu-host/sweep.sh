@@ -118,7 +118,9 @@ wall "$code"
 # Jobs the stop left (only then: another sweep may share the host, as in tools/gpu-host/two-sweeps.sh); a snakemake
 # killed (137) could stop none of them. Anchored at the interpreter: the command line that called this script may hold
 # the same words.
-case $code in 124 | 137) pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null ;; esac
+case $code in
+124 | 137) pkill -KILL -f -- "^[^ ]*python[0-9.]* -m attnsweep( cell| warmup|\.attempt)" 2>/dev/null ;;
+esac
 tail -n 40 "$log"  # one line per finished cell, then where the results are
 # A job the deadline held back leaves a log of one line, why it did not start (workflow/scripts/
 # start-before-deadline.sh), and nothing else; once the part is over that says nothing about its cell (whose missing
