@@ -500,9 +500,10 @@ def full_log(*events: tuple[str, str]) -> str:
     return "".join(f"[Wed Dec  2 01:{t} 2026]\n{lines}" for t, lines in events)
 
 
-def warmup_job(jobid: int, attn: str, repeat: int) -> str:
+def warmup_job(jobid: int, attn: str, repeat: int, expected_s: int = 30) -> str:
     return (f"localrule warmup:\n    jobid: {jobid}\n    wildcards: model=small, seq_len=256, attn={attn}, "
-            f"mode=compiled, repeat={repeat}\n    threads: 2\n")
+            f"mode=compiled, repeat={repeat}\n    threads: 2\n"
+            f"    resources: tmpdir=/tmp, gpu=0, expected_s={expected_s}\n")
 
 
 def timed_job(jobid: int, attn: str, repeat: int) -> str:
@@ -535,7 +536,8 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
     """From a part's full log: a timed job and the warm-up it followed; repeat 2's warm-up, whose timed job the
     deadline held back; a warm-up held back; the GPU idle from the last GPU job's end to the deadline the first
     held-back job's log gives (02:00 + 40 s); and, in a part stopped at its end (nothing held back, no idle known),
-    a timed job cut off."""
+    a timed job cut off and a warm-up cut off that started with nothing to expect of it (expected_s 0), which the
+    deadline could not hold back."""
     report = load_report()
     run = tmp_path / "r"
     run.mkdir()
@@ -546,7 +548,8 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
                      ("02:00", timed_job(4, "sdpa", 2)), ("02:00", failed(4, "cell_repeat", held)),
                      ("02:00", warmup_job(5, "fa2", 1)), ("02:01", failed(5, "warmup", held)))
     second = full_log(("10:00", warmup_job(1, "fa2", 1)), ("10:45", "Finished jobid: 1 (Rule: warmup)\n"),
-                      ("10:45", timed_job(2, "fa2", 1)), ("11:05", failed(2, "cell", "attnsweep: timed run")))
+                      ("10:45", timed_job(2, "fa2", 1)), ("10:50", warmup_job(3, "flex", 1, expected_s=0)),
+                      ("11:05", failed(2, "cell", "attnsweep: timed run")))
     for stamp, text, wall in (("20261202T010000", first, 130.5), ("20261202T011000", second, 70.0)):
         with gzip.open(run / f"snakemake-{stamp}.full.log.gz", "wt") as f:
             f.write(text)
@@ -554,9 +557,11 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
     one, two = report.part_split(run)
     assert one == {"run": "r", "part (UTC)": "2026-12-02 01:00", "wall s": 130.5, "timed jobs": 1, "timed s": 70.0,
                    "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
-                   "cut off": 0, "cut off s": 0.0, "held back": 2, "idle before deadline s": 40.0}
-    assert (two["timed jobs"], two["warm-ups left"], two["warm-ups left s"], two["cut off"], two["cut off s"],
-            two["held back"], two["idle before deadline s"]) == (0, 1, 45.0, 1, 20.0, 0, None)
+                   "cut off": 0, "cut off s": 0.0, "cut off unestimated": 0, "held back": 2,
+                   "idle before deadline s": 40.0}
+    keys = ("timed jobs", "warm-ups left", "warm-ups left s", "cut off", "cut off s", "cut off unestimated",
+            "held back", "idle before deadline s")
+    assert [two[k] for k in keys] == [0, 1, 45.0, 2, 35.0, 1, 0, None]
     report.part_split_table([str(run)])
     out = capsys.readouterr().out
     assert "| all   | 2 parts" in out and "snakemake" not in out

@@ -552,14 +552,17 @@ _TIME = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _GPU_RULES = ("warmup", "cell", "cell_repeat")
 # A held-back job's log (workflow/scripts/start-before-deadline.sh): "..., N s left before ATTNSWEEP_DEADLINE".
 _LEFT = re.compile(r"(-?\d+) s left before ATTNSWEEP_DEADLINE")
+# A warm-up's header ends with its resources, among them what the deadline expected of it (common.smk).
+_EXPECTED = re.compile(r"^\s+resources: .*\bexpected_s=(\d+)")
 
 
 def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | None, datetime.datetime | None]:
-    """{jobid: {rule, cell, repeat, start, end}} of a full log's GPU jobs, the jobs held back, the log's last time,
-    and the jobs' deadline (ATTNSWEEP_DEADLINE) as the first held-back job's log gives it (the seconds it says were
-    left, after the time line before it); None where no job was held back."""
+    """{jobid: {rule, cell, repeat, start, end}} of a full log's GPU jobs (a warm-up's with expected_s, the seconds
+    the deadline expected of it and its timed job, 0 where nothing was known), the jobs held back, the log's last
+    time, and the jobs' deadline (ATTNSWEEP_DEADLINE) as the first held-back job's log gives it (the seconds it says
+    were left, after the time line before it); None where no job was held back."""
     jobs: dict[str, dict] = {}
-    held, now, header, failing, failed, deadline = 0, None, None, False, None, None
+    held, now, header, failing, failed, deadline, warmup = 0, None, None, False, None, None, None
     for line in text.splitlines():
         if failing and line.strip().startswith("jobid:"):  # it ended: stopped, crashed, or held back (its log says)
             failed = jobs.get(line.split()[-1])
@@ -573,7 +576,10 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
         elif line in ("localrule warmup:", "rule warmup:"):
             header = {"rule": "warmup", "start": now, "end": None}
         elif header is not None and header["rule"] == "warmup" and line.strip().startswith("jobid:"):
-            jobs[line.split()[-1]] = header
+            jobs[line.split()[-1]] = warmup = header
+        elif warmup is not None and (m := _EXPECTED.match(line)):
+            warmup["expected_s"] = int(m.group(1))
+            warmup = None
         elif header is not None and header["rule"] == "warmup" and line.strip().startswith("wildcards:"):
             fields = dict(f.strip().split("=", 1) for f in line.strip()[len("wildcards:"):].split(","))
             header["repeat"] = int(fields.pop("repeat", 1))
@@ -603,9 +609,11 @@ def part_split(run: Path) -> list[dict]:
     """Each part of `run` (_parts) with a full log: its wall time and, in seconds between the log's time lines
     (whole seconds), its timed jobs, the warm-ups whose timed job ran in the part, the warm-ups whose timed job did
     not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU jobs
-    the part's stop cut off, how many jobs the deadline held back, and the seconds from the part's last GPU job's
-    end to the jobs' deadline, when no job was expected to fit and the GPU stood idle (blank where none was held
-    back; the part's wall time goes on past the deadline by sweep.sh's margin for the packing)."""
+    the part's stop cut off (and of them the warm-ups that started with nothing to expect of them, expected_s 0: no
+    record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back, and
+    the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the GPU
+    stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's margin
+    for the packing)."""
     out = []
     for began, wall_s in _parts(run):
         log = run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz"
@@ -632,7 +640,8 @@ def part_split(run: Path) -> list[dict]:
                     "wall s": wall_s, "timed jobs": len(timed), "timed s": seconds(timed),
                     "warm-ups used": len(used), "warm-ups used s": seconds(used),
                     "warm-ups left": len(left), "warm-ups left s": seconds(left),
-                    "cut off": len(cut), "cut off s": seconds(cut), "held back": held,
+                    "cut off": len(cut), "cut off s": seconds(cut),
+                    "cut off unestimated": sum(j.get("expected_s") == 0 for j in cut), "held back": held,
                     "idle before deadline s": idle})
     return out
 
