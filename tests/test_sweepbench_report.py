@@ -533,8 +533,9 @@ def held_back_line(tmp_path: Path, expected_s: int, left_s: int) -> str:
 
 
 def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> None:
-    """From a part's full log: a timed job and the warm-up it followed; repeat 2's warm-up, whose timed job the
-    deadline held back; a warm-up held back; the GPU idle from the last GPU job's end to the deadline the first
+    """From a part's full log: a timed job and the warm-up it followed, and the time the timed jobs held the GPU
+    (their records started within the part, superseded ones too); repeat 2's warm-up, whose timed job the deadline
+    held back; a warm-up held back; the GPU idle from the last GPU job's end to the deadline the first
     held-back job's log gives (02:00 + 40 s); and, in a part stopped at its end (nothing held back, no idle known),
     a timed job cut off and a warm-up cut off that started with nothing to expect of it (expected_s 0), which the
     deadline could not hold back."""
@@ -554,14 +555,23 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
         with gzip.open(run / f"snakemake-{stamp}.full.log.gz", "wt") as f:
             f.write(text)
         (run / f"wall-{stamp}.txt").write_text(f"exit 1 wall_s {wall}\n")
+    # The timed job's own clock is shorter than its job's 70 s (it waited for the GPU's timed lock); a superseded
+    # record held the GPU too; a record started after the part's end is another part's.
+    for folder, started, seconds in (("cells/sdpa/cell.json", "01:00:40", 55.0),
+                                     ("superseded/cells/sdpa/cell.json", "01:00:31", 4.0),
+                                     ("cells/fa2/cell.json", "01:02:11", 30.0)):
+        (run / folder).parent.mkdir(parents=True, exist_ok=True)
+        (run / folder).write_text(json.dumps({"status": "ok", "started_at": f"2026-12-02T{started}+00:00",
+                                              "duration_s": seconds}))
     one, two = report.part_split(run)
     assert one == {"run": "r", "part (UTC)": "2026-12-02 01:00", "wall s": 130.5, "timed jobs": 1, "timed s": 70.0,
+                   "timed own s": 59.0,
                    "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
                    "cut off": 0, "cut off s": 0.0, "cut off unestimated": 0, "held back": 2,
                    "idle before deadline s": 40.0}
-    keys = ("timed jobs", "warm-ups left", "warm-ups left s", "cut off", "cut off s", "cut off unestimated",
-            "held back", "idle before deadline s")
-    assert [two[k] for k in keys] == [0, 1, 45.0, 2, 35.0, 1, 0, None]
+    keys = ("timed jobs", "timed own s", "warm-ups left", "warm-ups left s", "cut off", "cut off s",
+            "cut off unestimated", "held back", "idle before deadline s")
+    assert [two[k] for k in keys] == [0, None, 1, 45.0, 2, 35.0, 1, 0, None]
     report.part_split_table([str(run)])
     out = capsys.readouterr().out
     assert "| all   | 2 parts" in out and "snakemake" not in out

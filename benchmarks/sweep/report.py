@@ -246,6 +246,19 @@ def _parts(run: Path) -> list[tuple[pd.Timestamp, float]]:
     return parts
 
 
+def _timed_records_held(run: Path) -> list[dict]:
+    """Every record of a timed job of `run`, those under superseded/cells/ too (a cell measured twice by mistake,
+    its later record kept in cells/): each held a GPU."""
+    return [json.loads(cell.read_text())
+            for cell in sorted(run.glob("cells/**/*.json")) + sorted(run.glob("superseded/cells/**/*.json"))]
+
+
+def _started_within(records: list[dict], start: pd.Timestamp, wall: float) -> list[dict]:
+    """The records whose timed job started within a part (its start and wall time)."""
+    end = start + pd.Timedelta(seconds=wall)
+    return [r for r in records if r.get("started_at") and start <= pd.Timestamp(r["started_at"]) <= end]
+
+
 def occupancy(run: Path) -> list[dict]:
     """Per GPU of a run (and per part, for a run swept in parts: the time between parts is no GPU's gap): how much
     of the sweep's wall time its timed jobs held it, and where the rest went.
@@ -257,14 +270,12 @@ def occupancy(run: Path) -> list[dict]:
     before any timed job could start, and the aggregation after the last). Records without their GPU (older code)
     cannot be told apart by GPU: only their count and busy time are given. Records under superseded/cells/ (a cell
     measured twice by mistake, its later record kept in cells/) held a GPU as well and count here."""
-    records = [json.loads(cell.read_text())
-               for cell in sorted(run.glob("cells/**/*.json")) + sorted(run.glob("superseded/cells/**/*.json"))]
+    records = _timed_records_held(run)
     parts = _parts(run)
     if parts:
         out = []
         for i, (start, wall) in enumerate(parts, 1):
-            end = start + pd.Timedelta(seconds=wall)
-            inside = [r for r in records if r.get("started_at") and start <= pd.Timestamp(r["started_at"]) <= end]
+            inside = _started_within(records, start, wall)
             out += _occupancy(f"{run.name} part {i}", inside, wall) if inside else []
         return out
     walls = _walls(run)
@@ -607,7 +618,11 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
 
 def part_split(run: Path) -> list[dict]:
     """Each part of `run` (_parts) with a full log: its wall time and, in seconds between the log's time lines
-    (whole seconds), its timed jobs, the warm-ups whose timed job ran in the part, the warm-ups whose timed job did
+    (whole seconds), its timed jobs (from the job's start to its end: with its wait for the GPU's timed lock, which
+    on a GPU with run seats 0 each compiled warm-up holds while it runs its steps), the time the timed jobs held
+    the GPU (`timed own s`: their records' own clocks, duration_s, as `occupancy`'s busy; blank where the part's
+    records were replaced by later ones), the warm-ups whose timed
+    job ran in the part, the warm-ups whose timed job did
     not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU jobs
     the part's stop cut off (and of them the warm-ups that started with nothing to expect of them, expected_s 0: no
     record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back, and
@@ -615,6 +630,7 @@ def part_split(run: Path) -> list[dict]:
     stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's margin
     for the packing)."""
     out = []
+    records = _timed_records_held(run)
     for began, wall_s in _parts(run):
         log = run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz"
         if not log.is_file():
@@ -634,10 +650,14 @@ def part_split(run: Path) -> list[dict]:
             return sum((j["end"] - j["start"]).total_seconds() for j in js)
 
         ends = [j["end"] for j in jobs.values() if j["end"]]
+        # Blank where no record of the part is left (each measured again since, by other code).
+        held_gpu = [r.get("duration_s") or 0.0 for r in _started_within(records, began, wall_s)]
+        own_s = sum(held_gpu) if held_gpu else None
         idle = None if deadline is None or not ends else max(0.0, (deadline - max(ends)).total_seconds())
 
         out.append({"run": run.name, "part (UTC)": f"{began:%Y-%m-%d %H:%M}",
                     "wall s": wall_s, "timed jobs": len(timed), "timed s": seconds(timed),
+                    "timed own s": own_s,
                     "warm-ups used": len(used), "warm-ups used s": seconds(used),
                     "warm-ups left": len(left), "warm-ups left s": seconds(left),
                     "cut off": len(cut), "cut off s": seconds(cut),
