@@ -197,3 +197,35 @@ def test_the_check_holds_back_a_job_that_would_end_after_the_deadline() -> None:
     assert 25 <= left <= 30
     past = check(0, str(int(time.time()) - 5))  # nothing known, and the deadline has passed
     assert past.returncode == 3 and "expected to take about 0 s, -" in past.stdout
+
+
+def test_the_records_waiting_for_their_timed_job_are_those_of_the_warm_ups_done_since(tmp_path: Path) -> None:
+    """A warm-up done (warmup.json and its cache) waits for its timed job until a record of its repeat is written
+    after it; one without its cache, or the record already written after it, does not."""
+    run = tmp_path / "results/r"
+
+    def warmup(cell: str, repeat: int, cache: bool = True) -> None:
+        folder = run / "warmup" / cell / f"r{repeat}"
+        folder.mkdir(parents=True)
+        (folder / "warmup.json").write_text("{}")
+        if cache:
+            (folder / "cache").mkdir()
+        os.utime(folder / "warmup.json", (1000, 1000))
+
+    def record(cell: str, name: str, mtime: float) -> None:
+        path = run / "cells" / cell / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        os.utime(path, (mtime, mtime))
+
+    warmup("model~small/attn~sdpa", 1)  # nothing measured yet
+    warmup("model~small/attn~sdpa", 2)
+    record("model~small/attn~sdpa", "repeat-2.json", 2000)  # measured after its warm-up
+    warmup("model~small/attn~fa2", 1)
+    record("model~small/attn~fa2", "cell.json", 500)  # a record older than the warm-up: to be measured again
+    warmup("model~small/attn~flex", 1, cache=False)  # not done: its cache is gone
+    (run / "warmup/model~small/attn~naive/rx").mkdir(parents=True)  # not a repeat's folder
+    (run / "warmup/model~small/attn~naive/rx/warmup.json").write_text("{}")
+    assert sweep.waiting_timed_records(run) == [run / "cells/model~small/attn~fa2/cell.json",
+                                               run / "cells/model~small/attn~sdpa/cell.json"]
+    assert sweep.waiting_timed_records(tmp_path / "results/none") == []

@@ -738,6 +738,26 @@ def test_later_repeats_and_their_kept_warm_ups_follow_a_first_record_measured_ag
     assert planned(repo) == {"rerun": 2, "cell": 1, "cell_repeat": 1, **AGGREGATION}
 
 
+@pytest.mark.slow
+def test_the_records_waiting_for_their_timed_jobs_are_targets_that_run_no_warm_up(repo: Path) -> None:
+    """`attnsweep status --waiting` names the records whose warm-ups are done (kept on a warm host from an earlier
+    part) and whose timed jobs have not run: as targets (tools/gpu-host/sweep.sh's SWEEP_WAITING_ONLY) they make a
+    part that runs those timed jobs only, and once they have run none waits."""
+    def waiting() -> list[str]:
+        return subprocess.run([sys.executable, "-m", "attnsweep", "status", "results/tiny", "--waiting"], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.splitlines()
+
+    edit_config(repo, repeats=2)
+    assert waiting() == []
+    snakemake(repo, "--cores", "2", "--until", "warmup", "--notemp")
+    targets = waiting()
+    assert targets == [p.with_name("repeat-2.json").relative_to(repo).as_posix() for p in cell_paths(repo)]
+    assert planned(repo, *targets) == {"rerun": TINY_CELLS, "cell_repeat": TINY_CELLS}  # no warm-up
+    snakemake(repo, "--cores", "2", *targets)
+    assert all(load_cell(repo / t)["status"] == "ok" for t in targets)
+    assert waiting() == []
+
+
 def test_fresh_clone_with_committed_results_reruns_no_cell(repo: Path, tmp_path: Path) -> None:
     def git(*args: str, cwd: Path = repo) -> str:
         return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout

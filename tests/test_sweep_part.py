@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools/gpu-host"
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools/gpu-host"
 
 pytestmark = pytest.mark.skipif(not all(map(shutil.which, ("tar", "timeout", "renice", "pkill"))),
                                 reason="needs tar, timeout, renice, pkill")
@@ -111,3 +113,34 @@ def test_a_part_that_ends_leaves_its_own_packing_only(tmp_path: Path) -> None:
     files = members(Path(env["OUT"]) / "demo.tgz")
     assert "results/demo/cells/a.json" in files
     assert wall_line(files).startswith("exit 0 wall_s ")
+
+
+# A sweep that only says what it was asked to make.
+SNAKEMAKE_ARGS = """#!/bin/bash
+printf '%s\\n' "$@" >args.txt
+"""
+
+
+def test_a_part_that_only_measures_names_the_waiting_records_as_its_targets(tmp_path: Path) -> None:
+    """SWEEP_WAITING_ONLY: the records whose warm-up is done and whose timed job has not run (`attnsweep status
+    --waiting`, run by the host's python3) follow the part's own snakemake arguments; with none, nothing runs."""
+    repo, env = checkout(tmp_path, SNAKEMAKE_ARGS)
+    python3 = Path(env["PATH"].split(":")[0]) / "python3"
+    python3.write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    python3.chmod(0o755)
+    env = {**env, "SWEEP_WAITING_ONLY": "1", "PYTHONPATH": str(REPO / "src")}
+    (repo / "results/demo").mkdir(parents=True)
+    nothing = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "demo", "--config", "run=demo"], cwd=repo,
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert nothing.returncode == 4 and "no warm-up of demo waits for its timed job" in nothing.stderr, nothing
+    assert not (repo / "args.txt").exists() and not list(Path(env["OUT"]).iterdir())
+    for repeat in ("r1", "r2"):
+        (repo / f"results/demo/warmup/model~small/{repeat}/cache").mkdir(parents=True)
+        (repo / f"results/demo/warmup/model~small/{repeat}/warmup.json").write_text("{}")
+    done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "demo", "--config", "run=demo"], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "measuring only the 2 records whose warm-up is done" in done.stdout
+    assert (repo / "args.txt").read_text().splitlines()[:4] == [
+        "--config", "run=demo", "results/demo/cells/model~small/cell.json",
+        "results/demo/cells/model~small/repeat-2.json"]

@@ -36,7 +36,7 @@ from .cellio import load_cell
 from .codestamp import cell_code_files, source_hash
 from .packages import versions
 from .sweep import (cell_axes, dig, environment_of, kernel_packages_text, record_stale_reason,
-                    unsupported_by_other_packages)
+                    unsupported_by_other_packages, waiting_timed_records)
 
 PLAN_TIMEOUT_S = 600
 # The environment (sweep.ENV_FIELDS, what makes two cells comparable), and where the code that ran came from.
@@ -402,7 +402,8 @@ def add_parser(sub) -> None:
 Output (markdown): every cell with its status, tokens/s, environment label and code hash; the environments; invalid
 cell files with the error; cells whose record contradicts their folder or run; summary.csv rows without a cell file;
 code changed since the stamps; then the cells missing, stale (with the reason) and outside the config's grid, as
-Snakemake plans them. Exit 0 whenever the report is printed, 2 if RESULTS_DIR is not a results folder.""",
+Snakemake plans them. Exit 0 whenever the report (with --waiting, the list) is printed, 2 if RESULTS_DIR is not a
+results folder.""",
     )
     p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="a run's folder, e.g. results/study")
     # nargs="+" as in snakemake: RESULTS_DIR goes first, or it is taken for one more value.
@@ -414,6 +415,10 @@ Snakemake plans them. Exit 0 whenever the report is printed, 2 if RESULTS_DIR is
                    "before this option")
     p.add_argument("--workflow-root", type=Path, default=None,
                    help="the folder with the Snakefile (default: RESULTS_DIR/../.., where the workflow puts it)")
+    p.add_argument("--waiting", action="store_true",
+                   help="only list, one path a line, the records whose warm-up is done and whose timed job has not "
+                   "run (sweep.waiting_timed_records): snakemake's targets for a part that only measures "
+                   "(tools/gpu-host/sweep.sh's SWEEP_WAITING_ONLY)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -421,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
     if not results.is_dir():
         print(f"attnsweep status: {results} is not a folder", file=sys.stderr)
         return 2
+    if args.waiting:
+        print("".join(f"{path}\n" for path in waiting_timed_records(results)), end="")
+        return 0
     # The workflow writes to results/{run}/ under its root, so the root is two levels up unless given.
     root = args.workflow_root or results.resolve().parent.parent
     if not (root / "Snakefile").is_file():

@@ -805,6 +805,27 @@ def cell_records(run_results: str | os.PathLike, cell: Mapping, any_of: Collecti
                   if p.name == "cell.json" or p.name.startswith("repeat-"))
 
 
+def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
+    """The records whose warm-up is done and whose timed job has not run since: each warm-up's warmup.json and
+    cache (warmup/<cell>/r<K>/, kept until its timed job has used them) without a record of repeat K written after
+    it (cells/<cell>/cell.json for K = 1, repeat-K.json else), in path order. Named as targets, they make a part
+    that only measures: a host kept warm keeps the warm-ups of its last part, and a session's last part that started
+    more of them would lose each to the host's end, GPU time and all."""
+    run = Path(run_results)
+    waiting = []
+    for done in sorted(run.glob("warmup/**/r*/warmup.json")):
+        folder = done.parent
+        if not re.fullmatch(r"r[1-9][0-9]*", folder.name) or not (folder / "cache").is_dir():
+            continue
+        repeat = int(folder.name[1:])
+        cell = folder.parent.relative_to(run / "warmup")
+        record = run / "cells" / cell / ("cell.json" if repeat == 1 else f"repeat-{repeat}.json")
+        # A record older than the warm-up is one the warm-up was made to measure again.
+        if not record.exists() or record.stat().st_mtime < done.stat().st_mtime:
+            waiting.append(record)
+    return waiting
+
+
 def like_records(run_results: str | os.PathLike, cell: Mapping, *tries: Collection[str],
                  own: bool = True) -> list[Path]:
     """The record files of the cells like `cell`: those that differ from it in the axes of the first of `tries`

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One part of a sweep on the GPU host, sized to fit a device call (their limit is 10 minutes):
 #   tools/gpu-host/sweep.sh SECONDS RUN [snakemake arguments...]
+#   SWEEP_WAITING_ONLY=1 tools/gpu-host/sweep.sh SECONDS RUN [snakemake arguments...]   # only the waiting timed jobs
 # SECONDS bounds this whole script: it installs the carried wheels (tools/gpu-host/setup.sh), runs snakemake until
 # SECONDS minus a margin for packing, stops it and every cell process it left, then packs results/RUN into
 # $OUT/RUN.tgz. The cell in flight at the deadline leaves nothing (cells are written atomically), so the next call,
@@ -24,6 +25,19 @@ if [ -s "$last_part" ] && [ ! -e "$last_wall" ]; then
     exit 3
 fi
 source tools/gpu-host/setup.sh || exit 1
+# SWEEP_WAITING_ONLY=1: a part that only measures. Its targets are the records whose warm-up is done and whose timed
+# job has not run (`attnsweep status --waiting`): on a host kept warm, those its last part left. For a session's
+# last part, whose new warm-ups would be lost with the host, GPU time and all. None waiting: exit 4, nothing runs.
+if [ -n "${SWEEP_WAITING_ONLY:-}" ]; then
+    waiting=$(python3 -m attnsweep status "results/$run" --waiting) || exit 1
+    if [ -z "$waiting" ]; then
+        echo "sweep.sh: no warm-up of $run waits for its timed job (SWEEP_WAITING_ONLY): nothing to measure" >&2
+        exit 4
+    fi
+    mapfile -t targets <<<"$waiting"
+    echo "sweep.sh: measuring only the ${#targets[@]} records whose warm-up is done (SWEEP_WAITING_ONLY)"
+    set -- "$@" "${targets[@]}"
+fi
 mkdir -p "results/$run"
 # The part's start: its log's and wall file's name (report.py reads the part as [start, start + wall]).
 start=$(date +%s.%N)
