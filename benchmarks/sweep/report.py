@@ -621,12 +621,11 @@ def part_split(run: Path) -> list[dict]:
     (whole seconds), its timed jobs (from the job's start to its end: with its wait for the GPU's timed lock, which
     on a GPU with run seats 0 each compiled warm-up holds while it runs its steps), the time the timed jobs held
     the GPU (`timed own s`: their records' own clocks, duration_s, as `occupancy`'s busy; blank where the part's
-    records were replaced by later ones), the warm-ups whose timed
-    job ran in the part, the warm-ups whose timed job did
-    not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU jobs
-    the part's stop cut off (and of them the warm-ups that started with nothing to expect of them, expected_s 0: no
-    record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back, and
-    the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the GPU
+    records were replaced by later ones), the warm-ups whose timed job ran in the part, the warm-ups whose timed job
+    did not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU
+    jobs the part's stop cut off (and of them the warm-ups that started with nothing to expect of them, expected_s
+    0: no record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back,
+    and the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the GPU
     stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's margin
     for the packing)."""
     out = []
