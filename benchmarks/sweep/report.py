@@ -625,9 +625,9 @@ def part_split(run: Path) -> list[dict]:
     did not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU
     jobs the part's stop cut off (and of them the warm-ups that started with nothing to expect of them, expected_s
     0: no record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back,
-    and the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the GPU
-    stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's margin
-    for the packing)."""
+    and the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the
+    GPU stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's
+    margin for the packing)."""
     out = []
     records = _timed_records_held(run)
     for began, wall_s in _parts(run):
