@@ -168,6 +168,9 @@ def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> No
     lone = {**CELL, "attn": "flex", "seq_len": 1024}  # no cell differs in the attention only: the wider try answers
     assert sweep.like_records(tmp_path, lone, ["attn"], ["attn", "seq_len"]) == wider
     assert sweep.like_records(tmp_path, {**lone, "mode": "eager"}, ["attn"]) == []
+    # A warm-up of a mode nothing of which is measured: the records of every mode and context of its model.
+    assert sweep.like_records(tmp_path, {**lone, "mode": "cudagraphs"}, *sweep.WARMUP_LIKE) == sorted(
+        like + [other_mode / "cell.json", other_seq / "cell.json"])
     (own[1]).write_text('{"half a rec')  # a record being written, or broken: passed over
     assert sweep.read_records(own) == [{"attn": "fa2"}]
     (own[1]).write_text('{"attn": "fa2", "repeat": 2}')  # written again: read again

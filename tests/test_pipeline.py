@@ -436,6 +436,15 @@ def test_jobs_that_would_end_after_the_deadline_do_not_start(repo: Path, monkeyp
     monkeypatch.delenv("ATTNSWEEP_DEADLINE")
     snakemake(repo, "--cores", "2")
     assert len(list((repo / "results/tiny/cells").rglob("repeat-2.json"))) == TINY_CELLS
+    # A mode nothing of which is measured yet expects what its model's records in the other modes took
+    # (sweep.WARMUP_LIKE), 10,000 s and more: its warm-ups do not start either.
+    edit_config(repo, grid__mode=["eager", "compiled"])
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 600))
+    out = snakemake(repo, "--cores", "2", check=False).stderr
+    assert f"attnsweep: {TINY_CELLS} jobs not started" in out, out
+    held = re.search(r"\(the first: warmup tiny \d+ \w+ compiled \(repeat 1\): expected to take about (\d+) s", out)
+    assert held and int(held.group(1)) > 10505, out
+    assert not list((repo / "results/tiny/cells").rglob("mode~compiled/**/*.json"))
 
 
 @pytest.mark.slow

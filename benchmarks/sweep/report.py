@@ -1053,7 +1053,7 @@ def warmup_estimate_ratios(run: Path) -> list[dict]:
             first = sweep.read_records([path.with_name("cell.json")])
             expected = sweep.warmup_then_timed_s(first[0], []) if first else None
         else:
-            like = sweep.like_records(run, cell, ["attn"], ["attn", "seq_len"], own=False)
+            like = sweep.like_records(run, cell, *sweep.WARMUP_LIKE, own=False)
             expected = sweep.warmup_then_timed_s(None, sweep.read_records(like))
         if expected is not None:
             wait = record["warmup"].get("run_seat_wait_s")  # recorded where warm-ups compile in compile seats

@@ -742,13 +742,22 @@ def timed_job_s(batch_size: int | None, warmup: Mapping | None, records: Sequenc
     return min(cold, bound) + (steps - 1) * pace + JOB_START_S
 
 
+# The cells whose records a first repeat's warm-up is expected from (like_records' tries, in turn until one finds
+# any): those that differ from it in the attention only, else in the context too, else in the mode too. The last is
+# for a mode nothing of which is measured yet (eager, measured last): a warm-up expecting nothing is never held back,
+# and near a part's end such warm-ups ran while the deadline held back the others: in h100-modern's parts of
+# 2026-12-06, 32 eager warm-ups finished, each holding the GPU's timed lock (run seats 0) for its attempts (1.1-76 s in
+# their search logs, an attempt), and no eager cell was measured. From any mode an estimate leans long (cold compiles).
+WARMUP_LIKE: tuple[tuple[str, ...], ...] = (("attn",), ("attn", "seq_len"), ("attn", "seq_len", "mode"))
+
+
 def warmup_job_s(first: Mapping | None, like: Sequence[Mapping]) -> float | None:
     """The seconds a warm-up job is expected to take, or its search's first attempt (each finished attempt is kept
     in the search log, so a search cut off loses only the attempt in flight). A later repeat's warm-up is one
     attempt at repeat 1's size: repeat 1's own attempt there (`first`, its record). A search: the longest attempt
-    of the warm-ups of `like`, records of cells like it (the run's of the same cell but for the attention, else of
-    the same model and mode). Compiling cold varies: both are stretched by COLD_SPREAD. None where nothing is
-    known."""
+    of the warm-ups of `like`, records of cells like it (WARMUP_LIKE: the run's of the same cell but for the
+    attention, else of the same model and mode, else of the same model). Compiling cold varies: both are stretched
+    by COLD_SPREAD. None where nothing is known."""
     if first is not None:
         at_size = [a["seconds"] for a in _warmup_attempts(first) if a.get("batch_size") == first.get("batch_size")]
         if at_size:

@@ -199,7 +199,8 @@ def expected_timed_s(wildcards, input) -> int:
 def expected_warmup_s(wildcards, input) -> int:
     """Resource expected_s of a warm-up job: the warm-up and the timed job after it (sweep.warmup_then_timed_s),
     from repeat 1's record for a later repeat, else from the records of the cells that differ from this one in the
-    attention only, else in the attention and the context; 0 where unknown or no deadline is set.
+    attention only, else in the attention and the context, else in the mode too (sweep.WARMUP_LIKE); 0 where
+    unknown or no deadline is set.
     """
     if DEADLINE is None:
         return 0
@@ -207,7 +208,7 @@ def expected_warmup_s(wildcards, input) -> int:
     if first:
         return round(sweep.warmup_then_timed_s(first[0], []) or 0)
     cell = dict(PARAMSPACE.instance(wildcards))
-    like = sweep.like_records(RESULTS, cell, ["attn"], ["attn", "seq_len"])
+    like = sweep.like_records(RESULTS, cell, *sweep.WARMUP_LIKE)
     return round(sweep.warmup_then_timed_s(None, sweep.read_records(like)) or 0)
 
 
