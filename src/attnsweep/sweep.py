@@ -447,9 +447,15 @@ def plan_run(config: Mapping, explicit: Mapping, gpus: Sequence[str]) -> RunPlan
                    first=first)
 
 
+def record_name(repeat: int) -> str:
+    """The file name of a cell's record of `repeat`: cell.json for repeat 1, repeat-N.json for N (record_repeat's
+    inverse)."""
+    return "cell.json" if repeat == 1 else f"repeat-{repeat}.json"
+
+
 def repeat_paths(cells: Sequence[str], repeats: int) -> list[str]:
     """The records of repeats 2..`repeats` of each cell (`.../cell.json` is repeat 1): `.../repeat-2.json`, ..."""
-    return [str(Path(c).with_name(f"repeat-{r}.json")) for c in cells for r in range(2, repeats + 1)]
+    return [str(Path(c).with_name(record_name(r))) for c in cells for r in range(2, repeats + 1)]
 
 
 def record_repeat(stem: str) -> int:
@@ -817,7 +823,7 @@ def cell_records(run_results: str | os.PathLike, cell: Mapping, any_of: Collecti
 def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
     """The records whose warm-up is done and whose timed job has not run since: each warm-up's warmup.json and
     cache (warmup/<cell>/r<K>/, kept until its timed job has used them) without a record of repeat K written after
-    it (cells/<cell>/cell.json for K = 1, repeat-K.json else), in path order. Named as targets, they make a part
+    it (cells/<cell>/, record_name), in path order. Named as targets, they make a part
     that only measures: a host kept warm keeps the warm-ups of its last part, and a session's last part that started
     more of them would lose each to the host's end, GPU time and all."""
     run = Path(run_results)
@@ -828,7 +834,7 @@ def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
             continue
         repeat = int(folder.name[1:])
         cell = folder.parent.relative_to(run / "warmup")
-        record = run / "cells" / cell / ("cell.json" if repeat == 1 else f"repeat-{repeat}.json")
+        record = run / "cells" / cell / record_name(repeat)
         # A record older than the warm-up is one the warm-up was made to measure again.
         if not record.exists() or record.stat().st_mtime < done.stat().st_mtime:
             waiting.append(record)

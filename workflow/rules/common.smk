@@ -138,10 +138,11 @@ def stage_options(wildcards, input) -> str:
 
 def record_path(wildcards) -> str:
     """The record a cell or repeat job writes (repeat 1 is cell.json)."""
-    first = first_record(wildcards)
-    if wildcards.get("repeat", "1") == "1":
-        return first
-    return str(Path(first).with_name(f"repeat-{wildcards.repeat}.json"))
+    return str(
+        Path(first_record(wildcards)).with_name(
+            sweep.record_name(int(wildcards.get("repeat", "1")))
+        )
+    )
 
 
 def rerun_file(record: str) -> str:
