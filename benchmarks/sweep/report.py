@@ -681,8 +681,7 @@ def _label(cell: Mapping) -> str:
     `kv_heads=4` where the keys and values have fewer heads than the model's queries (as the sweep's lines say), so
     that cells of one attention and context differing in their key/value heads are not taken for one."""
     mode = "" if cell["mode"] == "compiled" else f" {cell['mode']}"
-    shape, kv_heads = MODELS.get(cell["model"]), cell.get("kv_heads")
-    grouped = "" if kv_heads is None or shape is None or kv_heads == shape.n_head else f" kv_heads={kv_heads}"
+    grouped = f" kv_heads={cell['kv_heads']}" if sweep.is_grouped(cell["model"], cell.get("kv_heads")) else ""
     return f"{cell['model']} {cell['seq_len']} {cell['attn']}{mode}{grouped}"
 
 

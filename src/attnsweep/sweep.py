@@ -135,6 +135,15 @@ def _matches(df: pd.DataFrame, entry: Mapping) -> pd.Series:
     return mask
 
 
+def is_grouped(model: str, kv_heads: Any) -> bool:
+    """Whether a cell's keys and values have fewer heads than its model's queries (grouped or multi-query
+    attention), the rule every label, table and answer uses. `kv_heads` may be a number or its text (a wildcard);
+    none (a cell run by hand without --kv-heads records none) means as many as the queries, and so does a model this
+    vocabulary does not know."""
+    shape = MODELS.get(str(model))
+    return shape is not None and kv_heads is not None and not pd.isna(kv_heads) and int(kv_heads) != shape.n_head
+
+
 def expand_grid(grid: Mapping, name: Callable[[str], str] = _plain) -> pd.DataFrame:
     """One row per cell: the product of the axes, `heads` resolved per model, less max_seq_len and exclude."""
     df = pd.DataFrame(itertools.product(*(grid[a] for a in AXES)), columns=list(AXES))

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attnsweep.report.report_path import snakemake_command
-from attnsweep.sweep import DEADLINE_ENV, NOT_STARTED
-from attnsweep.vocabulary import MODELS
+from attnsweep.sweep import DEADLINE_ENV, NOT_STARTED, is_grouped
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
@@ -35,8 +34,9 @@ MAIN_AXES = ("model", "seq_len", "attn", "mode")
 def _full_heads(wildcards: dict, key: str) -> bool:
     """Whether `key` is kv_heads at the model's own head count: multi-head attention, named by no label (the
     number differs between models, so it would single out every cell of a model other than the first one's)."""
-    model = MODELS.get(str(wildcards.get("model")))
-    return key == "kv_heads" and model is not None and str(wildcards[key]) == str(model.n_head)
+    return key == "kv_heads" and not is_grouped(wildcards.get("model"), wildcards[key])
+
+
 # Snakemake's informational lines that say nothing to someone running the sweep (all of them are in its log file).
 NOISE = (
     "Building DAG of jobs",

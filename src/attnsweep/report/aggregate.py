@@ -20,6 +20,7 @@ from .. import flops
 from ..cellio import load_cell
 from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
 from ..sweep import KERNEL_PACKAGES, cell_axes, dig, environment_of, kernel_versions, record_repeat
+from ..sweep import is_grouped as sweep_is_grouped
 from ..vocabulary import AXES, ATTENTION, COMPILED_MODES, CUDAGRAPH_MODES, MODELS, MODES
 from . import atomic_output, log
 
@@ -543,10 +544,9 @@ def add_comparisons(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def is_grouped(df: pd.DataFrame) -> pd.Series:
-    """Rows with fewer key/value heads than query heads: the model's (vocabulary.MODELS, since a `missing` row has no
-    model_config), and a cell run by hand without --kv-heads, which records none, has as many as query heads."""
-    heads = df["model"].map(lambda m: MODELS[m].n_head)
-    return df["kv_heads"].fillna(heads) != heads
+    """Rows with fewer key/value heads than query heads (sweep.is_grouped, from the vocabulary's models: a `missing`
+    row has no model_config)."""
+    return pd.Series([sweep_is_grouped(m, k) for m, k in zip(df["model"], df["kv_heads"])], index=df.index, dtype=bool)
 
 
 def _tie(df: pd.DataFrame, ref: Callable[[str], pd.Series], applies: pd.Series) -> pd.Series:
