@@ -83,6 +83,15 @@ def test_kv_heads_must_divide_every_models_heads() -> None:
         sweep.plan_run(cfg, {}, gpus=[])
 
 
+def test_grouped_means_fewer_key_value_heads_than_the_models_queries() -> None:
+    # small has 12 query heads; a wildcard gives the number as text, a record run by hand gives none, a table NaN.
+    assert sweep.is_grouped("small", 4) and sweep.is_grouped("small", "1")
+    assert not sweep.is_grouped("small", 12) and not sweep.is_grouped("small", "12")
+    assert not sweep.is_grouped("small", None) and not sweep.is_grouped("small", float("nan"))
+    assert sweep.is_grouped("medium", 12) and not sweep.is_grouped("medium", 16)
+    assert not sweep.is_grouped("no-such-model", 1)
+
+
 def test_duplicates_and_an_empty_grid_are_refused() -> None:
     with pytest.raises(sweep.SweepError, match="duplicate values"):
         sweep.plan_run(config(**{"cpu_demo.grid.seq_len": [64, 64]}), {}, gpus=[])
