@@ -36,7 +36,9 @@ if [ -n "${SWEEP_WAITING_ONLY:-}" ]; then
     fi
     mapfile -t targets <<<"$waiting"
     echo "sweep.sh: measuring only the ${#targets[@]} records whose warm-up is done (SWEEP_WAITING_ONLY)"
-    set -- "$@" "${targets[@]}"
+    # Before the part's own arguments: after them an option that takes several values (`--config k=v ...`) would
+    # take the targets as its own.
+    set -- "${targets[@]}" "$@"
 fi
 mkdir -p "results/$run"
 # The part's start: its log's and wall file's name (report.py reads the part as [start, start + wall]).
@@ -100,9 +102,10 @@ records() { find "results/$run/cells" "results/$run/superseded" -name '*.json' -
 # a part as [start, start + wall]; the part's end replaces it) and the packing. At the lowest priority: gzip takes one
 # core for under a second (0.4 s for results/h200's 25 MB), and the warm-ups' compiles use the others.
 # Stopped (TERM) when snakemake ends, before the part's own wall file and packing: a packing in progress finishes
-# first (the trap runs once the foreground command returns; `wait` returns at once), so no snapshot replaces them.
+# first (the trap runs once the foreground command returns; `wait` returns at once), so no snapshot replaces them,
+# and its archive, not yet renamed, is removed (the part's own packing follows).
 (
-    trap 'exit 0' TERM
+    trap 'rm -f "$OUT/.$run.snapshot.tgz"; exit 0' TERM
     renice -n 19 -p "$BASHPID" >/dev/null
     seen=$(records)
     while sleep 10 & wait $!; do
