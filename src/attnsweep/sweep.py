@@ -831,9 +831,9 @@ def cell_records(run_results: str | os.PathLike, cell: Mapping, any_of: Collecti
 
 def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
     """The records whose warm-up is done and whose timed job has not run since: each warm-up's warmup.json and
-    cache (warmup/<cell>/r<K>/, kept until its timed job has used them) without a record of repeat K written after
-    it (cells/<cell>/, record_name), in path order. Named as targets, they make a part
-    that only measures: a host kept warm keeps the warm-ups of its last part, and a session's last part that started
+    cache (warmup/<cell>/r<K>/, kept until its timed job has used them) without a record of repeat K
+    (cells/<cell>/<record_name(K)>) written after it, in path order. Named as targets, they make a part that only
+    measures: a host kept warm keeps the warm-ups of its last part, and a session's last part that started
     more of them would lose each to the host's end, GPU time and all."""
     run = Path(run_results)
     waiting = []

@@ -19,7 +19,7 @@ import pandas as pd
 from .. import flops
 from ..cellio import load_cell
 from ..sweep import ENV_FIELDS as RECORD_ENV_FIELDS
-from ..sweep import KERNEL_PACKAGES, cell_axes, dig, environment_of, kernel_versions, record_repeat
+from ..sweep import KERNEL_PACKAGES, cell_axes, dig, environment_of, kernel_versions, record_name, record_repeat
 from ..sweep import is_grouped as sweep_is_grouped
 from ..vocabulary import AXES, ATTENTION, COMPILED_MODES, CUDAGRAPH_MODES, MODELS, MODES
 from . import atomic_output, log
@@ -267,7 +267,7 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     # such a cell is refused either way.
     repeats = [(folder, n, record) for folder, later in by_folder.items() for n, record in later]
     envs = _flatten([record for *_, record in repeats]).apply(env_id, axis=1) if repeats else []
-    mixed = [f"  {folder}/repeat-{n}.json: {env}; its cell.json: {first_env[folder]}"
+    mixed = [f"  {folder}/{record_name(n)}: {env}; its cell.json: {first_env[folder]}"
              for (folder, n, _), env in zip(repeats, envs) if env != first_env[folder]]
     # The same for the kernel package its implementation runs, where both records ran it.
     first_kernels = dict(zip((Path(c).parent.as_posix() for c in df["cell_path"]),
@@ -275,7 +275,7 @@ def add_repeats(df: pd.DataFrame, paths: Iterable[str | os.PathLike], run: str |
     for folder, n, record in repeats:
         ran = kernel_versions(record["cell"]["attn"], record["status"], dig(record, ("env", "versions")))
         first = first_kernels[folder]
-        mixed += [f"  {folder}/repeat-{n}.json: {dist} {v or _NONE}; its cell.json: {first[dist] or _NONE}"
+        mixed += [f"  {folder}/{record_name(n)}: {dist} {v or _NONE}; its cell.json: {first[dist] or _NONE}"
                   for dist, v in ran.items() if dist in first and first[dist] != v]
     if mixed:
         listing = "\n".join(sorted(mixed))
