@@ -854,14 +854,17 @@ def test_a_graph_breaks_cost_and_grouped_heads_are_compared_with_their_twins(tmp
 
 
 def test_a_cell_without_a_kv_heads_value_counts_as_multi_head(tmp_path: Path) -> None:
-    """A record run by hand without --kv-heads (kv_heads null) is multi-head: no grouped comparison, no section."""
+    """A record run by hand without --kv-heads (kv_heads null) is multi-head: no grouped comparison, no section, and
+    the tables' settings line says multi-head attention."""
     path = make_cell(tmp_path, attn="sdpa", mode="compiled", seq_len=1024, tokens_per_sec=100.0)
     rec = json.loads(path.read_text())
     rec["cell"]["kv_heads"] = None
     path.write_text(json.dumps(rec))
     df = summarize([path])
     assert "kv_heads_over_full" not in df
-    assert "grouped and multi-query" not in all_markdown(df)
+    text = all_markdown(df)
+    assert "grouped and multi-query" not in text
+    assert "kv_heads = heads (multi-head attention)" in text and "kv_heads nan" not in text
 
 
 def test_a_run_beside_another_cell_by_cell(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def row_keys(df: pd.DataFrame) -> list[str]:
 def _settings_line(df: pd.DataFrame, shown: Sequence[str]) -> str:
     parts = []
     for key in (k for k in SETUP if k not in shown):
-        if key == "kv_heads" and (df["kv_heads"] == df["model_config.n_head"]).all():
+        if key == "kv_heads" and not is_grouped(df).any():
             parts.append("kv_heads = heads (multi-head attention)")
             continue
         per_model = df.groupby("model", sort=False)[key].first()
