@@ -116,6 +116,28 @@ def test_a_part_that_ends_leaves_its_own_packing_only(tmp_path: Path) -> None:
     assert wall_line(files).startswith("exit 0 wall_s ")
 
 
+# A sweep that finishes a cell, then ends while the snapshot it set off (10 s later) is still packing.
+SNAKEMAKE_ENDS_WHILE_PACKING = """#!/bin/bash
+mkdir -p results/demo/cells && echo '{}' >results/demo/cells/a.json && sleep 13
+"""
+
+
+def test_a_snapshot_packing_when_the_part_ends_leaves_no_archive_behind(tmp_path: Path) -> None:
+    """The snapshot loop, stopped by the part's end while its tar runs, removes the archive it had not renamed yet:
+    $OUT holds the part's own packing only."""
+    repo, env = checkout(tmp_path, SNAKEMAKE_ENDS_WHILE_PACKING)
+    # A tar that takes 6 s longer over a snapshot, so the part ends inside it (10 s to 16 s against 13 s).
+    tar = Path(env["PATH"].split(":")[0]) / "tar"
+    tar.write_text(f'#!/bin/bash\n{shutil.which("tar")} "$@"; code=$?\n'
+                   '[[ "$*" != *.snapshot.tgz* ]] || sleep 6\nexit $code\n')
+    tar.chmod(0o755)
+    done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "demo"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in Path(env["OUT"]).iterdir()) == ["demo.tgz"]
+    assert "results/demo/cells/a.json" in members(Path(env["OUT"]) / "demo.tgz")
+
+
 # A sweep that only says what it was asked to make.
 SNAKEMAKE_ARGS = """#!/bin/bash
 printf '%s\\n' "$@" >args.txt
