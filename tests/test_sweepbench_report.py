@@ -594,6 +594,34 @@ def progress_record(run: Path, attn: str, repeat: int, tokens: float, finished: 
         "env": {"code": {"source_sha256": code}, "gpu": {"uuid": uuid}}}))
 
 
+# Two timed jobs' failures as a part's full log shows them (the first as on the H100, 2026-12-06, shortened), the first
+# twice (its log, and Snakemake's report of it).
+_CELL = "model~{}/seq_len~{}/attn~{}/mode~eager/kv_heads~{}/precision~bf16/optimizer~adamw_fused/harness~native"
+TIMED_OOM_LOG = "\n".join([
+    "Error in rule cell:",
+    *2 * [f"results/r/cells/{_CELL.format('medium', 1024, 'flex', 16)}/cell.json: error (the timed run at batch size "
+          "32, which fitted in the warm-up, ran out of memory: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+          "has a total capacity of 79.18 GiB of which 1.22 GiB is free. Process 4230 has 39.98 GiB memory in use. "
+          "Including non-PyTorch memory, this process has 37.98 GiB memory in use. 45.00 GiB allowed; Of the al)"],
+    "Error in rule cell_repeat:",
+    f"results/r/cells/{_CELL.format('small', 4096, 'sdpa', 4)}/repeat-2.json: error (the timed run at batch size 8, "
+    "which fitted in the warm-up, ran out of memory: CUDA out of memory. Tried to allocate 2.00 GiB.)",
+    f"results/r/cells/{_CELL.format('small', 4096, 'fa2', 12)}/repeat-2.json: error (the timed run at batch size 8, "
+    "which fitted in the warm-up, failed: RuntimeError)",
+])
+
+
+def test_timed_jobs_out_of_memory_at_their_warm_ups_batch_are_read_from_a_parts_log() -> None:
+    """Each timed job that ran out of memory at the batch its warm-up fitted, once, with the memory other processes
+    held where PyTorch's message names them; a timed run that failed otherwise is not one."""
+    report = load_report()
+    ooms = report.timed_ooms(TIMED_OOM_LOG)
+    assert [(o["cell"]["attn"], o["repeat"], o["batch_size"], o["others_gib"]) for o in ooms] == [
+        ("flex", 1, 32, 39.98), ("sdpa", 2, 8, None)]
+    assert ooms[0]["cell"]["kv_heads"] == "16" and ooms[0]["record"].endswith("/cell.json")
+    assert report.timed_oom_text([]) == "Timed jobs out of memory at the batch size their warm-up fitted: none."
+
+
 def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: Path) -> None:
     """Counts at the newest record's code (a record of other code is not counted, and its cell is left), the
     measurements left (the grid's cells without a record times the repeats, and a cell's missing repeat), the parts
@@ -620,7 +648,12 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
                   "attn": ["a", "b", "e", "old", "naive"],
                   "status": ["missing", "ok", "missing", "missing", "missing"]}).to_csv(run / "summary.csv",
                                                                                    index=False)
+    with gzip.open(run / "snakemake-20261202T040000.full.log.gz", "wt") as log:  # the first part's since `since`
+        log.write(TIMED_OOM_LOG)
     text = report.progress_text(run, pd.Timestamp("2026-12-02T04:00", tz="UTC"))
+    assert ("Timed jobs out of memory at the batch size their warm-up fitted: 2, medium 1024 flex eager repeat 1 "
+            "(batch 32; other processes held 40.0 GiB), small 4096 sdpa eager kv_heads=4 repeat 2 (batch 8; other "
+            "processes held none named). 1 of them first repeats") in text
     assert "Records by cell code: c0dec0de 5, 0ld0ld0l 1." in text
     assert "5 measurements, 2 cells with all 2 repeats; 5 cells in the grid, 2 left" in text
     assert "5 measurements left" in text  # `old` and `naive` x 2, and e's repeat 2

@@ -616,6 +616,42 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
     return jobs, held, now, deadline
 
 
+# A timed job that ran out of memory at the batch size its warm-up had fitted (cell.py's reason, the last line of the
+# job's log, which the part's full log repeats): a failed job, measured again later. PyTorch's message names the
+# other processes that held memory on the GPU then.
+_TIMED_OOM = re.compile(r"(\S+/cells/(\S+)/(cell|repeat-\d+)\.json): error \(the timed run at batch size (\d+), "
+                        r"which fitted in the warm-up, ran out of memory: (.*)")
+_OTHER_PROCESS = re.compile(r"Process \d+ has ([\d.]+) GiB memory in use")
+
+
+def timed_ooms(text: str) -> list[dict]:
+    """The timed jobs in a part's full log that ran out of memory at their warm-up's batch size, once each: the
+    record, its cell (from the path), repeat and batch size, and the GiB that other processes held (None where the
+    message names none)."""
+    out: dict[str, dict] = {}
+    for m in _TIMED_OOM.finditer(text):
+        held = [float(g) for g in _OTHER_PROCESS.findall(m.group(5))]
+        cell = dict(part.split("~", 1) for part in m.group(2).split("/"))
+        out.setdefault(m.group(1), {"record": m.group(1), "cell": cell,
+                                    "repeat": 1 if m.group(3) == "cell" else int(m.group(3).split("-")[1]),
+                                    "batch_size": int(m.group(4)), "others_gib": sum(held) if held else None})
+    return list(out.values())
+
+
+def timed_oom_text(ooms: list[dict]) -> str:
+    """timed_ooms' jobs in a line. A first repeat's OOM is also in its search log (cell.py), so the cell's next
+    warm-up searches below the batch it had fitted: where another process held the memory, that entry is not the
+    cell's (results/README.md, 2026-12-06, fifth session)."""
+    if not ooms:
+        return "Timed jobs out of memory at the batch size their warm-up fitted: none."
+    items = [f"{_label(o['cell'])} repeat {o['repeat']} (batch {o['batch_size']}; other processes held "
+             + (f"{o['others_gib']:.1f} GiB)" if o["others_gib"] is not None else "none named)") for o in ooms]
+    first = sum(o["repeat"] == 1 for o in ooms)
+    return (f"Timed jobs out of memory at the batch size their warm-up fitted: {len(ooms)}, {_listed(items)}."
+            + (f" {first} of them first repeats, whose OOM the cell code also entered in the search log (the next "
+               "warm-up searches below it)." if first else ""))
+
+
 def part_split(run: Path) -> list[dict]:
     """Each part of `run` (_parts) with a full log: its wall time and, in seconds between the log's time lines
     (whole seconds), its timed jobs (from the job's start to its end: with its wait for the GPU's timed lock, which
@@ -785,8 +821,9 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     every repeat, the cells left (the grid's cells with no record of that code: not measured, or measured by other
     code; from the records, so a summary not rebuilt since the last part still gives the grid) and the measurements
     left; the ranges of cells whose repeats ran back to back on one GPU and on several (max - min in
-    percent of the median, as the tables' spreads). With `since`: each part from then on, what it measured, and the
-    GPU's conditions in those windows (window_gpu)."""
+    percent of the median, as the tables' spreads). With `since`: each part from then on, what it measured, the
+    timed jobs its full log shows out of memory at their warm-up's batch size (timed_ooms), and the GPU's conditions
+    in those windows (window_gpu)."""
     records = []
     for path in sorted(run.glob("cells/**/*.json")):
         rec = json.loads(path.read_text())
@@ -848,6 +885,10 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     lines += [f"Since {since:%Y-%m-%d %H:%M} UTC: {len(new)} measurements.", ""]
     if table:
         lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=",.0f"), ""]
+    logs = [log for began, _ in _parts(run) if began >= since
+            and (log := run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz").is_file()]
+    if logs:
+        lines += [timed_oom_text([o for log in logs for o in timed_ooms(gzip.open(log, "rt").read())]), ""]
     windows = pd.DataFrame([{**window_gpu(r["rec"], samples),
                              "GPU": gpu_uuid(r["rec"])} for r in new])
     sampled = windows[windows["GPU samples"].fillna(0) > 0] if len(windows) else windows
