@@ -619,7 +619,7 @@ def _part_jobs(text: str) -> tuple[dict[str, dict], int, datetime.datetime | Non
 # A timed job that ran out of memory at the batch size its warm-up had fitted (cell.py's reason, the last line of the
 # job's log, which the part's full log repeats): a failed job, measured again later. PyTorch's message names the
 # other processes that held memory on the GPU then.
-_TIMED_OOM = re.compile(r"(\S+/cells/(\S+)/(cell|repeat-\d+)\.json): error \(the timed run at batch size (\d+), "
+_TIMED_OOM = re.compile(r"(\S+/cells/\S+\.json): error \(the timed run at batch size (\d+), "
                         r"which fitted in the warm-up, ran out of memory: (.*)")
 _OTHER_PROCESS = re.compile(r"Process \d+ has ([\d.]+) GiB memory in use")
 
@@ -630,18 +630,17 @@ def timed_ooms(text: str) -> list[dict]:
     message names none)."""
     out: dict[str, dict] = {}
     for m in _TIMED_OOM.finditer(text):
-        held = [float(g) for g in _OTHER_PROCESS.findall(m.group(5))]
-        cell = dict(part.split("~", 1) for part in m.group(2).split("/"))
-        out.setdefault(m.group(1), {"record": m.group(1), "cell": cell,
-                                    "repeat": 1 if m.group(3) == "cell" else int(m.group(3).split("-")[1]),
-                                    "batch_size": int(m.group(4)), "others_gib": sum(held) if held else None})
+        record, held = Path(m.group(1)), [float(g) for g in _OTHER_PROCESS.findall(m.group(3))]
+        out.setdefault(m.group(1), {"record": m.group(1), "cell": sweep.cell_axes(record.parent),
+                                    "repeat": _repeat_number(record), "batch_size": int(m.group(2)),
+                                    "others_gib": sum(held) if held else None})
     return list(out.values())
 
 
 def timed_oom_text(ooms: list[dict]) -> str:
     """timed_ooms' jobs in a line. A first repeat's OOM is also in its search log (cell.py), so the cell's next
     warm-up searches below the batch it had fitted: where another process held the memory, that entry is not the
-    cell's (results/README.md, 2026-12-06, fifth session)."""
+    cell's."""
     if not ooms:
         return "Timed jobs out of memory at the batch size their warm-up fitted: none."
     items = [f"{_label(o['cell'])} repeat {o['repeat']} (batch {o['batch_size']}; other processes held "
@@ -650,6 +649,11 @@ def timed_oom_text(ooms: list[dict]) -> str:
     return (f"Timed jobs out of memory at the batch size their warm-up fitted: {len(ooms)}, {_listed(items)}."
             + (f" {first} of them first repeats, whose OOM the cell code also entered in the search log (the next "
                "warm-up searches below it)." if first else ""))
+
+
+def _full_log(run: Path, began: pd.Timestamp) -> Path:
+    """The part's Snakemake full log (tools/gpu-host/sweep.sh), named by the part's start."""
+    return run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz"
 
 
 def part_split(run: Path) -> list[dict]:
@@ -667,7 +671,7 @@ def part_split(run: Path) -> list[dict]:
     out = []
     records = _timed_records_held(run)
     for began, wall_s in _parts(run):
-        log = run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz"
+        log = _full_log(run, began)
         if not log.is_file():
             continue
         jobs, held, last, deadline = _part_jobs(gzip.open(log, "rt").read())
@@ -869,8 +873,10 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     if since is None:
         return "\n".join(lines)
     samples = gpu_samples(run)
-    table = []
+    table, ooms, logged = [], [], False  # the timed jobs out of memory, where some part has a full log to tell
     for began, wall in [p for p in _parts(run) if p[0] >= since]:
+        if (log := _full_log(run, began)).is_file():
+            ooms, logged = ooms + timed_ooms(gzip.open(log, "rt").read()), True
         end = began + pd.Timedelta(seconds=wall)
         done = [r for r in current if began <= r["finished"] <= end]
         done.sort(key=lambda r: r["finished"])
@@ -885,10 +891,8 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     lines += [f"Since {since:%Y-%m-%d %H:%M} UTC: {len(new)} measurements.", ""]
     if table:
         lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=",.0f"), ""]
-    logs = [log for began, _ in _parts(run) if began >= since
-            and (log := run / f"snakemake-{began:%Y%m%dT%H%M%S}.full.log.gz").is_file()]
-    if logs:
-        lines += [timed_oom_text([o for log in logs for o in timed_ooms(gzip.open(log, "rt").read())]), ""]
+    if logged:
+        lines += [timed_oom_text(ooms), ""]
     windows = pd.DataFrame([{**window_gpu(r["rec"], samples),
                              "GPU": gpu_uuid(r["rec"])} for r in new])
     sampled = windows[windows["GPU samples"].fillna(0) > 0] if len(windows) else windows
