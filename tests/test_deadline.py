@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,11 +178,12 @@ def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> No
     assert sweep.read_records(own) == [{"attn": "fa2"}, {"attn": "fa2", "repeat": 2}]
 
 
-def check(expected_s: int, deadline: str | None) -> subprocess.CompletedProcess:
+def check(expected_s: int, deadline: str | None, *again: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ATTNSWEEP_DEADLINE"}
     if deadline is not None:
         env["ATTNSWEEP_DEADLINE"] = deadline
-    return subprocess.run(["bash", str(CHECK), str(expected_s)], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", str(CHECK), str(expected_s), *again], env=env, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_the_check_lets_a_job_start_without_a_deadline_or_before_it() -> None:
@@ -200,6 +202,58 @@ def test_the_check_holds_back_a_job_that_would_end_after_the_deadline() -> None:
     assert 25 <= left <= 30
     past = check(0, str(int(time.time()) - 5))  # nothing known, and the deadline has passed
     assert past.returncode == 3 and "expected to take about 0 s, -" in past.stdout
+
+
+def test_the_check_asks_again_only_where_the_estimate_would_hold_the_job_back(tmp_path: Path) -> None:
+    asked = tmp_path / "asked"
+    again = ["bash", "-c", f"echo asked >> {asked}; echo 20"]
+    done = check(60, f"{time.time() + 120:.3f}", *again)  # fits: not asked
+    assert done.returncode == 0 and done.stdout == "" and not asked.exists()
+    done = check(600, f"{time.time() + 120:.3f}", *again)  # held back by the old estimate, not by the new one
+    assert done.returncode == 0 and asked.read_text() == "asked\n"
+    assert done.stdout.startswith("attnsweep: expected 600 s when the sweep began, 20 s from the records now, ")
+    longer = check(600, f"{time.time() + 30:.3f}", "echo", "90")  # the new estimate holds it back too
+    assert longer.returncode == 3
+    assert longer.stdout.startswith(sweep.NOT_STARTED + ": expected to take about 90 s, ")
+    for broken in (["false"], ["echo", "soon"], ["echo"]):  # no answer: the old estimate stands
+        done = check(600, f"{time.time() + 120:.3f}", *broken)
+        assert done.returncode == 3 and "expected to take about 600 s, " in done.stdout
+
+
+def write_record(path: Path, record: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path: Path) -> None:
+    """What the check's command prints (workflow/scripts/expected-warmup.py) is sweep.expected_warmup_s on the
+    records on disk when it runs: a record written since the sweep began changes it."""
+    script = ROOT / "workflow/scripts/expected-warmup.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+    def printed(*first: str) -> int:
+        done = subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), *first],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == 0  # nothing measured
+    slow = {"status": "ok", "batch_size": 8, "duration_s": 300.0, "batch_attempts": [attempt(8, 200.0)]}
+    write_record(tmp_path / "cells" / sweep.cell_path({**CELL, "mode": "eager", "seq_len": 512}) / "cell.json", slow)
+    from_slow = round(sweep.warmup_then_timed_s(None, [slow]))
+    assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == from_slow
+    # A record of a cell closer to it (another attention only) is made: it is read, the other mode's is not.
+    quick = {"status": "ok", "batch_size": 8, "duration_s": 30.0, "batch_attempts": [attempt(8, 10.0)]}
+    write_record(tmp_path / "cells" / sweep.cell_path({**CELL, "attn": "sdpa"}) / "cell.json", quick)
+    from_quick = round(sweep.warmup_then_timed_s(None, [quick]))
+    assert from_quick < from_slow
+    assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == from_quick
+    # A later repeat's: repeat 1's record, where it can be read.
+    first = write_record(tmp_path / "cells" / sweep.cell_path(CELL) / "cell.json", slow)
+    assert sweep.expected_warmup_s(tmp_path, CELL, first) == printed(str(first)) == round(
+        sweep.warmup_then_timed_s(slow, []))
+    assert sweep.expected_warmup_s(tmp_path, CELL, tmp_path / "gone.json") == printed(str(tmp_path / "gone.json"))
 
 
 def test_the_records_waiting_for_their_timed_job_are_those_of_the_warm_ups_done_since(tmp_path: Path) -> None:

@@ -796,6 +796,16 @@ def warmup_then_timed_s(first: Mapping | None, like: Sequence[Mapping]) -> float
     return warmup + (_measured_again_s([first] if first is not None else like) or 0.0)
 
 
+def expected_warmup_s(run_results: str | os.PathLike, cell: Mapping, first: str | os.PathLike | None) -> int:
+    """A warm-up job's resource expected_s, read from the records in the run's results folder now: from repeat 1's
+    record (`first`, a later repeat's) where it can be read, else from those of the cells like it (WARMUP_LIKE);
+    0 where nothing is known (warmup_then_timed_s)."""
+    if first is not None and (records := read_records([first])):
+        return round(warmup_then_timed_s(records[0], []) or 0)
+    like = like_records(run_results, cell, *WARMUP_LIKE)
+    return round(warmup_then_timed_s(None, read_records(like)) or 0)
+
+
 @functools.lru_cache(maxsize=4096)
 def _record_at(path: str, mtime_ns: int, size: int) -> dict | None:
     """A record as the file of that time and size holds it (the cache's key: a record written again is read again)."""

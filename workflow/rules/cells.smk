@@ -65,10 +65,11 @@ if not AGGREGATE_ONLY and WARMUP:
             first=batch_from_option,
             search_log=search_log,
             start_check=START_BEFORE_DEADLINE,
+            estimate_again=estimate_warmup_again,
         shell:
-            "bash {params.start_check:q} {resources.expected_s} > {log:q} 2>&1 && "
+            "bash {params.start_check:q} {resources.expected_s} {params.estimate_again} > {log:q} 2>&1 && "
             "python -m attnsweep warmup {params.options} {params.first} --cache {output.cache:q} "
-            "--search-log {params.search_log:q} --out {output.json:q} > {log:q} 2>&1"
+            "--search-log {params.search_log:q} --out {output.json:q} >> {log:q} 2>&1"
 
 
 if not AGGREGATE_ONLY:

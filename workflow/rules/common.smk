@@ -205,12 +205,26 @@ def expected_warmup_s(wildcards, input) -> int:
     """
     if DEADLINE is None:
         return 0
-    first = sweep.read_records([input.first]) if input.get("first") else []
-    if first:
-        return round(sweep.warmup_then_timed_s(first[0], []) or 0)
     cell = dict(PARAMSPACE.instance(wildcards))
-    like = sweep.like_records(RESULTS, cell, *sweep.WARMUP_LIKE)
-    return round(sweep.warmup_then_timed_s(None, sweep.read_records(like)) or 0)
+    return sweep.expected_warmup_s(RESULTS, cell, input.get("first") or None)
+
+
+def estimate_warmup_again(wildcards, input) -> str:
+    """The command that makes a warm-up's expected_s again from the records there are at its start (the check before
+    the job runs it where expected_s would hold the job back): Snakemake evaluates a job's resources when it builds
+    the DAG if the job's inputs are there then, as a first repeat's warm-up has none, so an estimate made from an
+    earlier part's records of other modes does not learn from the records the sweep has made since.
+    """
+    cell = sweep.cell_path(dict(PARAMSPACE.instance(wildcards)))
+    return shlex.join(
+        [
+            "python",
+            ESTIMATE_WARMUP,
+            RESULTS,
+            cell,
+            *([input.first] if input.get("first") else []),
+        ]
+    )
 
 
 def stamp_text(wildcards) -> str:
@@ -227,6 +241,8 @@ shell.prefix(
 START_BEFORE_DEADLINE = os.path.relpath(
     ROOT / "workflow/scripts/start-before-deadline.sh"
 )
+# A warm-up's expected_s made again when that check would hold it back (estimate_warmup_again), likewise relative.
+ESTIMATE_WARMUP = os.path.relpath(ROOT / "workflow/scripts/expected-warmup.py")
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
 # Records of other code or settings than a cell would run with now (what a cell records: the package its jobs

@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
 # Whether a sweep's job may start: run before the job's own command, with the seconds the job is expected to take
 # (its resource expected_s, attnsweep.sweep: 0 where unknown):
-#   start-before-deadline.sh EXPECTED_S
+#   start-before-deadline.sh EXPECTED_S [COMMAND ...]
 # Without ATTNSWEEP_DEADLINE (seconds since the epoch), or when the job is expected to end before it: exit 0, and
 # the job runs. Otherwise it prints why (the job's log) and exits 3: the job fails without running, makes nothing,
 # and the same command runs it later. The value itself was checked when the workflow was read.
+# COMMAND, where given, prints the job's expected seconds from what there is now; it runs only where EXPECTED_S would
+# hold the job back. Snakemake evaluates a job's resources when it builds the DAG if the job's inputs are there then
+# (a first repeat's warm-up), so EXPECTED_S may come from an earlier part's records of other cells, and the records
+# this sweep has made since tell better. An answer that is not a whole number leaves EXPECTED_S in force.
 set -u
 deadline=${ATTNSWEEP_DEADLINE:-}
 [ -n "$deadline" ] || exit 0
+expected=$1
+shift
 left=$((${deadline%.*} - $(date +%s)))
-[ "$1" -gt "$left" ] || exit 0
-echo "attnsweep: not started: expected to take about $1 s, $left s left before ATTNSWEEP_DEADLINE"
+[ "$expected" -gt "$left" ] || exit 0
+if [ $# -gt 0 ]; then
+    again=$("$@") || again=
+    if [[ $again =~ ^[0-9]+$ ]]; then
+        left=$((${deadline%.*} - $(date +%s)))
+        if [ "$again" -le "$left" ]; then
+            echo "attnsweep: expected $expected s when the sweep began, $again s from the records now, $left s left:" \
+                "started"
+            exit 0
+        fi
+        expected=$again
+    fi
+fi
+echo "attnsweep: not started: expected to take about $expected s, $left s left before ATTNSWEEP_DEADLINE"
 exit 3
