@@ -227,9 +227,9 @@ def write_record(path: Path, record: dict) -> Path:
 
 
 def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path: Path) -> None:
-    """What the check's command prints (workflow/scripts/expected-warmup.py) is sweep.expected_warmup_s on the
+    """What the check's command prints (workflow/scripts/deadline/expected-warmup.py) is sweep.expected_warmup_s on the
     records on disk when it runs: a record written since the sweep began changes it."""
-    script = ROOT / "workflow/scripts/expected-warmup.py"
+    script = ROOT / "workflow/scripts/deadline/expected-warmup.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
     def printed(*first: str) -> int:

@@ -242,7 +242,7 @@ START_BEFORE_DEADLINE = os.path.relpath(
     ROOT / "workflow/scripts/start-before-deadline.sh"
 )
 # A warm-up's expected_s made again when that check would hold it back (estimate_warmup_again), likewise relative.
-ESTIMATE_WARMUP = os.path.relpath(ROOT / "workflow/scripts/expected-warmup.py")
+ESTIMATE_WARMUP = os.path.relpath(ROOT / "workflow/scripts/deadline/expected-warmup.py")
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])
 # Records of other code or settings than a cell would run with now (what a cell records: the package its jobs

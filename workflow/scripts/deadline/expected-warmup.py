@@ -1,8 +1,9 @@
 """A warm-up job's expected seconds from the records there are now (attnsweep.sweep.expected_warmup_s), printed:
-    python workflow/scripts/expected-warmup.py RESULTS CELL [FIRST]
+    python workflow/scripts/deadline/expected-warmup.py RESULTS CELL [FIRST]
 RESULTS: the run's results folder; CELL: the cell's folder below RESULTS/cells (model~small/seq_len~1024/...);
 FIRST: repeat 1's record, for a later repeat's warm-up. start-before-deadline.sh runs it (a command, not a Snakemake
-script: the check runs it only where the estimate Snakemake made would hold the job back).
+script: the check runs it only where the estimate Snakemake made would hold the job back). Not beside the report's
+scripts in workflow/scripts/, whose Python files are the report stamp's code (attnsweep.codestamp).
 """
 
 import sys
