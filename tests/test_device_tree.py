@@ -177,3 +177,20 @@ def test_slim_code_sends_an_earlier_commits_code_with_this_branchs_results(check
     assert (checkout / "src/x.py").read_text() == "newer code" and (checkout / "src/y.py").exists()
     assert (checkout / "results/replay/cells/f.json").exists() and (checkout / "results/old/cells/a.json").exists()
     assert run(checkout, "git", "log", "-1", "--format=%s").stdout.strip() == "part 1"
+
+
+def test_size_judges_the_files_4_kib_blocks_against_the_limit(checkout: Path) -> None:
+    """The device tool refused a call of 60.8 MiB of files, 66.0 MiB in 4 KiB blocks: `size` exits 1 where the
+    blocks of the tree and the carried folders are over 64 MiB."""
+    (checkout / ".gitignore").write_text("/carried/\n")
+    carried = checkout / "carried"
+    carried.mkdir()
+    with open(carried / "wheels.bin", "wb") as f:
+        f.truncate(60 * 2**20)  # 60 MiB
+    fits = run(checkout, "bash", str(SCRIPT), "size", "carried")
+    assert fits.returncode == 0 and "the limit is 64 MiB\n" in fits.stdout
+    for i in range(1100):  # 1,100 small files: 4.3 MiB of blocks, a few KiB of bytes
+        (carried / f"log-{i}.txt").write_text("x")
+    over = run(checkout, "bash", str(SCRIPT), "size", "carried", check=False)
+    assert over.returncode == 1 and "over it in blocks, the tool would refuse the call" in over.stdout, over.stdout
+    assert over.stdout.split(" MiB")[0].endswith(" 60.0")  # its bytes alone would be under the limit

@@ -3,14 +3,18 @@
 # in one part small enough for a device call (the ignored folder .fa4wheels/ at the checkout's root):
 #   tools/gpu-host/fa4-wheels.sh download   on a machine with the package index: the wheels into .fa4wheels/wheels/,
 #                                            each stored uncompressed, then one tar of them, xz-compressed, in
-#                                            .fa4wheels/parts/ (split at 58 MiB; it is one part, 53 MiB)
+#                                            .fa4wheels/parts/ as two parts (split, below)
+#   tools/gpu-host/fa4-wheels.sh split [MIB] the parts split again: part-00 of MIB MiB (6 unless given), part-01 the
+#                                            rest (47 MiB with 6)
 #   tools/gpu-host/fa4-wheels.sh install    on the host, once the parts have been carried there: unpacks the wheels,
 #                                            checks them, installs them with .gpuwheels/ (setup.sh) and imports
 #                                            flash-attn-4
 # The wheels as published are 83 MB (zip-compressed, 79 MB of them nvidia-cutlass-dsl's CUDA 13 library): two calls'
-# worth beside the checkout. Stored uncompressed and compressed together with xz they are 53 MiB, one call's: the
-# part travels in the call after the one that carried .gpuwheels/ (41 MiB; ignored files stay on a warm host between
-# calls, one that follows within its 30 s), and that call runs `install` before its sweep. A stored wheel is the same
+# worth beside the checkout. Stored uncompressed and compressed together with xz they are 53 MiB, still two calls'
+# beside .gpuwheels/ (41 MiB) and a slim checkout: the device tool refused 60.8 MiB of files (66.0 MiB in 4 KiB
+# blocks, `device-tree.sh size`). So part-00 (6 MiB) travels with .gpuwheels/ in a sweep's first call and part-01 in
+# the next (ignored files stay on a warm host between calls, for one that follows within its 30 s), which runs
+# `install` before its sweep. A stored wheel is the same
 # wheel (its RECORD lists each file's content hash, not how it was compressed). The wheels' checksums (of the stored
 # wheels) travel inside the tar, so a missing or damaged part fails the check. After `install`, every `source
 # tools/gpu-host/setup.sh` installs them again with the rest.
@@ -52,12 +56,35 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) 
         mv "$wheel.stored" "$wheel"
     done
     (cd "$dir/wheels" && sha256sum -- *.whl >SHA256SUMS)
-    tar -cf - -C "$dir" wheels | xz -9 -T0 | split -b 58M -d -a 2 - "$dir/parts/fa4-wheels.tar.xz.part-"
+    tar -cf - -C "$dir" wheels | xz -9 -T0 >"$dir/parts/fa4-wheels.tar.xz"
     du -b "$dir/wheels"/*.whl
+    "$0" split
+    ;;
+split)
+    first_mib=${2:-6}
+    [[ $first_mib =~ ^[1-9][0-9]*$ ]] || { echo "$0 split: MIB is a whole number of MiB, not '$first_mib'" >&2; exit 2; }
+    parts=("$dir"/parts/fa4-wheels.tar.xz*)
+    [ -e "${parts[0]}" ] || { echo "$0 split: no $dir/parts/fa4-wheels.tar.xz*: run download first" >&2; exit 1; }
+    # Joined into a temporary file first, so that the old parts are removed only once the whole is there.
+    whole=$dir/parts/.whole
+    cat "${parts[@]}" >"$whole"
+    rm -f "${parts[@]}"
+    head -c "$((first_mib * 1024 * 1024))" "$whole" >"$dir/parts/fa4-wheels.tar.xz.part-00"
+    tail -c "+$((first_mib * 1024 * 1024 + 1))" "$whole" >"$dir/parts/fa4-wheels.tar.xz.part-01"
+    rm "$whole"
     ls -l "$dir/parts"
     ;;
 install)
     if compgen -G "$dir/parts/fa4-wheels.tar.xz.part-*" >/dev/null; then
+        parts=("$dir"/parts/fa4-wheels.tar.xz.part-*)
+        for i in "${!parts[@]}"; do
+            expected=$(printf '%s/parts/fa4-wheels.tar.xz.part-%02d' "$dir" "$i")
+            if [ "${parts[$i]}" != "$expected" ]; then
+                echo "$0 install: $expected is not here (carried with .gpuwheels/ in the call before, to a host" \
+                    "kept warm since): the parts here are ${parts[*]}" >&2
+                exit 1
+            fi
+        done
         rm -rf "$dir/wheels"
         # Python's lzma where the host has no xz.
         if command -v xz >/dev/null; then unxz=(xz -d); else
@@ -74,7 +101,7 @@ print("flash-attn-4", m.version("flash-attn-4"), "nvidia-cutlass-dsl", m.version
       "at", flash_attn.cute.__file__, "| torch FA impls:", a.list_flash_attention_impls())'
     ;;
 *)
-    echo "usage: $0 download|install" >&2
+    echo "usage: $0 download|split [MIB]|install" >&2
     exit 2
     ;;
 esac
