@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,129 @@ def test_size_judges_the_files_4_kib_blocks_against_the_limit(checkout: Path) ->
     over = run(checkout, "bash", str(SCRIPT), "size", "carried", check=False)
     assert over.returncode == 1 and "over it in blocks, the tool would refuse the call" in over.stdout, over.stdout
     assert over.stdout.split(" MiB")[0].endswith(" 60.0")  # its bytes alone would be under the limit
+
+
+SIDE_SWEEP = SCRIPT.parent / "side-sweep.sh"
+
+
+@pytest.fixture
+def side(checkout: Path) -> tuple[Path, str]:
+    """A checkout whose run `old` continues at an earlier commit's code (its sweep.sh a stand-in that says where it
+    ran), slim for `replay` at newer code, with `old` packed as a side run: (checkout, the earlier commit)."""
+    (checkout / ".gitignore").write_text("/.sidetree/\n/.gpuwheels/\n")
+    (checkout / "tools/gpu-host").mkdir(parents=True)
+    (checkout / "tools/gpu-host/sweep.sh").write_text('echo "sweep in $PWD: $*"; ls -a results\n')
+    (checkout / "results/old/report.html").write_text("<html>")
+    (checkout / "results/old/cells/a.json").write_text(record("old"))
+    run(checkout, *GIT, "add", ".")
+    run(checkout, *GIT, "commit", "-qm", "the old run's code")
+    earlier = run(checkout, "git", "rev-parse", "HEAD").stdout.strip()
+    (checkout / "src/x.py").write_text("newer code")
+    run(checkout, *GIT, "commit", "-qam", "newer code")
+    run(checkout, "bash", str(SCRIPT), "slim", "replay")
+    out = run(checkout, "bash", str(SCRIPT), "side", earlier[:8], "old").stdout
+    assert f"the code of {earlier[:8]}, results/old of main" in out
+    return checkout, earlier
+
+
+def test_side_packs_an_earlier_commits_code_with_the_branch_befores_results(side: tuple[Path, str]) -> None:
+    checkout, earlier = side
+    assert (checkout / ".sidetree/old.rev").read_text().strip() == earlier
+    with tarfile.open(checkout / ".sidetree/old.tgz") as tgz:
+        names = {m.name.removeprefix("./") for m in tgz.getmembers() if m.isfile()}
+        assert tgz.extractfile("./src/x.py").read() == b""  # the earlier code, not the branch's
+    assert "results/old/cells/a.json" in names and "tools/gpu-host/sweep.sh" in names
+    assert "results/old/report.html" not in names and not any(n.startswith("results/replay") for n in names)
+    assert run(checkout, "git", "status", "--porcelain").stdout.strip() == ""  # .sidetree is ignored
+    bad = run(checkout, "bash", str(SCRIPT), "side", earlier, "nosuchrun", check=False)
+    assert bad.returncode == 2 and "main has no results/nosuchrun" in bad.stderr
+
+
+def test_side_sweep_runs_the_side_runs_own_sweep_and_keeps_its_tree_on_a_warm_host(
+        side: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    checkout, earlier = side
+    host = tmp_path_factory.mktemp("host")
+    (checkout / ".gpuwheels").mkdir()
+    env = {**os.environ, "SIDETREE_DIR": str(host), "OUT": str(host)}
+    done = subprocess.run(["bash", str(SIDE_SWEEP), "30", "old", "--config", "run=old"], cwd=checkout, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    tree = host / "old"
+    assert f"sweep in {tree}: 30 old --config run=old" in done.stdout
+    assert f"old at {earlier[:7]}" in done.stdout  # git describe of the worktree at the earlier commit
+    assert (tree / "src/x.py").read_text() == "" and (tree / "results/old/cells/a.json").exists()
+    assert (tree / ".gpuwheels").resolve() == (checkout / ".gpuwheels").resolve()
+    # The host kept warm: its part's records stay, though the tarball does not hold them.
+    (tree / "results/old/cells/b.json").write_text(record("old"))
+    again = subprocess.run(["bash", str(SIDE_SWEEP), "30", "old"], cwd=checkout, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "kept from this host's last part" in again.stdout
+    assert (tree / "results/old/cells/b.json").exists()
+    shutil.rmtree(host / "old")
+    (checkout / ".sidetree/old.tgz").unlink()
+    missing = subprocess.run(["bash", str(SIDE_SWEEP), "30", "old"], cwd=checkout, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 7 and "no .sidetree/old.tgz" in missing.stderr
+
+
+def test_unpack_side_commits_on_the_branch_before_and_packs_the_side_run_again(
+        side: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A side call's tarball goes onto the branch the slim tree came from (the run is not in the slim tree), with
+    unpack's check, and the side run's tarball is made again from it; back then replays the slim branch's commits
+    onto that branch, side commits and all."""
+    checkout, earlier = side
+    outside = tmp_path_factory.mktemp("sidecall")
+    host = outside / "host"
+    with tarfile.open(checkout / ".sidetree/old.tgz") as tgz:
+        tgz.extractall(host, filter="data")
+    (host / "results/old/cells/b.json").write_text(record("old"))
+    part = outside / "old.tgz"
+    run(host, "tar", "czf", str(part), "results/old")
+    out = run(checkout, "bash", str(SCRIPT), "unpack", "--side", str(part), "side part 1").stdout
+    assert "side part 1" in out and not (checkout / "results/old").exists()  # the slim tree as it was
+    assert run(checkout, "git", "log", "-1", "--format=%s", "main").stdout.strip() == "side part 1"
+    assert run(checkout, "git", "show", "main:results/old/report.html").stdout == "<html>"  # kept
+    assert run(checkout, "git", "cat-file", "-e", "main:results/old/cells/b.json", check=False).returncode == 0
+    with tarfile.open(checkout / ".sidetree/old.tgz") as tgz:
+        assert "./results/old/cells/b.json" in tgz.getnames()
+    assert len(run(checkout, "git", "worktree", "list").stdout.splitlines()) == 1
+    # A tarball of a call sent before that one was unpacked lacks b.json: refused.
+    (host / "results/old/cells/b.json").unlink()
+    (host / "results/old/cells/c.json").write_text(record("old"))
+    run(host, "tar", "czf", str(part), "results/old")
+    refused = run(checkout, "bash", str(SCRIPT), "unpack", "--side", str(part), "side part 2", check=False)
+    assert refused.returncode == 1 and "results/old/cells/b.json" in refused.stderr, refused.stderr
+    assert run(checkout, "git", "log", "-1", "--format=%s", "main").stdout.strip() == "side part 1"
+    assert len(run(checkout, "git", "worktree", "list").stdout.splitlines()) == 1
+    (checkout / "results/replay/cells/d.json").write_text("{}")
+    run(checkout, *GIT, "add", "results")
+    run(checkout, *GIT, "commit", "-qm", "part 1")
+    run(checkout, "bash", str(SCRIPT), "back")
+    assert (checkout / "results/old/cells/b.json").exists() and (checkout / "results/replay/cells/d.json").exists()
+    assert (checkout / "src/x.py").read_text() == "newer code"
+
+
+def test_slim_leaves_out_the_jobs_logs_and_back_takes_those_a_call_wrote_anew(checkout: Path) -> None:
+    """The kept run's logs/ and benchmarks/ stay here (thousands of small files no call reads). A call brings back
+    those of its jobs: a new job's, and one measured again, whose log the branch before has otherwise: after back
+    the call's is there, and every log the call did not touch is as it was."""
+    for rel in ("logs/cells/b.log", "logs/cells/e.log", "benchmarks/cells/b.tsv"):
+        (checkout / "results/replay" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / "results/replay" / rel).write_text("before")
+    run(checkout, *GIT, "add", ".")
+    run(checkout, *GIT, "commit", "-qm", "logs")
+    out = run(checkout, "bash", str(SCRIPT), "slim", "replay").stdout
+    assert "the limit is 64 MiB" in out
+    assert not (checkout / "results/replay/logs").exists() and not (checkout / "results/replay/benchmarks").exists()
+    for rel, text in {"logs/cells/b.log": "measured again", "logs/cells/c.log": "new", "cells/c.json": "{}"}.items():
+        (checkout / "results/replay" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / "results/replay" / rel).write_text(text)
+    run(checkout, *GIT, "add", "results")
+    run(checkout, *GIT, "commit", "-qm", "part 1")
+    run(checkout, "bash", str(SCRIPT), "back")
+    logs = checkout / "results/replay/logs/cells"
+    assert (logs / "b.log").read_text() == "measured again" and (logs / "c.log").read_text() == "new"
+    assert (logs / "e.log").read_text() == "before"
+    assert (checkout / "results/replay/benchmarks/cells/b.tsv").read_text() == "before"
+    assert run(checkout, "git", "status", "--porcelain").stdout.strip() == ""
+    assert run(checkout, "git", "log", "-1", "--format=%s").stdout.strip() == "part 1"

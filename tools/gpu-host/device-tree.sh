@@ -3,12 +3,19 @@
 # The committed results outgrow that beside `.gpuwheels/` (41 MB): this puts the checkout on a local branch that holds
 # only the results folders a call resumes, and back again afterwards.
 #   tools/gpu-host/device-tree.sh slim [--code REV] RUN [RUN ...] [--reads RUN ...]  # from a clean tree: branch
-#       device-tree, other runs' folders removed; of a run after --reads (one the calls' run reads: its
-#       batch.prior_run, its compare_with) only what is read, its summary.csv and its cell records. --code REV: every
-#       file outside results/ (but this script) as at REV, for a run that continues at an earlier cell code
+#       device-tree, other runs' folders removed, and the kept runs' report.html, logs/ and benchmarks/; of a run
+#       after --reads (one the calls' run reads: its batch.prior_run, its compare_with) only what is read, its
+#       summary.csv and its cell records. --code REV: every file outside results/ (but this script) as at REV, for
+#       a run that continues at an earlier cell code
 #   tools/gpu-host/device-tree.sh size [CARRIED ...]  # what a call would send, in MiB (with the carried folders)
-#   tools/gpu-host/device-tree.sh unpack [--replace] TGZ MESSAGE  # a call's tarball (sweep.sh's), committed
+#   tools/gpu-host/device-tree.sh unpack [--replace] [--side] TGZ MESSAGE  # a call's tarball (sweep.sh's), committed
 #   tools/gpu-host/device-tree.sh back               # to the branch before, with what was committed or unpacked since
+#   tools/gpu-host/device-tree.sh side REV RUN       # while slim: .sidetree/RUN.tgz, a run beside the tree's runs
+# A side run is one that continues at an earlier cell code (REV's) than the slim tree's runs, swept by the same call
+# where another GPU came (tools/gpu-host/side-sweep.sh on the host): REV's files but results/, and results/RUN as the
+# branch before holds it, in one compressed file (2.3 MB for h200-modern; the run's folder would be 11 MiB of 4 KiB
+# blocks in the tree). Carry `.sidetree` beside the wheels. `unpack --side` commits such a call's tarball on the branch
+# before (in a worktree of it: RUN is not in the slim tree), with the same check, and makes .sidetree/RUN.tgz again.
 # Between slim and back, unpack each call's $OUT tarball into the checkout, so the next call resumes from it, and
 # commit it there: back replays those commits on the branch before (and carries anything uncommitted), then deletes
 # device-tree. Its first commit, the removal, is never replayed. unpack replaces each run folder the tarball holds, so
@@ -53,8 +60,12 @@ slim)
         name=$(basename "$dir")
         [[ " ${resumed[*]} ${reads[*]} " == *" $name "* ]] || git rm -r -q --ignore-unmatch -- "results/$name"
     done
-    # The kept runs' HTML reports are large and no call reads them.
-    for run in "${resumed[@]}"; do git rm -q --ignore-unmatch -- "results/$run/report.html"; done
+    # The kept runs' HTML reports are large, and their jobs' logs and benchmarks (thousands of small files: a third of
+    # h100-modern's bytes and half its 4 KiB blocks) are there to be read here: no call reads them, and Snakemake
+    # runs no job again for a log or benchmark file that is not there. A call brings back those of its own jobs.
+    for run in "${resumed[@]}"; do
+        git rm -r -q --ignore-unmatch -- "results/$run/report.html" "results/$run/logs" "results/$run/benchmarks"
+    done
     # A run only read: its records (a search's first attempt, batch.prior_run) and its summary (compare_with).
     for run in "${reads[@]}"; do
         git ls-files -z -- "results/$run" | grep -zEv "^results/$run/(summary\.csv|cells/.*\.json)$" |
@@ -87,13 +98,28 @@ size)
     ;;
 unpack)
     shift
-    replace=false
-    [ "${1:-}" != --replace ] || { replace=true; shift; }
+    replace=false side=false
+    while [ $# -gt 2 ]; do
+        case $1 in
+        --replace) replace=true ;;
+        --side) side=true ;;
+        *) echo "device-tree.sh unpack: unknown option $1 (--replace, --side)" >&2; exit 2 ;;
+        esac
+        shift
+    done
     [ $# -eq 2 ] || { echo "device-tree.sh unpack: give the tarball and the commit message" >&2; exit 2; }
     [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state): unpack onto the slim branch" >&2; exit 1; }
-    tgz=$1 message=$2
+    tgz=$(realpath "$1") message=$2
     mapfile -t runs < <(tar tzf "$tgz" | awk -F/ '$1 == "results" && $2 != "" {print $2}' | sort -u)
     [ ${#runs[@]} -gt 0 ] || { echo "device-tree.sh unpack: $tgz holds no results/RUN folder" >&2; exit 1; }
+    here=$PWD
+    if $side; then
+        { read -r from; read -r _; } <"$state"
+        here=$(mktemp -d)/base
+        git worktree add -q "$here" "$from"
+        trap 'git worktree remove --force "$here"' EXIT
+    fi
+    cd "$here"
     if ! $replace; then
         lost=$(python3 - "$tgz" "${runs[@]}" <<'PY'
 import json, pathlib, sys, tarfile
@@ -125,11 +151,42 @@ PY
             exit 1
         fi
     fi
-    for run in "${runs[@]}"; do rm -rf -- "results/$run"; done
-    tar xzf "$tgz"
+    for run in "${runs[@]}"; do
+        # A committed HTML report is no part of what a call sends back (slim leaves it out): kept.
+        report=$(git ls-files -- "results/$run/report.html")
+        [ -z "$report" ] || mv "$report" "$here/.report-$run.html"
+        rm -rf -- "results/$run"
+        tar xzf "$tgz" "results/$run"
+        [ -z "$report" ] || mv "$here/.report-$run.html" "$report"
+    done
     git add -A -- "${runs[@]/#/results/}"
     git commit -q -m "$message"
     git log --oneline -1
+    if $side; then
+        cd - >/dev/null
+        for run in "${runs[@]}"; do
+            [ ! -e ".sidetree/$run.rev" ] || "$0" side "$(cat ".sidetree/$run.rev")" "$run"
+        done
+    fi
+    ;;
+side)
+    [ -e "$state" ] || { echo "device-tree.sh side: not slim (no $state)" >&2; exit 1; }
+    [ $# -eq 3 ] || { echo "device-tree.sh side: give the commit of the run's code and the run" >&2; exit 2; }
+    rev=$(git rev-parse -q --verify "$2^{commit}") || { echo "device-tree.sh side: $2 is not a commit here" >&2; exit 2; }
+    run=$3
+    { read -r from; read -r _; } <"$state"
+    git cat-file -e "$from:results/$run" 2>/dev/null ||
+        { echo "device-tree.sh side: $from has no results/$run" >&2; exit 2; }
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    git archive "$rev" -- . ':(exclude)results' | tar x -C "$build"
+    git archive "$from" -- "results/$run" ':(exclude)results/*/report.html' | tar x -C "$build"
+    mkdir -p .sidetree
+    tar czf ".sidetree/.$run.tgz" -C "$build" .
+    mv ".sidetree/.$run.tgz" ".sidetree/$run.tgz"
+    echo "$rev" >".sidetree/$run.rev"
+    echo "device-tree.sh side: .sidetree/$run.tgz ($(du -h ".sidetree/$run.tgz" | cut -f1)): the code of" \
+        "${rev:0:8}, results/$run of $from"
     ;;
 back)
     [ -e "$state" ] || { echo "device-tree.sh: not slim (no $state)" >&2; exit 1; }
@@ -139,8 +196,10 @@ back)
     changed=$(git status --porcelain)
     [ -z "$changed" ] || git stash push -q -u -m device-tree
     git switch -q "$from"
-    # The results committed on device-tree touch only folders that are the same on both branches at the slim point.
-    [ -z "$(git rev-list "$slim..device-tree")" ] || git cherry-pick "$slim..device-tree" >/dev/null
+    # The results committed on device-tree touch only folders that are the same on both branches at the slim point,
+    # but for what slim left out: a job measured again writes its log and benchmark anew, which device-tree adds and
+    # the branch before has. Where they differ, device-tree's (-X theirs) is the newer.
+    [ -z "$(git rev-list "$slim..device-tree")" ] || git cherry-pick -X theirs "$slim..device-tree" >/dev/null
     [ -z "$changed" ] || git stash pop -q
     git branch -q -D device-tree
     rm -f "$state"
