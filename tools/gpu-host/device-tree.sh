@@ -172,7 +172,8 @@ PY
 side)
     [ -e "$state" ] || { echo "device-tree.sh side: not slim (no $state)" >&2; exit 1; }
     [ $# -eq 3 ] || { echo "device-tree.sh side: give the commit of the run's code and the run" >&2; exit 2; }
-    rev=$(git rev-parse -q --verify "$2^{commit}") || { echo "device-tree.sh side: $2 is not a commit here" >&2; exit 2; }
+    rev=$(git rev-parse -q --verify "$2^{commit}") ||
+        { echo "device-tree.sh side: $2 is not a commit here" >&2; exit 2; }
     run=$3
     { read -r from; read -r _; } <"$state"
     git cat-file -e "$from:results/$run" 2>/dev/null ||

@@ -20,7 +20,7 @@ if [ -d "$tree/results/$run" ]; then
     echo "side-sweep.sh: $tree kept from this host's last part"
 else
     [ -s ".sidetree/$run.tgz" ] && [ -s ".sidetree/$run.rev" ] ||
-        { echo "side-sweep.sh: no .sidetree/$run.tgz and .rev (device-tree.sh side, then carry .sidetree)" >&2; exit 7; }
+        { echo "side-sweep.sh: no .sidetree/$run.tgz and .rev (device-tree.sh side, carry .sidetree)" >&2; exit 7; }
     rm -rf "$tree"
     mkdir -p "$(dirname "$tree")"
     # A worktree of the commit where the checkout has it, so that records name it (git describe: REV-dirty, its
