@@ -215,9 +215,12 @@ def test_the_check_asks_again_only_where_the_estimate_would_hold_the_job_back(tm
     longer = check(600, f"{time.time() + 30:.3f}", "echo", "90")  # the new estimate holds it back too
     assert longer.returncode == 3
     assert longer.stdout.startswith(sweep.NOT_STARTED + ": expected to take about 90 s, ")
+    assert longer.stdout.endswith(" left before ATTNSWEEP_DEADLINE (estimated again from the records at its start; "
+                                  "600 s when the sweep began)\n")
     for broken in (["false"], ["echo", "soon"], ["echo"]):  # no answer: the old estimate stands
         done = check(600, f"{time.time() + 120:.3f}", *broken)
         assert done.returncode == 3 and "expected to take about 600 s, " in done.stdout
+        assert done.stdout.endswith(" left before ATTNSWEEP_DEADLINE\n")
 
 
 def write_record(path: Path, record: dict) -> Path:

@@ -445,6 +445,13 @@ def test_jobs_that_would_end_after_the_deadline_do_not_start(repo: Path, monkeyp
     held = re.search(r"\(the first: warmup tiny \d+ \w+ compiled \(repeat 1\): expected to take about (\d+) s", out)
     assert held and int(held.group(1)) > 10505, out
     assert not list((repo / "results/tiny/cells").rglob("mode~compiled/**/*.json"))
+    # Each was estimated again at its start (workflow/scripts/deadline/expected-warmup.py), from the same records.
+    logs = sorted((repo / "results/tiny/logs/warmup").rglob("mode~compiled/**/r1/warmup.log"))
+    assert len(logs) == TINY_CELLS
+    for log in logs:
+        again = re.search(r"expected to take about (\d+) s, .* \(estimated again from the records at its start; "
+                          r"(\d+) s when the sweep began\)$", log.read_text())
+        assert again and again.group(1) == again.group(2), log.read_text()
 
 
 @pytest.mark.slow

@@ -210,21 +210,17 @@ def expected_warmup_s(wildcards, input) -> int:
 
 
 def estimate_warmup_again(wildcards, input) -> str:
-    """The command that makes a warm-up's expected_s again from the records there are at its start (the check before
-    the job runs it where expected_s would hold the job back): Snakemake evaluates a job's resources when it builds
-    the DAG if the job's inputs are there then, as a first repeat's warm-up has none, so an estimate made from an
-    earlier part's records of other modes does not learn from the records the sweep has made since.
+    """The command that makes a first repeat's warm-up's expected_s again from the records there are at its start
+    (the check before the job runs it where expected_s would hold the job back): Snakemake evaluates a job's
+    resources when it builds the DAG if the job's inputs are there then, as a first repeat's warm-up has none, so an
+    estimate made from an earlier part's records of other modes does not learn from the records the sweep has made
+    since. None for a later repeat's, whose estimate is its repeat 1's record's, there when the DAG was built (a
+    Python start, 0.5 s, saved for each such warm-up held back at a part's end).
     """
+    if input.get("first"):
+        return ""
     cell = sweep.cell_path(dict(PARAMSPACE.instance(wildcards)))
-    return shlex.join(
-        [
-            "python",
-            ESTIMATE_WARMUP,
-            RESULTS,
-            cell,
-            *([input.first] if input.get("first") else []),
-        ]
-    )
+    return shlex.join(["python", ESTIMATE_WARMUP, RESULTS, cell])
 
 
 def stamp_text(wildcards) -> str:

@@ -16,6 +16,7 @@ expected=$1
 shift
 left=$((${deadline%.*} - $(date +%s)))
 [ "$expected" -gt "$left" ] || exit 0
+again_note=
 if [ $# -gt 0 ]; then
     again=$("$@") || again=
     if [[ $again =~ ^[0-9]+$ ]]; then
@@ -25,8 +26,9 @@ if [ $# -gt 0 ]; then
                 "started"
             exit 0
         fi
+        again_note=" (estimated again from the records at its start; $expected s when the sweep began)"
         expected=$again
     fi
 fi
-echo "attnsweep: not started: expected to take about $expected s, $left s left before ATTNSWEEP_DEADLINE"
+echo "attnsweep: not started: expected to take about $expected s, $left s left before ATTNSWEEP_DEADLINE$again_note"
 exit 3
