@@ -696,7 +696,9 @@ def test_on_the_runs_records_with_warm_up_step_times_no_timed_job_is_expected_sh
     assert len(rows) >= 100, f"only {len(rows)} records to check: has results/h200-modern moved?"
     shortest = min(rows, key=lambda r: r["like"])
     assert shortest["like"] > 1.0, f"expected shorter than it took: {shortest}"
-    assert max(r["like"] for r in rows) < 5.0  # from the attempt's seconds: up to 123 times
+    # From the attempt's seconds: up to 123 times. From the step times the longest, relatively, are jobs of 7-12 s,
+    # in which an estimate's fixed seconds weigh most: 3.5-5.4 times (40 s for small 1,024 `sdpa_flash`'s 7.4 s).
+    assert max(r["like"] for r in rows) < 10.0
 
 
 def _bench(path: Path, seconds: float) -> None:
