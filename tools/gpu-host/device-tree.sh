@@ -207,7 +207,7 @@ back)
     git status --short | head -n 5
     ;;
 *)
-    sed -n 2,19p "$0" >&2
+    sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' >&2
     exit 2
     ;;
 esac
