@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # FlashAttention-4 (the fa4, fa4_graphbreak and sdpa_fa4 attention entries) for the GPU host, which has no network,
-# in one part small enough for a device call (the ignored folder .fa4wheels/ at the checkout's root):
+# in two parts, each small enough for a device call beside others (the ignored folder .fa4wheels/ at the root):
 #   tools/gpu-host/fa4-wheels.sh download   on a machine with the package index: the wheels into .fa4wheels/wheels/,
 #                                            each stored uncompressed, then one tar of them, xz-compressed, in
 #                                            .fa4wheels/parts/ as two parts (split, below)
@@ -14,10 +14,9 @@
 # beside .gpuwheels/ (41 MiB) and a slim checkout: the device tool refused 60.8 MiB of files (66.0 MiB in 4 KiB
 # blocks, `device-tree.sh size`). So part-00 (6 MiB) travels with .gpuwheels/ in a sweep's first call and part-01 in
 # the next (ignored files stay on a warm host between calls, for one that follows within its 30 s), which runs
-# `install` before its sweep. A stored wheel is the same
-# wheel (its RECORD lists each file's content hash, not how it was compressed). The wheels' checksums (of the stored
-# wheels) travel inside the tar, so a missing or damaged part fails the check. After `install`, every `source
-# tools/gpu-host/setup.sh` installs them again with the rest.
+# `install` before its sweep. A stored wheel is the same wheel (its RECORD lists each file's content hash, not how it
+# was compressed). The wheels' checksums (of the stored wheels) travel inside the tar, so a missing or damaged part
+# fails the check. After `install`, every `source tools/gpu-host/setup.sh` installs them again with the rest.
 #
 # flash-attn-4 4.0.0b18 is the newest release whose _flash_attn_fwd returns (out, lse), the two values torch 2.11's
 # FA4 route (torch/nn/attention/_fa4.py) unpacks; 4.0.0b19 and later return more and break that route. It has the
@@ -62,7 +61,8 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) 
     ;;
 split)
     first_mib=${2:-6}
-    [[ $first_mib =~ ^[1-9][0-9]*$ ]] || { echo "$0 split: MIB is a whole number of MiB, not '$first_mib'" >&2; exit 2; }
+    [[ $first_mib =~ ^[1-9][0-9]*$ ]] ||
+        { echo "$0 split: MIB is a whole number of MiB, not '$first_mib'" >&2; exit 2; }
     parts=("$dir"/parts/fa4-wheels.tar.xz*)
     [ -e "${parts[0]}" ] || { echo "$0 split: no $dir/parts/fa4-wheels.tar.xz*: run download first" >&2; exit 1; }
     # Joined into a temporary file first, so that the old parts are removed only once the whole is there.

@@ -219,7 +219,7 @@ def estimate_warmup_again(wildcards, input) -> str:
     """
     if input.get("first"):
         return ""
-    cell = sweep.cell_path(dict(PARAMSPACE.instance(wildcards)))
+    cell = sweep.cell_path(dict(wildcards.items()))
     return shlex.join(["python", ESTIMATE_WARMUP, RESULTS, cell])
 
 
