@@ -235,8 +235,8 @@ def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path:
     script = ROOT / "workflow/scripts/deadline/expected-warmup.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
-    def printed(*first: str) -> int:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), *first],
+    def printed(*extra: str) -> int:
+        done = subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), *extra],
                               env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return int(done.stdout)
@@ -252,11 +252,13 @@ def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path:
     from_quick = round(sweep.warmup_then_timed_s(None, [quick]))
     assert from_quick < from_slow
     assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == from_quick
-    # A later repeat's: repeat 1's record, where it can be read.
+    # A later repeat's is its repeat 1's record's (the workflow does not ask the script for one).
     first = write_record(tmp_path / "cells" / sweep.cell_path(CELL) / "cell.json", slow)
-    assert sweep.expected_warmup_s(tmp_path, CELL, first) == printed(str(first)) == round(
-        sweep.warmup_then_timed_s(slow, []))
-    assert sweep.expected_warmup_s(tmp_path, CELL, tmp_path / "gone.json") == printed(str(tmp_path / "gone.json"))
+    assert sweep.expected_warmup_s(tmp_path, CELL, first) == round(sweep.warmup_then_timed_s(slow, []))
+    assert sweep.expected_warmup_s(tmp_path, CELL, tmp_path / "gone.json") == printed()  # as a first repeat
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), str(first)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "RESULTS CELL" in bad.stderr
 
 
 def test_the_records_waiting_for_their_timed_job_are_those_of_the_warm_ups_done_since(tmp_path: Path) -> None:
