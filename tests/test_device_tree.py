@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -259,6 +260,36 @@ def test_side_sweep_runs_the_side_runs_own_sweep_and_keeps_its_tree_on_a_warm_ho
     missing = subprocess.run(["bash", str(SIDE_SWEEP), "30", "old"], cwd=checkout, env=env, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 7 and "no .sidetree/old.tgz" in missing.stderr
+
+
+def test_side_sweep_waiting_only_names_the_side_runs_waiting_records_for_a_sweep_sh_that_predates_it(
+        side: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SWEEP_WAITING_ONLY=1 on a warm host: this checkout's `attnsweep status --waiting` finds the side tree's done
+    warm-ups, and their records go to the side run's own sweep.sh as targets, before its options; with none waiting,
+    nothing runs (exit 4)."""
+    checkout, _ = side
+    host, bin_dir = tmp_path_factory.mktemp("host"), tmp_path_factory.mktemp("bin")
+    (bin_dir / "python3").write_text(f'#!/bin/bash\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "SIDETREE_DIR": str(host), "OUT": str(host), "SWEEP_WAITING_ONLY": "1",
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(SCRIPT.parents[2] / "src")}
+
+    def side_sweep() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SIDE_SWEEP), "30", "old", "--config", "run=old", "repeats=2"],
+                              cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+
+    nothing = side_sweep()  # a fresh tree from the tarball: no warm-up there
+    assert nothing.returncode == 4 and "no warm-up of old waits for its timed job" in nothing.stderr, nothing
+    assert "sweep in" not in nothing.stdout
+    warmup = host / "old/results/old/warmup/model~small/r2"
+    (warmup / "cache").mkdir(parents=True)
+    (warmup / "warmup.json").write_text("{}")
+    done = side_sweep()
+    assert done.returncode == 0, done.stderr
+    assert "measuring only the 1 records whose warm-up is done" in done.stdout
+    tree = host / "old"
+    assert (f"sweep in {tree}: 30 old results/old/cells/model~small/repeat-2.json --config run=old repeats=2"
+            in done.stdout), done.stdout
 
 
 def test_unpack_side_commits_on_the_branch_before_and_packs_the_side_run_again(
