@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -563,7 +564,10 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
         (run / folder).parent.mkdir(parents=True, exist_ok=True)
         (run / folder).write_text(json.dumps({"status": "ok", "started_at": f"2026-12-02T{started}+00:00",
                                               "duration_s": seconds}))
-    one, two = report.part_split(run)
+    # A part whose Snakemake stopped before its first job wrote no full log: its wall time only.
+    (run / "wall-20261202T012000.txt").write_text("exit 1 wall_s 3.1\n")
+    one, two, three = report.part_split(run)
+    assert three == {"run": "r", "part (UTC)": "2026-12-02 01:20 (no full log)", "wall s": 3.1}
     assert one == {"run": "r", "part (UTC)": "2026-12-02 01:00", "wall s": 130.5, "timed jobs": 1, "timed s": 70.0,
                    "timed own s": 59.0,
                    "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
@@ -574,7 +578,8 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
     assert [two[k] for k in keys] == [0, None, 1, 45.0, 2, 35.0, 1, 0, None]
     report.part_split_table([str(run)])
     out = capsys.readouterr().out
-    assert "| all   | 2 parts" in out and "snakemake" not in out
+    assert "| all   | 3 parts" in out and "snakemake" not in out
+    assert re.search(r"\| all +\| 3 parts +\| +204 \|", out), out  # 130.5 + 70.0 + 3.1
 
 
 PROGRESS_CELL = {"model": "small", "seq_len": 1024, "kv_heads": 12, "precision": "fp16", "optimizer": "adamw",

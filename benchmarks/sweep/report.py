@@ -657,7 +657,7 @@ def _full_log(run: Path, began: pd.Timestamp) -> Path:
 
 
 def part_split(run: Path) -> list[dict]:
-    """Each part of `run` (_parts) with a full log: its wall time and, in seconds between the log's time lines
+    """Each part of `run` (_parts): its wall time and, from its full log, in seconds between the log's time lines
     (whole seconds), its timed jobs (from the job's start to its end: with its wait for the GPU's timed lock, which
     on a GPU with run seats 0 each compiled warm-up holds while it runs its steps), the time the timed jobs held
     the GPU (`timed own s`: their records' own clocks, duration_s, as `occupancy`'s busy; blank where the part's
@@ -667,12 +667,14 @@ def part_split(run: Path) -> list[dict]:
     0: no record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back,
     and the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the
     GPU stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's
-    margin for the packing)."""
+    margin for the packing). A part without a full log (its Snakemake stopped before the first job, e.g. on
+    arguments it refused) has its wall time only, so that the parts' sum is all of their wall time."""
     out = []
     records = _timed_records_held(run)
     for began, wall_s in _parts(run):
         log = _full_log(run, began)
         if not log.is_file():
+            out.append({"run": run.name, "part (UTC)": f"{began:%Y-%m-%d %H:%M} (no full log)", "wall s": wall_s})
             continue
         jobs, held, last, deadline = _part_jobs(gzip.open(log, "rt").read())
         timed = [j for j in jobs.values() if j["rule"] == "cell" and j["end"]]
@@ -707,7 +709,7 @@ def part_split(run: Path) -> list[dict]:
 
 def part_split_table(runs: list[str]) -> None:
     rows = [row for run in runs for row in part_split(Path(run))]
-    if not rows:
+    if not any("timed jobs" in row for row in rows):
         sys.exit("no part of these runs has a full log (snakemake-*.full.log.gz, tools/gpu-host/sweep.sh)")
     df = pd.DataFrame(rows)
     total = df.drop(columns=["run", "part (UTC)"]).sum()
