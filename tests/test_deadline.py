@@ -235,9 +235,12 @@ def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path:
     script = ROOT / "workflow/scripts/deadline/expected-warmup.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
-    def printed(*extra: str) -> int:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), *extra],
+    def run_script(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), *extra],
                               env=env, capture_output=True, text=True, timeout=120)
+
+    def printed() -> int:
+        done = run_script()
         assert done.returncode == 0, done.stderr
         return int(done.stdout)
 
@@ -256,8 +259,7 @@ def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path:
     first = write_record(tmp_path / "cells" / sweep.cell_path(CELL) / "cell.json", slow)
     assert sweep.expected_warmup_s(tmp_path, CELL, first) == round(sweep.warmup_then_timed_s(slow, []))
     assert sweep.expected_warmup_s(tmp_path, CELL, tmp_path / "gone.json") == printed()  # as a first repeat
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), str(first)],
-                         env=env, capture_output=True, text=True, timeout=120)
+    bad = run_script(str(first))
     assert bad.returncode != 0 and "RESULTS CELL" in bad.stderr
 
 

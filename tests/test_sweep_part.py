@@ -55,6 +55,7 @@ mkdir -p results/demo/cells && echo '{}' >results/demo/cells/a.json && echo "1 o
 def checkout(tmp_path: Path, snakemake: str) -> tuple[Path, dict[str, str]]:
     repo, bin_, out = tmp_path / "repo", tmp_path / "bin", tmp_path / "out"
     for path, text in {repo / "tools/gpu-host/sweep.sh": (TOOLS / "sweep.sh").read_text(),
+                       repo / "tools/gpu-host/waiting-targets.sh": (TOOLS / "waiting-targets.sh").read_text(),
                        repo / "tools/gpu-host/setup.sh": SETUP,
                        bin_ / "nvidia-smi": NVIDIA_SMI, bin_ / "snakemake": snakemake}.items():
         path.parent.mkdir(parents=True, exist_ok=True)

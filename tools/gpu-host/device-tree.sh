@@ -13,9 +13,10 @@
 #   tools/gpu-host/device-tree.sh side REV RUN       # while slim: .sidetree/RUN.tgz, a run beside the tree's runs
 # A side run is one that continues at an earlier cell code (REV's) than the slim tree's runs, swept by the same call
 # where another GPU came (tools/gpu-host/side-sweep.sh on the host): REV's files but results/, and results/RUN as the
-# branch before holds it, in one compressed file (2.5 MB for h200-modern; the run's folder would be 11 MiB of 4 KiB
-# blocks in the tree). Carry `.sidetree` beside the wheels. `unpack --side` commits such a call's tarball on the branch
-# before (in a worktree of it: RUN is not in the slim tree), with the same check, and makes .sidetree/RUN.tgz again.
+# branch before holds it, in one compressed file (2.7 MB for h200-modern on 2026-12-07; the run's folder would be
+# 11 MiB of 4 KiB blocks in the tree). Carry `.sidetree` beside the wheels. `unpack --side` commits such a call's
+# tarball on the branch before (in a worktree of it: RUN is not in the slim tree), with the same check, and makes
+# .sidetree/RUN.tgz again.
 # Between slim and back, unpack each call's $OUT tarball into the checkout, so the next call resumes from it, and
 # commit it there: back replays those commits on the branch before (and carries anything uncommitted), then deletes
 # device-tree. Its first commit, the removal, is never replayed. unpack replaces each run folder the tarball holds, so

@@ -7,17 +7,17 @@
 # FlashAttention-4's wheels first (that code's fa4-wheels.sh, into $OUT/fa4-install.log). A host kept warm since the
 # last part keeps /tmp/sidetree/RUN as that part left it (its records are newer than the tarball's, and its finished
 # warm-ups, last-part stamp and .snakemake/ go on), so a call that follows within the host's 30 s need not carry the
-# tarball again. SWEEP_WAITING_ONLY=1 makes a part that only measures, as sweep.sh's own (a session's last part on a
-# warm host): this checkout's `attnsweep status --waiting` names the side run's waiting records as the targets, for a
-# side run whose sweep.sh predates it (the warm-up folders it reads, warmup/<cell>/r<K>/, are those of cell code
-# 3b1c1216 on). So that one call can serve whichever GPU comes, branch on it:
+# tarball again. SWEEP_WAITING_ONLY=1 makes a part that only measures, as sweep.sh's own: this checkout's
+# waiting-targets.sh names the side run's waiting records as the targets, for a side run whose sweep.sh predates it
+# (the warm-up folders it reads, warmup/<cell>/r<K>/, are those of cell code 3b1c1216 on). So that one call can serve
+# whichever GPU comes, branch on it:
 #   case "$(nvidia-smi --query-gpu=name --format=csv,noheader)" in
 #   *H200*) bash tools/gpu-host/side-sweep.sh 550 h200-modern --configfile config/modern.yaml ... ;;
 #   *H100*) bash tools/gpu-host/sweep.sh 550 h100-modern --configfile config/modern.yaml ... ;;
 #   esac
 set -uo pipefail
 [ $# -ge 2 ] || { sed -n 2,4p "$0" >&2; exit 2; }
-root=$PWD run=$2
+root=$PWD run=$2 tools=$(cd "$(dirname "$0")" && pwd)
 tree=${SIDETREE_DIR:-/tmp/sidetree}/$run
 if [ -d "$tree/results/$run" ]; then
     echo "side-sweep.sh: $tree kept from this host's last part"
@@ -41,15 +41,8 @@ done
 cd "$tree" || exit 7
 echo "side-sweep.sh: $run at $(git describe --always --dirty 2>/dev/null || echo 'no commit (plain files)') in $tree"
 if [ -n "${SWEEP_WAITING_ONLY:-}" ]; then
-    waiting=$(PYTHONPATH="/tmp/site:$root/src${PYTHONPATH:+:$PYTHONPATH}" python3 -m attnsweep status "results/$run" \
-        --waiting) || exit 1
-    if [ -z "$waiting" ]; then
-        echo "side-sweep.sh: no warm-up of $run waits for its timed job (SWEEP_WAITING_ONLY): nothing to measure" >&2
-        exit 4
-    fi
-    mapfile -t targets <<<"$waiting"
-    echo "side-sweep.sh: measuring only the ${#targets[@]} records whose warm-up is done (SWEEP_WAITING_ONLY)"
-    # Before the part's snakemake arguments, where an option of several values (`--config k=v ...`) cannot take them.
+    source "$tools/waiting-targets.sh"
+    PYTHONPATH="/tmp/site:$root/src${PYTHONPATH:+:$PYTHONPATH}" waiting_targets side-sweep.sh "$run" || exit
     set -- "$1" "$2" "${targets[@]}" "${@:3}"
     unset SWEEP_WAITING_ONLY
 fi

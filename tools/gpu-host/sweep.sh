@@ -25,19 +25,10 @@ if [ -s "$last_part" ] && [ ! -e "$last_wall" ]; then
     exit 3
 fi
 source tools/gpu-host/setup.sh || exit 1
-# SWEEP_WAITING_ONLY=1: a part that only measures. Its targets are the records whose warm-up is done and whose timed
-# job has not run (`attnsweep status --waiting`): on a host kept warm, those its last part left. For a session's
-# last part, whose new warm-ups would be lost with the host, GPU time and all. None waiting: exit 4, nothing runs.
+# SWEEP_WAITING_ONLY=1: a part that only measures (waiting-targets.sh). None waiting: exit 4, nothing runs.
 if [ -n "${SWEEP_WAITING_ONLY:-}" ]; then
-    waiting=$(python3 -m attnsweep status "results/$run" --waiting) || exit 1
-    if [ -z "$waiting" ]; then
-        echo "sweep.sh: no warm-up of $run waits for its timed job (SWEEP_WAITING_ONLY): nothing to measure" >&2
-        exit 4
-    fi
-    mapfile -t targets <<<"$waiting"
-    echo "sweep.sh: measuring only the ${#targets[@]} records whose warm-up is done (SWEEP_WAITING_ONLY)"
-    # Before the part's own arguments: after them an option that takes several values (`--config k=v ...`) would
-    # take the targets as its own.
+    source tools/gpu-host/waiting-targets.sh
+    waiting_targets sweep.sh "$run" || exit
     set -- "${targets[@]}" "$@"
 fi
 mkdir -p "results/$run"
