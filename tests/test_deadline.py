@@ -204,23 +204,30 @@ def test_the_check_holds_back_a_job_that_would_end_after_the_deadline() -> None:
     assert past.returncode == 3 and "expected to take about 0 s, -" in past.stdout
 
 
-def test_the_check_asks_again_only_where_the_estimate_would_hold_the_job_back(tmp_path: Path) -> None:
+def test_the_checks_command_replaces_the_estimate_either_way(tmp_path: Path) -> None:
+    """Where the job gives a command (a warm-up), its answer decides, asked at every start where a deadline is set:
+    a shorter one lets start a job the first estimate would hold back, a longer one (the GPU's queue) holds back a
+    job the first estimate would let start; no answer leaves the first estimate in force."""
     asked = tmp_path / "asked"
     again = ["bash", "-c", f"echo asked >> {asked}; echo 20"]
-    done = check(60, f"{time.time() + 120:.3f}", *again)  # fits: not asked
+    done = check(60, None, *again)  # no deadline: not asked
     assert done.returncode == 0 and done.stdout == "" and not asked.exists()
-    done = check(600, f"{time.time() + 120:.3f}", *again)  # held back by the old estimate, not by the new one
+    done = check(60, f"{time.time() + 120:.3f}", *again)  # fits either way: asked all the same
     assert done.returncode == 0 and asked.read_text() == "asked\n"
+    assert done.stdout.startswith("attnsweep: expected 60 s when the sweep began, 20 s from the records now, ")
+    done = check(600, f"{time.time() + 120:.3f}", *again)  # held back by the old estimate, not by the new one
+    assert done.returncode == 0 and asked.read_text() == "asked\nasked\n"
     assert done.stdout.startswith("attnsweep: expected 600 s when the sweep began, 20 s from the records now, ")
-    longer = check(600, f"{time.time() + 30:.3f}", "echo", "90")  # the new estimate holds it back too
+    longer = check(60, f"{time.time() + 120:.3f}", "echo", "300")  # let start by the old estimate, not by the new
     assert longer.returncode == 3
-    assert longer.stdout.startswith(sweep.NOT_STARTED + ": expected to take about 90 s, ")
+    assert longer.stdout.startswith(sweep.NOT_STARTED + ": expected to take about 300 s, ")
     assert longer.stdout.endswith(" left before ATTNSWEEP_DEADLINE (estimated again from the records at its start; "
-                                  "600 s when the sweep began)\n")
+                                  "60 s when the sweep began)\n")
     for broken in (["false"], ["echo", "soon"], ["echo"]):  # no answer: the old estimate stands
         done = check(600, f"{time.time() + 120:.3f}", *broken)
         assert done.returncode == 3 and "expected to take about 600 s, " in done.stdout
         assert done.stdout.endswith(" left before ATTNSWEEP_DEADLINE\n")
+        assert check(60, f"{time.time() + 120:.3f}", *broken).returncode == 0
 
 
 def write_record(path: Path, record: dict) -> Path:
@@ -230,37 +237,88 @@ def write_record(path: Path, record: dict) -> Path:
 
 
 def test_a_warmups_estimate_made_again_reads_the_records_there_are_now(tmp_path: Path) -> None:
-    """What the check's command prints (workflow/scripts/deadline/expected-warmup.py) is sweep.expected_warmup_s on the
-    records on disk when it runs: a record written since the sweep began changes it."""
+    """What the check's command prints (workflow/scripts/deadline/expected-warmup.py) is
+    sweep.expected_warmup_start_s on the records on disk when it runs: a record written since the sweep began changes
+    it, as a warm-up done since does (the GPU's queue)."""
     script = ROOT / "workflow/scripts/deadline/expected-warmup.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
-    def run_script(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), str(tmp_path), sweep.cell_path(CELL), *extra],
-                              env=env, capture_output=True, text=True, timeout=120)
+    def run_script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                              timeout=120)
 
-    def printed() -> int:
-        done = run_script()
+    def printed(*first: Path) -> int:
+        done = run_script(str(tmp_path), sweep.cell_path(CELL), "125", *map(str, first))
         assert done.returncode == 0, done.stderr
         return int(done.stdout)
 
-    assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == 0  # nothing measured
+    def expected(first: Path | None = None) -> int:
+        return sweep.expected_warmup_start_s(tmp_path, CELL, first, 125)
+
+    assert sweep.expected_warmup_s(tmp_path, CELL, None) == expected() == printed() == 0  # nothing measured
     slow = {"status": "ok", "batch_size": 8, "duration_s": 300.0, "batch_attempts": [attempt(8, 200.0)]}
     write_record(tmp_path / "cells" / sweep.cell_path({**CELL, "mode": "eager", "seq_len": 512}) / "cell.json", slow)
     from_slow = round(sweep.warmup_then_timed_s(None, [slow]))
-    assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == from_slow
+    assert sweep.expected_warmup_s(tmp_path, CELL, None) == expected() == printed() == from_slow
     # A record of a cell closer to it (another attention only) is made: it is read, the other mode's is not.
     quick = {"status": "ok", "batch_size": 8, "duration_s": 30.0, "batch_attempts": [attempt(8, 10.0)]}
     write_record(tmp_path / "cells" / sweep.cell_path({**CELL, "attn": "sdpa"}) / "cell.json", quick)
     from_quick = round(sweep.warmup_then_timed_s(None, [quick]))
     assert from_quick < from_slow
-    assert sweep.expected_warmup_s(tmp_path, CELL, None) == printed() == from_quick
-    # A later repeat's is its repeat 1's record's (the workflow does not ask the script for one).
+    assert sweep.expected_warmup_s(tmp_path, CELL, None) == expected() == printed() == from_quick
+    # A later repeat's is its repeat 1's record's, given as FIRST; one that cannot be read counts as none.
     first = write_record(tmp_path / "cells" / sweep.cell_path(CELL) / "cell.json", slow)
-    assert sweep.expected_warmup_s(tmp_path, CELL, first) == round(sweep.warmup_then_timed_s(slow, []))
-    assert sweep.expected_warmup_s(tmp_path, CELL, tmp_path / "gone.json") == printed()  # as a first repeat
-    bad = run_script(str(first))
-    assert bad.returncode != 0 and "RESULTS CELL" in bad.stderr
+    assert sweep.expected_warmup_s(tmp_path, CELL, first) == expected(first) == printed(first) == round(
+        sweep.warmup_then_timed_s(slow, []))
+    gone = tmp_path / "gone.json"
+    assert sweep.expected_warmup_s(tmp_path, CELL, gone) == expected(gone) == printed(gone) == printed()
+    for bad in ([str(tmp_path), sweep.cell_path(CELL)], [str(tmp_path), sweep.cell_path(CELL), "many"],
+                [str(tmp_path), sweep.cell_path(CELL), "125", str(first), "more"]):
+        done = run_script(*bad)
+        assert done.returncode != 0 and "RESULTS CELL STEPS [FIRST]" in done.stderr
+
+
+def done_warmup(run: Path, cell: dict, repeat: int, warmup: dict) -> Path:
+    """A warm-up done (its warmup.json and cache, as the warm-up job leaves them); returns the record it waits for."""
+    folder = run / "warmup" / sweep.cell_path(cell) / f"r{repeat}"
+    write_record(folder / "warmup.json", warmup)
+    (folder / "cache").mkdir()
+    return run / "cells" / sweep.cell_path(cell) / sweep.record_name(repeat)
+
+
+def test_a_warmup_at_its_start_expects_the_timed_jobs_waiting_for_the_gpu(tmp_path: Path) -> None:
+    """The GPU's queue is the timed jobs whose warm-ups are done (each as expected_timed_job_s expects it); a
+    warm-up's timed job follows the longer of its warm-up and that queue."""
+    run = tmp_path / "results/r"
+    assert sweep.timed_queue_s(run, 125) == 0
+    quick = {"status": "ok", "batch_size": 8, "duration_s": 30.0, "batch_attempts": [attempt(8, 10.0)]}
+    write_record(run / "cells" / sweep.cell_path({**CELL, "attn": "sdpa"}) / "cell.json", quick)
+    warmup_s = sweep.warmup_job_s(None, [quick])
+    alone = sweep.expected_warmup_start_s(run, CELL, None, 125)
+    assert alone == sweep.expected_warmup_s(run, CELL, None) == round(sweep.warmup_then_timed_s(None, [quick]))
+    # Two warm-ups done: a later repeat of the sdpa cell (its repeat 1's time again) and a first repeat of flex.
+    waiting = [done_warmup(run, {**CELL, "attn": "sdpa"}, 2, {**WARMUP, "batch_size": 8}),
+               done_warmup(run, {**CELL, "attn": "flex"}, 1, WARMUP)]
+    # and one whose timed job has run since: not in the queue
+    write_record(done_warmup(run, {**CELL, "attn": "naive"}, 1, WARMUP), quick)
+    each = [sweep.expected_timed_job_s(run, {**CELL, "attn": "sdpa"}, run / "warmup" / sweep.cell_path(
+        {**CELL, "attn": "sdpa"}) / "r2/warmup.json", 125),
+            sweep.expected_timed_job_s(run, {**CELL, "attn": "flex"}, run / "warmup" / sweep.cell_path(
+        {**CELL, "attn": "flex"}) / "r1/warmup.json", 125)]
+    assert each[0] == pytest.approx(30.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S)  # the sdpa cell's repeat 1
+    assert each[1] == pytest.approx(sweep.timed_job_s(48, WARMUP, [], 125, [quick]))  # its warm-up's pace
+    assert sorted(sweep.waiting_timed_records(run)) == sorted(waiting)
+    queue = sweep.timed_queue_s(run, 125)
+    assert queue == pytest.approx(sum(each)) and queue > warmup_s
+    timed = sweep.warmup_then_timed_s(None, [quick]) - warmup_s
+    assert sweep.expected_warmup_start_s(run, CELL, None, 125) == round(queue + timed) > alone
+    assert sweep.expected_warmup_s(run, CELL, None) == alone  # the DAG's estimate does not see the queue
+    # A warm-up longer than the queue expects itself; one with nothing to go by, the queue.
+    slow = {"status": "ok", "batch_size": 8, "duration_s": 30.0, "batch_attempts": [attempt(8, 2000.0)]}
+    first = write_record(run / "cells" / sweep.cell_path(CELL) / "cell.json", slow)
+    assert sweep.expected_warmup_start_s(run, CELL, first, 125) == round(sweep.warmup_then_timed_s(slow, []))
+    other_model = {**CELL, "model": "medium"}
+    assert sweep.expected_warmup_start_s(run, other_model, None, 125) == round(queue)
 
 
 def test_the_records_waiting_for_their_timed_job_are_those_of_the_warm_ups_done_since(tmp_path: Path) -> None:

@@ -800,10 +800,59 @@ def expected_warmup_s(run_results: str | os.PathLike, cell: Mapping, first: str 
     """A warm-up job's resource expected_s, read from the records in the run's results folder now: from repeat 1's
     record (`first`, a later repeat's) where it can be read, else from those of the cells like it (WARMUP_LIKE);
     0 where nothing is known (warmup_then_timed_s)."""
+    return round(warmup_then_timed_s(*_warmup_sources(run_results, cell, first)) or 0)
+
+
+def _warmup_sources(run_results: str | os.PathLike, cell: Mapping,
+                    first: str | os.PathLike | None) -> tuple[dict | None, list[dict]]:
+    """(repeat 1's record, the records of the cells like it) that a warm-up's estimate reads: the first where
+    `first` can be read, else the second."""
     if first is not None and (records := read_records([first])):
-        return round(warmup_then_timed_s(records[0], []) or 0)
-    like = like_records(run_results, cell, *WARMUP_LIKE)
-    return round(warmup_then_timed_s(None, read_records(like)) or 0)
+        return records[0], []
+    return None, read_records(like_records(run_results, cell, *WARMUP_LIKE))
+
+
+def expected_timed_job_s(run_results: str | os.PathLike, cell: Mapping, warmup: str | os.PathLike | None,
+                         steps: int) -> float | None:
+    """A timed job's expected seconds (timed_job_s) from the run's records now: its warm-up's warmup.json (none
+    for a cold job, which runs at repeat 1's size), the cell's records and those of the cells of the same model
+    that differ in the attention or the context. None where unknown."""
+    found = read_records([warmup]) if warmup is not None else []
+    batch = found[0].get("batch_size") if found else None
+    others = read_records(cell_records(run_results, cell))
+    if batch is None:  # a cold job (no warm-up stage): at repeat 1's size, or searched
+        batch = next((r.get("batch_size") for r in others), None)
+    like = read_records(like_records(run_results, cell, ["attn", "seq_len"]))
+    return timed_job_s(batch, found[0] if found else None, others, steps, like)
+
+
+def timed_queue_s(run_results: str | os.PathLike, steps: int) -> float:
+    """The GPU's queue now: the expected seconds (expected_timed_job_s) of the timed jobs whose warm-up is done and
+    which have not run (waiting_timed_records). A timed job takes its GPU alone, so a warm-up started now has its
+    timed job run after them, whatever its own estimate; one that cannot be estimated counts nothing."""
+    run, total = Path(run_results), 0.0
+    for record in waiting_timed_records(run):
+        folder = record.parent.relative_to(run / "cells")
+        warmup = run / "warmup" / folder / f"r{record_repeat(record.stem)}" / "warmup.json"
+        total += expected_timed_job_s(run, cell_axes(folder), warmup, steps) or 0.0
+    return total
+
+
+def expected_warmup_start_s(run_results: str | os.PathLike, cell: Mapping, first: str | os.PathLike | None,
+                            steps: int) -> int:
+    """A warm-up's expected seconds at its start, up to the end of its timed job: the warm-up (warmup_job_s), or
+    the GPU's queue of timed jobs now (timed_queue_s) where that is longer, then its timed job (warmup_then_timed_s
+    less the warm-up's). On an H100 with the 45 GiB cap, whose warm-ups run their steps in the timed jobs' place,
+    one of 2026-12-07's parts ended with 11 warm-ups done and their timed jobs not run, and with 6 jobs cut off at the
+    deadline, among them five warm-ups started 1-7 min before it: expected_warmup_s alone leaves out the wait.
+    A warm-up with nothing to go by expects the queue."""
+    first_record, like = _warmup_sources(run_results, cell, first)
+    queue = timed_queue_s(run_results, steps)
+    warmup = warmup_job_s(first_record, like)
+    if warmup is None:
+        return round(queue)
+    timed = warmup_then_timed_s(first_record, like) - warmup
+    return round(max(warmup, queue) + timed)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -178,21 +178,15 @@ def stale_markers(wildcards) -> list[str]:
 
 def expected_timed_s(wildcards, input) -> int:
     """Resource expected_s of a timed job (a cell or a later repeat): the seconds it is expected to take, from the
-    cell's other records and its warm-up, read against the records of the same model (sweep.timed_job_s); 0 where
-    unknown or no deadline is set. Snakemake evaluates it when the job is about to start, so the warm-up it follows
-    is there to read.
+    cell's other records and its warm-up, read against the records of the same model (sweep.expected_timed_job_s);
+    0 where unknown or no deadline is set. Snakemake evaluates it when the job is about to start, so the warm-up it
+    follows is there to read.
     """
     if DEADLINE is None:
         return 0
     cell = dict(PARAMSPACE.instance(wildcards))
-    warmup = sweep.read_records([input.warmup]) if input.get("warmup") else []
-    batch = warmup[0].get("batch_size") if warmup else None
-    others = sweep.read_records(sweep.cell_records(RESULTS, cell))
-    if batch is None:  # a cold job (no warm-up stage): at repeat 1's size, or searched
-        batch = next((r.get("batch_size") for r in others), None)
-    like = sweep.read_records(sweep.like_records(RESULTS, cell, ["attn", "seq_len"]))
-    expected = sweep.timed_job_s(
-        batch, warmup[0] if warmup else None, others, PLAN.settings["steps"], like
+    expected = sweep.expected_timed_job_s(
+        RESULTS, cell, input.get("warmup") or None, PLAN.settings["steps"]
     )
     return round(expected or 0)
 
@@ -210,17 +204,17 @@ def expected_warmup_s(wildcards, input) -> int:
 
 
 def estimate_warmup_again(wildcards, input) -> str:
-    """The command that makes a first repeat's warm-up's expected_s again from the records there are at its start
-    (the check before the job runs it where expected_s would hold the job back): Snakemake evaluates a job's
-    resources when it builds the DAG if the job's inputs are there then, as a first repeat's warm-up has none, so an
-    estimate made from an earlier part's records of other modes does not learn from the records the sweep has made
-    since. None for a later repeat's, whose estimate is its repeat 1's record's, there when the DAG was built (a
-    Python start, 0.5 s, saved for each such warm-up held back at a part's end).
+    """The command that makes a warm-up's expected_s again at its start (the check before the job runs it): from
+    the records there are then, and with the GPU's queue of timed jobs then (sweep.expected_warmup_start_s).
+    Snakemake evaluates a job's resources when it builds the DAG if the job's inputs are there then (a first
+    repeat's warm-up has none), so an estimate made from an earlier part's records of other modes does not learn
+    from the records the sweep has made since, nor see the warm-ups done before it whose timed jobs wait for the GPU.
     """
-    if input.get("first"):
-        return ""
     cell = sweep.cell_path(dict(wildcards.items()))
-    return shlex.join(["python", ESTIMATE_WARMUP, RESULTS, cell])
+    first = [input.first] if input.get("first") else []
+    return shlex.join(
+        ["python", ESTIMATE_WARMUP, RESULTS, cell, str(PLAN.settings["steps"]), *first]
+    )
 
 
 def stamp_text(wildcards) -> str:
@@ -237,7 +231,7 @@ shell.prefix(
 START_BEFORE_DEADLINE = os.path.relpath(
     ROOT / "workflow/scripts/start-before-deadline.sh"
 )
-# A warm-up's expected_s made again when that check would hold it back (estimate_warmup_again), likewise relative.
+# A warm-up's expected_s made again by that check at its start (estimate_warmup_again), likewise relative.
 ESTIMATE_WARMUP = os.path.relpath(ROOT / "workflow/scripts/deadline/expected-warmup.py")
 CELLS = expand(f"{RESULTS}/cells/{{p}}/cell.json", p=PARAMSPACE.instance_patterns)
 REPEATS = sweep.repeat_paths(CELLS, PLAN.settings["repeats"])

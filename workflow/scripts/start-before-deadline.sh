@@ -5,17 +5,15 @@
 # Without ATTNSWEEP_DEADLINE (seconds since the epoch), or when the job is expected to end before it: exit 0, and
 # the job runs. Otherwise it prints why (the job's log) and exits 3: the job fails without running, makes nothing,
 # and the same command runs it later. The value itself was checked when the workflow was read.
-# COMMAND, where given, prints the job's expected seconds from what there is now; it runs only where EXPECTED_S would
-# hold the job back. Snakemake evaluates a job's resources when it builds the DAG if the job's inputs are there then
-# (a first repeat's warm-up), so EXPECTED_S may come from an earlier part's records of other cells, and the records
-# this sweep has made since tell better. An answer that is not a whole number leaves EXPECTED_S in force.
+# COMMAND, where given, prints the job's expected seconds from what there is now, which replaces EXPECTED_S (a warm-up:
+# Snakemake evaluates a job's resources when it builds the DAG if the job's inputs are there then, so EXPECTED_S may
+# come from an earlier part's records of other cells, and the records this sweep has made since tell better, as does
+# the queue of timed jobs waiting for the GPU now). An answer that is not a whole number leaves EXPECTED_S in force.
 set -u
 deadline=${ATTNSWEEP_DEADLINE:-}
 [ -n "$deadline" ] || exit 0
 expected=$1
 shift
-left=$((${deadline%.*} - $(date +%s)))
-[ "$expected" -gt "$left" ] || exit 0
 again_note=
 if [ $# -gt 0 ]; then
     again=$("$@") || again=
@@ -30,5 +28,7 @@ if [ $# -gt 0 ]; then
         expected=$again
     fi
 fi
+left=$((${deadline%.*} - $(date +%s)))
+[ "$expected" -gt "$left" ] || exit 0
 echo "attnsweep: not started: expected to take about $expected s, $left s left before ATTNSWEEP_DEADLINE$again_note"
 exit 3
