@@ -16,7 +16,7 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -793,7 +793,13 @@ def warmup_then_timed_s(first: Mapping | None, like: Sequence[Mapping]) -> float
     warmup = warmup_job_s(first, like)
     if warmup is None:
         return None
-    return warmup + (_measured_again_s([first] if first is not None else like) or 0.0)
+    return warmup + _timed_after_warmup_s(first, like)
+
+
+def _timed_after_warmup_s(first: Mapping | None, like: Sequence[Mapping]) -> float:
+    """warmup_then_timed_s's timed job: repeat 1's record's time again (`first`), else the longest of `like`'s; 0
+    where none ran."""
+    return _measured_again_s([first] if first is not None else like) or 0.0
 
 
 def expected_warmup_s(run_results: str | os.PathLike, cell: Mapping, first: str | os.PathLike | None) -> int:
@@ -830,19 +836,16 @@ def timed_queue_s(run_results: str | os.PathLike, steps: int) -> float:
     """The GPU's queue now: the expected seconds (expected_timed_job_s) of the timed jobs whose warm-up is done and
     which have not run (waiting_timed_records). A timed job takes its GPU alone, so a warm-up started now has its
     timed job run after them, whatever its own estimate; one that cannot be estimated counts nothing."""
-    run, total = Path(run_results), 0.0
-    for record in waiting_timed_records(run):
-        folder = record.parent.relative_to(run / "cells")
-        warmup = run / "warmup" / folder / f"r{record_repeat(record.stem)}" / "warmup.json"
-        total += expected_timed_job_s(run, cell_axes(folder), warmup, steps) or 0.0
-    return total
+    run = Path(run_results)
+    return sum(expected_timed_job_s(run, cell_axes(cell), warmup, steps) or 0.0
+               for cell, warmup, _ in _waiting_warmups(run))
 
 
 def expected_warmup_start_s(run_results: str | os.PathLike, cell: Mapping, first: str | os.PathLike | None,
                             steps: int) -> int:
     """A warm-up's expected seconds at its start, up to the end of its timed job: the warm-up (warmup_job_s), or
-    the GPU's queue of timed jobs now (timed_queue_s) where that is longer, then its timed job (warmup_then_timed_s
-    less the warm-up's). On an H100 with the 45 GiB cap, whose warm-ups run their steps in the timed jobs' place,
+    the GPU's queue of timed jobs now (timed_queue_s) where that is longer, then its timed job (as
+    warmup_then_timed_s's). On an H100 with the 45 GiB cap, whose warm-ups run their steps in the timed jobs' place,
     one of 2026-12-07's parts ended with 11 warm-ups done and their timed jobs not run, and with 6 jobs cut off at the
     deadline, among them five warm-ups started 1-7 min before it: expected_warmup_s alone leaves out the wait.
     A warm-up with nothing to go by expects the queue."""
@@ -851,8 +854,7 @@ def expected_warmup_start_s(run_results: str | os.PathLike, cell: Mapping, first
     warmup = warmup_job_s(first_record, like)
     if warmup is None:
         return round(queue)
-    timed = warmup_then_timed_s(first_record, like) - warmup
-    return round(max(warmup, queue) + timed)
+    return round(max(warmup, queue) + _timed_after_warmup_s(first_record, like))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -894,19 +896,20 @@ def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
     (cells/<cell>/<record_name(K)>) written after it, in path order. Named as targets, they make a part that only
     measures: a host kept warm keeps the warm-ups of its last part, and a session's last part that started
     more of them would lose each to the host's end, GPU time and all."""
-    run = Path(run_results)
-    waiting = []
+    return [record for _, _, record in _waiting_warmups(Path(run_results))]
+
+
+def _waiting_warmups(run: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """(cell folder, warmup.json, record) of each warm-up waiting_timed_records finds, in path order."""
     for done in sorted(run.glob("warmup/**/r*/warmup.json")):
         folder = done.parent
         if not re.fullmatch(r"r[1-9][0-9]*", folder.name) or not (folder / "cache").is_dir():
             continue
-        repeat = int(folder.name[1:])
         cell = folder.parent.relative_to(run / "warmup")
-        record = run / "cells" / cell / record_name(repeat)
+        record = run / "cells" / cell / record_name(int(folder.name[1:]))
         # A record older than the warm-up is one the warm-up was made to measure again.
         if not record.exists() or record.stat().st_mtime < done.stat().st_mtime:
-            waiting.append(record)
-    return waiting
+            yield cell, done, record
 
 
 def like_records(run_results: str | os.PathLike, cell: Mapping, *tries: Collection[str],
