@@ -319,35 +319,59 @@ def test_a_warmup_at_its_start_expects_the_timed_jobs_waiting_for_the_gpu(tmp_pa
     assert sweep.expected_warmup_start_s(run, CELL, first, 125) == round(sweep.warmup_then_timed_s(slow, []))
     other_model = {**CELL, "model": "medium"}
     assert sweep.expected_warmup_start_s(run, other_model, None, 125) == round(queue)
+    # Warm-ups running now (their cache made, no warmup.json yet) queue their timed jobs too, each expected as a
+    # warm-up expects its own: a later repeat's from its repeat 1's record, a first repeat's from the cells like it.
+    for attn, repeat in (("sdpa_flash", 2), ("sdpa_cudnn", 1), ("sdpa", 3)):
+        (run / "warmup" / sweep.cell_path({**CELL, "attn": attn}) / f"r{repeat}/cache").mkdir(parents=True)
+    write_record(run / "cells" / sweep.cell_path({**CELL, "attn": "sdpa_flash"}) / "cell.json", slow)
+    running = [slow["duration_s"] * sweep.REPEAT_SPREAD + sweep.JOB_START_S, timed, timed]
+    assert running[1] == pytest.approx(30.0 * sweep.REPEAT_SPREAD + sweep.JOB_START_S)  # quick's, the like cell
+    assert sweep.timed_queue_s(run, 125) == pytest.approx(queue + sum(running))
+    assert sweep.waiting_timed_records(run) == sorted(waiting)  # the running ones are not waiting
 
 
 def test_the_records_waiting_for_their_timed_job_are_those_of_the_warm_ups_done_since(tmp_path: Path) -> None:
     """A warm-up done (warmup.json and its cache) waits for its timed job until a record of its repeat is written
-    after it; one without its cache, or the record already written after it, does not."""
+    after it; one without its cache, or the record already written after it, does not. A warm-up with its cache and
+    no warmup.json yet is running."""
     run = tmp_path / "results/r"
 
-    def warmup(cell: str, repeat: int, cache: bool = True) -> None:
-        folder = run / "warmup" / cell / f"r{repeat}"
+    def cell(attn: str) -> str:
+        return sweep.cell_path({**CELL, "attn": attn})
+
+    def warmup(attn: str, repeat: int, cache: bool = True, done: bool = True) -> None:
+        folder = run / "warmup" / cell(attn) / f"r{repeat}"
         folder.mkdir(parents=True)
-        (folder / "warmup.json").write_text("{}")
+        if done:
+            (folder / "warmup.json").write_text("{}")
+            os.utime(folder / "warmup.json", (1000, 1000))
         if cache:
             (folder / "cache").mkdir()
-        os.utime(folder / "warmup.json", (1000, 1000))
 
-    def record(cell: str, name: str, mtime: float) -> None:
-        path = run / "cells" / cell / name
+    def record(attn: str, name: str, mtime: float) -> None:
+        path = run / "cells" / cell(attn) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
         os.utime(path, (mtime, mtime))
 
-    warmup("model~small/attn~sdpa", 1)  # nothing measured yet
-    warmup("model~small/attn~sdpa", 2)
-    record("model~small/attn~sdpa", "repeat-2.json", 2000)  # measured after its warm-up
-    warmup("model~small/attn~fa2", 1)
-    record("model~small/attn~fa2", "cell.json", 500)  # a record older than the warm-up: to be measured again
-    warmup("model~small/attn~flex", 1, cache=False)  # not done: its cache is gone
-    (run / "warmup/model~small/attn~naive/rx").mkdir(parents=True)  # not a repeat's folder
-    (run / "warmup/model~small/attn~naive/rx/warmup.json").write_text("{}")
-    assert sweep.waiting_timed_records(run) == [run / "cells/model~small/attn~fa2/cell.json",
-                                               run / "cells/model~small/attn~sdpa/cell.json"]
+    warmup("sdpa", 1)  # nothing measured yet
+    warmup("sdpa", 2)
+    record("sdpa", "repeat-2.json", 2000)  # measured after its warm-up
+    warmup("fa2", 1)
+    record("fa2", "cell.json", 500)  # a record older than the warm-up: to be measured again
+    warmup("flex", 1, cache=False)  # not done: its cache is gone
+    warmup("flex", 2, done=False)  # running
+    warmup("naive", 3, cache=False, done=False)  # held back at its start: nothing made yet
+    (run / "warmup" / cell("naive") / "rx").mkdir(parents=True)  # not a repeat's folder
+    (run / "warmup" / cell("naive") / "rx/warmup.json").write_text("{}")
+    (run / "warmup" / cell("naive") / "rx/cache").mkdir()
+    # Folders inside a cache are not warm-ups.
+    nested = run / "warmup" / cell("fa2") / "r1/cache" / cell("sdpa")
+    (nested / "r4/cache").mkdir(parents=True)
+    (nested / "r4/warmup.json").write_text("{}")
+    (nested / "r5/cache").mkdir(parents=True)
+    assert sweep.waiting_timed_records(run) == [run / "cells" / cell("fa2") / "cell.json",
+                                               run / "cells" / cell("sdpa") / "cell.json"]
+    assert sweep.running_warmups(run) == [(Path(cell("flex")), 2)]
     assert sweep.waiting_timed_records(tmp_path / "results/none") == []
+    assert sweep.running_warmups(tmp_path / "results/none") == []

@@ -281,14 +281,16 @@ def test_side_sweep_waiting_only_names_the_side_runs_waiting_records_for_a_sweep
     nothing = side_sweep()  # a fresh tree from the tarball: no warm-up there
     assert nothing.returncode == 4 and "no warm-up of old waits for its timed job" in nothing.stderr, nothing
     assert "sweep in" not in nothing.stdout
-    warmup = host / "old/results/old/warmup/model~small/r2"
+    cell = ("model~small/seq_len~1024/attn~sdpa/mode~compiled/kv_heads~12/precision~bf16/optimizer~adamw/"
+            "harness~native")
+    warmup = host / f"old/results/old/warmup/{cell}/r2"
     (warmup / "cache").mkdir(parents=True)
     (warmup / "warmup.json").write_text("{}")
     done = side_sweep()
     assert done.returncode == 0, done.stderr
     assert "measuring only the 1 records whose warm-up is done" in done.stdout
     tree = host / "old"
-    assert (f"sweep in {tree}: 30 old results/old/cells/model~small/repeat-2.json --config run=old repeats=2"
+    assert (f"sweep in {tree}: 30 old results/old/cells/{cell}/repeat-2.json --config run=old repeats=2"
             in done.stdout), done.stdout
 
 

@@ -158,15 +158,16 @@ def test_a_part_that_only_measures_names_the_waiting_records_as_its_targets(tmp_
                              env=env, capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 4 and "no warm-up of demo waits for its timed job" in nothing.stderr, nothing
     assert not (repo / "args.txt").exists() and not list(Path(env["OUT"]).iterdir())
+    cell = ("model~small/seq_len~1024/attn~sdpa/mode~compiled/kv_heads~12/precision~bf16/optimizer~adamw/"
+            "harness~native")
     for repeat in ("r1", "r2"):
-        (repo / f"results/demo/warmup/model~small/{repeat}/cache").mkdir(parents=True)
-        (repo / f"results/demo/warmup/model~small/{repeat}/warmup.json").write_text("{}")
+        (repo / f"results/demo/warmup/{cell}/{repeat}/cache").mkdir(parents=True)
+        (repo / f"results/demo/warmup/{cell}/{repeat}/warmup.json").write_text("{}")
     done = subprocess.run(["bash", "tools/gpu-host/sweep.sh", "60", "demo", "--config", "run=demo"], cwd=repo,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "measuring only the 2 records whose warm-up is done" in done.stdout
     # As Snakemake reads them: the records are its targets, not more of --config's values.
     parsed = get_argument_parser().parse_args((repo / "args.txt").read_text().splitlines())
-    assert sorted(parsed.targets) == ["results/demo/cells/model~small/cell.json",
-                                      "results/demo/cells/model~small/repeat-2.json"]
+    assert sorted(parsed.targets) == [f"results/demo/cells/{cell}/cell.json", f"results/demo/cells/{cell}/repeat-2.json"]
     assert parsed.config == ["run=demo"]

@@ -833,12 +833,21 @@ def expected_timed_job_s(run_results: str | os.PathLike, cell: Mapping, warmup: 
 
 
 def timed_queue_s(run_results: str | os.PathLike, steps: int) -> float:
-    """The GPU's queue now: the expected seconds (expected_timed_job_s) of the timed jobs whose warm-up is done and
-    which have not run (waiting_timed_records). A timed job takes its GPU alone, so a warm-up started now has its
-    timed job run after them, whatever its own estimate; one that cannot be estimated counts nothing."""
+    """The GPU's queue now: the expected seconds of the timed jobs whose warm-up is done and which have not run
+    (waiting_timed_records; expected_timed_job_s), and of those of the warm-ups running now (running_warmups; each
+    expected as a warm-up expects its own timed job at its start, from repeat 1's record or the cells like it). A
+    timed job takes its GPU alone, so a warm-up started now has its timed job run after them, whatever its own
+    estimate (a warm-up running now ends first, as a rule, having started first); one that cannot be estimated
+    counts nothing."""
     run = Path(run_results)
-    return sum(expected_timed_job_s(run, cell_axes(cell), warmup, steps) or 0.0
-               for cell, warmup, _ in _waiting_warmups(run))
+    waiting = sum(expected_timed_job_s(run, cell_axes(cell), warmup, steps) or 0.0
+                  for cell, warmup, _ in _waiting_warmups(run))
+    running = 0.0
+    for cell, repeat in running_warmups(run):
+        axes = cell_axes(cell)
+        first = run / "cells" / cell / record_name(1) if repeat > 1 else None
+        running += _timed_after_warmup_s(*_warmup_sources(run, axes, first))
+    return waiting + running
 
 
 def expected_warmup_start_s(run_results: str | os.PathLike, cell: Mapping, first: str | os.PathLike | None,
@@ -901,15 +910,30 @@ def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
 
 def _waiting_warmups(run: Path) -> Iterator[tuple[Path, Path, Path]]:
     """(cell folder, warmup.json, record) of each warm-up waiting_timed_records finds, in path order."""
-    for done in sorted(run.glob("warmup/**/r*/warmup.json")):
-        folder = done.parent
-        if not re.fullmatch(r"r[1-9][0-9]*", folder.name) or not (folder / "cache").is_dir():
+    for cell, repeat, folder in _warmup_folders(run):
+        done = folder / "warmup.json"
+        if not done.is_file() or not (folder / "cache").is_dir():
             continue
-        cell = folder.parent.relative_to(run / "warmup")
-        record = run / "cells" / cell / record_name(int(folder.name[1:]))
+        record = run / "cells" / cell / record_name(repeat)
         # A record older than the warm-up is one the warm-up was made to measure again.
         if not record.exists() or record.stat().st_mtime < done.stat().st_mtime:
             yield cell, done, record
+
+
+def running_warmups(run_results: str | os.PathLike) -> list[tuple[Path, int]]:
+    """(cell folder, repeat) of each warm-up running now, in path order: its cache made (a warm-up makes it as it
+    begins) and no warmup.json yet. A warm-up that failed leaves neither (Snakemake removes a failed job's outputs);
+    one killed with its host leaves its cache, but a host's next sweep makes it again before anything else runs."""
+    return [(cell, repeat) for cell, repeat, folder in _warmup_folders(Path(run_results))
+            if (folder / "cache").is_dir() and not (folder / "warmup.json").exists()]
+
+
+def _warmup_folders(run: Path) -> Iterator[tuple[Path, int, Path]]:
+    """(cell folder, repeat, its folder) of each repeat's folder below warmup/, in path order. The pattern is as
+    deep as a cell's path: the caches below are never walked."""
+    for folder in sorted(run.glob(f"warmup/{cell_path(dict.fromkeys(AXES, '*'))}/r*")):
+        if re.fullmatch(r"r[1-9][0-9]*", folder.name) and folder.is_dir():
+            yield folder.parent.relative_to(run / "warmup"), int(folder.name[1:]), folder
 
 
 def like_records(run_results: str | os.PathLike, cell: Mapping, *tries: Collection[str],
