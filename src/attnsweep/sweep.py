@@ -923,7 +923,8 @@ def _waiting_warmups(run: Path) -> Iterator[tuple[Path, Path, Path]]:
 def running_warmups(run_results: str | os.PathLike) -> list[tuple[Path, int]]:
     """(cell folder, repeat) of each warm-up running now, in path order: its cache made (a warm-up makes it as it
     begins) and no warmup.json yet. A warm-up that failed leaves neither (Snakemake removes a failed job's outputs);
-    one killed with its host leaves its cache, but a host's next sweep makes it again before anything else runs."""
+    one killed at a deadline leaves its cache on that host, and counts here until a later sweep there makes it
+    again: the queue then reads long, which holds a warm-up back rather than letting one start that cannot end."""
     return [(cell, repeat) for cell, repeat, folder in _warmup_folders(Path(run_results))
             if (folder / "cache").is_dir() and not (folder / "warmup.json").exists()]
 
