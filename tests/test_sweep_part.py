@@ -169,5 +169,6 @@ def test_a_part_that_only_measures_names_the_waiting_records_as_its_targets(tmp_
     assert "measuring only the 2 records whose warm-up is done" in done.stdout
     # As Snakemake reads them: the records are its targets, not more of --config's values.
     parsed = get_argument_parser().parse_args((repo / "args.txt").read_text().splitlines())
-    assert sorted(parsed.targets) == [f"results/demo/cells/{cell}/cell.json", f"results/demo/cells/{cell}/repeat-2.json"]
+    assert sorted(parsed.targets) == [f"results/demo/cells/{cell}/cell.json",
+                                      f"results/demo/cells/{cell}/repeat-2.json"]
     assert parsed.config == ["run=demo"]

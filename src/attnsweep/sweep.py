@@ -840,13 +840,13 @@ def timed_queue_s(run_results: str | os.PathLike, steps: int) -> float:
     estimate (a warm-up running now ends first, as a rule, having started first); one that cannot be estimated
     counts nothing."""
     run = Path(run_results)
+    folders = list(_warmup_folders(run))  # one scan for both kinds
     waiting = sum(expected_timed_job_s(run, cell_axes(cell), warmup, steps) or 0.0
-                  for cell, warmup, _ in _waiting_warmups(run))
+                  for cell, warmup, _ in _waiting_warmups(run, folders))
     running = 0.0
-    for cell, repeat in running_warmups(run):
-        axes = cell_axes(cell)
+    for cell, repeat in _running_warmups(folders):
         first = run / "cells" / cell / record_name(1) if repeat > 1 else None
-        running += _timed_after_warmup_s(*_warmup_sources(run, axes, first))
+        running += _timed_after_warmup_s(*_warmup_sources(run, cell_axes(cell), first))
     return waiting + running
 
 
@@ -905,12 +905,14 @@ def waiting_timed_records(run_results: str | os.PathLike) -> list[Path]:
     (cells/<cell>/<record_name(K)>) written after it, in path order. Named as targets, they make a part that only
     measures: a host kept warm keeps the warm-ups of its last part, and a session's last part that started
     more of them would lose each to the host's end, GPU time and all."""
-    return [record for _, _, record in _waiting_warmups(Path(run_results))]
+    run = Path(run_results)
+    return [record for _, _, record in _waiting_warmups(run, _warmup_folders(run))]
 
 
-def _waiting_warmups(run: Path) -> Iterator[tuple[Path, Path, Path]]:
-    """(cell folder, warmup.json, record) of each warm-up waiting_timed_records finds, in path order."""
-    for cell, repeat, folder in _warmup_folders(run):
+def _waiting_warmups(run: Path, folders: Iterable[tuple[Path, int, Path]]) -> Iterator[tuple[Path, Path, Path]]:
+    """(cell folder, warmup.json, record) of each warm-up waiting_timed_records finds among `folders`
+    (_warmup_folders), in their order."""
+    for cell, repeat, folder in folders:
         done = folder / "warmup.json"
         if not done.is_file() or not (folder / "cache").is_dir():
             continue
@@ -925,8 +927,14 @@ def running_warmups(run_results: str | os.PathLike) -> list[tuple[Path, int]]:
     begins) and no warmup.json yet. A warm-up that failed leaves neither (Snakemake removes a failed job's outputs);
     one killed at a deadline leaves its cache on that host, and counts here until a later sweep there makes it
     again: the queue then reads long, which holds a warm-up back rather than letting one start that cannot end."""
-    return [(cell, repeat) for cell, repeat, folder in _warmup_folders(Path(run_results))
-            if (folder / "cache").is_dir() and not (folder / "warmup.json").exists()]
+    return list(_running_warmups(_warmup_folders(Path(run_results))))
+
+
+def _running_warmups(folders: Iterable[tuple[Path, int, Path]]) -> Iterator[tuple[Path, int]]:
+    """running_warmups among `folders` (_warmup_folders), in their order."""
+    for cell, repeat, folder in folders:
+        if (folder / "cache").is_dir() and not (folder / "warmup.json").exists():
+            yield cell, repeat
 
 
 def _warmup_folders(run: Path) -> Iterator[tuple[Path, int, Path]]:
