@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from attnsweep import sweep
+
 SCRIPT = Path(__file__).resolve().parents[1] / "tools/gpu-host/device-tree.sh"
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
@@ -281,8 +283,8 @@ def test_side_sweep_waiting_only_names_the_side_runs_waiting_records_for_a_sweep
     nothing = side_sweep()  # a fresh tree from the tarball: no warm-up there
     assert nothing.returncode == 4 and "no warm-up of old waits for its timed job" in nothing.stderr, nothing
     assert "sweep in" not in nothing.stdout
-    cell = ("model~small/seq_len~1024/attn~sdpa/mode~compiled/kv_heads~12/precision~bf16/optimizer~adamw/"
-            "harness~native")
+    cell = sweep.cell_path({"model": "small", "seq_len": 1024, "attn": "sdpa", "mode": "compiled", "kv_heads": 12,
+                            "precision": "bf16", "optimizer": "adamw", "harness": "native"})
     warmup = host / f"old/results/old/warmup/{cell}/r2"
     (warmup / "cache").mkdir(parents=True)
     (warmup / "warmup.json").write_text("{}")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from snakemake.cli import get_argument_parser
 
+from attnsweep import sweep
+
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools/gpu-host"
 
@@ -158,8 +160,8 @@ def test_a_part_that_only_measures_names_the_waiting_records_as_its_targets(tmp_
                              env=env, capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 4 and "no warm-up of demo waits for its timed job" in nothing.stderr, nothing
     assert not (repo / "args.txt").exists() and not list(Path(env["OUT"]).iterdir())
-    cell = ("model~small/seq_len~1024/attn~sdpa/mode~compiled/kv_heads~12/precision~bf16/optimizer~adamw/"
-            "harness~native")
+    cell = sweep.cell_path({"model": "small", "seq_len": 1024, "attn": "sdpa", "mode": "compiled", "kv_heads": 12,
+                            "precision": "bf16", "optimizer": "adamw", "harness": "native"})
     for repeat in ("r1", "r2"):
         (repo / f"results/demo/warmup/{cell}/{repeat}/cache").mkdir(parents=True)
         (repo / f"results/demo/warmup/{cell}/{repeat}/warmup.json").write_text("{}")
