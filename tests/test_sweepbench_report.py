@@ -523,7 +523,7 @@ def held_back_line(tmp_path: Path, expected_s: int, left_s: int) -> str:
     """The line a held-back job's log holds, as the sweep's check before each job writes it (with a clock that
     reads 1,000,000 s since the epoch), so that report.py is tested on the line the pipeline writes."""
     clock = tmp_path / "clock"
-    clock.mkdir()
+    clock.mkdir(exist_ok=True)
     (clock / "date").write_text("#!/bin/sh\necho 1000000\n")
     (clock / "date").chmod(0o755)
     env = {**os.environ, "PATH": f"{clock}:{os.environ['PATH']}", "ATTNSWEEP_DEADLINE": str(1_000_000 + left_s)}
@@ -536,8 +536,9 @@ def held_back_line(tmp_path: Path, expected_s: int, left_s: int) -> str:
 def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> None:
     """From a part's full log: a timed job and the warm-up it followed, and the time the timed jobs held the GPU
     (their records started within the part, superseded ones too); repeat 2's warm-up, whose timed job the deadline
-    held back; a warm-up held back; the GPU idle from the last GPU job's end to the deadline the first
-    held-back job's log gives (02:00 + 40 s); and, in a part stopped at its end (nothing held back, no idle known),
+    held back; a warm-up held back a second later (its log: 39 s left); the last warm-up started (repeat 2's, at
+    01:40) 60 s before the deadline the first held-back job's log gives (02:00 + 40 s), and the GPU idle from the
+    last GPU job's end to that deadline; and, in a part stopped at its end (nothing held back, no idle known),
     a timed job cut off and a warm-up cut off that started with nothing to expect of it (expected_s 0), which the
     deadline could not hold back."""
     report = load_report()
@@ -548,7 +549,8 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
                      ("00:30", timed_job(2, "sdpa", 1)), ("01:40", "Finished jobid: 2 (Rule: cell)\n"),
                      ("01:40", warmup_job(3, "sdpa", 2)), ("02:00", "Finished jobid: 3 (Rule: warmup)\n"),
                      ("02:00", timed_job(4, "sdpa", 2)), ("02:00", failed(4, "cell_repeat", held)),
-                     ("02:00", warmup_job(5, "fa2", 1)), ("02:01", failed(5, "warmup", held)))
+                     ("02:00", warmup_job(5, "fa2", 1)),
+                     ("02:01", failed(5, "warmup", held_back_line(tmp_path, expected_s=90, left_s=39))))
     second = full_log(("10:00", warmup_job(1, "fa2", 1)), ("10:45", "Finished jobid: 1 (Rule: warmup)\n"),
                       ("10:45", timed_job(2, "fa2", 1)), ("10:50", warmup_job(3, "flex", 1, expected_s=0)),
                       ("11:05", failed(2, "cell", "attnsweep: timed run")))
@@ -572,14 +574,16 @@ def test_parts_tells_what_each_parts_gpu_jobs_did(tmp_path: Path, capsys) -> Non
                    "timed own s": 59.0,
                    "warm-ups used": 1, "warm-ups used s": 30.0, "warm-ups left": 1, "warm-ups left s": 20.0,
                    "cut off": 0, "cut off s": 0.0, "cut off unestimated": 0, "held back": 2,
-                   "idle before deadline s": 40.0}
+                   "last warm-up start, s before deadline": 60.0, "idle before deadline s": 40.0}
     keys = ("timed jobs", "timed own s", "warm-ups left", "warm-ups left s", "cut off", "cut off s",
-            "cut off unestimated", "held back", "idle before deadline s")
-    assert [two[k] for k in keys] == [0, None, 1, 45.0, 2, 35.0, 1, 0, None]
+            "cut off unestimated", "held back", "last warm-up start, s before deadline", "idle before deadline s")
+    assert [two[k] for k in keys] == [0, None, 1, 45.0, 2, 35.0, 1, 0, None, None]
     report.part_split_table([str(run)])
     out = capsys.readouterr().out
     assert "| all   | 3 parts" in out and "snakemake" not in out
     assert re.search(r"\| all +\| 3 parts +\| +204 \|", out), out  # 130.5 + 70.0 + 3.1
+    # Not summed over the parts: blank in the total row (the idle time is summed: 40 s).
+    assert re.search(r"\| all .*\| +2 \| +\| +40 \|$", out, re.M), out
 
 
 PROGRESS_CELL = {"model": "small", "seq_len": 1024, "kv_heads": 12, "precision": "fp16", "optimizer": "adamw",

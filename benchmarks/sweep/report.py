@@ -665,9 +665,10 @@ def part_split(run: Path) -> list[dict]:
     did not (held back at the deadline, or not reached: used by the next part only on a host kept warm), the GPU
     jobs the part's stop cut off (and of them the warm-ups that started with nothing to expect of them, expected_s
     0: no record of a cell like theirs, which the deadline never holds back), how many jobs the deadline held back,
-    and the seconds from the part's last GPU job's end to the jobs' deadline, when no job was expected to fit and the
-    GPU stood idle (blank where none was held back; the part's wall time goes on past the deadline by sweep.sh's
-    margin for the packing). A part without a full log (its Snakemake stopped before the first job, e.g. on
+    how long before the jobs' deadline the last warm-up started (no new work came after it: a job held back is not
+    tried again in that sweep), and the seconds from the part's last GPU job's end to the deadline, when no job was
+    expected to fit and the GPU stood idle (both blank where none was held back: no deadline known; the part's wall
+    time goes on past the deadline by sweep.sh's margin for the packing). A part without a full log (its Snakemake stopped before the first job, e.g. on
     arguments it refused) has its wall time only, so that the parts' sum is all of their wall time."""
     out = []
     records = _timed_records_held(run)
@@ -695,6 +696,8 @@ def part_split(run: Path) -> list[dict]:
         held_gpu = [r.get("duration_s") or 0.0 for r in _started_within(records, began, wall_s)]
         own_s = sum(held_gpu) if held_gpu else None
         idle = None if deadline is None or not ends else max(0.0, (deadline - max(ends)).total_seconds())
+        started = [j["start"] for j in jobs.values() if j["rule"] == "warmup" and j["start"] and not j.get("held")]
+        last_warmup = None if deadline is None or not started else (deadline - max(started)).total_seconds()
 
         out.append({"run": run.name, "part (UTC)": f"{began:%Y-%m-%d %H:%M}",
                     "wall s": wall_s, "timed jobs": len(timed), "timed s": seconds(timed),
@@ -703,7 +706,7 @@ def part_split(run: Path) -> list[dict]:
                     "warm-ups left": len(left), "warm-ups left s": seconds(left),
                     "cut off": len(cut), "cut off s": seconds(cut),
                     "cut off unestimated": sum(j.get("expected_s") == 0 for j in cut), "held back": held,
-                    "idle before deadline s": idle})
+                    "last warm-up start, s before deadline": last_warmup, "idle before deadline s": idle})
     return out
 
 
@@ -712,7 +715,8 @@ def part_split_table(runs: list[str]) -> None:
     if not any("timed jobs" in row for row in rows):
         sys.exit("no part of these runs has a full log (snakemake-*.full.log.gz, tools/gpu-host/sweep.sh)")
     df = pd.DataFrame(rows)
-    total = df.drop(columns=["run", "part (UTC)"]).sum()
+    # A time before a part's own deadline does not add up over parts.
+    total = df.drop(columns=["run", "part (UTC)", "last warm-up start, s before deadline"], errors="ignore").sum()
     df.loc[len(df)] = {"run": "all", "part (UTC)": f"{len(rows)} parts", **total.to_dict()}
     # A part with nothing held back has no known deadline: blank, not nan.
     print(df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=",.0f", missingval=""))
