@@ -668,8 +668,9 @@ def part_split(run: Path) -> list[dict]:
     how long before the jobs' deadline the last warm-up started (no new work came after it: a job held back is not
     tried again in that sweep), and the seconds from the part's last GPU job's end to the deadline, when no job was
     expected to fit and the GPU stood idle (both blank where none was held back: no deadline known; the part's wall
-    time goes on past the deadline by sweep.sh's margin for the packing). A part without a full log (its Snakemake stopped before the first job, e.g. on
-    arguments it refused) has its wall time only, so that the parts' sum is all of their wall time."""
+    time goes on past the deadline by sweep.sh's margin for the packing). A part without a full log (its Snakemake
+    stopped before the first job, e.g. on arguments it refused) has its wall time only, so that the parts' sum is
+    all of their wall time."""
     out = []
     records = _timed_records_held(run)
     for began, wall_s in _parts(run):
