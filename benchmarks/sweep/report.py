@@ -717,7 +717,7 @@ def part_split_table(runs: list[str]) -> None:
         sys.exit("no part of these runs has a full log (snakemake-*.full.log.gz, tools/gpu-host/sweep.sh)")
     df = pd.DataFrame(rows)
     # A time before a part's own deadline does not add up over parts.
-    total = df.drop(columns=["run", "part (UTC)", "last warm-up start, s before deadline"], errors="ignore").sum()
+    total = df.drop(columns=["run", "part (UTC)", "last warm-up start, s before deadline"]).sum()
     df.loc[len(df)] = {"run": "all", "part (UTC)": f"{len(rows)} parts", **total.to_dict()}
     # A part with nothing held back has no known deadline: blank, not nan.
     print(df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=",.0f", missingval=""))
