@@ -679,6 +679,39 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     assert "Cells completed since then, repeats on one GPU: none." in text
 
 
+def test_progress_names_the_warm_ups_left_expected_longest(tmp_path: Path) -> None:
+    """Each warm-up left, expected as its check at a part's start expects it with nothing queued: a cell's first
+    from the cells like it (the longest warm-up attempt, stretched by 1.5, and the longest timed job, by 1.05, each
+    with 5 s to start), a later repeat from repeat 1's record; longest first; a cell with nothing like it measured
+    is not given 0 s but counted apart (it is never held back)."""
+    report = load_report()
+    run = tmp_path / "r"
+    base = {"model": "small", "seq_len": 1024, "mode": "compiled", "kv_heads": 12, "precision": "bf16",
+            "optimizer": "adamw_fused", "harness": "native"}
+
+    def record(attn: str, repeat: int, warmup_s: float, duration_s: float) -> None:
+        cell = {**base, "attn": attn}
+        path = run / "cells" / cell_path(cell) / sweep.record_name(repeat)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "cell": cell, "status": "ok", "tokens_per_sec": 100.0, "started_at": "2026-12-01T09:59:00+00:00",
+            "finished_at": "2026-12-01T10:00:00+00:00",
+            "batch_size": 32, "duration_s": duration_s, "env": {"code": {"source_sha256": "c0de" * 16}},
+            "batch_attempts": [{"stage": "warmup", "outcome": "ok", "batch_size": 32, "seconds": warmup_s}]}))
+
+    record("sdpa", 1, 100.0, 40.0)
+    record("sdpa", 2, 90.0, 38.0)
+    record("flex", 1, 20.0, 12.0)  # its repeat 2 is left
+    pd.DataFrame([{**base, "attn": "sdpa", "status": "ok"}, {**base, "attn": "flex", "status": "ok"},
+                  {**base, "attn": "fa2", "status": "missing"},
+                  {**base, "model": "medium", "kv_heads": 16, "attn": "fa2", "status": "missing"}]).to_csv(
+        run / "summary.csv", index=False)
+    text = report.progress_text(run)
+    # fa2: 100 * 1.5 + 5 + 40 * 1.05 + 5 = 202; flex's repeat 2: 20 * 1.5 + 5 + 12 * 1.05 + 5 = 52.6.
+    assert ("a part's start): 202 s small 1024 fa2, 53 s small 1024 flex repeat 2; 1 with nothing like them "
+            "measured (expecting only the queue).") in text
+
+
 def test_progress_without_a_summary_says_how_to_build_it(tmp_path: Path) -> None:
     """A run whose parts all ended at their deadline has records and no summary.csv, which gives the grid."""
     run = tmp_path / "r"

@@ -826,6 +826,25 @@ def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str
             f"time){nothing_like}.")
 
 
+def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
+    """The warm-ups left (`todo`: cells, with `first`, repeat 1's record, where only a later repeat is left) that
+    are expected longest, as a warm-up's check at a part's start with nothing queued expects them
+    (sweep.expected_warmup_s: the warm-up and its timed job after it, from repeat 1's record, else from the cells like
+    it; a cell's first warm-up, whose repeat 2 is then expected from what it took): a part with less time left when
+    such a job comes up holds it back, so a cell expected longer than any part has at its start is never measured.
+    The sweep's `first` puts named cells at a part's start."""
+    expected = sorted(((sweep.expected_warmup_s(run, cell, cell.get("first")),
+                        _label(cell) + (" repeat 2" if cell.get("first") else "")) for cell in todo),
+                      key=lambda e: (-e[0], e[1]))
+    # 0: nothing to go by, and such a warm-up expects only the queue (expected_warmup_start_s).
+    shown = [f"{seconds:,} s {label}" for seconds, label in expected if seconds > 0]
+    unknown = len(expected) - len(shown)
+    blind = f"; {unknown} with nothing like them measured (expecting only the queue)" if unknown else ""
+    return (f"Warm-ups left expected longest, each to the end of its timed job with nothing queued (a part needs "
+            f"that long left when one comes up; `first` puts cells at a part's start): "
+            f"{_listed(shown, most) or 'none known'}{blind}.")
+
+
 def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
     """Where a run measured in parts stands, from its records and its summary.csv (the aggregation's, whose rows
     are the run's grid): the records by cell code; at the newest record's code, the measurements, the cells with
@@ -869,9 +888,11 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
         left_by = missing.groupby(["model", "mode", "attn"], sort=False).size().rename("cells left").reset_index()
         lines += [left_by.to_markdown(index=False), ""]
     if left:
-        partial = [dict(rs[0]["rec"]["cell"], left=repeats - len(rs)) for c, rs in by_cell.items() if c not in complete]
+        partial = [dict(rs[0]["rec"]["cell"], left=repeats - len(rs),
+                        first=next((c / sweep.record_name(1) for r in rs if r["repeat"] == 1), None))
+                   for c, rs in by_cell.items() if c not in complete]
         todo = [dict(row, left=repeats) for row in missing.to_dict("records")] + partial
-        lines += [_time_left_line(run, code, repeats, todo), ""]
+        lines += [_time_left_line(run, code, repeats, todo), "", longest_warmups_line(run, todo), ""]
     ranges = {c: _repeat_range(rs) for c, rs in complete.items()}
     one_gpu = [pct for pct, one in filter(None, ranges.values()) if one]
     across = [pct for pct, one in filter(None, ranges.values()) if not one]
