@@ -683,7 +683,7 @@ def test_progress_names_the_warm_ups_left_expected_longest(tmp_path: Path) -> No
     """Each warm-up left, expected as its check at a part's start expects it with nothing queued: a cell's first
     from the cells like it (the longest warm-up attempt, stretched by 1.5, and the longest timed job, by 1.05, each
     with 5 s to start), a later repeat from repeat 1's record; longest first; a cell with nothing like it measured
-    is not given 0 s but counted apart (it is never held back)."""
+    is not given 0 s but counted apart (its check expects only the GPU's queue)."""
     report = load_report()
     run = tmp_path / "r"
     base = {"model": "small", "seq_len": 1024, "mode": "compiled", "kv_heads": 12, "precision": "bf16",
