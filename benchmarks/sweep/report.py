@@ -827,14 +827,15 @@ def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str
 
 
 def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
-    """The warm-ups left (`todo`: cells, with `first`, repeat 1's record, where only a later repeat is left) that
+    """The warm-ups left (`todo`: cells; with `first`, repeat 1's record, and `repeat`, the next one, where only
+    later repeats are left) that
     are expected longest, as a warm-up's check at a part's start with nothing queued expects them
     (sweep.expected_warmup_s: the warm-up and its timed job after it, from repeat 1's record, else from the cells like
     it; a cell's first warm-up, whose repeat 2 is then expected from what it took): a part with less time left when
     such a job comes up holds it back, so a cell expected longer than any part has at its start is never measured.
     The sweep's `first` puts named cells at a part's start."""
     expected = sorted(((sweep.expected_warmup_s(run, cell, cell.get("first")),
-                        _label(cell) + (" repeat 2" if cell.get("first") else "")) for cell in todo),
+                        _label(cell) + (f" repeat {cell['repeat']}" if cell.get("first") else "")) for cell in todo),
                       key=lambda e: (-e[0], e[1]))
     # 0: nothing to go by, and such a warm-up expects only the queue (expected_warmup_start_s).
     shown = [f"{seconds:,} s {label}" for seconds, label in expected if seconds > 0]
@@ -888,9 +889,14 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
         left_by = missing.groupby(["model", "mode", "attn"], sort=False).size().rename("cells left").reset_index()
         lines += [left_by.to_markdown(index=False), ""]
     if left:
-        partial = [dict(rs[0]["rec"]["cell"], left=repeats - len(rs),
-                        first=next((c / sweep.record_name(1) for r in rs if r["repeat"] == 1), None))
-                   for c, rs in by_cell.items() if c not in complete]
+        partial = []
+        for c, rs in by_cell.items():
+            if c not in complete:
+                done = {r["repeat"] for r in rs}
+                # The repeat its next warm-up makes, expected from repeat 1's record where that is there.
+                partial.append(dict(rs[0]["rec"]["cell"], left=repeats - len(rs),
+                                    repeat=min(set(range(1, repeats + 1)) - done),
+                                    first=c / sweep.record_name(1) if 1 in done else None))
         todo = [dict(row, left=repeats) for row in missing.to_dict("records")] + partial
         lines += [_time_left_line(run, code, repeats, todo), "", longest_warmups_line(run, todo), ""]
     ranges = {c: _repeat_range(rs) for c, rs in complete.items()}
