@@ -482,7 +482,7 @@ def test_the_tokens_policy_is_a_cell_setting_checked_before_any_job() -> None:
         sweep.plan_run(config(**{"batch.policy": "tokens", "batch.tokens": 16}), {}, gpus=["0"])
 
 
-def test_a_part_finishes_started_cells_then_measures_the_first_cells_before_the_rest() -> None:
+def test_a_part_measures_the_first_cells_then_finishes_started_cells_before_the_rest() -> None:
     first = [{"seq_len": 2048, "attn": ["fa2", "sdpa"], "mode": "compiled"}]
     plan = sweep.plan_run(config(first=first), {}, gpus=["0"])
     named = plan.grid[(plan.grid["seq_len"] == 2048) & plan.grid["attn"].isin(["fa2", "sdpa"])
@@ -491,8 +491,8 @@ def test_a_part_finishes_started_cells_then_measures_the_first_cells_before_the_
     other = plan.grid[plan.grid["seq_len"] == 256].to_dict("records")[0]
     warmups = {(c, r): plan.priority(cell, r, timed=False) for c, cell in (("first", named[0]), ("other", other))
                for r in (1, 2)}
-    # A later repeat of any started cell, then repeat 1 of a first cell, then the rest.
-    assert warmups[("first", 2)] > warmups[("other", 2)] > warmups[("first", 1)] > warmups[("other", 1)]
+    # The first cell's repeats (a later one before repeat 1), then another started cell's later repeat, then the rest.
+    assert warmups[("first", 2)] > warmups[("first", 1)] > warmups[("other", 2)] > warmups[("other", 1)]
     # A finished warm-up's timed job goes before every warm-up.
     timed = [plan.priority(cell, r, timed=True) for cell in (named[0], other) for r in (1, 2)]
     assert min(timed) > max(warmups.values())
@@ -500,8 +500,9 @@ def test_a_part_finishes_started_cells_then_measures_the_first_cells_before_the_
 
 
 def test_first_entries_are_measured_in_their_order() -> None:
-    """Each entry of `first` goes before the later ones (a cell in two, with its earliest); a started cell's later
-    repeat still goes before every new cell, and a finished warm-up's timed job before every warm-up."""
+    """Each entry of `first` goes before the later ones (a cell in two, with its earliest), and a cell it names,
+    with its later repeats, before every other; among the others a started cell's later repeat goes before a new
+    cell; a finished warm-up's timed job before every warm-up."""
     first = [{"seq_len": 2048, "attn": "fa2", "mode": "compiled"}, {"seq_len": 1024},
              {"seq_len": [1024, 2048], "attn": "sdpa"}]
     plan = sweep.plan_run(config(first=first), {}, gpus=["0"])
@@ -515,7 +516,9 @@ def test_first_entries_are_measured_in_their_order() -> None:
     assert [plan.first.get(sweep.cell_path(c), 0) for c in (fa2_2048, sdpa_1024, sdpa_2048, other)] == [3, 2, 1, 0]
     new = [plan.priority(c, 1, timed=False) for c in (fa2_2048, sdpa_1024, sdpa_2048, other)]
     assert new == sorted(new, reverse=True) and len(set(new)) == 4
-    assert plan.priority(other, 2, timed=False) > max(new)
+    later = [plan.priority(c, 2, timed=False) for c in (fa2_2048, sdpa_1024, sdpa_2048, other)]
+    # Entry by entry, a later repeat before repeat 1; the cells no entry names last.
+    assert later[0] > new[0] > later[1] > new[1] > later[2] > new[2] > later[3] > new[3]
     warmups = [plan.priority(c, r, timed=False) for c in (fa2_2048, other) for r in (1, 2)]
     assert plan.priority(other, 1, timed=True) > max(warmups)
 

@@ -413,11 +413,16 @@ class RunPlan:
 
     def priority(self, cell: Mapping, repeat: int, timed: bool) -> int:
         """A job's Snakemake priority: a timed job before every warm-up (the GPU waits for nothing once a cell's
-        warm-up is done); then a started cell's later repeats before new cells (a sweep run in parts leaves whole
-        cells, whose spread the tables need); then the cells `first` names, in the order of its entries."""
-        top = max(self.first.values(), default=0)  # the first entry's tier; a cell `first` does not name: 0
-        rank = (top + 1) * (repeat > 1) + self.first.get(cell_path(cell), 0)
-        return 2 * (top + 1) + rank if timed else rank
+        warm-up is done); then the cells `first` names, in the order of its entries; within an entry, and among the
+        cells it does not name, a started cell's later repeats before new cells (a sweep run in parts leaves whole
+        cells, whose spread the tables need). `first` outranks the other cells' later repeats: it is for the cells
+        a part must start at once, those expected to take nearly a whole part, which a deadline holds back once a
+        part is under way (on an H100 on 2026-12-07, 13 later repeats' warm-ups took the cores first, and the four
+        cells `first` named, expected at 417-446 s, came up 133 s in with 370-373 s left and were held back)."""
+        tier = self.first.get(cell_path(cell), 0)  # the first entry's is the highest; a cell not named: 0
+        rank = 2 * tier + (repeat > 1)
+        top = 2 * max(self.first.values(), default=0) + 1  # the highest rank of a warm-up
+        return top + 1 + rank if timed else rank
 
     def warmup_gpus(self) -> int:
         """The `gpu` resource of a warm-up job: 1 where its batch search may fill the GPU (a GPU, no memory cap), so
