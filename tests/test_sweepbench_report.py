@@ -679,6 +679,26 @@ def test_progress_says_what_is_left_and_what_the_parts_since_measured(tmp_path: 
     assert "Cells completed since then, repeats on one GPU: none." in text
 
 
+def test_progress_costs_the_measurements_left_only_from_cells_with_their_jobs_benchmarks(tmp_path: Path) -> None:
+    """A complete cell whose jobs left no benchmark (a device tree with only the latest parts' files) does not count
+    as a cell that cost nothing: the cost left is the benchmarked cell's, and with none, nothing like them."""
+    report = load_report()
+    run = tmp_path / "r"
+    for attn in ("a", "b"):
+        progress_record(run, attn, 1, 100.0, "2026-12-01T10:01:00+00:00")
+        progress_record(run, attn, 2, 100.0, "2026-12-01T10:02:00+00:00")
+    (run / "wall-20261201T100000.txt").write_text("exit 1 wall_s 300\n")
+    pd.DataFrame({**PROGRESS_CELL, "mode": "compiled", "attn": ["a", "b", "c"],
+                  "status": ["ok", "ok", "missing"]}).to_csv(run / "summary.csv", index=False)
+    text = report.progress_text(run)
+    assert "about 0 s (0 min) of jobs" in text and "GPU time); 2 with nothing like them measured." in text
+    for name in ("cell", "repeat-2"):
+        _bench(run / "benchmarks/cells/a" / f"{name}.tsv", 100.0)
+    for repeat in (1, 2):
+        _bench(run / "benchmarks/warmup/a" / f"r{repeat}" / "warmup.tsv", 50.0)
+    assert "about 300 s (5 min) of jobs" in report.progress_text(run)
+
+
 def test_progress_names_the_warm_ups_left_expected_longest(tmp_path: Path) -> None:
     """Each warm-up left, expected as its check at a part's start expects it with nothing queued: a cell's first
     from the cells like it (the longest warm-up attempt, stretched by 1.5, and the longest timed job, by 1.05, each
