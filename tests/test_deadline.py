@@ -178,12 +178,16 @@ def test_a_cells_records_and_those_of_its_other_attentions(tmp_path: Path) -> No
     assert sweep.read_records(own) == [{"attn": "fa2"}, {"attn": "fa2", "repeat": 2}]
 
 
-def check(expected_s: int, deadline: str | None, *again: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "ATTNSWEEP_DEADLINE"}
+def check(expected_s: int, deadline: str | None, *again: str, grace: int | None = None,
+          part_start: float | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTNSWEEP_DEADLINE", sweep.PART_START_ENV)}
     if deadline is not None:
         env["ATTNSWEEP_DEADLINE"] = deadline
-    return subprocess.run(["bash", str(CHECK), str(expected_s), *again], env=env, capture_output=True, text=True,
-                          timeout=60)
+    if part_start is not None:
+        env[sweep.PART_START_ENV] = str(int(part_start))
+    option = [] if grace is None else [f"--grace={grace}"]
+    return subprocess.run(["bash", str(CHECK), *option, str(expected_s), *again], env=env, capture_output=True,
+                          text=True, timeout=60)
 
 
 def test_the_check_lets_a_job_start_without_a_deadline_or_before_it() -> None:
@@ -202,6 +206,37 @@ def test_the_check_holds_back_a_job_that_would_end_after_the_deadline() -> None:
     assert 25 <= left <= 30
     past = check(0, str(int(time.time()) - 5))  # nothing known, and the deadline has passed
     assert past.returncode == 3 and "expected to take about 0 s, -" in past.stdout
+
+
+def test_a_job_first_names_that_no_part_could_hold_starts_at_the_parts_start_only() -> None:
+    """With a grace (a warm-up of a cell `first` names), a job expected longer than the whole part, from its start
+    to the deadline, starts if it comes up within the grace of the part's start; one that a part could hold (here
+    expected 105 s of a 110 s part, 100 s left) is held back, as is every job without a grace or a part's start, or
+    past the grace."""
+    now = time.time()
+    deadline = f"{now + 100:.3f}"
+    done = check(300, deadline, grace=120, part_start=now - 10)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.startswith("attnsweep: expected 300 s, longer than the whole part (1")
+    assert done.stdout.endswith(" s into it: started, as `first` names it\n")
+    again = check(60, deadline, "echo", "300", grace=120, part_start=now - 10)  # estimated again at its start
+    assert again.returncode == 0 and again.stdout.endswith(
+        "started, as `first` names it (estimated again from the records at its start; 60 s when the sweep began)\n")
+    for held in (check(105, deadline, grace=120, part_start=now - 10),  # a part could hold it
+                 check(300, deadline, grace=0, part_start=now - 10), check(300, deadline, part_start=now - 10),
+                 check(300, deadline, grace=120),  # no part's start known
+                 check(300, deadline, grace=120, part_start=now - 130)):  # past the grace
+        assert held.returncode == 3 and held.stdout.startswith(sweep.NOT_STARTED + ": "), held.stdout
+
+
+def test_the_first_process_to_read_the_workflow_marks_the_parts_start() -> None:
+    environ: dict[str, str] = {}
+    before = int(time.time())
+    sweep.mark_part_start(environ)
+    assert before <= int(environ[sweep.PART_START_ENV]) <= time.time()
+    environ[sweep.PART_START_ENV] = "1796160000"
+    sweep.mark_part_start(environ)  # a job's process reading the workflow again keeps its sweep's mark
+    assert environ[sweep.PART_START_ENV] == "1796160000"
 
 
 def test_the_checks_command_replaces_the_estimate_either_way(tmp_path: Path) -> None:

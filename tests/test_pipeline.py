@@ -383,6 +383,27 @@ def test_raising_repeats_measures_only_the_new_repeats(repo: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_warm_up_of_a_cell_first_names_that_no_part_could_hold_starts_all_the_same(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As below, with `first` naming one cell: its later repeat's warm-up, expected longer than the whole part (the
+    deadline two seconds away), comes up at the part's start and starts, its log says why; its timed job, which no
+    grace covers, is held back, as are the other cells' warm-ups. The warm-up's output is left for the next part."""
+    edit_config(repo, repeats=2, first=[{"seq_len": 64, "attn": "sdpa"}])
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 2))
+    done = snakemake(repo, "--cores", "2", check=False)
+    assert done.returncode != 0 and not list((repo / "results/tiny/cells").rglob("repeat-2.json"))
+    logs = {log.parent.parent.relative_to(repo / "results/tiny/logs/warmup").as_posix(): log.read_text()
+            for log in (repo / "results/tiny/logs/warmup").rglob("r2/warmup.log")}
+    assert len(logs) == TINY_CELLS, logs
+    named = next(cell for cell in logs if "/seq_len~64/attn~sdpa/" in f"/{cell}/")
+    assert "started, as `first` names it" in logs[named].splitlines()[0], logs[named]
+    assert all(logs[cell].startswith("attnsweep: not started: ") for cell in logs if cell != named), logs
+    made = [w.parent.parent.relative_to(repo / "results/tiny/warmup").as_posix()
+            for w in (repo / "results/tiny/warmup").rglob("r2/warmup.json")]
+    assert made == [named], made
+
+
+@pytest.mark.slow
 def test_jobs_that_would_end_after_the_deadline_do_not_start(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ATTNSWEEP_DEADLINE two seconds away, no later repeat's warm-up starts: each is expected to take its
     repeat 1's warm-up attempt and timed job, and more (sweep.warmup_then_timed_s). The sweep ends at once, says why,

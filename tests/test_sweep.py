@@ -497,6 +497,8 @@ def test_a_part_measures_the_first_cells_then_finishes_started_cells_before_the_
     timed = [plan.priority(cell, r, timed=True) for cell in (named[0], other) for r in (1, 2)]
     assert min(timed) > max(warmups.values())
     assert sweep.plan_run(config(), {}, gpus=["0"]).first == {}
+    # Only a cell `first` names may start though expected longer than a whole part (start-before-deadline.sh).
+    assert plan.first_grace_s(named[0]) == sweep.FIRST_GRACE_S > 0 and plan.first_grace_s(other) == 0
 
 
 def test_first_entries_are_measured_in_their_order() -> None:

@@ -16,7 +16,9 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import (Callable, Collection, Iterable, Iterator, Mapping, MutableMapping,
+                             Sequence)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -424,6 +426,11 @@ class RunPlan:
         top = 2 * max(self.first.values(), default=0) + 1  # the highest rank of a warm-up
         return top + 1 + rank if timed else rank
 
+    def first_grace_s(self, cell: Mapping) -> int:
+        """The seconds from a part's start within which a warm-up of `cell` expected longer than the whole part may
+        start (PART_START_ENV): FIRST_GRACE_S for a cell `first` names, else 0 (never)."""
+        return FIRST_GRACE_S if cell_path(cell) in self.first else 0
+
     def warmup_gpus(self) -> int:
         """The `gpu` resource of a warm-up job: 1 where its batch search may fill the GPU (a GPU, no memory cap), so
         it holds the GPU alone as a timed job does (gpuslots), else 0 (capped warm-ups share a GPU). Counted against
@@ -647,6 +654,13 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> None:
 # measured, and lean long: a job wrongly held back costs a few seconds of a sweep's end, one cut off all of its work.
 
 DEADLINE_ENV = "ATTNSWEEP_DEADLINE"
+# A part's start: when the sweep's Snakemake process read the workflow (seconds since the epoch), which its jobs
+# inherit (mark_part_start). A warm-up expected longer than the whole part, from that start to the deadline, is held
+# back in every part, so its cell is never measured: where `first` names the cell, the check lets it start if it
+# comes up within FIRST_GRACE_S of the part's start (`first` puts it there), and the deadline cuts it off if it runs
+# that long. Estimates lean long (a search's: its longest like attempt times COLD_SPREAD), so such a cell may fit.
+PART_START_ENV = "ATTNSWEEP_PART_START"
+FIRST_GRACE_S = 120
 # The first words of a held-back job's log (the logger plugin counts such jobs apart from failures).
 NOT_STARTED = "attnsweep: not started"
 # A job's time besides its cell process's `duration_s`: Snakemake starting it, the interpreter and its imports
@@ -690,6 +704,12 @@ def read_deadline(environ: Mapping[str, str] = os.environ) -> float | None:
         raise SweepError(f"{DEADLINE_ENV}={value!r} is not a time in seconds since the epoch "
                          "(e.g. $(date -d '+50 min' +%s))")
     return deadline
+
+
+def mark_part_start(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Sets PART_START_ENV to now unless it is set: the first process to read the workflow marks the part's start,
+    and a process it starts that reads the workflow again keeps its mark."""
+    environ.setdefault(PART_START_ENV, str(int(time.time())))
 
 
 def _warmup_attempts(record: Mapping, outcomes: Collection[str] = ("ok",)) -> list[dict]:

@@ -52,7 +52,7 @@ if not AGGREGATE_ONLY and WARMUP:
         wildcard_constraints:
             **AXIS_CONSTRAINTS,
             repeat=r"[1-9][0-9]*",
-        # Later repeats of started cells first, then the cells `first` names (sweep.RunPlan.priority).
+        # The cells `first` names first, and a started cell's later repeats before a new cell (sweep.RunPlan.priority).
         priority: warmup_priority
         conda:
             "../../envs/attnsweep.yaml"
@@ -60,6 +60,7 @@ if not AGGREGATE_ONLY and WARMUP:
         resources:
             gpu=PLAN.warmup_gpus(),
             expected_s=expected_warmup_s,
+            first_grace_s=first_grace_s,
         params:
             options=cell_options,
             first=batch_from_option,
@@ -67,7 +68,8 @@ if not AGGREGATE_ONLY and WARMUP:
             start_check=START_BEFORE_DEADLINE,
             estimate_again=estimate_warmup_again,
         shell:
-            "bash {params.start_check:q} {resources.expected_s} {params.estimate_again} > {log:q} 2>&1 && "
+            "bash {params.start_check:q} --grace={resources.first_grace_s} {resources.expected_s} "
+            "{params.estimate_again} > {log:q} 2>&1 && "
             "python -m attnsweep warmup {params.options} {params.first} --cache {output.cache:q} "
             "--search-log {params.search_log:q} --out {output.json:q} >> {log:q} 2>&1"
 

@@ -27,6 +27,7 @@ try:
     PLAN = sweep.plan_run(config, workflow.config_settings.overwrite_config, GPUS)
     # A deadline for the jobs (ATTNSWEEP_DEADLINE), checked here: a bad value stops the run before any job.
     DEADLINE = sweep.read_deadline()
+    sweep.mark_part_start()
     # The GPUs' model and memory (nvidia-smi, once): the cap must fit, and bounds the warm-ups a GPU takes.
     GPU_MEMORY = None
     if PLAN.device == "cuda" and not PLAN.aggregate_only:
@@ -101,6 +102,12 @@ def repeat_of(wildcards) -> int:
 def warmup_priority(wildcards) -> int:
     """A warm-up's priority (sweep.RunPlan.priority)."""
     return PLAN.priority(dict(wildcards.items()), repeat_of(wildcards), timed=False)
+
+
+def first_grace_s(wildcards) -> int:
+    """Resource first_grace_s of a warm-up: how long into a part it may start though expected longer than the
+    whole part (sweep.RunPlan.first_grace_s)."""
+    return PLAN.first_grace_s(dict(wildcards.items()))
 
 
 def timed_priority(wildcards) -> int:
