@@ -800,9 +800,10 @@ def checks_text(records: list[dict]) -> str:
 def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str:
     """What the measurements left (`todo`: cells, each with the repeats it lacks) should cost: each at the median
     GPU s a measurement (cell_costs) of the run's cells measured with every repeat at `code`, with their timed jobs'
-    benchmarks, of the same model, mode and context, else of the same model and mode; then with the share of the sweeps' GPU time that went to no kept
-    job so far (cost_text's rest: starts, packing, held-back warm-ups, idle ends). An extrapolation from the run's
-    own cells, not a measurement; a cell's later repeat, which needs no batch search, costs less than the mean."""
+    benchmarks, of the same model, mode and context, else of the same model and mode; then with the share of the
+    sweeps' GPU time that went to no kept job so far (cost_text's rest: starts, packing, held-back warm-ups, idle
+    ends). An extrapolation from the run's own cells, not a measurement; a cell's later repeat, which needs no batch
+    search, costs less than the mean."""
     every = cell_costs(run)
     # A cell without its timed jobs' benchmarks (a device tree that carries only some parts' files, a record mended
     # by hand) costs 0 s there: it says nothing of what a measurement takes.

@@ -17,8 +17,7 @@ import os
 import re
 import statistics
 import time
-from collections.abc import (Callable, Collection, Iterable, Iterator, Mapping, MutableMapping,
-                             Sequence)
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
