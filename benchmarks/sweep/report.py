@@ -831,12 +831,12 @@ def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str
 
 def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
     """The warm-ups left (`todo`: cells; with `first`, repeat 1's record, and `repeat`, the next one, where only
-    later repeats are left) that
-    are expected longest, as a warm-up's check at a part's start with nothing queued expects them
-    (sweep.expected_warmup_s: the warm-up and its timed job after it, from repeat 1's record, else from the cells like
-    it; a cell's first warm-up, whose repeat 2 is then expected from what it took): a part with less time left when
-    such a job comes up holds it back, so a cell expected longer than any part has at its start is never measured.
-    The sweep's `first` puts named cells at a part's start."""
+    later repeats are left) that are expected longest, as a warm-up's check at a part's start with nothing queued
+    expects them (sweep.expected_warmup_s: the warm-up and its timed job after it, from repeat 1's record, else from
+    the cells like it; a cell's first warm-up, whose repeat 2 is then expected from what it took): a part with less
+    time left when such a job comes up holds it back, so a cell expected longer than any part has at its start is
+    measured only where the sweep's `first` names it (it then starts near a part's start; start-before-deadline.sh's
+    grace)."""
     expected = sorted(((sweep.expected_warmup_s(run, cell, cell.get("first")),
                         _label(cell) + (f" repeat {cell['repeat']}" if cell.get("first") else "")) for cell in todo),
                       key=lambda e: (-e[0], e[1]))
