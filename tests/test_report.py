@@ -908,6 +908,43 @@ def test_a_run_beside_another_cell_by_cell(tmp_path: Path) -> None:
     assert comparison_markdown(whole, other, "whole", "other").endswith("No cell of whole's grid is in other's.\n")
 
 
+def test_two_runs_ranking_the_implementations_differently_are_told_apart_group_by_group(tmp_path: Path) -> None:
+    """Above the cell-by-cell table: in how many groups of cells that differ in the implementation only both runs
+    have the same fastest (the others named), and each pair of implementations the runs rank the other way round,
+    with each run's lead judged as the tables judge it (tie: spreads overlap; not judged: measured once)."""
+    def run(name: str, tps: dict[tuple[str, int], tuple[float, ...]]) -> pd.DataFrame:
+        folder, paths, repeats = tmp_path / name, [], []
+        for (attn, seq_len), (first, *more) in tps.items():
+            paths.append(path := make_cell(folder, attn=attn, mode="compiled", seq_len=seq_len, tokens_per_sec=first))
+            repeats += [add_repeat(path, n, t) for n, t in enumerate(more, start=2)]
+        write_summary(paths, folder / "summary.csv", repeats=repeats)
+        return read_summary(folder / "summary.csv")
+
+    here = run("here", {("sdpa", 1024): (100.0, 102.0), ("fa2", 1024): (110.0, 111.0), ("flex", 1024): (90.0, 91.0),
+                        ("sdpa", 2048): (80.0, 81.0), ("fa2", 2048): (80.5, 81.5), ("flex", 2048): (95.0, 96.0)})
+    other = run("other", {("sdpa", 1024): (120.0, 121.0), ("fa2", 1024): (105.0, 106.0), ("flex", 1024): (95.0,),
+                          ("sdpa", 2048): (90.0, 91.0), ("fa2", 2048): (85.0, 86.0), ("flex", 2048): (100.0, 101.0)})
+    text = comparison_markdown(here, other, "here", "other")
+    assert ("Groups of cells that differ in the implementation only, with two or more measured in both runs: 2; with "
+            "the same fastest in both: 1 (not: context 1024: fa2 here, sdpa in other). Groups where the runs rank a "
+            "pair of implementations the other way round: 2, 2 pairs (") in text
+    ranking = text.split("other way round")[1].split("## ")[0]
+    assert markdown_header(ranking) == ["context", "faster here", "than", "lead here", "the same in other"]
+    # fa2 over sdpa: at 1024 beyond both spreads here (110.5 against 101) and the other way round in other; at 2048
+    # a tie here (80.5-81.5 against 80-81), behind it beyond the spread in other. flex is fastest at 2048 in both.
+    assert markdown_rows(ranking) == [["1024", "fa2", "sdpa", "+9.4%", "-12.4%"],
+                                      ["2048", "fa2", "sdpa", "+0.6% tie", "-5.5%"]]
+    # A cell measured once: the leads of its pairs are not judged.
+    one = comparison_markdown(run("one", {("sdpa", 1024): (100.0,), ("fa2", 1024): (110.0, 111.0)}), other, "one",
+                              "other")
+    assert "measured in both runs: 1; with the same fastest in both: 0 (not: fa2 here, sdpa in other)." in one
+    swapped = one.split("other way round")[1].split("## ")[0]
+    assert markdown_rows(swapped) == [["fa2", "sdpa", "+10.5% not judged", "-12.4%"]]
+    # The same order in both runs: no pair to show.
+    same = comparison_markdown(here, here, "here", "again")
+    assert "with the same fastest in both: 2. No pair of implementations is ranked the other way round." in same
+
+
 def test_the_environment_line_names_the_kernel_package_its_flashattention_4_cells_ran(tmp_path: Path) -> None:
     """flash-attn-4 is not in env_id (every cell of a run shares that, and only fa4, fa4_graphbreak and sdpa_fa4 run
     it): each table's environment line names its version where those cells are in the table, and only there."""

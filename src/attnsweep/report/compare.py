@@ -3,9 +3,11 @@
 `tables/vs-OTHER.md`: for every cell of both grids, each run's batch size and tokens/s, their ratio, and each run's
 difference against SDPA's default and its flash backend with that run's own tie mark, so a lead that appears or
 goes with the conditions (a memory cap lifted, another GPU or host) reads off one row; above the table, the
-conditions the two runs' records differ in. `figures/vs-OTHER.png`: the ratio of the tokens/s against context, one
-panel per mode and model, one line per implementation. Both runs are read from their summary.csv, so every number is
-one that run's own tables show.
+conditions the two runs' records differ in, and where the two runs rank the implementations differently: in each
+group of cells that differ in the implementation only, whether both runs have the same fastest, and every pair of
+implementations whose order the runs swap, with each run's lead and its tie mark. `figures/vs-OTHER.png`: the ratio
+of the tokens/s against context, one panel per mode and model, one line per implementation. Both runs are read from
+their summary.csv, so every number is one that run's own tables show (a lead is judged a tie as they judge one).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import pandas as pd
 
 from ..vocabulary import AXES
 from . import atomic_output, log
-from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
+from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows, spreads_overlap
 from .figures import panel_figure
-from .markdown import DASH, GC_LEGEND, any_gc_mark, tokens_text
+from .markdown import DASH, GC_LEGEND, any_gc_mark, repeated, tokens_text
 from .tables import batch_text, render_table, row_keys, tie_marked
 
 # What a record says about how it was measured, as summary.csv names the columns: the lines above the table.
@@ -126,6 +128,89 @@ def _gain_line(both: list[tuple[pd.Series, pd.Series]], other_name: str) -> str:
             f"{other_name}'s, median {ratios.median():.2f}×, {ratios.min():.2f}-{ratios.max():.2f}×.")
 
 
+# A group of cells whose implementations are ranked against each other: every axis but the attention.
+GROUP_AXES = tuple(a for a in AXES if a != "attn")
+
+
+def ranked_groups(both: list[tuple[pd.Series, pd.Series]]) -> dict[tuple, list[tuple[pd.Series, pd.Series]]]:
+    """{group (GROUP_AXES' values): its pairs}: the cells measured in both runs, by group, where a group has two or
+    more of them (something to rank)."""
+    groups: dict[tuple, list[tuple[pd.Series, pd.Series]]] = {}
+    for mine, theirs in both:
+        if mine["status"] == "ok" and theirs["status"] == "ok":
+            groups.setdefault(tuple(mine[a] for a in GROUP_AXES), []).append((mine, theirs))
+    return {key: pairs_ for key, pairs_ in groups.items() if len(pairs_) >= 2}
+
+
+def lead_text(a: pd.Series, b: pd.Series) -> str:
+    """`a`'s tokens/s over `b`'s of one run in percent; "tie" where both were measured at least twice and their
+    spreads overlap (as the tables judge), "not judged" where either was measured once."""
+    text = f"{100 * (a['tokens_per_sec'] / b['tokens_per_sec'] - 1):+.1f}%"
+    if not (repeated(a) and repeated(b)):
+        return f"{text} not judged"
+    tie = spreads_overlap(*(pd.Series([float(r[c])]) for r in (a, b) for c in ("spread_low", "spread_high")))
+    return f"{text} tie" if bool(tie.iloc[0]) else text
+
+
+def swapped_pairs(groups: Mapping[tuple, list[tuple[pd.Series, pd.Series]]], other_name: str) -> pd.DataFrame:
+    """One row per pair of implementations of a group that the two runs rank the other way round: the group's axes
+    that vary, the faster here, the slower here, its lead here and the same pair's lead in the other run (below 0:
+    the other way round), each with that run's tie mark."""
+    rows = []
+    for key, members in groups.items():
+        for i, (mine_a, theirs_a) in enumerate(members):
+            for mine_b, theirs_b in members[i + 1:]:
+                here_gap = mine_a["tokens_per_sec"] - mine_b["tokens_per_sec"]
+                if here_gap * (theirs_a["tokens_per_sec"] - theirs_b["tokens_per_sec"]) >= 0:
+                    continue
+                (fast, slow), (fast_there, slow_there) = (
+                    ((mine_a, mine_b), (theirs_a, theirs_b)) if here_gap > 0 else
+                    ((mine_b, mine_a), (theirs_b, theirs_a)))
+                rows.append({**dict(zip(GROUP_AXES, key)), "faster here": fast["attn"], "than": slow["attn"],
+                             "lead here": lead_text(fast, slow),
+                             f"the same in {other_name}": lead_text(fast_there, slow_there)})
+    return pd.DataFrame(rows)
+
+
+def telling_axes(keys: pd.DataFrame) -> list[str]:
+    """The axes (columns of `keys`, groups' GROUP_AXES values) that tell the groups apart: the model where there are
+    several, and each other axis that takes more than one value within a model (one that follows the model, such as
+    GPT-2 large's 8-bit AdamW, says nothing more)."""
+    return [a for a in keys.columns
+            if (keys[a].nunique() > 1 if a == "model" else keys.groupby("model")[a].nunique().max() > 1)]
+
+
+def _ranking_text(both: list[tuple[pd.Series, pd.Series]], other_name: str) -> str:
+    """How the two runs rank the implementations of each group: how many groups have the same fastest (those that
+    do not named), and the pairs the runs swap (swapped_pairs), as a table."""
+    groups = ranked_groups(both)
+    if not groups:
+        return "No group of cells that differ in the implementation only has two measured in both runs."
+    named = telling_axes(pd.DataFrame(list(groups), columns=list(GROUP_AXES)))
+    differ = []
+    for key, members in groups.items():
+        fastest_here = max(members, key=lambda m: m[0]["tokens_per_sec"])[0]["attn"]
+        fastest_there = max(members, key=lambda m: m[1]["tokens_per_sec"])[1]["attn"]
+        if fastest_here != fastest_there:
+            group = ", ".join(f"{'context' if axis == 'seq_len' else axis} {value}"
+                              for axis, value in zip(GROUP_AXES, key) if axis in named)
+            differ.append(f"{group}: " * bool(group) + f"{fastest_here} here, {fastest_there} in {other_name}")
+    swaps = swapped_pairs(groups, other_name)
+    text = (f"Groups of cells that differ in the implementation only, with two or more measured in both runs: "
+            f"{len(groups)}; with the same fastest in both: {len(groups) - len(differ)}"
+            + (f" (not: {'; '.join(differ)})" if differ else "") + ". ")
+    if swaps.empty:
+        return text + "No pair of implementations is ranked the other way round."
+    keys = telling_axes(swaps[list(GROUP_AXES)])
+    # pairs() gives the cells in the tables' order, so the groups and their pairs come in it.
+    table = swaps[[*keys, "faster here", "than", "lead here", f"the same in {other_name}"]].rename(
+        columns={"seq_len": "context"})
+    return (text + "Groups where the runs rank a pair of implementations the other way round: "
+            f"{swaps[list(GROUP_AXES)].drop_duplicates().shape[0]}, {len(swaps)} pairs (a lead marked tie lies inside "
+            "both cells' spreads in that run, not judged where either was measured once there):\n\n"
+            + table.to_markdown(index=False, disable_numparse=True))
+
+
 def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str, other_name: str) -> str:
     """The comparison of run `here_name` with `other_name`, from their summaries (read_summary)."""
     title = f"# {here_name} beside {other_name}, cell by cell (tokens/s)\n\n"
@@ -134,7 +219,7 @@ def comparison_markdown(here: pd.DataFrame, other: pd.DataFrame, here_name: str,
     if rows.empty:
         return title + f"No cell of {here_name}'s grid is in {other_name}'s.\n"
     only = len(here) - len(rows)
-    parts = [conditions(here, other, other_name), _gain_line(both, other_name)]
+    parts = [conditions(here, other, other_name), _gain_line(both, other_name), _ranking_text(both, other_name)]
     if only:
         parts.append(f"Cells of this run not in {other_name}'s grid (not shown): {only}.")
     for mode in [m for m in MODE_ORDER if m in set(rows["mode"])]:
