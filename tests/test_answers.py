@@ -74,6 +74,10 @@ def test_each_question_is_answered_from_the_summarys_columns(tmp_path: Path) -> 
     assert fastest[4096]["fastest"] == "fa2 (compiled)"
     assert fastest[4096]["tied within its spread"] == "sdpa eager (91,000)"
     assert fastest[4096]["next beyond the spread: the lead over it"] == "-"
+    # The fastest compiled cell (any compiled mode) over the fastest eager one: beyond both spreads at 1,024; the tie
+    # at 4,096 said so.
+    assert fastest[1024]["fastest compiled over fastest eager"] == "1.43× (sdpa compiled_cudagraphs / fa2 eager)"
+    assert fastest[4096]["fastest compiled over fastest eager"] == "1.01× tie (fa2 compiled / sdpa eager)"
 
     # The graph break's cost in each compiled mode, and what CUDA graphs add with the breaks and in one graph.
     (breaks,) = rows_of(section(text, 2))

@@ -19,7 +19,8 @@ from .. import flops
 from ..vocabulary import COMPILED_MODES, CUDAGRAPH_MODES
 from .aggregate import GRAPH_BREAK_SUFFIX, MODE_ORDER, PLAIN_COMPILED, has_repeats, is_grouped
 from .headline import fastest
-from .markdown import DASH, GC_LEGEND, STATUS_MARK, any_gc_mark, by_environment, gc_mark, tokens_text, with_tie
+from .markdown import (DASH, GC_LEGEND, STATUS_MARK, any_gc_mark, by_environment, gc_mark, pair_mark, tokens_text,
+                       with_tie)
 
 # What tells two rows of a section apart besides model, context, mode and implementation (the tables' SETUP).
 SETUP = ("precision", "optimizer", "harness")
@@ -69,10 +70,26 @@ def _fastest_section(df: pd.DataFrame) -> str:
         lead = b.tokens_per_sec / b.runner_up_tokens_per_sec - 1
         line["next beyond the spread: the lead over it"] = "-" if pd.isna(lead) else (
             f"{b.runner_up} ({b.runner_up_tokens_per_sec:,.0f}): {lead:+.1%}")
+        line["fastest compiled over fastest eager"] = _compiled_over_eager(df, {k: getattr(b, k) for k in keys})
         if (best["not_run_yet"] != "").any():
             line["not run yet"] = b.not_run_yet or "-"
         rows.append(line)
     return _markdown(rows)
+
+
+def _compiled_over_eager(df: pd.DataFrame, where: dict) -> str:
+    """At one model and context (`where`, multi-head cells): the tokens/s of the fastest cell of any compiled mode
+    over the fastest eager one's, tie-marked (markdown.pair_mark, in a run with repeats), and the two cells; "-"
+    where either mode has no cell measured."""
+    cells = df[~is_grouped(df) & (df["status"] == "ok")]
+    for key, value in where.items():
+        cells = cells[cells[key] == value]
+    compiled, eager = cells[cells["mode"].isin(COMPILED_MODES)], cells[cells["mode"] == "eager"]
+    if compiled.empty or eager.empty:
+        return "-"
+    c, e = compiled.loc[compiled["tokens_per_sec"].idxmax()], eager.loc[eager["tokens_per_sec"].idxmax()]
+    mark = pair_mark(c, e) if has_repeats(df) else ""
+    return f"{c['tokens_per_sec'] / e['tokens_per_sec']:.2f}×{mark} ({c['attn']} {c['mode']} / {e['attn']} eager)"
 
 
 def _graph_break_section(df: pd.DataFrame) -> str:
@@ -162,7 +179,8 @@ SECTIONS: Sequence[tuple[str, str, object]] = (
     ("1. The fastest implementation at each model and context, compiled or eager",
      "The highest tokens/s of each model and context over every implementation and mode (multi-head attention{med}); "
      "beside it the cells it cannot be told from{ties}, and the fastest beyond its spread with the fastest's lead "
-     "over it.", _fastest_section),
+     "over it; then the fastest cell of any compiled mode over the fastest eager one (which of them is faster, "
+     "and by how much).", _fastest_section),
     ("2. What a graph break costs, with and without CUDA graphs",
      "tokens/s of an implementation that leaves the compiled graph at every attention layer (`*_graphbreak`) over "
      "its one-graph twin, per compiled mode (break: below 1× it costs); then what CUDA graphs add to each "

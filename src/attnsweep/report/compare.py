@@ -22,9 +22,9 @@ import pandas as pd
 
 from ..vocabulary import AXES
 from . import atomic_output, log
-from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows, spreads_overlap
+from .aggregate import MODE_ORDER, REFERENCES, read_summary, sort_rows
 from .figures import panel_figure
-from .markdown import DASH, GC_LEGEND, any_gc_mark, repeated, tokens_text
+from .markdown import DASH, GC_LEGEND, any_gc_mark, pair_mark, tokens_text
 from .tables import batch_text, render_table, row_keys, tie_marked
 
 # What a record says about how it was measured, as summary.csv names the columns: the lines above the table.
@@ -145,11 +145,7 @@ def ranked_groups(both: list[tuple[pd.Series, pd.Series]]) -> dict[tuple, list[t
 def lead_text(a: pd.Series, b: pd.Series) -> str:
     """`a`'s tokens/s over `b`'s of one run in percent; "tie" where both were measured at least twice and their
     spreads overlap (as the tables judge), "not judged" where either was measured once."""
-    text = f"{100 * (a['tokens_per_sec'] / b['tokens_per_sec'] - 1):+.1f}%"
-    if not (repeated(a) and repeated(b)):
-        return f"{text} not judged"
-    tie = spreads_overlap(*(pd.Series([float(r[c])]) for r in (a, b) for c in ("spread_low", "spread_high")))
-    return f"{text} tie" if bool(tie.iloc[0]) else text
+    return f"{100 * (a['tokens_per_sec'] / b['tokens_per_sec'] - 1):+.1f}%" + pair_mark(a, b)
 
 
 def swapped_pairs(groups: Mapping[tuple, list[tuple[pd.Series, pd.Series]]], other_name: str) -> pd.DataFrame:

@@ -24,6 +24,14 @@ def repeated(row: pd.Series) -> bool:
     return bool(row.get("repeats", 1) >= 2)
 
 
+def pair_mark(a: pd.Series, b: pd.Series) -> str:
+    """How two cells' tokens/s compare, as the tables judge: " tie" where both were measured at least twice and
+    their spreads overlap, " not judged" where either was measured once, "" where one leads beyond the spread."""
+    if not (repeated(a) and repeated(b)):
+        return " not judged"
+    return " tie" if a["spread_low"] <= b["spread_high"] and b["spread_low"] <= a["spread_high"] else ""
+
+
 # From this share of a measured window spent in Python's garbage collector (aggregate.window_gc_share) on, a cell's
 # tokens/s is marked with it: a full collection took 0.27-0.37 s on the H200, up to a twelfth of a window, at the
 # same step in each repeat of a cell, so the repeats' spread does not show it.
