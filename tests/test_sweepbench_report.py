@@ -709,7 +709,7 @@ def test_progress_names_the_warm_ups_left_expected_longest(tmp_path: Path) -> No
     base = {"model": "small", "seq_len": 1024, "mode": "compiled", "kv_heads": 12, "precision": "bf16",
             "optimizer": "adamw_fused", "harness": "native"}
 
-    def record(attn: str, repeat: int, warmup_s: float, duration_s: float) -> None:
+    def record(attn: str, repeat: int, warmup_s: float, duration_s: float, wait_s: float | None = None) -> None:
         cell = {**base, "attn": attn}
         path = run / "cells" / cell_path(cell) / sweep.record_name(repeat)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -717,19 +717,21 @@ def test_progress_names_the_warm_ups_left_expected_longest(tmp_path: Path) -> No
             "cell": cell, "status": "ok", "tokens_per_sec": 100.0, "started_at": "2026-12-01T09:59:00+00:00",
             "finished_at": "2026-12-01T10:00:00+00:00",
             "batch_size": 32, "duration_s": duration_s, "env": {"code": {"source_sha256": "c0de" * 16}},
-            "batch_attempts": [{"stage": "warmup", "outcome": "ok", "batch_size": 32, "seconds": warmup_s}]}))
+            "batch_attempts": [{"stage": "warmup", "outcome": "ok", "batch_size": 32, "seconds": warmup_s}],
+            **({} if wait_s is None else {"warmup": {"run_seat_wait_s": wait_s}})}))
 
-    record("sdpa", 1, 100.0, 40.0)
+    record("sdpa", 1, 100.0, 40.0, wait_s=30.0)  # its repeats are done: its wait is in no estimate left
     record("sdpa", 2, 90.0, 38.0)
-    record("flex", 1, 20.0, 12.0)  # its repeat 2 is left
+    record("flex", 1, 20.0, 12.0, wait_s=10.0)  # its repeat 2 is left; half its attempt was the wait
     pd.DataFrame([{**base, "attn": "sdpa", "status": "ok"}, {**base, "attn": "flex", "status": "ok"},
                   {**base, "attn": "fa2", "status": "missing"},
                   {**base, "model": "medium", "kv_heads": 16, "attn": "fa2", "status": "missing"}]).to_csv(
         run / "summary.csv", index=False)
     text = report.progress_text(run)
-    # fa2: 100 * 1.5 + 5 + 40 * 1.05 + 5 = 202; flex's repeat 2: 20 * 1.5 + 5 + 12 * 1.05 + 5 = 52.6.
-    assert ("a part's start): 202 s small 1024 fa2, 53 s small 1024 flex repeat 2; 1 with nothing like them "
-            "measured (expecting only the queue).") in text
+    # fa2: 100 * 1.5 + 5 + 40 * 1.05 + 5 = 202; flex's repeat 2: 20 * 1.5 + 5 + 12 * 1.05 + 5 = 52.6, of which
+    # repeat 1's wait for the run seat makes 10 * 1.5 (said where it is a tenth of the estimate or more).
+    assert ("a part's start): 202 s small 1024 fa2, 53 s small 1024 flex repeat 2 (15 s of it repeat 1's 10 s wait "
+            "for the run seat, times 1.5); 1 with nothing like them measured (expecting only the queue).") in text
 
 
 def test_progress_without_a_summary_says_how_to_build_it(tmp_path: Path) -> None:

@@ -829,6 +829,13 @@ def _time_left_line(run: Path, code: str, repeats: int, todo: list[dict]) -> str
             f"time){nothing_like}.")
 
 
+def _first_wait_s(first: str | Path | None) -> float:
+    """The seconds repeat 1's warm-up (its record at `first`) waited for the GPU's run seat; 0 where none is
+    recorded."""
+    records = sweep.read_records([first]) if first is not None else []
+    return float(sweep.dig(records[0], ("warmup", "run_seat_wait_s")) or 0.0) if records else 0.0
+
+
 def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
     """The warm-ups left (`todo`: cells; with `first`, repeat 1's record, and `repeat`, the next one, where only
     later repeats are left) that are expected longest, as a warm-up's check at a part's start with nothing queued
@@ -836,12 +843,18 @@ def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
     the cells like it; a cell's first warm-up, whose repeat 2 is then expected from what it took): a part with less
     time left when such a job comes up holds it back, so a cell expected longer than any part has at its start is
     measured only where the sweep's `first` names it (it then starts near a part's start; start-before-deadline.sh's
-    grace)."""
+    grace). A later repeat's estimate stretches repeat 1's warm-up attempt, which counts that attempt's wait for the
+    GPU's run seat (warmup.run_seat_wait_s: the queue then, not the cell); where that wait is a tenth of the estimate
+    or more, the line says how much of it the wait makes."""
     expected = sorted(((sweep.expected_warmup_s(run, cell, cell.get("first")),
-                        _label(cell) + (f" repeat {cell['repeat']}" if cell.get("first") else "")) for cell in todo),
+                        _label(cell) + (f" repeat {cell['repeat']}" if cell.get("first") else ""),
+                        _first_wait_s(cell.get("first"))) for cell in todo),
                       key=lambda e: (-e[0], e[1]))
     # 0: nothing to go by, and such a warm-up expects only the queue (expected_warmup_start_s).
-    shown = [f"{seconds:,} s {label}" for seconds, label in expected if seconds > 0]
+    shown = [f"{seconds:,} s {label}" + (
+        f" ({wait * sweep.COLD_SPREAD:,.0f} s of it repeat 1's {wait:,.0f} s wait for the run seat, times "
+        f"{sweep.COLD_SPREAD})" if wait * sweep.COLD_SPREAD >= seconds / 10 else "")
+        for seconds, label, wait in expected if seconds > 0]
     unknown = len(expected) - len(shown)
     blind = f"; {unknown} with nothing like them measured (expecting only the queue)" if unknown else ""
     return (f"Warm-ups left expected longest, each to the end of its timed job with nothing queued (a part needs "
