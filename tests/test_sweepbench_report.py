@@ -699,6 +699,24 @@ def test_progress_costs_the_measurements_left_only_from_cells_with_their_jobs_be
     assert "about 300 s (5 min) of jobs" in report.progress_text(run)
 
 
+def test_progress_warns_where_the_summary_lacks_cells_the_run_has_measured(tmp_path: Path) -> None:
+    """A summary aggregated with a narrower grid (a part run with `grid=` on the command line, the parts after it
+    held back and did not aggregate) is not the run's grid: the cells it lacks include measured ones, and the
+    cells never measured are not counted as left. Said above everything else; not said where the summary holds them."""
+    report = load_report()
+    run = tmp_path / "r"
+    for attn in ("a", "b"):
+        progress_record(run, attn, 1, 100.0, "2026-12-01T10:01:00+00:00")
+    narrow = pd.DataFrame({**PROGRESS_CELL, "mode": "compiled", "attn": ["a"], "status": ["ok"]})
+    narrow.to_csv(run / "summary.csv", index=False)
+    text = report.progress_text(run)
+    assert text.startswith("## r\n\n**summary.csv lacks 1 cells measured at c0dec0de: it was last aggregated with a "
+                           "narrower grid")
+    pd.DataFrame({**PROGRESS_CELL, "mode": "compiled", "attn": ["a", "b"], "status": "ok"}).to_csv(
+        run / "summary.csv", index=False)
+    assert "lacks" not in report.progress_text(run)
+
+
 def test_progress_names_the_warm_ups_left_expected_longest(tmp_path: Path) -> None:
     """Each warm-up left, expected as its check at a part's start expects it with nothing queued: a cell's first
     from the cells like it (the longest warm-up attempt, stretched by 1.5, and the longest timed job, by 1.05, each
