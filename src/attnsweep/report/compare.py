@@ -150,7 +150,7 @@ def lead_text(a: pd.Series, b: pd.Series) -> str:
 
 def swapped_pairs(groups: Mapping[tuple, list[tuple[pd.Series, pd.Series]]], other_name: str) -> pd.DataFrame:
     """One row per pair of implementations of a group that the two runs rank the other way round: the group's axes
-    that vary, the faster here, the slower here, its lead here and the same pair's lead in the other run (below 0:
+    (GROUP_AXES), the faster here, the slower here, its lead here and the same pair's lead in the other run (below 0:
     the other way round), each with that run's tie mark."""
     rows = []
     for key, members in groups.items():

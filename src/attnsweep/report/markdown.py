@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from ..sweep import kernel_packages_text
-from .aggregate import row_versions
+from .aggregate import row_versions, spreads_overlap
 
 STATUS_MARK = {
     "oom": "OOM", "unsupported": "unsupported", "diverged": "diverged", "error": "error", "missing": "not run yet",
@@ -29,7 +29,7 @@ def pair_mark(a: pd.Series, b: pd.Series) -> str:
     their spreads overlap, " not judged" where either was measured once, "" where one leads beyond the spread."""
     if not (repeated(a) and repeated(b)):
         return " not judged"
-    return " tie" if a["spread_low"] <= b["spread_high"] and b["spread_low"] <= a["spread_high"] else ""
+    return " tie" if bool(spreads_overlap(a["spread_low"], a["spread_high"], b["spread_low"], b["spread_high"])) else ""
 
 
 # From this share of a measured window spent in Python's garbage collector (aggregate.window_gc_share) on, a cell's
