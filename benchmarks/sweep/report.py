@@ -892,15 +892,14 @@ def progress_text(run: Path, since: pd.Timestamp | None = None) -> str:
                          "run's sweep command and `aggregate_only=True allow_missing=True` (measures nothing)")
     summary = pd.read_csv(run / "summary.csv")
     measured = {tuple(str(r["rec"]["cell"][axis]) for axis in AXES) for r in current}
-    in_grid = {tuple(str(v) for v in row) for row in summary[list(AXES)].itertuples(index=False)}
-    missing = summary[[tuple(str(v) for v in row) not in measured
-                       for row in summary[list(AXES)].itertuples(index=False)]]
+    grid = [tuple(str(v) for v in row) for row in summary[list(AXES)].itertuples(index=False)]
+    missing = summary[[key not in measured for key in grid]]
     left = len(missing) * repeats + sum(repeats - len(rs) for c, rs in by_cell.items() if c not in complete)
     codes = pd.Series([r["code"] for r in records]).value_counts()
     # A part run with a narrower grid (`grid=` on the command line) aggregates that grid, and a part after it that
     # ends with jobs held back does not aggregate: the summary then lacks cells the run has measured, and so the
     # cells it never measured, which would not be counted as left.
-    outside = len(measured - in_grid)
+    outside = len(measured - set(grid))
     lines = [f"## {run.name}", "",
              *([f"**summary.csv lacks {outside} cells measured at {code}: it was last aggregated with a narrower grid, "
                 "so the cells left below may be too few. Build it again with the run's whole grid "

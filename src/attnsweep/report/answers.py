@@ -64,13 +64,13 @@ def _fastest_section(df: pd.DataFrame) -> str:
     rows = []
     for b in best.itertuples():
         row = df.loc[b.row]
-        line = {k: getattr(b, k) for k in keys}
-        line |= {"fastest": f"{row['attn']} ({row['mode']})", "tok/s": tokens_text(row),
+        where = {k: getattr(b, k) for k in keys}
+        line = where | {"fastest": f"{row['attn']} ({row['mode']})", "tok/s": tokens_text(row),
                  "tied within its spread": b.ties or "-"}
         lead = b.tokens_per_sec / b.runner_up_tokens_per_sec - 1
         line["next beyond the spread: the lead over it"] = "-" if pd.isna(lead) else (
             f"{b.runner_up} ({b.runner_up_tokens_per_sec:,.0f}): {lead:+.1%}")
-        line["fastest compiled over fastest eager"] = _compiled_over_eager(df, {k: getattr(b, k) for k in keys})
+        line["fastest compiled over fastest eager"] = _compiled_over_eager(df, where)
         if (best["not_run_yet"] != "").any():
             line["not run yet"] = b.not_run_yet or "-"
         rows.append(line)
