@@ -20,7 +20,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import atomic_output, log
-from .aggregate import MODE_ORDER, has_repeats, read_summary, table_names
+from .aggregate import MODE_ORDER, has_repeats, read_summary, spreads_overlap, table_names
 
 SETUP = ("kv_heads", "precision", "optimizer", "harness", "env_id")
 # The ties of a fastest cell measured once in a run with repeats.
@@ -48,7 +48,8 @@ def fastest(df: pd.DataFrame) -> pd.DataFrame:
         once = repeated and best.get("repeats", 1) < 2
         if best.get("repeats", 1) >= 2:
             judged = others[others["repeats"] >= 2]  # a cell measured once is neither tied nor beyond
-            ties = judged[judged["spread_high"] >= best["spread_low"]]
+            ties = judged[spreads_overlap(judged["spread_low"], judged["spread_high"], best["spread_low"],
+                                          best["spread_high"])]
         elif once:
             judged = ties = others.iloc[:0]
         else:
