@@ -521,6 +521,29 @@ def test_a_records_marker_runs_before_every_warm_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_under_a_deadline_a_warm_up_expected_over_half_the_part_goes_first(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a deadline, the warm-up of the later repeat whose repeat 1 took 200 s is expected to take over half of a
+    part of 300 s, and goes before the others (sweep.is_long_warmup); not in a part of 600 s, nor without a
+    deadline, where every later repeat's warm-up has the same priority."""
+    edit_config(repo, repeats=2)
+    slow = next(p for p in cell_paths(repo) if "/seq_len~32/attn~naive/" in p.as_posix())
+    slow.write_text(json.dumps({**json.loads(slow.read_text()), "duration_s": 200}))
+
+    def warmups() -> dict[tuple[str, str], int]:
+        jobs = job_priorities(snakemake(repo, "-n").stdout)
+        return {(w["seq_len"], w["attn"]): p for rule, w, p in jobs if rule == "warmup"}
+
+    same = warmups()
+    assert len(same) == TINY_CELLS and len(set(same.values())) == 1, same
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 600))
+    assert warmups() == same
+    monkeypatch.setenv("ATTNSWEEP_DEADLINE", str(int(time.time()) + 300))
+    short = warmups()
+    assert short.pop(("32", "naive")) > max(short.values()) == same[("32", "naive")], short
+
+
+@pytest.mark.slow
 def test_cold_repeats_measure_at_repeat_1s_batch_size(tmp_path: Path) -> None:
     """Without the warm-up stage a later repeat's job reads repeat 1's record (`--batch-from`), as its warm-up does."""
     config = copy.deepcopy(TINY)

@@ -525,6 +525,34 @@ def test_first_entries_are_measured_in_their_order() -> None:
     assert plan.priority(other, 1, timed=True) > max(warmups)
 
 
+def test_a_warm_up_expected_over_half_the_part_goes_first_among_its_tier() -> None:
+    """A warm-up expected to take more than half the part (is_long_warmup) goes before the others of its `first`
+    entry, or of the cells no entry names, later repeats included; not before a cell `first` names, and never
+    before a timed job."""
+    plan = sweep.plan_run(config(first=[{"seq_len": 2048, "attn": "fa2", "mode": "compiled"}]), {}, gpus=["0"])
+    named = plan.grid[(plan.grid["seq_len"] == 2048) & (plan.grid["attn"] == "fa2")
+                      & (plan.grid["mode"] == "compiled")].to_dict("records")[0]
+    other = plan.grid[plan.grid["seq_len"] == 256].to_dict("records")[0]
+    long_new, long_later = (plan.priority(other, r, timed=False, long=True) for r in (1, 2))
+    short_new, short_later = (plan.priority(other, r, timed=False) for r in (1, 2))
+    assert plan.priority(named, 1, timed=False) > long_later > long_new > short_later > short_new
+    assert plan.priority(named, 2, timed=False, long=True) > plan.priority(named, 2, timed=False) > long_later
+    jobs = [(c, r, lg) for c in (named, other) for r in (1, 2) for lg in (False, True)]
+    timed = [plan.priority(c, r, timed=True, long=lg) for c, r, lg in jobs]
+    assert min(timed) > max(plan.priority(c, r, timed=False, long=lg) for c, r, lg in jobs)
+    # A timed job's rank does not move with `long` (only warm-ups wait on the cores).
+    assert plan.priority(other, 1, timed=True, long=True) == plan.priority(other, 1, timed=True)
+
+
+def test_a_long_warm_up_is_one_expected_over_half_the_part() -> None:
+    start = {sweep.PART_START_ENV: "1000"}
+    assert sweep.is_long_warmup(301, 1600, start) and not sweep.is_long_warmup(300, 1600, start)
+    # Nothing is long without a deadline, a part start that is a time, or an estimate (0: nothing known).
+    assert not sweep.is_long_warmup(301, None, start)
+    assert not sweep.is_long_warmup(301, 1600, {}) and not sweep.is_long_warmup(301, 1600, {sweep.PART_START_ENV: "x"})
+    assert not sweep.is_long_warmup(0, 1001, start)
+
+
 def test_first_is_checked_like_exclude_and_must_name_a_cell() -> None:
     with pytest.raises(sweep.SweepError, match=r"^first\.0: \{'seq_len': 100\} matches no cell of the grid"):
         sweep.plan_run(config(first=[{"seq_len": 100}]), {}, gpus=["0"])

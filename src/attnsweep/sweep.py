@@ -412,17 +412,19 @@ class RunPlan:
         return [*(slot_options if slots else []),
                 *(["--preload", f"{self.results}/.preload"] if self.settings["preload"] else [])]
 
-    def priority(self, cell: Mapping, repeat: int, timed: bool) -> int:
+    def priority(self, cell: Mapping, repeat: int, timed: bool, long: bool = False) -> int:
         """A job's Snakemake priority: a timed job before every warm-up (the GPU waits for nothing once a cell's
         warm-up is done); then the cells `first` names, in the order of its entries; within an entry, and among the
-        cells it does not name, a started cell's later repeats before new cells (a sweep run in parts leaves whole
-        cells, whose spread the tables need). `first` outranks the other cells' later repeats: it is for the cells
-        a part must start at once, those expected to take nearly a whole part, which a deadline holds back once a
-        part is under way (on an H100 on 2026-12-07, 13 later repeats' warm-ups took the cores first, and the four
-        cells `first` named, expected at 417-446 s, came up 133 s in with 370-373 s left and were held back)."""
+        cells it does not name, a warm-up expected to take over half the part (`long`: is_long_warmup) first, then
+        a started cell's later repeats before new cells (a sweep run in parts leaves whole cells, whose spread the
+        tables need). `first` outranks the other cells' later repeats: it is for the cells a part must start at
+        once, those expected to take nearly a whole part, which a deadline holds back once a part is under way (on
+        an H100 on 2026-12-07, 13 later repeats' warm-ups took the cores first, and the four cells `first` named,
+        expected at 417-446 s, came up 133 s in with 370-373 s left and were held back); `long` does the same for
+        the cells no one named."""
         tier = self.first.get(cell_path(cell), 0)  # the first entry's is the highest; a cell not named: 0
-        rank = 2 * tier + (repeat > 1)
-        top = 2 * max(self.first.values(), default=0) + 1  # the highest rank of a warm-up
+        rank = 4 * tier + 2 * (long and not timed) + (repeat > 1)
+        top = 4 * max(self.first.values(), default=0) + 3  # the highest rank of a warm-up
         return top + 1 + rank if timed else rank
 
     def first_grace_s(self, cell: Mapping) -> int:
@@ -660,6 +662,11 @@ DEADLINE_ENV = "ATTNSWEEP_DEADLINE"
 # that long. Estimates lean long (a search's: its longest like attempt times COLD_SPREAD), so such a cell may fit.
 PART_START_ENV = "ATTNSWEEP_PART_START"
 FIRST_GRACE_S = 120
+# A warm-up expected to take more than this share of a part goes before the other warm-ups of its `first` entry, or
+# of the cells `first` does not name (RunPlan.priority): the longest first, as a deadline packs best. One that comes
+# up after the part's middle is held back, and a cell that no part starts early enough is never measured; shorter
+# warm-ups fit in around it.
+LONG_WARMUP_SHARE = 0.5
 # The first words of a held-back job's log (the logger plugin counts such jobs apart from failures).
 NOT_STARTED = "attnsweep: not started"
 # A job's time besides its cell process's `duration_s`: Snakemake starting it, the interpreter and its imports
@@ -709,6 +716,17 @@ def mark_part_start(environ: MutableMapping[str, str] = os.environ) -> None:
     """Sets PART_START_ENV to now unless it is set: the first process to read the workflow marks the part's start,
     and a process it starts that reads the workflow again keeps its mark."""
     environ.setdefault(PART_START_ENV, str(int(time.time())))
+
+
+def is_long_warmup(expected_s: float, deadline: float | None,
+                   environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a warm-up expected to take `expected_s` up to the end of its timed job (expected_warmup_s) needs
+    more than LONG_WARMUP_SHARE of the part, from its start (PART_START_ENV, mark_part_start) to `deadline`: False
+    without a deadline, a part start or an estimate."""
+    start = environ.get(PART_START_ENV, "")
+    if deadline is None or not start.isdigit() or expected_s <= 0:
+        return False
+    return expected_s > LONG_WARMUP_SHARE * (deadline - int(start))
 
 
 def _warmup_attempts(record: Mapping, outcomes: Collection[str] = ("ok",)) -> list[dict]:

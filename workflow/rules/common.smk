@@ -100,8 +100,19 @@ def repeat_of(wildcards) -> int:
 
 
 def warmup_priority(wildcards) -> int:
-    """A warm-up's priority (sweep.RunPlan.priority)."""
-    return PLAN.priority(dict(wildcards.items()), repeat_of(wildcards), timed=False)
+    """A warm-up's priority (sweep.RunPlan.priority), higher where it is expected to take over half the part
+    (sweep.is_long_warmup; its resource expected_s, from the records there are as the sweep begins).
+    """
+    repeat = repeat_of(wildcards)
+    long = DEADLINE is not None and sweep.is_long_warmup(
+        sweep.expected_warmup_s(
+            RESULTS,
+            dict(PARAMSPACE.instance(wildcards)),
+            first_record(wildcards) if repeat > 1 else None,
+        ),
+        DEADLINE,
+    )
+    return PLAN.priority(dict(wildcards.items()), repeat, timed=False, long=long)
 
 
 def first_grace_s(wildcards) -> int:
