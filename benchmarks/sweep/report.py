@@ -843,9 +843,10 @@ def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
     the cells like it; a cell's first warm-up, whose repeat 2 is then expected from what it took): a part with less
     time left when such a job comes up holds it back, so a cell expected longer than any part has at its start is
     measured only where the sweep's `first` names it (it then starts near a part's start; start-before-deadline.sh's
-    grace). A later repeat's estimate stretches repeat 1's warm-up attempt, which counts that attempt's wait for the
-    GPU's run seat (warmup.run_seat_wait_s: the queue then, not the cell); where that wait is a tenth of the estimate
-    or more, the line says how much of it the wait makes."""
+    grace); one expected over half the part goes before the shorter ones as the sweep begins (sweep.is_long_warmup).
+    A later repeat's estimate stretches repeat 1's warm-up attempt, which counts that attempt's wait for the GPU's
+    run seat (warmup.run_seat_wait_s: the queue then, not the cell); where that wait is a tenth of the estimate or
+    more, the line says how much of it the wait makes."""
     expected = sorted(((sweep.expected_warmup_s(run, cell, cell.get("first")),
                         _label(cell) + (f" repeat {cell['repeat']}" if cell.get("first") else ""),
                         _first_wait_s(cell.get("first"))) for cell in todo),
@@ -858,7 +859,8 @@ def longest_warmups_line(run: Path, todo: list[dict], most: int = 8) -> str:
     unknown = len(expected) - len(shown)
     blind = f"; {unknown} with nothing like them measured (expecting only the queue)" if unknown else ""
     return (f"Warm-ups left expected longest, each to the end of its timed job with nothing queued (a part needs "
-            f"that long left when one comes up; `first` puts cells at a part's start): "
+            f"that long left when one comes up; one expected over half the part goes first as the sweep begins, and "
+            f"one longer than the whole part starts only where `first` names it, near a part's start): "
             f"{_listed(shown, most) or 'none known'}{blind}.")
 
 
