@@ -104,14 +104,11 @@ def warmup_priority(wildcards) -> int:
     (sweep.is_long_warmup; its resource expected_s, from the records there are as the sweep begins).
     """
     repeat = repeat_of(wildcards)
-    long = DEADLINE is not None and sweep.is_long_warmup(
-        sweep.expected_warmup_s(
-            RESULTS,
-            dict(PARAMSPACE.instance(wildcards)),
-            first_record(wildcards) if repeat > 1 else None,
-        ),
-        DEADLINE,
+    # The input `first` the resource reads: repeat 1's record for a later repeat. 0 without a deadline (no reading).
+    expected = expected_warmup_s(
+        wildcards, {"first": first_record(wildcards) if repeat > 1 else None}
     )
+    long = sweep.is_long_warmup(expected, DEADLINE)
     return PLAN.priority(dict(wildcards.items()), repeat, timed=False, long=long)
 
 
