@@ -272,10 +272,9 @@ def _measure(spec: CellSpec, batch_size: int, device: torch.device, steps: int,
         return AttemptResult("error", " | ".join(tb[-6:])[:2000])
     finally:
         probe.detach()
-        # Free what this attempt held before the next one (in-process on the CPU; a no-op cost elsewhere).
+        # Free what this attempt held before the next one (in-process on the CPU); on a GPU, measure() also empties
+        # the allocator's cache, once the harness's result is gone too (_free_gpu_memory).
         del model, batches
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     losses = result.losses
     # Mean of the first and last few steps: single-step losses on a small pool of batches are noisy.
     k = max(1, min(5, len(losses) // 4))
