@@ -215,3 +215,53 @@ def test_a_compiling_warm_up_takes_its_run_seat_once_compiled_and_an_eager_one_a
                 assert compile_["first_step_s"] < compiled_after + 2, (compile_, compiled_after)
         finally:
             proc.kill()
+
+
+def test_an_attempt_gives_its_gpu_memory_back_before_its_run_seat(tmp_path: Path, monkeypatch) -> None:
+    """A warm-up's attempt (run seats 0: the GPU's timed lock) empties the allocator's cache, after collecting what
+    the attempt left in reference cycles, while it still holds the seat: the timed job that takes the seat next
+    allocates on a GPU without this process's memory."""
+    import gc
+    import weakref
+
+    from attnsweep.spec import CellSpec
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    for key, value in {attempt.RUN_SEATS_ENV: "0", attempt.WORKER_ENV[0]: str(locks),
+                       attempt.WORKER_ENV[1]: "0"}.items():
+        monkeypatch.setenv(key, value)
+
+    class Held:  # what an attempt leaves: a model and an optimizer that refer to each other
+        def __init__(self) -> None:
+            self.cycle = self
+
+    left: list[weakref.ref] = []
+
+    def fake_measure(*args, **kwargs) -> attempt.AttemptResult:
+        left.append(weakref.ref(Held()))
+        return attempt.AttemptResult("ok", None)
+
+    def seat_held() -> bool:
+        fd = os.open(locks / "gpu-0.timed", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    emptied: list[tuple[bool, bool]] = []
+    monkeypatch.setattr(attempt, "_measure", fake_measure)
+    monkeypatch.setattr(attempt.torch.cuda, "empty_cache", lambda: emptied.append((left[0]() is None, seat_held())))
+    spec = CellSpec(model="tiny", attn="sdpa", mode="eager", seq_len=32, precision="fp32", steps=4, window=2,
+                    device="cuda", batch_size=2, profile=False)
+    gc.disable()  # the cycle is collected by the attempt, not by chance
+    try:
+        result = attempt.measure(spec, 2, attempt.torch.device("cuda"), steps=4)
+    finally:
+        gc.enable()
+    assert result.outcome == "ok"
+    assert emptied == [(True, True)]  # collected, then emptied, with the seat still held
+    assert not seat_held()  # and given up afterwards
