@@ -1,13 +1,14 @@
 """On the GPU host: the GPU memory one attempt still holds when it gives up its run seat.
 
-    python3 tools/gpu-host/seat-memory.py OUT.json [CellSpec fields as KEY=VALUE ...]
+    python3 tools/gpu-host/seat-memory.py OUT.json [attnsweep cell options: --model, --attn, --seq-len, ...]
 
 With run seats 0 the seat is the GPU's timed lock, and the timed job that takes it next allocates beside whatever
 the attempt's process still holds then. This runs `attempt.measure` of the cell code on PYTHONPATH (the checkout's,
 or a candidate's copy of src/) with a real seat (a lock folder of its own), and reads, as the seat is released: the
 caching allocator's reserved and allocated bytes in this process and the bytes in use on the whole device
 (`torch.cuda.mem_get_info`, the CUDA context included). Also the attempt's outcome and its window's tokens/s, which a
-change after the window must leave as they were. One process measures one attempt: run it once per side.
+change after the window must leave as they were. One process measures one attempt: run it once per side. The
+options are `attnsweep cell`'s (as ab-code.sh's), read by its own parser, so the spec is the one that command builds.
 """
 
 from __future__ import annotations
@@ -22,21 +23,12 @@ from collections.abc import Iterator
 
 import torch
 
-from attnsweep import attempt, codestamp
-from attnsweep.spec import CellSpec
+from attnsweep import attempt, cli, codestamp
 
 
-def main(out: str, fields: list[str]) -> None:
-    values: dict[str, object] = {"device": "cuda", "profile": False}
-    types = {f.name: f.type for f in dataclasses.fields(CellSpec)}
-    for item in fields:
-        key, _, value = item.partition("=")
-        if key not in types:
-            sys.exit(f"seat-memory.py: {key!r} is not a CellSpec field ({', '.join(types)})")
-        kind = str(types[key])
-        values[key] = int(value) if "int" in kind else float(value) if "float" in kind else \
-            value == "True" if "bool" in kind else value
-    spec = CellSpec(**values)
+def main(out: str, options: list[str]) -> None:
+    args = cli.build_parser().parse_args(["cell", *options, "--out", out])
+    spec = cli.parse_spec(args, on_gpu=True)
     spec.validate()
     seen: dict[str, int] = {}
     seat = attempt._run_seat
